@@ -1,0 +1,89 @@
+//! Events the kernel programs send to the agent through the `EVENTS` ring buffer.
+
+/// `Event::hook`: which program judged the connection.
+pub const HOOK_CONNECT4: u8 = 1;
+pub const HOOK_CONNECT6: u8 = 2;
+pub const HOOK_SENDMSG4: u8 = 3;
+pub const HOOK_SENDMSG6: u8 = 4;
+
+/// `Event::reason`: why the destination is not allowed.
+/// No registry entry for the address at all.
+pub const REASON_NOT_IN_REGISTRY: u8 = 1;
+/// The address belongs to a registry service, but not on this port.
+pub const REASON_PORT_NOT_LISTED: u8 = 2;
+/// The address and port are listed, but for the other protocol (TCP vs UDP).
+pub const REASON_PROTOCOL: u8 = 3;
+
+/// `Event::verdict` / `FlowKey::verdict`.
+/// The connection was allowed (flows only; never sent as an event).
+pub const VERDICT_ALLOWED: u8 = 0;
+/// The connection was refused with EPERM.
+pub const VERDICT_DENIED: u8 = 1;
+/// AUDIT mode: REGISTRY_ONLY would have refused it; it was allowed.
+pub const VERDICT_AUDIT: u8 = 2;
+
+/// One denied (or audited) connect()/sendmsg().
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// `bpf_ktime_get_boot_ns()` at the hook.
+    pub ts_ns: u64,
+    /// cgroup v2 id of the caller.
+    pub cgroup_id: u64,
+    /// Process id (the kernel's tgid).
+    pub pid: u32,
+    /// Thread id (the kernel's pid).
+    pub tid: u32,
+    /// Policy that judged the connection.
+    pub policy_id: u32,
+    /// Service owning the address when `reason` is PORT_NOT_LISTED or PROTOCOL, else 0.
+    pub service_id: u32,
+    /// `comm` of the calling thread, NUL-padded.
+    pub comm: [u8; 16],
+    /// Destination address in network byte order (IPv4 in the first 4 bytes).
+    pub addr: [u8; 16],
+    /// Destination port, host byte order.
+    pub port: u16,
+    /// `PROTO_TCP` / `PROTO_UDP` (other protocols are passed through, never evented).
+    pub proto: u8,
+    /// `FAMILY_V4` / `FAMILY_V6` (v4-mapped IPv6 is reported as V4).
+    pub family: u8,
+    /// `HOOK_*`.
+    pub hook: u8,
+    /// `REASON_*`.
+    pub reason: u8,
+    /// `VERDICT_*`.
+    pub verdict: u8,
+    pub _pad0: u8,
+    /// `MODE_*` in force.
+    pub mode: u32,
+    pub _pad1: u32,
+}
+
+impl Event {
+    pub const fn zeroed() -> Self {
+        Self {
+            ts_ns: 0,
+            cgroup_id: 0,
+            pid: 0,
+            tid: 0,
+            policy_id: 0,
+            service_id: 0,
+            comm: [0; 16],
+            addr: [0; 16],
+            port: 0,
+            proto: 0,
+            family: 0,
+            hook: 0,
+            reason: 0,
+            verdict: 0,
+            _pad0: 0,
+            mode: 0,
+            _pad1: 0,
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: #[repr(C)], explicit padding, no invalid bit patterns.
+unsafe impl aya::Pod for Event {}

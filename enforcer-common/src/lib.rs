@@ -1,0 +1,122 @@
+//! Types shared by the kernel programs (`enforcer-ebpf`) and the agent (`enforcer`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding fields, no `bool` and no `Option`, so the
+//! kernel and userspace agree byte for byte (see the layout test at the bottom). One definition per
+//! map key and value. Map names are at most 15 bytes, as the kernel keeps them.
+#![no_std]
+
+pub mod event;
+pub mod policy;
+
+pub use event::*;
+pub use policy::*;
+
+/// Names of the maps, as pinned under the daemon's bpffs directory. `enforcer-ebpf` declares each
+/// with the same identifier.
+pub mod map_names {
+    pub const ALLOW: &str = "ALLOW";
+    pub const DESTS: &str = "DESTS";
+    pub const MODES: &str = "MODES";
+    pub const WORKLOADS: &str = "WORKLOADS";
+    pub const EVENTS: &str = "EVENTS";
+    pub const EVENT_DROPS: &str = "EVENT_DROPS";
+    pub const FLOWS: &str = "FLOWS";
+    pub const ALL: [&str; 7] = [ALLOW, DESTS, MODES, WORKLOADS, EVENTS, EVENT_DROPS, FLOWS];
+}
+
+/// Program names (the function names in `enforcer-ebpf`), one per hook.
+pub mod prog_names {
+    pub const CONNECT4: &str = "connect4";
+    pub const CONNECT6: &str = "connect6";
+    pub const SENDMSG4: &str = "sendmsg4";
+    pub const SENDMSG6: &str = "sendmsg6";
+    pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use core::mem::{offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn allow_key_has_no_padding() {
+        assert_eq!(size_of::<AllowKey>(), 24);
+        assert_eq!(offset_of!(AllowKey, policy_id), 0);
+        assert_eq!(offset_of!(AllowKey, port), 4);
+        assert_eq!(offset_of!(AllowKey, proto), 6);
+        assert_eq!(offset_of!(AllowKey, family), 7);
+        assert_eq!(offset_of!(AllowKey, addr), 8);
+        assert_eq!(AllowKey::FIXED_PREFIX_BITS, 64);
+    }
+
+    #[test]
+    fn allow_value_has_no_padding() {
+        assert_eq!(size_of::<AllowValue>(), 8);
+        assert_eq!(offset_of!(AllowValue, service_id), 0);
+        assert_eq!(offset_of!(AllowValue, flags), 4);
+    }
+
+    #[test]
+    fn dest_key_has_no_padding() {
+        assert_eq!(size_of::<DestKey>(), 20);
+        assert_eq!(offset_of!(DestKey, family), 0);
+        assert_eq!(offset_of!(DestKey, addr), 4);
+        assert_eq!(DestKey::FIXED_PREFIX_BITS, 32);
+    }
+
+    #[test]
+    fn workload_value_has_no_padding() {
+        assert_eq!(size_of::<WorkloadValue>(), 8);
+        assert_eq!(offset_of!(WorkloadValue, policy_id), 0);
+        assert_eq!(offset_of!(WorkloadValue, flags), 4);
+    }
+
+    #[test]
+    fn flow_key_has_no_padding() {
+        assert_eq!(size_of::<FlowKey>(), 40);
+        assert_eq!(offset_of!(FlowKey, cgroup_id), 0);
+        assert_eq!(offset_of!(FlowKey, policy_id), 8);
+        assert_eq!(offset_of!(FlowKey, service_id), 12);
+        assert_eq!(offset_of!(FlowKey, addr), 16);
+        assert_eq!(offset_of!(FlowKey, port), 32);
+        assert_eq!(offset_of!(FlowKey, proto), 34);
+        assert_eq!(offset_of!(FlowKey, family), 35);
+        assert_eq!(offset_of!(FlowKey, verdict), 36);
+        assert_eq!(offset_of!(FlowKey, hook), 37);
+        assert_eq!(offset_of!(FlowKey, _pad), 38);
+    }
+
+    #[test]
+    fn event_has_no_padding() {
+        assert_eq!(size_of::<Event>(), 80);
+        assert_eq!(offset_of!(Event, ts_ns), 0);
+        assert_eq!(offset_of!(Event, cgroup_id), 8);
+        assert_eq!(offset_of!(Event, pid), 16);
+        assert_eq!(offset_of!(Event, tid), 20);
+        assert_eq!(offset_of!(Event, policy_id), 24);
+        assert_eq!(offset_of!(Event, service_id), 28);
+        assert_eq!(offset_of!(Event, comm), 32);
+        assert_eq!(offset_of!(Event, addr), 48);
+        assert_eq!(offset_of!(Event, port), 64);
+        assert_eq!(offset_of!(Event, proto), 66);
+        assert_eq!(offset_of!(Event, family), 67);
+        assert_eq!(offset_of!(Event, hook), 68);
+        assert_eq!(offset_of!(Event, reason), 69);
+        assert_eq!(offset_of!(Event, verdict), 70);
+        assert_eq!(offset_of!(Event, _pad0), 71);
+        assert_eq!(offset_of!(Event, mode), 72);
+        assert_eq!(offset_of!(Event, _pad1), 76);
+    }
+
+    #[test]
+    fn v4_mapped_is_recognised() {
+        let mut a = [0u8; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        a[12..].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(v4_from_mapped(&a), Some([10, 1, 2, 3]));
+        a[9] = 1;
+        assert_eq!(v4_from_mapped(&a), None);
+    }
+}

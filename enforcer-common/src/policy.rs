@@ -1,0 +1,163 @@
+//! Keys and values of the policy maps: what may be reached, by whom, and in which mode.
+
+/// Address family values used in keys (`AF_INET`, `AF_INET6`).
+pub const FAMILY_V4: u8 = 2;
+pub const FAMILY_V6: u8 = 10;
+
+/// IP protocol numbers used in keys.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// `AllowKey::port` value meaning "any port" (from `--allow-cidr 10.0.0.0/8` without a port).
+pub const ANY_PORT: u16 = 0;
+
+/// Capacity of `ALLOW` (LPM trie). At least 256k entries: one per (policy, address/CIDR, port,
+/// protocol). At ~64 bytes per trie node that is ~16 MiB of kernel memory when full; entries are
+/// allocated on insert (`BPF_F_NO_PREALLOC`, required for LPM tries).
+pub const ALLOW_MAX_ENTRIES: u32 = 262_144;
+/// Capacity of `DESTS` (LPM trie): one per registry address/CIDR, across policies.
+pub const DESTS_MAX_ENTRIES: u32 = 262_144;
+/// Capacity of `MODES` (array indexed by policy id) and so the number of policies.
+pub const MAX_POLICIES: u32 = 1024;
+/// Capacity of `WORKLOADS` (hash: cgroup id -> policy).
+pub const WORKLOADS_MAX_ENTRIES: u32 = 65_536;
+/// Size of the `EVENTS` ring buffer in bytes (a power of two, a multiple of the page size):
+/// 256 KiB holds ~3,000 events of 80 bytes between two reads.
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+
+/// Capacity of `FLOWS` (LRU per-CPU hash): recent (workload, destination, verdict) tuples with
+/// their connect counts. The least recently used tuple is evicted when full.
+pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
+
+/// The node default policy: cgroups with no `WORKLOADS` entry are judged by it.
+pub const DEFAULT_POLICY: u32 = 0;
+
+/// Modes, stored in `MODES[policy_id]`. 0 (never written) is treated as REGISTRY_ONLY: fail closed.
+pub const MODE_UNSET: u32 = 0;
+/// Everything passes.
+pub const MODE_ALLOW_ANY: u32 = 1;
+/// Only registry destinations connect; others get EPERM.
+pub const MODE_REGISTRY_ONLY: u32 = 2;
+/// Nothing is blocked; what REGISTRY_ONLY would refuse is reported as an event.
+pub const MODE_AUDIT: u32 = 3;
+
+/// `AllowValue::flags`: the entry allows the host's DNS resolver (port 53), not a registry service.
+pub const ALLOW_F_DNS: u32 = 1 << 0;
+/// `AllowValue::flags`: steer the connection to the local L7 proxy (reserved for the proxy).
+pub const ALLOW_F_PROXY: u32 = 1 << 1;
+/// `AllowValue::flags`: added by `--allow`/`--allow-cidr` on the command line.
+pub const ALLOW_F_CLI: u32 = 1 << 2;
+
+/// Service id used for entries that belong to no registry service.
+pub const SERVICE_NONE: u32 = 0;
+
+/// Data of the `ALLOW` LPM-trie key (the trie key is `{prefix_len: u32, data: AllowKey}`).
+///
+/// The fixed fields come first so that a prefix of `FIXED_PREFIX_BITS + n` matches them exactly
+/// and the first `n` bits of the address: one trie serves single addresses and CIDRs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllowKey {
+    /// Policy the entry belongs to (`DEFAULT_POLICY` for the node default).
+    pub policy_id: u32,
+    /// Destination port in host byte order, or `ANY_PORT`.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`. IPv4-mapped IPv6 destinations are looked up as `FAMILY_V4`.
+    pub family: u8,
+    /// Address in network byte order; IPv4 uses the first 4 bytes, the rest is zero.
+    pub addr: [u8; 16],
+}
+
+impl AllowKey {
+    /// Bits of the key before the address: policy_id, port, proto, family.
+    pub const FIXED_PREFIX_BITS: u32 = 64;
+
+    /// The trie prefix length for an address prefix of `addr_bits` bits.
+    pub const fn prefix_len(addr_bits: u32) -> u32 {
+        Self::FIXED_PREFIX_BITS + addr_bits
+    }
+}
+
+/// Value of the `ALLOW` trie.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AllowValue {
+    /// Registry service that owns the entry (index into the agent's service table, `SERVICE_NONE`
+    /// for command-line and DNS entries). Used by events and per-destination counters.
+    pub service_id: u32,
+    /// `ALLOW_F_*` bits.
+    pub flags: u32,
+}
+
+/// Data of the `DESTS` LPM-trie key: which service owns an address, whatever the port and policy.
+/// Used to explain a denial ("port not listed") and, later, by the TC counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DestKey {
+    /// `FAMILY_V4` or `FAMILY_V6`, widened to keep the address 4-byte aligned.
+    pub family: u32,
+    /// Address in network byte order; IPv4 uses the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+impl DestKey {
+    pub const FIXED_PREFIX_BITS: u32 = 32;
+
+    pub const fn prefix_len(addr_bits: u32) -> u32 {
+        Self::FIXED_PREFIX_BITS + addr_bits
+    }
+}
+
+/// Value of `DESTS`: the same shape as `AllowValue`.
+pub type DestValue = AllowValue;
+
+/// Value of `WORKLOADS` (key: cgroup id, u64).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WorkloadValue {
+    /// Policy that judges connections made from this cgroup.
+    pub policy_id: u32,
+    /// Reserved, zero.
+    pub flags: u32,
+}
+
+/// If `addr` is an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), the IPv4 address it carries.
+#[inline(always)]
+pub fn v4_from_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
+    if addr[..10] == [0u8; 10] && addr[10] == 0xff && addr[11] == 0xff {
+        Some([addr[12], addr[13], addr[14], addr[15]])
+    } else {
+        None
+    }
+}
+
+/// Key of `FLOWS`: one judged destination as seen from one cgroup. Value: u64 connect count per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub cgroup_id: u64,
+    pub policy_id: u32,
+    /// Service that owns the destination (`SERVICE_NONE` when it is in no registry entry).
+    pub service_id: u32,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// `VERDICT_*` (event.rs): allowed, denied or audited.
+    pub verdict: u8,
+    /// `HOOK_*`.
+    pub hook: u8,
+    pub _pad: [u8; 2],
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: plain #[repr(C)] data with no padding (see the layout tests) and no invalid bit patterns.
+    unsafe impl aya::Pod for super::AllowKey {}
+    unsafe impl aya::Pod for super::AllowValue {}
+    unsafe impl aya::Pod for super::DestKey {}
+    unsafe impl aya::Pod for super::WorkloadValue {}
+}

@@ -1,0 +1,44 @@
+//! enforcer's kernel programs. Each program is named after its hook; the verdict logic is shared in
+//! `sock_addr`, the maps are all in `maps`.
+#![no_std]
+#![no_main]
+
+mod maps;
+mod sock_addr;
+
+use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
+use enforcer_common::{HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6};
+
+/// TCP connect() and UDP connect() on IPv4 sockets.
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    sock_addr::judge(&ctx, HOOK_CONNECT4, false)
+}
+
+/// connect() on IPv6 sockets, including IPv4-mapped destinations.
+#[cgroup_sock_addr(connect6)]
+pub fn connect6(ctx: SockAddrContext) -> i32 {
+    sock_addr::judge(&ctx, HOOK_CONNECT6, true)
+}
+
+/// sendto()/sendmsg() with a destination on unconnected IPv4 UDP sockets.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr::judge(&ctx, HOOK_SENDMSG4, false)
+}
+
+/// sendto()/sendmsg() with a destination on unconnected IPv6 UDP sockets.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr::judge(&ctx, HOOK_SENDMSG6, true)
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,46 @@
+//! Every map of the kernel programs, in one place. Capacities are documented in
+//! `enforcer_common::policy`. None is declared pinned: the daemon pins each one by name under its
+//! bpffs directory (`EbpfLoader::map_pin_path`), so a restarted daemon reuses them, while
+//! `enforcer run`'s maps stay private to that run.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf},
+};
+use enforcer_common::{
+    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, DESTS_MAX_ENTRIES, DestKey, DestValue,
+    EVENTS_RING_BYTES, FLOWS_MAX_ENTRIES, FlowKey, MAX_POLICIES, WORKLOADS_MAX_ENTRIES, WorkloadValue,
+};
+
+/// Allowed destinations: (policy, port, protocol, family, address/CIDR) -> service.
+/// LPM trie, `ALLOW_MAX_ENTRIES` (262,144) entries.
+#[map]
+pub static ALLOW: LpmTrie<AllowKey, AllowValue> = LpmTrie::with_max_entries(ALLOW_MAX_ENTRIES, 0);
+
+/// Registry addresses/CIDRs -> owning service, whatever the port or policy. Read only on the deny
+/// path, to say "port not listed" rather than "not in registry". LPM trie, `DESTS_MAX_ENTRIES`.
+#[map]
+pub static DESTS: LpmTrie<DestKey, DestValue> = LpmTrie::with_max_entries(DESTS_MAX_ENTRIES, 0);
+
+/// Mode of each policy (`MODE_*`), indexed by policy id. `MAX_POLICIES` (1,024) entries.
+#[map]
+pub static MODES: Array<u32> = Array::with_max_entries(MAX_POLICIES, 0);
+
+/// cgroup id -> policy. Cgroups with no entry are judged by `DEFAULT_POLICY`.
+/// Hash, `WORKLOADS_MAX_ENTRIES` (65,536) entries.
+#[map]
+pub static WORKLOADS: HashMap<u64, WorkloadValue> =
+    HashMap::with_max_entries(WORKLOADS_MAX_ENTRIES, 0);
+
+/// Denied / audited connections for the agent. Ring buffer of `EVENTS_RING_BYTES` (256 KiB).
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Events lost because `EVENTS` was full, per CPU (index 0). The kernel side never blocks.
+#[map]
+pub static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Connect/sendmsg counts per (cgroup, destination, verdict), for `enforcer run`'s summary and the
+/// per-destination metrics. LRU per-CPU hash, `FLOWS_MAX_ENTRIES` (65,536) entries.
+#[map]
+pub static FLOWS: LruPerCpuHashMap<FlowKey, u64> = LruPerCpuHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);

@@ -1,0 +1,213 @@
+//! The verdict shared by the connect4/connect6/sendmsg4/sendmsg6 hooks.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
+        bpf_ktime_get_boot_ns,
+    },
+    maps::lpm_trie::Key,
+    programs::SockAddrContext,
+};
+use aya_log_ebpf::debug;
+use enforcer_common::{
+    ANY_PORT, AllowKey, AllowValue, DEFAULT_POLICY, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey,
+    MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, PROTO_TCP, PROTO_UDP, REASON_NOT_IN_REGISTRY,
+    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SERVICE_NONE, VERDICT_ALLOWED, VERDICT_AUDIT,
+    VERDICT_DENIED, v4_from_mapped,
+};
+
+use crate::maps::{ALLOW, DESTS, EVENT_DROPS, EVENTS, FLOWS, MODES, WORKLOADS};
+
+/// Return values of cgroup sock_addr programs: 1 lets the call proceed, 0 fails it with EPERM.
+pub const ALLOW_CALL: i32 = 1;
+pub const DENY_CALL: i32 = 0;
+
+/// A destination as the maps key it.
+struct Dest {
+    family: u8,
+    addr: [u8; 16],
+    port: u16,
+    proto: u8,
+}
+
+/// Judge one connect()/sendmsg(). `v6` selects which address field of the context is valid.
+#[inline(always)]
+pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
+    // SAFETY: the kernel hands sock_addr programs a valid bpf_sock_addr.
+    let sa = unsafe { &*ctx.sock_addr };
+    let proto = sa.protocol as u8;
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        // ICMP/raw sockets are not judged (see README limits).
+        return ALLOW_CALL;
+    }
+    let mut dest = Dest {
+        family: FAMILY_V4,
+        addr: [0u8; 16],
+        port: u16::from_be(sa.user_port as u16),
+        proto,
+    };
+    if v6 {
+        let w = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+        let mut a = [0u8; 16];
+        a[0..4].copy_from_slice(&w[0].to_ne_bytes());
+        a[4..8].copy_from_slice(&w[1].to_ne_bytes());
+        a[8..12].copy_from_slice(&w[2].to_ne_bytes());
+        a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+        match v4_from_mapped(&a) {
+            // ::ffff:a.b.c.d is judged as the IPv4 address it is.
+            Some(v4) => dest.addr[0..4].copy_from_slice(&v4),
+            None => {
+                dest.family = FAMILY_V6;
+                dest.addr = a;
+            }
+        }
+    } else {
+        dest.addr[0..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    }
+    if is_local(&dest) {
+        return ALLOW_CALL;
+    }
+
+    // SAFETY: helper without preconditions.
+    let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
+    let policy_id = match unsafe { WORKLOADS.get(&cgroup_id) } {
+        Some(w) => w.policy_id,
+        None => DEFAULT_POLICY,
+    };
+    let mode = match MODES.get(policy_id) {
+        Some(m) => *m,
+        None => MODE_UNSET,
+    };
+    // The lookup runs in every mode so ALLOW_ANY still attributes traffic to registry services.
+    let allowed = match lookup(policy_id, &dest, dest.port, dest.proto) {
+        Some(v) => Some(v.service_id),
+        None => lookup(policy_id, &dest, ANY_PORT, dest.proto).map(|v| v.service_id),
+    };
+    if let Some(service_id) = allowed {
+        count_flow(hook, cgroup_id, policy_id, service_id, VERDICT_ALLOWED, &dest);
+        return ALLOW_CALL;
+    }
+    if mode == MODE_ALLOW_ANY {
+        // Passthrough: counted with no service.
+        count_flow(hook, cgroup_id, policy_id, SERVICE_NONE, VERDICT_ALLOWED, &dest);
+        return ALLOW_CALL;
+    }
+
+    // Not allowed: explain why (only on this path, so allowed connections pay two lookups at most).
+    let other_proto = if dest.proto == PROTO_TCP { PROTO_UDP } else { PROTO_TCP };
+    let (reason, service_id) = if let Some(v) = lookup(policy_id, &dest, dest.port, other_proto) {
+        (REASON_PROTOCOL, v.service_id)
+    } else if let Some(v) = DESTS.get(Key::new(
+        DestKey::prefix_len(if dest.family == FAMILY_V4 { 32 } else { 128 }),
+        DestKey { family: dest.family as u32, addr: dest.addr },
+    )) {
+        (REASON_PORT_NOT_LISTED, v.service_id)
+    } else {
+        (REASON_NOT_IN_REGISTRY, SERVICE_NONE)
+    };
+    let audit = mode == MODE_AUDIT;
+    let verdict = if audit { VERDICT_AUDIT } else { VERDICT_DENIED };
+    count_flow(hook, cgroup_id, policy_id, service_id, verdict, &dest);
+    emit(hook, cgroup_id, policy_id, service_id, mode, reason, verdict, &dest);
+    debug!(
+        ctx,
+        "{} port {} proto {} reason {}",
+        if audit { "audit" } else { "deny" },
+        dest.port,
+        dest.proto,
+        reason
+    );
+    if audit { ALLOW_CALL } else { DENY_CALL }
+}
+
+/// Add one to the per-CPU count of this (cgroup, destination, verdict).
+#[inline(always)]
+fn count_flow(hook: u8, cgroup_id: u64, policy_id: u32, service_id: u32, verdict: u8, dest: &Dest) {
+    let key = FlowKey {
+        cgroup_id,
+        policy_id,
+        service_id,
+        addr: dest.addr,
+        port: dest.port,
+        proto: dest.proto,
+        family: dest.family,
+        verdict,
+        hook,
+        _pad: [0; 2],
+    };
+    match FLOWS.get_ptr_mut(&key) {
+        // SAFETY: per-CPU value, no concurrent writer on this CPU.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            // A failed insert only loses a count (the LRU map evicts rather than fills up).
+            let _ = FLOWS.insert(&key, &1, 0);
+        }
+    }
+}
+
+#[inline(always)]
+fn lookup(policy_id: u32, dest: &Dest, port: u16, proto: u8) -> Option<&'static AllowValue> {
+    let bits = if dest.family == FAMILY_V4 { 32 } else { 128 };
+    ALLOW.get(Key::new(
+        AllowKey::prefix_len(bits),
+        AllowKey { policy_id, port, proto, family: dest.family, addr: dest.addr },
+    ))
+}
+
+/// Loopback and the unspecified address (which Linux connects to the local host) are always
+/// allowed: they never leave the node.
+#[inline(always)]
+fn is_local(dest: &Dest) -> bool {
+    if dest.family == FAMILY_V4 {
+        dest.addr[0] == 127 || dest.addr[0..4] == [0, 0, 0, 0]
+    } else {
+        let mut rest_zero = true;
+        for b in &dest.addr[0..15] {
+            if *b != 0 {
+                rest_zero = false;
+            }
+        }
+        rest_zero && (dest.addr[15] == 1 || dest.addr[15] == 0)
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn emit(
+    hook: u8,
+    cgroup_id: u64,
+    policy_id: u32,
+    service_id: u32,
+    mode: u32,
+    reason: u8,
+    verdict: u8,
+    dest: &Dest,
+) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        if let Some(drops) = EVENT_DROPS.get_ptr_mut(0) {
+            // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+            unsafe { *drops += 1 };
+        }
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let mut ev = Event::zeroed();
+    // SAFETY: helper without preconditions.
+    ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    ev.cgroup_id = cgroup_id;
+    ev.pid = (pid_tgid >> 32) as u32;
+    ev.tid = pid_tgid as u32;
+    ev.policy_id = policy_id;
+    ev.service_id = service_id;
+    ev.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    ev.addr = dest.addr;
+    ev.port = dest.port;
+    ev.proto = dest.proto;
+    ev.family = dest.family;
+    ev.hook = hook;
+    ev.reason = reason;
+    ev.verdict = verdict;
+    ev.mode = mode;
+    entry.write(ev);
+    entry.submit(0);
+}

@@ -1,0 +1,369 @@
+//! The only module that touches aya: load the programs, attach them to a cgroup, pin them, and
+//! apply map diffs. Events and flow counters come back up through here.
+
+mod events;
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, MapData, MapInfo, PerCpuHashMap, RingBuf, lpm_trie::{Key, LpmTrie}},
+    programs::{CgroupAttachMode, CgroupSockAddr, links::{FdLink, LinkError, PinnedLink}},
+};
+use enforcer_common::{
+    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, DESTS_MAX_ENTRIES, DestKey, FLOWS_MAX_ENTRIES,
+    FlowKey, MAX_POLICIES, WORKLOADS_MAX_ENTRIES, map_names, prog_names,
+};
+pub use events::EventStream;
+
+use crate::policy::{AllowEntry, DestEntry, Desired, Diff, diff};
+
+/// The compiled kernel programs, embedded at build time.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataplaneError {
+    #[error("loading the BPF object failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("BPF program `{name}` failed to {action}: {source}")]
+    Program {
+        name: &'static str,
+        action: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("pinning/adopting link {path}: {message}")]
+    Link { path: PathBuf, message: String },
+    #[error("map {map}: {action}: {source}")]
+    Map {
+        map: &'static str,
+        action: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} missing from the BPF object")]
+    MissingMap(&'static str),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+type Result<T> = std::result::Result<T, DataplaneError>;
+
+fn map_err(map: &'static str, action: impl Into<String>) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    let action = action.into();
+    move |source| DataplaneError::Map { map, action, source }
+}
+
+/// How to load.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// bpffs directory to pin maps and links in (daemon). `None`: everything dies with the process.
+    pub pin_dir: Option<PathBuf>,
+    /// Forward the kernel programs' aya-log diagnostics (debug level) to the agent's log.
+    pub ebpf_log: bool,
+}
+
+/// What `Dataplane::attach` did per hook.
+#[derive(Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    Attached,
+    /// A pinned link from an earlier daemon was kept: enforcement never lapsed.
+    Adopted,
+}
+
+pub struct Dataplane {
+    ebpf: Ebpf,
+    allow: LpmTrie<MapData, AllowKey, AllowValue>,
+    dests: LpmTrie<MapData, DestKey, AllowValue>,
+    modes: Array<MapData, u32>,
+    flows: PerCpuHashMap<MapData, FlowKey, u64>,
+    events: Option<RingBuf<MapData>>,
+    pin_dir: Option<PathBuf>,
+    applied_allow: BTreeMap<AllowEntry, AllowValue>,
+    applied_dests: BTreeMap<DestEntry, AllowValue>,
+    _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// (name, key size, value size, max entries) the pinned maps must have to be reused.
+fn expected_maps() -> [(&'static str, u32, u32, u32); 7] {
+    use core::mem::size_of;
+    [
+        (map_names::ALLOW, 4 + size_of::<AllowKey>() as u32, size_of::<AllowValue>() as u32, ALLOW_MAX_ENTRIES),
+        (map_names::DESTS, 4 + size_of::<DestKey>() as u32, size_of::<AllowValue>() as u32, DESTS_MAX_ENTRIES),
+        (map_names::MODES, 4, 4, MAX_POLICIES),
+        (map_names::WORKLOADS, 8, 8, WORKLOADS_MAX_ENTRIES),
+        (map_names::FLOWS, size_of::<FlowKey>() as u32, 8, FLOWS_MAX_ENTRIES),
+        (map_names::EVENT_DROPS, 4, 8, 1),
+        (map_names::EVENTS, 0, 0, enforcer_common::EVENTS_RING_BYTES),
+    ]
+}
+
+impl Dataplane {
+    /// Load the programs into the kernel (not yet attached) and open their maps. With a pin dir,
+    /// maps pinned there by an earlier daemon are reused if their shape still matches; otherwise
+    /// the old pins are removed and rebuilt, and the caller is told.
+    pub fn load(opts: &LoadOptions) -> Result<(Self, Vec<String>)> {
+        let mut notes = Vec::new();
+        let mut loader = EbpfLoader::new();
+        // aya-log level: 0 = off (quiet by default), 4 = debug.
+        let level: u8 = if opts.ebpf_log { 4 } else { 0 };
+        loader.override_global("AYA_LOG_LEVEL", &level, false);
+        if let Some(dir) = &opts.pin_dir {
+            fs::create_dir_all(dir).map_err(|source| DataplaneError::Io { what: "creating pin dir", path: dir.clone(), source })?;
+            notes.extend(check_pinned_maps(dir)?);
+            for name in map_names::ALL {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(DataplaneError::Load)?;
+
+        let logger = if opts.ebpf_log { start_ebpf_logger(&mut ebpf) } else { None };
+
+        let mut take = |name: &'static str| ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name));
+        let allow = LpmTrie::try_from(take(map_names::ALLOW)?).map_err(map_err(map_names::ALLOW, "open"))?;
+        let dests = LpmTrie::try_from(take(map_names::DESTS)?).map_err(map_err(map_names::DESTS, "open"))?;
+        let modes = Array::try_from(take(map_names::MODES)?).map_err(map_err(map_names::MODES, "open"))?;
+        let flows = PerCpuHashMap::try_from(take(map_names::FLOWS)?).map_err(map_err(map_names::FLOWS, "open"))?;
+        let events = RingBuf::try_from(take(map_names::EVENTS)?).map_err(map_err(map_names::EVENTS, "open"))?;
+
+        for name in prog_names::ALL {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Link { path: PathBuf::from(name), message: "program missing from object".into() })?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
+            prog.load().map_err(|source| DataplaneError::Program { name, action: "load (verifier)", source })?;
+        }
+
+        let mut dp = Self {
+            ebpf,
+            allow,
+            dests,
+            modes,
+            flows,
+            events: Some(events),
+            pin_dir: opts.pin_dir.clone(),
+            applied_allow: BTreeMap::new(),
+            applied_dests: BTreeMap::new(),
+            _logger: logger,
+        };
+        // Start from what the maps hold (non-empty when adopting pinned maps), so the first apply
+        // is a diff against reality.
+        dp.applied_allow = dp.read_allow()?;
+        dp.applied_dests = dp
+            .dests
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter_map(|(k, v)| Some((DestEntry::from_key(k.prefix_len(), &k.data())?, v)))
+            .collect();
+        Ok((dp, notes))
+    }
+
+    /// Attach every hook to `cgroup` with bpf_link (programs of parent cgroups keep running and all
+    /// must allow). With a pin dir, links are pinned; an existing pinned link is adopted.
+    pub fn attach(&mut self, cgroup: &Path) -> Result<Vec<(&'static str, AttachOutcome)>> {
+        let cg = fs::File::open(cgroup).map_err(|source| DataplaneError::Io { what: "opening cgroup", path: cgroup.to_owned(), source })?;
+        let mut out = Vec::new();
+        for name in prog_names::ALL {
+            let link_path = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
+            if let Some(p) = &link_path {
+                if p.exists() {
+                    // Keep the running link (old program, same pinned maps): no gap.
+                    PinnedLink::from_pin(p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+                    out.push((name, AttachOutcome::Adopted));
+                    continue;
+                }
+            }
+            let prog: &mut CgroupSockAddr = self
+                .ebpf
+                .program_mut(name)
+                .expect("loaded above")
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
+            // On kernels >= 5.7 aya attaches with bpf_link, which always allows several programs per
+            // cgroup and in ancestors (all must allow) and rejects any flag: `Single` means "no
+            // flags" there. Older kernels are refused by preflight (ring buffer needs 5.8).
+            let link_id = prog
+                .attach(&cg, CgroupAttachMode::Single)
+                .map_err(|source| DataplaneError::Program { name, action: "attach", source })?;
+            if let Some(p) = link_path {
+                let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
+                let fd: FdLink = link.try_into().map_err(|e: LinkError| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+                fd.pin(&p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+            }
+            out.push((name, AttachOutcome::Attached));
+        }
+        Ok(out)
+    }
+
+    pub fn set_mode(&mut self, policy_id: u32, mode: u32) -> Result<()> {
+        self.modes.set(policy_id, mode, 0).map_err(map_err(map_names::MODES, format!("set policy {policy_id}")))
+    }
+
+    pub fn mode(&self, policy_id: u32) -> Result<u32> {
+        self.modes.get(&policy_id, 0).map_err(map_err(map_names::MODES, "get"))
+    }
+
+    /// Bring the maps to `desired`: inserts and updates first, then removals.
+    pub fn apply(&mut self, desired: &Desired) -> Result<ApplyStats> {
+        let allow_diff = diff(&self.applied_allow, &desired.allow);
+        let dests_diff = diff(&self.applied_dests, &desired.dests);
+        let stats = ApplyStats {
+            upserts: allow_diff.upserts.len() + dests_diff.upserts.len(),
+            removals: allow_diff.removals.len() + dests_diff.removals.len(),
+            total: desired.allow.len(),
+        };
+        if desired.allow.len() > ALLOW_MAX_ENTRIES as usize {
+            return Err(DataplaneError::Map {
+                map: map_names::ALLOW,
+                action: format!("{} entries exceed the capacity of {ALLOW_MAX_ENTRIES}", desired.allow.len()),
+                source: aya::maps::MapError::OutOfBounds { index: desired.allow.len() as u32, max_entries: ALLOW_MAX_ENTRIES },
+            });
+        }
+        let Diff { upserts, removals } = allow_diff;
+        for (e, v) in &upserts {
+            let (plen, k) = e.key();
+            self.allow.insert(&Key::new(plen, k), v, 0).map_err(map_err(map_names::ALLOW, format!("insert {e}")))?;
+            self.applied_allow.insert(*e, *v);
+        }
+        let Diff { upserts: dup, removals: drem } = dests_diff;
+        for (e, v) in &dup {
+            let (plen, k) = e.key();
+            self.dests.insert(&Key::new(plen, k), v, 0).map_err(map_err(map_names::DESTS, format!("insert {}", e.net)))?;
+            self.applied_dests.insert(*e, *v);
+        }
+        for e in &removals {
+            let (plen, k) = e.key();
+            match self.allow.remove(&Key::new(plen, k)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => return Err(map_err(map_names::ALLOW, format!("remove {e}"))(err)),
+            }
+            self.applied_allow.remove(e);
+        }
+        for e in &drem {
+            let (plen, k) = e.key();
+            match self.dests.remove(&Key::new(plen, k)) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(err) => return Err(map_err(map_names::DESTS, format!("remove {}", e.net))(err)),
+            }
+            self.applied_dests.remove(e);
+        }
+        Ok(stats)
+    }
+
+    /// What the ALLOW map holds now, read back from the kernel.
+    pub fn read_allow(&self) -> Result<BTreeMap<AllowEntry, AllowValue>> {
+        let mut out = BTreeMap::new();
+        for r in self.allow.iter() {
+            let (k, v) = r.map_err(map_err(map_names::ALLOW, "iterate"))?;
+            if let Some(e) = AllowEntry::from_key(k.prefix_len(), &k.data()) {
+                out.insert(e, v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Flow counts summed over CPUs.
+    pub fn flows(&self) -> Vec<(FlowKey, u64)> {
+        self.flows
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
+            .collect()
+    }
+
+    /// Take the event ring buffer (once).
+    pub fn take_events(&mut self) -> Option<EventStream> {
+        self.events.take().and_then(|rb| EventStream::new(rb).ok())
+    }
+
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub upserts: usize,
+    pub removals: usize,
+    pub total: usize,
+}
+
+/// Compare pinned maps with what this build expects; remove incompatible pins (and the links,
+/// whose programs use them) so they are rebuilt deliberately.
+fn check_pinned_maps(dir: &Path) -> Result<Vec<String>> {
+    let mut notes = Vec::new();
+    let mut stale = false;
+    for (name, key, value, max) in expected_maps() {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        match MapInfo::from_pin(&path) {
+            Ok(info) if info.key_size() == key && info.value_size() == value && info.max_entries() == max => {}
+            Ok(info) => {
+                notes.push(format!(
+                    "pinned map {} has key/value/max {}/{}/{}, this build needs {key}/{value}/{max}: rebuilding the pinned state",
+                    path.display(),
+                    info.key_size(),
+                    info.value_size(),
+                    info.max_entries()
+                ));
+                stale = true;
+            }
+            Err(e) => {
+                notes.push(format!("pinned map {} unreadable ({e}): rebuilding the pinned state", path.display()));
+                stale = true;
+            }
+        }
+    }
+    if stale {
+        unpin_all(dir)?;
+    }
+    Ok(notes)
+}
+
+/// Remove every pin enforcer made under `dir` (maps and links). Dropping the last reference to a
+/// link detaches its program.
+pub fn unpin_all(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    let names = map_names::ALL.iter().map(|m| m.to_string()).chain(prog_names::ALL.iter().map(|p| format!("link_{p}")));
+    for name in names {
+        let p = dir.join(name);
+        if p.exists() {
+            fs::remove_file(&p).map_err(|source| DataplaneError::Io { what: "unpinning", path: p.clone(), source })?;
+            removed.push(p);
+        }
+    }
+    let _ = fs::remove_dir(dir);
+    Ok(removed)
+}
+
+fn start_ebpf_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
+    match aya_log::EbpfLogger::init(ebpf) {
+        Ok(logger) => {
+            // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
+            let mut fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }.ok()?;
+            Some(tokio::spawn(async move {
+                loop {
+                    let Ok(mut guard) = fd.readable_mut().await else { return };
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            }))
+        }
+        Err(e) => {
+            tracing::warn!("kernel-side logging unavailable: {e}");
+            None
+        }
+    }
+}

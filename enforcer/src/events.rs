@@ -1,0 +1,201 @@
+//! Turning kernel events and flow counters into lines people read and JSON scripts read.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+};
+
+use enforcer_common::{
+    Event, FlowKey, HOOK_CONNECT4, HOOK_CONNECT6, REASON_NOT_IN_REGISTRY,
+    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
+};
+use serde::Serialize;
+
+use crate::policy::{Desired, addr_from_bytes, proto_name};
+
+pub fn comm(bytes: &[u8; 16]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn hook_verb(hook: u8) -> &'static str {
+    match hook {
+        HOOK_CONNECT4 | HOOK_CONNECT6 => "connect",
+        _ => "sendmsg",
+    }
+}
+
+pub fn endpoint(addr: IpAddr, port: u16) -> String {
+    match addr {
+        IpAddr::V4(a) => format!("{a}:{port}"),
+        IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// Why, in words, with the fix.
+pub fn explain(ev: &Event, desired: &Desired) -> String {
+    let addr = addr_from_bytes(ev.family, &ev.addr);
+    let ep = endpoint(addr, ev.port);
+    let svc = desired.service(ev.service_id).map(|s| s.name.clone()).unwrap_or_else(|| "a registry service".into());
+    match ev.reason {
+        REASON_NOT_IN_REGISTRY => format!("not in registry; allow it with --allow {ep} or a ServiceEntry"),
+        REASON_PORT_NOT_LISTED => format!(
+            "port {} not listed for {svc}; add it to that ServiceEntry's ports or allow it with --allow {ep}",
+            ev.port
+        ),
+        REASON_PROTOCOL => format!(
+            "{svc} lists port {} for {} only; declare a {} port in the ServiceEntry",
+            ev.port,
+            proto_name(if ev.proto == 6 { 17 } else { 6 }),
+            if ev.proto == 17 { "UDP" } else { "TCP" }
+        ),
+        _ => "denied".into(),
+    }
+}
+
+/// One line: `denied connect curl[1234] -> 93.184.216.34:443/tcp: not in registry; ...`.
+pub fn format_event(ev: &Event, desired: &Desired) -> String {
+    let verdict = match ev.verdict {
+        VERDICT_AUDIT => "audit: would deny",
+        _ => "denied",
+    };
+    format!(
+        "{verdict} {} {}[{}] -> {}/{}: {}",
+        hook_verb(ev.hook),
+        comm(&ev.comm),
+        ev.pid,
+        endpoint(addr_from_bytes(ev.family, &ev.addr), ev.port),
+        proto_name(ev.proto),
+        explain(ev, desired)
+    )
+}
+
+#[derive(Serialize, Debug)]
+pub struct EventJson {
+    pub verdict: &'static str,
+    pub hook: &'static str,
+    pub pid: u32,
+    pub tid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub destination: String,
+    pub address: String,
+    pub port: u16,
+    pub protocol: &'static str,
+    pub reason: &'static str,
+    pub service: Option<String>,
+    pub message: String,
+}
+
+pub fn reason_code(r: u8) -> &'static str {
+    match r {
+        REASON_NOT_IN_REGISTRY => "not_in_registry",
+        REASON_PORT_NOT_LISTED => "port_not_listed",
+        REASON_PROTOCOL => "protocol_not_listed",
+        _ => "unknown",
+    }
+}
+
+pub fn event_json(ev: &Event, desired: &Desired) -> EventJson {
+    let addr = addr_from_bytes(ev.family, &ev.addr);
+    EventJson {
+        verdict: if ev.verdict == VERDICT_AUDIT { "audit" } else { "denied" },
+        hook: hook_verb(ev.hook),
+        pid: ev.pid,
+        tid: ev.tid,
+        comm: comm(&ev.comm),
+        cgroup_id: ev.cgroup_id,
+        destination: endpoint(addr, ev.port),
+        address: addr.to_string(),
+        port: ev.port,
+        protocol: proto_name(ev.proto),
+        reason: reason_code(ev.reason),
+        service: desired.service(ev.service_id).map(|s| s.name.clone()),
+        message: explain(ev, desired),
+    }
+}
+
+/// Prints each denied destination once (the first time), remembers the rest for the summary.
+#[derive(Default)]
+pub struct DenyPrinter {
+    seen: HashSet<(u8, [u8; 16], u16, u8, u8)>,
+}
+
+impl DenyPrinter {
+    /// The line to print for this event, or None if the destination was already reported.
+    pub fn first_time(&mut self, ev: &Event, desired: &Desired) -> Option<String> {
+        self.seen
+            .insert((ev.family, ev.addr, ev.port, ev.proto, ev.verdict))
+            .then(|| format_event(ev, desired))
+    }
+}
+
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct SummaryRow {
+    pub verdict: &'static str,
+    pub destination: String,
+    pub protocol: &'static str,
+    pub service: String,
+    pub count: u64,
+}
+
+#[derive(Serialize, Debug)]
+pub struct Summary {
+    pub mode: String,
+    pub exit_status: i32,
+    pub allowed: Vec<SummaryRow>,
+    pub denied: Vec<SummaryRow>,
+    pub audited: Vec<SummaryRow>,
+    pub events_dropped: u64,
+}
+
+/// Build the summary from the flow counters.
+pub fn summarize(flows: &[(FlowKey, u64)], desired: &Desired, mode: String, exit_status: i32) -> Summary {
+    let mut rows: BTreeMap<(u8, String, &'static str), (String, u64)> = BTreeMap::new();
+    for (k, n) in flows {
+        let dest = endpoint(addr_from_bytes(k.family, &k.addr), k.port);
+        let svc = match desired.service(k.service_id) {
+            Some(s) => s.name.clone(),
+            None if k.verdict == VERDICT_ALLOWED => "PassthroughCluster".into(),
+            None => "BlackHoleCluster".into(),
+        };
+        let e = rows.entry((k.verdict, dest, proto_name(k.proto))).or_insert((svc, 0));
+        e.1 += n;
+    }
+    let mut s = Summary { mode, exit_status, allowed: vec![], denied: vec![], audited: vec![], events_dropped: 0 };
+    for ((verdict, destination, protocol), (service, count)) in rows {
+        let (list, name) = match verdict {
+            VERDICT_ALLOWED => (&mut s.allowed, "allowed"),
+            VERDICT_DENIED => (&mut s.denied, "denied"),
+            _ => (&mut s.audited, "audit"),
+        };
+        list.push(SummaryRow { verdict: name, destination, protocol, service, count });
+    }
+    s
+}
+
+pub fn format_summary(s: &Summary) -> String {
+    let mut out = format!(
+        "summary ({}): {} allowed, {} denied{} destination(s)",
+        s.mode,
+        s.allowed.len(),
+        s.denied.len(),
+        if s.audited.is_empty() { String::new() } else { format!(", {} audited", s.audited.len()) }
+    );
+    for r in s.allowed.iter().chain(&s.denied).chain(&s.audited) {
+        let unit = if r.verdict == "allowed" { "connection" } else { "attempt" };
+        out.push_str(&format!(
+            "\n  {:<8} {:<28} {:<4} {:<32} {} {unit}{}",
+            r.verdict,
+            r.destination,
+            r.protocol,
+            r.service,
+            r.count,
+            if r.count == 1 { "" } else { "s" }
+        ));
+    }
+    if s.events_dropped > 0 {
+        out.push_str(&format!("\n  ({} deny events were dropped: the ring buffer was full)", s.events_dropped));
+    }
+    out
+}

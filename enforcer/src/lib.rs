@@ -1,0 +1,17 @@
+//! enforcer: Istio's egress model (ServiceEntry registries, ALLOW_ANY / REGISTRY_ONLY) enforced
+//! in the kernel by cgroup BPF programs, without sidecars. The binary is `main.rs`; the modules
+//! are a library so integration tests and tools can use the pure parts (config, policy).
+
+pub mod cgroup;
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod dataplane;
+pub mod events;
+pub mod exit;
+pub mod load;
+pub mod policy;
+pub mod preflight;
+pub mod resolver;
+pub mod run;

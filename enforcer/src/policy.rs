@@ -1,0 +1,595 @@
+//! The registry model -> the map entries that should be in the kernel. Pure: no I/O, no aya, so the
+//! translation and the diffs are unit-tested without a kernel.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+    net::IpAddr,
+};
+
+use enforcer_common::{
+    ALLOW_F_CLI, ALLOW_F_DNS, ANY_PORT, AllowKey, AllowValue, DestKey, FAMILY_V4, FAMILY_V6,
+    PROTO_TCP, PROTO_UDP,
+};
+use ipnet::IpNet;
+
+use crate::config::{EndpointAddress, Host, Registry, Resolution, ServiceEntry};
+
+/// A destination rule as written by the user on the command line (`--allow`, `--allow-cidr`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CliAllow {
+    pub target: CliTarget,
+    /// `None`: any port.
+    pub port: Option<u16>,
+    /// What the user typed, for messages.
+    pub text: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CliTarget {
+    Host(String),
+    Net(IpNet),
+}
+
+impl CliAllow {
+    /// `host[:port]`, `1.2.3.4[:port]`, `[2001:db8::1]:443` or a bare IPv6 address.
+    pub fn parse_host(s: &str) -> Result<Self, String> {
+        let (host, port) = split_port(s)?;
+        let target = match host.parse::<IpAddr>() {
+            Ok(ip) => CliTarget::Net(IpNet::from(ip)),
+            Err(_) => {
+                if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
+                    return Err(format!("`{s}` is not HOST[:PORT]; for a CIDR use --allow-cidr"));
+                }
+                CliTarget::Host(host.trim_end_matches('.').to_ascii_lowercase())
+            }
+        };
+        Ok(Self { target, port, text: s.to_string() })
+    }
+
+    /// `10.0.0.0/8[:port]`, `[2001:db8::/32]:443` or a bare IPv6 CIDR.
+    pub fn parse_cidr(s: &str) -> Result<Self, String> {
+        let (net, port) = split_port(s)?;
+        let net: IpNet = net
+            .parse()
+            .or_else(|_| net.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| format!("`{s}` is not CIDR[:PORT] (e.g. 10.0.0.0/8:443 or [2001:db8::/32]:443)"))?;
+        Ok(Self { target: CliTarget::Net(net.trunc()), port, text: s.to_string() })
+    }
+}
+
+fn split_port(s: &str) -> Result<(&str, Option<u16>), String> {
+    let parse_port = |p: &str| {
+        p.parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("`{s}`: port `{p}` is not a number from 1 to 65535"))
+    };
+    if let Some(rest) = s.strip_prefix('[') {
+        let (inner, after) = rest.split_once(']').ok_or_else(|| format!("`{s}`: missing `]`"))?;
+        return match after {
+            "" => Ok((inner, None)),
+            a => Ok((inner, Some(parse_port(a.strip_prefix(':').ok_or_else(|| format!("`{s}`: expected `:PORT` after `]`"))?)?))),
+        };
+    }
+    match s.matches(':').count() {
+        0 => Ok((s, None)),
+        1 => {
+            let (h, p) = s.split_once(':').expect("one colon");
+            Ok((h, Some(parse_port(p)?)))
+        }
+        // A bare IPv6 address or CIDR: no port.
+        _ => Ok((s, None)),
+    }
+}
+
+/// What a service id stands for, for events, the summary and (later) metrics labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceInfo {
+    pub id: u32,
+    /// "namespace/name" for ServiceEntries, the flag text for command-line allows.
+    pub name: String,
+    pub hosts: Vec<String>,
+    pub kind: ServiceKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceKind {
+    ServiceEntry,
+    CommandLine,
+    HostDns,
+}
+
+/// One allow entry: a prefix (v4-mapped IPv6 normalised to IPv4), a port and a protocol.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AllowEntry {
+    pub policy_id: u32,
+    pub net: IpNet,
+    pub port: u16,
+    pub proto: u8,
+}
+
+impl AllowEntry {
+    pub fn key(&self) -> (u32, AllowKey) {
+        let (family, addr, bits) = net_bytes(&self.net);
+        (
+            AllowKey::prefix_len(bits),
+            AllowKey { policy_id: self.policy_id, port: self.port, proto: self.proto, family, addr },
+        )
+    }
+
+    pub fn from_key(prefix_len: u32, k: &AllowKey) -> Option<Self> {
+        let net = net_from_bytes(k.family, &k.addr, prefix_len.checked_sub(AllowKey::FIXED_PREFIX_BITS)?)?;
+        Some(Self { policy_id: k.policy_id, net, port: k.port, proto: k.proto })
+    }
+}
+
+impl fmt::Display for AllowEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let net = match self.net {
+            IpNet::V4(n) if n.prefix_len() == 32 => n.addr().to_string(),
+            IpNet::V6(n) if n.prefix_len() == 128 => format!("[{}]", n.addr()),
+            IpNet::V6(n) => format!("[{n}]"),
+            n => n.to_string(),
+        };
+        let port = if self.port == ANY_PORT { "*".to_string() } else { self.port.to_string() };
+        write!(f, "{net}:{port}/{}", proto_name(self.proto))
+    }
+}
+
+/// A `DESTS` entry: which service owns a prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DestEntry {
+    pub net: IpNet,
+}
+
+impl DestEntry {
+    pub fn key(&self) -> (u32, DestKey) {
+        let (family, addr, bits) = net_bytes(&self.net);
+        (DestKey::prefix_len(bits), DestKey { family: family as u32, addr })
+    }
+
+    pub fn from_key(prefix_len: u32, k: &DestKey) -> Option<Self> {
+        let net = net_from_bytes(k.family as u8, &k.addr, prefix_len.checked_sub(DestKey::FIXED_PREFIX_BITS)?)?;
+        Some(Self { net })
+    }
+}
+
+pub fn proto_name(p: u8) -> &'static str {
+    match p {
+        PROTO_TCP => "tcp",
+        PROTO_UDP => "udp",
+        _ => "?",
+    }
+}
+
+/// Normalise: IPv4-mapped IPv6 prefixes (::ffff:0:0/96 and longer) become IPv4, host bits cleared.
+pub fn normalize(net: IpNet) -> IpNet {
+    if let IpNet::V6(n) = net {
+        if let Some(v4) = n.addr().to_ipv4_mapped() {
+            if n.prefix_len() >= 96 {
+                return IpNet::new(IpAddr::V4(v4), n.prefix_len() - 96).expect("valid prefix").trunc();
+            }
+        }
+    }
+    net.trunc()
+}
+
+fn net_bytes(net: &IpNet) -> (u8, [u8; 16], u32) {
+    let mut addr = [0u8; 16];
+    match net {
+        IpNet::V4(n) => {
+            addr[..4].copy_from_slice(&n.network().octets());
+            (FAMILY_V4, addr, u32::from(n.prefix_len()))
+        }
+        IpNet::V6(n) => {
+            addr.copy_from_slice(&n.network().octets());
+            (FAMILY_V6, addr, u32::from(n.prefix_len()))
+        }
+    }
+}
+
+fn net_from_bytes(family: u8, addr: &[u8; 16], bits: u32) -> Option<IpNet> {
+    let bits = u8::try_from(bits).ok()?;
+    match family {
+        FAMILY_V4 => {
+            let a = std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]);
+            IpNet::new(IpAddr::V4(a), bits).ok()
+        }
+        FAMILY_V6 => IpNet::new(IpAddr::V6(std::net::Ipv6Addr::from(*addr)), bits).ok(),
+        _ => None,
+    }
+}
+
+/// Address of an event / flow as an `IpAddr`.
+pub fn addr_from_bytes(family: u8, addr: &[u8; 16]) -> IpAddr {
+    if family == FAMILY_V6 {
+        IpAddr::V6(std::net::Ipv6Addr::from(*addr))
+    } else {
+        IpAddr::V4(std::net::Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    }
+}
+
+/// Everything that should be in the maps for one policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Desired {
+    pub allow: BTreeMap<AllowEntry, AllowValue>,
+    pub dests: BTreeMap<DestEntry, AllowValue>,
+    pub services: Vec<ServiceInfo>,
+    /// Things the user should know (unresolvable hosts, wildcard hosts with no addresses, ...).
+    pub warnings: Vec<String>,
+}
+
+impl Desired {
+    pub fn service(&self, id: u32) -> Option<&ServiceInfo> {
+        id.checked_sub(1).and_then(|i| self.services.get(i as usize))
+    }
+}
+
+/// What the compiler needs besides the registry.
+pub struct Inputs<'a> {
+    pub registry: &'a Registry,
+    /// Addresses of every name `names_to_resolve` returned (missing: resolution failed).
+    pub resolved: &'a HashMap<String, Vec<IpAddr>>,
+    pub cli: &'a [CliAllow],
+    /// The host's DNS resolvers (port 53 is allowed to them, TCP and UDP).
+    pub dns_servers: &'a [IpAddr],
+    pub policy_id: u32,
+}
+
+/// Names the registry and the command line need resolved before `compile`.
+pub fn names_to_resolve(registry: &Registry, cli: &[CliAllow]) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for se in &registry.services {
+        match se.resolution {
+            Resolution::Dns | Resolution::DnsRoundRobin => {
+                if se.endpoints.is_empty() {
+                    names.extend(exact_hosts(se));
+                } else {
+                    names.extend(se.endpoints.iter().filter_map(|e| match &e.address {
+                        EndpointAddress::Hostname(h) => Some(h.to_ascii_lowercase()),
+                        _ => None,
+                    }));
+                }
+            }
+            Resolution::None if se.addresses.is_empty() => names.extend(exact_hosts(se)),
+            _ => {}
+        }
+    }
+    for c in cli {
+        if let CliTarget::Host(h) = &c.target {
+            names.insert(h.clone());
+        }
+    }
+    names
+}
+
+fn exact_hosts(se: &ServiceEntry) -> impl Iterator<Item = String> + '_ {
+    se.hosts.iter().filter_map(|h| match h {
+        Host::Exact(name) if name.parse::<IpAddr>().is_err() => Some(name.to_ascii_lowercase()),
+        _ => None,
+    })
+}
+
+/// Translate the registry into map entries.
+///
+/// Per ServiceEntry port (TCP unless the protocol is UDP), the allowed (address, port) pairs are:
+/// `addresses` x {number, targetPort}; STATIC endpoints x {number, targetPort, endpoint port};
+/// DNS: the hosts' (or hostname endpoints') resolved addresses x the same ports; NONE without
+/// `addresses`: the exact hosts' resolved addresses (wildcards need the DNS-aware mode).
+pub fn compile(inp: &Inputs<'_>) -> Desired {
+    let mut d = Desired::default();
+    for se in &inp.registry.services {
+        let id = d.services.len() as u32 + 1;
+        d.services.push(ServiceInfo {
+            id,
+            name: format!("{}/{}", se.namespace, se.name),
+            hosts: se.hosts.iter().map(|h| h.to_string()).collect(),
+            kind: ServiceKind::ServiceEntry,
+        });
+        let value = AllowValue { service_id: id, flags: 0 };
+
+        // (net, extra ports from the endpoint's port map)
+        let mut targets: Vec<(IpNet, Option<&std::collections::BTreeMap<String, u16>>)> = Vec::new();
+        targets.extend(se.addresses.iter().map(|n| (*n, None)));
+        for h in &se.hosts {
+            if let Host::Exact(name) = h {
+                if let Ok(ip) = name.parse::<IpAddr>() {
+                    targets.push((IpNet::from(ip), None));
+                }
+            }
+        }
+        let mut resolve = |name: &str, ports, targets: &mut Vec<_>| match inp.resolved.get(name) {
+            Some(ips) if !ips.is_empty() => targets.extend(ips.iter().map(|ip| (IpNet::from(*ip), ports))),
+            _ => d.warnings.push(format!(
+                "{}/{}: host {name} did not resolve; connections to it are denied until it does",
+                se.namespace, se.name
+            )),
+        };
+        match se.resolution {
+            Resolution::Static => {
+                for ep in &se.endpoints {
+                    if let EndpointAddress::Ip(ip) = ep.address {
+                        targets.push((IpNet::from(ip), Some(&ep.ports)));
+                    }
+                }
+            }
+            Resolution::Dns | Resolution::DnsRoundRobin => {
+                if se.endpoints.is_empty() {
+                    for name in exact_hosts(se) {
+                        resolve(&name, None, &mut targets);
+                    }
+                } else {
+                    for ep in &se.endpoints {
+                        match &ep.address {
+                            EndpointAddress::Ip(ip) => targets.push((IpNet::from(*ip), Some(&ep.ports))),
+                            EndpointAddress::Hostname(h) => resolve(&h.to_ascii_lowercase(), Some(&ep.ports), &mut targets),
+                            EndpointAddress::Unix(_) => {}
+                        }
+                    }
+                }
+            }
+            Resolution::None => {
+                if se.addresses.is_empty() {
+                    for name in exact_hosts(se) {
+                        resolve(&name, None, &mut targets);
+                    }
+                }
+            }
+        }
+        for h in &se.hosts {
+            if matches!(h, Host::Wildcard(_)) && se.addresses.is_empty() && se.endpoints.is_empty() {
+                d.warnings.push(format!(
+                    "{}/{}: wildcard host {h} has no addresses or endpoints; enforcer cannot learn its IPs yet (DNS-aware enforcement is not implemented), so connections to it are denied",
+                    se.namespace, se.name
+                ));
+            }
+        }
+        for (net, ep_ports) in targets {
+            let net = normalize(net);
+            d.dests.entry(DestEntry { net }).or_insert(value);
+            for p in &se.ports {
+                let proto = if p.protocol.is_udp() { PROTO_UDP } else { PROTO_TCP };
+                let mut ports = vec![p.number];
+                ports.extend(p.target_port);
+                if let Some(epp) = ep_ports.and_then(|m| m.get(&p.name)) {
+                    ports.push(*epp);
+                }
+                for port in ports {
+                    d.allow.entry(AllowEntry { policy_id: inp.policy_id, net, port, proto }).or_insert(value);
+                }
+            }
+        }
+    }
+
+    for c in inp.cli {
+        let id = d.services.len() as u32 + 1;
+        let flag = match c.target {
+            CliTarget::Net(n) if n.prefix_len() < n.max_prefix_len() => "--allow-cidr",
+            _ => "--allow",
+        };
+        d.services.push(ServiceInfo {
+            id,
+            name: format!("{flag} {}", c.text),
+            hosts: match &c.target {
+                CliTarget::Host(h) => vec![h.clone()],
+                CliTarget::Net(n) => vec![n.to_string()],
+            },
+            kind: ServiceKind::CommandLine,
+        });
+        let value = AllowValue { service_id: id, flags: ALLOW_F_CLI };
+        let nets: Vec<IpNet> = match &c.target {
+            CliTarget::Net(n) => vec![*n],
+            CliTarget::Host(h) => match inp.resolved.get(h) {
+                Some(ips) if !ips.is_empty() => ips.iter().map(|ip| IpNet::from(*ip)).collect(),
+                _ => {
+                    d.warnings.push(format!("{}: host {h} did not resolve; nothing allowed for it", c.text));
+                    vec![]
+                }
+            },
+        };
+        for net in nets {
+            let net = normalize(net);
+            d.dests.entry(DestEntry { net }).or_insert(value);
+            for proto in [PROTO_TCP, PROTO_UDP] {
+                let port = c.port.unwrap_or(ANY_PORT);
+                d.allow.entry(AllowEntry { policy_id: inp.policy_id, net, port, proto }).or_insert(value);
+            }
+        }
+    }
+
+    if !inp.dns_servers.is_empty() {
+        let id = d.services.len() as u32 + 1;
+        d.services.push(ServiceInfo {
+            id,
+            name: "host DNS resolvers".into(),
+            hosts: inp.dns_servers.iter().map(|s| s.to_string()).collect(),
+            kind: ServiceKind::HostDns,
+        });
+        let value = AllowValue { service_id: id, flags: ALLOW_F_DNS };
+        for ip in inp.dns_servers {
+            let net = normalize(IpNet::from(*ip));
+            for proto in [PROTO_TCP, PROTO_UDP] {
+                d.allow.entry(AllowEntry { policy_id: inp.policy_id, net, port: 53, proto }).or_insert(value);
+            }
+        }
+    }
+    d
+}
+
+/// Changes that turn one map content into another: apply `upserts` before `removals`, so a
+/// destination allowed before and after is never briefly missing.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Diff<K, V> {
+    pub upserts: Vec<(K, V)>,
+    pub removals: Vec<K>,
+}
+
+impl<K, V> Diff<K, V> {
+    pub fn is_empty(&self) -> bool {
+        self.upserts.is_empty() && self.removals.is_empty()
+    }
+}
+
+pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(old: &BTreeMap<K, V>, new: &BTreeMap<K, V>) -> Diff<K, V> {
+    Diff {
+        upserts: new.iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
+        removals: old.keys().filter(|k| !new.contains_key(k)).copied().collect(),
+    }
+}
+
+/// The host's DNS resolvers, from resolv.conf's `nameserver` lines.
+pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next()? == "nameserver").then(|| f.next()?.split('%').next()?.parse().ok())?
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(yaml: &str) -> Registry {
+        crate::config::load_str(yaml, std::path::Path::new("test.yaml")).expect("valid registry")
+    }
+
+    fn compile_with(reg: &Registry, resolved: &[(&str, &[&str])], cli: &[CliAllow]) -> Desired {
+        let resolved: HashMap<String, Vec<IpAddr>> = resolved
+            .iter()
+            .map(|(n, ips)| (n.to_string(), ips.iter().map(|i| i.parse().unwrap()).collect()))
+            .collect();
+        compile(&Inputs { registry: reg, resolved: &resolved, cli, dns_servers: &[], policy_id: 0 })
+    }
+
+    fn entries(d: &Desired) -> Vec<String> {
+        d.allow.keys().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn static_endpoints_allow_service_target_and_endpoint_ports() {
+        let r = reg(r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api}
+spec:
+  hosts: [api.example.com]
+  ports:
+  - {number: 80, name: http, protocol: HTTP, targetPort: 443}
+  resolution: STATIC
+  endpoints:
+  - address: 10.0.0.5
+  - address: 10.0.0.6
+    ports: {http: 8080}
+"#);
+        let d = compile_with(&r, &[], &[]);
+        assert_eq!(
+            entries(&d),
+            vec!["10.0.0.5:80/tcp", "10.0.0.5:443/tcp", "10.0.0.6:80/tcp", "10.0.0.6:443/tcp", "10.0.0.6:8080/tcp"]
+        );
+        assert_eq!(d.services[0].name, "default/api");
+        assert!(d.warnings.is_empty(), "{:?}", d.warnings);
+    }
+
+    #[test]
+    fn addresses_cidrs_and_udp() {
+        let r = reg(r#"
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: dns, namespace: infra}
+spec:
+  hosts: [ntp.example.com]
+  addresses: [192.0.2.0/24, "2001:db8::/64", "::ffff:198.51.100.7"]
+  ports:
+  - {number: 123, name: ntp, protocol: UDP}
+  resolution: NONE
+"#);
+        let d = compile_with(&r, &[], &[]);
+        assert_eq!(entries(&d), vec!["192.0.2.0/24:123/udp", "198.51.100.7:123/udp", "[2001:db8::/64]:123/udp"]);
+        assert_eq!(d.dests.len(), 3);
+    }
+
+    #[test]
+    fn dns_resolution_uses_resolved_addresses_and_warns_on_failure() {
+        let r = reg(r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ext}
+spec:
+  hosts: [a.example.com, b.example.com]
+  ports: [{number: 443, name: https, protocol: HTTPS}]
+  resolution: DNS
+"#);
+        let names = names_to_resolve(&r, &[]);
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), vec!["a.example.com", "b.example.com"]);
+        let d = compile_with(&r, &[("a.example.com", &["203.0.113.1", "2001:db8::1"])], &[]);
+        assert_eq!(entries(&d), vec!["203.0.113.1:443/tcp", "[2001:db8::1]:443/tcp"]);
+        assert_eq!(d.warnings.len(), 1);
+        assert!(d.warnings[0].contains("b.example.com"), "{}", d.warnings[0]);
+    }
+
+    #[test]
+    fn cli_allows() {
+        let r = Registry::default();
+        let cli = vec![
+            CliAllow::parse_host("203.0.113.9:8443").unwrap(),
+            CliAllow::parse_cidr("10.1.0.0/16").unwrap(),
+            CliAllow::parse_cidr("[2001:db8::/32]:443").unwrap(),
+            CliAllow::parse_host("api.test").unwrap(),
+        ];
+        let d = compile_with(&r, &[("api.test", &["198.51.100.1"])], &cli);
+        assert_eq!(
+            entries(&d),
+            vec![
+                "10.1.0.0/16:*/tcp",
+                "10.1.0.0/16:*/udp",
+                "198.51.100.1:*/tcp",
+                "198.51.100.1:*/udp",
+                "203.0.113.9:8443/tcp",
+                "203.0.113.9:8443/udp",
+                "[2001:db8::/32]:443/tcp",
+                "[2001:db8::/32]:443/udp",
+            ]
+        );
+        assert!(d.allow.values().all(|v| v.flags == ALLOW_F_CLI));
+    }
+
+    #[test]
+    fn cli_parse_errors_say_what_is_wrong() {
+        assert!(CliAllow::parse_host("1.2.3.4:99999").unwrap_err().contains("port"));
+        assert!(CliAllow::parse_host("10.0.0.0/8").unwrap_err().contains("--allow-cidr"));
+        assert!(CliAllow::parse_cidr("nonsense:80").is_err());
+        assert_eq!(CliAllow::parse_host("2001:db8::1").unwrap().port, None);
+        assert_eq!(CliAllow::parse_host("[2001:db8::1]:80").unwrap().port, Some(80));
+    }
+
+    #[test]
+    fn keys_round_trip() {
+        for s in ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/48", "::1/128"] {
+            let e = AllowEntry { policy_id: 3, net: s.parse().unwrap(), port: 443, proto: PROTO_TCP };
+            let (plen, k) = e.key();
+            assert_eq!(AllowEntry::from_key(plen, &k), Some(e));
+            let de = DestEntry { net: s.parse().unwrap() };
+            let (plen, k) = de.key();
+            assert_eq!(DestEntry::from_key(plen, &k), Some(de));
+        }
+    }
+
+    #[test]
+    fn diff_orders_adds_before_removes() {
+        let a: BTreeMap<u32, u32> = [(1, 1), (2, 2), (3, 3)].into();
+        let b: BTreeMap<u32, u32> = [(2, 2), (3, 30), (4, 4)].into();
+        let d = diff(&a, &b);
+        assert_eq!(d.upserts, vec![(3, 30), (4, 4)]);
+        assert_eq!(d.removals, vec![1]);
+        assert!(diff(&b, &b).is_empty());
+    }
+
+    #[test]
+    fn resolv_conf() {
+        let t = "# c\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nsearch x\nnameserver ::1\n";
+        assert_eq!(parse_resolv_conf(t), vec!["10.0.0.2".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap(), "::1".parse().unwrap()]);
+    }
+}

@@ -1,0 +1,118 @@
+//! `cargo xtask`: the project's developer tasks.
+//!
+//! - `setup [--check]`   install (or check) the BPF toolchain and the test peers
+//! - `build [--release]` setup, then build the `enforcer` binary
+//! - `test [-- ARGS]`    setup, build, then `cargo test` over the workspace (needs root)
+//! - `demo`              a self-contained demo in a private network namespace (needs root)
+//! - `bench connect`     connect() latency: no enforcement vs `enforcer run` vs nftables
+
+mod bench;
+mod cleanup;
+mod demo;
+mod netns;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "enforcer's developer tasks", version)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent; a no-op when all is present).
+    Setup {
+        /// Only report what is missing; exit 1 if anything is.
+        #[arg(long)]
+        check: bool,
+    },
+    /// Setup, then `cargo build -p enforcer`.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, then run unit and integration tests (root needed). Args after `--` go to
+    /// `cargo test`.
+    Test {
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Show enforcer at work against two HTTP servers in a private network namespace (root needed).
+    Demo(demo::Args),
+    /// Benchmarks (never part of `test`).
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+    /// Internal: the connect()+close() loop of `bench connect`; prints JSON.
+    #[command(hide = true)]
+    BenchClient(bench::ClientArgs),
+    /// Internal: the TCP accept loop of `bench connect`.
+    #[command(hide = true)]
+    BenchServer(bench::ServerArgs),
+}
+
+fn main() -> ExitCode {
+    // Before any thread exists: make sure cargo-installed tools (bpf-linker) are on PATH.
+    util::ensure_cargo_bin_on_path();
+    let cli = Cli::parse();
+    // The helper subcommands run inside benchmarks: no signal thread, no cleanup registry.
+    let result = match cli.cmd {
+        Cmd::BenchClient(a) => return bench::client(a),
+        Cmd::BenchServer(a) => return bench::server(a),
+        cmd => {
+            cleanup::install_signal_handler();
+            run(cmd)
+        }
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        Cmd::Setup { check } => setup::main(check),
+        Cmd::Build { release } => {
+            setup::ensure()?;
+            let bin = util::build_enforcer(release)?;
+            println!("built {}", bin.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Test { args } => test(args),
+        Cmd::Demo(a) => demo::main(a),
+        Cmd::Bench(b) => bench::main(b),
+        Cmd::BenchClient(_) | Cmd::BenchServer(_) => unreachable!(),
+    }
+}
+
+fn test(args: Vec<String>) -> anyhow::Result<ExitCode> {
+    if !util::is_root() {
+        anyhow::bail!(
+            "the integration tests load eBPF programs and create cgroups and network namespaces, \
+             so they need root: run `sudo -E cargo xtask test` (or as root)"
+        );
+    }
+    setup::ensure()?;
+    let bin = util::build_enforcer(false)?;
+    let mut cmd = util::cargo_cmd();
+    // `--workspace` minus the BPF crate, which only builds for bpfel-unknown-none (enforcer's
+    // build.rs builds it); that is every default member, including the `tests` crate.
+    cmd.args(["test", "--workspace", "--exclude", "enforcer-ebpf"]);
+    cmd.args(&args);
+    cmd.env("ENFORCER_BIN", &bin);
+    cmd.current_dir(util::workspace_root());
+    util::show(&cmd);
+    let status = cmd.status().context_spawn("cargo test")?;
+    Ok(util::exit_code_of(status))
+}
+
+use util::SpawnContext as _;
