@@ -32,7 +32,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         Some(d) => d.clone(),
         None => default_pin_dir(cgroup::cgroup_id(&cg)?),
     };
-    preflight::check_bpffs(&pin_dir)?;
+    preflight::ensure_bpffs(&pin_dir)?;
 
     let loaded = match load::load(&args.policy).await {
         Ok(l) => l,

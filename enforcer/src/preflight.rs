@@ -56,7 +56,28 @@ pub fn check_kernel() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bpffs mount the daemon pins under.
+/// Make sure `dir` is on a bpffs: if nothing is mounted at /sys/fs/bpf and `dir` is below it, mount
+/// bpffs there (as systemd and Cilium do); otherwise say how to fix it.
+pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    const DEFAULT: &str = "/sys/fs/bpf";
+    if check_bpffs(dir).is_ok() {
+        return Ok(());
+    }
+    if dir.starts_with(DEFAULT) && Path::new(DEFAULT).is_dir() {
+        let src = c"bpf";
+        let target = c"/sys/fs/bpf";
+        // SAFETY: valid NUL-terminated strings; no data argument.
+        let rc = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
+        if rc == 0 {
+            tracing::info!("mounted bpffs at {DEFAULT}");
+        } else {
+            tracing::warn!("mounting bpffs at {DEFAULT} failed: {}", std::io::Error::last_os_error());
+        }
+    }
+    check_bpffs(dir)
+}
+
+/// Is `dir` on a bpffs mount?
 pub fn check_bpffs(dir: &Path) -> anyhow::Result<()> {
     let mounts = std::fs::read_to_string("/proc/self/mounts").context("reading /proc/self/mounts")?;
     let bpffs: Vec<&str> = mounts

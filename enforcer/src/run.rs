@@ -80,7 +80,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     show(events.drain(), &mut printer);
 
     let code = exit::from_status(status);
-    let summary = events::summarize(&dp.flows(), &loaded.desired, loaded.mode.to_string(), code);
+    let mut summary = events::summarize(&dp.flows(), &loaded.desired, loaded.mode.to_string(), code);
+    summary.events_dropped = dp.event_drops();
     if let Some(path) = &args.report_file {
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;

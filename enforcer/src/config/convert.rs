@@ -673,6 +673,16 @@ impl<'a> FileLoader<'a> {
                     if let Some(s) = self.str_of(&ctx, item, &field) {
                         match parse_host(&s) {
                             Ok(host) => hosts.push(host),
+                            // Istio accepts a `*` prefix inside the first label (`*x`, `*foo.com`;
+                            // its own test data says "weird case but we allow it"), so a real
+                            // manifest must load: accepted, but it matches nothing here.
+                            Err(_) if is_partial_wildcard(&s) => self.warn(
+                                &ctx,
+                                item.line,
+                                &field,
+                                format!("partial wildcard host {s} is accepted as Istio does, but enforcer matches wildcards only on label boundaries, so this host matches nothing"),
+                                "use a whole-label wildcard like *.example.com, or list exact DNS names",
+                            ),
                             Err((msg, fix)) => self.error(&ctx, item.line, &field, msg, fix),
                         }
                     }
@@ -1120,6 +1130,15 @@ impl<'a> FileLoader<'a> {
         let (Some(name), Some(host)) = (name, host) else {
             return;
         };
+        if tls.is_some() || !port_tls.is_empty() || connect_timeout.is_some() {
+            self.warn(
+                &ctx,
+                node.line,
+                "spec.trafficPolicy",
+                format!("TLS origination and connection-pool settings for {host} are validated but not applied yet (the L7 proxy is not implemented): connections go out as the application makes them"),
+                "nothing to change; the settings take effect once the proxy lands",
+            );
+        }
         let source = self.src(&ctx, node.line);
         self.registry.destination_rules.push(DestinationRule {
             name,
@@ -1294,6 +1313,19 @@ pub(crate) fn parse_host(raw: &str) -> Result<Host, (String, &'static str)> {
         ));
     }
     Ok(Host::Exact(s.to_string()))
+}
+
+/// `*x`, `*foo.example.com`: a `*` prefix inside the first label, which Istio's
+/// `ValidateWildcardDomain` allows.
+fn is_partial_wildcard(raw: &str) -> bool {
+    let s = raw.trim().to_ascii_lowercase();
+    let s = s.strip_suffix('.').unwrap_or(&s);
+    match s.strip_prefix('*') {
+        Some(rest) if !rest.is_empty() && !rest.starts_with('.') && !rest.contains('*') => {
+            is_fqdn(rest)
+        }
+        _ => false,
+    }
 }
 
 fn parse_net(s: &str) -> Option<ipnet::IpNet> {

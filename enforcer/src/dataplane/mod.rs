@@ -11,7 +11,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapInfo, PerCpuHashMap, RingBuf, lpm_trie::{Key, LpmTrie}},
+    maps::{Array, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::{Key, LpmTrie}},
     programs::{CgroupAttachMode, CgroupSockAddr, links::{FdLink, LinkError, PinnedLink}},
 };
 use enforcer_common::{
@@ -87,6 +87,7 @@ pub struct Dataplane {
     modes: Array<MapData, u32>,
     flows: PerCpuHashMap<MapData, FlowKey, u64>,
     events: Option<RingBuf<MapData>>,
+    event_drops: PerCpuArray<MapData, u64>,
     pin_dir: Option<PathBuf>,
     applied_allow: BTreeMap<AllowEntry, AllowValue>,
     applied_dests: BTreeMap<DestEntry, AllowValue>,
@@ -134,6 +135,7 @@ impl Dataplane {
         let modes = Array::try_from(take(map_names::MODES)?).map_err(map_err(map_names::MODES, "open"))?;
         let flows = PerCpuHashMap::try_from(take(map_names::FLOWS)?).map_err(map_err(map_names::FLOWS, "open"))?;
         let events = RingBuf::try_from(take(map_names::EVENTS)?).map_err(map_err(map_names::EVENTS, "open"))?;
+        let event_drops = PerCpuArray::try_from(take(map_names::EVENT_DROPS)?).map_err(map_err(map_names::EVENT_DROPS, "open"))?;
 
         for name in prog_names::ALL {
             let prog: &mut CgroupSockAddr = ebpf
@@ -151,6 +153,7 @@ impl Dataplane {
             modes,
             flows,
             events: Some(events),
+            event_drops,
             pin_dir: opts.pin_dir.clone(),
             applied_allow: BTreeMap::new(),
             applied_dests: BTreeMap::new(),
@@ -279,6 +282,11 @@ impl Dataplane {
             .filter_map(|r| r.ok())
             .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
             .collect()
+    }
+
+    /// Events the kernel could not queue because the ring buffer was full, summed over CPUs.
+    pub fn event_drops(&self) -> u64 {
+        self.event_drops.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
     }
 
     /// Take the event ring buffer (once).
