@@ -21,7 +21,10 @@ pub mod map_names {
     pub const EVENTS: &str = "EVENTS";
     pub const EVENT_DROPS: &str = "EVENT_DROPS";
     pub const FLOWS: &str = "FLOWS";
-    pub const ALL: [&str; 7] = [ALLOW, DESTS, MODES, WORKLOADS, EVENTS, EVENT_DROPS, FLOWS];
+    pub const SETTINGS: &str = "SETTINGS";
+    pub const DNS_ORIG: &str = "DNS_ORIG";
+    pub const ALL: [&str; 9] =
+        [ALLOW, DESTS, MODES, WORKLOADS, EVENTS, EVENT_DROPS, FLOWS, SETTINGS, DNS_ORIG];
 }
 
 /// Program names (the function names in `enforcer-ebpf`), one per hook.
@@ -30,7 +33,15 @@ pub mod prog_names {
     pub const CONNECT6: &str = "connect6";
     pub const SENDMSG4: &str = "sendmsg4";
     pub const SENDMSG6: &str = "sendmsg6";
+    pub const RECVMSG4: &str = "recvmsg4";
+    pub const RECVMSG6: &str = "recvmsg6";
+    pub const GETPEERNAME4: &str = "getpeername4";
+    pub const GETPEERNAME6: &str = "getpeername6";
+    /// The hooks that judge connections (always attached).
     pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SENDMSG4, SENDMSG6];
+    /// The hooks that restore the resolver address on steered DNS sockets (attached with DNS
+    /// steering; getpeername needs Linux 5.8).
+    pub const DNS_RESTORE: [&str; 4] = [RECVMSG4, RECVMSG6, GETPEERNAME4, GETPEERNAME6];
 }
 
 #[cfg(test)]
@@ -85,6 +96,19 @@ mod layout_tests {
         assert_eq!(offset_of!(FlowKey, verdict), 36);
         assert_eq!(offset_of!(FlowKey, hook), 37);
         assert_eq!(offset_of!(FlowKey, _pad), 38);
+    }
+
+    #[test]
+    fn settings_and_orig_have_no_padding() {
+        assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(offset_of!(Settings, dns_v6), 0);
+        assert_eq!(offset_of!(Settings, dns_v4), 16);
+        assert_eq!(offset_of!(Settings, dns_port), 20);
+        assert_eq!(offset_of!(Settings, flags), 22);
+        assert_eq!(offset_of!(Settings, agent_mark), 24);
+        assert_eq!(size_of::<OrigDest>(), 24);
+        assert_eq!(offset_of!(OrigDest, port), 16);
+        assert_eq!(offset_of!(OrigDest, family), 18);
     }
 
     #[test]

@@ -29,6 +29,13 @@ pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
 /// their connect counts. The least recently used tuple is evicted when full.
 pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 
+/// Capacity of `DNS_ORIG` (LRU hash): sockets whose port-53 traffic was steered to the agent's
+/// DNS forwarder, with the resolver they meant to reach.
+pub const DNS_ORIG_MAX_ENTRIES: u32 = 65_536;
+
+/// `Settings::flags`: steer port-53 traffic (UDP sendmsg/connect, TCP connect) to the forwarder.
+pub const SETTINGS_F_DNS_STEER: u16 = 1 << 0;
+
 /// The node default policy: cgroups with no `WORKLOADS` entry are judged by it.
 pub const DEFAULT_POLICY: u32 = 0;
 
@@ -152,8 +159,39 @@ pub struct FlowKey {
     pub _pad: [u8; 2],
 }
 
+/// The only entry of `SETTINGS`: agent-wide knobs the programs read on every call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// The DNS forwarder's IPv6 listen address (network byte order), e.g. ::1.
+    pub dns_v6: [u8; 16],
+    /// The DNS forwarder's IPv4 listen address (network byte order), e.g. 127.0.0.1.
+    pub dns_v4: [u8; 4],
+    /// The forwarder's port (host byte order), the same on both addresses.
+    pub dns_port: u16,
+    /// `SETTINGS_F_*`.
+    pub flags: u16,
+    /// Sockets carrying this `SO_MARK` (the forwarder's upstream queries) are never steered.
+    pub agent_mark: u32,
+    pub _pad: u32,
+}
+
+/// Value of `DNS_ORIG` (key: socket cookie): where a steered socket meant to send its DNS query, so
+/// recvmsg/getpeername can show the app the resolver it asked.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct OrigDest {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::Settings {}
+    unsafe impl aya::Pod for super::OrigDest {}
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: plain #[repr(C)] data with no padding (see the layout tests) and no invalid bit patterns.
     unsafe impl aya::Pod for super::AllowKey {}

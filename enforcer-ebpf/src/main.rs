@@ -33,6 +33,30 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     sock_addr::judge(&ctx, HOOK_SENDMSG6, true)
 }
 
+/// recvmsg() on IPv4 UDP sockets: steered DNS answers appear to come from the resolver asked.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock_addr::restore_dns(&ctx, false)
+}
+
+/// recvmsg() on IPv6 UDP sockets (including IPv4-mapped).
+#[cgroup_sock_addr(recvmsg6)]
+pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
+    sock_addr::restore_dns(&ctx, true)
+}
+
+/// getpeername() on IPv4 sockets connected to the steered resolver.
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    sock_addr::restore_dns(&ctx, false)
+}
+
+/// getpeername() on IPv6 sockets connected to the steered resolver.
+#[cgroup_sock_addr(getpeername6)]
+pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    sock_addr::restore_dns(&ctx, true)
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

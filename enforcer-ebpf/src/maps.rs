@@ -5,11 +5,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
     ALLOW_MAX_ENTRIES, AllowKey, AllowValue, DESTS_MAX_ENTRIES, DestKey, DestValue,
-    EVENTS_RING_BYTES, FLOWS_MAX_ENTRIES, FlowKey, MAX_POLICIES, WORKLOADS_MAX_ENTRIES, WorkloadValue,
+    DNS_ORIG_MAX_ENTRIES, EVENTS_RING_BYTES, FLOWS_MAX_ENTRIES, OrigDest, Settings, FlowKey, MAX_POLICIES, WORKLOADS_MAX_ENTRIES, WorkloadValue,
 };
 
 /// Allowed destinations: (policy, port, protocol, family, address/CIDR) -> service.
@@ -44,3 +44,12 @@ pub static EVENT_DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// per-destination metrics. LRU per-CPU hash, `FLOWS_MAX_ENTRIES` (65,536) entries.
 #[map]
 pub static FLOWS: LruPerCpuHashMap<FlowKey, u64> = LruPerCpuHashMap::with_max_entries(FLOWS_MAX_ENTRIES, 0);
+
+/// Agent-wide settings (DNS forwarder address, steering flag, the agent's socket mark). Array of 1.
+#[map]
+pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
+
+/// Socket cookie -> the resolver a steered DNS socket meant to reach. LRU hash,
+/// `DNS_ORIG_MAX_ENTRIES` (65,536) entries.
+#[map]
+pub static DNS_ORIG: LruHashMap<u64, OrigDest> = LruHashMap::with_max_entries(DNS_ORIG_MAX_ENTRIES, 0);

@@ -1,9 +1,10 @@
 //! The verdict shared by the connect4/connect6/sendmsg4/sendmsg6 hooks.
 
 use aya_ebpf::{
+    EbpfContext as _,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_boot_ns,
+        bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie,
     },
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -11,12 +12,12 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use enforcer_common::{
     ANY_PORT, AllowKey, AllowValue, DEFAULT_POLICY, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey,
-    MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, PROTO_TCP, PROTO_UDP, REASON_NOT_IN_REGISTRY,
-    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SERVICE_NONE, VERDICT_ALLOWED, VERDICT_AUDIT,
+    MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, OrigDest, PROTO_TCP, PROTO_UDP, REASON_NOT_IN_REGISTRY,
+    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SERVICE_NONE, SETTINGS_F_DNS_STEER, VERDICT_ALLOWED, VERDICT_AUDIT,
     VERDICT_DENIED, v4_from_mapped,
 };
 
-use crate::maps::{ALLOW, DESTS, EVENT_DROPS, EVENTS, FLOWS, MODES, WORKLOADS};
+use crate::maps::{ALLOW, DESTS, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, SETTINGS, WORKLOADS};
 
 /// Return values of cgroup sock_addr programs: 1 lets the call proceed, 0 fails it with EPERM.
 pub const ALLOW_CALL: i32 = 1;
@@ -63,6 +64,11 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         }
     } else {
         dest.addr[0..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    }
+    // Port-53 traffic goes to the agent's DNS forwarder (whatever resolver it was aimed at, even a
+    // loopback one), which puts registry answers into ALLOW before the app sees them.
+    if dest.port == DNS_PORT && steer_dns(ctx, &dest, v6) {
+        return ALLOW_CALL;
     }
     if is_local(&dest) {
         return ALLOW_CALL;
@@ -118,6 +124,112 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         reason
     );
     if audit { ALLOW_CALL } else { DENY_CALL }
+}
+
+const DNS_PORT: u16 = 53;
+
+/// Rewrite a port-53 destination to the forwarder and remember the original by socket cookie.
+/// Returns false (judge normally) when steering is off, the socket is the forwarder's own (marked),
+/// or the destination already is the forwarder.
+#[inline(always)]
+fn steer_dns(ctx: &SockAddrContext, dest: &Dest, v6: bool) -> bool {
+    let Some(s) = SETTINGS.get(0) else { return false };
+    if s.flags & SETTINGS_F_DNS_STEER == 0 {
+        return false;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel hands sock_addr programs a valid context whose `sk` is a full socket.
+    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
+    if !sk.is_null() && s.agent_mark != 0 && unsafe { (*sk).mark } == s.agent_mark {
+        return false;
+    }
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let orig = OrigDest { addr: dest.addr, port: dest.port, family: dest.family, _pad: [0; 5] };
+    if DNS_ORIG.insert(&cookie, &orig, 0).is_err() {
+        return false;
+    }
+    // SAFETY: connect/sendmsg programs may write the user address and port.
+    unsafe {
+        if !v6 {
+            (*sa).user_ip4 = u32::from_ne_bytes(s.dns_v4);
+        } else if dest.family == FAMILY_V4 {
+            // An IPv4-mapped destination on an IPv6 socket: ::ffff:<forwarder v4>.
+            (*sa).user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(s.dns_v4)];
+        } else {
+            let a = s.dns_v6;
+            (*sa).user_ip6 = [
+                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+            ];
+        }
+        (*sa).user_port = u32::from(s.dns_port.to_be());
+    }
+    true
+}
+
+/// recvmsg/getpeername on a steered socket: show the app the resolver it asked, not the
+/// forwarder. Always returns 1 (these hooks cannot refuse).
+#[inline(always)]
+pub fn restore_dns(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let Some(s) = SETTINGS.get(0) else { return 1 };
+    if s.flags & SETTINGS_F_DNS_STEER == 0 {
+        return 1;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: valid context; reads of the user address are allowed in these hooks.
+    let (port, is_forwarder) = unsafe {
+        let port = u16::from_be((*sa).user_port as u16);
+        let fwd = if v6 {
+            let w = (*sa).user_ip6;
+            let a = s.dns_v6;
+            let native = w[0] == u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
+                && w[1] == u32::from_ne_bytes([a[4], a[5], a[6], a[7]])
+                && w[2] == u32::from_ne_bytes([a[8], a[9], a[10], a[11]])
+                && w[3] == u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+            let mapped = w[0] == 0
+                && w[1] == 0
+                && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
+                && w[3] == u32::from_ne_bytes(s.dns_v4);
+            native || mapped
+        } else {
+            (*sa).user_ip4 == u32::from_ne_bytes(s.dns_v4)
+        };
+        (port, fwd)
+    };
+    if port != s.dns_port || !is_forwarder {
+        return 1;
+    }
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(orig) = (unsafe { DNS_ORIG.get(&cookie) }) else { return 1 };
+    let (family, addr, oport) = (orig.family, orig.addr, orig.port);
+    // SAFETY: recvmsg/getpeername programs may write the user address and port.
+    unsafe {
+        if !v6 {
+            if family == FAMILY_V4 {
+                (*sa).user_ip4 = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+            }
+        } else if family == FAMILY_V4 {
+            (*sa).user_ip6 = [
+                0,
+                0,
+                u32::from_ne_bytes([0, 0, 0xff, 0xff]),
+                u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+            ];
+        } else {
+            (*sa).user_ip6 = [
+                u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+                u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
+                u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
+                u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+            ];
+        }
+        (*sa).user_port = u32::from(oport.to_be());
+    }
+    1
 }
 
 /// Add one to the per-CPU count of this (cgroup, destination, verdict).

@@ -1,1 +1,1059 @@
+//! Shared guards and helpers for the enforcer integration tests.
+//!
+//! Everything that touches the kernel is wrapped in an RAII guard that cleans up on every path,
+//! panics included:
+//! - [`Netns`]: a network namespace with a veth pair, a private /24 (198.18.0.0/15) and /64
+//!   (fd00::/8) per test, allocated under a cross-process lock so parallel tests (and parallel
+//!   test binaries) never collide;
+//! - [`Server`]: a real listener process (python3) inside a netns, killed on drop;
+//! - [`Cgroup`]: a child cgroup of this process's own cgroup, emptied (cgroup.kill) and removed on
+//!   drop;
+//! - [`PinDir`] / [`Daemon`]: an `enforcer daemon` process and its bpffs pin directory; dropping
+//!   stops the daemon (SIGTERM) and runs `enforcer unpin`;
+//! - [`TempDir`].
+//!
+//! The tests need root, cgroup v2 and bpffs. Without them they FAIL with a message saying what is
+//! missing (they never pass vacuously).
 
+use std::{
+    collections::HashMap,
+    ffi::OsStr,
+    fs,
+    io::{BufRead as _, BufReader, Read as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::{fs::PermissionsExt as _, process::CommandExt as _},
+    },
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{
+        OnceLock,
+        atomic::{AtomicU32, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A number unique within this process.
+pub fn unique() -> u32 {
+    COUNTER.fetch_add(1, Ordering::SeqCst)
+}
+
+/// `<pid>-<n>`: unique across processes on this machine (for names of cgroups, dirs, netns).
+pub fn unique_tag() -> String {
+    format!("{}-{}", std::process::id(), unique())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Environment
+// ---------------------------------------------------------------------------------------------
+
+/// The enforcer binary: `$ENFORCER_BIN`, else `<workspace>/target/debug/enforcer`.
+pub fn enforcer_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let p = match std::env::var_os("ENFORCER_BIN") {
+            Some(p) => PathBuf::from(p),
+            None => workspace().join("target/debug/enforcer"),
+        };
+        assert!(
+            p.is_file(),
+            "enforcer binary not found at {} — build it first with `cargo build -p enforcer` (from the workspace root) or set ENFORCER_BIN",
+            p.display()
+        );
+        p
+    })
+    .clone()
+}
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// Fail (not skip) with a clear message unless the machine can run the kernel tests: root,
+/// cgroup2, bpffs, `ip`, `python3`, and the enforcer binary.
+pub fn preflight() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        // SAFETY: plain syscall.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(
+            euid, 0,
+            "the enforcer integration tests need root (they load BPF programs, create cgroups and network namespaces); run them with sudo -E cargo test -p enforcer-tests"
+        );
+        let _ = cgroup2_mount();
+        let _ = enforcer_bin();
+        let _ = python();
+        assert!(
+            Command::new("ip").arg("-V").output().map(|o| o.status.success()).unwrap_or(false),
+            "iproute2 (`ip`) is required by the integration tests"
+        );
+        warn_if_stale();
+    });
+}
+
+/// Warn (stderr) if enforcer sources are newer than the binary being tested.
+fn warn_if_stale() {
+    if std::env::var_os("ENFORCER_BIN").is_some() {
+        return;
+    }
+    let Ok(bin_mtime) = fs::metadata(enforcer_bin()).and_then(|m| m.modified()) else { return };
+    let mut newest = None;
+    for dir in ["enforcer/src", "enforcer-ebpf/src", "enforcer-common/src"] {
+        let mut stack = vec![workspace().join(dir)];
+        while let Some(d) = stack.pop() {
+            let Ok(rd) = fs::read_dir(&d) else { continue };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
+                    if newest.as_ref().is_none_or(|(t, _)| m > *t) {
+                        newest = Some((m, p));
+                    }
+                }
+            }
+        }
+    }
+    if let Some((t, p)) = newest {
+        if t > bin_mtime {
+            eprintln!(
+                "warning: {} is newer than {}; run `cargo build -p enforcer` to test the current sources",
+                p.display(),
+                enforcer_bin().display()
+            );
+        }
+    }
+}
+
+/// Where cgroup2 is mounted (from /proc/self/mountinfo).
+pub fn cgroup2_mount() -> PathBuf {
+    static M: OnceLock<PathBuf> = OnceLock::new();
+    M.get_or_init(|| {
+        let info = fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
+        for line in info.lines() {
+            let Some((left, right)) = line.split_once(" - ") else { continue };
+            if right.split_whitespace().next() == Some("cgroup2") {
+                if let Some(m) = left.split_whitespace().nth(4) {
+                    return PathBuf::from(m.replace("\\040", " "));
+                }
+            }
+        }
+        panic!("no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); the enforcer integration tests need cgroup v2")
+    })
+    .clone()
+}
+
+/// This process's own cgroup directory (the parent of every cgroup the tests create).
+pub fn own_cgroup_dir() -> PathBuf {
+    let text = fs::read_to_string("/proc/self/cgroup").expect("reading /proc/self/cgroup");
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim();
+    cgroup2_mount().join(rel.trim_start_matches('/'))
+}
+
+/// The real python3 executable (not a pyenv shim: faster, and its comm is `python3`).
+pub fn python() -> PathBuf {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let out = Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 is required by the integration tests (clients and servers are python scripts)");
+        assert!(out.status.success(), "python3 does not run: {}", String::from_utf8_lossy(&out.stderr));
+        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+    })
+    .clone()
+}
+
+fn sh(prog: &str, args: &[&str]) -> String {
+    let out = Command::new(prog).args(args).output().unwrap_or_else(|e| panic!("running {prog}: {e}"));
+    assert!(
+        out.status.success(),
+        "`{prog} {}` failed ({}): {}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh_quiet(prog: &str, args: &[&str]) {
+    let _ = Command::new(prog).args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes with deadlines
+// ---------------------------------------------------------------------------------------------
+
+/// What a finished command did. `status` is the exit code, or 128+N for signal N (like a shell).
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub status: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn assert_status(&self, want: i32) -> &Self {
+        assert_eq!(self.status, want, "unexpected exit status\n{self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "--- status {}\n--- stdout\n{}\n--- stderr\n{}", self.status, self.stdout, self.stderr)
+    }
+}
+
+pub fn shell_status(st: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        _ => -1,
+    }
+}
+
+/// Run `cmd` to completion with piped output; after `timeout` it gets SIGTERM, then SIGKILL, and
+/// the test fails.
+pub fn output_with_timeout(cmd: &mut Command, timeout: Duration) -> Outcome {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let desc = format!("{cmd:?}");
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {desc}: {e}"));
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = so.read_to_end(&mut s);
+        s
+    });
+    let t2 = thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = se.read_to_end(&mut s);
+        s
+    });
+    let deadline = Instant::now() + timeout;
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            break st;
+        }
+        if Instant::now() > deadline && !timed_out {
+            timed_out = true;
+            // SAFETY: plain syscall on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            thread::sleep(Duration::from_secs(2));
+            let _ = child.kill();
+        }
+        thread::sleep(Duration::from_millis(5));
+    };
+    let out = Outcome {
+        status: shell_status(status),
+        stdout: String::from_utf8_lossy(&t1.join().unwrap()).into_owned(),
+        stderr: String::from_utf8_lossy(&t2.join().unwrap()).into_owned(),
+    };
+    assert!(!timed_out, "timed out after {timeout:?}: {desc}\n{out}");
+    out
+}
+
+/// `enforcer ARGS...` with a 60 s deadline.
+pub fn enforcer<I, S>(args: I) -> Outcome
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut c = Command::new(enforcer_bin());
+    c.args(args).env("NO_COLOR", "1");
+    output_with_timeout(&mut c, Duration::from_secs(60))
+}
+
+/// `enforcer run POLICY_ARGS... -- CMD...`.
+pub fn enforcer_run<P: AsRef<OsStr>, S: AsRef<OsStr>>(policy: &[P], cmd: &[S]) -> Outcome {
+    let mut args: Vec<&OsStr> = vec![OsStr::new("run")];
+    args.extend(policy.iter().map(|s| s.as_ref()));
+    args.push(OsStr::new("--"));
+    args.extend(cmd.iter().map(|s| s.as_ref()));
+    enforcer(args)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Python clients
+// ---------------------------------------------------------------------------------------------
+
+/// Client: each argument is `PROTO|ADDR|PORT` (PROTO: tcp, udp = sendto without connect,
+/// udpconnect = connect then send). Prints one JSON line `{pid, results: [{op, ok, errno, error,
+/// reply}]}`; `reply` is the HTTP body (tcp) or datagram (udp).
+pub const CLIENT_PY: &str = r#"
+import json, os, socket, sys
+res = []
+for op in sys.argv[1:]:
+    proto, addr, port = op.split('|')
+    port = int(port)
+    fam = socket.AF_INET6 if ':' in addr else socket.AF_INET
+    r = {'op': op, 'ok': False, 'errno': None, 'error': None, 'reply': None}
+    try:
+        if proto == 'tcp':
+            s = socket.socket(fam, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect((addr, port))
+            s.sendall(b'GET / HTTP/1.0\r\n\r\n')
+            data = b''
+            while True:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            r['reply'] = data.split(b'\r\n\r\n', 1)[-1].decode()
+        elif proto in ('udp', 'udpconnect'):
+            s = socket.socket(fam, socket.SOCK_DGRAM)
+            s.settimeout(3)
+            if proto == 'udp':
+                s.sendto(b'ping', (addr, port))
+            else:
+                s.connect((addr, port))
+                s.send(b'ping')
+            data, _ = s.recvfrom(4096)
+            r['reply'] = data.decode()
+        else:
+            raise ValueError('bad proto ' + proto)
+        s.close()
+        r['ok'] = True
+    except OSError as e:
+        r['errno'] = e.errno
+        r['error'] = str(e)
+    res.append(r)
+print(json.dumps({'pid': os.getpid(), 'results': res}))
+sys.stdout.flush()
+"#;
+
+/// Server: each argument is `tcp:PORT` or `udp:PORT`, bound dual-stack on `::` (so every address
+/// of the namespace answers). TCP answers one HTTP/1.0 response whose body is
+/// `hello from ADDR:PORT` (the local address that was reached); UDP echoes `echo ADDR:PORT`.
+/// Prints `ready` once everything is bound.
+pub const SERVER_PY: &str = r#"
+import socket, sys, threading
+def local(sock):
+    a, p = sock.getsockname()[:2]
+    if a.startswith('::ffff:'):
+        a = a[7:]
+    elif ':' in a:
+        a = '[' + a + ']'
+    return '%s:%d' % (a, p)
+def handle(c):
+    try:
+        c.settimeout(2)
+        try:
+            buf = b''
+            while b'\r\n\r\n' not in buf:
+                d = c.recv(4096)
+                if not d:
+                    break
+                buf += d
+        except OSError:
+            pass
+        body = ('hello from %s\n' % local(c)).encode()
+        c.sendall(b'HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\nConnection: close\r\n\r\n' % len(body) + body)
+    except OSError:
+        pass
+    finally:
+        c.close()
+def tcp(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(('::', port))
+    s.listen(128)
+    def loop():
+        while True:
+            c, _ = s.accept()
+            threading.Thread(target=handle, args=(c,), daemon=True).start()
+    return loop
+def udp(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+    s.bind(('::', port))
+    def loop():
+        while True:
+            data, anc, _, peer = s.recvmsg(4096, 1024)
+            dst = None
+            for level, typ, d in anc:
+                if level == socket.IPPROTO_IPV6 and typ == socket.IPV6_PKTINFO:
+                    dst = socket.inet_ntop(socket.AF_INET6, d[:16])
+            if dst is None:
+                dst = '?'
+            elif dst.startswith('::ffff:'):
+                dst = dst[7:]
+            else:
+                dst = '[' + dst + ']'
+            s.sendto(('echo %s:%d' % (dst, port)).encode(), peer)
+    return loop
+loops = []
+for spec in sys.argv[1:]:
+    kind, port = spec.split(':')
+    loops.append((tcp if kind == 'tcp' else udp)(int(port)))
+for l in loops:
+    threading.Thread(target=l, daemon=True).start()
+print('ready', flush=True)
+threading.Event().wait()
+"#;
+
+/// One result of [`CLIENT_PY`].
+#[derive(Debug, Clone)]
+pub struct ConnResult {
+    pub op: String,
+    pub ok: bool,
+    pub errno: Option<i64>,
+    pub error: Option<String>,
+    pub reply: Option<String>,
+}
+
+impl ConnResult {
+    pub fn assert_ok(&self, reply_contains: &str) {
+        assert!(self.ok, "{} should have succeeded: {:?}", self.op, self);
+        let reply = self.reply.as_deref().unwrap_or("");
+        assert!(reply.contains(reply_contains), "{}: reply {reply:?} should contain {reply_contains:?}", self.op);
+    }
+
+    pub fn assert_eperm(&self) {
+        assert!(!self.ok, "{} should have been denied with EPERM but succeeded: {:?}", self.op, self);
+        assert_eq!(self.errno, Some(libc::EPERM as i64), "{} should fail with EPERM (1): {:?}", self.op, self);
+    }
+}
+
+/// `tcp|ADDR|PORT` etc.
+pub fn op(proto: &str, addr: impl std::fmt::Display, port: u16) -> String {
+    format!("{proto}|{addr}|{port}")
+}
+
+/// The python client command line: `python3 -c CLIENT_PY OPS...`.
+pub fn client_cmd(ops: &[String]) -> Vec<String> {
+    let mut v = vec![python().display().to_string(), "-c".into(), CLIENT_PY.into()];
+    v.extend(ops.iter().cloned());
+    v
+}
+
+/// Parse the client's JSON output (the last line of stdout): (client pid, results).
+pub fn parse_client(out: &Outcome) -> (u32, Vec<ConnResult>) {
+    let line = out.stdout.lines().last().unwrap_or_else(|| panic!("client printed nothing\n{out}"));
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("client output is not JSON ({e})\n{out}"));
+    let res = v["results"]
+        .as_array()
+        .expect("results list")
+        .iter()
+        .map(|r| ConnResult {
+            op: r["op"].as_str().unwrap().to_string(),
+            ok: r["ok"].as_bool().unwrap(),
+            errno: r["errno"].as_i64(),
+            error: r["error"].as_str().map(str::to_string),
+            reply: r["reply"].as_str().map(str::to_string),
+        })
+        .collect();
+    (v["pid"].as_u64().expect("pid") as u32, res)
+}
+
+/// A client run: the outcome, the client's pid and one result per op.
+pub struct ClientRun {
+    pub out: Outcome,
+    pub pid: u32,
+    pub res: Vec<ConnResult>,
+}
+
+impl ClientRun {
+    fn from(out: Outcome, n: usize) -> Self {
+        assert_eq!(out.status, 0, "the client failed\n{out}");
+        let (pid, res) = parse_client(&out);
+        assert_eq!(res.len(), n, "one result per op\n{out}");
+        Self { out, pid, res }
+    }
+
+    /// Lines `enforcer: denied ...` / `enforcer: audit: ...` on stderr.
+    pub fn verdict_lines(&self) -> Vec<&str> {
+        self.out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("enforcer: denied") || l.starts_with("enforcer: audit"))
+            .collect()
+    }
+}
+
+/// Run the python client under `enforcer run POLICY...` (expects enforcer and client to exit 0).
+pub fn run_client(policy: &[String], ops: &[String]) -> ClientRun {
+    ClientRun::from(enforcer_run(policy, &client_cmd(ops)), ops.len())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Temp dirs and files
+// ---------------------------------------------------------------------------------------------
+
+pub struct TempDir {
+    pub path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("enforcer-tests-{tag}-{}", unique_tag()));
+        fs::create_dir_all(&path).expect("creating temp dir");
+        Self { path }
+    }
+
+    /// Write `name` (creating parents) and return its path.
+    pub fn write(&self, name: &str, content: &str) -> PathBuf {
+        let p = self.path.join(name);
+        if let Some(d) = p.parent() {
+            fs::create_dir_all(d).unwrap();
+        }
+        // Write-then-rename, so a daemon reading concurrently never sees half a file.
+        let tmp = self.path.join(format!(".{name}.tmp"));
+        fs::write(&tmp, content).unwrap();
+        fs::rename(&tmp, &p).unwrap();
+        p
+    }
+
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A ServiceEntry with STATIC endpoints (and optional `addresses`).
+/// `ports`: (number, protocol).
+pub fn service_entry(name: &str, addresses: &[&str], endpoints: &[String], ports: &[(u16, &str)]) -> String {
+    let mut s = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  hosts:\n  - {name}.enforcer.test\n  location: MESH_EXTERNAL\n"
+    );
+    if !addresses.is_empty() {
+        s.push_str("  addresses:\n");
+        for a in addresses {
+            s.push_str(&format!("  - \"{a}\"\n"));
+        }
+    }
+    s.push_str("  ports:\n");
+    for (n, proto) in ports {
+        s.push_str(&format!("  - number: {n}\n    name: {}-{n}\n    protocol: {proto}\n", proto.to_ascii_lowercase()));
+    }
+    s.push_str("  resolution: STATIC\n");
+    if !endpoints.is_empty() {
+        s.push_str("  endpoints:\n");
+        for e in endpoints {
+            s.push_str(&format!("  - address: \"{e}\"\n"));
+        }
+    }
+    s
+}
+
+pub fn mesh_config(mode: &str) -> String {
+    format!("outboundTrafficPolicy:\n  mode: {mode}\n")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces
+// ---------------------------------------------------------------------------------------------
+
+const LOCK_DIR: &str = "/run/enforcer-tests";
+
+/// A network namespace joined to the host namespace by a veth pair.
+///
+/// Host side: `198.18.S.1/24`, `fd00:198:18:S::1/64`. Namespace side: `198.18.S.{2..=7}` and
+/// `fd00:198:18:S::{2,3}` (all `nodad`). `S` is allocated under a file lock in /run so that
+/// concurrent tests and test processes get distinct subnets, and only if the host has no address
+/// or route in it yet.
+pub struct Netns {
+    pub name: String,
+    pub host_if: String,
+    pub subnet: u8,
+    _lock: fs::File,
+}
+
+impl Netns {
+    /// Namespace-side host numbers that get addresses.
+    pub const V4_HOSTS: [u8; 6] = [2, 3, 4, 5, 6, 7];
+    pub const V6_HOSTS: [u16; 2] = [2, 3];
+
+    pub fn new() -> Self {
+        preflight();
+        let n = unique();
+        let pid = std::process::id();
+        let (subnet, lock) = allocate_subnet(pid, n);
+        let name = format!("enft-{pid}-{n}");
+        // ≤ 15 chars: "et" + up to 7 digits of pid + "h" + counter.
+        let host_if = format!("et{}h{}", pid % 10_000_000, n % 10_000);
+        assert!(host_if.len() <= 15);
+        sh("ip", &["netns", "add", &name]);
+        let ns = Self { name, host_if, subnet, _lock: lock };
+        // From here on, Drop cleans up whatever was created.
+        let h = &ns.host_if;
+        sh("ip", &["link", "add", h, "type", "veth", "peer", "name", "veth0", "netns", &ns.name]);
+        sh("ip", &["addr", "add", &format!("{}/24", ns.v4(1)), "dev", h]);
+        sh("ip", &["-6", "addr", "add", &format!("{}/64", ns.v6(1)), "dev", h, "nodad"]);
+        sh("ip", &["link", "set", h, "up"]);
+        let mut batch = String::from("link set lo up\n");
+        for x in Self::V4_HOSTS {
+            batch.push_str(&format!("addr add {}/24 dev veth0\n", ns.v4(x)));
+        }
+        for x in Self::V6_HOSTS {
+            batch.push_str(&format!("addr add {}/64 dev veth0 nodad\n", ns.v6(x)));
+        }
+        batch.push_str("link set veth0 up\n");
+        ip_batch(&ns.name, &batch);
+        ns
+    }
+
+    /// `198.18.S.host`.
+    pub fn v4(&self, host: u8) -> String {
+        format!("198.18.{}.{host}", self.subnet)
+    }
+
+    /// `fd00:198:18:S::host`.
+    pub fn v6(&self, host: u16) -> String {
+        format!("fd00:198:18:{}::{host:x}", self.subnet)
+    }
+
+    /// `198.18.S.0/len`-style CIDR within the subnet.
+    pub fn v4_cidr(&self, first: u8, len: u8) -> String {
+        format!("198.18.{}.{first}/{len}", self.subnet)
+    }
+
+    pub fn v6_net(&self) -> String {
+        format!("fd00:198:18:{}::/64", self.subnet)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `nsenter --net=NS PROG`: only the network namespace changes.
+    pub fn command(&self, prog: impl AsRef<OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg("--").arg(prog);
+        c
+    }
+
+    /// Start [`SERVER_PY`] in the namespace for `specs` (`tcp:PORT`, `udp:PORT`).
+    pub fn serve(&self, specs: &[&str]) -> Server {
+        let mut c = self.command(python());
+        c.arg("-c").arg(SERVER_PY).args(specs);
+        Server::start(c, &format!("server {specs:?} in netns {}", self.name))
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `ip -n NS -batch -` with `batch` on stdin.
+fn ip_batch(ns: &str, batch: &str) {
+    use std::io::Write as _;
+    let mut c = Command::new("ip")
+        .args(["-n", ns, "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running ip -batch");
+    c.stdin.take().unwrap().write_all(batch.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(out.status.success(), "ip -n {ns} -batch failed: {}\n{batch}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Processes still in the namespace (servers whose guard was leaked) would keep it alive.
+        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    // SAFETY: plain syscall; these are processes the test started in its netns.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
+        // Deleting the host end removes the pair (and the host addresses/routes) at once.
+        sh_quiet("ip", &["link", "del", &self.host_if]);
+        sh_quiet("ip", &["netns", "del", &self.name]);
+    }
+}
+
+/// Pick a /24 in 198.18.32.0–198.18.250.0 nobody on this host uses, holding a lock file for it.
+fn allocate_subnet(pid: u32, n: u32) -> (u8, fs::File) {
+    fs::create_dir_all(LOCK_DIR).expect("creating lock dir");
+    let used = format!("{}\n{}", sh("ip", &["-o", "addr", "show"]), sh("ip", &["route", "show", "table", "all"]));
+    const FIRST: u32 = 32;
+    const COUNT: u32 = 219; // 32..=250
+    let start = (pid.wrapping_mul(31).wrapping_add(n.wrapping_mul(7))) % COUNT;
+    for i in 0..COUNT {
+        let s = (FIRST + (start + i) % COUNT) as u8;
+        if used.contains(&format!("198.18.{s}.")) || used.contains(&format!("fd00:198:18:{s}:")) {
+            continue;
+        }
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{LOCK_DIR}/subnet-198.18.{s}.lock"))
+            .expect("opening lock file");
+        // SAFETY: plain syscall on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return (s, f);
+        }
+    }
+    panic!("no free 198.18.x.0/24 subnet for a test network namespace");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Servers
+// ---------------------------------------------------------------------------------------------
+
+/// A listener process; killed (and reaped) on drop.
+pub struct Server {
+    child: Child,
+}
+
+impl Server {
+    /// Start `cmd` and wait (≤ 15 s) for it to print `ready` on stdout.
+    pub fn start(mut cmd: Command, what: &str) -> Self {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let mut srv = Self { child };
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            let _ = r.read_line(&mut line);
+            let _ = tx.send(line);
+            // Keep draining so the server never blocks on a full pipe.
+            let mut sink = Vec::new();
+            let _ = r.read_to_end(&mut sink);
+        });
+        match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(l) if l.trim() == "ready" => srv,
+            Ok(l) => {
+                let st = srv.child.try_wait().ok().flatten();
+                panic!("{what} did not start (printed {l:?}, status {st:?})")
+            }
+            Err(_) => panic!("{what} did not print `ready` within 15 s"),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cgroups
+// ---------------------------------------------------------------------------------------------
+
+/// A child cgroup of this process's own cgroup. Drop kills everything inside and removes it.
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(tag: &str) -> Self {
+        preflight();
+        let path = own_cgroup_dir().join(format!("enft-{tag}-{}", unique_tag()));
+        assert_ne!(path, cgroup2_mount(), "refusing to use the root cgroup");
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        Self { path }
+    }
+
+    /// Path relative to the cgroup2 mount, with a leading `/`.
+    pub fn rel(&self) -> String {
+        format!("/{}", self.path.strip_prefix(cgroup2_mount()).unwrap().display())
+    }
+
+    pub fn pids(&self) -> Vec<i32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+
+    /// Move a running process into this cgroup.
+    pub fn move_in(&self, pid: u32) {
+        fs::write(self.path.join("cgroup.procs"), pid.to_string())
+            .unwrap_or_else(|e| panic!("moving {pid} into {}: {e}", self.path.display()));
+    }
+
+    /// Make `cmd` join this cgroup before it execs (so its first connect is already judged).
+    pub fn enter_on_exec(&self, cmd: &mut Command) {
+        let procs = fs::OpenOptions::new()
+            .write(true)
+            .open(self.path.join("cgroup.procs"))
+            .unwrap_or_else(|e| panic!("opening {}/cgroup.procs: {e}", self.path.display()));
+        let fd = procs.as_raw_fd();
+        // The File must outlive the fork: keep it in the closure (it is CLOEXEC, so the exec'd
+        // program does not inherit it).
+        let procs = std::sync::Arc::new(procs);
+        // SAFETY: only write(2) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let _keep = &procs;
+                if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+
+    /// Run `argv` inside this cgroup to completion (30 s deadline).
+    pub fn run(&self, argv: &[String]) -> Outcome {
+        let mut c = Command::new(&argv[0]);
+        c.args(&argv[1..]);
+        self.enter_on_exec(&mut c);
+        output_with_timeout(&mut c, Duration::from_secs(30))
+    }
+
+    /// Run the python client in this cgroup.
+    pub fn client(&self, ops: &[String]) -> ClientRun {
+        ClientRun::from(self.run(&client_cmd(ops)), ops.len())
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if !self.pids().is_empty() {
+            if fs::write(self.path.join("cgroup.kill"), "1").is_err() {
+                for p in self.pids() {
+                    // SAFETY: plain syscall; processes in our own test cgroup.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+            }
+        }
+        for _ in 0..250 {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        eprintln!("warning: could not remove cgroup {}", self.path.display());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Daemon
+// ---------------------------------------------------------------------------------------------
+
+/// A bpffs pin directory. Drop runs `enforcer unpin --pin-dir` and removes the directory.
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    pub fn new() -> Self {
+        preflight();
+        let path = PathBuf::from(format!("/sys/fs/bpf/enforcer-test-{}", unique_tag()));
+        assert!(!path.exists(), "{} already exists", path.display());
+        Self { path }
+    }
+
+    /// Names of the pins present.
+    pub fn entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = fs::read_dir(&self.path)
+            .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// `enforcer unpin --pin-dir DIR`.
+    pub fn unpin(&self) -> Outcome {
+        enforcer(["unpin".as_ref(), "--pin-dir".as_ref(), self.path.as_os_str()])
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if self.path.exists() {
+            let _ = Command::new(enforcer_bin())
+                .args(["unpin", "--pin-dir"])
+                .arg(&self.path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+            let _ = fs::remove_dir_all(&self.path);
+            let _ = fs::remove_dir(&self.path);
+        }
+    }
+}
+
+/// A running `enforcer daemon`, logging to a file. Drop: SIGTERM (then SIGKILL), then the pin dir
+/// is unpinned and removed (unless handed out by [`Daemon::stop`]).
+pub struct Daemon {
+    child: Option<Child>,
+    pins: Option<PinDir>,
+    pub log_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Daemon {
+    /// `enforcer daemon --cgroup CG --pin-dir PINS --pid-file F EXTRA...`; waits (≤ 30 s) until
+    /// it wrote its pid file (= enforcement in place).
+    pub fn start(cg: &Cgroup, pins: PinDir, extra: &[String]) -> Self {
+        let dir = TempDir::new("daemon");
+        let log_path = dir.join("daemon.log");
+        let pid_file = dir.join("daemon.pid");
+        let log = fs::File::create(&log_path).unwrap();
+        let mut c = Command::new(enforcer_bin());
+        c.arg("daemon")
+            .arg("--cgroup")
+            .arg(&cg.path)
+            .arg("--pin-dir")
+            .arg(&pins.path)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .args(extra)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log);
+        let child = c.spawn().expect("spawning enforcer daemon");
+        let mut d = Self { child: Some(child), pins: Some(pins), log_path, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(s) = fs::read_to_string(&pid_file) {
+                if s.trim() == d.pid().to_string() {
+                    break;
+                }
+            }
+            if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("enforcer daemon exited during start-up ({st})\n--- log\n{}", d.log());
+            }
+            assert!(Instant::now() < deadline, "enforcer daemon did not write its pid file within 30 s\n--- log\n{}", d.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().unwrap().try_wait().unwrap().is_none()
+    }
+
+    /// Send SIGHUP and wait (≤ 20 s) until the log has one more line containing `marker`
+    /// (e.g. "reloaded" or "reload rejected"). Returns the new log lines.
+    pub fn sighup_and_wait(&mut self, marker: &str) -> String {
+        let before = self.log();
+        let count = |s: &str| s.lines().filter(|l| l.contains(marker)).count();
+        let n = count(&before);
+        // SAFETY: plain syscall on our child.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, libc::SIGHUP) }, 0);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let now = self.log();
+            if count(&now) > n {
+                return now[before.len().min(now.len())..].to_string();
+            }
+            assert!(self.is_running(), "daemon died after SIGHUP\n--- log\n{now}");
+            assert!(Instant::now() < deadline, "no new {marker:?} line within 20 s after SIGHUP\n--- log\n{now}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait (≤ 10 s) until the log contains `needle`.
+    pub fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let l = self.log();
+            if l.contains(needle) {
+                return l;
+            }
+            assert!(Instant::now() < deadline, "daemon log never contained {needle:?}\n--- log\n{l}");
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, wait (≤ 20 s). Hands back the pin dir, which stays pinned.
+    pub fn stop(mut self) -> (i32, String, PinDir) {
+        let st = self.terminate();
+        (st, self.log(), self.pins.take().unwrap())
+    }
+
+    fn terminate(&mut self) -> i32 {
+        let child = self.child.as_mut().unwrap();
+        if let Some(st) = child.try_wait().unwrap() {
+            return shell_status(st);
+        }
+        // SAFETY: plain syscall on our child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return shell_status(st);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return shell_status(child.wait().unwrap());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.terminate();
+        }
+        // `pins` (if still ours) drops after this: unpin + remove.
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reports
+// ---------------------------------------------------------------------------------------------
+
+/// `--report-file` JSON, indexed: (list, destination, protocol) -> (service, count).
+pub fn report_rows(report: &Value) -> HashMap<(String, String, String), (String, u64)> {
+    let mut m = HashMap::new();
+    for list in ["allowed", "denied", "audited"] {
+        for r in report[list].as_array().unwrap_or_else(|| panic!("report has no {list} list: {report}")) {
+            m.insert(
+                (list.to_string(), r["destination"].as_str().unwrap().into(), r["protocol"].as_str().unwrap().into()),
+                (r["service"].as_str().unwrap().into(), r["count"].as_u64().unwrap()),
+            );
+        }
+    }
+    m
+}
+
+/// Make `path` non-executable / executable.
+pub fn set_mode(path: &Path, mode: u32) {
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}

@@ -37,7 +37,10 @@ pub struct Guard(u64);
 
 pub fn register(r: Resource) -> Guard {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push((id, r));
+    REGISTRY
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((id, r));
     Guard(id)
 }
 
@@ -113,7 +116,10 @@ fn remove(r: &Resource) {
                     Ok(()) => break,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
                     Err(e) if Instant::now() > deadline => {
-                        eprintln!("xtask: warning: could not remove cgroup {}: {e}", path.display());
+                        eprintln!(
+                            "xtask: warning: could not remove cgroup {}: {e}",
+                            path.display()
+                        );
                         break;
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(50)),

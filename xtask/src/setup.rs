@@ -8,9 +8,16 @@ use anyhow::{Context as _, Result, bail};
 use crate::util;
 
 /// Debian's Rust with a prebuilt core for bpfel-unknown-none, and the LLVM bpf-linker links with.
-const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
+const TOOLCHAIN_PKGS: &[&str] = &[
+    "rustc-web",
+    "cargo-web",
+    "libstd-rust-web-dev-bpf",
+    "llvm-22-dev",
+];
 /// What enforcer runs next to, and what the tests, demo and bench talk to.
-const PEER_PKGS: &[&str] = &["curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl"];
+const PEER_PKGS: &[&str] = &[
+    "curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl",
+];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_FEATURE: &str = "llvm-22";
 const RUSTUP_TOOLCHAIN: &str = "debian";
@@ -78,7 +85,10 @@ pub fn main(check: bool) -> Result<ExitCode> {
         }
         line(s.bpf_linker, "bpf-linker on PATH".into());
         line(s.rustup.is_some(), "rustup on PATH".into());
-        line(s.debian_toolchain, format!("rustup toolchain `{RUSTUP_TOOLCHAIN}` (linked to /usr)"));
+        line(
+            s.debian_toolchain,
+            format!("rustup toolchain `{RUSTUP_TOOLCHAIN}` (linked to /usr)"),
+        );
         match util::cgroup2_mount() {
             Ok(p) => line(true, format!("cgroup2 mounted at {}", p.display())),
             Err(e) => line(false, format!("{e:#}")),
@@ -86,7 +96,11 @@ pub fn main(check: bool) -> Result<ExitCode> {
         if !ok {
             println!("run `cargo xtask setup` (as root) to install what is missing");
         }
-        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
     }
     if !ensure()? {
         println!("setup: everything is already installed");
@@ -108,7 +122,10 @@ pub fn ensure() -> Result<bool> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&s.missing_pkgs);
         util::run_quiet(&mut inst).context("installing apt packages failed")?;
-        println!("setup: installed apt packages: {}", s.missing_pkgs.join(" "));
+        println!(
+            "setup: installed apt packages: {}",
+            s.missing_pkgs.join(" ")
+        );
         did = true;
     }
     if !s.bpf_linker {
@@ -122,25 +139,37 @@ pub fn ensure() -> Result<bool> {
             LLVM_FEATURE,
         ]);
         util::show(&c);
-        let st = c.status().context("could not start `cargo install bpf-linker`")?;
+        let st = c
+            .status()
+            .context("could not start `cargo install bpf-linker`")?;
         if !st.success() {
-            bail!("`cargo install bpf-linker` failed ({st}); it needs llvm-22-dev (apt) and network access to crates.io");
+            bail!(
+                "`cargo install bpf-linker` failed ({st}); it needs llvm-22-dev (apt) and network access to crates.io"
+            );
         }
         if which::which("bpf-linker").is_err() {
-            bail!("bpf-linker was installed but is not on PATH; add {} to PATH",
-                util::cargo_bin_dir().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.cargo/bin".into()));
+            bail!(
+                "bpf-linker was installed but is not on PATH; add {} to PATH",
+                util::cargo_bin_dir()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "~/.cargo/bin".into())
+            );
         }
         println!("setup: installed bpf-linker (LLVM 22)");
         did = true;
     }
     if !s.debian_toolchain {
         let Some(rustup) = &s.rustup else {
-            bail!("rustup is not on PATH; the eBPF build runs `cargo +{RUSTUP_TOOLCHAIN}`, which needs rustup (https://rustup.rs)");
+            bail!(
+                "rustup is not on PATH; the eBPF build runs `cargo +{RUSTUP_TOOLCHAIN}`, which needs rustup (https://rustup.rs)"
+            );
         };
         let mut c = Command::new(rustup);
         c.args(["toolchain", "link", RUSTUP_TOOLCHAIN, "/usr"]);
         util::run_quiet(&mut c)?;
-        println!("setup: linked rustup toolchain `{RUSTUP_TOOLCHAIN}` to /usr (Debian's rustc-web)");
+        println!(
+            "setup: linked rustup toolchain `{RUSTUP_TOOLCHAIN}` to /usr (Debian's rustc-web)"
+        );
         did = true;
     }
     util::cgroup2_mount()?;
@@ -149,7 +178,9 @@ pub fn ensure() -> Result<bool> {
 
 fn require_root_to_install(what: &str) -> Result<()> {
     if !util::is_root() {
-        bail!("setup must install {what}, which needs root: run `sudo -E cargo xtask setup` (or `cargo xtask setup --check` to only report)");
+        bail!(
+            "setup must install {what}, which needs root: run `sudo -E cargo xtask setup` (or `cargo xtask setup --check` to only report)"
+        );
     }
     Ok(())
 }

@@ -59,17 +59,21 @@ pub fn target_dir() -> PathBuf {
             return root.join(d); // join keeps absolute paths as they are
         }
         let meta = cargo_cmd()
-            .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+            .args([
+                "metadata",
+                "--format-version",
+                "1",
+                "--no-deps",
+                "--offline",
+            ])
             .current_dir(root)
             .output();
-        if let Ok(out) = meta {
-            if out.status.success() {
-                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
-                    if let Some(d) = v["target_directory"].as_str() {
-                        return PathBuf::from(d);
-                    }
-                }
-            }
+        if let Ok(out) = meta
+            && out.status.success()
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            && let Some(d) = v["target_directory"].as_str()
+        {
+            return PathBuf::from(d);
         }
         root.join("target")
     })
@@ -105,7 +109,9 @@ pub fn is_root() -> bool {
 
 pub fn require_root(what: &str) -> Result<()> {
     if !is_root() {
-        bail!("{what} needs root (it creates network namespaces, cgroups and loads eBPF programs); run it as root or with `sudo -E`");
+        bail!(
+            "{what} needs root (it creates network namespaces, cgroups and loads eBPF programs); run it as root or with `sudo -E`"
+        );
     }
     Ok(())
 }
@@ -113,17 +119,22 @@ pub fn require_root(what: &str) -> Result<()> {
 /// Where cgroup2 is mounted, from /proc/self/mountinfo (e.g. /sys/fs/cgroup or
 /// /sys/fs/cgroup/unified on hybrid hosts).
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let info =
+        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     for line in info.lines() {
         // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
-        let Some((pre, post)) = line.split_once(" - ") else { continue };
-        if post.split_whitespace().next() == Some("cgroup2") {
-            if let Some(mp) = pre.split_whitespace().nth(4) {
-                return Ok(PathBuf::from(unescape_mountinfo(mp)));
-            }
+        let Some((pre, post)) = line.split_once(" - ") else {
+            continue;
+        };
+        if post.split_whitespace().next() == Some("cgroup2")
+            && let Some(mp) = pre.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(unescape_mountinfo(mp)));
         }
     }
-    bail!("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); enforcer needs cgroup v2")
+    bail!(
+        "no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); enforcer needs cgroup v2"
+    )
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -132,7 +143,10 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -147,7 +161,8 @@ fn unescape_mountinfo(s: &str) -> String {
 /// Quotes one word for display the way a shell would need it.
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c))
     {
         s.to_string()
     } else {
@@ -157,7 +172,13 @@ pub fn shell_quote(s: &str) -> String {
 
 /// A command line as one might type it; paths under the workspace root are shown relative.
 pub fn display_cmd(cmd: &Command) -> String {
-    let mut words = vec![display_path(cmd.get_program())];
+    let prog = cmd.get_program();
+    let first = if std::env::var_os("CARGO").is_some_and(|c| c == prog) {
+        "cargo".to_string()
+    } else {
+        display_path(prog)
+    };
+    let mut words = vec![first];
     words.extend(cmd.get_args().map(display_path));
     words.join(" ")
 }
@@ -236,6 +257,35 @@ impl TempDir {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         let guard = crate::cleanup::register(crate::cleanup::Resource::Dir(path.clone()));
-        Ok(Self { path, _guard: guard })
+        Ok(Self {
+            path,
+            _guard: guard,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting() {
+        assert_eq!(
+            shell_quote("examples/demo/registry.yaml"),
+            "examples/demo/registry.yaml"
+        );
+        assert_eq!(shell_quote("a b"), "'a b'");
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(
+            unescape_mountinfo(r"/sys/fs/cgroup/unified"),
+            "/sys/fs/cgroup/unified"
+        );
+        assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
+        assert_eq!(unescape_mountinfo(r"/x\04"), r"/x\04");
     }
 }
