@@ -32,6 +32,18 @@ pub enum Command {
     Check(CheckArgs),
     /// Remove what a daemon pinned (detaches its programs from the cgroup).
     Unpin(UnpinArgs),
+    /// Show the running agent's registry endpoints, like `istioctl proxy-config endpoint`.
+    Registry(RegistryArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RegistryArgs {
+    /// The agent's admin address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    pub admin: std::net::SocketAddr,
+    /// Print the registryz JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -56,6 +68,71 @@ pub struct PolicyArgs {
     /// Forward the kernel programs' debug log (aya-log) to the agent log.
     #[arg(long)]
     pub ebpf_log: bool,
+    #[command(flatten)]
+    pub dns: DnsArgs,
+    /// Do not watch the registry paths for changes (reload only on SIGHUP).
+    #[arg(long)]
+    pub no_watch: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DnsArgs {
+    /// Upstream resolver for registry lookups and the DNS forwarder, IP[:PORT] (repeatable;
+    /// default: the nameservers of /etc/resolv.conf).
+    #[arg(long = "dns-upstream", value_name = "IP[:PORT]", value_parser = parse_upstream)]
+    pub upstreams: Vec<std::net::SocketAddr>,
+    /// Do not steer the workload's port-53 traffic to the DNS forwarder (names are then only
+    /// resolved by the agent; wildcard hosts cannot be learned).
+    #[arg(long)]
+    pub no_dns_steer: bool,
+    /// Answer for names outside the registry under REGISTRY_ONLY: `answer` (answer, allow
+    /// nothing), `nxdomain` or `refused`.
+    #[arg(long, value_enum, default_value = "answer", value_name = "HOW")]
+    pub unknown_names: UnknownNamesArg,
+    /// Shortest re-resolution interval / map lifetime for a DNS answer (TTL 0 gets this).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub dns_ttl_floor: std::time::Duration,
+    /// Longest re-resolution interval / map lifetime for a DNS answer.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    pub dns_ttl_ceiling: std::time::Duration,
+    /// How long an address stays allowed after its answer's TTL (clients may still use it).
+    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    pub dns_grace: std::time::Duration,
+    /// How long the last good addresses of a host stay allowed while its lookups fail.
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub dns_failure_grace: std::time::Duration,
+    /// Timeout of one upstream DNS attempt.
+    #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
+    pub dns_timeout: std::time::Duration,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UnknownNamesArg {
+    Answer,
+    Nxdomain,
+    Refused,
+}
+
+fn parse_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse::<std::net::SocketAddr>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+        .or_else(|_| s.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+        .map_err(|_| format!("`{s}` is not IP[:PORT] (e.g. 10.0.0.2 or 10.0.0.2:5353 or [2001:db8::53]:53)"))
+}
+
+/// `500ms`, `5s`, `10m`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num.parse().map_err(|_| format!("`{s}` is not a duration like 500ms, 5s, 10m or 1h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
+    };
+    Ok(std::time::Duration::from_secs_f64(secs))
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -70,6 +147,9 @@ pub enum ReportFormat {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
+    /// Serve the admin HTTP API (/debug/registryz, /metrics) on this address while CMD runs.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// Summary printed to stderr when the command exits.
@@ -99,6 +179,9 @@ pub struct DaemonArgs {
     /// bpffs directory for pinned maps and links (default: /sys/fs/bpf/enforcer/cg<cgroup id>).
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Admin HTTP listener (/debug/registryz, /metrics, /healthz, /readyz). Loopback by default.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    pub admin: std::net::SocketAddr,
     /// Write the daemon's pid here once enforcement is in place.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
@@ -122,4 +205,25 @@ pub struct UnpinArgs {
     /// The cgroup the daemon enforced on (finds the default pin directory).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), std::time::Duration::from_millis(500));
+        assert_eq!(parse_duration("5").unwrap(), std::time::Duration::from_secs(5));
+        assert_eq!(parse_duration("2m").unwrap(), std::time::Duration::from_secs(120));
+        assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn upstreams() {
+        assert_eq!(parse_upstream("10.0.0.2").unwrap().to_string(), "10.0.0.2:53");
+        assert_eq!(parse_upstream("10.0.0.2:5353").unwrap().to_string(), "10.0.0.2:5353");
+        assert_eq!(parse_upstream("2001:db8::53").unwrap().to_string(), "[2001:db8::53]:53");
+        assert!(parse_upstream("dns.example").is_err());
+    }
 }

@@ -4,18 +4,18 @@
 use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
-use enforcer_common::DEFAULT_POLICY;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
 };
 
 use crate::{
+    admin,
+    agent::Agent,
     cgroup,
     cli::{DaemonArgs, UnpinArgs},
-    config::Mode,
     dataplane::{self, AttachOutcome, Dataplane, LoadOptions},
-    events, load, policy::Desired, preflight,
+    events, load, preflight, run,
 };
 
 /// Default pin directory for a cgroup: one per cgroup, so a restarted daemon finds its own pins.
@@ -34,8 +34,8 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     };
     preflight::ensure_bpffs(&pin_dir)?;
 
-    let loaded = match load::load(&args.policy).await {
-        Ok(l) => l,
+    let cfg = match load::load_config(&args.policy) {
+        Ok(c) => c,
         Err(e) if pin_dir.join("ALLOW").exists() => {
             return Err(e.context(format!(
                 "not starting; the enforcement pinned at {} by the previous daemon stays in place",
@@ -44,38 +44,61 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         }
         Err(e) => return Err(e),
     };
-    for w in &loaded.warnings {
-        tracing::warn!("{w}");
-    }
+    cfg.warnings.iter().for_each(|w| tracing::warn!("{w}"));
 
-    let (mut dp, notes) = Dataplane::load(&LoadOptions { pin_dir: Some(pin_dir.clone()), ebpf_log: args.policy.ebpf_log })
+    let (dp, notes) = Dataplane::load(&LoadOptions { pin_dir: Some(pin_dir.clone()), ebpf_log: args.policy.ebpf_log })
         .context("loading the BPF programs")?;
     for n in notes {
         tracing::warn!("{n}");
     }
-    let stats = apply(&mut dp, &loaded.desired, loaded.mode)?;
-    let attached = dp.attach(&cg).with_context(|| format!("attaching to {}", cg.display()))?;
+    let (agent, forwarder) = Agent::start(&args.policy, dp, cfg).await?;
+    agent.desired().warnings.iter().for_each(|w| tracing::warn!("{w}"));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let steering = forwarder.is_some();
+    if let Some(f) = forwarder {
+        tokio::spawn(f.run(stopped()));
+    }
+    let attached = agent
+        .dp
+        .lock()
+        .expect("dataplane lock")
+        .attach(&cg, steering)
+        .with_context(|| format!("attaching to {}", cg.display()))?;
     let adopted = attached.iter().filter(|(_, o)| *o == AttachOutcome::Adopted).count();
-    tracing::info!(
-        cgroup = %cg.display(),
-        pin_dir = %pin_dir.display(),
-        mode = %loaded.mode,
-        mode_source = %loaded.mode_source,
-        entries = stats.total,
-        added = stats.upserts,
-        removed = stats.removals,
-        "enforcing ({})",
-        if adopted > 0 { "adopted the pinned programs" } else { "attached" }
-    );
+    let upkeep = agent.spawn_upkeep();
+    let _watch = run::spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, false)?;
+    let listener = admin::bind(args.admin).await?;
+    let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
+    tokio::spawn(admin::serve(listener, source, stopped()));
+    {
+        let v = agent.view.read().expect("view lock");
+        tracing::info!(
+            cgroup = %cg.display(),
+            pin_dir = %pin_dir.display(),
+            admin = %args.admin,
+            mode = %v.cfg.mode,
+            mode_source = %v.cfg.mode_source,
+            entries = agent.dp.lock().expect("dataplane lock").allow_entries().len(),
+            dns_steering = steering,
+            "enforcing ({})",
+            if adopted > 0 { "adopted the pinned programs" } else { "attached" }
+        );
+    }
     if let Some(p) = &args.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id())).with_context(|| format!("writing {}", p.display()))?;
     }
 
-    let (desired_tx, desired_rx) = watch::channel(Arc::new(loaded.desired));
-    let mut stream = dp.take_events().context("opening the event ring buffer")?;
+    let mut stream = agent.dp.lock().expect("dataplane lock").take_events().context("opening the event ring buffer")?;
+    let events_agent = agent.clone();
     tokio::spawn(async move {
         while let Ok(batch) = stream.next_batch().await {
-            let desired = desired_rx.borrow().clone();
+            let desired = events_agent.desired();
             for ev in batch {
                 eprintln!("enforcer: {}", events::format_event(&ev, &desired));
             }
@@ -85,54 +108,27 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
-    let mut reload_errors = 0u64;
     loop {
         tokio::select! {
-            _ = sighup.recv() => {
-                match load::load(&args.policy).await {
-                    Ok(l) => {
-                        for w in &l.warnings {
-                            tracing::warn!("{w}");
-                        }
-                        match apply(&mut dp, &l.desired, l.mode) {
-                            Ok(s) => tracing::info!(mode = %l.mode, entries = s.total, added = s.upserts, removed = s.removals, "reloaded"),
-                            Err(e) => {
-                                reload_errors += 1;
-                                tracing::error!("reload failed while applying ({reload_errors} so far): {e:#}");
-                            }
-                        }
-                        let _ = desired_tx.send(Arc::new(l.desired));
-                    }
-                    Err(e) => {
-                        reload_errors += 1;
-                        tracing::error!("reload rejected, keeping the last good registry enforced ({reload_errors} failed reloads so far): {e:#}");
-                    }
-                }
-            }
+            _ = sighup.recv() => match agent.reload().await {
+                Ok((cfg, s)) => tracing::info!(mode = %cfg.mode, entries = s.total, added = s.upserts, removed = s.removals, "reloaded"),
+                Err(e) => tracing::error!(
+                    "{e:#} ({} failed reloads so far)",
+                    agent.stats.reload_errors.load(std::sync::atomic::Ordering::Relaxed)
+                ),
+            },
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
         }
     }
+    upkeep.abort();
+    let _ = stop_tx.send(true);
     tracing::info!(
         pin_dir = %pin_dir.display(),
         "exiting; enforcement stays pinned (a restarted daemon adopts it; `enforcer unpin --pin-dir {}` removes it)",
         pin_dir.display()
     );
     Ok(0)
-}
-
-/// Order the steps so no destination allowed before and after is ever briefly denied: a more
-/// permissive mode goes in before the entries change, a stricter one after.
-fn apply(dp: &mut Dataplane, desired: &Desired, mode: Mode) -> anyhow::Result<dataplane::ApplyStats> {
-    let kmode = load::kernel_mode(mode);
-    if mode != Mode::RegistryOnly {
-        dp.set_mode(DEFAULT_POLICY, kmode)?;
-        Ok(dp.apply(desired)?)
-    } else {
-        let s = dp.apply(desired)?;
-        dp.set_mode(DEFAULT_POLICY, kmode)?;
-        Ok(s)
-    }
 }
 
 pub fn unpin(args: UnpinArgs) -> anyhow::Result<i32> {

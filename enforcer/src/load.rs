@@ -1,26 +1,28 @@
-//! From command-line policy arguments to the desired map contents: config -> resolver -> policy.
-//! Shared by `run` and `daemon` (and by every daemon reload).
+//! From command-line policy arguments to a validated configuration (config + command line), and
+//! from that plus resolved names to the desired map contents. Shared by `run` and `daemon` (and
+//! every reload).
 
-use std::net::IpAddr;
+use std::{collections::HashMap, net::IpAddr};
 
-use anyhow::Context as _;
 use enforcer_common::{DEFAULT_POLICY, MODE_ALLOW_ANY, MODE_AUDIT, MODE_REGISTRY_ONLY};
 
 use crate::{
     cli::PolicyArgs,
     config::{self, Mode, Registry},
     policy::{self, CliAllow, Desired, Inputs},
-    resolver::HostResolver,
+    resolver::ResolvedName,
 };
 
-/// A fully loaded policy, ready to apply.
-pub struct Loaded {
+/// A validated configuration, before name resolution.
+#[derive(Clone, Debug)]
+pub struct LoadedConfig {
     pub registry: Registry,
+    pub cli: Vec<CliAllow>,
+    pub dns_servers: Vec<IpAddr>,
     pub mode: Mode,
     /// Where the mode came from ("--mode", "default", or a file:line).
     pub mode_source: String,
-    pub desired: Desired,
-    /// Config warnings, resolution failures, compile warnings.
+    /// Config warnings (unsupported fields, kinds, ...).
     pub warnings: Vec<String>,
 }
 
@@ -70,38 +72,36 @@ pub fn load_registry(args: &PolicyArgs) -> anyhow::Result<Registry> {
     })
 }
 
-pub async fn load(args: &PolicyArgs) -> anyhow::Result<Loaded> {
+/// Validate everything the user gave; nothing is resolved or applied.
+pub fn load_config(args: &PolicyArgs) -> anyhow::Result<LoadedConfig> {
     let registry = load_registry(args)?;
     let cli = cli_allows(args)?;
-    let mut warnings: Vec<String> = registry.warnings.iter().map(|d| d.to_string()).collect();
-
-    let names = policy::names_to_resolve(&registry, &cli);
-    let resolved = if names.is_empty() {
-        Default::default()
-    } else {
-        let resolver = HostResolver::from_system().context("setting up the DNS resolver")?;
-        let (resolved, errors) = resolver.resolve_all(names).await;
-        warnings.extend(errors.into_iter().map(|e| format!("DNS lookup failed: {e}")));
-        resolved
-    };
+    let warnings: Vec<String> = registry.warnings.iter().map(|d| d.to_string()).collect();
     let dns_servers: Vec<IpAddr> = if args.no_host_dns {
         vec![]
     } else {
         policy::parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
     };
-    let desired = policy::compile(&Inputs {
-        registry: &registry,
-        resolved: &resolved,
-        cli: &cli,
-        dns_servers: &dns_servers,
-        policy_id: DEFAULT_POLICY,
-    });
-    warnings.extend(desired.warnings.iter().cloned());
-
     let (mode, mode_source) = match (args.mode, &registry.mode) {
         (Some(m), _) => (m, "--mode".to_string()),
         (None, Some((m, src))) => (*m, src.to_string()),
         (None, None) => (Mode::RegistryOnly, "default".to_string()),
     };
-    Ok(Loaded { registry, mode, mode_source, desired, warnings })
+    Ok(LoadedConfig { registry, cli, dns_servers, mode, mode_source, warnings })
+}
+
+/// The desired map contents for `cfg` with the names resolved so far.
+pub fn compile(cfg: &LoadedConfig, resolved: &std::collections::BTreeMap<String, ResolvedName>) -> Desired {
+    let now = tokio::time::Instant::now();
+    let usable: HashMap<String, Vec<IpAddr>> = resolved
+        .iter()
+        .map(|(name, r)| (name.clone(), r.usable(now).into_iter().map(|(a, _)| a).collect()))
+        .collect();
+    policy::compile(&Inputs {
+        registry: &cfg.registry,
+        resolved: &usable,
+        cli: &cfg.cli,
+        dns_servers: &cfg.dns_servers,
+        policy_id: DEFAULT_POLICY,
+    })
 }

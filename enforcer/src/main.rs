@@ -2,7 +2,7 @@
 
 
 use clap::Parser as _;
-use enforcer::{check, cli, daemon, exit, run};
+use enforcer::{admin, check, cli, daemon, exit, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
@@ -34,5 +34,17 @@ async fn dispatch(cmd: cli::Command) -> anyhow::Result<i32> {
         cli::Command::Daemon(a) => daemon::daemon(a).await,
         cli::Command::Check(a) => check::check(a),
         cli::Command::Unpin(a) => daemon::unpin(a),
+        cli::Command::Registry(a) => registry(a).await,
     }
+}
+
+/// `enforcer registry`: the running agent's endpoints.
+async fn registry(a: cli::RegistryArgs) -> anyhow::Result<i32> {
+    let r = admin::fetch_registryz(a.admin).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        print!("{}", admin::format_endpoint_table(&r));
+    }
+    Ok(0)
 }

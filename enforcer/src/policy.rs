@@ -91,6 +91,8 @@ pub struct ServiceInfo {
     pub name: String,
     pub hosts: Vec<String>,
     pub kind: ServiceKind,
+    /// (port, protocol) pairs a learned address of this service is allowed on.
+    pub ports: Vec<(u16, u8)>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -276,7 +278,8 @@ fn exact_hosts(se: &ServiceEntry) -> impl Iterator<Item = String> + '_ {
 /// Per ServiceEntry port (TCP unless the protocol is UDP), the allowed (address, port) pairs are:
 /// `addresses` x {number, targetPort}; STATIC endpoints x {number, targetPort, endpoint port};
 /// DNS: the hosts' (or hostname endpoints') resolved addresses x the same ports; NONE without
-/// `addresses`: the exact hosts' resolved addresses (wildcards need the DNS-aware mode).
+/// `addresses`: the exact hosts' resolved addresses. Wildcard hosts get their addresses from the
+/// DNS forwarder at run time (`Dataplane::learn`), not from here.
 pub fn compile(inp: &Inputs<'_>) -> Desired {
     let mut d = Desired::default();
     for se in &inp.registry.services {
@@ -286,6 +289,14 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
             name: format!("{}/{}", se.namespace, se.name),
             hosts: se.hosts.iter().map(|h| h.to_string()).collect(),
             kind: ServiceKind::ServiceEntry,
+            ports: se
+                .ports
+                .iter()
+                .flat_map(|p| {
+                    let proto = if p.protocol.is_udp() { PROTO_UDP } else { PROTO_TCP };
+                    std::iter::once((p.number, proto)).chain(p.target_port.map(|t| (t, proto)))
+                })
+                .collect(),
         });
         let value = AllowValue { service_id: id, flags: 0 };
 
@@ -337,14 +348,6 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
                 }
             }
         }
-        for h in &se.hosts {
-            if matches!(h, Host::Wildcard(_)) && se.addresses.is_empty() && se.endpoints.is_empty() {
-                d.warnings.push(format!(
-                    "{}/{}: wildcard host {h} has no addresses or endpoints; enforcer cannot learn its IPs yet (DNS-aware enforcement is not implemented), so connections to it are denied",
-                    se.namespace, se.name
-                ));
-            }
-        }
         for (net, ep_ports) in targets {
             let net = normalize(net);
             d.dests.entry(DestEntry { net }).or_insert(value);
@@ -376,6 +379,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
                 CliTarget::Net(n) => vec![n.to_string()],
             },
             kind: ServiceKind::CommandLine,
+            ports: [PROTO_TCP, PROTO_UDP].into_iter().map(|p| (c.port.unwrap_or(ANY_PORT), p)).collect(),
         });
         let value = AllowValue { service_id: id, flags: ALLOW_F_CLI };
         let nets: Vec<IpNet> = match &c.target {
@@ -405,6 +409,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
             name: "host DNS resolvers".into(),
             hosts: inp.dns_servers.iter().map(|s| s.to_string()).collect(),
             kind: ServiceKind::HostDns,
+            ports: vec![(53, PROTO_TCP), (53, PROTO_UDP)],
         });
         let value = AllowValue { service_id: id, flags: ALLOW_F_DNS };
         for ip in inp.dns_servers {
@@ -435,6 +440,161 @@ pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(old: &BTreeMap<K, V>, new: &BTre
     Diff {
         upserts: new.iter().filter(|(k, v)| old.get(k) != Some(v)).map(|(k, v)| (*k, *v)).collect(),
         removals: old.keys().filter(|k| !new.contains_key(k)).copied().collect(),
+    }
+}
+
+/// Registry names -> service, for the DNS forwarder: exact hosts and `*.suffix` wildcards matched
+/// on label boundaries (`*.example.com` matches `a.example.com` and `a.b.example.com`, never
+/// `example.com` or `evilexample.com`), plus the addresses the registry lists explicitly (exempt
+/// from the DNS-rebinding filter).
+#[derive(Debug, Default, Clone)]
+pub struct HostIndex {
+    exact: HashMap<String, u32>,
+    wildcard: HashMap<String, u32>,
+    explicit: Vec<IpNet>,
+}
+
+impl HostIndex {
+    pub fn build(registry: &Registry, cli: &[CliAllow], desired: &Desired) -> Self {
+        let mut ix = Self::default();
+        for (se, info) in registry.services.iter().zip(&desired.services) {
+            for h in &se.hosts {
+                match h {
+                    Host::Exact(n) => {
+                        ix.exact.entry(n.to_ascii_lowercase()).or_insert(info.id);
+                    }
+                    Host::Wildcard(suffix) => {
+                        ix.wildcard.entry(suffix.to_ascii_lowercase()).or_insert(info.id);
+                    }
+                }
+            }
+            ix.explicit.extend(se.addresses.iter().map(|n| normalize(*n)));
+            for ep in &se.endpoints {
+                if let EndpointAddress::Ip(ip) = ep.address {
+                    ix.explicit.push(normalize(IpNet::from(ip)));
+                }
+            }
+        }
+        for info in desired.services.iter().filter(|s| s.kind == ServiceKind::CommandLine) {
+            let idx = (info.id as usize).saturating_sub(1 + registry.services.len());
+            match cli.get(idx).map(|c| &c.target) {
+                Some(CliTarget::Host(h)) => {
+                    ix.exact.entry(h.clone()).or_insert(info.id);
+                }
+                Some(CliTarget::Net(n)) => ix.explicit.push(normalize(*n)),
+                None => {}
+            }
+        }
+        ix
+    }
+
+    pub fn match_name(&self, qname: &str) -> Option<u32> {
+        let q = qname.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(id) = self.exact.get(&q) {
+            return Some(*id);
+        }
+        // Try every proper suffix at a label boundary: a.b.example.com -> b.example.com, example.com, com.
+        let mut rest = q.as_str();
+        while let Some((_, suffix)) = rest.split_once('.') {
+            if let Some(id) = self.wildcard.get(suffix) {
+                return Some(*id);
+            }
+            rest = suffix;
+        }
+        None
+    }
+
+    pub fn explicitly_listed(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        self.explicit.iter().any(|n| n.contains(&ip))
+    }
+
+    pub fn hosts(&self) -> usize {
+        self.exact.len() + self.wildcard.len()
+    }
+}
+
+/// A map's content as two layers: `base` (what the registry compiles to, replaced wholesale by
+/// `set_base`) and `learned` (entries from DNS answers, each with an expiry). The kernel map holds
+/// their union; where both have a key, the base value wins. Every method returns the kernel writes
+/// that keep the map equal to the union, upserts before removals.
+#[derive(Debug)]
+pub struct Layered<K, V> {
+    base: BTreeMap<K, V>,
+    learned: BTreeMap<K, (V, std::time::Instant)>,
+    in_map: BTreeMap<K, V>,
+}
+
+impl<K: Ord + Copy, V: PartialEq + Copy> Layered<K, V> {
+    /// Start from what the kernel map holds now (entries a previous daemon left are treated as
+    /// base until the first `set_base`).
+    pub fn new(in_map: BTreeMap<K, V>) -> Self {
+        Self { base: in_map.clone(), learned: BTreeMap::new(), in_map }
+    }
+
+    fn effective(&self, k: &K) -> Option<V> {
+        self.base.get(k).copied().or_else(|| self.learned.get(k).map(|(v, _)| *v))
+    }
+
+    fn reconcile(&mut self, keys: BTreeSet<K>) -> Diff<K, V> {
+        let mut d = Diff { upserts: vec![], removals: vec![] };
+        for k in keys {
+            match (self.effective(&k), self.in_map.get(&k).copied()) {
+                (Some(v), cur) if cur != Some(v) => {
+                    d.upserts.push((k, v));
+                    self.in_map.insert(k, v);
+                }
+                (None, Some(_)) => {
+                    d.removals.push(k);
+                    self.in_map.remove(&k);
+                }
+                _ => {}
+            }
+        }
+        d
+    }
+
+    pub fn set_base(&mut self, base: BTreeMap<K, V>) -> Diff<K, V> {
+        let keys: BTreeSet<K> = self.in_map.keys().chain(base.keys()).copied().collect();
+        self.base = base;
+        self.reconcile(keys)
+    }
+
+    /// Add or extend learned entries (an expiry never moves earlier).
+    pub fn learn(&mut self, entries: impl IntoIterator<Item = (K, V)>, expires: std::time::Instant) -> Diff<K, V> {
+        let mut keys = BTreeSet::new();
+        for (k, v) in entries {
+            let e = self.learned.entry(k).or_insert((v, expires));
+            e.0 = v;
+            e.1 = e.1.max(expires);
+            keys.insert(k);
+        }
+        self.reconcile(keys)
+    }
+
+    /// Drop learned entries that expired at `now`.
+    pub fn sweep(&mut self, now: std::time::Instant) -> Diff<K, V> {
+        let expired: BTreeSet<K> = self.learned.iter().filter(|(_, (_, exp))| *exp <= now).map(|(k, _)| *k).collect();
+        for k in &expired {
+            self.learned.remove(k);
+        }
+        self.reconcile(expired)
+    }
+
+    /// Undo bookkeeping for writes that failed (the kernel did not take them).
+    pub fn forget(&mut self, k: &K) {
+        self.in_map.remove(k);
+    }
+
+    pub fn in_map(&self) -> &BTreeMap<K, V> {
+        &self.in_map
+    }
+
+    pub fn learned(&self) -> &BTreeMap<K, (V, std::time::Instant)> {
+        &self.learned
     }
 }
 
@@ -585,6 +745,56 @@ spec:
         assert_eq!(d.upserts, vec![(3, 30), (4, 4)]);
         assert_eq!(d.removals, vec![1]);
         assert!(diff(&b, &b).is_empty());
+    }
+
+    #[test]
+    fn layered_union_base_wins_and_learned_expire() {
+        use std::time::{Duration, Instant};
+        let t0 = Instant::now();
+        let mut l: Layered<u32, u32> = Layered::new(BTreeMap::new());
+        let d = l.set_base([(1, 10), (2, 20)].into());
+        assert_eq!(d.upserts, vec![(1, 10), (2, 20)]);
+        // learned 2 (already base) and 3
+        let d = l.learn([(2, 99), (3, 30)], t0 + Duration::from_secs(5));
+        assert_eq!(d.upserts, vec![(3, 30)], "base value wins for 2");
+        // base drops 2 and 3 is not in base: 2 goes, 3 stays (learned)
+        let d = l.set_base([(1, 10)].into());
+        assert_eq!(d.upserts, vec![(2, 99)], "2 falls back to its learned value");
+        assert!(d.removals.is_empty());
+        // extend 3, expire 2
+        l.learn([(3, 30)], t0 + Duration::from_secs(50));
+        let d = l.sweep(t0 + Duration::from_secs(6));
+        assert_eq!(d.removals, vec![2]);
+        assert!(d.upserts.is_empty());
+        assert_eq!(l.in_map().keys().copied().collect::<Vec<_>>(), vec![1, 3]);
+        let d = l.sweep(t0 + Duration::from_secs(60));
+        assert_eq!(d.removals, vec![3]);
+    }
+
+    #[test]
+    fn host_index_matches_on_label_boundaries() {
+        let r = reg(r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: w}
+spec:
+  hosts: ["*.svc.test", api.example.com]
+  addresses: [10.9.0.0/16]
+  ports: [{number: 443, name: https, protocol: TLS}]
+  resolution: NONE
+"#);
+        let d = compile_with(&r, &[], &[]);
+        let ix = HostIndex::build(&r, &[], &d);
+        assert_eq!(ix.match_name("a.svc.test"), Some(1));
+        assert_eq!(ix.match_name("x.y.svc.test."), Some(1));
+        assert_eq!(ix.match_name("SVC.TEST"), None, "the bare domain is not matched by *.svc.test");
+        assert_eq!(ix.match_name("evilsvc.test"), None);
+        assert_eq!(ix.match_name("api.example.com"), Some(1));
+        assert_eq!(ix.match_name("x.api.example.com"), None);
+        assert!(ix.explicitly_listed("10.9.3.4".parse().unwrap()));
+        assert!(ix.explicitly_listed("::ffff:10.9.3.4".parse().unwrap()));
+        assert!(!ix.explicitly_listed("10.8.0.1".parse().unwrap()));
+        assert_eq!(d.services[0].ports, vec![(443, PROTO_TCP)]);
     }
 
     #[test]

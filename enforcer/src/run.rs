@@ -1,62 +1,84 @@
 //! `enforcer run -- CMD`: confine one command in a child cgroup with the registry enforced.
 
-use std::{
-    ffi::OsString,
-    io::Write as _,
-    os::fd::AsRawFd as _,
-    process::ExitStatus,
-};
+use std::{ffi::OsString, io::Write as _, os::fd::AsRawFd as _, path::Path, process::ExitStatus, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
-use enforcer_common::DEFAULT_POLICY;
+use enforcer_common::Event;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
+    admin,
+    agent::Agent,
     cgroup::{self, ChildCgroup},
     cli::{ReportFormat, RunArgs},
     dataplane::{Dataplane, LoadOptions},
     events::{self, DenyPrinter},
-    exit, load, preflight,
+    exit, load, preflight, watch,
 };
 
 /// Run the command; returns the exit status enforcer should exit with.
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     preflight::check_privileges()?;
     preflight::check_kernel()?;
-    let loaded = load::load(&args.policy).await?;
-    if !args.quiet {
-        for w in &loaded.warnings {
+    let cfg = load::load_config(&args.policy)?;
+    let quiet = args.quiet;
+    let warn = |w: &str| {
+        if !quiet {
             eprintln!("enforcer: warning: {w}");
         }
-    }
+    };
+    cfg.warnings.iter().for_each(|w| warn(w));
 
     let mount = cgroup::cgroup2_mount()?;
     let parent = match &args.cgroup_parent {
         Some(p) => cgroup::resolve(&mount, p)?,
-        None => mount.join(cgroup::self_cgroup()?.strip_prefix("/").unwrap_or(std::path::Path::new(""))),
+        None => mount.join(cgroup::self_cgroup()?.strip_prefix("/").unwrap_or(Path::new(""))),
     };
     let child = ChildCgroup::create(&parent, &format!("enforcer-run-{}", std::process::id()))
         .context("creating the command's cgroup")?;
 
-    let (mut dp, _) = Dataplane::load(&LoadOptions { pin_dir: None, ebpf_log: args.policy.ebpf_log })
+    let (dp, _) = Dataplane::load(&LoadOptions { pin_dir: None, ebpf_log: args.policy.ebpf_log })
         .context("loading the BPF programs")?;
-    dp.set_mode(DEFAULT_POLICY, load::kernel_mode(loaded.mode))?;
-    let stats = dp.apply(&loaded.desired)?;
-    dp.attach(child.path()).with_context(|| format!("attaching to {}", child.path().display()))?;
-    tracing::debug!(entries = stats.total, mode = %loaded.mode, "enforcing");
-    let mut events = dp.take_events().context("opening the event ring buffer")?;
+    let (agent, forwarder) = Agent::start(&args.policy, dp, cfg).await?;
+    agent.desired().warnings.iter().for_each(|w| warn(w));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let steering = forwarder.is_some();
+    if let Some(f) = forwarder {
+        tokio::spawn(f.run(stopped()));
+    }
+    agent
+        .dp
+        .lock()
+        .expect("dataplane lock")
+        .attach(child.path(), steering)
+        .with_context(|| format!("attaching to {}", child.path().display()))?;
+    let upkeep = agent.spawn_upkeep();
+    let _watch = spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, quiet)?;
+    if let Some(addr) = args.admin {
+        let listener = admin::bind(addr).await?;
+        let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
+        tokio::spawn(admin::serve(listener, source, stopped()));
+    }
+    let mut events = agent.dp.lock().expect("dataplane lock").take_events().context("opening the event ring buffer")?;
 
     let mut cmd = spawn_in_cgroup(&args.command, &child)?;
     let pid = cmd.id().map(|p| p as i32);
 
     let mut printer = DenyPrinter::default();
-    let show = |evs: Vec<enforcer_common::Event>, printer: &mut DenyPrinter| {
-        if args.quiet {
+    let show = |evs: Vec<Event>, printer: &mut DenyPrinter| {
+        if quiet {
             return;
         }
+        let desired = agent.desired();
         let mut err = std::io::stderr().lock();
         for ev in evs {
-            if let Some(line) = printer.first_time(&ev, &loaded.desired) {
+            if let Some(line) = printer.first_time(&ev, &desired) {
                 let _ = writeln!(err, "enforcer: {line}");
             }
         }
@@ -78,23 +100,55 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     // Background children the command left behind would escape enforcement once we detach.
     child.kill_all();
     show(events.drain(), &mut printer);
+    upkeep.abort();
+    let _ = stop_tx.send(true);
 
     let code = exit::from_status(status);
-    let mut summary = events::summarize(&dp.flows(), &loaded.desired, loaded.mode.to_string(), code);
-    summary.events_dropped = dp.event_drops();
+    let (flows, drops) = {
+        let dp = agent.dp.lock().expect("dataplane lock");
+        (dp.flows(), dp.event_drops())
+    };
+    let mut summary = events::summarize(&flows, &agent.desired(), agent.mode().to_string(), code);
+    summary.events_dropped = drops;
     if let Some(path) = &args.report_file {
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }
-    if !args.quiet {
+    if !quiet {
         match args.report {
             ReportFormat::Text => eprintln!("enforcer: {}", events::format_summary(&summary)),
             ReportFormat::Json => eprintln!("{}", serde_json::to_string(&summary)?),
         }
     }
-    drop(dp); // detaches the programs
+    drop(agent); // the last handle to the dataplane detaches the programs
     drop(child); // removes the cgroup
     Ok(code)
+}
+
+/// Reload the registry when its files change (debounced), logging what happened. The returned
+/// watch must be kept alive.
+pub fn spawn_reloader(agent: &Agent, paths: &[std::path::PathBuf], disabled: bool, quiet: bool) -> anyhow::Result<Option<watch::RegistryWatch>> {
+    if disabled || paths.is_empty() {
+        return Ok(None);
+    }
+    let (w, mut rx) = watch::watch(paths).context("watching the registry paths")?;
+    let agent = agent.clone();
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Let a burst of writes (an editor's save, a `cp` of a directory) settle.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            while rx.try_recv().is_ok() {}
+            match agent.reload().await {
+                Ok((cfg, s)) => {
+                    if !quiet {
+                        tracing::info!(mode = %cfg.mode, entries = s.total, added = s.upserts, removed = s.removals, "registry changed; reloaded");
+                    }
+                }
+                Err(e) => tracing::error!("{e:#}"),
+            }
+        }
+    });
+    Ok(Some(w))
 }
 
 fn forward(pid: Option<i32>, sig: i32) {
@@ -135,4 +189,3 @@ fn spawn_in_cgroup(argv: &[OsString], cg: &ChildCgroup) -> anyhow::Result<tokio:
     drop(procs);
     Ok(child)
 }
-

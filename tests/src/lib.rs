@@ -111,23 +111,21 @@ fn warn_if_stale() {
                 let p = e.path();
                 if p.is_dir() {
                     stack.push(p);
-                } else if let Ok(m) = e.metadata().and_then(|m| m.modified()) {
-                    if newest.as_ref().is_none_or(|(t, _)| m > *t) {
+                } else if let Ok(m) = e.metadata().and_then(|m| m.modified())
+                    && newest.as_ref().is_none_or(|(t, _)| m > *t) {
                         newest = Some((m, p));
                     }
-                }
             }
         }
     }
-    if let Some((t, p)) = newest {
-        if t > bin_mtime {
+    if let Some((t, p)) = newest
+        && t > bin_mtime {
             eprintln!(
                 "warning: {} is newer than {}; run `cargo build -p enforcer` to test the current sources",
                 p.display(),
                 enforcer_bin().display()
             );
         }
-    }
 }
 
 /// Where cgroup2 is mounted (from /proc/self/mountinfo).
@@ -137,11 +135,10 @@ pub fn cgroup2_mount() -> PathBuf {
         let info = fs::read_to_string("/proc/self/mountinfo").expect("reading /proc/self/mountinfo");
         for line in info.lines() {
             let Some((left, right)) = line.split_once(" - ") else { continue };
-            if right.split_whitespace().next() == Some("cgroup2") {
-                if let Some(m) = left.split_whitespace().nth(4) {
+            if right.split_whitespace().next() == Some("cgroup2")
+                && let Some(m) = left.split_whitespace().nth(4) {
                     return PathBuf::from(m.replace("\\040", " "));
                 }
-            }
         }
         panic!("no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); the enforcer integration tests need cgroup v2")
     })
@@ -509,7 +506,7 @@ impl TempDir {
             fs::create_dir_all(d).unwrap();
         }
         // Write-then-rename, so a daemon reading concurrently never sees half a file.
-        let tmp = self.path.join(format!(".{name}.tmp"));
+        let tmp = p.with_file_name(format!(".{}.tmp", p.file_name().unwrap().to_string_lossy()));
         fs::write(&tmp, content).unwrap();
         fs::rename(&tmp, &p).unwrap();
         p
@@ -777,6 +774,13 @@ impl Cgroup {
         Self { path }
     }
 
+    /// A child cgroup of this one (dropped before its parent when declared after it).
+    pub fn child(&self, name: &str) -> Cgroup {
+        let path = self.path.join(name);
+        fs::create_dir(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        Cgroup { path }
+    }
+
     /// Path relative to the cgroup2 mount, with a leading `/`.
     pub fn rel(&self) -> String {
         format!("/{}", self.path.strip_prefix(cgroup2_mount()).unwrap().display())
@@ -834,14 +838,13 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        if !self.pids().is_empty() {
-            if fs::write(self.path.join("cgroup.kill"), "1").is_err() {
+        if !self.pids().is_empty()
+            && fs::write(self.path.join("cgroup.kill"), "1").is_err() {
                 for p in self.pids() {
                     // SAFETY: plain syscall; processes in our own test cgroup.
                     unsafe { libc::kill(p, libc::SIGKILL) };
                 }
             }
-        }
         for _ in 0..250 {
             match fs::remove_dir(&self.path) {
                 Ok(()) => return,
@@ -906,6 +909,26 @@ impl Drop for PinDir {
     }
 }
 
+/// Flags that keep parallel test daemons apart and make reloads happen only on SIGHUP, for the
+/// daemons that have them: `--admin 127.0.0.1:0` (the default admin port is shared) and
+/// `--no-watch` (a file watcher would reload before the test's SIGHUP).
+pub fn daemon_isolation_args() -> Vec<String> {
+    static ARGS: OnceLock<Vec<String>> = OnceLock::new();
+    ARGS.get_or_init(|| {
+        let help = Command::new(enforcer_bin()).args(["daemon", "--help"]).output().expect("enforcer daemon --help");
+        let help = String::from_utf8_lossy(&help.stdout);
+        let mut v = Vec::new();
+        if help.contains("--admin") {
+            v.extend(["--admin".to_string(), "127.0.0.1:0".to_string()]);
+        }
+        if help.contains("--no-watch") {
+            v.push("--no-watch".to_string());
+        }
+        v
+    })
+    .clone()
+}
+
 /// A running `enforcer daemon`, logging to a file. Drop: SIGTERM (then SIGKILL), then the pin dir
 /// is unpinned and removed (unless handed out by [`Daemon::stop`]).
 pub struct Daemon {
@@ -931,6 +954,7 @@ impl Daemon {
             .arg(&pins.path)
             .arg("--pid-file")
             .arg(&pid_file)
+            .args(daemon_isolation_args())
             .args(extra)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -940,11 +964,10 @@ impl Daemon {
         let mut d = Self { child: Some(child), pins: Some(pins), log_path, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(s) = fs::read_to_string(&pid_file) {
-                if s.trim() == d.pid().to_string() {
+            if let Ok(s) = fs::read_to_string(&pid_file)
+                && s.trim() == d.pid().to_string() {
                     break;
                 }
-            }
             if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("enforcer daemon exited during start-up ({st})\n--- log\n{}", d.log());
             }
@@ -952,6 +975,15 @@ impl Daemon {
             thread::sleep(Duration::from_millis(20));
         }
         d
+    }
+
+    /// Run `enforcer daemon` for a start that is expected to fail (returns its outcome).
+    pub fn start_fails(cg: &Cgroup, pins: &PinDir, extra: &[String]) -> Outcome {
+        let mut args: Vec<std::ffi::OsString> = vec!["daemon".into(), "--cgroup".into(), cg.path.clone().into()];
+        args.extend(["--pin-dir".into(), pins.path.clone().into()]);
+        args.extend(daemon_isolation_args().into_iter().map(Into::into));
+        args.extend(extra.iter().map(Into::into));
+        enforcer(args)
     }
 
     pub fn pid(&self) -> u32 {
@@ -1030,6 +1062,9 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         if self.child.is_some() {
             self.terminate();
+        }
+        if std::env::var_os("ENFORCER_TESTS_VERBOSE").is_some() || thread::panicking() {
+            eprintln!("--- enforcer daemon log ({})\n{}", self.log_path.display(), self.log());
         }
         // `pins` (if still ours) drops after this: unpin + remove.
     }

@@ -69,7 +69,9 @@ fn unregistered_address_is_denied_with_eperm_and_a_deny_line() {
     assert_eq!(lines[0], want, "\n{}", run.out);
 
     // curl: fails at once (exit 7 = could not connect), the line names curl, its pid and the fix.
-    let out = enforcer_run(&policy, &["curl", "-sS", "--noproxy", "*", "--max-time", "10", url.as_str()]);
+    // (-s without -S: curl's own error message would interleave with the deny line on the shared
+    // stderr.)
+    let out = enforcer_run(&policy, &["curl", "-s", "--noproxy", "*", "--max-time", "10", url.as_str()]);
     out.assert_status(7);
     let line = out.stderr.lines().find(|l| l.starts_with("enforcer: denied")).unwrap_or_else(|| panic!("no deny line\n{out}"));
     let rest = line.strip_prefix("enforcer: denied connect curl[").unwrap_or_else(|| panic!("comm should be curl: {line}"));
@@ -413,7 +415,7 @@ fn loopback_is_always_allowed() {
     let l4 = TcpListener::bind("127.0.0.1:0").unwrap();
     let l6 = TcpListener::bind("[::1]:0").ok();
     let p4 = l4.local_addr().unwrap().port();
-    let mut ops = vec![op("tcpconnect", "127.0.0.1", p4)];
+    let mut ops = vec![op("tcpconnect", "127.0.0.1", p4), op("tcpconnect", "::ffff:127.0.0.1", p4)];
     if let Some(l) = &l6 {
         ops.push(op("tcpconnect", "::1", l.local_addr().unwrap().port()));
     }
@@ -611,4 +613,258 @@ fn mode_comes_from_meshconfig_and_mode_flag_overrides_it() {
 
     let run = run_client(&["--registry".into(), regdir, "--no-host-dns".into(), "--mode".into(), "REGISTRY_ONLY".into()], &ops);
     run.res[0].assert_eperm();
+}
+
+#[test]
+fn target_port_and_endpoint_ports_are_allowed_too() {
+    let ns = Netns::new();
+    let _srv = ns.serve(&["tcp:8080", "tcp:9090", "tcp:8081"]);
+    let dir = TempDir::new("tport");
+    let yaml = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: tp\n  namespace: default\nspec:\n  hosts:\n  - tp.enforcer.test\n  ports:\n  - number: 80\n    targetPort: 8080\n    name: http\n    protocol: HTTP\n  resolution: STATIC\n  endpoints:\n  - address: {a}\n  - address: {b}\n    ports:\n      http: 9090\n",
+        a = ns.v4(2),
+        b = ns.v4(3)
+    );
+    let policy = registry(&dir, &yaml, &[]);
+    let (a, b) = (ns.v4(2), ns.v4(3));
+    let run = run_client(
+        &policy,
+        &[op("tcp", &a, 8080), op("tcp", &a, 80), op("tcp", &b, 9090), op("tcp", &a, 8081), op("tcp", &a, 9090)],
+    );
+    run.res[0].assert_ok(&format!("hello from {a}:8080"));
+    // Port 80 is allowed too: nothing listens there, so the kernel refuses it (not EPERM).
+    assert_eq!(run.res[1].errno, Some(libc::ECONNREFUSED as i64), "{:?}", run.res[1]);
+    run.res[2].assert_ok(&format!("hello from {b}:9090"));
+    run.res[3].assert_eperm();
+    // The endpoint port map belongs to that endpoint only.
+    run.res[4].assert_eperm();
+}
+
+#[test]
+fn ipv4_mapped_forms_in_the_policy_match_plain_ipv4() {
+    let ns = Netns::new();
+    let _srv = ns.serve(&["tcp:8080", "tcp:8081"]);
+    let dir = TempDir::new("mappedpolicy");
+    // addresses as an IPv4-mapped IPv6 CIDR (::ffff:198.18.S.4/126 = 198.18.S.4/30), --allow as a
+    // mapped address.
+    let mapped_cidr = format!("::ffff:{}/126", ns.v4(4));
+    let policy = registry(
+        &dir,
+        &service_entry("m", &[&mapped_cidr], &[], &[(8080, "TCP")]),
+        &["--allow", &format!("[::ffff:{}]:8081", ns.v4(2))],
+    );
+    let run = run_client(
+        &policy,
+        &[op("tcp", ns.v4(5), 8080), op("tcp", ns.v4(3), 8080), op("tcp", ns.v4(2), 8081), op("tcp", format!("::ffff:{}", ns.v4(2)), 8081)],
+    );
+    run.res[0].assert_ok("hello from");
+    run.res[1].assert_eperm();
+    run.res[2].assert_ok(&format!("hello from {}:8081", ns.v4(2)));
+    run.res[3].assert_ok(&format!("hello from {}:8081", ns.v4(2)));
+}
+
+#[test]
+fn allow_cidr_with_host_bits_set_covers_the_whole_network() {
+    let ns = Netns::new();
+    let _srv = ns.serve(&["tcp:8080"]);
+    // 198.18.S.5/30 means 198.18.S.4/30.
+    let policy: Vec<String> = vec!["--no-host-dns".into(), "--allow-cidr".into(), format!("{}/30", ns.v4(5))];
+    let run = run_client(&policy, &[op("tcp", ns.v4(4), 8080), op("tcp", ns.v4(7), 8080), op("tcp", ns.v4(3), 8080)]);
+    run.res[0].assert_ok("hello from");
+    run.res[1].assert_ok("hello from");
+    run.res[2].assert_eperm();
+}
+
+#[test]
+fn bad_allow_flags_exit_125_naming_every_bad_value() {
+    preflight();
+    let marker = TempDir::new("badflags");
+    let m = marker.join("ran");
+    let out = enforcer_run(
+        &["--allow", "198.18.0.1:99999", "--allow-cidr", "not-a-cidr", "--allow", "198.18.0.0/24"],
+        &["touch", m.to_str().unwrap()],
+    );
+    out.assert_status(125);
+    assert!(out.stderr.contains("198.18.0.1:99999"), "{out}");
+    assert!(out.stderr.contains("not-a-cidr"), "{out}");
+    assert!(out.stderr.contains("--allow-cidr"), "a CIDR given to --allow points at --allow-cidr\n{out}");
+    assert!(!m.exists(), "the command must not run");
+}
+
+#[test]
+fn background_children_do_not_outlive_the_run() {
+    preflight();
+    let dir = TempDir::new("bg");
+    let marker = dir.join("escaped");
+    // The command exits at once, leaving a child that would write the marker 1 s later.
+    let script = format!("(sleep 1; touch {}) >/dev/null 2>&1 &\nexit 0", marker.display());
+    let out = enforcer_run(&["--no-host-dns"], &["sh", "-c", script.as_str()]);
+    out.assert_status(0);
+    std::thread::sleep(Duration::from_millis(1800));
+    assert!(!marker.exists(), "a background child escaped the run (and its enforcement)\n{out}");
+}
+
+#[test]
+fn cgroup_parent_is_used_and_the_run_cgroup_is_removed() {
+    let parent = Cgroup::new("parent");
+    let out = enforcer_run(
+        &["--no-host-dns".to_string(), "--cgroup-parent".into(), parent.path.display().to_string()],
+        &["cat", "/proc/self/cgroup"],
+    );
+    out.assert_status(0);
+    let cg = out.stdout.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or_else(|| panic!("{out}"));
+    let want = format!("{}/enforcer-run-", parent.rel());
+    assert!(cg.starts_with(&want), "the command ran in {cg}, expected a child {want}*");
+    let left: Vec<_> = std::fs::read_dir(&parent.path).unwrap().flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name()).collect();
+    assert!(left.is_empty(), "the run's cgroup is removed after exit: {left:?}");
+}
+
+#[test]
+fn report_file_records_a_command_killed_by_a_signal() {
+    let ns = Netns::new();
+    let _srv = ns.serve(&["tcp:8080"]);
+    let dir = TempDir::new("killed");
+    let report = dir.join("r.json");
+    let policy = registry(&dir, &service_entry("api", &[], &[ns.v4(2)], &[(8080, "HTTP")]), &["--report-file", report.to_str().unwrap()]);
+    let script = format!(
+        "import os, signal, socket\ns = socket.socket()\ntry:\n    s.connect(('{}', 8080))\nexcept PermissionError:\n    pass\nos.kill(os.getpid(), signal.SIGKILL)\n",
+        ns.v4(3)
+    );
+    let out = enforcer_run(&policy, &[python().display().to_string(), "-c".into(), script]);
+    out.assert_status(137);
+    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    assert_eq!(rep["exit_status"], 137, "{rep}");
+    assert_eq!(report_rows(&rep)[&("denied".into(), format!("{}:8080", ns.v4(3)), "tcp".into())].1, 1, "{rep}");
+}
+
+/// Deny lines share stderr with the command: each must be written whole (one write(2) of the
+/// line, atomic on a pipe), or it gets torn by the command's own output.
+#[test]
+fn deny_lines_are_not_torn_by_the_commands_own_stderr() {
+    // Traffic goes to the test's own netns only (should enforcement ever fail).
+    let ns = Netns::new();
+    let script = r#"
+import os, socket, sys, threading, time
+addr = sys.argv[1]
+stop = False
+def noise():
+    line = b'x' * 100 + b'\n'
+    while not stop:
+        os.write(2, line)
+t = threading.Thread(target=noise)
+t.start()
+for i in range(40):
+    s = socket.socket()
+    try:
+        s.connect((addr, 9000 + i))
+    except PermissionError:
+        pass
+    s.close()
+    time.sleep(0.01)
+time.sleep(0.2)
+stop = True
+t.join()
+"#;
+    let out = enforcer_run(&["--no-host-dns"], &[python().display().to_string(), "-c".into(), script.into(), ns.v4(3)]);
+    out.assert_status(0);
+    let noise = "x".repeat(100);
+    let mut deny = 0;
+    let mut torn = Vec::new();
+    for l in out.stderr.lines() {
+        if l == noise {
+            continue;
+        }
+        if l.starts_with("enforcer: denied connect python3[") && l.ends_with(" or a ServiceEntry") {
+            deny += 1;
+        } else if l.starts_with("enforcer: summary") || l.starts_with("  denied ") {
+        } else {
+            torn.push(l.to_string());
+        }
+    }
+    assert!(torn.is_empty(), "torn lines on stderr: {:?}", &torn[..torn.len().min(5)]);
+    assert_eq!(deny, 40, "one intact deny line per destination");
+}
+
+/// When the event ring buffer overflows (the agent cannot keep up), the report must say how many
+/// deny events were lost: printed deny lines + `events_dropped` = denied destinations.
+#[test]
+fn dropped_deny_events_are_reported() {
+    use std::io::{BufRead as _, Write as _};
+    let ns = Netns::new();
+    let dir = TempDir::new("drops");
+    let report = dir.join("r.json");
+    const N: usize = 4200; // 6 addresses x 700 ports, all distinct destinations
+    let script = r#"
+import socket, sys
+addrs = sys.argv[1:]
+print('ready', flush=True)
+sys.stdin.readline()
+n = 0
+for a in addrs:
+    for p in range(1000, 1700):
+        s = socket.socket()
+        try:
+            s.connect((a, p))
+        except PermissionError:
+            n += 1
+        s.close()
+print('done %d' % n, flush=True)
+"#;
+    let mut c = std::process::Command::new(enforcer_bin());
+    c.args(["run", "--no-host-dns", "--report-file"])
+        .arg(&report)
+        .arg("--")
+        .arg(python())
+        .args(["-c", script])
+        .args(Netns::V4_HOSTS.map(|h| ns.v4(h)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let epid = child.id() as i32;
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // Freeze the agent so it cannot drain the ring buffer while the command floods it.
+    // SAFETY: plain syscalls on our own child.
+    unsafe { libc::kill(epid, libc::SIGSTOP) };
+    let guard = scopeguard(epid);
+    stdin.write_all(b"go\n").unwrap();
+    line.clear();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), format!("done {N}"), "every connect was denied with EPERM");
+    drop(guard); // SIGCONT
+    let st = child.wait().unwrap();
+    let stderr = err_reader.join().unwrap();
+    assert_eq!(shell_status(st), 0, "{stderr}");
+    let printed = stderr.lines().filter(|l| l.starts_with("enforcer: denied connect")).count();
+    let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let dropped = rep["events_dropped"].as_u64().unwrap_or(0) as usize;
+    eprintln!("deny lines printed: {printed}, events_dropped: {dropped}");
+    assert_eq!(rep["denied"].as_array().unwrap().len(), N, "the flow counters see every destination");
+    assert_eq!(
+        printed + dropped,
+        N,
+        "{printed} deny lines printed and events_dropped = {dropped}: the lost events are not accounted for"
+    );
+
+    /// SIGCONT on drop, so a failing assertion never leaves the agent stopped.
+    struct Cont(i32);
+    impl Drop for Cont {
+        fn drop(&mut self) {
+            // SAFETY: plain syscall on our own child.
+            unsafe { libc::kill(self.0, libc::SIGCONT) };
+        }
+    }
+    fn scopeguard(pid: i32) -> Cont {
+        Cont(pid)
+    }
 }

@@ -194,7 +194,11 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
     srv.args(["bench-server", SERVER_ADDR, &PORT.to_string()])
         .stdin(Stdio::null());
     let mut server = Proc::spawn(&mut srv)?;
-    let cgroup = Cgroup::create(&format!("enforcer-bench-{pid}"))?;
+    // enforcer-bench-PID/baseline: the unenforced client; enforcer-bench-PID/enforced: parent of
+    // enforcer's per-run cgroups (so nothing is left behind even if enforcer is killed).
+    let top = Cgroup::create(&format!("enforcer-bench-{pid}"))?;
+    let cgroup = Cgroup::create_in(&top.path, "baseline")?;
+    let enforced = Cgroup::create_in(&top.path, "enforced")?;
     let dir = util::TempDir::new("enforcer-bench")?;
 
     // Bounded wait for the listener.
@@ -227,7 +231,9 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
 
     let mut rows = Vec::new();
     for &n in &args.sizes {
-        let row = bench_size(n, &args, &enforcer, &xtask, &client_ns, &cgroup, &dir.path)?;
+        let row = bench_size(
+            n, &args, &enforcer, &xtask, &client_ns, &cgroup, &enforced, &dir.path,
+        )?;
         rows.push(row);
         server.check_running("bench-server")?;
     }
@@ -269,6 +275,7 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
          programs and the registry, and exiting; nft load: `nft -f` of the set)"
     );
     drop(server);
+    drop((cgroup, enforced, top));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -413,6 +420,7 @@ fn bench_size(
     xtask: &Path,
     ns: &Netns,
     cgroup: &Cgroup,
+    enforced: &Cgroup,
     dir: &Path,
 ) -> Result<Row> {
     print!("\n{n} entries: generating… ");
@@ -435,12 +443,9 @@ fn bench_size(
 
     let enforcer_cmd = |iterations: u32, warmup: u32, port: u16| {
         let mut c = ns.command(enforcer);
-        c.args(["run", "--registry"]).arg(&registry).args([
-            "--mode",
-            "REGISTRY_ONLY",
-            "--quiet",
-            "--",
-        ]);
+        c.args(["run", "--registry"]).arg(&registry);
+        c.arg("--cgroup-parent").arg(&enforced.path);
+        c.args(["--mode", "REGISTRY_ONLY", "--quiet", "--"]);
         c.arg(xtask);
         let mut a = client_args(iterations, warmup);
         a[2] = port.to_string();

@@ -103,29 +103,7 @@ fn remove(r: &Resource) {
                 quiet(Command::new("ip").args(["link", "del", name]));
             }
         }
-        Resource::Cgroup(path) => {
-            let deadline = Instant::now() + Duration::from_secs(3);
-            loop {
-                let procs: Vec<i32> = std::fs::read_to_string(path.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect();
-                kill_and_reap(&procs);
-                match std::fs::remove_dir(path) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) if Instant::now() > deadline => {
-                        eprintln!(
-                            "xtask: warning: could not remove cgroup {}: {e}",
-                            path.display()
-                        );
-                        break;
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(50)),
-                }
-            }
-        }
+        Resource::Cgroup(path) => remove_cgroup(path),
         Resource::Dir(path) => {
             let _ = std::fs::remove_dir_all(path);
         }
@@ -134,6 +112,38 @@ fn remove(r: &Resource) {
             c.args(["netns", "exec", ns, "nft", "delete", "table"]);
             c.args(table.split_whitespace());
             quiet(&mut c);
+        }
+    }
+}
+
+/// Removes a cgroup and every cgroup below it (depth first), killing their processes.
+fn remove_cgroup(path: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(path) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&e.path());
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let procs: Vec<i32> = std::fs::read_to_string(path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        kill_and_reap(&procs);
+        match std::fs::remove_dir(path) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            Err(e) if Instant::now() > deadline => {
+                eprintln!(
+                    "xtask: warning: could not remove cgroup {}: {e}",
+                    path.display()
+                );
+                break;
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
 }

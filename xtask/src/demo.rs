@@ -80,7 +80,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
 
     heading("Setting up the lab (a private network namespace; nothing leaves this machine)");
     let pid = std::process::id();
-    let lab = Lab::start(pid, root)?;
+    let lab = Lab::start(pid)?;
     println!(
         "namespace {ns}: api.demo.test = {API_V4}:{PORT}, other.demo.test = {OTHER_V4}:{PORT} \
          (host side {HOST_V4} on {link})",
@@ -167,7 +167,7 @@ struct Lab {
 }
 
 impl Lab {
-    fn start(pid: u32, _root: &Path) -> Result<Self> {
+    fn start(pid: u32) -> Result<Self> {
         let ns = Netns::create(&format!("enf-demo-{pid}"))?;
         let host_link = format!("edm{}h", pid % 10000);
         let ns_link = format!("edm{}n", pid % 10000);

@@ -18,7 +18,12 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "enforcer's developer tasks", version)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "enforcer's developer tasks",
+    version
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

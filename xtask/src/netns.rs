@@ -99,15 +99,21 @@ impl Proc {
     }
 }
 
-/// A fresh child cgroup of the cgroup2 root, removed (with its processes) on drop.
+/// A fresh cgroup, removed (with its processes and any cgroups below it) on drop.
 pub struct Cgroup {
     pub path: PathBuf,
     _guard: Guard,
 }
 
 impl Cgroup {
+    /// A child of the cgroup2 root.
     pub fn create(name: &str) -> Result<Self> {
-        let path = util::cgroup2_mount()?.join(name);
+        Self::create_in(&util::cgroup2_mount()?, name)
+    }
+
+    /// A child of `parent`.
+    pub fn create_in(parent: &std::path::Path, name: &str) -> Result<Self> {
+        let path = parent.join(name);
         std::fs::create_dir(&path)
             .with_context(|| format!("creating cgroup {}", path.display()))?;
         let guard = cleanup::register(Resource::Cgroup(path.clone()));

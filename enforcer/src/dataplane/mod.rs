@@ -7,6 +7,7 @@ use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use aya::{
@@ -15,12 +16,13 @@ use aya::{
     programs::{CgroupAttachMode, CgroupSockAddr, links::{FdLink, LinkError, PinnedLink}},
 };
 use enforcer_common::{
-    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, DESTS_MAX_ENTRIES, DestKey, FLOWS_MAX_ENTRIES,
-    FlowKey, MAX_POLICIES, WORKLOADS_MAX_ENTRIES, map_names, prog_names,
+    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, DESTS_MAX_ENTRIES, DNS_ORIG_MAX_ENTRIES, DestKey,
+    FLOWS_MAX_ENTRIES, FlowKey, MAX_POLICIES, OrigDest, Settings, WORKLOADS_MAX_ENTRIES, map_names,
+    prog_names,
 };
 pub use events::EventStream;
 
-use crate::policy::{AllowEntry, DestEntry, Desired, Diff, diff};
+use crate::policy::{AllowEntry, DestEntry, Desired, Diff, Layered};
 
 /// The compiled kernel programs, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
@@ -45,6 +47,8 @@ pub enum DataplaneError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error("map {map}: {wanted} entries exceed its capacity of {capacity}")]
+    Capacity { map: &'static str, wanted: usize, capacity: u32 },
     #[error("map {0} missing from the BPF object")]
     MissingMap(&'static str),
     #[error("{what} {path}: {source}")]
@@ -88,14 +92,15 @@ pub struct Dataplane {
     flows: PerCpuHashMap<MapData, FlowKey, u64>,
     events: Option<RingBuf<MapData>>,
     event_drops: PerCpuArray<MapData, u64>,
+    settings: Array<MapData, Settings>,
     pin_dir: Option<PathBuf>,
-    applied_allow: BTreeMap<AllowEntry, AllowValue>,
-    applied_dests: BTreeMap<DestEntry, AllowValue>,
+    allow_state: Layered<AllowEntry, AllowValue>,
+    dests_state: Layered<DestEntry, AllowValue>,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// (name, key size, value size, max entries) the pinned maps must have to be reused.
-fn expected_maps() -> [(&'static str, u32, u32, u32); 7] {
+fn expected_maps() -> [(&'static str, u32, u32, u32); 9] {
     use core::mem::size_of;
     [
         (map_names::ALLOW, 4 + size_of::<AllowKey>() as u32, size_of::<AllowValue>() as u32, ALLOW_MAX_ENTRIES),
@@ -105,6 +110,8 @@ fn expected_maps() -> [(&'static str, u32, u32, u32); 7] {
         (map_names::FLOWS, size_of::<FlowKey>() as u32, 8, FLOWS_MAX_ENTRIES),
         (map_names::EVENT_DROPS, 4, 8, 1),
         (map_names::EVENTS, 0, 0, enforcer_common::EVENTS_RING_BYTES),
+        (map_names::SETTINGS, 4, size_of::<Settings>() as u32, 1),
+        (map_names::DNS_ORIG, 8, size_of::<OrigDest>() as u32, DNS_ORIG_MAX_ENTRIES),
     ]
 }
 
@@ -136,8 +143,9 @@ impl Dataplane {
         let flows = PerCpuHashMap::try_from(take(map_names::FLOWS)?).map_err(map_err(map_names::FLOWS, "open"))?;
         let events = RingBuf::try_from(take(map_names::EVENTS)?).map_err(map_err(map_names::EVENTS, "open"))?;
         let event_drops = PerCpuArray::try_from(take(map_names::EVENT_DROPS)?).map_err(map_err(map_names::EVENT_DROPS, "open"))?;
+        let settings = Array::try_from(take(map_names::SETTINGS)?).map_err(map_err(map_names::SETTINGS, "open"))?;
 
-        for name in prog_names::ALL {
+        for name in prog_names::ALL.into_iter().chain(prog_names::DNS_RESTORE) {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Link { path: PathBuf::from(name), message: "program missing from object".into() })?
@@ -146,7 +154,11 @@ impl Dataplane {
             prog.load().map_err(|source| DataplaneError::Program { name, action: "load (verifier)", source })?;
         }
 
-        let mut dp = Self {
+        // Start from what the maps hold (non-empty when adopting pinned maps), so the first apply
+        // is a diff against reality.
+        let in_allow = read_trie(&allow, map_names::ALLOW, AllowEntry::from_key)?;
+        let in_dests = read_trie(&dests, map_names::DESTS, |p, k: &DestKey| DestEntry::from_key(p, k))?;
+        let dp = Self {
             ebpf,
             allow,
             dests,
@@ -154,29 +166,23 @@ impl Dataplane {
             flows,
             events: Some(events),
             event_drops,
+            settings,
             pin_dir: opts.pin_dir.clone(),
-            applied_allow: BTreeMap::new(),
-            applied_dests: BTreeMap::new(),
+            allow_state: Layered::new(in_allow),
+            dests_state: Layered::new(in_dests),
             _logger: logger,
         };
-        // Start from what the maps hold (non-empty when adopting pinned maps), so the first apply
-        // is a diff against reality.
-        dp.applied_allow = dp.read_allow()?;
-        dp.applied_dests = dp
-            .dests
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter_map(|(k, v)| Some((DestEntry::from_key(k.prefix_len(), &k.data())?, v)))
-            .collect();
         Ok((dp, notes))
     }
 
     /// Attach every hook to `cgroup` with bpf_link (programs of parent cgroups keep running and all
     /// must allow). With a pin dir, links are pinned; an existing pinned link is adopted.
-    pub fn attach(&mut self, cgroup: &Path) -> Result<Vec<(&'static str, AttachOutcome)>> {
+    /// With `dns_restore`, the recvmsg/getpeername hooks are attached too (DNS steering).
+    pub fn attach(&mut self, cgroup: &Path, dns_restore: bool) -> Result<Vec<(&'static str, AttachOutcome)>> {
         let cg = fs::File::open(cgroup).map_err(|source| DataplaneError::Io { what: "opening cgroup", path: cgroup.to_owned(), source })?;
         let mut out = Vec::new();
-        for name in prog_names::ALL {
+        let extra: &[&'static str] = if dns_restore { &prog_names::DNS_RESTORE } else { &[] };
+        for name in prog_names::ALL.into_iter().chain(extra.iter().copied()) {
             let link_path = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
             if let Some(p) = &link_path {
                 if p.exists() {
@@ -216,63 +222,94 @@ impl Dataplane {
         self.modes.get(&policy_id, 0).map_err(map_err(map_names::MODES, "get"))
     }
 
-    /// Bring the maps to `desired`: inserts and updates first, then removals.
+    pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
+        self.settings.set(0, settings, 0).map_err(map_err(map_names::SETTINGS, "set"))
+    }
+
+    /// Bring the registry layer of the maps to `desired`: inserts and updates first, then
+    /// removals. Learned (DNS) entries stay.
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyStats> {
-        let allow_diff = diff(&self.applied_allow, &desired.allow);
-        let dests_diff = diff(&self.applied_dests, &desired.dests);
+        if desired.allow.len() > ALLOW_MAX_ENTRIES as usize {
+            return Err(DataplaneError::Capacity { map: map_names::ALLOW, wanted: desired.allow.len(), capacity: ALLOW_MAX_ENTRIES });
+        }
+        let allow_diff = self.allow_state.set_base(desired.allow.clone());
+        let dests_diff = self.dests_state.set_base(desired.dests.clone());
         let stats = ApplyStats {
             upserts: allow_diff.upserts.len() + dests_diff.upserts.len(),
             removals: allow_diff.removals.len() + dests_diff.removals.len(),
-            total: desired.allow.len(),
+            total: self.allow_state.in_map().len(),
         };
-        if desired.allow.len() > ALLOW_MAX_ENTRIES as usize {
-            return Err(DataplaneError::Map {
-                map: map_names::ALLOW,
-                action: format!("{} entries exceed the capacity of {ALLOW_MAX_ENTRIES}", desired.allow.len()),
-                source: aya::maps::MapError::OutOfBounds { index: desired.allow.len() as u32, max_entries: ALLOW_MAX_ENTRIES },
-            });
-        }
-        let Diff { upserts, removals } = allow_diff;
-        for (e, v) in &upserts {
+        self.write(allow_diff, dests_diff)?;
+        Ok(stats)
+    }
+
+    /// Put learned entries (from a DNS answer) into the maps until `expires`; returns once the
+    /// kernel holds them.
+    pub fn learn(&mut self, allow: Vec<(AllowEntry, AllowValue)>, dests: Vec<(DestEntry, AllowValue)>, expires: Instant) -> Result<()> {
+        let a = self.allow_state.learn(allow, expires);
+        let d = self.dests_state.learn(dests, expires);
+        self.write(a, d)
+    }
+
+    /// Remove learned entries that expired.
+    pub fn sweep(&mut self, now: Instant) -> Result<usize> {
+        let a = self.allow_state.sweep(now);
+        let d = self.dests_state.sweep(now);
+        let n = a.removals.len();
+        self.write(a, d)?;
+        Ok(n)
+    }
+
+    /// Learned ALLOW entries with their expiry.
+    pub fn learned(&self) -> &BTreeMap<AllowEntry, (AllowValue, Instant)> {
+        self.allow_state.learned()
+    }
+
+    /// Entries in the DESTS map.
+    pub fn dest_entries(&self) -> usize {
+        self.dests_state.in_map().len()
+    }
+
+    /// What enforcer believes the ALLOW map holds.
+    pub fn allow_entries(&self) -> &BTreeMap<AllowEntry, AllowValue> {
+        self.allow_state.in_map()
+    }
+
+    fn write(&mut self, allow: Diff<AllowEntry, AllowValue>, dests: Diff<DestEntry, AllowValue>) -> Result<()> {
+        for (e, v) in &allow.upserts {
             let (plen, k) = e.key();
-            self.allow.insert(&Key::new(plen, k), v, 0).map_err(map_err(map_names::ALLOW, format!("insert {e}")))?;
-            self.applied_allow.insert(*e, *v);
+            if let Err(err) = self.allow.insert(&Key::new(plen, k), v, 0) {
+                self.allow_state.forget(e);
+                return Err(map_err(map_names::ALLOW, format!("insert {e}"))(err));
+            }
         }
-        let Diff { upserts: dup, removals: drem } = dests_diff;
-        for (e, v) in &dup {
+        for (e, v) in &dests.upserts {
             let (plen, k) = e.key();
-            self.dests.insert(&Key::new(plen, k), v, 0).map_err(map_err(map_names::DESTS, format!("insert {}", e.net)))?;
-            self.applied_dests.insert(*e, *v);
+            if let Err(err) = self.dests.insert(&Key::new(plen, k), v, 0) {
+                self.dests_state.forget(e);
+                return Err(map_err(map_names::DESTS, format!("insert {}", e.net))(err));
+            }
         }
-        for e in &removals {
+        for e in &allow.removals {
             let (plen, k) = e.key();
             match self.allow.remove(&Key::new(plen, k)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(err) => return Err(map_err(map_names::ALLOW, format!("remove {e}"))(err)),
             }
-            self.applied_allow.remove(e);
         }
-        for e in &drem {
+        for e in &dests.removals {
             let (plen, k) = e.key();
             match self.dests.remove(&Key::new(plen, k)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
                 Err(err) => return Err(map_err(map_names::DESTS, format!("remove {}", e.net))(err)),
             }
-            self.applied_dests.remove(e);
         }
-        Ok(stats)
+        Ok(())
     }
 
     /// What the ALLOW map holds now, read back from the kernel.
     pub fn read_allow(&self) -> Result<BTreeMap<AllowEntry, AllowValue>> {
-        let mut out = BTreeMap::new();
-        for r in self.allow.iter() {
-            let (k, v) = r.map_err(map_err(map_names::ALLOW, "iterate"))?;
-            if let Some(e) = AllowEntry::from_key(k.prefix_len(), &k.data()) {
-                out.insert(e, v);
-            }
-        }
-        Ok(out)
+        read_trie(&self.allow, map_names::ALLOW, AllowEntry::from_key)
     }
 
     /// Flow counts summed over CPUs.
@@ -297,6 +334,21 @@ impl Dataplane {
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pin_dir.as_deref()
     }
+}
+
+fn read_trie<K: aya::Pod, E: Ord>(
+    trie: &LpmTrie<MapData, K, AllowValue>,
+    name: &'static str,
+    from_key: impl Fn(u32, &K) -> Option<E>,
+) -> Result<BTreeMap<E, AllowValue>> {
+    let mut out = BTreeMap::new();
+    for r in trie.iter() {
+        let (k, v) = r.map_err(map_err(name, "iterate"))?;
+        if let Some(e) = from_key(k.prefix_len(), &k.data()) {
+            out.insert(e, v);
+        }
+    }
+    Ok(out)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -344,7 +396,10 @@ fn check_pinned_maps(dir: &Path) -> Result<Vec<String>> {
 /// link detaches its program.
 pub fn unpin_all(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let names = map_names::ALL.iter().map(|m| m.to_string()).chain(prog_names::ALL.iter().map(|p| format!("link_{p}")));
+    let names = map_names::ALL
+        .iter()
+        .map(|m| m.to_string())
+        .chain(prog_names::ALL.iter().chain(&prog_names::DNS_RESTORE).map(|p| format!("link_{p}")));
     for name in names {
         let p = dir.join(name);
         if p.exists() {

@@ -1,0 +1,234 @@
+//! The agent's admin HTTP listener (hyper 1, HTTP/1.1 only).
+//!
+//! Routes (GET/HEAD only; any other method → 405):
+//! - `GET /debug/registryz[?service=NAME]` — JSON [`Registryz`], pretty-printed
+//! - `GET /metrics` — OpenMetrics text
+//! - `GET /healthz` — 200 "ok"
+//! - `GET /readyz` — 200 "ready" / 503 "not ready"
+//! - anything else → 404 with the list of routes
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+
+use super::model::Registryz;
+
+/// What the admin listener serves; implemented by the daemon over its live state.
+pub trait AdminSource: Send + Sync + 'static {
+    fn registryz(&self) -> Registryz;
+    /// OpenMetrics text for GET /metrics (may be empty for now).
+    fn metrics(&self) -> String;
+    fn ready(&self) -> bool;
+}
+
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+const JSON_CONTENT_TYPE: &str = "application/json";
+const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
+/// How long in-flight requests get to finish after shutdown is signalled.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Slow clients must send their request headers within this.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+const ROUTES_HELP: &str = "\
+enforcer admin endpoints:
+  GET /debug/registryz[?service=NAME]  registry and endpoints as JSON
+  GET /metrics                         OpenMetrics
+  GET /healthz                         liveness
+  GET /readyz                          readiness
+";
+
+/// Binds the admin listener. An address already in use gets an error naming it.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let msg = match e.kind() {
+            std::io::ErrorKind::AddrInUse => format!(
+                "admin address {addr} is already in use (is another `enforcer daemon` running? pass --admin ADDR to use another)"
+            ),
+            std::io::ErrorKind::AddrNotAvailable => {
+                format!("admin address {addr} is not available on this host: {e}")
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                format!("not permitted to bind admin address {addr}: {e}")
+            }
+            _ => format!("binding admin address {addr}: {e}"),
+        };
+        std::io::Error::new(e.kind(), msg)
+    })
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes, then stops
+/// accepting, lets in-flight requests finish (up to a few seconds) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    source: Arc<dyn AdminSource>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let local = listener.local_addr()?;
+    tracing::info!(addr = %local, "admin listener serving");
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
+    tokio::pin!(shutdown);
+
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // e.g. EMFILE or a connection reset before accept; not fatal.
+                    tracing::warn!(error = %e, "admin listener accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let source = Arc::clone(&source);
+        let svc = service_fn(move |req: Request<Incoming>| {
+            let source = Arc::clone(&source);
+            async move { Ok::<_, Infallible>(handle(source.as_ref(), &req)) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), svc);
+        let fut = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = fut.await {
+                tracing::debug!(%peer, error = %e, "admin connection ended with error");
+            }
+        });
+    }
+
+    drop(listener);
+    tracing::info!(addr = %local, "admin listener shutting down");
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("admin connections still open after {SHUTDOWN_GRACE:?}; dropping them");
+    }
+    Ok(())
+}
+
+fn handle<B>(source: &dyn AdminSource, req: &Request<B>) -> Response<Full<Bytes>> {
+    let method = req.method();
+    let path = req.uri().path();
+    tracing::trace!(%method, path, "admin request");
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} not allowed; the admin API is read-only (GET)\n"),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    match path.trim_end_matches('/') {
+        "/debug/registryz" => {
+            let mut r = source.registryz();
+            if let Some(q) = query_param(req.uri().query(), "service") {
+                r = r.filtered(&q);
+            }
+            match serde_json::to_string_pretty(&r) {
+                Ok(mut body) => {
+                    body.push('\n');
+                    respond(StatusCode::OK, JSON_CONTENT_TYPE, body)
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "serializing registryz");
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("serializing registryz: {e}\n"),
+                    )
+                }
+            }
+        }
+        "/metrics" => {
+            let mut body = source.metrics();
+            // OpenMetrics requires the exposition to end with "# EOF".
+            if !body.trim_end().ends_with("# EOF") {
+                if !body.is_empty() && !body.ends_with('\n') {
+                    body.push('\n');
+                }
+                body.push_str("# EOF\n");
+            }
+            respond(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, body)
+        }
+        "/healthz" => text(StatusCode::OK, "ok"),
+        "/readyz" => {
+            if source.ready() {
+                text(StatusCode::OK, "ready")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
+            }
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            format!("404 page not found: {path}\n\n{ROUTES_HELP}"),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {
+    respond(status, TEXT_CONTENT_TYPE, body.into())
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The percent-decoded value of `key` in a query string (`+` means space).
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == key).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'+' {
+            out.push(b' ');
+        } else if b == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(hex);
+            let lo = bytes.get(i + 2).copied().and_then(hex);
+            if let (Some(hi), Some(lo)) = (hi, lo) {
+                out.push(hi << 4 | lo);
+                i += 3;
+                continue;
+            }
+            out.push(b);
+        } else {
+            out.push(b);
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}

@@ -1,0 +1,337 @@
+//! The running agent shared by `run` and `daemon`: config -> resolver -> policy -> dataplane, kept
+//! in sync as DNS answers change (refresher), as workloads resolve names (DNS forwarder), as
+//! learned entries expire (sweeper) and as registry files change (watcher / SIGHUP).
+
+use std::{
+    collections::BTreeSet,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use enforcer_common::{DEFAULT_POLICY, SETTINGS_F_DNS_STEER, Settings};
+
+use crate::{
+    cli::{PolicyArgs, UnknownNamesArg},
+    config::Mode,
+    dataplane::{ApplyStats, Dataplane},
+    dns,
+    load::{self, LoadedConfig},
+    policy::{self, AllowEntry, DestEntry, Desired, HostIndex, normalize},
+    resolver::{HickoryLookup, RefreshConfig, Refresher},
+};
+
+/// `SO_MARK` on the forwarder's upstream sockets; the hooks never steer sockets carrying it.
+pub const AGENT_MARK: u32 = 0x0e4f_0001;
+
+/// What the agent enforces right now.
+pub struct View {
+    pub cfg: LoadedConfig,
+    pub desired: Arc<Desired>,
+    pub index: HostIndex,
+}
+
+#[derive(Default, Debug)]
+pub struct AgentStats {
+    pub reloads: AtomicU64,
+    pub reload_errors: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Agent {
+    pub dp: Arc<Mutex<Dataplane>>,
+    pub view: Arc<RwLock<View>>,
+    pub refresher: Refresher,
+    pub stats: Arc<AgentStats>,
+    pub dns_stats: Option<Arc<dns::Stats>>,
+    /// Address -> the name it was learned for (for the registry view).
+    pub learned_names: Arc<Mutex<std::collections::HashMap<IpAddr, String>>>,
+    args: Arc<PolicyArgs>,
+}
+
+impl Agent {
+    /// Validate the config, resolve its names, fill the maps and start the DNS forwarder (unless
+    /// steering is off). The returned forwarder must be run by the caller.
+    pub async fn start(args: &PolicyArgs, dp: Dataplane, cfg: LoadedConfig) -> anyhow::Result<(Agent, Option<dns::Forwarder>)> {
+        let lookup = HickoryLookup::new(&args.dns.upstreams, args.dns.dns_timeout).context("setting up the DNS resolver")?;
+        let refresher = Refresher::new(
+            RefreshConfig {
+                floor: args.dns.dns_ttl_floor,
+                ceiling: args.dns.dns_ttl_ceiling,
+                change_grace: args.dns.dns_grace,
+                failure_grace: args.dns.dns_failure_grace,
+                ..RefreshConfig::default()
+            },
+            Arc::new(lookup),
+        );
+        refresher.set_names(&policy::names_to_resolve(&cfg.registry, &cfg.cli)).await;
+        let desired = load::compile(&cfg, &refresher.snapshot());
+        let index = HostIndex::build(&cfg.registry, &cfg.cli, &desired);
+        let dp = Arc::new(Mutex::new(dp));
+        apply_ordered(&mut dp.lock().expect("dataplane lock"), &desired, cfg.mode)?;
+        let view = Arc::new(RwLock::new(View { cfg, desired: Arc::new(desired), index }));
+        let mut agent = Agent { dp, view, refresher, stats: Arc::default(), dns_stats: None, learned_names: Arc::default(), args: Arc::new(args.clone()) };
+
+        let forwarder = if args.dns.no_dns_steer {
+            None
+        } else {
+            match agent.start_forwarder().await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!("DNS forwarder unavailable, workloads' DNS is not steered: {e:#}");
+                    None
+                }
+            }
+        };
+        if forwarder.is_none() {
+            let v = agent.view.read().expect("view lock");
+            for se in &v.cfg.registry.services {
+                for h in se.hosts.iter().filter(|h| h.is_wildcard()) {
+                    if se.addresses.is_empty() && se.endpoints.is_empty() {
+                        tracing::warn!(
+                            "{}/{}: wildcard host {h} has no addresses; without DNS steering its addresses cannot be learned, so connections to it are denied",
+                            se.namespace,
+                            se.name
+                        );
+                    }
+                }
+            }
+        }
+        Ok((agent, forwarder))
+    }
+
+    async fn start_forwarder(&mut self) -> anyhow::Result<dns::Forwarder> {
+        let upstreams: Vec<SocketAddr> = if self.args.dns.upstreams.is_empty() {
+            self.view.read().expect("view lock").cfg.dns_servers.iter().map(|ip| SocketAddr::new(*ip, 53)).collect()
+        } else {
+            self.args.dns.upstreams.clone()
+        };
+        anyhow::ensure!(!upstreams.is_empty(), "no upstream resolver (none in /etc/resolv.conf; pass --dns-upstream)");
+        let cfg = dns::Config {
+            listen: vec!["127.0.0.1:0".parse().expect("addr"), "[::1]:0".parse().expect("addr")],
+            upstreams,
+            timeout: self.args.dns.dns_timeout,
+            unknown_names: match self.args.dns.unknown_names {
+                UnknownNamesArg::Answer => dns::UnknownNames::AnswerNoAllow,
+                UnknownNamesArg::Nxdomain => dns::UnknownNames::Nxdomain,
+                UnknownNamesArg::Refused => dns::UnknownNames::Refused,
+            },
+            min_ttl: self.args.dns.dns_ttl_floor,
+            grace: self.args.dns.dns_grace,
+            max_ttl: self.args.dns.dns_ttl_ceiling,
+            upstream_mark: Some(AGENT_MARK),
+        };
+        let policy = Arc::new(AgentDns { view: self.view.clone(), dp: self.dp.clone(), names: self.learned_names.clone() });
+        let fwd = dns::Forwarder::bind(cfg, policy).await.context("binding the DNS forwarder")?;
+        let mut settings = Settings { flags: SETTINGS_F_DNS_STEER, agent_mark: AGENT_MARK, ..Settings::default() };
+        for a in fwd.local_addrs() {
+            settings.dns_port = a.port();
+            match a.ip() {
+                IpAddr::V4(v4) => settings.dns_v4 = v4.octets(),
+                IpAddr::V6(v6) => settings.dns_v6 = v6.octets(),
+            }
+        }
+        anyhow::ensure!(settings.dns_v4 != [0; 4], "the forwarder has no IPv4 listener");
+        self.dp.lock().expect("dataplane lock").set_settings(&settings)?;
+        self.dns_stats = Some(fwd.stats());
+        tracing::debug!(addrs = ?fwd.local_addrs(), "DNS forwarder listening; port-53 traffic is steered to it");
+        Ok(fwd)
+    }
+
+    pub fn desired(&self) -> Arc<Desired> {
+        self.view.read().expect("view lock").desired.clone()
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.view.read().expect("view lock").cfg.mode
+    }
+
+    /// Recompute from the current config and the resolver's current answers, and apply the diff.
+    pub fn recompute(&self) -> anyhow::Result<ApplyStats> {
+        let cfg = self.view.read().expect("view lock").cfg.clone();
+        let desired = load::compile(&cfg, &self.refresher.snapshot());
+        let stats = self.dp.lock().expect("dataplane lock").apply(&desired)?;
+        let index = HostIndex::build(&cfg.registry, &cfg.cli, &desired);
+        let mut v = self.view.write().expect("view lock");
+        v.desired = Arc::new(desired);
+        v.index = index;
+        Ok(stats)
+    }
+
+    /// Reload the registry files and flags: validated fully first; on error nothing changes.
+    pub async fn reload(&self) -> anyhow::Result<(LoadedConfig, ApplyStats)> {
+        let cfg = match load::load_config(&self.args) {
+            Ok(c) => c,
+            Err(e) => {
+                self.stats.reload_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e.context("reload rejected, the last good registry stays enforced"));
+            }
+        };
+        self.refresher.set_names(&policy::names_to_resolve(&cfg.registry, &cfg.cli)).await;
+        let desired = load::compile(&cfg, &self.refresher.snapshot());
+        let stats = {
+            let mut dp = self.dp.lock().expect("dataplane lock");
+            apply_ordered(&mut dp, &desired, cfg.mode).inspect_err(|_| {
+                self.stats.reload_errors.fetch_add(1, Ordering::Relaxed);
+            })?
+        };
+        let index = HostIndex::build(&cfg.registry, &cfg.cli, &desired);
+        {
+            let mut v = self.view.write().expect("view lock");
+            v.cfg = cfg.clone();
+            v.desired = Arc::new(desired);
+            v.index = index;
+        }
+        self.stats.reloads.fetch_add(1, Ordering::Relaxed);
+        Ok((cfg, stats))
+    }
+
+    /// Background upkeep until the returned handle is dropped/aborted: re-apply when resolved
+    /// addresses change, expire learned entries every second.
+    pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
+        let agent = self.clone();
+        tokio::spawn(async move {
+            let mut changes = agent.refresher.subscribe();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    r = changes.changed() => {
+                        if r.is_err() { return; }
+                        // Debounce a burst of refreshes into one apply.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        changes.borrow_and_update();
+                        match agent.recompute() {
+                            Ok(s) if s.upserts + s.removals > 0 => tracing::info!(added = s.upserts, removed = s.removals, "resolved addresses changed; maps updated"),
+                            Ok(_) => {}
+                            Err(e) => tracing::error!("applying resolved addresses failed: {e:#}"),
+                        }
+                    }
+                    _ = tick.tick() => {
+                        let r = agent.dp.lock().expect("dataplane lock").sweep(Instant::now());
+                        match r {
+                            Ok(n) if n > 0 => tracing::debug!(expired = n, "learned DNS entries expired"),
+                            Ok(_) => {}
+                            Err(e) => tracing::error!("expiring learned entries failed: {e:#}"),
+                        }
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// Order the steps so no destination allowed before and after is ever briefly denied: a more
+/// permissive mode goes in before the entries change, a stricter one after.
+pub fn apply_ordered(dp: &mut Dataplane, desired: &Desired, mode: Mode) -> anyhow::Result<ApplyStats> {
+    let kmode = load::kernel_mode(mode);
+    if mode != Mode::RegistryOnly {
+        dp.set_mode(DEFAULT_POLICY, kmode)?;
+        Ok(dp.apply(desired)?)
+    } else {
+        let s = dp.apply(desired)?;
+        dp.set_mode(DEFAULT_POLICY, kmode)?;
+        Ok(s)
+    }
+}
+
+/// The forwarder's view of the registry, writing learned addresses through the dataplane.
+struct AgentDns {
+    view: Arc<RwLock<View>>,
+    dp: Arc<Mutex<Dataplane>>,
+    names: Arc<Mutex<std::collections::HashMap<IpAddr, String>>>,
+}
+
+impl dns::DnsPolicy for AgentDns {
+    fn match_name(&self, qname: &str) -> Option<u32> {
+        self.view.read().ok()?.index.match_name(qname)
+    }
+
+    fn explicitly_listed(&self, ip: IpAddr) -> bool {
+        self.view.read().map(|v| v.index.explicitly_listed(ip)).unwrap_or(false)
+    }
+
+    fn enforcing(&self) -> bool {
+        self.view.read().map(|v| v.cfg.mode == Mode::RegistryOnly).unwrap_or(true)
+    }
+
+    fn learn(&self, service_id: u32, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
+        let desired = self.view.read().map_err(|e| e.to_string())?.desired.clone();
+        let info = desired.service(service_id).ok_or_else(|| format!("unknown service {service_id}"))?;
+        let value = enforcer_common::AllowValue { service_id, flags: 0 };
+        let mut allow = Vec::new();
+        let mut dests = Vec::new();
+        for a in addrs {
+            let net = normalize(ipnet::IpNet::from(*a));
+            dests.push((DestEntry { net }, value));
+            for (port, proto) in &info.ports {
+                allow.push((AllowEntry { policy_id: DEFAULT_POLICY, net, port: *port, proto: *proto }, value));
+            }
+        }
+        tracing::debug!(name, service = %info.name, addrs = ?addrs, ttl = ?ttl, "learned from DNS");
+        if let Ok(mut names) = self.names.lock() {
+            if names.len() > 100_000 {
+                names.clear();
+            }
+            for a in addrs {
+                names.insert(*a, name.to_string());
+            }
+        }
+        self.dp
+            .lock()
+            .map_err(|e| e.to_string())?
+            .learn(allow, dests, Instant::now() + ttl)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Names the current config needs resolved (for views).
+pub fn tracked_names(cfg: &LoadedConfig) -> BTreeSet<String> {
+    policy::names_to_resolve(&cfg.registry, &cfg.cli)
+}
+
+impl crate::admin::AdminSource for Agent {
+    fn registryz(&self) -> crate::admin::Registryz {
+        crate::registryz::build(self)
+    }
+
+    fn metrics(&self) -> String {
+        use crate::metrics::{DnsSnapshot, Snapshot, load};
+        let v = self.view.read().expect("view lock");
+        let dp = self.dp.lock().expect("dataplane lock");
+        let s = Snapshot {
+            registry_services: v.desired.services.len() as u64,
+            registry_hosts: v.index.hosts() as u64,
+            registry_addresses: dp.allow_entries().len() as u64,
+            maps: vec![
+                (enforcer_common::map_names::ALLOW, dp.allow_entries().len() as u64, u64::from(enforcer_common::ALLOW_MAX_ENTRIES)),
+                (enforcer_common::map_names::DESTS, dp.dest_entries() as u64, u64::from(enforcer_common::DESTS_MAX_ENTRIES)),
+            ],
+            reloads: load(&self.stats.reloads),
+            reload_errors: load(&self.stats.reload_errors),
+            events_dropped: dp.event_drops(),
+            denied_connections: dp.flows().iter().filter(|(k, _)| k.verdict != enforcer_common::VERDICT_ALLOWED).map(|(_, n)| n).sum(),
+            resolver_lookups: load(&self.refresher.stats().lookups),
+            resolver_failures: load(&self.refresher.stats().failures),
+            dns: self.dns_stats.as_ref().map(|d| DnsSnapshot {
+                queries_udp: load(&d.queries_udp),
+                queries_tcp: load(&d.queries_tcp),
+                answered: load(&d.answered),
+                learned_addrs: load(&d.learned_addrs),
+                blocked: load(&d.blocked),
+                servfail: load(&d.servfail),
+                upstream_timeouts: load(&d.upstream_timeouts),
+                rebinding_dropped: load(&d.rebinding_dropped),
+                learn_failures: load(&d.learn_failures),
+            }),
+        };
+        crate::metrics::render(&s)
+    }
+
+    fn ready(&self) -> bool {
+        true
+    }
+}

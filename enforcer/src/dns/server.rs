@@ -1,0 +1,563 @@
+//! Listeners, per-query policy and synthesized responses.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Header, Message, MessageType, ResponseCode};
+use hickory_proto::serialize::binary::{BinDecodable as _, BinDecoder};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::answer::{self, name_key};
+use super::upstream::{Expect, MAX_MESSAGE, Transport, Upstream, UpstreamError};
+use super::{Config, DnsPolicy, Stats, UnknownNames};
+
+/// Queries handled concurrently; beyond this, SERVFAIL (counted in `overloaded`).
+const MAX_INFLIGHT: usize = 4096;
+/// Concurrent client TCP connections; beyond this, new connections are closed.
+const MAX_TCP_CONNS: usize = 1024;
+/// Pipelined queries in flight per TCP connection (reading pauses beyond this).
+const MAX_TCP_PIPELINE: usize = 32;
+/// A client TCP connection with no new query for this long is closed.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+/// Identical unknown names are logged at most once per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+const LOG_LIMITER_MAX: usize = 8192;
+/// EDNS payload size advertised in synthesized responses.
+const EDNS_PAYLOAD: u16 = 1232;
+
+/// The DNS forwarder: bound sockets plus shared state. [`Forwarder::run`] serves them.
+pub struct Forwarder {
+    inner: Arc<Inner>,
+    udp: Vec<UdpSocket>,
+    tcp: Vec<TcpListener>,
+    addrs: Vec<SocketAddr>,
+}
+
+struct Inner {
+    cfg: Config,
+    policy: Arc<dyn DnsPolicy>,
+    stats: Arc<Stats>,
+    upstream: Upstream,
+    inflight: Arc<Semaphore>,
+    tcp_conns: Arc<Semaphore>,
+    log_limiter: Mutex<HashMap<String, Instant>>,
+}
+
+impl std::fmt::Debug for Forwarder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Forwarder")
+            .field("addrs", &self.addrs)
+            .field("upstreams", &self.inner.cfg.upstreams)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Forwarder {
+    /// Bind UDP and TCP on every `cfg.listen` address. Port 0 picks a free port for the first
+    /// address (the same for UDP and TCP); later port-0 addresses reuse it when they can.
+    pub async fn bind(cfg: Config, policy: Arc<dyn DnsPolicy>) -> io::Result<Forwarder> {
+        if cfg.listen.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "dns: no listen address",
+            ));
+        }
+        if cfg.upstreams.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "dns: no upstream",
+            ));
+        }
+        let mut udp = Vec::new();
+        let mut tcp = Vec::new();
+        let mut addrs = Vec::new();
+        let mut chosen_port: Option<u16> = None;
+        for &want in &cfg.listen {
+            let pair = match (want.port(), chosen_port) {
+                (0, Some(port)) => {
+                    let mut same = want;
+                    same.set_port(port);
+                    match bind_pair(same) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            tracing::debug!(addr = %same, error = %e, "dns: shared port unavailable, picking another");
+                            bind_pair(want)?
+                        }
+                    }
+                }
+                _ => bind_pair(want)?,
+            };
+            let (u, t) = pair;
+            let local = u.local_addr()?;
+            chosen_port.get_or_insert(local.port());
+            udp.push(u);
+            tcp.push(t);
+            addrs.push(local);
+        }
+        let inner = Arc::new(Inner {
+            upstream: Upstream::new(cfg.upstream_mark),
+            cfg,
+            policy,
+            stats: Arc::new(Stats::default()),
+            inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
+            tcp_conns: Arc::new(Semaphore::new(MAX_TCP_CONNS)),
+            log_limiter: Mutex::new(HashMap::new()),
+        });
+        tracing::info!(listen = ?addrs, upstreams = ?inner.cfg.upstreams, "dns: forwarder bound");
+        Ok(Forwarder {
+            inner,
+            udp,
+            tcp,
+            addrs,
+        })
+    }
+
+    /// Bound addresses (UDP and TCP on the same addr:port).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    /// Counters, shared with the running forwarder.
+    pub fn stats(&self) -> Arc<Stats> {
+        self.inner.stats.clone()
+    }
+
+    /// Serve until `shutdown` completes. Listeners and client TCP connections are then closed;
+    /// queries already being answered finish on their own (bounded by the upstream timeouts).
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        for sock in self.udp {
+            tasks.spawn(udp_loop(self.inner.clone(), Arc::new(sock)));
+        }
+        for listener in self.tcp {
+            tasks.spawn(tcp_accept_loop(
+                self.inner.clone(),
+                listener,
+                stop_rx.clone(),
+            ));
+        }
+        shutdown.await;
+        tracing::info!("dns: forwarder shutting down");
+        let _ = stop_tx.send(true);
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+}
+
+fn bind_pair(addr: SocketAddr) -> io::Result<(UdpSocket, TcpListener)> {
+    if addr.port() != 0 {
+        return Ok((bind_udp(addr)?, bind_tcp(addr)?));
+    }
+    // Port 0: let UDP pick, then take the same port for TCP (retry if it is taken for TCP).
+    let mut last_err = None;
+    for _ in 0..32 {
+        let udp = bind_udp(addr)?;
+        let mut same = addr;
+        same.set_port(udp.local_addr()?.port());
+        match bind_tcp(same) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| io::Error::from(io::ErrorKind::AddrInUse)))
+}
+
+fn new_socket(addr: SocketAddr, ty: Type, proto: Protocol) -> io::Result<Socket> {
+    let sock = Socket::new(Domain::for_address(addr), ty, Some(proto))?;
+    if addr.is_ipv6() {
+        // [::] and 0.0.0.0 on the same port must not collide.
+        sock.set_only_v6(true)?;
+    }
+    sock.set_nonblocking(true)?;
+    Ok(sock)
+}
+
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let sock = new_socket(addr, Type::DGRAM, Protocol::UDP)?;
+    sock.bind(&addr.into())?;
+    UdpSocket::from_std(sock.into())
+}
+
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let sock = new_socket(addr, Type::STREAM, Protocol::TCP)?;
+    sock.set_reuse_address(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    TcpListener::from_std(sock.into())
+}
+
+async fn udp_loop(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
+    let mut buf = vec![0u8; MAX_MESSAGE];
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "dns: udp recv");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        Stats::inc(&inner.stats.queries_udp);
+        let bytes = buf[..n].to_vec();
+        let Ok(permit) = inner.inflight.clone().try_acquire_owned() else {
+            if let Some(resp) = inner.overloaded(&bytes) {
+                let _ = sock.send_to(&resp, peer).await;
+            }
+            continue;
+        };
+        let inner = inner.clone();
+        let sock = sock.clone();
+        tokio::spawn(async move {
+            if let Some(resp) = inner.handle(&bytes, Transport::Udp).await
+                && let Err(e) = sock.send_to(&resp, peer).await
+            {
+                tracing::debug!(%peer, error = %e, "dns: udp send");
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn tcp_accept_loop(inner: Arc<Inner>, listener: TcpListener, stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::debug!(error = %e, "dns: tcp accept");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                continue;
+            }
+        };
+        let Ok(conn_permit) = inner.tcp_conns.clone().try_acquire_owned() else {
+            tracing::debug!(%peer, "dns: too many tcp connections, closing");
+            continue;
+        };
+        let inner = inner.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tcp_conn(inner, stream, stop).await;
+            drop(conn_permit);
+        });
+    }
+}
+
+async fn tcp_conn(inner: Arc<Inner>, stream: TcpStream, mut stop: watch::Receiver<bool>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, wr) = stream.into_split();
+    let wr = Arc::new(tokio::sync::Mutex::new(wr));
+    let pipeline = Arc::new(Semaphore::new(MAX_TCP_PIPELINE));
+    loop {
+        let Ok(slot) = pipeline.clone().acquire_owned().await else {
+            return;
+        };
+        let read = async {
+            let mut lenbuf = [0u8; 2];
+            rd.read_exact(&mut lenbuf).await?;
+            let mut msg = vec![0u8; usize::from(u16::from_be_bytes(lenbuf))];
+            rd.read_exact(&mut msg).await?;
+            io::Result::Ok(msg)
+        };
+        let bytes = tokio::select! {
+            _ = stop.changed() => return,
+            r = tokio::time::timeout(TCP_IDLE, read) => match r {
+                Ok(Ok(b)) => b,
+                Ok(Err(_)) | Err(_) => return, // EOF, error or idle
+            },
+        };
+        Stats::inc(&inner.stats.queries_tcp);
+        let Ok(permit) = inner.inflight.clone().try_acquire_owned() else {
+            if let Some(resp) = inner.overloaded(&bytes) {
+                write_frame(&wr, &resp).await;
+            }
+            continue;
+        };
+        let inner = inner.clone();
+        let wr = wr.clone();
+        tokio::spawn(async move {
+            if let Some(resp) = inner.handle(&bytes, Transport::Tcp).await {
+                write_frame(&wr, &resp).await;
+            }
+            drop(permit);
+            drop(slot);
+        });
+    }
+}
+
+async fn write_frame(wr: &tokio::sync::Mutex<OwnedWriteHalf>, msg: &[u8]) {
+    let Ok(len) = u16::try_from(msg.len()) else {
+        return;
+    };
+    let mut framed = Vec::with_capacity(msg.len() + 2);
+    framed.extend_from_slice(&len.to_be_bytes());
+    framed.extend_from_slice(msg);
+    let mut w = wr.lock().await;
+    if let Err(e) = w.write_all(&framed).await {
+        tracing::debug!(error = %e, "dns: tcp write");
+    }
+}
+
+/// A response to `query` with `rcode` and no records (question, id, RD/CD copied; RA set; OPT
+/// when the query had one).
+fn synthesize(query: &Message, rcode: ResponseCode) -> Vec<u8> {
+    let mut m = Message::new();
+    m.set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(query.op_code())
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .set_checking_disabled(query.checking_disabled())
+        .set_response_code(rcode);
+    m.add_queries(query.queries().iter().cloned());
+    if query.extensions().is_some() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(EDNS_PAYLOAD);
+        m.set_edns(edns);
+    }
+    match m.to_vec() {
+        Ok(v) => v,
+        Err(_) => Message::error_msg(query.id(), query.op_code(), rcode)
+            .to_vec()
+            .unwrap_or_default(),
+    }
+}
+
+/// A header-only error response for bytes that are not a parseable query but have a query
+/// header. None: not even that (or a response), drop it.
+fn header_error(bytes: &[u8], rcode: ResponseCode) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(bytes)).ok()?;
+    if header.message_type() != MessageType::Query {
+        return None;
+    }
+    let mut m = Message::error_msg(header.id(), header.op_code(), rcode);
+    m.set_recursion_desired(header.recursion_desired())
+        .set_recursion_available(true);
+    m.to_vec().ok()
+}
+
+impl Inner {
+    fn overloaded(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        Stats::inc(&self.stats.overloaded);
+        Stats::inc(&self.stats.servfail);
+        match Message::from_vec(bytes) {
+            Ok(q) if q.message_type() == MessageType::Query => {
+                Some(synthesize(&q, ResponseCode::ServFail))
+            }
+            Ok(_) => None,
+            Err(_) => header_error(bytes, ResponseCode::ServFail),
+        }
+    }
+
+    fn servfail(&self, query: &Message) -> Vec<u8> {
+        Stats::inc(&self.stats.servfail);
+        synthesize(query, ResponseCode::ServFail)
+    }
+
+    /// The response to one client message (None: send nothing).
+    async fn handle(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let query = match Message::from_vec(bytes) {
+            Ok(q) => q,
+            Err(e) => {
+                tracing::debug!(error = %e, "dns: malformed query");
+                let resp = header_error(bytes, ResponseCode::FormErr)?;
+                Stats::inc(&self.stats.formerr);
+                return Some(resp);
+            }
+        };
+        if query.message_type() != MessageType::Query {
+            return None;
+        }
+        let Some(question) = query.queries().first() else {
+            Stats::inc(&self.stats.formerr);
+            return Some(synthesize(&query, ResponseCode::FormErr));
+        };
+        let qname = name_key(question.name());
+        if let Some(service) = self.policy.match_name(&qname) {
+            return Some(
+                self.answer_matched(bytes, &query, transport, service, &qname)
+                    .await,
+            );
+        }
+        if self.policy.enforcing() {
+            match self.cfg.unknown_names {
+                UnknownNames::Nxdomain => {
+                    self.log_unknown(&qname, question.query_type(), "nxdomain");
+                    Stats::inc(&self.stats.blocked);
+                    return Some(synthesize(&query, ResponseCode::NXDomain));
+                }
+                UnknownNames::Refused => {
+                    self.log_unknown(&qname, question.query_type(), "refused");
+                    Stats::inc(&self.stats.blocked);
+                    return Some(synthesize(&query, ResponseCode::Refused));
+                }
+                UnknownNames::AnswerNoAllow => {
+                    self.log_unknown(&qname, question.query_type(), "answered-not-allowed");
+                }
+            }
+        }
+        Some(match self.forward(bytes, &query, transport).await {
+            Ok((resp, _)) => {
+                Stats::inc(&self.stats.answered);
+                resp
+            }
+            Err(()) => self.servfail(&query),
+        })
+    }
+
+    /// Forward to the upstreams in order. A timeout, error, mismatching answer, SERVFAIL or
+    /// REFUSED moves to the next; if none gives a good answer, the last SERVFAIL/REFUSED answer is
+    /// returned, else Err.
+    async fn forward(
+        &self,
+        bytes: &[u8],
+        query: &Message,
+        transport: Transport,
+    ) -> Result<(Vec<u8>, Header), ()> {
+        let expect = Expect::of(query);
+        let mut fallback = None;
+        for &server in &self.cfg.upstreams {
+            let attempt = self.upstream.exchange(transport, server, bytes, &expect);
+            match tokio::time::timeout(self.cfg.timeout, attempt).await {
+                Err(_) => {
+                    Stats::inc(&self.stats.upstream_timeouts);
+                    tracing::debug!(%server, ?transport, "dns: upstream timeout");
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(%server, ?transport, error = %e, "dns: upstream failed");
+                    if let UpstreamError::Mismatch(_) = e {
+                        tracing::warn!(%server, error = %e, "dns: upstream answer rejected");
+                    }
+                }
+                Ok(Ok((resp, header))) => match header.response_code() {
+                    ResponseCode::ServFail | ResponseCode::Refused => {
+                        tracing::debug!(%server, rcode = %header.response_code(), "dns: upstream error answer, trying next");
+                        fallback = Some((resp, header));
+                    }
+                    _ => return Ok((resp, header)),
+                },
+            }
+        }
+        fallback.ok_or(())
+    }
+
+    /// A registry name: forward, filter, learn, and only then answer.
+    async fn answer_matched(
+        &self,
+        bytes: &[u8],
+        query: &Message,
+        transport: Transport,
+        service: u32,
+        qname: &str,
+    ) -> Vec<u8> {
+        let Ok((resp, header)) = self.forward(bytes, query, transport).await else {
+            return self.servfail(query);
+        };
+        // Truncated (the client retries over TCP) or negative answers: pass through unchanged,
+        // learn nothing. A truncated answer's addresses are not learned, so a client using them
+        // anyway is still decided by the kernel.
+        if header.truncated() || header.response_code() != ResponseCode::NoError {
+            Stats::inc(&self.stats.answered);
+            return resp;
+        }
+        let mut msg = match Message::from_vec(&resp) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(name = qname, error = %e, "dns: cannot parse upstream answer for a registry name");
+                return self.servfail(query);
+            }
+        };
+        let Some(question) = query.queries().first() else {
+            return self.servfail(query);
+        };
+        let processed = answer::process_matched(&mut msg, question.name(), self.policy.as_ref());
+        if processed.dropped > 0 {
+            Stats::add(&self.stats.rebinding_dropped, processed.dropped as u64);
+            tracing::warn!(
+                name = qname,
+                dropped = processed.dropped,
+                "dns: dropped private/loopback/link-local addresses from a registry name's answer (rebinding protection)"
+            );
+        }
+        if !processed.addrs.is_empty() {
+            let ttl = answer::lifetime(processed.min_ttl.unwrap_or(0), &self.cfg);
+            if let Err(e) = self
+                .learn(service, qname, processed.addrs.clone(), ttl)
+                .await
+            {
+                Stats::inc(&self.stats.learn_failures);
+                tracing::warn!(name = qname, service, error = %e, "dns: learning addresses failed, answering SERVFAIL");
+                return self.servfail(query);
+            }
+            Stats::add(&self.stats.learned_addrs, processed.addrs.len() as u64);
+            tracing::debug!(name = qname, service, addrs = ?processed.addrs, ?ttl, "dns: learned");
+        }
+        let out = if processed.dropped > 0 {
+            match msg.to_vec() {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(name = qname, error = %e, "dns: cannot re-encode filtered answer");
+                    return self.servfail(query);
+                }
+            }
+        } else {
+            resp
+        };
+        Stats::inc(&self.stats.answered);
+        out
+    }
+
+    /// `DnsPolicy::learn` on the blocking pool, bounded by the overall answer budget.
+    async fn learn(
+        &self,
+        service: u32,
+        qname: &str,
+        addrs: Vec<std::net::IpAddr>,
+        ttl: Duration,
+    ) -> Result<(), String> {
+        let policy = self.policy.clone();
+        let name = qname.to_owned();
+        let task = tokio::task::spawn_blocking(move || policy.learn(service, &name, &addrs, ttl));
+        let budget = self
+            .cfg
+            .timeout
+            .saturating_mul(u32::try_from(self.cfg.upstreams.len().max(1)).unwrap_or(u32::MAX));
+        match tokio::time::timeout(budget, task).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(join)) => Err(format!("learn panicked: {join}")),
+            Err(_) => Err(format!("learn did not return within {budget:?}")),
+        }
+    }
+
+    /// Info log for an unknown name under enforcement, at most once per name per LOG_INTERVAL.
+    fn log_unknown(&self, qname: &str, qtype: hickory_proto::rr::RecordType, action: &'static str) {
+        let now = Instant::now();
+        {
+            let Ok(mut seen) = self.log_limiter.lock() else {
+                return;
+            };
+            if let Some(t) = seen.get(qname)
+                && now.duration_since(*t) < LOG_INTERVAL
+            {
+                return;
+            }
+            if seen.len() >= LOG_LIMITER_MAX {
+                seen.retain(|_, t| now.duration_since(*t) < LOG_INTERVAL);
+                if seen.len() >= LOG_LIMITER_MAX {
+                    seen.clear();
+                }
+            }
+            seen.insert(qname.to_owned(), now);
+        }
+        tracing::info!(name = qname, %qtype, action, "dns: name not in the registry");
+    }
+}
