@@ -56,7 +56,8 @@ pub struct Agent {
 impl Agent {
     /// Validate the config, resolve its names, fill the maps and start the DNS forwarder (unless
     /// steering is off). The returned forwarder must be run by the caller.
-    pub async fn start(args: &PolicyArgs, dp: Dataplane, cfg: LoadedConfig) -> anyhow::Result<(Agent, Option<dns::Forwarder>)> {
+    /// `default_dns_port` applies when `--dns-port` is not given (0: any free port).
+    pub async fn start(args: &PolicyArgs, dp: Dataplane, cfg: LoadedConfig, default_dns_port: u16) -> anyhow::Result<(Agent, Option<dns::Forwarder>)> {
         let lookup = HickoryLookup::new(&args.dns.upstreams, args.dns.dns_timeout).context("setting up the DNS resolver")?;
         let refresher = Refresher::new(
             RefreshConfig {
@@ -79,7 +80,7 @@ impl Agent {
         let forwarder = if args.dns.no_dns_steer {
             None
         } else {
-            match agent.start_forwarder().await {
+            match agent.start_forwarder(args.dns.dns_port.unwrap_or(default_dns_port)).await {
                 Ok(f) => Some(f),
                 Err(e) => {
                     tracing::warn!("DNS forwarder unavailable, workloads' DNS is not steered: {e:#}");
@@ -104,7 +105,7 @@ impl Agent {
         Ok((agent, forwarder))
     }
 
-    async fn start_forwarder(&mut self) -> anyhow::Result<dns::Forwarder> {
+    async fn start_forwarder(&mut self, port: u16) -> anyhow::Result<dns::Forwarder> {
         let upstreams: Vec<SocketAddr> = if self.args.dns.upstreams.is_empty() {
             self.view.read().expect("view lock").cfg.dns_servers.iter().map(|ip| SocketAddr::new(*ip, 53)).collect()
         } else {
@@ -112,7 +113,10 @@ impl Agent {
         };
         anyhow::ensure!(!upstreams.is_empty(), "no upstream resolver (none in /etc/resolv.conf; pass --dns-upstream)");
         let cfg = dns::Config {
-            listen: vec!["127.0.0.1:0".parse().expect("addr"), "[::1]:0".parse().expect("addr")],
+            listen: vec![
+                SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port),
+                SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), port),
+            ],
             upstreams,
             timeout: self.args.dns.dns_timeout,
             unknown_names: match self.args.dns.unknown_names {
@@ -140,6 +144,12 @@ impl Agent {
         self.dns_stats = Some(fwd.stats());
         tracing::debug!(addrs = ?fwd.local_addrs(), "DNS forwarder listening; port-53 traffic is steered to it");
         Ok(fwd)
+    }
+
+    /// Stop steering DNS to this agent's forwarder (it is going away). Enforcement stays; names
+    /// are no longer learned until a forwarder is back.
+    pub fn stop_steering(&self) -> anyhow::Result<()> {
+        Ok(self.dp.lock().expect("dataplane lock").set_settings(&Settings::default())?)
     }
 
     pub fn desired(&self) -> Arc<Desired> {

@@ -85,6 +85,10 @@ pub struct DnsArgs {
     /// resolved by the agent; wildcard hosts cannot be learned).
     #[arg(long)]
     pub no_dns_steer: bool,
+    /// Port of the DNS forwarder on 127.0.0.1 and ::1 (default: any free port for `run`, 15053
+    /// for `daemon`, so a restarted daemon takes over the same address).
+    #[arg(long, value_name = "PORT")]
+    pub dns_port: Option<u16>,
     /// Answer for names outside the registry under REGISTRY_ONLY: `answer` (answer, allow
     /// nothing), `nxdomain` or `refused`.
     #[arg(long, value_enum, default_value = "answer", value_name = "HOW")]

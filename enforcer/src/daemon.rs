@@ -18,6 +18,9 @@ use crate::{
     events, load, preflight, run,
 };
 
+/// The daemon's DNS forwarder port on 127.0.0.1/::1 unless `--dns-port` says otherwise.
+pub const DEFAULT_DNS_PORT: u16 = 15053;
+
 /// Default pin directory for a cgroup: one per cgroup, so a restarted daemon finds its own pins.
 pub fn default_pin_dir(cgroup_id: u64) -> PathBuf {
     PathBuf::from(format!("/sys/fs/bpf/enforcer/cg{cgroup_id}"))
@@ -51,7 +54,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     for n in notes {
         tracing::warn!("{n}");
     }
-    let (agent, forwarder) = Agent::start(&args.policy, dp, cfg).await?;
+    let (agent, forwarder) = Agent::start(&args.policy, dp, cfg, DEFAULT_DNS_PORT).await?;
     agent.desired().warnings.iter().for_each(|w| tracing::warn!("{w}"));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -100,7 +103,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         while let Ok(batch) = stream.next_batch().await {
             let desired = events_agent.desired();
             for ev in batch {
-                eprintln!("enforcer: {}", events::format_event(&ev, &desired));
+                events::print_line(&events::format_event(&ev, &desired));
             }
         }
     });
@@ -122,6 +125,13 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         }
     }
     upkeep.abort();
+    if steering {
+        // The forwarder goes away with us: let workloads reach their resolvers directly until a
+        // new daemon takes over (registry entries stay enforced; names are not learned meanwhile).
+        if let Err(e) = agent.stop_steering() {
+            tracing::warn!("could not turn DNS steering off: {e:#}");
+        }
+    }
     let _ = stop_tx.send(true);
     tracing::info!(
         pin_dir = %pin_dir.display(),

@@ -13,6 +13,17 @@ use serde::Serialize;
 
 use crate::policy::{Desired, addr_from_bytes, proto_name};
 
+/// Write one `enforcer: ...` line to stderr in a single write(2), so it is never torn by the
+/// confined command's own output on the same terminal or pipe.
+pub fn print_line(line: &str) {
+    use std::io::Write as _;
+    let mut buf = String::with_capacity(line.len() + 11);
+    buf.push_str("enforcer: ");
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+}
+
 pub fn comm(bytes: &[u8; 16]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()

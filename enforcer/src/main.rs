@@ -7,7 +7,12 @@ use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = cli::Cli::parse();
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(&cli.log));
+    // `run --quiet` promises a quiet terminal: only errors from enforcer itself.
+    let level = match &cli.command {
+        cli::Command::Run(r) if r.quiet => "error",
+        _ => cli.log.as_str(),
+    };
+    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -1,6 +1,6 @@
 //! `enforcer run -- CMD`: confine one command in a child cgroup with the registry enforced.
 
-use std::{ffi::OsString, io::Write as _, os::fd::AsRawFd as _, path::Path, process::ExitStatus, sync::Arc, time::Duration};
+use std::{ffi::OsString, os::fd::AsRawFd as _, path::Path, process::ExitStatus, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use enforcer_common::Event;
@@ -24,7 +24,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let quiet = args.quiet;
     let warn = |w: &str| {
         if !quiet {
-            eprintln!("enforcer: warning: {w}");
+            events::print_line(&format!("warning: {w}"));
         }
     };
     cfg.warnings.iter().for_each(|w| warn(w));
@@ -39,7 +39,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let (dp, _) = Dataplane::load(&LoadOptions { pin_dir: None, ebpf_log: args.policy.ebpf_log })
         .context("loading the BPF programs")?;
-    let (agent, forwarder) = Agent::start(&args.policy, dp, cfg).await?;
+    let (agent, forwarder) = Agent::start(&args.policy, dp, cfg, 0).await?;
     agent.desired().warnings.iter().for_each(|w| warn(w));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -76,10 +76,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             return;
         }
         let desired = agent.desired();
-        let mut err = std::io::stderr().lock();
         for ev in evs {
             if let Some(line) = printer.first_time(&ev, &desired) {
-                let _ = writeln!(err, "enforcer: {line}");
+                events::print_line(&line);
             }
         }
     };
@@ -116,7 +115,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     if !quiet {
         match args.report {
-            ReportFormat::Text => eprintln!("enforcer: {}", events::format_summary(&summary)),
+            ReportFormat::Text => events::print_line(&events::format_summary(&summary)),
             ReportFormat::Json => eprintln!("{}", serde_json::to_string(&summary)?),
         }
     }

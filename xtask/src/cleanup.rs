@@ -56,31 +56,63 @@ impl Drop for Guard {
     }
 }
 
-/// Blocks the termination signals in this (the main) thread — threads spawned later inherit
-/// that — and handles them in a dedicated thread. Children get a clean mask from std.
+/// Handles SIGINT/SIGTERM/SIGHUP: the handler only writes the signal number to a pipe; a thread
+/// reading it removes everything still registered and exits 130. (A handler, not a blocked
+/// signal mask: exec resets handlers, but children would inherit a mask and never see
+/// SIGTERM/SIGHUP.)
 pub fn install_signal_handler() {
-    // SAFETY: plain libc signal-mask calls on locals.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: pipe2 writes two fds into a local array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        eprintln!(
+            "xtask: warning: no Ctrl-C cleanup: pipe2: {}",
+            std::io::Error::last_os_error()
+        );
+        return;
+    }
+    SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
+    let read_fd = fds[0];
+    std::thread::spawn(move || {
+        let mut sig = 0u8;
+        loop {
+            // SAFETY: reads one byte into a local.
+            let n = unsafe { libc::read(read_fd, (&raw mut sig).cast(), 1) };
+            if n == 1 {
+                break;
+            }
+            if n == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+                return;
+            }
         }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        std::thread::spawn(move || {
-            let mut sig: libc::c_int = 0;
-            loop {
-                if libc::sigwait(&set, &mut sig) == 0 {
-                    break;
-                }
-            }
-            eprintln!("\nxtask: interrupted (signal {sig}); cleaning up");
-            let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
-            while let Some((_, r)) = reg.pop() {
-                remove(&r);
-            }
-            std::process::exit(130);
-        });
+        eprintln!("\nxtask: interrupted (signal {sig}); cleaning up");
+        let mut reg = REGISTRY.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some((_, r)) = reg.pop() {
+            remove(&r);
+        }
+        std::process::exit(130);
+    });
+    // SAFETY: installs an async-signal-safe handler (it only calls write(2)).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
+        sa.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaction(s, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+static SIGNAL_PIPE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+extern "C" fn on_signal(sig: libc::c_int) {
+    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
+    let b = sig as u8;
+    // SAFETY: write(2) is async-signal-safe; errno is saved and restored around it.
+    unsafe {
+        let errno = *libc::__errno_location();
+        libc::write(fd, (&raw const b).cast(), 1);
+        *libc::__errno_location() = errno;
     }
 }
 

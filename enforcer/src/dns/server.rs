@@ -112,7 +112,7 @@ impl Forwarder {
             tcp_conns: Arc::new(Semaphore::new(MAX_TCP_CONNS)),
             log_limiter: Mutex::new(HashMap::new()),
         });
-        tracing::info!(listen = ?addrs, upstreams = ?inner.cfg.upstreams, "dns: forwarder bound");
+        tracing::debug!(listen = ?addrs, upstreams = ?inner.cfg.upstreams, "dns: forwarder bound");
         Ok(Forwarder {
             inner,
             udp,
