@@ -11,7 +11,7 @@ use std::{
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error(
-        "no cgroup2 filesystem is mounted (checked /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup` (the enforcer needs cgroup v2)"
+        "no cgroup2 filesystem is mounted in this mount namespace (checked /proc/self/mountinfo); mount one with `mount -t cgroup2 none /sys/fs/cgroup` (enforcer needs cgroup v2). Under `ip netns exec`, which remounts /sys, use `nsenter --net=/run/netns/NAME` instead"
     )]
     NoCgroup2,
     #[error("{what} {path}: {source}")]

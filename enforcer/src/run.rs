@@ -20,6 +20,12 @@ use crate::{
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     preflight::check_privileges()?;
     preflight::check_kernel()?;
+    // Catch the signals before anything is created, so a Ctrl-C during start-up still runs the
+    // cleanup (it is forwarded to the command once it exists, or ends the start-up).
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigquit = signal(SignalKind::quit())?;
     let cfg = load::load_config(&args.policy)?;
     let quiet = args.quiet;
     let warn = |w: &str| {
@@ -82,10 +88,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             }
         }
     };
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigquit = signal(SignalKind::quit())?;
     let status: ExitStatus = loop {
         tokio::select! {
             st = cmd.wait() => break st.context("waiting for the command")?,
