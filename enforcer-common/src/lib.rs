@@ -23,8 +23,14 @@ pub mod map_names {
     pub const FLOWS: &str = "FLOWS";
     pub const SETTINGS: &str = "SETTINGS";
     pub const DNS_ORIG: &str = "DNS_ORIG";
-    pub const ALL: [&str; 9] =
-        [ALLOW, DESTS, MODES, WORKLOADS, EVENTS, EVENT_DROPS, FLOWS, SETTINGS, DNS_ORIG];
+    pub const TRAFFIC: &str = "TRAFFIC";
+    pub const FLOW_OWNER: &str = "FLOW_OWNER";
+    pub const CONNS: &str = "CONNS";
+    pub const SOCKS: &str = "SOCKS";
+    pub const ALL: [&str; 13] = [
+        ALLOW, DESTS, MODES, WORKLOADS, EVENTS, EVENT_DROPS, FLOWS, SETTINGS, DNS_ORIG, TRAFFIC,
+        FLOW_OWNER, CONNS, SOCKS,
+    ];
 }
 
 /// Program names (the function names in `enforcer-ebpf`), one per hook.
@@ -42,6 +48,11 @@ pub mod prog_names {
     /// The hooks that restore the resolver address on steered DNS sockets (attached with DNS
     /// steering; getpeername needs Linux 5.8).
     pub const DNS_RESTORE: [&str; 4] = [RECVMSG4, RECVMSG6, GETPEERNAME4, GETPEERNAME6];
+    /// TCP connection accounting (cgroup sock_ops).
+    pub const SOCK_OPS: &str = "sock_ops";
+    /// Per-interface traffic counters (TC clsact / tcx).
+    pub const TC_EGRESS: &str = "tc_egress";
+    pub const TC_INGRESS: &str = "tc_ingress";
 }
 
 #[cfg(test)]
@@ -109,6 +120,26 @@ mod layout_tests {
         assert_eq!(size_of::<OrigDest>(), 24);
         assert_eq!(offset_of!(OrigDest, port), 16);
         assert_eq!(offset_of!(OrigDest, family), 18);
+    }
+
+    #[test]
+    fn visibility_types_have_no_padding() {
+        assert_eq!(size_of::<TrafficKey>(), 16);
+        assert_eq!(offset_of!(TrafficKey, service_id), 8);
+        assert_eq!(offset_of!(TrafficKey, direction), 12);
+        assert_eq!(offset_of!(TrafficKey, family), 13);
+        assert_eq!(size_of::<TrafficValue>(), 16);
+        assert_eq!(size_of::<FlowOwnerKey>(), 24);
+        assert_eq!(offset_of!(FlowOwnerKey, remote_port), 16);
+        assert_eq!(offset_of!(FlowOwnerKey, local_port), 18);
+        assert_eq!(offset_of!(FlowOwnerKey, proto), 20);
+        assert_eq!(offset_of!(FlowOwnerKey, family), 21);
+        assert_eq!(size_of::<ConnKey>(), 16);
+        assert_eq!(offset_of!(ConnKey, service_id), 8);
+        assert_eq!(size_of::<ConnCounters>(), 32);
+        assert_eq!(size_of::<SockInfo>(), 16);
+        assert_eq!(offset_of!(SockInfo, service_id), 8);
+        assert_eq!(offset_of!(SockInfo, established), 12);
     }
 
     #[test]

@@ -33,6 +33,17 @@ pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 /// DNS forwarder, with the resolver they meant to reach.
 pub const DNS_ORIG_MAX_ENTRIES: u32 = 65_536;
 
+/// Capacity of `TRAFFIC`, `CONNS` (LRU per-CPU hashes: the least recently used key is evicted,
+/// which Prometheus sees as a counter reset), `SOCKS` and `FLOW_OWNER` (LRU hashes).
+pub const TRAFFIC_MAX_ENTRIES: u32 = 65_536;
+pub const CONNS_MAX_ENTRIES: u32 = 65_536;
+pub const SOCKS_MAX_ENTRIES: u32 = 262_144;
+pub const FLOW_OWNER_MAX_ENTRIES: u32 = 262_144;
+
+/// `TrafficKey::direction`.
+pub const DIR_EGRESS: u8 = 0;
+pub const DIR_INGRESS: u8 = 1;
+
 /// `Settings::flags`: steer port-53 traffic (UDP sendmsg/connect, TCP connect) to the forwarder.
 pub const SETTINGS_F_DNS_STEER: u16 = 1 << 0;
 
@@ -188,8 +199,84 @@ pub struct OrigDest {
     pub _pad: [u8; 5],
 }
 
+/// Key of `TRAFFIC` (TC counters). Value: `TrafficValue` per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TrafficKey {
+    /// cgroup of the local socket: egress from the skb's socket, ingress from `FLOW_OWNER`; 0 when
+    /// unknown (traffic of no local socket, or a flow never seen leaving).
+    pub cgroup_id: u64,
+    /// Registry service owning the remote address (`SERVICE_NONE`: PassthroughCluster).
+    pub service_id: u32,
+    /// `DIR_EGRESS` / `DIR_INGRESS`.
+    pub direction: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Packets and L3 bytes (IP header + payload; the Ethernet header is not counted).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TrafficValue {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Key of `FLOW_OWNER`: a flow as seen from this host (remote end + local port), so ingress packets
+/// can be attributed to the cgroup whose socket sent the egress ones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowOwnerKey {
+    pub remote: [u8; 16],
+    /// Host byte order.
+    pub remote_port: u16,
+    pub local_port: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Key of `CONNS` (TCP connection accounting). Value: `ConnCounters` per CPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub cgroup_id: u64,
+    pub service_id: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnCounters {
+    /// Connections that reached ESTABLISHED.
+    pub opened: u64,
+    /// Established connections that reached CLOSE.
+    pub closed: u64,
+    /// TCP payload bytes acknowledged by the peer over closed connections.
+    pub payload_sent: u64,
+    /// TCP payload bytes received over closed connections.
+    pub payload_received: u64,
+}
+
+/// Value of `SOCKS` (key: socket cookie): who opened a TCP socket, to what service. Written by
+/// connect4/6, read by the sock_ops program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockInfo {
+    pub cgroup_id: u64,
+    pub service_id: u32,
+    /// 1 once counted as opened.
+    pub established: u32,
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    unsafe impl aya::Pod for super::TrafficKey {}
+    unsafe impl aya::Pod for super::TrafficValue {}
+    unsafe impl aya::Pod for super::FlowOwnerKey {}
+    unsafe impl aya::Pod for super::ConnKey {}
+    unsafe impl aya::Pod for super::ConnCounters {}
+    unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::OrigDest {}
     unsafe impl aya::Pod for super::FlowKey {}

@@ -5,9 +5,16 @@
 
 mod maps;
 mod sock_addr;
+mod sock_ops;
+mod tc;
 
-use aya_ebpf::{macros::cgroup_sock_addr, programs::SockAddrContext};
-use enforcer_common::{HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6};
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, classifier, sock_ops},
+    programs::{SockAddrContext, SockOpsContext, TcContext},
+};
+use enforcer_common::{
+    DIR_EGRESS, DIR_INGRESS, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
+};
 
 /// TCP connect() and UDP connect() on IPv4 sockets.
 #[cgroup_sock_addr(connect4)]
@@ -55,6 +62,24 @@ pub fn getpeername4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
     sock_addr::restore_dns(&ctx, true)
+}
+
+/// TCP connection accounting (cgroup sock_ops): opened at ESTABLISHED, closed at CLOSE.
+#[sock_ops]
+pub fn sock_ops(ctx: SockOpsContext) -> u32 {
+    sock_ops::handle(&ctx)
+}
+
+/// Traffic counters on an interface's egress (TC clsact / tcx).
+#[classifier]
+pub fn tc_egress(ctx: TcContext) -> i32 {
+    tc::count(&ctx, DIR_EGRESS)
+}
+
+/// Traffic counters on an interface's ingress (TC clsact / tcx).
+#[classifier]
+pub fn tc_ingress(ctx: TcContext) -> i32 {
+    tc::count(&ctx, DIR_INGRESS)
 }
 
 #[cfg(not(test))]

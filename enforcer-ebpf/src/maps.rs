@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     ALLOW_MAX_ENTRIES, AllowKey, AllowValue, DESTS_MAX_ENTRIES, DestKey, DestValue,
-    DNS_ORIG_MAX_ENTRIES, EVENTS_RING_BYTES, FLOWS_MAX_ENTRIES, OrigDest, Settings, FlowKey, MAX_POLICIES, WORKLOADS_MAX_ENTRIES, WorkloadValue,
+    CONNS_MAX_ENTRIES, ConnCounters, ConnKey, DNS_ORIG_MAX_ENTRIES, EVENTS_RING_BYTES, FLOW_OWNER_MAX_ENTRIES, FlowOwnerKey, SOCKS_MAX_ENTRIES, SockInfo, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, FLOWS_MAX_ENTRIES, OrigDest, Settings, FlowKey, MAX_POLICIES, WORKLOADS_MAX_ENTRIES, WorkloadValue,
 };
 
 /// Allowed destinations: (policy, port, protocol, family, address/CIDR) -> service.
@@ -53,3 +53,26 @@ pub static SETTINGS: Array<Settings> = Array::with_max_entries(1, 0);
 /// `DNS_ORIG_MAX_ENTRIES` (65,536) entries.
 #[map]
 pub static DNS_ORIG: LruHashMap<u64, OrigDest> = LruHashMap::with_max_entries(DNS_ORIG_MAX_ENTRIES, 0);
+
+/// TC counters: (cgroup, service, direction) -> packets and L3 bytes per CPU. LRU per-CPU hash,
+/// `TRAFFIC_MAX_ENTRIES` (65,536).
+#[map]
+pub static TRAFFIC: LruPerCpuHashMap<TrafficKey, TrafficValue> =
+    LruPerCpuHashMap::with_max_entries(TRAFFIC_MAX_ENTRIES, 0);
+
+/// Flows seen leaving (remote end + local port) -> cgroup of the sending socket, so TC ingress can
+/// attribute replies. LRU hash, `FLOW_OWNER_MAX_ENTRIES` (262,144).
+#[map]
+pub static FLOW_OWNER: LruHashMap<FlowOwnerKey, u64> =
+    LruHashMap::with_max_entries(FLOW_OWNER_MAX_ENTRIES, 0);
+
+/// TCP connections opened/closed and payload bytes per (cgroup, service), per CPU. LRU per-CPU hash,
+/// `CONNS_MAX_ENTRIES` (65,536).
+#[map]
+pub static CONNS: LruPerCpuHashMap<ConnKey, ConnCounters> =
+    LruPerCpuHashMap::with_max_entries(CONNS_MAX_ENTRIES, 0);
+
+/// Socket cookie -> (cgroup, service) of TCP sockets whose connect() was allowed. LRU hash,
+/// `SOCKS_MAX_ENTRIES` (262,144).
+#[map]
+pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);

@@ -12,12 +12,12 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use enforcer_common::{
     ANY_PORT, AllowKey, AllowValue, DEFAULT_POLICY, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey,
-    MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, OrigDest, PROTO_TCP, PROTO_UDP, REASON_NOT_IN_REGISTRY,
-    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SERVICE_NONE, SETTINGS_F_DNS_STEER, VERDICT_ALLOWED, VERDICT_AUDIT,
+    HOOK_CONNECT4, HOOK_CONNECT6, MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, OrigDest, PROTO_TCP, PROTO_UDP, REASON_NOT_IN_REGISTRY,
+    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SERVICE_NONE, SETTINGS_F_DNS_STEER, SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT,
     VERDICT_DENIED, v4_from_mapped,
 };
 
-use crate::maps::{ALLOW, DESTS, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, SETTINGS, WORKLOADS};
+use crate::maps::{ALLOW, DESTS, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, SETTINGS, SOCKS, WORKLOADS};
 
 /// Return values of cgroup sock_addr programs: 1 lets the call proceed, 0 fails it with EPERM.
 pub const ALLOW_CALL: i32 = 1;
@@ -91,11 +91,13 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     };
     if let Some(service_id) = allowed {
         count_flow(hook, cgroup_id, policy_id, service_id, VERDICT_ALLOWED, &dest);
+        remember_socket(ctx, hook, cgroup_id, service_id, &dest);
         return ALLOW_CALL;
     }
     if mode == MODE_ALLOW_ANY {
         // Passthrough: counted with no service.
         count_flow(hook, cgroup_id, policy_id, SERVICE_NONE, VERDICT_ALLOWED, &dest);
+        remember_socket(ctx, hook, cgroup_id, SERVICE_NONE, &dest);
         return ALLOW_CALL;
     }
 
@@ -123,7 +125,27 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         dest.proto,
         reason
     );
-    if audit { ALLOW_CALL } else { DENY_CALL }
+    if audit {
+        // It goes through, to no registry service: PassthroughCluster.
+        remember_socket(ctx, hook, cgroup_id, SERVICE_NONE, &dest);
+        ALLOW_CALL
+    } else {
+        DENY_CALL
+    }
+}
+
+/// For TCP connects that go through: remember who and to what service, by socket cookie, so the
+/// sock_ops program can count the connection when it is established and closed.
+#[inline(always)]
+fn remember_socket(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, service_id: u32, dest: &Dest) {
+    if dest.proto != PROTO_TCP || (hook != HOOK_CONNECT4 && hook != HOOK_CONNECT6) {
+        return;
+    }
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let info = SockInfo { cgroup_id, service_id, established: 0 };
+    // Losing this only loses the connection's accounting, never its verdict.
+    let _ = SOCKS.insert(&cookie, &info, 0);
 }
 
 const DNS_PORT: u16 = 53;

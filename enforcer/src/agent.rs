@@ -50,6 +50,10 @@ pub struct Agent {
     pub dns_stats: Option<Arc<dns::Stats>>,
     /// Address -> the name it was learned for (for the registry view).
     pub learned_names: Arc<Mutex<std::collections::HashMap<IpAddr, String>>>,
+    /// Recent denied/audited connections for `/debug/events` and followers.
+    pub hub: Arc<crate::events::EventHub>,
+    /// cgroup id -> workload name (set once the cgroup is known).
+    pub workloads: Arc<Mutex<Option<crate::workloads::Workloads>>>,
     args: Arc<PolicyArgs>,
 }
 
@@ -75,7 +79,7 @@ impl Agent {
         let dp = Arc::new(Mutex::new(dp));
         apply_ordered(&mut dp.lock().expect("dataplane lock"), &desired, cfg.mode)?;
         let view = Arc::new(RwLock::new(View { cfg, desired: Arc::new(desired), index }));
-        let mut agent = Agent { dp, view, refresher, stats: Arc::default(), dns_stats: None, learned_names: Arc::default(), args: Arc::new(args.clone()) };
+        let mut agent = Agent { dp, view, refresher, stats: Arc::default(), dns_stats: None, learned_names: Arc::default(), hub: Arc::new(crate::events::EventHub::new(1000)), workloads: Arc::default(), args: Arc::new(args.clone()) };
 
         let forwarder = if args.dns.no_dns_steer {
             None
@@ -129,7 +133,7 @@ impl Agent {
             max_ttl: self.args.dns.dns_ttl_ceiling,
             upstream_mark: Some(AGENT_MARK),
         };
-        let policy = Arc::new(AgentDns { view: self.view.clone(), dp: self.dp.clone(), names: self.learned_names.clone() });
+        let policy = Arc::new(AgentDns { view: self.view.clone(), dp: self.dp.clone(), names: self.learned_names.clone(), hub: self.hub.clone() });
         let fwd = dns::Forwarder::bind(cfg, policy).await.context("binding the DNS forwarder")?;
         let mut settings = Settings { flags: SETTINGS_F_DNS_STEER, agent_mark: AGENT_MARK, ..Settings::default() };
         for a in fwd.local_addrs() {
@@ -253,9 +257,14 @@ struct AgentDns {
     view: Arc<RwLock<View>>,
     dp: Arc<Mutex<Dataplane>>,
     names: Arc<Mutex<std::collections::HashMap<IpAddr, String>>>,
+    hub: Arc<crate::events::EventHub>,
 }
 
 impl dns::DnsPolicy for AgentDns {
+    fn observe(&self, name: &str, addrs: &[IpAddr]) {
+        self.hub.observe_name(name, addrs);
+    }
+
     fn match_name(&self, qname: &str) -> Option<u32> {
         self.view.read().ok()?.index.match_name(qname)
     }
@@ -282,6 +291,7 @@ impl dns::DnsPolicy for AgentDns {
             }
         }
         tracing::debug!(name, service = %info.name, addrs = ?addrs, ttl = ?ttl, "learned from DNS");
+        self.hub.observe_name(name, addrs);
         if let Ok(mut names) = self.names.lock() {
             if names.len() > 100_000 {
                 names.clear();
@@ -301,6 +311,86 @@ impl dns::DnsPolicy for AgentDns {
 /// Names the current config needs resolved (for views).
 pub fn tracked_names(cfg: &LoadedConfig) -> BTreeSet<String> {
     policy::names_to_resolve(&cfg.registry, &cfg.cli)
+}
+
+/// Service id used in metrics for connections refused into BlackHoleCluster.
+const BLACKHOLE: u32 = u32::MAX;
+
+impl Agent {
+    /// The workload name of a cgroup id.
+    pub fn workload(&self, cgroup_id: u64) -> String {
+        match self.workloads.lock().expect("workloads lock").as_mut() {
+            Some(w) => w.name(cgroup_id),
+            None => crate::workloads::UNKNOWN.into(),
+        }
+    }
+
+    fn fill_istio(
+        &self,
+        s: &mut crate::metrics::Snapshot,
+        desired: &Desired,
+        flows: &[(enforcer_common::FlowKey, u64)],
+        conns: &[(enforcer_common::ConnKey, enforcer_common::ConnCounters)],
+        traffic: &[(enforcer_common::TrafficKey, enforcer_common::TrafficValue)],
+    ) {
+        use std::collections::BTreeMap;
+
+        use enforcer_common::{DIR_EGRESS, HOOK_CONNECT4, HOOK_CONNECT6, PROTO_TCP, VERDICT_ALLOWED, VERDICT_DENIED};
+
+        use crate::metrics::{IstioTcpLabels, TcpSeries};
+        let mut tcp: BTreeMap<(String, u32, &'static str), TcpSeries> = BTreeMap::new();
+        let mut denied: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
+        for (k, n) in flows {
+            if k.verdict == VERDICT_ALLOWED {
+                continue;
+            }
+            let wl = self.workload(k.cgroup_id);
+            *denied.entry((wl.clone(), if k.verdict == VERDICT_DENIED { "denied" } else { "audit" })).or_default() += n;
+            if k.verdict == VERDICT_DENIED && k.proto == PROTO_TCP && (k.hook == HOOK_CONNECT4 || k.hook == HOOK_CONNECT6) {
+                let e = tcp.entry((wl, BLACKHOLE, "UH")).or_default();
+                e.opened += n;
+                e.closed += n;
+            }
+        }
+        for (k, c) in conns {
+            let e = tcp.entry((self.workload(k.cgroup_id), k.service_id, "-")).or_default();
+            e.opened += c.opened;
+            e.closed += c.closed;
+        }
+        for (k, t) in traffic {
+            let e = tcp.entry((self.workload(k.cgroup_id), k.service_id, "-")).or_default();
+            if k.direction == DIR_EGRESS {
+                e.sent_bytes += t.bytes;
+            } else {
+                e.received_bytes += t.bytes;
+            }
+        }
+        s.denied = denied.into_iter().map(|((wl, v), n)| (wl, v.to_string(), n)).collect();
+        s.tcp = tcp
+            .into_iter()
+            .map(|((wl, id, flags), series)| {
+                let svc = service_labels(desired, id);
+                (IstioTcpLabels::new(&wl, (&svc.0, &svc.1, &svc.2), flags), series)
+            })
+            .collect();
+    }
+}
+
+/// (destination_service, destination_service_name, destination_service_namespace).
+fn service_labels(desired: &Desired, id: u32) -> (String, String, String) {
+    if id == BLACKHOLE {
+        return ("BlackHoleCluster".into(), "BlackHoleCluster".into(), String::new());
+    }
+    match desired.service(id) {
+        None => ("PassthroughCluster".into(), "PassthroughCluster".into(), String::new()),
+        Some(info) => {
+            let host = info.hosts.first().cloned().unwrap_or_else(|| info.name.clone());
+            match info.name.split_once('/') {
+                Some((ns, name)) if info.kind == crate::policy::ServiceKind::ServiceEntry => (host, name.to_string(), ns.to_string()),
+                _ => (host, info.name.clone(), String::new()),
+            }
+        }
+    }
 }
 
 impl crate::admin::AdminSource for Agent {
@@ -323,7 +413,8 @@ impl crate::admin::AdminSource for Agent {
             reloads: load(&self.stats.reloads),
             reload_errors: load(&self.stats.reload_errors),
             events_dropped: dp.event_drops(),
-            denied_connections: dp.flows().iter().filter(|(k, _)| k.verdict != enforcer_common::VERDICT_ALLOWED).map(|(_, n)| n).sum(),
+            denied: Vec::new(),
+            tcp: Vec::new(),
             resolver_lookups: load(&self.refresher.stats().lookups),
             resolver_failures: load(&self.refresher.stats().failures),
             dns: self.dns_stats.as_ref().map(|d| DnsSnapshot {
@@ -338,7 +429,18 @@ impl crate::admin::AdminSource for Agent {
                 learn_failures: load(&d.learn_failures),
             }),
         };
+        let mut s = s;
+        let flows = dp.flows();
+        let conns = dp.conns();
+        let traffic = dp.traffic();
+        drop(dp);
+        self.fill_istio(&mut s, &v.desired, &flows, &conns, &traffic);
         crate::metrics::render(&s)
+    }
+
+    fn events(&self) -> (Vec<String>, Option<tokio::sync::broadcast::Receiver<String>>) {
+        let (recent, rx) = self.hub.snapshot();
+        (recent, Some(rx))
     }
 
     fn ready(&self) -> bool {

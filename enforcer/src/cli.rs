@@ -15,9 +15,10 @@ use crate::config::Mode;
                   125 if enforcer itself failed; 126 if the command could not be executed; 127 if it was not found."
 )]
 pub struct Cli {
-    /// Log filter for the agent's own logs (e.g. info, debug, enforcer=trace). Also RUST_LOG.
-    #[arg(long, global = true, default_value = "info")]
-    pub log: String,
+    /// Log filter for the agent's own logs (e.g. info, debug, enforcer=trace); RUST_LOG also
+    /// works. Default: warn for `run` (keep the command's terminal clean), info otherwise.
+    #[arg(long, global = true)]
+    pub log: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,6 +35,36 @@ pub enum Command {
     Unpin(UnpinArgs),
     /// Show the running agent's registry endpoints, like `istioctl proxy-config endpoint`.
     Registry(RegistryArgs),
+    /// Show the running agent's denied/audited connections, like `hubble observe`.
+    Events(EventsArgs),
+    /// Draft ServiceEntry YAML for the destinations the agent saw denied or audited.
+    Suggest(SuggestArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EventsArgs {
+    /// The agent's admin address.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    pub admin: std::net::SocketAddr,
+    /// Keep printing new events as they happen.
+    #[arg(long, short = 'f')]
+    pub follow: bool,
+    /// Print JSON objects (one per line) instead of human lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SuggestArgs {
+    /// The agent's admin address (its recent events are used).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
+    pub admin: std::net::SocketAddr,
+    /// Read events from this NDJSON file instead (e.g. saved `enforcer events --json` output).
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Namespace for the drafted ServiceEntries.
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
 }
 
 #[derive(Args, Debug)]
@@ -68,6 +99,13 @@ pub struct PolicyArgs {
     /// Forward the kernel programs' debug log (aya-log) to the agent log.
     #[arg(long)]
     pub ebpf_log: bool,
+    /// Count packets and bytes per destination service on this interface (TC clsact/tcx egress
+    /// and ingress; repeatable). Counting only: traffic is never changed.
+    #[arg(long = "interface", short = 'i', value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+    /// How denied/audited connections are printed on stderr: human lines or JSON objects.
+    #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
+    pub event_format: ReportFormat,
     #[command(flatten)]
     pub dns: DnsArgs,
     /// Do not watch the registry paths for changes (reload only on SIGHUP).

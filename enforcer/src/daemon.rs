@@ -74,6 +74,10 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         .attach(&cg, steering)
         .with_context(|| format!("attaching to {}", cg.display()))?;
     let adopted = attached.iter().filter(|(_, o)| *o == AttachOutcome::Adopted).count();
+    for iface in &args.policy.interfaces {
+        agent.dp.lock().expect("dataplane lock").attach_tc(iface).with_context(|| format!("attaching the traffic counters to {iface}"))?;
+    }
+    *agent.workloads.lock().expect("workloads lock") = Some(crate::workloads::Workloads::for_daemon(&cg, &mount));
     let upkeep = agent.spawn_upkeep();
     let _watch = run::spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, false)?;
     let listener = admin::bind(args.admin).await?;
@@ -99,11 +103,25 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
 
     let mut stream = agent.dp.lock().expect("dataplane lock").take_events().context("opening the event ring buffer")?;
     let events_agent = agent.clone();
+    let json_events = args.policy.event_format == crate::cli::ReportFormat::Json;
     tokio::spawn(async move {
+        let mut drops_seen = events_agent.dp.lock().expect("dataplane lock").event_drops();
         while let Ok(batch) = stream.next_batch().await {
             let desired = events_agent.desired();
             for ev in batch {
-                events::print_line(&events::format_event(&ev, &desired));
+                let workload = events_agent.workload(ev.cgroup_id);
+                events_agent.hub.publish(&ev, &desired, &workload);
+                if json_events {
+                    events::print_json(&ev, &desired, &workload);
+                } else {
+                    events::print_line(&format!("{} ({workload})", events::format_event(&ev, &desired)));
+                }
+            }
+            let drops = events_agent.dp.lock().expect("dataplane lock").event_drops();
+            if drops > drops_seen {
+                events_agent.hub.publish_drops(drops - drops_seen);
+                events::print_line(&format!("{} events dropped: the ring buffer was full", drops - drops_seen));
+                drops_seen = drops;
             }
         }
     });

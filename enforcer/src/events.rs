@@ -24,6 +24,18 @@ pub fn print_line(line: &str) {
     let _ = std::io::stderr().lock().write_all(buf.as_bytes());
 }
 
+/// One event as a JSON object on stderr (`--event-format json`).
+pub fn print_json(ev: &Event, desired: &Desired, workload: &str) {
+    use std::io::Write as _;
+    let mut j = event_json(ev, desired);
+    j.workload = Some(workload.to_string());
+    j.line = format_event(ev, desired);
+    if let Ok(mut s) = serde_json::to_string(&j) {
+        s.push('\n');
+        let _ = std::io::stderr().lock().write_all(s.as_bytes());
+    }
+}
+
 pub fn comm(bytes: &[u8; 16]) -> String {
     let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
     String::from_utf8_lossy(&bytes[..end]).into_owned()
@@ -81,10 +93,13 @@ pub fn format_event(ev: &Event, desired: &Desired) -> String {
     )
 }
 
-#[derive(Serialize, Debug)]
+#[derive(Serialize, serde::Deserialize, Debug, Clone, Default)]
 pub struct EventJson {
-    pub verdict: &'static str,
-    pub hook: &'static str,
+    /// Seconds since the Unix epoch when the agent read the event.
+    #[serde(default)]
+    pub time: f64,
+    pub verdict: String,
+    pub hook: String,
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
@@ -92,10 +107,19 @@ pub struct EventJson {
     pub destination: String,
     pub address: String,
     pub port: u16,
-    pub protocol: &'static str,
-    pub reason: &'static str,
+    pub protocol: String,
+    pub reason: String,
     pub service: Option<String>,
     pub message: String,
+    /// The workload (cgroup name, or the command under `enforcer run`).
+    #[serde(default)]
+    pub workload: Option<String>,
+    /// The DNS name last seen for the address, if any.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// The human-readable line.
+    #[serde(default)]
+    pub line: String,
 }
 
 pub fn reason_code(r: u8) -> &'static str {
@@ -110,8 +134,9 @@ pub fn reason_code(r: u8) -> &'static str {
 pub fn event_json(ev: &Event, desired: &Desired) -> EventJson {
     let addr = addr_from_bytes(ev.family, &ev.addr);
     EventJson {
-        verdict: if ev.verdict == VERDICT_AUDIT { "audit" } else { "denied" },
-        hook: hook_verb(ev.hook),
+        time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        verdict: if ev.verdict == VERDICT_AUDIT { "audit" } else { "denied" }.into(),
+        hook: hook_verb(ev.hook).into(),
         pid: ev.pid,
         tid: ev.tid,
         comm: comm(&ev.comm),
@@ -119,10 +144,13 @@ pub fn event_json(ev: &Event, desired: &Desired) -> EventJson {
         destination: endpoint(addr, ev.port),
         address: addr.to_string(),
         port: ev.port,
-        protocol: proto_name(ev.proto),
-        reason: reason_code(ev.reason),
+        protocol: proto_name(ev.proto).into(),
+        reason: reason_code(ev.reason).into(),
         service: desired.service(ev.service_id).map(|s| s.name.clone()),
         message: explain(ev, desired),
+        workload: None,
+        host: None,
+        line: String::new(),
     }
 }
 
@@ -167,8 +195,9 @@ pub fn summarize(flows: &[(FlowKey, u64)], desired: &Desired, mode: String, exit
         let dest = endpoint(addr_from_bytes(k.family, &k.addr), k.port);
         let svc = match desired.service(k.service_id) {
             Some(s) => s.name.clone(),
-            None if k.verdict == VERDICT_ALLOWED => "PassthroughCluster".into(),
-            None => "BlackHoleCluster".into(),
+            None if k.verdict == VERDICT_DENIED => "BlackHoleCluster".into(),
+            // Allowed, or audited (it went through): no registry service.
+            None => "PassthroughCluster".into(),
         };
         let e = rows.entry((k.verdict, dest, proto_name(k.proto))).or_insert((svc, 0));
         e.1 += n;
@@ -209,4 +238,71 @@ pub fn format_summary(s: &Summary) -> String {
         out.push_str(&format!("\n  ({} deny events were dropped: the ring buffer was full)", s.events_dropped));
     }
     out
+}
+
+/// Recent events for `/debug/events` and live followers (`enforcer events --follow`). Bounded:
+/// keeps the last `capacity` events; a slow follower is told how many it missed.
+pub struct EventHub {
+    recent: std::sync::Mutex<std::collections::VecDeque<String>>,
+    capacity: usize,
+    tx: tokio::sync::broadcast::Sender<String>,
+    /// Names seen in DNS answers for addresses (unregistered names too), for `suggest`.
+    names: std::sync::Mutex<std::collections::HashMap<IpAddr, String>>,
+}
+
+impl EventHub {
+    pub fn new(capacity: usize) -> Self {
+        let (tx, _) = tokio::sync::broadcast::channel(4096);
+        Self {
+            recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
+            capacity,
+            tx,
+            names: Default::default(),
+        }
+    }
+
+    fn push(&self, line: String) {
+        let mut r = self.recent.lock().expect("events lock");
+        if r.len() == self.capacity {
+            r.pop_front();
+        }
+        r.push_back(line.clone());
+        drop(r);
+        let _ = self.tx.send(line);
+    }
+
+    /// Record a kernel event (as JSON, with the human line in `message` and the DNS name of the
+    /// address when one was seen).
+    pub fn publish(&self, ev: &Event, desired: &Desired, workload: &str) {
+        let mut j = event_json(ev, desired);
+        j.workload = Some(workload.to_string());
+        j.host = self.names.lock().ok().and_then(|n| n.get(&addr_from_bytes(ev.family, &ev.addr)).cloned());
+        j.line = format_event(ev, desired);
+        if let Ok(s) = serde_json::to_string(&j) {
+            self.push(s);
+        }
+    }
+
+    /// Say that the kernel dropped events (ring buffer full).
+    pub fn publish_drops(&self, n: u64) {
+        self.push(format!(
+            "{{\"verdict\":\"dropped\",\"count\":{n},\"message\":\"{n} events dropped by the kernel: the ring buffer was full\"}}"
+        ));
+    }
+
+    pub fn observe_name(&self, name: &str, addrs: &[IpAddr]) {
+        if let Ok(mut n) = self.names.lock() {
+            if n.len() > 100_000 {
+                n.clear();
+            }
+            for a in addrs {
+                n.insert(*a, name.to_string());
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> (Vec<String>, tokio::sync::broadcast::Receiver<String>) {
+        let r = self.recent.lock().expect("events lock");
+        (r.iter().cloned().collect(), self.tx.subscribe())
+    }
 }

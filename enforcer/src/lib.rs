@@ -20,4 +20,6 @@ pub mod preflight;
 pub mod registryz;
 pub mod resolver;
 pub mod run;
+pub mod suggest;
 pub mod watch;
+pub mod workloads;

@@ -2,15 +2,17 @@
 
 
 use clap::Parser as _;
-use enforcer::{admin, check, cli, daemon, exit, run};
+use enforcer::{admin, check, cli, daemon, events::EventJson, exit, run};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
     let cli = cli::Cli::parse();
     // `run --quiet` promises a quiet terminal: only errors from enforcer itself.
-    let level = match &cli.command {
-        cli::Command::Run(r) if r.quiet => "error",
-        _ => cli.log.as_str(),
+    let level = match (&cli.command, cli.log.as_deref()) {
+        (cli::Command::Run(r), _) if r.quiet => "error",
+        (_, Some(l)) => l,
+        (cli::Command::Run(_), None) => "warn",
+        (_, None) => "info",
     };
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new(level));
     tracing_subscriber::fmt()
@@ -40,6 +42,8 @@ async fn dispatch(cmd: cli::Command) -> anyhow::Result<i32> {
         cli::Command::Check(a) => check::check(a),
         cli::Command::Unpin(a) => daemon::unpin(a),
         cli::Command::Registry(a) => registry(a).await,
+        cli::Command::Events(a) => events(a).await,
+        cli::Command::Suggest(a) => suggest(a).await,
     }
 }
 
@@ -51,5 +55,45 @@ async fn registry(a: cli::RegistryArgs) -> anyhow::Result<i32> {
     } else {
         print!("{}", admin::format_endpoint_table(&r));
     }
+    Ok(0)
+}
+
+/// `enforcer events`: the agent's recent denied/audited connections, optionally followed.
+async fn events(a: cli::EventsArgs) -> anyhow::Result<i32> {
+    let path = if a.follow { "/debug/events?follow=1" } else { "/debug/events" };
+    let json = a.json;
+    admin::client::stream_lines(a.admin, path, |line| {
+        if line.is_empty() {
+            return;
+        }
+        if json {
+            println!("{line}");
+        } else {
+            match serde_json::from_str::<EventJson>(line) {
+                Ok(e) if !e.line.is_empty() => {
+                    let wl = e.workload.as_deref().map(|w| format!(" ({w})")).unwrap_or_default();
+                    let host = e.host.as_deref().map(|h| format!(" [{h}]")).unwrap_or_default();
+                    println!("{}{host}{wl}", e.line);
+                }
+                Ok(e) => println!("{}", e.message),
+                Err(_) => println!("{line}"),
+            }
+        }
+    })
+    .await?;
+    Ok(0)
+}
+
+/// `enforcer suggest`: draft ServiceEntries from the agent's (or a file's) events.
+async fn suggest(a: cli::SuggestArgs) -> anyhow::Result<i32> {
+    let text = match &a.from {
+        Some(f) => std::fs::read_to_string(f).map_err(|e| anyhow::anyhow!("reading {}: {e}", f.display()))?,
+        None => {
+            let r = admin::client::request(a.admin, "GET", "/debug/events").await?;
+            String::from_utf8_lossy(&r.body).into_owned()
+        }
+    };
+    let events: Vec<EventJson> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+    print!("{}", enforcer::suggest::draft(&events, &a.namespace));
     Ok(0)
 }

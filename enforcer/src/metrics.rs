@@ -19,6 +19,55 @@ struct TransportLabel {
     transport: String,
 }
 
+/// Istio's standard TCP labels. Filled: reporter (always "source"), source_workload,
+/// destination_service (the registry host, or PassthroughCluster / BlackHoleCluster),
+/// destination_service_name and _namespace (the ServiceEntry's), response_flags ("-", or "UH" for
+/// connections refused into BlackHoleCluster). Constant: request_protocol="tcp",
+/// connection_security_policy="unknown", destination_workload="unknown".
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IstioTcpLabels {
+    pub reporter: String,
+    pub source_workload: String,
+    pub destination_workload: String,
+    pub destination_service: String,
+    pub destination_service_name: String,
+    pub destination_service_namespace: String,
+    pub request_protocol: String,
+    pub response_flags: String,
+    pub connection_security_policy: String,
+}
+
+impl IstioTcpLabels {
+    pub fn new(source_workload: &str, service: (&str, &str, &str), response_flags: &str) -> Self {
+        Self {
+            reporter: "source".into(),
+            source_workload: source_workload.into(),
+            destination_workload: "unknown".into(),
+            destination_service: service.0.into(),
+            destination_service_name: service.1.into(),
+            destination_service_namespace: service.2.into(),
+            request_protocol: "tcp".into(),
+            response_flags: response_flags.into(),
+            connection_security_policy: "unknown".into(),
+        }
+    }
+}
+
+/// One series of the `istio_tcp_*` families.
+#[derive(Debug, Default, Clone)]
+pub struct TcpSeries {
+    pub opened: u64,
+    pub closed: u64,
+    pub sent_bytes: u64,
+    pub received_bytes: u64,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeniedLabel {
+    source_workload: String,
+    verdict: String,
+}
+
 /// A point-in-time view of everything counted, gathered by the caller.
 #[derive(Default, Debug)]
 pub struct Snapshot {
@@ -29,7 +78,9 @@ pub struct Snapshot {
     pub reloads: u64,
     pub reload_errors: u64,
     pub events_dropped: u64,
-    pub denied_connections: u64,
+    /// (source_workload, verdict "denied" | "audit") -> count.
+    pub denied: Vec<(String, String, u64)>,
+    pub tcp: Vec<(IstioTcpLabels, TcpSeries)>,
     pub resolver_lookups: u64,
     pub resolver_failures: u64,
     pub dns: Option<DnsSnapshot>,
@@ -80,7 +131,25 @@ pub fn render(s: &Snapshot) -> String {
     counter(&mut reg, "enforcer_config_reloads", "Successful registry reloads", s.reloads);
     counter(&mut reg, "enforcer_config_reload_errors", "Rejected registry reloads (the last good registry stayed enforced)", s.reload_errors);
     counter(&mut reg, "enforcer_events_dropped", "Deny events lost because the ring buffer was full", s.events_dropped);
-    counter(&mut reg, "enforcer_denied_connections", "Connections refused (or, in AUDIT, reported)", s.denied_connections);
+    let denied = Family::<DeniedLabel, Counter>::default();
+    for (wl, verdict, n) in &s.denied {
+        denied.get_or_create(&DeniedLabel { source_workload: wl.clone(), verdict: verdict.clone() }).inc_by(*n);
+    }
+    reg.register("enforcer_denied_connections", "connect()/sendmsg() calls refused (verdict=denied) or, in AUDIT, reported (verdict=audit)", denied);
+    let opened = Family::<IstioTcpLabels, Counter>::default();
+    let closed = Family::<IstioTcpLabels, Counter>::default();
+    let sent = Family::<IstioTcpLabels, Counter>::default();
+    let received = Family::<IstioTcpLabels, Counter>::default();
+    for (labels, v) in &s.tcp {
+        opened.get_or_create(labels).inc_by(v.opened);
+        closed.get_or_create(labels).inc_by(v.closed);
+        sent.get_or_create(labels).inc_by(v.sent_bytes);
+        received.get_or_create(labels).inc_by(v.received_bytes);
+    }
+    reg.register("istio_tcp_connections_opened", "TCP connections opened (established; refused ones count under BlackHoleCluster)", opened);
+    reg.register("istio_tcp_connections_closed", "TCP connections closed", closed);
+    reg.register("istio_tcp_sent_bytes", "Bytes sent (L3: IP header + payload, counted by TC on the configured interfaces)", sent);
+    reg.register("istio_tcp_received_bytes", "Bytes received (L3, counted by TC on the configured interfaces)", received);
     counter(&mut reg, "enforcer_resolver_lookups", "Registry host lookups", s.resolver_lookups);
     counter(&mut reg, "enforcer_resolver_failures", "Failed registry host lookups", s.resolver_failures);
     if let Some(d) = &s.dns {

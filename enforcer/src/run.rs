@@ -64,6 +64,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .expect("dataplane lock")
         .attach(child.path(), steering)
         .with_context(|| format!("attaching to {}", child.path().display()))?;
+    for iface in &args.policy.interfaces {
+        agent.dp.lock().expect("dataplane lock").attach_tc(iface).with_context(|| format!("attaching the traffic counters to {iface}"))?;
+    }
+    let command_name = Path::new(&args.command[0]).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "command".into());
+    *agent.workloads.lock().expect("workloads lock") = Some(crate::workloads::Workloads::for_run(child.path(), &command_name));
     let upkeep = agent.spawn_upkeep();
     let _watch = spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, quiet)?;
     if let Some(addr) = args.admin {
@@ -77,15 +82,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let pid = cmd.id().map(|p| p as i32);
 
     let mut printer = DenyPrinter::default();
-    let show = |evs: Vec<Event>, printer: &mut DenyPrinter| {
-        if quiet {
-            return;
-        }
+    let json_events = args.policy.event_format == ReportFormat::Json;
+    let mut drops_seen = 0u64;
+    let mut show = |evs: Vec<Event>, printer: &mut DenyPrinter| {
         let desired = agent.desired();
-        for ev in evs {
-            if let Some(line) = printer.first_time(&ev, &desired) {
+        for ev in &evs {
+            agent.hub.publish(ev, &desired, &command_name);
+            if quiet {
+                continue;
+            }
+            if json_events {
+                events::print_json(ev, &desired, &command_name);
+            } else if let Some(line) = printer.first_time(ev, &desired) {
                 events::print_line(&line);
             }
+        }
+        let drops = agent.dp.lock().expect("dataplane lock").event_drops();
+        if drops > drops_seen {
+            agent.hub.publish_drops(drops - drops_seen);
+            drops_seen = drops;
         }
     };
     let status: ExitStatus = loop {

@@ -1092,3 +1092,668 @@ pub fn report_rows(report: &Value) -> HashMap<(String, String, String), (String,
 pub fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
+
+// ---------------------------------------------------------------------------------------------
+// DNS: a real DNS server (dnsmasq) in a netns, a tiny DNS client, an interactive workload under
+// `enforcer run`, and the admin API (helpers for tests/dns.rs)
+// ---------------------------------------------------------------------------------------------
+
+/// Give the namespace side of `ns` more addresses in its own /24: `198.18.S.{hosts}` (the
+/// host side already routes the whole /24 over the veth). Listeners bound to `::` answer on them.
+pub fn netns_add_v4_hosts(ns: &Netns, hosts: std::ops::RangeInclusive<u8>) {
+    let mut batch = String::new();
+    for x in hosts {
+        if Netns::V4_HOSTS.contains(&x) || x <= 1 || x == 255 {
+            continue;
+        }
+        batch.push_str(&format!("addr add {}/24 dev veth0\n", ns.v4(x)));
+    }
+    ip_batch(&ns.name, &batch);
+}
+
+/// A DNS reply, as seen by [`dns_query`].
+#[derive(Debug, Clone)]
+pub struct DnsReply {
+    pub id: u16,
+    pub rcode: u8,
+    /// A and AAAA records of the answer section: (address, TTL).
+    pub addrs: Vec<(std::net::IpAddr, u32)>,
+    /// Number of records in the answer section (any type).
+    pub answer_count: u16,
+}
+
+/// Encode a standard query (RD set) for `name`/`qtype`.
+pub fn dns_encode_query(id: u16, name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = Vec::with_capacity(64);
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&0x0100u16.to_be_bytes());
+    q.extend_from_slice(&[0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.trim_end_matches('.').split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&1u16.to_be_bytes());
+    q
+}
+
+fn dns_skip_name(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        let l = *b.get(i)? as usize;
+        if l == 0 {
+            return Some(i + 1);
+        }
+        if l & 0xc0 == 0xc0 {
+            return Some(i + 2);
+        }
+        i += 1 + l;
+    }
+}
+
+/// Parse a response (enough for the tests: header, A/AAAA answers).
+pub fn dns_parse_reply(b: &[u8]) -> Option<DnsReply> {
+    let u16_at = |i: usize| -> Option<u16> { Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?])) };
+    let id = u16_at(0)?;
+    let flags = u16_at(2)?;
+    let qd = u16_at(4)?;
+    let an = u16_at(6)?;
+    let mut i = 12;
+    for _ in 0..qd {
+        i = dns_skip_name(b, i)? + 4;
+    }
+    let mut addrs = Vec::new();
+    for _ in 0..an {
+        i = dns_skip_name(b, i)?;
+        let t = u16_at(i)?;
+        let ttl = u32::from_be_bytes([*b.get(i + 4)?, *b.get(i + 5)?, *b.get(i + 6)?, *b.get(i + 7)?]);
+        let len = u16_at(i + 8)? as usize;
+        let rd = b.get(i + 10..i + 10 + len)?;
+        match (t, len) {
+            (1, 4) => addrs.push((std::net::IpAddr::from(<[u8; 4]>::try_from(rd).ok()?), ttl)),
+            (28, 16) => addrs.push((std::net::IpAddr::from(<[u8; 16]>::try_from(rd).ok()?), ttl)),
+            _ => {}
+        }
+        i += 10 + len;
+    }
+    Some(DnsReply { id, rcode: (flags & 0x0f) as u8, addrs, answer_count: an })
+}
+
+/// One UDP query from this (unconfined) process. Err on timeout or an unparseable reply.
+pub fn dns_query(server: std::net::SocketAddr, name: &str, qtype: u16, timeout: Duration) -> std::io::Result<DnsReply> {
+    let bind = if server.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let s = std::net::UdpSocket::bind(bind)?;
+    s.set_read_timeout(Some(timeout))?;
+    let id = (unique() as u16).wrapping_mul(7919) ^ (std::process::id() as u16);
+    s.send_to(&dns_encode_query(id, name, qtype), server)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let (n, from) = s.recv_from(&mut buf)?;
+        if from != server {
+            continue;
+        }
+        match dns_parse_reply(&buf[..n]) {
+            Some(r) if r.id == id => return Ok(r),
+            Some(_) => continue,
+            None => return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "unparseable DNS reply")),
+        }
+    }
+}
+
+/// The A records `server` gives for `name` right now (empty on error/none).
+pub fn dns_a(server: std::net::SocketAddr, name: &str) -> Vec<std::net::IpAddr> {
+    dns_query(server, name, 1, Duration::from_secs(2)).map(|r| r.addrs.into_iter().map(|(a, _)| a).collect()).unwrap_or_default()
+}
+
+/// `dnsmasq` serving a hosts file inside a netns on one address, port 53. Killed on drop.
+///
+/// Names come from an `--addn-hosts` file (answered with `--local-ttl`); `.test` is local
+/// (`--local=/test/`), so any other `.test` name is NXDOMAIN and nothing is forwarded.
+pub struct Dnsmasq {
+    child: Child,
+    pub addr: std::net::SocketAddr,
+    pub hosts_path: PathBuf,
+    pub log_path: PathBuf,
+    _dir: TempDir,
+}
+
+impl Dnsmasq {
+    /// `hosts`: (name, IP) lines; `local_ttl`: TTL of the answers; `extra`: more dnsmasq flags.
+    /// Waits (≤ 15 s) until it answers.
+    pub fn start(ns: &Netns, listen: &str, hosts: &[(&str, &str)], local_ttl: u32, extra: &[&str]) -> Self {
+        let dir = TempDir::new("dnsmasq");
+        let hosts_path = dir.write("hosts", &Self::hosts_text(hosts));
+        let log_path = dir.join("dnsmasq.log");
+        let log = fs::File::create(&log_path).unwrap();
+        let mut c = ns.command("dnsmasq");
+        c.args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--user=root",
+            "--pid-file=",
+            "--port=53",
+            "--local=/test/",
+            "--log-queries",
+            "--log-facility=-",
+        ])
+        .arg(format!("--listen-address={listen}"))
+        .arg(format!("--addn-hosts={}", hosts_path.display()))
+        .arg(format!("--local-ttl={local_ttl}"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log);
+        let child = c.spawn().expect("starting dnsmasq (apt-get install dnsmasq)");
+        let addr = std::net::SocketAddr::new(listen.parse().expect("listen address"), 53);
+        let mut d = Self { child, addr, hosts_path, log_path, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(st) = d.child.try_wait().unwrap() {
+                panic!("dnsmasq exited during start-up ({st})\n--- log\n{}", d.log());
+            }
+            if dns_query(d.addr, "ready.probe.test", 1, Duration::from_millis(200)).is_ok() {
+                return d;
+            }
+            assert!(Instant::now() < deadline, "dnsmasq did not answer on {} within 15 s\n--- log\n{}", d.addr, d.log());
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn hosts_text(hosts: &[(&str, &str)]) -> String {
+        hosts.iter().map(|(name, ip)| format!("{ip} {name}\n")).collect()
+    }
+
+    /// Replace the hosts file and SIGHUP dnsmasq; waits (≤ 10 s) until `probe` answers `want`.
+    pub fn set_hosts(&self, hosts: &[(&str, &str)], probe: &str, want: &str) {
+        fs::write(&self.hosts_path, Self::hosts_text(hosts)).unwrap();
+        // SAFETY: plain syscall on our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, libc::SIGHUP) }, 0);
+        let want: std::net::IpAddr = want.parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while dns_a(self.addr, probe) != vec![want] {
+            assert!(Instant::now() < deadline, "dnsmasq never answered {probe} -> {want} after SIGHUP\n--- log\n{}", self.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::env::var_os("ENFORCER_TESTS_VERBOSE").is_some() || thread::panicking() {
+            eprintln!("--- dnsmasq log ({})\n{}", self.log_path.display(), self.log());
+        }
+    }
+}
+
+/// A UDP "resolver" in a netns that reads queries and never answers (an upstream that times
+/// out). Killed on drop.
+pub fn udp_blackhole(ns: &Netns, addr: &str, port: u16) -> Server {
+    let script = "import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind((sys.argv[1], int(sys.argv[2])))\nprint('ready', flush=True)\nwhile True:\n    s.recvfrom(4096)\n";
+    let mut c = ns.command(python());
+    c.arg("-c").arg(script).arg(addr).arg(port.to_string());
+    Server::start(c, &format!("udp blackhole {addr}:{port} in netns {}", ns.name))
+}
+
+/// Workload script for [`Workload`] / [`worker_cmd`]. Requests are JSON objects, one per line on
+/// stdin (or one per argv argument: then it answers them and exits); each gets one JSON line on
+/// stdout. Interactive mode prints `ready` first.
+///
+/// - `{"op":"resolve","name":N,"port":P}` -> `{ok, addrs, gai_errno, error}` (getaddrinfo,
+///   AF_INET, SOCK_STREAM: the system resolver, i.e. the host's resolv.conf)
+/// - `{"op":"connect","addr":A,"port":P}` -> `{ok, errno, error, reply}` (TCP + HTTP GET)
+/// - `{"op":"resolve_connect","name":N,"port":P}` -> resolve, then connect to the first address
+/// - `{"op":"query","server":S,"port":53,"name":N,"qtype":1,"transport":"udp|udpconnect|tcp"}`
+///   -> `{ok, rcode, addrs:[[ip, ttl]...], ancount, elapsed, peer, recv_from, error}`: a hand-made
+///   DNS query; `peer` is getpeername() (connected sockets), `recv_from` the datagram's source.
+/// - `{"op":"race","names":[...],"ips":[...],"port":P}`: for each i: connect(ips[i]) without a
+///   lookup first (`fresh` counts EPERMs = address not allowed before the lookup), then
+///   getaddrinfo(names[i]) and connect to its answer at once -> `{n, fresh, eperm, other,
+///   failures:[...], elapsed}`; optional `"pace": SECS` starts iteration i no earlier than
+///   i * SECS after the first
+pub const WORKER_PY: &str = r#"
+import errno, json, os, random, socket, struct, sys, time
+
+def enc(tid, name, qtype):
+    q = struct.pack('>HHHHHH', tid, 0x0100, 1, 0, 0, 0)
+    for l in name.rstrip('.').split('.'):
+        q += bytes([len(l)]) + l.encode()
+    return q + b'\0' + struct.pack('>HH', qtype, 1)
+
+def skip(b, i):
+    while True:
+        l = b[i]
+        if l == 0:
+            return i + 1
+        if l & 0xc0 == 0xc0:
+            return i + 2
+        i += 1 + l
+
+def parse(b):
+    tid, flags, qd, an, ns, ar = struct.unpack('>HHHHHH', b[:12])
+    i = 12
+    for _ in range(qd):
+        i = skip(b, i) + 4
+    addrs = []
+    for _ in range(an):
+        i = skip(b, i)
+        t, c, ttl, ln = struct.unpack('>HHIH', b[i:i + 10])
+        i += 10
+        rd = b[i:i + ln]
+        i += ln
+        if t == 1 and ln == 4:
+            addrs.append([socket.inet_ntop(socket.AF_INET, rd), ttl])
+        elif t == 28 and ln == 16:
+            addrs.append([socket.inet_ntop(socket.AF_INET6, rd), ttl])
+    return tid, flags & 0xf, an, addrs
+
+def addr_of(a):
+    return [a[0], a[1]] if a else None
+
+def resolve(name, port):
+    r = {'ok': False, 'addrs': [], 'gai_errno': None, 'error': None}
+    try:
+        infos = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)
+        seen = []
+        for i in infos:
+            if i[4][0] not in seen:
+                seen.append(i[4][0])
+        r['addrs'] = seen
+        r['ok'] = True
+    except socket.gaierror as e:
+        r['gai_errno'] = e.errno
+        r['error'] = str(e)
+    return r
+
+def connect(addr, port):
+    r = {'ok': False, 'errno': None, 'error': None, 'reply': None}
+    fam = socket.AF_INET6 if ':' in addr else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    try:
+        s.settimeout(5)
+        s.connect((addr, port))
+        s.sendall(b'GET / HTTP/1.0\r\n\r\n')
+        data = b''
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        r['reply'] = data.split(b'\r\n\r\n', 1)[-1].decode()
+        r['ok'] = True
+    except OSError as e:
+        r['errno'] = e.errno
+        r['error'] = str(e)
+    finally:
+        s.close()
+    return r
+
+def query(req):
+    server, port = req['server'], req.get('port', 53)
+    name, qtype, tr = req['name'], req.get('qtype', 1), req.get('transport', 'udp')
+    fam = socket.AF_INET6 if ':' in server else socket.AF_INET
+    tid = random.randrange(65536)
+    q = enc(tid, name, qtype)
+    r = {'ok': False, 'rcode': None, 'addrs': [], 'ancount': None, 'elapsed': None, 'peer': None,
+         'recv_from': None, 'error': None, 'errno': None}
+    t0 = time.monotonic()
+    s = socket.socket(fam, socket.SOCK_STREAM if tr == 'tcp' else socket.SOCK_DGRAM)
+    try:
+        s.settimeout(req.get('timeout', 6))
+        if tr == 'udp':
+            s.sendto(q, (server, port))
+            data, frm = s.recvfrom(4096)
+            r['recv_from'] = addr_of(frm)
+        elif tr == 'udpconnect':
+            s.connect((server, port))
+            r['peer'] = addr_of(s.getpeername())
+            s.send(q)
+            data, frm = s.recvfrom(4096)
+            r['recv_from'] = addr_of(frm)
+        else:
+            s.connect((server, port))
+            r['peer'] = addr_of(s.getpeername())
+            s.sendall(struct.pack('>H', len(q)) + q)
+            buf = b''
+            while len(buf) < 2 or len(buf) < 2 + struct.unpack('>H', buf[:2])[0]:
+                chunk = s.recv(4096)
+                if not chunk:
+                    raise OSError(errno.ECONNRESET, 'connection closed before a full answer')
+                buf += chunk
+            data = buf[2:2 + struct.unpack('>H', buf[:2])[0]]
+        rid, rcode, an, addrs = parse(data)
+        if rid != tid:
+            raise OSError(errno.EPROTO, 'answer id %d != query id %d' % (rid, tid))
+        r.update(ok=True, rcode=rcode, ancount=an, addrs=addrs)
+    except OSError as e:
+        r['errno'] = e.errno
+        r['error'] = str(e)
+    finally:
+        r['elapsed'] = time.monotonic() - t0
+        s.close()
+    return r
+
+def race(req):
+    names, ips, port = req['names'], req['ips'], req['port']
+    out = {'n': len(names), 'fresh': 0, 'eperm': 0, 'other': 0, 'failures': [], 'elapsed': None}
+    pace = req.get('pace', 0)
+    t0 = time.monotonic()
+    for i, name in enumerate(names):
+        if pace:
+            d = t0 + i * pace - time.monotonic()
+            if d > 0:
+                time.sleep(d)
+        pre = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            pre.settimeout(5)
+            pre.connect((ips[i], port))
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                out['fresh'] += 1
+        finally:
+            pre.close()
+        try:
+            infos = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)
+            addr = infos[0][4][0]
+        except socket.gaierror as e:
+            out['other'] += 1
+            if len(out['failures']) < 20:
+                out['failures'].append({'i': i, 'name': name, 'gai_errno': e.errno, 'error': str(e)})
+            continue
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            s.settimeout(5)
+            s.connect((addr, port))
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                out['eperm'] += 1
+            else:
+                out['other'] += 1
+            if len(out['failures']) < 20:
+                out['failures'].append({'i': i, 'name': name, 'addr': addr, 'errno': e.errno, 'error': str(e)})
+        finally:
+            s.close()
+    out['elapsed'] = time.monotonic() - t0
+    return out
+
+def handle(req):
+    op = req['op']
+    if op == 'resolve':
+        return resolve(req['name'], req['port'])
+    if op == 'connect':
+        return connect(req['addr'], req['port'])
+    if op == 'resolve_connect':
+        r = resolve(req['name'], req['port'])
+        r['connect'] = connect(r['addrs'][0], req['port']) if r['ok'] and r['addrs'] else None
+        return r
+    if op == 'query':
+        return query(req)
+    if op == 'race':
+        return race(req)
+    return {'error': 'unknown op ' + op}
+
+def reply(obj):
+    sys.stdout.write(json.dumps(obj) + '\n')
+    sys.stdout.flush()
+
+if len(sys.argv) > 1:
+    for a in sys.argv[1:]:
+        reply(handle(json.loads(a)))
+    sys.exit(0)
+reply('ready')
+for line in sys.stdin:
+    line = line.strip()
+    if not line:
+        continue
+    req = json.loads(line)
+    if req.get('op') == 'exit':
+        break
+    reply(handle(req))
+"#;
+
+/// `python3 -c WORKER_PY REQ...` (one-shot: one JSON line per request).
+pub fn worker_cmd(reqs: &[Value]) -> Vec<String> {
+    let mut v = vec![python().display().to_string(), "-c".into(), WORKER_PY.into()];
+    v.extend(reqs.iter().map(|r| r.to_string()));
+    v
+}
+
+/// Parse the one-shot worker's output: one JSON value per request.
+pub fn parse_worker(out: &Outcome, n: usize) -> Vec<Value> {
+    let v: Vec<Value> = out
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("worker output line is not JSON ({e}): {l}\n{out}")))
+        .collect();
+    assert_eq!(v.len(), n, "one result per request\n{out}");
+    v
+}
+
+/// A long-running workload: `enforcer run --admin 127.0.0.1:0 POLICY... -- python3 -c
+/// WORKER_PY`, driven over stdin/stdout, so one confined process can resolve, connect and query
+/// on demand while the test watches the agent (registryz, metrics) and changes DNS records.
+/// Drop closes stdin (the worker exits, then enforcer), SIGTERM/SIGKILL after a deadline.
+pub struct Workload {
+    child: Child,
+    stdin: Option<std::process::ChildStdin>,
+    rx: std::sync::mpsc::Receiver<String>,
+    /// enforcer's stderr (agent log, deny lines, summary).
+    pub log_path: PathBuf,
+    /// The admin API address (from the agent's `admin listener serving addr=` log line).
+    pub admin: std::net::SocketAddr,
+    _dir: TempDir,
+}
+
+impl Workload {
+    pub fn start(policy: &[String]) -> Self {
+        preflight();
+        let dir = TempDir::new("workload");
+        let log_path = dir.join("enforcer.log");
+        let log = fs::File::create(&log_path).unwrap();
+        let mut c = Command::new(enforcer_bin());
+        c.arg("run")
+            .args(["--admin", "127.0.0.1:0"])
+            .args(policy)
+            .arg("--")
+            .arg(python())
+            .arg("-u")
+            .arg("-c")
+            .arg(WORKER_PY)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(log);
+        let mut child = c.spawn().expect("spawning enforcer run");
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut w = Self { child, stdin, rx, log_path, admin: "127.0.0.1:1".parse().unwrap(), _dir: dir };
+        match w.rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.trim() == "\"ready\"" => {}
+            other => {
+                let st = w.child.try_wait().ok().flatten();
+                panic!("the workload did not start ({other:?}, enforcer status {st:?})\n--- enforcer log\n{}", w.log())
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(a) = admin_addr_from_log(&w.log()) {
+                w.admin = a;
+                break;
+            }
+            assert!(Instant::now() < deadline, "no `admin listener serving addr=` line\n{}", w.log());
+            thread::sleep(Duration::from_millis(20));
+        }
+        w
+    }
+
+    /// One request; fails the test if no answer comes within 120 s.
+    pub fn call(&mut self, req: Value) -> Value {
+        use std::io::Write as _;
+        let stdin = self.stdin.as_mut().expect("workload stdin");
+        writeln!(stdin, "{req}").and_then(|_| stdin.flush()).unwrap_or_else(|e| panic!("writing to the workload: {e}\n{}", self.log()));
+        match self.rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(l) => serde_json::from_str(&l).unwrap_or_else(|e| panic!("workload answered non-JSON ({e}): {l}")),
+            Err(e) => panic!("no answer from the workload to {req} ({e})\n--- enforcer log\n{}", self.log()),
+        }
+    }
+
+    /// getaddrinfo(name, port) inside the workload.
+    pub fn resolve(&mut self, name: &str, port: u16) -> Value {
+        self.call(serde_json::json!({"op": "resolve", "name": name, "port": port}))
+    }
+
+    /// TCP connect (+ HTTP GET) inside the workload, as a [`ConnResult`].
+    pub fn connect(&mut self, addr: &str, port: u16) -> ConnResult {
+        let v = self.call(serde_json::json!({"op": "connect", "addr": addr, "port": port}));
+        ConnResult {
+            op: format!("tcp|{addr}|{port}"),
+            ok: v["ok"].as_bool().unwrap(),
+            errno: v["errno"].as_i64(),
+            error: v["error"].as_str().map(str::to_string),
+            reply: v["reply"].as_str().map(str::to_string),
+        }
+    }
+
+    /// A hand-made DNS query from inside the workload (see [`WORKER_PY`]).
+    pub fn query(&mut self, server: &str, name: &str, qtype: u16, transport: &str) -> Value {
+        self.call(serde_json::json!({"op": "query", "server": server, "name": name, "qtype": qtype, "transport": transport}))
+    }
+
+    /// enforcer's stderr so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    /// GET `path` on the admin API.
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        http_get(self.admin, path)
+    }
+
+    /// `/debug/registryz` as JSON.
+    pub fn registryz(&self) -> Value {
+        let (st, body) = self.admin_get("/debug/registryz");
+        assert_eq!(st, 200, "GET /debug/registryz: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("registryz is not JSON ({e}): {body}"))
+    }
+
+    /// The value of the metric sample `name` (exact sample name, labels ignored and summed).
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let (st, body) = self.admin_get("/metrics");
+        assert_eq!(st, 200, "GET /metrics: {body}");
+        metric_value(&body, name)
+    }
+
+    /// Ask the worker to exit; wait (≤ 20 s) for enforcer. Returns (status, enforcer's stderr).
+    pub fn finish(mut self) -> (i32, String) {
+        let st = self.shutdown();
+        (st, self.log())
+    }
+
+    fn shutdown(&mut self) -> i32 {
+        if let Some(mut stdin) = self.stdin.take() {
+            use std::io::Write as _;
+            let _ = writeln!(stdin, "{{\"op\":\"exit\"}}");
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return shell_status(st);
+            }
+            if Instant::now() > deadline {
+                // SAFETY: plain syscall on our own child (enforcer forwards it and cleans up).
+                unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+                thread::sleep(Duration::from_secs(3));
+                let _ = self.child.kill();
+                return shell_status(self.child.wait().unwrap());
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl Drop for Workload {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.shutdown();
+        }
+        if std::env::var_os("ENFORCER_TESTS_VERBOSE").is_some() || thread::panicking() {
+            eprintln!("--- enforcer run log ({})\n{}", self.log_path.display(), self.log());
+        }
+    }
+}
+
+/// Minimal HTTP/1.1 GET (Connection: close) -> (status, body). Panics on I/O errors.
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::Write as _;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("reading {path} from {addr}: {e}"));
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP header end in {text:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(len.trim(), 16) else { break };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Sum of the samples named exactly `name` (any labels) in Prometheus/OpenMetrics text.
+pub fn metric_value(text: &str, name: &str) -> Option<f64> {
+    let mut found = None;
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (sample, value) = match l.rsplit_once(' ') {
+            Some(v) => v,
+            None => continue,
+        };
+        let sname = sample.split('{').next().unwrap_or("").trim();
+        if sname == name
+            && let Ok(v) = value.trim().parse::<f64>() {
+                found = Some(found.unwrap_or(0.0) + v);
+            }
+    }
+    found
+}
+
+/// The admin address an `enforcer daemon` log announces (`admin listener serving addr=...`).
+pub fn admin_addr_from_log(log: &str) -> Option<std::net::SocketAddr> {
+    log.lines().find_map(|l| l.contains("admin listener serving").then(|| l.split("addr=").nth(1)?.split_whitespace().next()?.parse().ok()).flatten())
+}
+
+/// The first `nameserver` of /etc/resolv.conf, if any.
+pub fn resolv_conf_nameserver() -> Option<String> {
+    fs::read_to_string("/etc/resolv.conf").ok()?.lines().find_map(|l| {
+        let mut it = l.split_whitespace();
+        (it.next() == Some("nameserver")).then(|| it.next().map(str::to_string)).flatten()
+    })
+}

@@ -1,4 +1,5 @@
-//! `cargo xtask bench connect`: what enforcer adds to connect().
+//! `cargo xtask bench connect`: what enforcer adds to connect(). (`bench sync` and `bench dns`
+//! are in `bench_sync.rs` / `bench_dns.rs`; `bench all` runs the three.)
 //!
 //! A client in one network namespace connects to a TCP listener in another (over a veth pair, not
 //! loopback) and closes at once (SO_LINGER 0: RST, no TIME_WAIT), in a loop. Three ways, in
@@ -28,6 +29,24 @@ use crate::{
 pub enum BenchCmd {
     /// connect()+close() latency: no enforcement vs `enforcer run` vs an nftables set (root).
     Connect(ConnectArgs),
+    /// A registry of N hosts from YAML into the kernel maps: parse, compile, load, full /
+    /// incremental / no-op apply, against raw bpf() inserts (root).
+    Sync(crate::bench_sync::Args),
+    /// DNS forwarder vs a real dnsmasq: latency direct vs forwarded, open-loop load, and the
+    /// delay of learning answers into the kernel map (root).
+    Dns(crate::bench_dns::Args),
+    /// connect, sync and dns, one after the other (each with its own options).
+    All(AllArgs),
+}
+
+#[derive(clap::Args)]
+pub struct AllArgs {
+    #[command(flatten)]
+    connect: ConnectArgs,
+    #[command(flatten)]
+    sync: crate::bench_sync::Args,
+    #[command(flatten)]
+    dns: crate::bench_dns::Args,
 }
 
 #[derive(clap::Args)]
@@ -164,7 +183,38 @@ pub fn client(a: ClientArgs) -> ExitCode {
 // The orchestration.
 
 pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
-    let BenchCmd::Connect(args) = cmd;
+    match cmd {
+        BenchCmd::Connect(args) => connect(args),
+        BenchCmd::Sync(args) => crate::bench_sync::main(args),
+        BenchCmd::Dns(args) => crate::bench_dns::main(args),
+        BenchCmd::All(a) => {
+            let mut failed = Vec::new();
+            let steps: [(&str, Box<dyn FnOnce() -> Result<ExitCode>>); 3] = [
+                ("connect", Box::new(|| connect(a.connect))),
+                ("sync", Box::new(|| crate::bench_sync::main(a.sync))),
+                ("dns", Box::new(|| crate::bench_dns::main(a.dns))),
+            ];
+            for (name, f) in steps {
+                println!("\n===== cargo xtask bench {name} =====");
+                match f() {
+                    Ok(c) if c == ExitCode::SUCCESS => {}
+                    Ok(_) => failed.push(name.to_string()),
+                    Err(e) => {
+                        eprintln!("xtask: bench {name} failed: {e:#}");
+                        failed.push(name.to_string());
+                    }
+                }
+            }
+            if failed.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                bail!("bench all: {} failed", failed.join(", "))
+            }
+        }
+    }
+}
+
+fn connect(args: ConnectArgs) -> Result<ExitCode> {
     util::require_root("the benchmark")?;
     if args.sizes.is_empty() || args.rounds == 0 || args.iterations == 0 {
         bail!("--sizes, --rounds and --iterations must be non-empty/positive");

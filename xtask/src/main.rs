@@ -5,8 +5,14 @@
 //! - `test [-- ARGS]`    setup, build, then `cargo test` over the workspace (needs root)
 //! - `demo`              a self-contained demo in a private network namespace (needs root)
 //! - `bench connect`     connect() latency: no enforcement vs `enforcer run` vs nftables
+//! - `bench sync`        a registry of N hosts from YAML into the kernel maps, step by step
+//! - `bench dns`         DNS forwarder latency vs dnsmasq, and answer-to-map-insertion delay
+//! - `bench all`         the three benchmarks
 
 mod bench;
+mod bench_dns;
+mod bench_example;
+mod bench_sync;
 mod cleanup;
 mod demo;
 mod netns;

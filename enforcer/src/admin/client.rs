@@ -112,6 +112,27 @@ async fn request_inner(
     method: &str,
     path: &str,
 ) -> Result<AdminResponse, ClientError> {
+    let (resp, driver) = open(admin, method, path).await?;
+    let (parts, body) = resp.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map_err(|source| ClientError::Http { addr: admin, source })?
+        .to_bytes();
+    driver.abort();
+    Ok(AdminResponse {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+/// Send one request and return the response with its body still streaming.
+async fn open(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<(hyper::Response<hyper::body::Incoming>, tokio::task::JoinHandle<()>), ClientError> {
     let stream = TcpStream::connect(admin).await.map_err(|source| {
         if source.kind() == std::io::ErrorKind::ConnectionRefused {
             ClientError::NotRunning {
@@ -151,15 +172,42 @@ async fn request_inner(
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
         })?;
     let resp = sender.send_request(req).await.map_err(http)?;
-    let (parts, body) = resp.into_parts();
-    let body = body.collect().await.map_err(http)?.to_bytes();
-    drop(sender);
+    Ok((resp, driver))
+}
+
+/// GET `path` and call `line` for every line of the body as it arrives (no overall timeout: used
+/// to follow `/debug/events`). Returns when the agent closes the stream.
+pub async fn stream_lines(
+    admin: SocketAddr,
+    path: &str,
+    mut line: impl FnMut(&str),
+) -> Result<(), ClientError> {
+    let (resp, driver) = open(admin, "GET", path).await?;
+    if !resp.status().is_success() {
+        return Err(ClientError::Status {
+            addr: admin,
+            path: path.to_string(),
+            status: resp.status(),
+            body: String::new(),
+        });
+    }
+    let mut body = resp.into_body();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|source| ClientError::Http { addr: admin, source })?;
+        if let Ok(data) = frame.into_data() {
+            buf.extend_from_slice(&data);
+            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                let l: Vec<u8> = buf.drain(..=pos).collect();
+                line(String::from_utf8_lossy(&l[..l.len() - 1]).as_ref());
+            }
+        }
+    }
+    if !buf.is_empty() {
+        line(String::from_utf8_lossy(&buf).as_ref());
+    }
     driver.abort();
-    Ok(AdminResponse {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+    Ok(())
 }
 
 fn percent_encode(s: &str) -> String {

@@ -13,7 +13,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::{BodyExt as _, Full, StreamBody, combinators::BoxBody};
+use hyper::body::Frame;
 use hyper::body::{Bytes, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
@@ -22,6 +23,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt as _;
 
 use super::model::Registryz;
 
@@ -31,6 +33,11 @@ pub trait AdminSource: Send + Sync + 'static {
     /// OpenMetrics text for GET /metrics (may be empty for now).
     fn metrics(&self) -> String;
     fn ready(&self) -> bool;
+    /// Recent events as NDJSON lines (oldest first) and, for `?follow=1`, a receiver of new
+    /// ones. Default: none.
+    fn events(&self) -> (Vec<String>, Option<tokio::sync::broadcast::Receiver<String>>) {
+        (Vec::new(), None)
+    }
 }
 
 pub const OPENMETRICS_CONTENT_TYPE: &str =
@@ -49,6 +56,7 @@ enforcer admin endpoints:
   GET /metrics                         OpenMetrics
   GET /healthz                         liveness
   GET /readyz                          readiness
+  GET /debug/events[?follow=1]         denied/audited connections as NDJSON (follow: stream)
 ";
 
 /// Binds the admin listener. An address already in use gets an error naming it.
@@ -103,7 +111,12 @@ pub async fn serve(
         let source = Arc::clone(&source);
         let svc = service_fn(move |req: Request<Incoming>| {
             let source = Arc::clone(&source);
-            async move { Ok::<_, Infallible>(handle(source.as_ref(), &req)) }
+            async move {
+                if req.uri().path().trim_end_matches('/') == "/debug/events" && req.method() == Method::GET {
+                    return Ok::<_, Infallible>(events_response(source.as_ref(), &req));
+                }
+                Ok::<_, Infallible>(handle(source.as_ref(), &req).map(|b| b.map_err(|never| match never {}).boxed()))
+            }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), svc);
         let fut = graceful.watch(conn);
@@ -182,6 +195,47 @@ fn handle<B>(source: &dyn AdminSource, req: &Request<B>) -> Response<Full<Bytes>
             format!("404 page not found: {path}\n\n{ROUTES_HELP}"),
         ),
     }
+}
+
+type EventBody = BoxBody<Bytes, Infallible>;
+
+/// `/debug/events`: the recent events, then (with `follow=1`) new ones as they come, one JSON
+/// object per line, until the client goes away. A follower that falls behind is told how many
+/// events it missed.
+fn events_response<B>(source: &dyn AdminSource, req: &Request<B>) -> Response<EventBody> {
+    let follow = query_param(req.uri().query(), "follow").is_some_and(|v| v == "1" || v == "true");
+    let (recent, rx) = source.events();
+    let head: String = recent.into_iter().map(|l| l + "\n").collect();
+    let body: EventBody = match (follow, rx) {
+        (true, Some(rx)) => {
+            let first = futures_stream_once(head);
+            let rest = tokio_stream_from(rx);
+            StreamBody::new(first.chain(rest)).boxed()
+        }
+        _ => Full::new(Bytes::from(head)).map_err(|never| match never {}).boxed(),
+    };
+    let mut resp = Response::new(body);
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-ndjson"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn futures_stream_once(s: String) -> impl tokio_stream::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    tokio_stream::once(Ok(Frame::data(Bytes::from(s))))
+}
+
+fn tokio_stream_from(rx: tokio::sync::broadcast::Receiver<String>) -> impl tokio_stream::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+    use tokio_stream::StreamExt as _;
+    tokio_stream::wrappers::BroadcastStream::new(rx).map(|r| {
+        let line = match r {
+            Ok(l) => l,
+            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
+                format!("{{\"verdict\":\"dropped\",\"count\":{n},\"message\":\"{n} events dropped: this follower fell behind\"}}")
+            }
+        };
+        Ok(Frame::data(Bytes::from(line + "\n")))
+    })
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {

@@ -13,12 +13,16 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::{Key, LpmTrie}},
-    programs::{CgroupAttachMode, CgroupSockAddr, links::{FdLink, LinkError, PinnedLink}},
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType,
+        links::{FdLink, LinkError, PinnedLink},
+    },
 };
 use enforcer_common::{
-    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, DESTS_MAX_ENTRIES, DNS_ORIG_MAX_ENTRIES, DestKey,
-    FLOWS_MAX_ENTRIES, FlowKey, MAX_POLICIES, OrigDest, Settings, WORKLOADS_MAX_ENTRIES, map_names,
-    prog_names,
+    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey,
+    DESTS_MAX_ENTRIES, DNS_ORIG_MAX_ENTRIES, DestKey, FLOW_OWNER_MAX_ENTRIES, FLOWS_MAX_ENTRIES,
+    FlowKey, FlowOwnerKey, MAX_POLICIES, OrigDest, SOCKS_MAX_ENTRIES, Settings, SockInfo,
+    TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, map_names, prog_names,
 };
 pub use events::EventStream;
 
@@ -93,6 +97,10 @@ pub struct Dataplane {
     events: Option<RingBuf<MapData>>,
     event_drops: PerCpuArray<MapData, u64>,
     settings: Array<MapData, Settings>,
+    traffic: PerCpuHashMap<MapData, TrafficKey, TrafficValue>,
+    conns: PerCpuHashMap<MapData, ConnKey, ConnCounters>,
+    /// TC attachments made by this process (interface, direction), for explicit detach.
+    tc_links: Vec<(String, &'static str)>,
     pin_dir: Option<PathBuf>,
     allow_state: Layered<AllowEntry, AllowValue>,
     dests_state: Layered<DestEntry, AllowValue>,
@@ -100,7 +108,7 @@ pub struct Dataplane {
 }
 
 /// (name, key size, value size, max entries) the pinned maps must have to be reused.
-fn expected_maps() -> [(&'static str, u32, u32, u32); 9] {
+fn expected_maps() -> [(&'static str, u32, u32, u32); 13] {
     use core::mem::size_of;
     [
         (map_names::ALLOW, 4 + size_of::<AllowKey>() as u32, size_of::<AllowValue>() as u32, ALLOW_MAX_ENTRIES),
@@ -112,6 +120,10 @@ fn expected_maps() -> [(&'static str, u32, u32, u32); 9] {
         (map_names::EVENTS, 0, 0, enforcer_common::EVENTS_RING_BYTES),
         (map_names::SETTINGS, 4, size_of::<Settings>() as u32, 1),
         (map_names::DNS_ORIG, 8, size_of::<OrigDest>() as u32, DNS_ORIG_MAX_ENTRIES),
+        (map_names::TRAFFIC, size_of::<TrafficKey>() as u32, size_of::<TrafficValue>() as u32, TRAFFIC_MAX_ENTRIES),
+        (map_names::FLOW_OWNER, size_of::<FlowOwnerKey>() as u32, 8, FLOW_OWNER_MAX_ENTRIES),
+        (map_names::CONNS, size_of::<ConnKey>() as u32, size_of::<ConnCounters>() as u32, CONNS_MAX_ENTRIES),
+        (map_names::SOCKS, 8, size_of::<SockInfo>() as u32, SOCKS_MAX_ENTRIES),
     ]
 }
 
@@ -144,9 +156,28 @@ impl Dataplane {
         let events = RingBuf::try_from(take(map_names::EVENTS)?).map_err(map_err(map_names::EVENTS, "open"))?;
         let event_drops = PerCpuArray::try_from(take(map_names::EVENT_DROPS)?).map_err(map_err(map_names::EVENT_DROPS, "open"))?;
         let settings = Array::try_from(take(map_names::SETTINGS)?).map_err(map_err(map_names::SETTINGS, "open"))?;
+        let traffic = PerCpuHashMap::try_from(take(map_names::TRAFFIC)?).map_err(map_err(map_names::TRAFFIC, "open"))?;
+        let conns = PerCpuHashMap::try_from(take(map_names::CONNS)?).map_err(map_err(map_names::CONNS, "open"))?;
 
         for name in prog_names::ALL.into_iter().chain(prog_names::DNS_RESTORE) {
             let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Link { path: PathBuf::from(name), message: "program missing from object".into() })?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
+            prog.load().map_err(|source| DataplaneError::Program { name, action: "load (verifier)", source })?;
+        }
+        {
+            let name = prog_names::SOCK_OPS;
+            let prog: &mut SockOps = ebpf
+                .program_mut(name)
+                .ok_or(DataplaneError::Link { path: PathBuf::from(name), message: "program missing from object".into() })?
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
+            prog.load().map_err(|source| DataplaneError::Program { name, action: "load (verifier)", source })?;
+        }
+        for name in [prog_names::TC_EGRESS, prog_names::TC_INGRESS] {
+            let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or(DataplaneError::Link { path: PathBuf::from(name), message: "program missing from object".into() })?
                 .try_into()
@@ -167,6 +198,9 @@ impl Dataplane {
             events: Some(events),
             event_drops,
             settings,
+            traffic,
+            conns,
+            tc_links: Vec::new(),
             pin_dir: opts.pin_dir.clone(),
             allow_state: Layered::new(in_allow),
             dests_state: Layered::new(in_dests),
@@ -211,7 +245,103 @@ impl Dataplane {
             }
             out.push((name, AttachOutcome::Attached));
         }
+        out.push((prog_names::SOCK_OPS, self.attach_sock_ops(&cg)?));
         Ok(out)
+    }
+
+    fn attach_sock_ops(&mut self, cg: &fs::File) -> Result<AttachOutcome> {
+        let name = prog_names::SOCK_OPS;
+        let link_path = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
+        if let Some(p) = link_path.as_ref().filter(|p| p.exists()) {
+            PinnedLink::from_pin(p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+            return Ok(AttachOutcome::Adopted);
+        }
+        let prog: &mut SockOps = self
+            .ebpf
+            .program_mut(name)
+            .expect("loaded above")
+            .try_into()
+            .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
+        let link_id = prog.attach(cg, CgroupAttachMode::Single).map_err(|source| DataplaneError::Program { name, action: "attach", source })?;
+        if let Some(p) = link_path {
+            let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
+            let fd: FdLink = link.try_into().map_err(|e: LinkError| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+            fd.pin(&p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+        }
+        Ok(AttachOutcome::Attached)
+    }
+
+    /// Count traffic on `iface` (egress and ingress). With tcx (Linux >= 6.6) the links are pinned
+    /// when there is a pin dir (adopted on restart); with netlink clsact they are not pinnable and
+    /// are removed by `detach_tc` / when the process exits.
+    pub fn attach_tc(&mut self, iface: &str) -> Result<Vec<(&'static str, AttachOutcome)>> {
+        // Needed for the netlink path only; EEXIST (already there) is fine.
+        let _ = aya::programs::tc::qdisc_add_clsact(iface);
+        let mut out = Vec::new();
+        for (name, kind) in [(prog_names::TC_EGRESS, TcAttachType::Egress), (prog_names::TC_INGRESS, TcAttachType::Ingress)] {
+            let link_path = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}_{iface}")));
+            if let Some(p) = link_path.as_ref().filter(|p| p.exists()) {
+                PinnedLink::from_pin(p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+                out.push((name, AttachOutcome::Adopted));
+                continue;
+            }
+            let prog: &mut SchedClassifier = self
+                .ebpf
+                .program_mut(name)
+                .expect("loaded above")
+                .try_into()
+                .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
+            let link_id = prog
+                .attach(iface, kind)
+                .map_err(|source| DataplaneError::Program { name, action: "attach to interface", source })?;
+            if let Some(p) = link_path {
+                let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
+                match FdLink::try_from(link) {
+                    Ok(fd) => {
+                        fd.pin(&p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+                    }
+                    // A netlink filter: cannot be pinned; it stays until detached or the qdisc goes.
+                    Err(_) => tracing::warn!(iface, "TC counters attached with netlink (no tcx): they do not survive a daemon restart"),
+                }
+            }
+            self.tc_links.push((iface.to_string(), name));
+            out.push((name, AttachOutcome::Attached));
+        }
+        Ok(out)
+    }
+
+    /// TC packet/byte counters summed over CPUs.
+    pub fn traffic(&self) -> Vec<(TrafficKey, TrafficValue)> {
+        self.traffic
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, per_cpu)| {
+                let mut t = TrafficValue::default();
+                for v in per_cpu.iter() {
+                    t.packets += v.packets;
+                    t.bytes += v.bytes;
+                }
+                (k, t)
+            })
+            .collect()
+    }
+
+    /// TCP connection counters summed over CPUs.
+    pub fn conns(&self) -> Vec<(ConnKey, ConnCounters)> {
+        self.conns
+            .iter()
+            .filter_map(|r| r.ok())
+            .map(|(k, per_cpu)| {
+                let mut t = ConnCounters::default();
+                for v in per_cpu.iter() {
+                    t.opened += v.opened;
+                    t.closed += v.closed;
+                    t.payload_sent += v.payload_sent;
+                    t.payload_received += v.payload_received;
+                }
+                (k, t)
+            })
+            .collect()
     }
 
     pub fn set_mode(&mut self, policy_id: u32, mode: u32) -> Result<()> {
@@ -399,7 +529,12 @@ pub fn unpin_all(dir: &Path) -> Result<Vec<PathBuf>> {
     let names = map_names::ALL
         .iter()
         .map(|m| m.to_string())
-        .chain(prog_names::ALL.iter().chain(&prog_names::DNS_RESTORE).map(|p| format!("link_{p}")));
+        .chain(prog_names::ALL.iter().chain(&prog_names::DNS_RESTORE).chain(&[prog_names::SOCK_OPS]).map(|p| format!("link_{p}")));
+    // TC links are pinned per interface: link_tc_egress_<iface>.
+    let tc: Vec<String> = fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("link_tc_")).collect())
+        .unwrap_or_default();
+    let names = names.chain(tc);
     for name in names {
         let p = dir.join(name);
         if p.exists() {

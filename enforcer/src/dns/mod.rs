@@ -50,6 +50,8 @@ pub trait DnsPolicy: Send + Sync + 'static {
         addrs: &[IpAddr],
         ttl: Duration,
     ) -> Result<(), String>;
+    /// An unregistered name was answered with these addresses (nothing was allowed). Default: ignore.
+    fn observe(&self, _name: &str, _addrs: &[std::net::IpAddr]) {}
 }
 
 /// What an enforcing forwarder does with a name that is not in the registry.

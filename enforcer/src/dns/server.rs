@@ -408,6 +408,22 @@ impl Inner {
         Some(match self.forward(bytes, &query, transport).await {
             Ok((resp, _)) => {
                 Stats::inc(&self.stats.answered);
+                // Tell the policy which addresses this unregistered name had (nothing is allowed;
+                // `enforcer suggest` uses it to name the destinations it drafts entries for).
+                if let Ok(m) = Message::from_vec(&resp) {
+                    let addrs: Vec<std::net::IpAddr> = m
+                        .answers()
+                        .iter()
+                        .filter_map(|r| match r.data() {
+                            hickory_proto::rr::RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                            hickory_proto::rr::RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+                            _ => None,
+                        })
+                        .collect();
+                    if !addrs.is_empty() {
+                        self.policy.observe(&qname, &addrs);
+                    }
+                }
                 resp
             }
             Err(()) => self.servfail(&query),

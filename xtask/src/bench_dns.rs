@@ -1,0 +1,43 @@
+//! `cargo xtask bench dns`: the DNS forwarder against a real dnsmasq upstream: sequential latency
+//! direct vs through the forwarder, then an open-loop load, with the delay of each learned
+//! answer's insertion into the real kernel map. The measuring program is
+//! `enforcer/examples/bench_dns.rs`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+
+use crate::bench_example;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Sequential queries per path (direct to dnsmasq, and through the forwarder).
+    #[arg(long, default_value_t = 20_000)]
+    pub queries: usize,
+    /// Offered rate of the open-loop phase, queries per second.
+    #[arg(long, default_value_t = 10_000)]
+    pub rate: u64,
+    /// Length of the open-loop phase, seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub duration: f64,
+    /// Paced UDP sender tasks in the open-loop phase.
+    #[arg(long, default_value_t = 4)]
+    pub senders: usize,
+}
+
+pub fn main(a: Args) -> Result<ExitCode> {
+    bench_example::run(
+        "bench_dns",
+        &[
+            "--queries".into(),
+            a.queries.to_string(),
+            "--rate".into(),
+            a.rate.to_string(),
+            "--duration".into(),
+            a.duration.to_string(),
+            "--senders".into(),
+            a.senders.to_string(),
+        ],
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
