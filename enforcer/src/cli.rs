@@ -103,6 +103,10 @@ pub struct PolicyArgs {
     /// and ingress; repeatable). Counting only: traffic is never changed.
     #[arg(long = "interface", short = 'i', value_name = "IFACE")]
     pub interfaces: Vec<String>,
+    /// Do not attach the TCP connection accounting (sock_ops): no istio_tcp_connections_* for
+    /// allowed connections (for measuring its cost).
+    #[arg(long)]
+    pub no_conn_accounting: bool,
     /// How denied/audited connections are printed on stderr: human lines or JSON objects.
     #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
     pub event_format: ReportFormat,

@@ -71,7 +71,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         .dp
         .lock()
         .expect("dataplane lock")
-        .attach(&cg, steering)
+        .attach(&cg, steering, !args.policy.no_conn_accounting)
         .with_context(|| format!("attaching to {}", cg.display()))?;
     let adopted = attached.iter().filter(|(_, o)| *o == AttachOutcome::Adopted).count();
     for iface in &args.policy.interfaces {

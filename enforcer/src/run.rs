@@ -62,7 +62,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .dp
         .lock()
         .expect("dataplane lock")
-        .attach(child.path(), steering)
+        .attach(child.path(), steering, !args.policy.no_conn_accounting)
         .with_context(|| format!("attaching to {}", child.path().display()))?;
     for iface in &args.policy.interfaces {
         agent.dp.lock().expect("dataplane lock").attach_tc(iface).with_context(|| format!("attaching the traffic counters to {iface}"))?;

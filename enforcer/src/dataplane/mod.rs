@@ -211,8 +211,9 @@ impl Dataplane {
 
     /// Attach every hook to `cgroup` with bpf_link (programs of parent cgroups keep running and all
     /// must allow). With a pin dir, links are pinned; an existing pinned link is adopted.
-    /// With `dns_restore`, the recvmsg/getpeername hooks are attached too (DNS steering).
-    pub fn attach(&mut self, cgroup: &Path, dns_restore: bool) -> Result<Vec<(&'static str, AttachOutcome)>> {
+    /// With `dns_restore`, the recvmsg/getpeername hooks are attached too (DNS steering); with
+    /// `accounting`, the sock_ops connection accounting.
+    pub fn attach(&mut self, cgroup: &Path, dns_restore: bool, accounting: bool) -> Result<Vec<(&'static str, AttachOutcome)>> {
         let cg = fs::File::open(cgroup).map_err(|source| DataplaneError::Io { what: "opening cgroup", path: cgroup.to_owned(), source })?;
         let mut out = Vec::new();
         let extra: &[&'static str] = if dns_restore { &prog_names::DNS_RESTORE } else { &[] };
@@ -245,7 +246,9 @@ impl Dataplane {
             }
             out.push((name, AttachOutcome::Attached));
         }
-        out.push((prog_names::SOCK_OPS, self.attach_sock_ops(&cg)?));
+        if accounting {
+            out.push((prog_names::SOCK_OPS, self.attach_sock_ops(&cg)?));
+        }
         Ok(out)
     }
 
