@@ -7,10 +7,11 @@
 //! ("sync into the maps"), a reload with 1% of the hosts moved to new addresses (parse + compile
 //! + incremental apply), and a no-op apply. Baseline, measured in the same run: the same keys
 //! written with raw `bpf(BPF_MAP_UPDATE_ELEM)` syscalls into fresh LPM tries of the same shape.
+//! BPF load, full apply and baseline are repeated `--rounds` times (alternating order; medians).
 //!
 //! Needs root (loads BPF programs and creates maps). A benchmark, never a test.
 //!
-//! Usage: bench_sync [--hosts N] [--shape static|addresses|both]
+//! Usage: bench_sync [--hosts N] [--rounds R] [--shape static|addresses|both]
 
 use std::{
     collections::BTreeMap,
@@ -48,11 +49,12 @@ impl Shape {
 
 struct Args {
     hosts: usize,
+    rounds: usize,
     shapes: Vec<Shape>,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut a = Args { hosts: 100_000, shapes: vec![Shape::Static, Shape::Addresses] };
+    let mut a = Args { hosts: 100_000, rounds: 3, shapes: vec![Shape::Static, Shape::Addresses] };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let (k, v) = match arg.split_once('=') {
@@ -62,6 +64,7 @@ fn parse_args() -> Result<Args> {
         let mut val = || v.clone().or_else(|| it.next()).with_context(|| format!("{k} needs a value"));
         match k.as_str() {
             "--hosts" => a.hosts = val()?.parse().context("--hosts")?,
+            "--rounds" => a.rounds = val()?.parse().context("--rounds")?,
             "--shape" => {
                 a.shapes = match val()?.as_str() {
                     "static" => vec![Shape::Static],
@@ -71,14 +74,14 @@ fn parse_args() -> Result<Args> {
                 }
             }
             "-h" | "--help" => {
-                println!("bench_sync [--hosts N] [--shape static|addresses|both]");
+                println!("bench_sync [--hosts N] [--rounds R] [--shape static|addresses|both]");
                 std::process::exit(0);
             }
             _ => bail!("unknown argument {arg:?}"),
         }
     }
-    if a.hosts == 0 {
-        bail!("--hosts must be positive");
+    if a.hosts == 0 || a.rounds == 0 {
+        bail!("--hosts and --rounds must be positive");
     }
     // One ALLOW and one DESTS entry per host.
     if a.hosts > ALLOW_MAX_ENTRIES as usize {
@@ -139,6 +142,12 @@ fn parse(path: &Path) -> Result<LoadedConfig> {
 
 fn compile(cfg: &LoadedConfig) -> Desired {
     load::compile(cfg, &BTreeMap::new())
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2 }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -275,7 +284,7 @@ struct Result1 {
     noop_changes: usize,
 }
 
-fn run_shape(dir: &Path, shape: Shape, n: usize) -> Result<Result1> {
+fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result1> {
     println!("\n[{}] {n} ServiceEntries ({}) x 1 TCP port", if shape == Shape::Static { "static" } else { "addresses" }, shape.label());
     let file = write_registry(dir, shape, n, false)?;
     let moved_file = write_registry(dir, shape, n, true)?;
@@ -294,52 +303,78 @@ fn run_shape(dir: &Path, shape: Shape, n: usize) -> Result<Result1> {
     let compile_t = t.elapsed();
     println!("  compile        {:>9.1} ms ({} ALLOW + {} DESTS entries)", ms(compile_t), desired.allow.len(), desired.dests.len());
 
-    let t = Instant::now();
-    let (mut dp, notes) = Dataplane::load(&LoadOptions::default()).context("Dataplane::load (root needed)")?;
-    let load_t = t.elapsed();
-    for n in notes {
-        println!("  note: {n}");
+    // Rounds: a fresh Dataplane (BPF load) and a full apply, then the raw bpf() baseline into
+    // fresh tries, in alternating order; medians are reported. The first round also measures
+    // read-back, the 1% reload and the no-op apply.
+    let (mut loads, mut fulls, mut raws) = (vec![], vec![], vec![]);
+    let mut full_upserts = 0;
+    let mut first: Option<(Duration, bool, Duration, Duration, Duration, usize, usize, Duration, usize)> = None;
+    for round in 0..rounds {
+        if round % 2 == 1 {
+            raws.push(raw_baseline(&desired)?);
+        }
+        let t = Instant::now();
+        let (mut dp, notes) = Dataplane::load(&LoadOptions::default()).context("Dataplane::load (root needed)")?;
+        loads.push(t.elapsed());
+        for n in notes {
+            println!("  note: {n}");
+        }
+        let t = Instant::now();
+        let s = dp.apply(&desired).context("full apply")?;
+        fulls.push(t.elapsed());
+        full_upserts = s.upserts;
+        if s.removals != 0 || s.upserts != desired.allow.len() + desired.dests.len() {
+            println!("  note: full apply did {} upserts and {} removals", s.upserts, s.removals);
+        }
+        if first.is_none() {
+            let t = Instant::now();
+            let back = dp.read_allow().context("reading ALLOW back")?;
+            let readback = t.elapsed();
+            let readback_ok = back == desired.allow;
+            drop(back);
+
+            let t = Instant::now();
+            let cfg2 = parse(&moved_file)?;
+            let re_parse = t.elapsed();
+            let t = Instant::now();
+            let desired2 = compile(&cfg2);
+            let re_compile = t.elapsed();
+            let t = Instant::now();
+            let s2 = dp.apply(&desired2).context("incremental apply")?;
+            let incr_t = t.elapsed();
+
+            let t = Instant::now();
+            let s3 = dp.apply(&desired2).context("no-op apply")?;
+            let noop_t = t.elapsed();
+            first = Some((readback, readback_ok, re_parse, re_compile, incr_t, s2.upserts, s2.removals, noop_t, s3.upserts + s3.removals));
+        }
+        drop(dp);
+        if round % 2 == 0 {
+            raws.push(raw_baseline(&desired)?);
+        }
+        println!(
+            "  round {}: BPF load {:.1} ms, full apply {:.1} ms, raw bpf() {:.1} ms",
+            round + 1,
+            ms(*loads.last().unwrap()),
+            ms(*fulls.last().unwrap()),
+            ms(*raws.last().unwrap())
+        );
     }
-    println!("  BPF load       {:>9.1} ms", ms(load_t));
-
-    let t = Instant::now();
-    let s = dp.apply(&desired).context("full apply")?;
-    let full_t = t.elapsed();
-    println!("  full apply     {:>9.1} ms ({} upserts, {} removals)", ms(full_t), s.upserts, s.removals);
-
-    let t = Instant::now();
-    let back = dp.read_allow().context("reading ALLOW back")?;
-    let readback = t.elapsed();
-    let readback_ok = back == desired.allow;
-    println!("  read ALLOW back {:>8.1} ms ({} entries, {})", ms(readback), back.len(), if readback_ok { "matches" } else { "MISMATCH" });
-    drop(back);
-
-    let t = Instant::now();
-    let cfg2 = parse(&moved_file)?;
-    let re_parse = t.elapsed();
-    let t = Instant::now();
-    let desired2 = compile(&cfg2);
-    let re_compile = t.elapsed();
-    let t = Instant::now();
-    let s2 = dp.apply(&desired2).context("incremental apply")?;
-    let incr_t = t.elapsed();
+    let (readback, readback_ok, re_parse, re_compile, incr_t, incr_upserts, incr_removals, noop_t, noop_changes) = first.expect("rounds >= 1");
+    let (load_t, full_t, raw) = (median(loads), median(fulls), median(raws));
+    println!("  BPF load       {:>9.1} ms (median)", ms(load_t));
+    println!("  full apply     {:>9.1} ms (median; {} upserts)", ms(full_t), full_upserts);
+    println!("  raw bpf(MAP_UPDATE_ELEM) of the same {} keys: {:.1} ms (median)", desired.allow.len() + desired.dests.len(), ms(raw));
+    println!("  read ALLOW back {:>8.1} ms ({})", ms(readback), if readback_ok { "matches" } else { "MISMATCH" });
     println!(
         "  1% moved: parse {:.1} ms, compile {:.1} ms, apply {:.1} ms ({} upserts, {} removals)",
         ms(re_parse),
         ms(re_compile),
         ms(incr_t),
-        s2.upserts,
-        s2.removals
+        incr_upserts,
+        incr_removals
     );
-
-    let t = Instant::now();
-    let s3 = dp.apply(&desired2).context("no-op apply")?;
-    let noop_t = t.elapsed();
-    println!("  no-op apply    {:>9.1} ms ({} changes)", ms(noop_t), s3.upserts + s3.removals);
-    drop(dp);
-
-    let raw = raw_baseline(&desired)?;
-    println!("  raw bpf(MAP_UPDATE_ELEM) of the same {} keys: {:.1} ms", desired.allow.len() + desired.dests.len(), ms(raw));
+    println!("  no-op apply    {:>9.1} ms ({} changes)", ms(noop_t), noop_changes);
 
     Ok(Result1 {
         shape,
@@ -351,17 +386,17 @@ fn run_shape(dir: &Path, shape: Shape, n: usize) -> Result<Result1> {
         compile: compile_t,
         bpf_load: load_t,
         full: full_t,
-        full_upserts: s.upserts,
+        full_upserts,
         raw,
         readback,
         readback_ok,
         re_parse,
         re_compile,
         incr: incr_t,
-        incr_upserts: s2.upserts,
-        incr_removals: s2.removals,
+        incr_upserts,
+        incr_removals,
         noop: noop_t,
-        noop_changes: s3.upserts + s3.removals,
+        noop_changes,
     })
 }
 
@@ -384,15 +419,15 @@ fn main() -> Result<()> {
     println!("bench sync: registry of {} hosts -> kernel maps (release build, kernel {})", args.hosts, kernel());
     let mut results = Vec::new();
     for &shape in &args.shapes {
-        results.push(run_shape(&dir, shape, args.hosts)?);
+        results.push(run_shape(&dir, shape, args.hosts, args.rounds)?);
     }
 
     println!("\nms per step ({} hosts, 1 TCP port each; 1 ALLOW + 1 DESTS entry per host):", args.hosts);
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "{:<20} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}",
-        "shape", "parse", "compile", "bpf load", "full apply", "raw bpf()", "apply/raw", "1% apply", "incr/full", "no-op"
+        "{:<20} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}   (load, full apply, raw: median of {} rounds)",
+        "shape", "parse", "compile", "bpf load", "full apply", "raw bpf()", "apply/raw", "1% apply", "incr/full", "no-op", args.rounds
     );
     for r in &results {
         let _ = writeln!(

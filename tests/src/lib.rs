@@ -1538,7 +1538,7 @@ pub fn parse_worker(out: &Outcome, n: usize) -> Vec<Value> {
     v
 }
 
-/// A long-running workload: `enforcer run --admin 127.0.0.1:0 POLICY... -- python3 -c
+/// A long-running workload: `enforcer run --log info --admin 127.0.0.1:0 POLICY... -- python3 -c
 /// WORKER_PY`, driven over stdin/stdout, so one confined process can resolve, connect and query
 /// on demand while the test watches the agent (registryz, metrics) and changes DNS records.
 /// Drop closes stdin (the worker exits, then enforcer), SIGTERM/SIGKILL after a deadline.
@@ -1560,8 +1560,9 @@ impl Workload {
         let log_path = dir.join("enforcer.log");
         let log = fs::File::create(&log_path).unwrap();
         let mut c = Command::new(enforcer_bin());
+        // `--log info`: the admin listener's address is logged at info (`run` defaults to warn).
         c.arg("run")
-            .args(["--admin", "127.0.0.1:0"])
+            .args(["--log", "info", "--admin", "127.0.0.1:0"])
             .args(policy)
             .arg("--")
             .arg(python())

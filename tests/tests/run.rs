@@ -182,7 +182,7 @@ fn audit_lets_through_but_reports_audit() {
     let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(rep["mode"], "AUDIT");
     let rows = report_rows(&rep);
-    assert_eq!(rows.get(&("audited".into(), format!("{other}:8080"), "tcp".into())), Some(&("BlackHoleCluster".into(), 1)), "{rep}");
+    assert_eq!(rows.get(&("audited".into(), format!("{other}:8080"), "tcp".into())), Some(&("PassthroughCluster".into(), 1)), "{rep}");
     assert_eq!(rows.get(&("allowed".into(), format!("{}:8080", ns.v4(2)), "tcp".into())), Some(&("default/api".into(), 1)), "{rep}");
     assert!(rep["denied"].as_array().unwrap().is_empty(), "{rep}");
 }

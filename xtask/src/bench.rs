@@ -31,10 +31,10 @@ pub enum BenchCmd {
     Connect(ConnectArgs),
     /// A registry of N hosts from YAML into the kernel maps: parse, compile, load, full /
     /// incremental / no-op apply, against raw bpf() inserts (root).
-    Sync(crate::bench_sync::Args),
+    Sync(crate::bench_sync::SyncArgs),
     /// DNS forwarder vs a real dnsmasq: latency direct vs forwarded, open-loop load, and the
     /// delay of learning answers into the kernel map (root).
-    Dns(crate::bench_dns::Args),
+    Dns(crate::bench_dns::DnsArgs),
     /// connect, sync and dns, one after the other (each with its own options).
     All(AllArgs),
 }
@@ -44,9 +44,9 @@ pub struct AllArgs {
     #[command(flatten)]
     connect: ConnectArgs,
     #[command(flatten)]
-    sync: crate::bench_sync::Args,
+    sync: crate::bench_sync::SyncArgs,
     #[command(flatten)]
-    dns: crate::bench_dns::Args,
+    dns: crate::bench_dns::DnsArgs,
 }
 
 #[derive(clap::Args)]

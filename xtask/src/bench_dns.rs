@@ -10,7 +10,7 @@ use anyhow::Result;
 use crate::bench_example;
 
 #[derive(clap::Args, Clone)]
-pub struct Args {
+pub struct DnsArgs {
     /// Sequential queries per path (direct to dnsmasq, and through the forwarder).
     #[arg(long, default_value_t = 20_000)]
     pub queries: usize,
@@ -25,7 +25,7 @@ pub struct Args {
     pub senders: usize,
 }
 
-pub fn main(a: Args) -> Result<ExitCode> {
+pub fn main(a: DnsArgs) -> Result<ExitCode> {
     bench_example::run(
         "bench_dns",
         &[
