@@ -27,9 +27,11 @@ pub mod map_names {
     pub const FLOW_OWNER: &str = "FLOW_OWNER";
     pub const CONNS: &str = "CONNS";
     pub const SOCKS: &str = "SOCKS";
-    pub const ALL: [&str; 13] = [
+    pub const PROXY_ORIG: &str = "PROXY_ORIG";
+    pub const PROXY_PEERS: &str = "PROXY_PEERS";
+    pub const ALL: [&str; 15] = [
         ALLOW, DESTS, MODES, WORKLOADS, EVENTS, EVENT_DROPS, FLOWS, SETTINGS, DNS_ORIG, TRAFFIC,
-        FLOW_OWNER, CONNS, SOCKS,
+        FLOW_OWNER, CONNS, SOCKS, PROXY_ORIG, PROXY_PEERS,
     ];
 }
 
@@ -112,11 +114,17 @@ mod layout_tests {
     #[test]
     fn settings_and_orig_have_no_padding() {
         assert_eq!(size_of::<Settings>(), 32);
-        assert_eq!(offset_of!(Settings, dns_v6), 0);
-        assert_eq!(offset_of!(Settings, dns_v4), 16);
+        assert_eq!(offset_of!(Settings, local_v6), 0);
+        assert_eq!(offset_of!(Settings, local_v4), 16);
         assert_eq!(offset_of!(Settings, dns_port), 20);
         assert_eq!(offset_of!(Settings, flags), 22);
         assert_eq!(offset_of!(Settings, agent_mark), 24);
+        assert_eq!(offset_of!(Settings, proxy_port), 28);
+        assert_eq!(size_of::<ProxyDest>(), 32);
+        assert_eq!(offset_of!(ProxyDest, cgroup_id), 24);
+        assert_eq!(offset_of!(ProxyDest, port), 16);
+        assert_eq!(offset_of!(ProxyDest, family), 18);
+        assert_eq!(offset_of!(ProxyDest, service_id), 20);
         assert_eq!(size_of::<OrigDest>(), 24);
         assert_eq!(offset_of!(OrigDest, port), 16);
         assert_eq!(offset_of!(OrigDest, family), 18);

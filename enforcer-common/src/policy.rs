@@ -44,6 +44,11 @@ pub const FLOW_OWNER_MAX_ENTRIES: u32 = 262_144;
 pub const DIR_EGRESS: u8 = 0;
 pub const DIR_INGRESS: u8 = 1;
 
+/// `Settings::flags`: steer connections whose ALLOW entry has `ALLOW_F_PROXY` to the L7 proxy.
+pub const SETTINGS_F_PROXY: u16 = 1 << 1;
+/// Capacity of `PROXY_ORIG` and `PROXY_PEERS` (LRU hashes).
+pub const PROXY_MAX_ENTRIES: u32 = 65_536;
+
 /// `Settings::flags`: steer port-53 traffic (UDP sendmsg/connect, TCP connect) to the forwarder.
 pub const SETTINGS_F_DNS_STEER: u16 = 1 << 0;
 
@@ -174,17 +179,36 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct Settings {
-    /// The DNS forwarder's IPv6 listen address (network byte order), e.g. ::1.
-    pub dns_v6: [u8; 16],
-    /// The DNS forwarder's IPv4 listen address (network byte order), e.g. 127.0.0.1.
-    pub dns_v4: [u8; 4],
+    /// The agent's IPv6 listen address (network byte order) for the DNS forwarder, e.g. ::1.
+    pub local_v6: [u8; 16],
+    /// The agent's IPv4 listen address (network byte order) for the DNS forwarder and the L7
+    /// proxy, e.g. 127.0.0.1.
+    pub local_v4: [u8; 4],
     /// The forwarder's port (host byte order), the same on both addresses.
     pub dns_port: u16,
     /// `SETTINGS_F_*`.
     pub flags: u16,
-    /// Sockets carrying this `SO_MARK` (the forwarder's upstream queries) are never steered.
+    /// Sockets carrying this `SO_MARK` (the agent's own upstream sockets) are never steered.
     pub agent_mark: u32,
-    pub _pad: u32,
+    /// The L7 proxy's port on `local_v4` (host byte order); 0: no proxy.
+    pub proxy_port: u16,
+    pub _pad: u16,
+}
+
+/// Value of `PROXY_ORIG` (key: socket cookie) and `PROXY_PEERS` (key: the client's local
+/// address as `OrigDest`): where a connection steered to the L7 proxy meant to go.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ProxyDest {
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    /// The registry service the destination belongs to.
+    pub service_id: u32,
+    /// cgroup of the connecting process (the proxy's `source_workload`).
+    pub cgroup_id: u64,
 }
 
 /// Value of `DNS_ORIG` (key: socket cookie): where a steered socket meant to send its DNS query, so
@@ -279,6 +303,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockInfo {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::OrigDest {}
+    unsafe impl aya::Pod for super::ProxyDest {}
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: plain #[repr(C)] data with no padding (see the layout tests) and no invalid bit patterns.
     unsafe impl aya::Pod for super::AllowKey {}

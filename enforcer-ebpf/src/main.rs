@@ -55,12 +55,18 @@ pub fn recvmsg6(ctx: SockAddrContext) -> i32 {
 /// getpeername() on IPv4 sockets connected to the steered resolver.
 #[cgroup_sock_addr(getpeername4)]
 pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    if sock_addr::restore_proxy(&ctx, false) {
+        return 1;
+    }
     sock_addr::restore_dns(&ctx, false)
 }
 
 /// getpeername() on IPv6 sockets connected to the steered resolver.
 #[cgroup_sock_addr(getpeername6)]
 pub fn getpeername6(ctx: SockAddrContext) -> i32 {
+    if sock_addr::restore_proxy(&ctx, true) {
+        return 1;
+    }
     sock_addr::restore_dns(&ctx, true)
 }
 

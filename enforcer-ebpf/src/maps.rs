@@ -9,7 +9,7 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     ALLOW_MAX_ENTRIES, AllowKey, AllowValue, DESTS_MAX_ENTRIES, DestKey, DestValue,
-    CONNS_MAX_ENTRIES, ConnCounters, ConnKey, DNS_ORIG_MAX_ENTRIES, EVENTS_RING_BYTES, FLOW_OWNER_MAX_ENTRIES, FlowOwnerKey, SOCKS_MAX_ENTRIES, SockInfo, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, FLOWS_MAX_ENTRIES, OrigDest, Settings, FlowKey, MAX_POLICIES, WORKLOADS_MAX_ENTRIES, WorkloadValue,
+    CONNS_MAX_ENTRIES, ConnCounters, ConnKey, DNS_ORIG_MAX_ENTRIES, EVENTS_RING_BYTES, FLOW_OWNER_MAX_ENTRIES, FlowOwnerKey, SOCKS_MAX_ENTRIES, SockInfo, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, FLOWS_MAX_ENTRIES, OrigDest, PROXY_MAX_ENTRIES, ProxyDest, Settings, FlowKey, MAX_POLICIES, WORKLOADS_MAX_ENTRIES, WorkloadValue,
 };
 
 /// Allowed destinations: (policy, port, protocol, family, address/CIDR) -> service.
@@ -76,3 +76,13 @@ pub static CONNS: LruPerCpuHashMap<ConnKey, ConnCounters> =
 /// `SOCKS_MAX_ENTRIES` (262,144).
 #[map]
 pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);
+
+/// Socket cookie -> where a connection steered to the L7 proxy meant to go (for getpeername and
+/// for sock_ops to file it under the client's address). LRU hash, `PROXY_MAX_ENTRIES` (65,536).
+#[map]
+pub static PROXY_ORIG: LruHashMap<u64, ProxyDest> = LruHashMap::with_max_entries(PROXY_MAX_ENTRIES, 0);
+
+/// The proxied client's local address (as `OrigDest`: addr, port, family) -> original destination;
+/// read by the proxy on accept. LRU hash, `PROXY_MAX_ENTRIES`.
+#[map]
+pub static PROXY_PEERS: LruHashMap<OrigDest, ProxyDest> = LruHashMap::with_max_entries(PROXY_MAX_ENTRIES, 0);

@@ -12,12 +12,12 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use enforcer_common::{
     ANY_PORT, AllowKey, AllowValue, DEFAULT_POLICY, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey,
-    HOOK_CONNECT4, HOOK_CONNECT6, MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, OrigDest, PROTO_TCP, PROTO_UDP, REASON_NOT_IN_REGISTRY,
-    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SERVICE_NONE, SETTINGS_F_DNS_STEER, SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT,
+    ALLOW_F_PROXY, HOOK_CONNECT4, HOOK_CONNECT6, MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, OrigDest, PROTO_TCP, PROTO_UDP, REASON_NOT_IN_REGISTRY,
+    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SERVICE_NONE, SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, ProxyDest, SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT,
     VERDICT_DENIED, v4_from_mapped,
 };
 
-use crate::maps::{ALLOW, DESTS, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, SETTINGS, SOCKS, WORKLOADS};
+use crate::maps::{ALLOW, DESTS, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, PROXY_ORIG, SETTINGS, SOCKS, WORKLOADS};
 
 /// Return values of cgroup sock_addr programs: 1 lets the call proceed, 0 fails it with EPERM.
 pub const ALLOW_CALL: i32 = 1;
@@ -86,12 +86,15 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     };
     // The lookup runs in every mode so ALLOW_ANY still attributes traffic to registry services.
     let allowed = match lookup(policy_id, &dest, dest.port, dest.proto) {
-        Some(v) => Some(v.service_id),
-        None => lookup(policy_id, &dest, ANY_PORT, dest.proto).map(|v| v.service_id),
+        Some(v) => Some((v.service_id, v.flags)),
+        None => lookup(policy_id, &dest, ANY_PORT, dest.proto).map(|v| (v.service_id, v.flags)),
     };
-    if let Some(service_id) = allowed {
+    if let Some((service_id, flags)) = allowed {
         count_flow(hook, cgroup_id, policy_id, service_id, VERDICT_ALLOWED, &dest);
         remember_socket(ctx, hook, cgroup_id, service_id, &dest);
+        if flags & ALLOW_F_PROXY != 0 && dest.proto == PROTO_TCP && (hook == HOOK_CONNECT4 || hook == HOOK_CONNECT6) {
+            steer_proxy(ctx, &dest, v6, service_id, cgroup_id);
+        }
         return ALLOW_CALL;
     }
     if mode == MODE_ALLOW_ANY {
@@ -174,12 +177,12 @@ fn steer_dns(ctx: &SockAddrContext, dest: &Dest, v6: bool) -> bool {
     // SAFETY: connect/sendmsg programs may write the user address and port.
     unsafe {
         if !v6 {
-            (*sa).user_ip4 = u32::from_ne_bytes(s.dns_v4);
+            (*sa).user_ip4 = u32::from_ne_bytes(s.local_v4);
         } else if dest.family == FAMILY_V4 {
             // An IPv4-mapped destination on an IPv6 socket: ::ffff:<forwarder v4>.
-            (*sa).user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(s.dns_v4)];
+            (*sa).user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(s.local_v4)];
         } else {
-            let a = s.dns_v6;
+            let a = s.local_v6;
             (*sa).user_ip6 = [
                 u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
                 u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
@@ -188,6 +191,69 @@ fn steer_dns(ctx: &SockAddrContext, dest: &Dest, v6: bool) -> bool {
             ];
         }
         (*sa).user_port = u32::from(s.dns_port.to_be());
+    }
+    true
+}
+
+/// Rewrite a TCP connect to the L7 proxy (127.0.0.1:proxy_port) and remember the original by
+/// socket cookie. No-op when the proxy is off or the socket is the agent's own (marked).
+#[inline(always)]
+fn steer_proxy(ctx: &SockAddrContext, dest: &Dest, v6: bool, service_id: u32, cgroup_id: u64) {
+    let Some(s) = SETTINGS.get(0) else { return };
+    if s.flags & SETTINGS_F_PROXY == 0 || s.proxy_port == 0 {
+        return;
+    }
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel hands sock_addr programs a valid context whose `sk` is a full socket.
+    let sk = unsafe { (*sa).__bindgen_anon_1.sk };
+    if !sk.is_null() && s.agent_mark != 0 && unsafe { (*sk).mark } == s.agent_mark {
+        return;
+    }
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let orig = ProxyDest { addr: dest.addr, port: dest.port, family: dest.family, _pad: 0, service_id, cgroup_id };
+    if PROXY_ORIG.insert(&cookie, &orig, 0).is_err() {
+        return;
+    }
+    // SAFETY: connect programs may write the user address and port.
+    unsafe {
+        if v6 {
+            // ::ffff:127.0.0.1 — the proxy listens on IPv4 only.
+            (*sa).user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(s.local_v4)];
+        } else {
+            (*sa).user_ip4 = u32::from_ne_bytes(s.local_v4);
+        }
+        (*sa).user_port = u32::from(s.proxy_port.to_be());
+    }
+}
+
+/// getpeername on a socket steered to the proxy: the original destination. Returns true if it
+/// rewrote.
+#[inline(always)]
+pub fn restore_proxy(ctx: &SockAddrContext, v6: bool) -> bool {
+    // SAFETY: helper valid for sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some(orig) = (unsafe { PROXY_ORIG.get(&cookie) }) else { return false };
+    let (family, addr, port) = (orig.family, orig.addr, orig.port);
+    let sa = ctx.sock_addr;
+    // SAFETY: getpeername programs may write the user address and port.
+    unsafe {
+        if !v6 {
+            if family != FAMILY_V4 {
+                return false;
+            }
+            (*sa).user_ip4 = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
+        } else if family == FAMILY_V4 {
+            (*sa).user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])];
+        } else {
+            (*sa).user_ip6 = [
+                u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+                u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
+                u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
+                u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+            ];
+        }
+        (*sa).user_port = u32::from(port.to_be());
     }
     true
 }
@@ -206,7 +272,7 @@ pub fn restore_dns(ctx: &SockAddrContext, v6: bool) -> i32 {
         let port = u16::from_be((*sa).user_port as u16);
         let fwd = if v6 {
             let w = (*sa).user_ip6;
-            let a = s.dns_v6;
+            let a = s.local_v6;
             let native = w[0] == u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
                 && w[1] == u32::from_ne_bytes([a[4], a[5], a[6], a[7]])
                 && w[2] == u32::from_ne_bytes([a[8], a[9], a[10], a[11]])
@@ -214,10 +280,10 @@ pub fn restore_dns(ctx: &SockAddrContext, v6: bool) -> i32 {
             let mapped = w[0] == 0
                 && w[1] == 0
                 && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
-                && w[3] == u32::from_ne_bytes(s.dns_v4);
+                && w[3] == u32::from_ne_bytes(s.local_v4);
             native || mapped
         } else {
-            (*sa).user_ip4 == u32::from_ne_bytes(s.dns_v4)
+            (*sa).user_ip4 == u32::from_ne_bytes(s.local_v4)
         };
         (port, fwd)
     };

@@ -4,13 +4,18 @@
 
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG},
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB,
+    },
     helpers::generated::bpf_get_socket_cookie,
     programs::SockOpsContext,
 };
-use enforcer_common::{ConnCounters, ConnKey};
+use enforcer_common::{ConnCounters, ConnKey, FAMILY_V4, FAMILY_V6, OrigDest, v4_from_mapped};
 
-use crate::maps::{CONNS, SOCKS};
+use crate::maps::{CONNS, PROXY_ORIG, PROXY_PEERS, SOCKS};
+
+const AF_INET6: u32 = 10;
 
 /// `TCP_CLOSE` in the kernel's TCP state machine.
 const TCP_CLOSE: u32 = 7;
@@ -18,6 +23,10 @@ const TCP_CLOSE: u32 = 7;
 #[inline(always)]
 pub fn handle(ctx: &SockOpsContext) -> u32 {
     let op = ctx.op();
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        file_proxy_peer(ctx);
+        return 1;
+    }
     if op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_STATE_CB {
         return 1;
     }
@@ -43,6 +52,36 @@ pub fn handle(ctx: &SockOpsContext) -> u32 {
         let _ = SOCKS.remove(&cookie);
     }
     1
+}
+
+/// A connection steered to the L7 proxy now has its local port: file the original destination
+/// under the client's address, which is what the proxy sees on accept.
+#[inline(always)]
+fn file_proxy_peer(ctx: &SockOpsContext) {
+    // SAFETY: helper valid for sock_ops programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // SAFETY: read-only lookup of a value owned by the map.
+    let Some(orig) = (unsafe { PROXY_ORIG.get(&cookie) }) else { return };
+    let orig = *orig;
+    let mut key = OrigDest { addr: [0; 16], port: ctx.local_port() as u16, family: FAMILY_V4, _pad: [0; 5] };
+    if ctx.family() == AF_INET6 {
+        let w = ctx.local_ip6();
+        let mut a = [0u8; 16];
+        a[0..4].copy_from_slice(&w[0].to_ne_bytes());
+        a[4..8].copy_from_slice(&w[1].to_ne_bytes());
+        a[8..12].copy_from_slice(&w[2].to_ne_bytes());
+        a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+        match v4_from_mapped(&a) {
+            Some(v4) => key.addr[0..4].copy_from_slice(&v4),
+            None => {
+                key.family = FAMILY_V6;
+                key.addr = a;
+            }
+        }
+    } else {
+        key.addr[0..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+    }
+    let _ = PROXY_PEERS.insert(&key, &orig, 0);
 }
 
 #[inline(always)]

@@ -535,13 +535,13 @@ async fn run(args: Args) -> Result<()> {
     let seq_wall = t.elapsed();
     let seq_learn = summarize(policy.drain());
     let (dir, fw, fwu) = (summarize(seq.direct), summarize(seq.fwd), summarize(seq.fwd_unmatched));
-    println!("  {:<42} {:>8} {:>9} {:>9} {:>9} {:>9}", "path", "answers", "p50 µs", "p99 µs", "mean µs", "max µs");
+    println!("  {:<44} {:>8} {:>9} {:>9} {:>9} {:>9}", "path", "answers", "p50 µs", "p99 µs", "mean µs", "max µs");
     for (label, s) in [
         ("(a) direct to dnsmasq", &dir),
         ("(b) via forwarder, registry name (learned)", &fw),
         ("(b') via forwarder, unmatched name (control)", &fwu),
     ] {
-        println!("  {:<42} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1}", label, s.n, s.p50, s.p99, s.mean, s.max);
+        println!("  {:<44} {:>8} {:>9.1} {:>9.1} {:>9.1} {:>9.1}", label, s.n, s.p50, s.p99, s.mean, s.max);
     }
     println!(
         "  ratio forwarder/direct: p50 {:.2}x, p99 {:.2}x, mean {:.2}x (forwarder adds {:.1} µs at p50)",

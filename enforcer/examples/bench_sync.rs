@@ -312,6 +312,7 @@ fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result
     for round in 0..rounds {
         if round % 2 == 1 {
             raws.push(raw_baseline(&desired)?);
+            std::thread::sleep(Duration::from_millis(300));
         }
         let t = Instant::now();
         let (mut dp, notes) = Dataplane::load(&LoadOptions::default()).context("Dataplane::load (root needed)")?;
@@ -349,6 +350,8 @@ fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result
             first = Some((readback, readback_ok, re_parse, re_compile, incr_t, s2.upserts, s2.removals, noop_t, s3.upserts + s3.removals));
         }
         drop(dp);
+        // Let the kernel free the previous tries before the next timed step.
+        std::thread::sleep(Duration::from_millis(300));
         if round % 2 == 0 {
             raws.push(raw_baseline(&desired)?);
         }

@@ -139,11 +139,11 @@ impl Agent {
         for a in fwd.local_addrs() {
             settings.dns_port = a.port();
             match a.ip() {
-                IpAddr::V4(v4) => settings.dns_v4 = v4.octets(),
-                IpAddr::V6(v6) => settings.dns_v6 = v6.octets(),
+                IpAddr::V4(v4) => settings.local_v4 = v4.octets(),
+                IpAddr::V6(v6) => settings.local_v6 = v6.octets(),
             }
         }
-        anyhow::ensure!(settings.dns_v4 != [0; 4], "the forwarder has no IPv4 listener");
+        anyhow::ensure!(settings.local_v4 != [0; 4], "the forwarder has no IPv4 listener");
         self.dp.lock().expect("dataplane lock").set_settings(&settings)?;
         self.dns_stats = Some(fwd.stats());
         tracing::debug!(addrs = ?fwd.local_addrs(), "DNS forwarder listening; port-53 traffic is steered to it");
@@ -287,7 +287,12 @@ impl dns::DnsPolicy for AgentDns {
             let net = normalize(ipnet::IpNet::from(*a));
             dests.push((DestEntry { net }, value));
             for (port, proto) in &info.ports {
-                allow.push((AllowEntry { policy_id: DEFAULT_POLICY, net, port: *port, proto: *proto }, value));
+                let v = if info.proxied_ports.contains(port) {
+                    enforcer_common::AllowValue { flags: enforcer_common::ALLOW_F_PROXY, ..value }
+                } else {
+                    value
+                };
+                allow.push((AllowEntry { policy_id: DEFAULT_POLICY, net, port: *port, proto: *proto }, v));
             }
         }
         tracing::debug!(name, service = %info.name, addrs = ?addrs, ttl = ?ttl, "learned from DNS");

@@ -103,6 +103,11 @@ pub struct PolicyArgs {
     /// and ingress; repeatable). Counting only: traffic is never changed.
     #[arg(long = "interface", short = 'i', value_name = "IFACE")]
     pub interfaces: Vec<String>,
+    /// Steer connections to TLS/HTTPS ports of registry services through the proxy, which reads
+    /// the ClientHello SNI (no decryption) and lets through only SNIs the registry lists for that
+    /// port (shared CDN addresses no longer let unlisted hosts through).
+    #[arg(long)]
+    pub sni_check: bool,
     /// Do not attach the TCP connection accounting (sock_ops): no istio_tcp_connections_* for
     /// allowed connections (for measuring its cost).
     #[arg(long)]

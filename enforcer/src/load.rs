@@ -24,6 +24,8 @@ pub struct LoadedConfig {
     pub mode_source: String,
     /// Config warnings (unsupported fields, kinds, ...).
     pub warnings: Vec<String>,
+    /// `--sni-check`: TLS/HTTPS ports go through the proxy's SNI check.
+    pub sni_check: bool,
 }
 
 pub fn kernel_mode(mode: Mode) -> u32 {
@@ -87,7 +89,7 @@ pub fn load_config(args: &PolicyArgs) -> anyhow::Result<LoadedConfig> {
         (None, Some((m, src))) => (*m, src.to_string()),
         (None, None) => (Mode::RegistryOnly, "default".to_string()),
     };
-    Ok(LoadedConfig { registry, cli, dns_servers, mode, mode_source, warnings })
+    Ok(LoadedConfig { registry, cli, dns_servers, mode, mode_source, warnings, sni_check: args.sni_check })
 }
 
 /// The desired map contents for `cfg` with the names resolved so far.
@@ -103,5 +105,6 @@ pub fn compile(cfg: &LoadedConfig, resolved: &std::collections::BTreeMap<String,
         cli: &cfg.cli,
         dns_servers: &cfg.dns_servers,
         policy_id: DEFAULT_POLICY,
+        sni_check: cfg.sni_check,
     })
 }

@@ -8,7 +8,7 @@ use std::{
 };
 
 use enforcer_common::{
-    ALLOW_F_CLI, ALLOW_F_DNS, ANY_PORT, AllowKey, AllowValue, DestKey, FAMILY_V4, FAMILY_V6,
+    ALLOW_F_CLI, ALLOW_F_DNS, ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DestKey, FAMILY_V4, FAMILY_V6,
     PROTO_TCP, PROTO_UDP,
 };
 use ipnet::IpNet;
@@ -93,6 +93,9 @@ pub struct ServiceInfo {
     pub kind: ServiceKind,
     /// (port, protocol) pairs a learned address of this service is allowed on.
     pub ports: Vec<(u16, u8)>,
+    /// Ports whose connections the kernel steers to the L7 proxy (DestinationRule tls.mode
+    /// SIMPLE on an HTTP port, or SNI checking on a TLS port).
+    pub proxied_ports: Vec<u16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -237,6 +240,26 @@ pub struct Inputs<'a> {
     /// The host's DNS resolvers (port 53 is allowed to them, TCP and UDP).
     pub dns_servers: &'a [IpAddr],
     pub policy_id: u32,
+    /// Steer TLS/HTTPS ports through the proxy's SNI check.
+    pub sni_check: bool,
+}
+
+/// The TLS settings a DestinationRule gives `port` of a ServiceEntry (port-level first), if any
+/// DestinationRule names one of its hosts.
+pub fn tls_for<'a>(registry: &'a Registry, se: &ServiceEntry, port: u16) -> Option<(&'a crate::config::DestinationRule, &'a crate::config::TlsSettings)> {
+    se.hosts.iter().find_map(|h| {
+        let dr = registry.destination_rule_for(&h.to_string())?;
+        dr.port_tls.get(&port).or(dr.tls.as_ref()).map(|t| (dr, t))
+    })
+}
+
+/// Is this port's traffic steered to the L7 proxy?
+fn proxied(inp: &Inputs<'_>, se: &ServiceEntry, p: &crate::config::Port) -> bool {
+    if p.protocol.is_udp() {
+        return false;
+    }
+    let simple = tls_for(inp.registry, se, p.number).is_some_and(|(_, t)| t.mode == crate::config::TlsMode::Simple);
+    (simple && !p.protocol.is_tls()) || (inp.sni_check && p.protocol.is_tls())
 }
 
 /// Names the registry and the command line need resolved before `compile`.
@@ -297,6 +320,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
                     std::iter::once((p.number, proto)).chain(p.target_port.map(|t| (t, proto)))
                 })
                 .collect(),
+            proxied_ports: se.ports.iter().filter(|p| proxied(inp, se, p)).map(|p| p.number).collect(),
         });
         let value = AllowValue { service_id: id, flags: 0 };
 
@@ -359,7 +383,14 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
                     ports.push(*epp);
                 }
                 for port in ports {
-                    d.allow.entry(AllowEntry { policy_id: inp.policy_id, net, port, proto }).or_insert(value);
+                    // Only the service port is steered to the proxy: the proxy itself connects to
+                    // the targetPort.
+                    let v = if port == p.number && proxied(inp, se, p) {
+                        AllowValue { flags: value.flags | ALLOW_F_PROXY, ..value }
+                    } else {
+                        value
+                    };
+                    d.allow.entry(AllowEntry { policy_id: inp.policy_id, net, port, proto }).or_insert(v);
                 }
             }
         }
@@ -380,6 +411,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
             },
             kind: ServiceKind::CommandLine,
             ports: [PROTO_TCP, PROTO_UDP].into_iter().map(|p| (c.port.unwrap_or(ANY_PORT), p)).collect(),
+            proxied_ports: vec![],
         });
         let value = AllowValue { service_id: id, flags: ALLOW_F_CLI };
         let nets: Vec<IpNet> = match &c.target {
@@ -410,6 +442,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
             hosts: inp.dns_servers.iter().map(|s| s.to_string()).collect(),
             kind: ServiceKind::HostDns,
             ports: vec![(53, PROTO_TCP), (53, PROTO_UDP)],
+            proxied_ports: vec![],
         });
         let value = AllowValue { service_id: id, flags: ALLOW_F_DNS };
         for ip in inp.dns_servers {
@@ -621,7 +654,7 @@ mod tests {
             .iter()
             .map(|(n, ips)| (n.to_string(), ips.iter().map(|i| i.parse().unwrap()).collect()))
             .collect();
-        compile(&Inputs { registry: reg, resolved: &resolved, cli, dns_servers: &[], policy_id: 0 })
+        compile(&Inputs { registry: reg, resolved: &resolved, cli, dns_servers: &[], policy_id: 0, sni_check: false })
     }
 
     fn entries(d: &Desired) -> Vec<String> {
@@ -795,6 +828,37 @@ spec:
         assert!(ix.explicitly_listed("::ffff:10.9.3.4".parse().unwrap()));
         assert!(!ix.explicitly_listed("10.8.0.1".parse().unwrap()));
         assert_eq!(d.services[0].ports, vec![(443, PROTO_TCP)]);
+    }
+
+    #[test]
+    fn destination_rule_simple_marks_the_service_port_for_the_proxy() {
+        let r = reg(r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn}
+spec:
+  hosts: [edition.cnn.com]
+  ports:
+  - {number: 80, name: http-port, protocol: HTTP, targetPort: 443}
+  - {number: 443, name: https-port, protocol: HTTPS}
+  resolution: STATIC
+  endpoints: [{address: 198.51.100.10}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: cnn}
+spec:
+  host: edition.cnn.com
+  trafficPolicy:
+    portLevelSettings:
+    - port: {number: 80}
+      tls: {mode: SIMPLE}
+"#);
+        let d = compile_with(&r, &[], &[]);
+        let flags = |port: u16| d.allow.iter().find(|(e, _)| e.port == port).map(|(_, v)| v.flags).unwrap();
+        assert_eq!(flags(80) & ALLOW_F_PROXY, ALLOW_F_PROXY, "port 80 goes through the proxy");
+        assert_eq!(flags(443) & ALLOW_F_PROXY, 0, "the proxy's own upstream port is not steered");
+        assert_eq!(d.services[0].proxied_ports, vec![80]);
     }
 
     #[test]

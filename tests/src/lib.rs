@@ -1758,3 +1758,93 @@ pub fn resolv_conf_nameserver() -> Option<String> {
         (it.next() == Some("nameserver")).then(|| it.next().map(str::to_string)).flatten()
     })
 }
+
+// ---------------------------------------------------------------------------------------------
+// Visibility (tests/visibility.rs): free ports, followed processes, a frozen agent
+// ---------------------------------------------------------------------------------------------
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (bind :0, read it, close). Racy in
+/// principle; fine for an admin listener started right after.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("binding 127.0.0.1:0").port()
+}
+
+/// A long-running process whose stdout lines are collected as they come (e.g.
+/// `enforcer events --follow`). Killed (SIGKILL) and reaped on drop.
+pub struct LineFollower {
+    child: Child,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    what: String,
+}
+
+impl LineFollower {
+    pub fn spawn(cmd: &mut Command) -> Self {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let what = format!("{cmd:?}");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {what}: {e}"));
+        let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let l = lines.clone();
+            thread::spawn(move || {
+                for line in BufReader::new(stream).lines() {
+                    let Ok(line) = line else { break };
+                    l.lock().unwrap().push(line);
+                }
+            });
+        }
+        Self { child, lines, what }
+    }
+
+    /// Every line so far (stdout and stderr, in arrival order).
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// Wait (≤ `timeout`) for a line matching `pred`; panics with everything seen otherwise.
+    pub fn wait_for(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(l) = self.lines().into_iter().find(|l| pred(l)) {
+                return l;
+            }
+            let exited = self.child.try_wait().ok().flatten();
+            assert!(
+                Instant::now() < deadline && exited.is_none(),
+                "{}: no matching line within {timeout:?} (exited: {exited:?}); lines so far:\n{}",
+                self.what,
+                self.lines().join("\n")
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().ok().flatten().is_none()
+    }
+}
+
+impl Drop for LineFollower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// SIGSTOP a process (our own child, e.g. a daemon) for as long as the guard lives; SIGCONT on
+/// drop, so a failing assertion never leaves it frozen.
+pub struct Frozen(i32);
+
+impl Frozen {
+    pub fn new(pid: u32) -> Self {
+        // SAFETY: plain syscall on a process the test started.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGSTOP) }, 0, "SIGSTOP {pid}");
+        Self(pid as i32)
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: plain syscall on a process the test started.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}

@@ -9,7 +9,7 @@
 //! filter (never connected to).
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     thread,
     time::{Duration, Instant},
 };
@@ -64,7 +64,7 @@ fn docs(d: &[String]) -> String {
 
 /// `--registry FILE --no-host-dns --dns-upstream DNS` + extra. (`--no-host-dns`: the host's
 /// resolver is not allowed either, so every answer the workload gets went through the forwarder.)
-fn policy(reg: &PathBuf, upstream: &str, extra: &[&str]) -> Vec<String> {
+fn policy(reg: &Path, upstream: &str, extra: &[&str]) -> Vec<String> {
     let mut v = vec![
         "--registry".to_string(),
         reg.display().to_string(),
@@ -189,6 +189,25 @@ fn wildcard_host_is_learned_from_the_answer_and_only_for_matching_names() {
     assert!(out.stderr.contains("enforcer: denied connect curl[") && out.stderr.contains(&format!("-> {evil}:{PORT}/tcp")), "{out}");
 }
 
+#[test]
+fn cname_chains_are_followed_to_the_addresses_they_end_at() {
+    let ns = Netns::new();
+    let _srv = ns.serve(&[&format!("tcp:{PORT}")]);
+    let target = ns.v4(5);
+    // alias.svc.test -> CNAME real.elsewhere.test -> A target: the query name is the registry's.
+    let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("real.elsewhere.test", &target)], 60, &["--cname=alias.svc.test,real.elsewhere.test"]);
+    let dir = TempDir::new("dns-cname");
+    let reg = dir.write("registry.yaml", &se_none("wild", "*.svc.test"));
+    let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &[]));
+    w.connect(&target, PORT).assert_eperm();
+    let q = w.query(&system_resolver(), "alias.svc.test", 1, "udp");
+    assert_eq!((q["rcode"].clone(), q["ancount"].clone(), answer_ips(&q)), (json!(RCODE_NOERROR), json!(2), vec![target.clone()]), "CNAME + A: {q}");
+    w.connect(&target, PORT).assert_ok(&format!("hello from {target}:{PORT}"));
+    let eps = endpoint_snapshot(&w);
+    let e = endpoint(&eps, &target).unwrap_or_else(|| panic!("{target} learned: {eps:?}"));
+    assert_eq!((e["source"].as_str(), e["host"].as_str()), (Some("learned"), Some("alias.svc.test")), "{e}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // 2. No race between the answer and the first connect
 // ---------------------------------------------------------------------------------------------
@@ -257,7 +276,13 @@ fn dns_resolution_host_follows_a_record_change_and_the_old_address_expires_after
     assert!(endpoint(&eps, &ip1).is_some() && endpoint(&eps, &ip2).is_some(), "both in registryz during the grace: {eps:?}");
     // ... and denied once TTL + grace have passed.
     let to_old = wait_until(Duration::from_secs(10), || w.connect(&ip1, PORT).errno == Some(libc::EPERM as i64))
-        .unwrap_or_else(|| panic!("{ip1} (the old record) was still allowed 10 s after the change\n{}", w.log()));
+        .unwrap_or_else(|| {
+            panic!(
+                "{ip1} (the old record) was still allowed 10 s after the change (TTL 1 s + grace 2 s); registryz: {:?}\n{}",
+                endpoint(&endpoint_snapshot(&w), &ip1),
+                w.log()
+            )
+        });
     eprintln!("change -> new allowed after {to_new:?}; old denied {to_old:?} later (total {:?})", changed.elapsed());
     assert!(to_old >= Duration::from_millis(1000), "the old address was removed {to_old:?} after the new one appeared; --dns-grace 2s should keep it ~2 s");
     w.connect(&ip2, PORT).assert_ok(&format!("hello from {ip2}:{PORT}"));

@@ -21,7 +21,7 @@ use aya::{
 use enforcer_common::{
     ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey,
     DESTS_MAX_ENTRIES, DNS_ORIG_MAX_ENTRIES, DestKey, FLOW_OWNER_MAX_ENTRIES, FLOWS_MAX_ENTRIES,
-    FlowKey, FlowOwnerKey, MAX_POLICIES, OrigDest, SOCKS_MAX_ENTRIES, Settings, SockInfo,
+    FlowKey, FlowOwnerKey, MAX_POLICIES, OrigDest, PROXY_MAX_ENTRIES, ProxyDest, SOCKS_MAX_ENTRIES, Settings, SockInfo,
     TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, map_names, prog_names,
 };
 pub use events::EventStream;
@@ -99,6 +99,7 @@ pub struct Dataplane {
     settings: Array<MapData, Settings>,
     traffic: PerCpuHashMap<MapData, TrafficKey, TrafficValue>,
     conns: PerCpuHashMap<MapData, ConnKey, ConnCounters>,
+    proxy_peers: aya::maps::HashMap<MapData, OrigDest, ProxyDest>,
     /// TC attachments made by this process (interface, direction), for explicit detach.
     tc_links: Vec<(String, &'static str)>,
     pin_dir: Option<PathBuf>,
@@ -108,7 +109,7 @@ pub struct Dataplane {
 }
 
 /// (name, key size, value size, max entries) the pinned maps must have to be reused.
-fn expected_maps() -> [(&'static str, u32, u32, u32); 13] {
+fn expected_maps() -> [(&'static str, u32, u32, u32); 15] {
     use core::mem::size_of;
     [
         (map_names::ALLOW, 4 + size_of::<AllowKey>() as u32, size_of::<AllowValue>() as u32, ALLOW_MAX_ENTRIES),
@@ -124,6 +125,8 @@ fn expected_maps() -> [(&'static str, u32, u32, u32); 13] {
         (map_names::FLOW_OWNER, size_of::<FlowOwnerKey>() as u32, 8, FLOW_OWNER_MAX_ENTRIES),
         (map_names::CONNS, size_of::<ConnKey>() as u32, size_of::<ConnCounters>() as u32, CONNS_MAX_ENTRIES),
         (map_names::SOCKS, 8, size_of::<SockInfo>() as u32, SOCKS_MAX_ENTRIES),
+        (map_names::PROXY_ORIG, 8, size_of::<ProxyDest>() as u32, PROXY_MAX_ENTRIES),
+        (map_names::PROXY_PEERS, size_of::<OrigDest>() as u32, size_of::<ProxyDest>() as u32, PROXY_MAX_ENTRIES),
     ]
 }
 
@@ -158,6 +161,7 @@ impl Dataplane {
         let settings = Array::try_from(take(map_names::SETTINGS)?).map_err(map_err(map_names::SETTINGS, "open"))?;
         let traffic = PerCpuHashMap::try_from(take(map_names::TRAFFIC)?).map_err(map_err(map_names::TRAFFIC, "open"))?;
         let conns = PerCpuHashMap::try_from(take(map_names::CONNS)?).map_err(map_err(map_names::CONNS, "open"))?;
+        let proxy_peers = aya::maps::HashMap::try_from(take(map_names::PROXY_PEERS)?).map_err(map_err(map_names::PROXY_PEERS, "open"))?;
 
         for name in prog_names::ALL.into_iter().chain(prog_names::DNS_RESTORE) {
             let prog: &mut CgroupSockAddr = ebpf
@@ -200,6 +204,7 @@ impl Dataplane {
             settings,
             traffic,
             conns,
+            proxy_peers,
             tc_links: Vec::new(),
             pin_dir: opts.pin_dir.clone(),
             allow_state: Layered::new(in_allow),
@@ -311,6 +316,25 @@ impl Dataplane {
             out.push((name, AttachOutcome::Attached));
         }
         Ok(out)
+    }
+
+    /// Where a connection the kernel steered to the L7 proxy meant to go, by the client's address
+    /// as the proxy sees it on accept: (original destination, service id, client cgroup id).
+    pub fn proxy_original(&self, client: std::net::SocketAddr) -> Option<(std::net::SocketAddr, u32, u64)> {
+        let mut key = OrigDest { addr: [0; 16], port: client.port(), family: enforcer_common::FAMILY_V4, _pad: [0; 5] };
+        match client.ip() {
+            std::net::IpAddr::V4(a) => key.addr[..4].copy_from_slice(&a.octets()),
+            std::net::IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => key.addr[..4].copy_from_slice(&v4.octets()),
+                None => {
+                    key.family = enforcer_common::FAMILY_V6;
+                    key.addr = a.octets();
+                }
+            },
+        }
+        let d = self.proxy_peers.get(&key, 0).ok()?;
+        let ip = crate::policy::addr_from_bytes(d.family, &d.addr);
+        Some((std::net::SocketAddr::new(ip, d.port), d.service_id, d.cgroup_id))
     }
 
     /// TC packet/byte counters summed over CPUs.
