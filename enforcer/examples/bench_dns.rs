@@ -631,7 +631,7 @@ async fn run(args: Args) -> Result<()> {
 }
 
 fn fmt_rate(r: u64) -> String {
-    if r % 1000 == 0 { format!("{}k", r / 1000) } else { r.to_string() }
+    if r.is_multiple_of(1000) { format!("{}k", r / 1000) } else { r.to_string() }
 }
 
 fn snapshot(s: &dns::Stats) -> [u64; 5] {

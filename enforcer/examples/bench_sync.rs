@@ -2,12 +2,14 @@
 //!
 //! For each registry shape (N STATIC ServiceEntries with one endpoint each; N NONE entries with
 //! one `addresses:` /32 each; one TCP port per entry, addresses in 100.64.0.0/10), times
-//! separately: YAML parse + validate (`config::load_paths`), compile (`load::compile`), BPF load
-//! (`Dataplane::load`, default options, nothing attached), the first full `Dataplane::apply`
-//! ("sync into the maps"), a reload with 1% of the hosts moved to new addresses (parse + compile
-//! + incremental apply), and a no-op apply. Baseline, measured in the same run: the same keys
-//! written with raw `bpf(BPF_MAP_UPDATE_ELEM)` syscalls into fresh LPM tries of the same shape.
-//! BPF load, full apply and baseline are repeated `--rounds` times (alternating order; medians).
+//! separately: YAML parse + validate (`load::load_config`, i.e. `config::load_paths`), compile
+//! (`load::compile`), BPF load (`Dataplane::load`, default options, nothing attached), the first
+//! full `Dataplane::apply` ("sync into the maps"), a reload with 1% of the hosts moved to new
+//! addresses (parse, compile, incremental apply), and a no-op apply.
+//!
+//! Baseline, measured in the same run: the same keys written with raw `bpf(BPF_MAP_UPDATE_ELEM)`
+//! syscalls into fresh LPM tries of the same shape. BPF load, full apply and baseline are
+//! repeated `--rounds` times (alternating order; medians).
 //!
 //! Needs root (loads BPF programs and creates maps). A benchmark, never a test.
 //!
@@ -23,7 +25,6 @@ use std::{
 
 use anyhow::{Context as _, Result, bail};
 use enforcer::{
-    config::{self, Mode},
     dataplane::{Dataplane, LoadOptions},
     load::{self, LoadedConfig},
     policy::Desired,
@@ -93,7 +94,7 @@ fn parse_args() -> Result<Args> {
 /// Address of host `i`; `moved` gives every 100th host (1% of them) a new address.
 fn host_addr(i: usize, n: usize, moved: bool) -> Ipv4Addr {
     let base = u32::from(Ipv4Addr::new(100, 64, 0, 1));
-    let idx = if moved && i % 100 == 0 { n + i / 100 } else { i };
+    let idx = if moved && i.is_multiple_of(100) { n + i / 100 } else { i };
     Ipv4Addr::from(base + idx as u32)
 }
 
@@ -125,19 +126,24 @@ fn write_registry(dir: &Path, shape: Shape, n: usize, moved: bool) -> Result<Pat
     Ok(path)
 }
 
+/// The agent's own path: `enforcer run --registry PATH --mode REGISTRY_ONLY --no-host-dns`
+/// through `load::load_config` (which validates with `config::load_paths`).
 fn parse(path: &Path) -> Result<LoadedConfig> {
-    let registry = config::load_paths(&[path]).map_err(|e| {
-        let d: Vec<String> = e.diagnostics().iter().take(5).map(|d| d.to_string()).collect();
-        anyhow::anyhow!("{e} {}", d.join("\n"))
-    })?;
-    Ok(LoadedConfig {
-        warnings: registry.warnings.iter().map(|d| d.to_string()).collect(),
-        registry,
-        cli: vec![],
-        dns_servers: vec![],
-        mode: Mode::RegistryOnly,
-        mode_source: "bench".into(),
-    })
+    #[derive(clap::Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        policy: enforcer::cli::PolicyArgs,
+    }
+    let w = <Wrap as clap::Parser>::try_parse_from([
+        std::ffi::OsStr::new("bench_sync"),
+        "--registry".as_ref(),
+        path.as_os_str(),
+        "--mode".as_ref(),
+        "REGISTRY_ONLY".as_ref(),
+        "--no-host-dns".as_ref(),
+    ])
+    .context("building the policy arguments")?;
+    load::load_config(&w.policy)
 }
 
 fn compile(cfg: &LoadedConfig) -> Desired {
@@ -308,7 +314,8 @@ fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result
     // read-back, the 1% reload and the no-op apply.
     let (mut loads, mut fulls, mut raws) = (vec![], vec![], vec![]);
     let mut full_upserts = 0;
-    let mut first: Option<(Duration, bool, Duration, Duration, Duration, usize, usize, Duration, usize)> = None;
+    type FirstRound = (Duration, bool, Duration, Duration, Duration, usize, usize, Duration, usize);
+    let mut first: Option<FirstRound> = None;
     for round in 0..rounds {
         if round % 2 == 1 {
             raws.push(raw_baseline(&desired)?);

@@ -22,4 +22,5 @@ pub mod resolver;
 pub mod run;
 pub mod suggest;
 pub mod watch;
+pub mod workload;
 pub mod workloads;

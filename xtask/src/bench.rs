@@ -189,7 +189,8 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Dns(args) => crate::bench_dns::main(args),
         BenchCmd::All(a) => {
             let mut failed = Vec::new();
-            let steps: [(&str, Box<dyn FnOnce() -> Result<ExitCode>>); 3] = [
+            type Step = Box<dyn FnOnce() -> Result<ExitCode>>;
+            let steps: [(&str, Step); 3] = [
                 ("connect", Box::new(|| connect(a.connect))),
                 ("sync", Box::new(|| crate::bench_sync::main(a.sync))),
                 ("dns", Box::new(|| crate::bench_dns::main(a.dns))),
