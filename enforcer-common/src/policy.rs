@@ -44,6 +44,13 @@ pub const FLOW_OWNER_MAX_ENTRIES: u32 = 262_144;
 pub const DIR_EGRESS: u8 = 0;
 pub const DIR_INGRESS: u8 = 1;
 
+/// `Settings::flags`: `WORKLOADS` has entries; walk the caller's cgroup ancestors to find its
+/// policy (off: everything is judged by the default policy, at no cost).
+pub const SETTINGS_F_WORKLOADS: u16 = 1 << 2;
+/// How many cgroup levels below the root the policy lookup walks (deeper cgroups inherit the
+/// policy of their deepest ancestor within these levels).
+pub const MAX_CGROUP_DEPTH: i32 = 16;
+
 /// `Settings::flags`: steer connections whose ALLOW entry has `ALLOW_F_PROXY` to the L7 proxy.
 pub const SETTINGS_F_PROXY: u16 = 1 << 1;
 /// Capacity of `PROXY_ORIG` and `PROXY_PEERS` (LRU hashes).

@@ -4,7 +4,8 @@ use aya_ebpf::{
     EbpfContext as _,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_boot_ns, generated::bpf_get_socket_cookie,
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
     },
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -13,7 +14,7 @@ use aya_log_ebpf::debug;
 use enforcer_common::{
     ANY_PORT, AllowKey, AllowValue, DEFAULT_POLICY, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey,
     ALLOW_F_PROXY, HOOK_CONNECT4, HOOK_CONNECT6, MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, OrigDest, PROTO_TCP, PROTO_UDP, REASON_NOT_IN_REGISTRY,
-    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SERVICE_NONE, SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, ProxyDest, SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT,
+    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, MAX_CGROUP_DEPTH, SERVICE_NONE, SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, SETTINGS_F_WORKLOADS, ProxyDest, SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT,
     VERDICT_DENIED, v4_from_mapped,
 };
 
@@ -76,10 +77,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
 
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let policy_id = match unsafe { WORKLOADS.get(&cgroup_id) } {
-        Some(w) => w.policy_id,
-        None => DEFAULT_POLICY,
-    };
+    let policy_id = policy_of_caller();
     let mode = match MODES.get(policy_id) {
         Some(m) => *m,
         None => MODE_UNSET,
@@ -152,6 +150,35 @@ fn remember_socket(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, service_id: 
 }
 
 const DNS_PORT: u16 = 53;
+
+/// The policy judging the caller: the deepest of its cgroup ancestors (itself included) that has
+/// a `WORKLOADS` entry, else the default policy. The walk runs only when per-workload policies
+/// exist (SETTINGS_F_WORKLOADS) and is bounded by MAX_CGROUP_DEPTH levels.
+#[inline(always)]
+fn policy_of_caller() -> u32 {
+    let walk = match SETTINGS.get(0) {
+        Some(s) => s.flags & SETTINGS_F_WORKLOADS != 0,
+        None => false,
+    };
+    if !walk {
+        return DEFAULT_POLICY;
+    }
+    let mut policy_id = DEFAULT_POLICY;
+    let mut level = 1;
+    while level <= MAX_CGROUP_DEPTH {
+        // SAFETY: helper without preconditions; 0 past the caller's own level.
+        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        if id == 0 {
+            break;
+        }
+        // SAFETY: read-only lookup of a value owned by the map.
+        if let Some(w) = unsafe { WORKLOADS.get(&id) } {
+            policy_id = w.policy_id;
+        }
+        level += 1;
+    }
+    policy_id
+}
 
 /// Rewrite a port-53 destination to the forwarder and remember the original by socket cookie.
 /// Returns false (judge normally) when steering is off, the socket is the forwarder's own (marked),

@@ -65,7 +65,17 @@ fn file_proxy_peer(ctx: &SockOpsContext) {
     let orig = *orig;
     let mut key = OrigDest { addr: [0; 16], port: ctx.local_port() as u16, family: FAMILY_V4, _pad: [0; 5] };
     if ctx.family() == AF_INET6 {
-        let w = ctx.local_ip6();
+        // Four 32-bit reads: the verifier rejects wider loads of these context fields.
+        // SAFETY: the context is a valid bpf_sock_ops.
+        let w = unsafe {
+            let p = (*ctx.ops).local_ip6.as_ptr();
+            [
+                core::ptr::read_volatile(p),
+                core::ptr::read_volatile(p.add(1)),
+                core::ptr::read_volatile(p.add(2)),
+                core::ptr::read_volatile(p.add(3)),
+            ]
+        };
         let mut a = [0u8; 16];
         a[0..4].copy_from_slice(&w[0].to_ne_bytes());
         a[4..8].copy_from_slice(&w[1].to_ne_bytes());
