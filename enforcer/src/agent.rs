@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use enforcer_common::{DEFAULT_POLICY, SETTINGS_F_DNS_STEER, Settings};
 
 use crate::{
+    workload::WorkloadPolicy,
     cli::{PolicyArgs, UnknownNamesArg},
     config::Mode,
     dataplane::{ApplyStats, Dataplane},
@@ -31,8 +32,62 @@ pub const AGENT_MARK: u32 = 0x0e4f_0001;
 /// What the agent enforces right now.
 pub struct View {
     pub cfg: LoadedConfig,
+    /// All policies merged (default + workloads); service ids are disjoint per policy.
     pub desired: Arc<Desired>,
+    /// The default policy's names.
     pub index: HostIndex,
+    /// Per-workload policies (policy ids 1..).
+    pub workloads: Vec<PolicyState>,
+}
+
+/// One per-workload policy as applied.
+pub struct PolicyState {
+    pub id: u32,
+    pub policy: WorkloadPolicy,
+    pub index: HostIndex,
+}
+
+impl View {
+    /// The ServiceEntry behind a service id, in whichever policy it belongs to.
+    pub fn service_entry(&self, id: u32) -> Option<&crate::config::ServiceEntry> {
+        let policy = id >> 16;
+        let local = (id & 0xffff).checked_sub(1)? as usize;
+        if policy == 0 {
+            self.cfg.registry.services.get(local)
+        } else {
+            self.workloads.iter().find(|w| w.id == policy)?.policy.registry.services.get(local)
+        }
+    }
+
+    /// The policy name that owns a service id ("" for the default policy).
+    pub fn policy_name(&self, id: u32) -> &str {
+        let policy = id >> 16;
+        self.workloads.iter().find(|w| w.id == policy).map(|w| w.policy.name.as_str()).unwrap_or("")
+    }
+}
+
+/// Compile the default policy and every workload policy and merge them.
+fn compile_all(cfg: &LoadedConfig, workloads: &[WorkloadPolicy], snapshot: &std::collections::BTreeMap<String, crate::resolver::ResolvedName>) -> (Desired, HostIndex, Vec<PolicyState>) {
+    let mut desired = load::compile(cfg, snapshot);
+    let index = HostIndex::build(&cfg.registry, &cfg.cli, &desired);
+    let mut states = Vec::new();
+    for (i, w) in workloads.iter().enumerate() {
+        let id = i as u32 + 1;
+        let d = load::compile_policy(cfg, &w.registry, id, snapshot);
+        let index = HostIndex::build(&w.registry, &cfg.cli, &d);
+        desired.merge(d);
+        states.push(PolicyState { id, policy: w.clone(), index });
+    }
+    (desired, index, states)
+}
+
+/// Every name the default and workload policies need resolved.
+fn all_names(cfg: &LoadedConfig, workloads: &[WorkloadPolicy]) -> BTreeSet<String> {
+    let mut names = policy::names_to_resolve(&cfg.registry, &cfg.cli);
+    for w in workloads {
+        names.extend(policy::names_to_resolve(&w.registry, &cfg.cli));
+    }
+    names
 }
 
 #[derive(Default, Debug)]
@@ -54,6 +109,11 @@ pub struct Agent {
     pub hub: Arc<crate::events::EventHub>,
     /// cgroup id -> workload name (set once the cgroup is known).
     pub workloads: Arc<Mutex<Option<crate::workloads::Workloads>>>,
+    /// The SETTINGS map's content (DNS forwarder, proxy, per-workload lookup).
+    pub settings: Arc<Mutex<Settings>>,
+    /// Per-workload policies as given (patterns not yet expanded), and the cgroup map applied.
+    workload_specs: Arc<Mutex<Vec<WorkloadPolicy>>>,
+    workload_cgroups: Arc<Mutex<std::collections::BTreeMap<u64, u32>>>,
     args: Arc<PolicyArgs>,
 }
 
@@ -78,8 +138,8 @@ impl Agent {
         let index = HostIndex::build(&cfg.registry, &cfg.cli, &desired);
         let dp = Arc::new(Mutex::new(dp));
         apply_ordered(&mut dp.lock().expect("dataplane lock"), &desired, cfg.mode)?;
-        let view = Arc::new(RwLock::new(View { cfg, desired: Arc::new(desired), index }));
-        let mut agent = Agent { dp, view, refresher, stats: Arc::default(), dns_stats: None, learned_names: Arc::default(), hub: Arc::new(crate::events::EventHub::new(1000)), workloads: Arc::default(), args: Arc::new(args.clone()) };
+        let view = Arc::new(RwLock::new(View { cfg, desired: Arc::new(desired), index, workloads: Vec::new() }));
+        let mut agent = Agent { dp, view, refresher, stats: Arc::default(), dns_stats: None, learned_names: Arc::default(), hub: Arc::new(crate::events::EventHub::new(1000)), workloads: Arc::default(), settings: Arc::default(), workload_specs: Arc::default(), workload_cgroups: Arc::default(), args: Arc::new(args.clone()) };
 
         let forwarder = if args.dns.no_dns_steer {
             None
@@ -135,7 +195,7 @@ impl Agent {
         };
         let policy = Arc::new(AgentDns { view: self.view.clone(), dp: self.dp.clone(), names: self.learned_names.clone(), hub: self.hub.clone() });
         let fwd = dns::Forwarder::bind(cfg, policy).await.context("binding the DNS forwarder")?;
-        let mut settings = Settings { flags: SETTINGS_F_DNS_STEER, agent_mark: AGENT_MARK, ..Settings::default() };
+        let mut settings = Settings::default();
         for a in fwd.local_addrs() {
             settings.dns_port = a.port();
             match a.ip() {
@@ -144,7 +204,13 @@ impl Agent {
             }
         }
         anyhow::ensure!(settings.local_v4 != [0; 4], "the forwarder has no IPv4 listener");
-        self.dp.lock().expect("dataplane lock").set_settings(&settings)?;
+        self.update_settings(|s| {
+            s.local_v4 = settings.local_v4;
+            s.local_v6 = settings.local_v6;
+            s.dns_port = settings.dns_port;
+            s.agent_mark = AGENT_MARK;
+            s.flags |= SETTINGS_F_DNS_STEER;
+        })?;
         self.dns_stats = Some(fwd.stats());
         tracing::debug!(addrs = ?fwd.local_addrs(), "DNS forwarder listening; port-53 traffic is steered to it");
         Ok(fwd)
@@ -153,7 +219,66 @@ impl Agent {
     /// Stop steering DNS to this agent's forwarder (it is going away). Enforcement stays; names
     /// are no longer learned until a forwarder is back.
     pub fn stop_steering(&self) -> anyhow::Result<()> {
-        Ok(self.dp.lock().expect("dataplane lock").set_settings(&Settings::default())?)
+        self.update_settings(|s| s.flags &= !(SETTINGS_F_DNS_STEER | enforcer_common::SETTINGS_F_PROXY))
+    }
+
+    /// Change the SETTINGS map entry.
+    pub fn update_settings(&self, f: impl FnOnce(&mut Settings)) -> anyhow::Result<()> {
+        let mut s = self.settings.lock().expect("settings lock");
+        f(&mut s);
+        self.dp.lock().expect("dataplane lock").set_settings(&s)?;
+        Ok(())
+    }
+
+    /// Replace the per-workload policies (from `--workloads` or Kubernetes): resolve their
+    /// names, fill their entries and modes, then map their cgroups to them.
+    pub async fn set_workload_policies(&self, policies: Vec<WorkloadPolicy>) -> anyhow::Result<ApplyStats> {
+        anyhow::ensure!(
+            policies.len() < enforcer_common::MAX_POLICIES as usize,
+            "{} workload policies exceed the {} the kernel map holds",
+            policies.len(),
+            enforcer_common::MAX_POLICIES - 1
+        );
+        *self.workload_specs.lock().expect("specs lock") = policies.clone();
+        let cfg = self.view.read().expect("view lock").cfg.clone();
+        self.refresher.set_names(&all_names(&cfg, &policies)).await;
+        let stats = self.recompute()?;
+        self.sync_workload_cgroups()?;
+        Ok(stats)
+    }
+
+    /// Map the workload policies' cgroups (globs expanded now) to their policy ids in the kernel.
+    /// Called after each change and every second (new cgroups: restarted services, new pods).
+    pub fn sync_workload_cgroups(&self) -> anyhow::Result<()> {
+        let specs = self.workload_specs.lock().expect("specs lock").clone();
+        let mut want = std::collections::BTreeMap::new();
+        let mut names = Vec::new();
+        for (i, w) in specs.iter().enumerate() {
+            for dir in crate::workload::expand_cgroups(&w.cgroups) {
+                if let Ok(id) = crate::cgroup::cgroup_id(&dir) {
+                    want.insert(id, i as u32 + 1);
+                    names.push((dir, w.name.clone()));
+                }
+            }
+        }
+        let mut cur = self.workload_cgroups.lock().expect("cgroups lock");
+        if *cur == want {
+            return Ok(());
+        }
+        self.dp.lock().expect("dataplane lock").set_workloads(&want)?;
+        let on = !want.is_empty();
+        *cur = want;
+        drop(cur);
+        if let Some(w) = self.workloads.lock().expect("workloads lock").as_mut() {
+            w.set_overrides(names);
+        }
+        self.update_settings(|s| {
+            if on {
+                s.flags |= enforcer_common::SETTINGS_F_WORKLOADS;
+            } else {
+                s.flags &= !enforcer_common::SETTINGS_F_WORKLOADS;
+            }
+        })
     }
 
     pub fn desired(&self) -> Arc<Desired> {
@@ -167,12 +292,20 @@ impl Agent {
     /// Recompute from the current config and the resolver's current answers, and apply the diff.
     pub fn recompute(&self) -> anyhow::Result<ApplyStats> {
         let cfg = self.view.read().expect("view lock").cfg.clone();
-        let desired = load::compile(&cfg, &self.refresher.snapshot());
-        let stats = self.dp.lock().expect("dataplane lock").apply(&desired)?;
-        let index = HostIndex::build(&cfg.registry, &cfg.cli, &desired);
+        let specs = self.workload_specs.lock().expect("specs lock").clone();
+        let (desired, index, states) = compile_all(&cfg, &specs, &self.refresher.snapshot());
+        let stats = {
+            let mut dp = self.dp.lock().expect("dataplane lock");
+            let s = dp.apply(&desired)?;
+            for st in &states {
+                dp.set_mode(st.id, load::kernel_mode(st.policy.mode))?;
+            }
+            s
+        };
         let mut v = self.view.write().expect("view lock");
         v.desired = Arc::new(desired);
         v.index = index;
+        v.workloads = states;
         Ok(stats)
     }
 
@@ -185,20 +318,21 @@ impl Agent {
                 return Err(e.context("reload rejected, the last good registry stays enforced"));
             }
         };
-        self.refresher.set_names(&policy::names_to_resolve(&cfg.registry, &cfg.cli)).await;
-        let desired = load::compile(&cfg, &self.refresher.snapshot());
+        let specs = self.workload_specs.lock().expect("specs lock").clone();
+        self.refresher.set_names(&all_names(&cfg, &specs)).await;
+        let (desired, index, states) = compile_all(&cfg, &specs, &self.refresher.snapshot());
         let stats = {
             let mut dp = self.dp.lock().expect("dataplane lock");
             apply_ordered(&mut dp, &desired, cfg.mode).inspect_err(|_| {
                 self.stats.reload_errors.fetch_add(1, Ordering::Relaxed);
             })?
         };
-        let index = HostIndex::build(&cfg.registry, &cfg.cli, &desired);
         {
             let mut v = self.view.write().expect("view lock");
             v.cfg = cfg.clone();
             v.desired = Arc::new(desired);
             v.index = index;
+            v.workloads = states;
         }
         self.stats.reloads.fetch_add(1, Ordering::Relaxed);
         Ok((cfg, stats))
@@ -225,6 +359,9 @@ impl Agent {
                         }
                     }
                     _ = tick.tick() => {
+                        if let Err(e) = agent.sync_workload_cgroups() {
+                            tracing::error!("mapping workload cgroups failed: {e:#}");
+                        }
                         let r = agent.dp.lock().expect("dataplane lock").sweep(Instant::now());
                         match r {
                             Ok(n) if n > 0 => tracing::debug!(expired = n, "learned DNS entries expired"),
@@ -266,36 +403,36 @@ impl dns::DnsPolicy for AgentDns {
     }
 
     fn match_name(&self, qname: &str) -> Option<u32> {
-        self.view.read().ok()?.index.match_name(qname)
+        let v = self.view.read().ok()?;
+        v.index.match_name(qname).or_else(|| v.workloads.iter().find_map(|w| w.index.match_name(qname)))
     }
 
     fn explicitly_listed(&self, ip: IpAddr) -> bool {
-        self.view.read().map(|v| v.index.explicitly_listed(ip)).unwrap_or(false)
+        self.view
+            .read()
+            .map(|v| v.index.explicitly_listed(ip) || v.workloads.iter().any(|w| w.index.explicitly_listed(ip)))
+            .unwrap_or(false)
     }
 
     fn enforcing(&self) -> bool {
         self.view.read().map(|v| v.cfg.mode == Mode::RegistryOnly).unwrap_or(true)
     }
 
-    fn learn(&self, service_id: u32, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
-        let desired = self.view.read().map_err(|e| e.to_string())?.desired.clone();
-        let info = desired.service(service_id).ok_or_else(|| format!("unknown service {service_id}"))?;
-        let value = enforcer_common::AllowValue { service_id, flags: 0 };
+    fn learn(&self, _service_id: u32, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
+        // Every policy whose registry has this name learns it (under its own policy id).
+        let (desired, matches) = {
+            let v = self.view.read().map_err(|e| e.to_string())?;
+            let mut m: Vec<(u32, u32)> = v.index.match_name(name).map(|s| (DEFAULT_POLICY, s)).into_iter().collect();
+            m.extend(v.workloads.iter().filter_map(|w| w.index.match_name(name).map(|s| (w.id, s))));
+            (v.desired.clone(), m)
+        };
         let mut allow = Vec::new();
         let mut dests = Vec::new();
-        for a in addrs {
-            let net = normalize(ipnet::IpNet::from(*a));
-            dests.push((DestEntry { net }, value));
-            for (port, proto) in &info.ports {
-                let v = if info.proxied_ports.contains(port) {
-                    enforcer_common::AllowValue { flags: enforcer_common::ALLOW_F_PROXY, ..value }
-                } else {
-                    value
-                };
-                allow.push((AllowEntry { policy_id: DEFAULT_POLICY, net, port: *port, proto: *proto }, v));
-            }
+        for (policy_id, service_id) in matches {
+            let info = desired.service(service_id).ok_or_else(|| format!("unknown service {service_id}"))?;
+            learn_entries(policy_id, service_id, info, addrs, &mut allow, &mut dests);
         }
-        tracing::debug!(name, service = %info.name, addrs = ?addrs, ttl = ?ttl, "learned from DNS");
+        tracing::debug!(name, addrs = ?addrs, ttl = ?ttl, "learned from DNS");
         self.hub.observe_name(name, addrs);
         if let Ok(mut names) = self.names.lock() {
             if names.len() > 100_000 {
@@ -310,6 +447,30 @@ impl dns::DnsPolicy for AgentDns {
             .map_err(|e| e.to_string())?
             .learn(allow, dests, Instant::now() + ttl)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The allow/dests entries for `addrs` learned for a service of a policy.
+fn learn_entries(
+    policy_id: u32,
+    service_id: u32,
+    info: &crate::policy::ServiceInfo,
+    addrs: &[IpAddr],
+    allow: &mut Vec<(AllowEntry, enforcer_common::AllowValue)>,
+    dests: &mut Vec<(DestEntry, enforcer_common::AllowValue)>,
+) {
+    let value = enforcer_common::AllowValue { service_id, flags: 0 };
+    for a in addrs {
+        let net = normalize(ipnet::IpNet::from(*a));
+        dests.push((DestEntry { net }, value));
+        for (port, proto) in &info.ports {
+            let v = if info.proxied_ports.contains(port) {
+                enforcer_common::AllowValue { flags: enforcer_common::ALLOW_F_PROXY, ..value }
+            } else {
+                value
+            };
+            allow.push((AllowEntry { policy_id, net, port: *port, proto: *proto }, v));
+        }
     }
 }
 

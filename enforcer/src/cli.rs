@@ -230,6 +230,10 @@ pub struct DaemonArgs {
     /// bpffs directory for pinned maps and links (default: /sys/fs/bpf/enforcer/cg<cgroup id>).
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Per-workload policies: a YAML file mapping cgroup paths/globs (e.g. system.slice/nginx.service)
+    /// to their own registries and modes (see README). Reloaded with the registry.
+    #[arg(long, value_name = "FILE")]
+    pub workloads: Option<PathBuf>,
     /// Admin HTTP listener (/debug/registryz, /metrics, /healthz, /readyz). Loopback by default.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
     pub admin: std::net::SocketAddr,

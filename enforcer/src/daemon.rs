@@ -78,6 +78,12 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         agent.dp.lock().expect("dataplane lock").attach_tc(iface).with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
     *agent.workloads.lock().expect("workloads lock") = Some(crate::workloads::Workloads::for_daemon(&cg, &mount));
+    if let Some(f) = &args.workloads {
+        let policies = crate::workload::load_file(f, &mount, agent.mode())?;
+        let n = policies.len();
+        agent.set_workload_policies(policies).await?;
+        tracing::info!(file = %f.display(), workloads = n, "per-workload policies applied");
+    }
     let upkeep = agent.spawn_upkeep();
     let _watch = run::spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, false)?;
     let listener = admin::bind(args.admin).await?;
@@ -132,7 +138,22 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     loop {
         tokio::select! {
             _ = sighup.recv() => match agent.reload().await {
-                Ok((cfg, s)) => tracing::info!(mode = %cfg.mode, entries = s.total, added = s.upserts, removed = s.removals, "reloaded"),
+                Ok((cfg, s)) => {
+                    tracing::info!(mode = %cfg.mode, entries = s.total, added = s.upserts, removed = s.removals, "reloaded");
+                    if let Some(f) = &args.workloads {
+                        match crate::workload::load_file(f, &mount, cfg.mode) {
+                            Ok(p) => {
+                                if let Err(e) = agent.set_workload_policies(p).await {
+                                    tracing::error!("applying {} failed: {e:#}", f.display());
+                                }
+                            }
+                            Err(e) => {
+                                agent.stats.reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                tracing::error!("workloads reload rejected, the last good policies stay enforced: {e:#}");
+                            }
+                        }
+                    }
+                }
                 Err(e) => tracing::error!(
                     "{e:#} ({} failed reloads so far)",
                     agent.stats.reload_errors.load(std::sync::atomic::Ordering::Relaxed)

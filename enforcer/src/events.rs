@@ -60,6 +60,12 @@ pub fn explain(ev: &Event, desired: &Desired) -> String {
     let addr = addr_from_bytes(ev.family, &ev.addr);
     let ep = endpoint(addr, ev.port);
     let svc = desired.service(ev.service_id).map(|s| s.name.clone()).unwrap_or_else(|| "a registry service".into());
+    // DESTS is shared by all policies: an address of another workload's registry is simply not in
+    // this one's.
+    let other_policy = ev.service_id != 0 && crate::policy::policy_of_service(ev.service_id) != ev.policy_id;
+    if other_policy && ev.reason == REASON_PORT_NOT_LISTED {
+        return format!("not in this workload's registry; allow it with --allow {ep} or a ServiceEntry");
+    }
     match ev.reason {
         REASON_NOT_IN_REGISTRY => format!("not in registry; allow it with --allow {ep} or a ServiceEntry"),
         REASON_PORT_NOT_LISTED => format!(

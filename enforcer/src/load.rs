@@ -92,19 +92,31 @@ pub fn load_config(args: &PolicyArgs) -> anyhow::Result<LoadedConfig> {
     Ok(LoadedConfig { registry, cli, dns_servers, mode, mode_source, warnings, sni_check: args.sni_check })
 }
 
-/// The desired map contents for `cfg` with the names resolved so far.
+/// The desired map contents for `cfg` with the names resolved so far (the default policy).
 pub fn compile(cfg: &LoadedConfig, resolved: &std::collections::BTreeMap<String, ResolvedName>) -> Desired {
+    compile_policy(cfg, &cfg.registry, DEFAULT_POLICY, resolved)
+}
+
+/// The desired map contents of one policy: `registry` under `policy_id`, with the command-line
+/// allows and host resolvers of `cfg`.
+pub fn compile_policy(
+    cfg: &LoadedConfig,
+    registry: &Registry,
+    policy_id: u32,
+    resolved: &std::collections::BTreeMap<String, ResolvedName>,
+) -> Desired {
     let now = tokio::time::Instant::now();
     let usable: HashMap<String, Vec<IpAddr>> = resolved
         .iter()
         .map(|(name, r)| (name.clone(), r.usable(now).into_iter().map(|(a, _)| a).collect()))
         .collect();
     policy::compile(&Inputs {
-        registry: &cfg.registry,
+        registry,
         resolved: &usable,
         cli: &cfg.cli,
         dns_servers: &cfg.dns_servers,
-        policy_id: DEFAULT_POLICY,
+        policy_id,
         sni_check: cfg.sni_check,
+        service_base: policy::service_base(policy_id),
     })
 }

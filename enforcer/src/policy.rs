@@ -226,8 +226,21 @@ pub struct Desired {
 }
 
 impl Desired {
+    /// The service with this id (ids are ascending in `services`).
     pub fn service(&self, id: u32) -> Option<&ServiceInfo> {
-        id.checked_sub(1).and_then(|i| self.services.get(i as usize))
+        self.services.binary_search_by_key(&id, |s| s.id).ok().map(|i| &self.services[i])
+    }
+
+    /// Add another policy's entries (their keys carry their own policy id; their service ids
+    /// come after ours).
+    pub fn merge(&mut self, other: Desired) {
+        self.allow.extend(other.allow);
+        for (k, v) in other.dests {
+            self.dests.entry(k).or_insert(v);
+        }
+        self.services.extend(other.services);
+        self.services.sort_by_key(|s| s.id);
+        self.warnings.extend(other.warnings);
     }
 }
 
@@ -242,6 +255,18 @@ pub struct Inputs<'a> {
     pub policy_id: u32,
     /// Steer TLS/HTTPS ports through the proxy's SNI check.
     pub sni_check: bool,
+    /// Service ids of this policy start after this (policies get disjoint id ranges).
+    pub service_base: u32,
+}
+
+/// Service-id range of each policy: policy N's services are `N << 16 | 1..`.
+pub fn service_base(policy_id: u32) -> u32 {
+    policy_id << 16
+}
+
+/// The policy a service id belongs to.
+pub fn policy_of_service(service_id: u32) -> u32 {
+    service_id >> 16
 }
 
 /// The TLS settings a DestinationRule gives `port` of a ServiceEntry (port-level first), if any
@@ -306,7 +331,7 @@ fn exact_hosts(se: &ServiceEntry) -> impl Iterator<Item = String> + '_ {
 pub fn compile(inp: &Inputs<'_>) -> Desired {
     let mut d = Desired::default();
     for se in &inp.registry.services {
-        let id = d.services.len() as u32 + 1;
+        let id = inp.service_base + d.services.len() as u32 + 1;
         d.services.push(ServiceInfo {
             id,
             name: format!("{}/{}", se.namespace, se.name),
@@ -397,7 +422,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
     }
 
     for c in inp.cli {
-        let id = d.services.len() as u32 + 1;
+        let id = inp.service_base + d.services.len() as u32 + 1;
         let flag = match c.target {
             CliTarget::Net(n) if n.prefix_len() < n.max_prefix_len() => "--allow-cidr",
             _ => "--allow",
@@ -435,7 +460,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
     }
 
     if !inp.dns_servers.is_empty() {
-        let id = d.services.len() as u32 + 1;
+        let id = inp.service_base + d.services.len() as u32 + 1;
         d.services.push(ServiceInfo {
             id,
             name: "host DNS resolvers".into(),
@@ -509,7 +534,8 @@ impl HostIndex {
             }
         }
         for info in desired.services.iter().filter(|s| s.kind == ServiceKind::CommandLine) {
-            let idx = (info.id as usize).saturating_sub(1 + registry.services.len());
+            let base = desired.services.first().map(|s| s.id - 1).unwrap_or(0);
+            let idx = ((info.id - base) as usize).saturating_sub(1 + registry.services.len());
             match cli.get(idx).map(|c| &c.target) {
                 Some(CliTarget::Host(h)) => {
                     ix.exact.entry(h.clone()).or_insert(info.id);
@@ -654,7 +680,7 @@ mod tests {
             .iter()
             .map(|(n, ips)| (n.to_string(), ips.iter().map(|i| i.parse().unwrap()).collect()))
             .collect();
-        compile(&Inputs { registry: reg, resolved: &resolved, cli, dns_servers: &[], policy_id: 0, sni_check: false })
+        compile(&Inputs { registry: reg, resolved: &resolved, cli, dns_servers: &[], policy_id: 0, sni_check: false, service_base: 0 })
     }
 
     fn entries(d: &Desired) -> Vec<String> {

@@ -71,7 +71,7 @@ pub fn build(agent: &Agent) -> Registryz {
 
     let mut services = Vec::new();
     for info in &v.desired.services {
-        let se = (info.kind == ServiceKind::ServiceEntry).then(|| v.cfg.registry.services.get(info.id as usize - 1)).flatten();
+        let se = (info.kind == ServiceKind::ServiceEntry).then(|| v.service_entry(info.id)).flatten();
         let endpoints: Vec<EndpointView> = eps.range((info.id, String::new(), 0)..(info.id + 1, String::new(), 0)).map(|(_, ep)| ep.clone()).collect();
         services.push(ServiceView {
             id: info.id,

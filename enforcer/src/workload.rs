@@ -26,3 +26,146 @@ pub trait PolicySink: Send + Sync + 'static {
     /// Replace the whole set of workload policies. Called whenever the set changes.
     fn apply(&self, policies: Vec<WorkloadPolicy>);
 }
+
+/// The local form (`enforcer daemon --workloads FILE`): several services on one host, each with
+/// its own registry and mode.
+///
+/// ```yaml
+/// workloads:
+/// - name: nginx
+///   cgroups: ["system.slice/nginx.service"]     # globs, relative to the cgroup2 mount
+///   registry: ["nginx/"]                          # files/dirs, relative to this file
+///   mode: REGISTRY_ONLY                           # default: the daemon's mode
+/// ```
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadsFile {
+    workloads: Vec<WorkloadEntry>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadEntry {
+    name: String,
+    cgroups: Vec<String>,
+    #[serde(default)]
+    registry: Vec<PathBuf>,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+/// Read and validate a workloads file: every problem is reported with the file and workload name;
+/// registries load through the same validation as `--registry`.
+pub fn load_file(path: &std::path::Path, mount: &std::path::Path, default_mode: Mode) -> anyhow::Result<Vec<WorkloadPolicy>> {
+    use anyhow::Context as _;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let file: WorkloadsFile =
+        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}; fix: see the workloads file format in README", path.display()))?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let mut out = Vec::new();
+    let mut errors = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
+    for w in file.workloads {
+        if !names.insert(w.name.clone()) {
+            errors.push(format!("{}: workload {:?} is listed twice; fix: give each workload a unique name", path.display(), w.name));
+            continue;
+        }
+        if w.cgroups.is_empty() {
+            errors.push(format!("{}: workload {:?} has no cgroups; fix: list its cgroup paths or globs, e.g. system.slice/nginx.service", path.display(), w.name));
+            continue;
+        }
+        let mode = match &w.mode {
+            Some(m) => match m.parse::<Mode>() {
+                Ok(m) => m,
+                Err(e) => {
+                    errors.push(format!("{}: workload {:?}: mode: {e}", path.display(), w.name));
+                    continue;
+                }
+            },
+            None => default_mode,
+        };
+        let paths: Vec<PathBuf> = w.registry.iter().map(|p| if p.is_absolute() { p.clone() } else { base.join(p) }).collect();
+        let registry = if paths.is_empty() {
+            Registry::default()
+        } else {
+            match crate::config::load_paths(&paths) {
+                Ok(r) => r,
+                Err(e) => {
+                    let diags: Vec<String> = e.diagnostics().iter().map(|d| format!("  {d}")).collect();
+                    errors.push(format!("{}: workload {:?}: invalid registry: {e}\n{}", path.display(), w.name, diags.join("\n")));
+                    continue;
+                }
+            }
+        };
+        let cgroups = w
+            .cgroups
+            .iter()
+            .map(|c| mount.join(c.trim_start_matches('/')))
+            .collect();
+        out.push(WorkloadPolicy { name: w.name, registry, mode, cgroups });
+    }
+    if !errors.is_empty() {
+        anyhow::bail!("{}", errors.join("\n"));
+    }
+    Ok(out)
+}
+
+/// Expand a policy's cgroup patterns (globs allowed) into the existing directories.
+pub fn expand_cgroups(patterns: &[PathBuf]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in patterns {
+        let s = p.to_string_lossy();
+        if s.contains(['*', '?', '[']) {
+            if let Ok(paths) = glob::glob(&s) {
+                out.extend(paths.filter_map(|r| r.ok()).filter(|p| p.is_dir()));
+            }
+        } else if p.is_dir() {
+            out.push(p.clone());
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workloads_file_loads_and_reports_every_problem() {
+        let dir = std::env::temp_dir().join(format!("enf-wl-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("nginx")).unwrap();
+        std::fs::write(
+            dir.join("nginx/se.yaml"),
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: api}\nspec:\n  hosts: [api.example.com]\n  addresses: [192.0.2.1]\n  ports: [{number: 443, name: https, protocol: TLS}]\n  resolution: STATIC\n  endpoints: [{address: 192.0.2.1}]\n",
+        )
+        .unwrap();
+        let f = dir.join("workloads.yaml");
+        std::fs::write(&f, "workloads:\n- name: nginx\n  cgroups: [\"system.slice/nginx.service\"]\n  registry: [nginx/]\n  mode: AUDIT\n").unwrap();
+        let w = load_file(&f, std::path::Path::new("/sys/fs/cgroup"), Mode::RegistryOnly).unwrap();
+        assert_eq!(w.len(), 1);
+        assert_eq!(w[0].mode, Mode::Audit);
+        assert_eq!(w[0].registry.services.len(), 1);
+        assert_eq!(w[0].cgroups, vec![PathBuf::from("/sys/fs/cgroup/system.slice/nginx.service")]);
+
+        std::fs::write(&f, "workloads:\n- name: a\n  cgroups: []\n- name: b\n  cgroups: [x]\n  mode: SOMETIMES\n").unwrap();
+        let e = load_file(&f, std::path::Path::new("/sys/fs/cgroup"), Mode::RegistryOnly).unwrap_err().to_string();
+        assert!(e.contains("\"a\" has no cgroups") && e.contains("\"b\": mode"), "{e}");
+        std::fs::write(&f, "workloads:\n- name: a\n  cgroup: [x]\n").unwrap();
+        let e = load_file(&f, std::path::Path::new("/sys/fs/cgroup"), Mode::RegistryOnly).unwrap_err().to_string();
+        assert!(e.contains("workloads.yaml") && e.contains("cgroup"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn globs_expand_to_existing_dirs() {
+        let dir = std::env::temp_dir().join(format!("enf-glob-{}", std::process::id()));
+        for d in ["system.slice/batch-1.service", "system.slice/batch-2.service", "system.slice/web.service"] {
+            std::fs::create_dir_all(dir.join(d)).unwrap();
+        }
+        let got = expand_cgroups(&[dir.join("system.slice/batch-*.service"), dir.join("system.slice/missing.service")]);
+        assert_eq!(got, vec![dir.join("system.slice/batch-1.service"), dir.join("system.slice/batch-2.service")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -8,6 +8,7 @@
 //! - `bench sync`        a registry of N hosts from YAML into the kernel maps, step by step
 //! - `bench dns`         DNS forwarder latency vs dnsmasq, and answer-to-map-insertion delay
 //! - `bench all`         the three benchmarks
+//! - `vm-test [--kernel 6.1|6.12|all] [--filter S]... [--smoke]`  integration tests in QEMU guests
 
 mod bench;
 mod bench_dns;
@@ -18,6 +19,8 @@ mod demo;
 mod netns;
 mod setup;
 mod util;
+mod vmtest;
+mod vmtest_kernel;
 
 use std::process::ExitCode;
 
@@ -56,6 +59,8 @@ enum Cmd {
     },
     /// Show enforcer at work against two HTTP servers in a private network namespace (root needed).
     Demo(demo::Args),
+    /// The integration tests inside QEMU guests on Debian's 6.1 and 6.12 kernels (root needed).
+    VmTest(vmtest::Args),
     /// Benchmarks (never part of `test`).
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -100,6 +105,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         }
         Cmd::Test { args } => test(args),
         Cmd::Demo(a) => demo::main(a),
+        Cmd::VmTest(a) => vmtest::main(a),
         Cmd::Bench(b) => bench::main(b),
         Cmd::BenchClient(_) | Cmd::BenchServer(_) => unreachable!(),
     }

@@ -17,6 +17,8 @@ const TOOLCHAIN_PKGS: &[&str] = &[
 /// What enforcer runs next to, and what the tests, demo and bench talk to.
 const PEER_PKGS: &[&str] = &[
     "curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl",
+    // `cargo xtask vm-test`: QEMU guests (TCG), their initramfs, the guest kernels' modules.
+    "qemu-system-x86", "busybox-static", "kmod", "xz-utils",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_FEATURE: &str = "llvm-22";

@@ -100,6 +100,9 @@ pub struct Dataplane {
     traffic: PerCpuHashMap<MapData, TrafficKey, TrafficValue>,
     conns: PerCpuHashMap<MapData, ConnKey, ConnCounters>,
     proxy_peers: aya::maps::HashMap<MapData, OrigDest, ProxyDest>,
+    workloads: aya::maps::HashMap<MapData, u64, enforcer_common::WorkloadValue>,
+    /// What WORKLOADS holds: cgroup id -> policy id.
+    workloads_in_map: BTreeMap<u64, u32>,
     /// TC attachments made by this process (interface, direction), for explicit detach.
     tc_links: Vec<(String, &'static str)>,
     pin_dir: Option<PathBuf>,
@@ -162,6 +165,9 @@ impl Dataplane {
         let traffic = PerCpuHashMap::try_from(take(map_names::TRAFFIC)?).map_err(map_err(map_names::TRAFFIC, "open"))?;
         let conns = PerCpuHashMap::try_from(take(map_names::CONNS)?).map_err(map_err(map_names::CONNS, "open"))?;
         let proxy_peers = aya::maps::HashMap::try_from(take(map_names::PROXY_PEERS)?).map_err(map_err(map_names::PROXY_PEERS, "open"))?;
+        let workloads: aya::maps::HashMap<MapData, u64, enforcer_common::WorkloadValue> =
+            aya::maps::HashMap::try_from(take(map_names::WORKLOADS)?).map_err(map_err(map_names::WORKLOADS, "open"))?;
+        let workloads_in_map = workloads.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.policy_id)).collect();
 
         for name in prog_names::ALL.into_iter().chain(prog_names::DNS_RESTORE) {
             let prog: &mut CgroupSockAddr = ebpf
@@ -205,6 +211,8 @@ impl Dataplane {
             traffic,
             conns,
             proxy_peers,
+            workloads,
+            workloads_in_map,
             tc_links: Vec::new(),
             pin_dir: opts.pin_dir.clone(),
             allow_state: Layered::new(in_allow),
@@ -316,6 +324,25 @@ impl Dataplane {
             out.push((name, AttachOutcome::Attached));
         }
         Ok(out)
+    }
+
+    /// Make WORKLOADS hold exactly `want` (cgroup id -> policy id): inserts first, then removals.
+    pub fn set_workloads(&mut self, want: &BTreeMap<u64, u32>) -> Result<()> {
+        let d = crate::policy::diff(&self.workloads_in_map, want);
+        for (cg, policy_id) in &d.upserts {
+            self.workloads
+                .insert(cg, enforcer_common::WorkloadValue { policy_id: *policy_id, flags: 0 }, 0)
+                .map_err(map_err(map_names::WORKLOADS, format!("insert cgroup {cg}")))?;
+            self.workloads_in_map.insert(*cg, *policy_id);
+        }
+        for cg in &d.removals {
+            match self.workloads.remove(cg) {
+                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(map_names::WORKLOADS, format!("remove cgroup {cg}"))(e)),
+            }
+            self.workloads_in_map.remove(cg);
+        }
+        Ok(())
     }
 
     /// Where a connection the kernel steered to the L7 proxy meant to go, by the client's address

@@ -8,9 +8,9 @@
 //! HTTP is hyper's (server and pooled client), TLS is rustls' (ring provider): nothing here parses
 //! HTTP or TLS by hand.
 
-mod http;
 mod metrics;
 mod net;
+mod originate;
 mod sni;
 mod tls;
 
@@ -123,7 +123,7 @@ pub(crate) struct Shared {
     pub policy: Arc<dyn ProxyPolicy>,
     pub metrics: ProxyMetrics,
     pub mark: Option<u32>,
-    pub pools: http::Pools,
+    pub pools: originate::Pools,
 }
 
 pub struct Proxy {
@@ -138,7 +138,7 @@ impl Proxy {
             policy,
             metrics: ProxyMetrics::new(),
             mark: cfg.upstream_mark,
-            pools: http::Pools::default(),
+            pools: originate::Pools::default(),
         });
         Ok(Proxy { listener, shared })
     }
@@ -222,8 +222,8 @@ async fn handle_conn(
     };
     match (route, is_tls) {
         (Route::Originate { service, host, upstream_port, tls, connect_timeout }, false) => {
-            let route = http::OriginateRoute { service, host, upstream_port, tls, connect_timeout };
-            http::serve(shared, stream, peer, original, route, stop).await;
+            let route = originate::OriginateRoute { service, host, upstream_port, tls, connect_timeout };
+            originate::serve(shared, stream, peer, original, route, stop).await;
         }
         (Route::SniCheck { allowed, .. }, true) => {
             sni::serve(shared, stream, peer, original, allowed).await;
@@ -234,7 +234,7 @@ async fn handle_conn(
         }
         (Route::SniCheck { .. }, false) => {
             warn!(%peer, %original, "proxy: plain bytes on a TLS port checked by SNI; answering 400");
-            http::serve_bad_request(stream, "this port expects TLS\n").await;
+            originate::serve_bad_request(stream, "this port expects TLS\n").await;
         }
     }
 }

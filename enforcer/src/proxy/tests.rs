@@ -1,0 +1,703 @@
+//! The proxy against real sockets on 127.0.0.1: an rcgen CA, a tokio-rustls + hyper upstream, and
+//! a ProxyPolicy that maps every client to the test's original destination.
+
+use std::{
+    convert::Infallible,
+    net::SocketAddr,
+    path::PathBuf,
+    pin::Pin,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, header};
+use http_body::{Body, Frame};
+use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::TokioIo;
+use prometheus_client::{encoding::text::encode, registry::Registry};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, pem::PemObject as _};
+use tokio::{
+    io::{AsyncReadExt as _, AsyncWriteExt as _},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+use super::*;
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .try_init();
+}
+
+struct Pki {
+    ca_pem: String,
+    cert: CertificateDer<'static>,
+    key: PrivatePkcs8KeyDer<'static>,
+}
+
+/// A fresh CA and a server certificate for `names`, signed by it.
+fn pki(names: &[&str]) -> Pki {
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "enforcer test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_params = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+    let leaf_key = KeyPair::generate().unwrap();
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+    Pki {
+        ca_pem: ca_cert.pem(),
+        cert: leaf.der().clone(),
+        key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
+    }
+}
+
+fn temp_file(tag: &str, content: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let path = std::env::temp_dir().join(format!(
+        "enforcer-proxy-test-{}-{}-{tag}.pem",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::write(&path, content).unwrap();
+    path
+}
+
+static ZEROS: [u8; 65536] = [0; 65536];
+
+/// `remaining` bytes of zeros, streamed in 64 KiB frames, size unknown (chunked).
+struct Zeros {
+    remaining: u64,
+}
+
+impl Body for Zeros {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let n = self.remaining.min(ZEROS.len() as u64) as usize;
+        self.remaining -= n as u64;
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&ZEROS[..n])))))
+    }
+    fn is_end_stream(&self) -> bool {
+        self.remaining == 0
+    }
+}
+
+type TestBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+fn boxed<B>(b: B) -> TestBody
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    b.map_err(Into::into).boxed_unsync()
+}
+
+/// The test upstream's routes: /status/N, /bytes/N, /echo. Every response says which upstream
+/// connection served it (x-conn) and the Host it saw (x-seen-host).
+async fn upstream_handler(conn: usize, req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
+    let path = req.uri().path().to_owned();
+    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    let hop = req.headers().contains_key("x-hop");
+    let mut resp = if let Some(code) = path.strip_prefix("/status/") {
+        let code: u16 = code.parse().unwrap();
+        let mut r = Response::new(boxed(Full::new(Bytes::from(format!("status {code}")))));
+        *r.status_mut() = StatusCode::from_u16(code).unwrap();
+        r
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        Response::new(boxed(Zeros { remaining: n.parse().unwrap() }))
+    } else if path == "/echo" {
+        Response::new(boxed(req.into_body()))
+    } else {
+        let mut r = Response::new(boxed(Empty::new()));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        r
+    };
+    resp.headers_mut().insert("x-conn", conn.into());
+    resp.headers_mut().insert("x-seen-host", host.parse().unwrap());
+    resp.headers_mut().insert("x-saw-hop", if hop { "yes" } else { "no" }.parse().unwrap());
+    Ok(resp)
+}
+
+struct Upstream {
+    addr: SocketAddr,
+    /// TCP connections accepted.
+    accepts: Arc<AtomicUsize>,
+}
+
+fn server_config(pki: &Pki) -> Arc<ServerConfig> {
+    let mut cfg = ServerConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![pki.cert.clone()], PrivateKeyDer::Pkcs8(pki.key.clone_key()))
+        .unwrap();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+async fn start_upstream(pki: &Pki) -> Upstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let acceptor = TlsAcceptor::from(server_config(pki));
+    let counter = accepts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let conn = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = service_fn(move |req| upstream_handler(conn, req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    Upstream { addr, accepts }
+}
+
+/// Accepts TCP connections and never says anything: TLS handshakes to it hang.
+async fn start_silent_upstream() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
+/// A port nothing listens on.
+async fn closed_port() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    listener.local_addr().unwrap()
+}
+
+struct TestPolicy {
+    original: Option<SocketAddr>,
+    route: Option<Route>,
+    events: Mutex<Vec<ProxyEvent>>,
+}
+
+impl ProxyPolicy for TestPolicy {
+    fn original_dst(&self, _client: SocketAddr) -> Option<SocketAddr> {
+        self.original
+    }
+    fn route(&self, original: SocketAddr) -> Option<Route> {
+        (Some(original) == self.original).then(|| self.route.clone()).flatten()
+    }
+    fn workload(&self, _client: SocketAddr) -> String {
+        "test-app".into()
+    }
+    fn event(&self, e: ProxyEvent) {
+        self.events.lock().unwrap().push(e);
+    }
+}
+
+impl TestPolicy {
+    fn events(&self) -> Vec<ProxyEvent> {
+        self.events.lock().unwrap().clone()
+    }
+}
+
+fn svc(host: &str) -> ServiceLabels {
+    ServiceLabels {
+        destination_service: host.into(),
+        destination_service_name: host.into(),
+        destination_service_namespace: "egress".into(),
+    }
+}
+
+fn originate(upstream_port: u16, tls: TlsOrigination, connect_timeout: Duration) -> Route {
+    Route::Originate { service: svc("api.test"), host: "api.test".into(), upstream_port, tls, connect_timeout }
+}
+
+fn with_ca(pki: &Pki) -> TlsOrigination {
+    TlsOrigination { ca_certificates: Some(temp_file("ca", &pki.ca_pem)), ..Default::default() }
+}
+
+struct Running {
+    addr: SocketAddr,
+    policy: Arc<TestPolicy>,
+    metrics: ProxyMetrics,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts a proxy whose every client came for `original`, routed by `route`. For Originate the
+/// original's port is arbitrary (80): the upstream is original.ip():upstream_port.
+async fn start_proxy(original: Option<SocketAddr>, route: Option<Route>) -> Running {
+    init_tracing();
+    let policy = Arc::new(TestPolicy { original, route, events: Mutex::default() });
+    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: Some(0x4e) };
+    let proxy = Proxy::bind(cfg, policy.clone()).await.unwrap();
+    let addr = proxy.local_addr();
+    let metrics = proxy.metrics();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(proxy.run(async move {
+        let _ = rx.await;
+    }));
+    Running { addr, policy, metrics, _stop: tx }
+}
+
+fn port80() -> SocketAddr {
+    "127.0.0.1:80".parse().unwrap()
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<TestBody>;
+
+async fn http_conn(addr: SocketAddr) -> Sender {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+struct Got {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    len: u64,
+    body: Vec<u8>,
+}
+
+/// Sends a request and reads the whole response, keeping at most 4 KiB of its body.
+async fn send(sender: &mut Sender, method: &str, path: &str, body: TestBody) -> Got {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(header::HOST, "api.test")
+        .header("x-hop", "dropped")
+        .header(header::CONNECTION, "keep-alive, x-hop")
+        .body(body)
+        .unwrap();
+    sender.ready().await.unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let (parts, mut body) = resp.into_parts();
+    let mut len = 0u64;
+    let mut kept = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.unwrap().into_data() {
+            len += data.len() as u64;
+            if kept.len() < 4096 {
+                kept.extend_from_slice(&data[..data.len().min(4096 - kept.len())]);
+            }
+        }
+    }
+    Got { status: parts.status, headers: parts.headers, len, body: kept }
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Got {
+    let mut s = http_conn(addr).await;
+    send(&mut s, "GET", path, boxed(Empty::new())).await
+}
+
+fn scrape(m: &ProxyMetrics) -> String {
+    let mut reg = Registry::default();
+    m.register(&mut reg);
+    let mut out = String::new();
+    encode(&mut out, &reg).unwrap();
+    out
+}
+
+/// Polls the metrics until `needle` shows (a response's metrics are recorded as its body ends,
+/// which may be just after the client read it).
+async fn wait_metric(m: &ProxyMetrics, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(m);
+        if text.contains(needle) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn requests_line(code: u16, flags: &str) -> String {
+    format!(
+        "istio_requests_total{{reporter=\"source\",source_workload=\"test-app\",destination_service=\"api.test\",\
+destination_service_name=\"api.test\",destination_service_namespace=\"egress\",request_protocol=\"http\",\
+response_code=\"{code}\",response_flags=\"{flags}\",connection_security_policy=\"unknown\"}} 1"
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP in, TLS out
+
+#[tokio::test]
+async fn originates_tls_with_the_ca_file_and_counts_statuses() {
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+
+    for code in [200u16, 404, 500] {
+        let got = get(p.addr, &format!("/status/{code}")).await;
+        assert_eq!(got.status.as_u16(), code);
+        assert_eq!(got.body, format!("status {code}").as_bytes());
+        assert_eq!(got.headers["x-seen-host"], "api.test", "Host kept as the client sent it");
+        assert_eq!(got.headers["x-saw-hop"], "no", "headers named by Connection are hop-by-hop");
+    }
+    for code in [200u16, 404, 500] {
+        let text = wait_metric(&p.metrics, &requests_line(code, "-")).await;
+        assert!(text.contains(&requests_line(code, "-")), "{code} missing from:\n{text}");
+    }
+    let text = scrape(&p.metrics);
+    assert!(text.contains("istio_request_duration_milliseconds_bucket{"), "{text}");
+    assert!(text.contains("le=\"3600000.0\""), "{text}");
+    assert!(text.contains("istio_response_bytes_sum{"), "{text}");
+    assert!(text.contains("istio_request_bytes_count{"), "{text}");
+    assert!(p.policy.events().is_empty(), "{:?}", p.policy.events());
+}
+
+#[tokio::test]
+async fn missing_host_header_gets_the_route_host() {
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    // HTTP/1.0 without Host.
+    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(b"GET /status/200 HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let out = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(out.starts_with("http/1.0 200"), "{out}");
+    assert!(out.contains("x-seen-host: api.test"), "{out}");
+}
+
+#[tokio::test]
+async fn wrong_ca_is_a_503_with_the_tls_error_and_an_event() {
+    let pki_real = pki(&["api.test"]);
+    let pki_other = pki(&["api.test"]);
+    let up = start_upstream(&pki_real).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki_other), Duration::from_secs(5)))).await;
+
+    let got = get(p.addr, "/status/200").await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = String::from_utf8_lossy(&got.body);
+    assert!(
+        body.starts_with(
+            "upstream connect error or disconnect/reset before headers. reset reason: connection failure, \
+transport failure reason: TLS error: "
+        ),
+        "{body}"
+    );
+    assert!(body.contains("invalid peer certificate"), "{body}");
+    let events = p.policy.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, ProxyEventKind::TlsVerifyFailed);
+    assert_eq!(events[0].original, port80());
+    let text = wait_metric(&p.metrics, &requests_line(503, "UF")).await;
+    assert!(text.contains(&requests_line(503, "UF")), "{text}");
+}
+
+#[tokio::test]
+async fn insecure_skip_verify_accepts_an_unknown_ca() {
+    let pki_real = pki(&["api.test"]);
+    let pki_other = pki(&["api.test"]);
+    let up = start_upstream(&pki_real).await;
+    let tls = TlsOrigination { insecure_skip_verify: true, ..with_ca(&pki_other) };
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), tls, Duration::from_secs(5)))).await;
+    let got = get(p.addr, "/status/200").await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert!(p.policy.events().is_empty());
+}
+
+#[tokio::test]
+async fn sni_and_subject_alt_names_are_verified() {
+    let pki = pki(&["api.test", "alt.test"]);
+    let up = start_upstream(&pki).await;
+
+    // SNI other than the certificate's names: rejected.
+    let tls = TlsOrigination { sni: Some("nope.test".into()), ..with_ca(&pki) };
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), tls, Duration::from_secs(5)))).await;
+    let got = get(p.addr, "/status/200").await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(String::from_utf8_lossy(&got.body).contains("TLS error: invalid peer certificate"));
+    assert_eq!(p.policy.events()[0].kind, ProxyEventKind::TlsVerifyFailed);
+
+    // subjectAltNames name the certificate: accepted whatever the SNI.
+    let tls = TlsOrigination {
+        sni: Some("nope.test".into()),
+        subject_alt_names: vec!["spiffe://x/y".into(), "alt.test".into()],
+        ..with_ca(&pki)
+    };
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), tls, Duration::from_secs(5)))).await;
+    assert_eq!(get(p.addr, "/status/200").await.status, StatusCode::OK);
+
+    // subjectAltNames the certificate does not have: rejected.
+    let tls = TlsOrigination { subject_alt_names: vec!["other.test".into()], ..with_ca(&pki) };
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), tls, Duration::from_secs(5)))).await;
+    let got = get(p.addr, "/status/200").await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(p.policy.events()[0].kind, ProxyEventKind::TlsVerifyFailed);
+}
+
+#[tokio::test]
+async fn missing_ca_file_is_a_503() {
+    let tls = TlsOrigination { ca_certificates: Some("/nonexistent/ca.pem".into()), ..Default::default() };
+    let p = start_proxy(Some(port80()), Some(originate(1, tls, Duration::from_secs(5)))).await;
+    let got = get(p.addr, "/status/200").await;
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    let body = String::from_utf8_lossy(&got.body);
+    assert!(body.contains("TLS error: cannot read caCertificates /nonexistent/ca.pem"), "{body}");
+}
+
+#[tokio::test]
+async fn upstream_down_is_a_fast_503_uf() {
+    let down = closed_port().await;
+    let p = start_proxy(Some(port80()), Some(originate(down.port(), TlsOrigination::default(), Duration::from_secs(5)))).await;
+    let t = Instant::now();
+    let got = get(p.addr, "/status/200").await;
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        String::from_utf8_lossy(&got.body),
+        "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+    );
+    assert_eq!(p.policy.events()[0].kind, ProxyEventKind::UpstreamConnectFailed);
+    let text = wait_metric(&p.metrics, &requests_line(503, "UF")).await;
+    assert!(text.contains(&requests_line(503, "UF")), "{text}");
+}
+
+#[tokio::test]
+async fn hanging_handshake_times_out_as_a_503() {
+    let silent = start_silent_upstream().await;
+    let p = start_proxy(Some(port80()), Some(originate(silent.port(), TlsOrigination::default(), Duration::from_millis(500)))).await;
+    let t = Instant::now();
+    let got = get(p.addr, "/status/200").await;
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(450) && took < Duration::from_millis(1500), "{took:?}");
+    assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        String::from_utf8_lossy(&got.body),
+        "upstream connect error or disconnect/reset before headers. reset reason: connection timeout"
+    );
+    assert_eq!(p.policy.events()[0].kind, ProxyEventKind::UpstreamTimeout);
+    let text = wait_metric(&p.metrics, &requests_line(503, "UF")).await;
+    assert!(text.contains(&requests_line(503, "UF")), "{text}");
+}
+
+#[tokio::test]
+async fn upstream_connections_are_kept_alive_and_shared() {
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    let mut s = http_conn(p.addr).await;
+    let a = send(&mut s, "GET", "/status/200", boxed(Empty::new())).await;
+    let b = send(&mut s, "GET", "/status/404", boxed(Empty::new())).await;
+    // A second client connection reuses the pooled upstream connection too.
+    let c = get(p.addr, "/status/200").await;
+    assert_eq!((a.status.as_u16(), b.status.as_u16(), c.status.as_u16()), (200, 404, 200));
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 1, "one upstream TLS connection");
+    assert_eq!(a.headers["x-conn"], b.headers["x-conn"]);
+    assert_eq!(a.headers["x-conn"], c.headers["x-conn"]);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /status/201 HTTP/1.1\r\nHost: api.test\r\n\r\n\
+GET /status/404 HTTP/1.1\r\nHost: api.test\r\n\r\n\
+GET /status/202 HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out)).await.unwrap().unwrap();
+    let out = String::from_utf8_lossy(&out);
+    let a = out.find("HTTP/1.1 201").expect(&out);
+    let b = out.find("HTTP/1.1 404").expect(&out);
+    let c = out.find("HTTP/1.1 202").expect(&out);
+    assert!(a < b && b < c, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_a_100_mb_response() {
+    const N: u64 = 100 * 1024 * 1024;
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    let got = get(p.addr, &format!("/bytes/{N}")).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.len, N);
+    let needle = format!("istio_response_bytes_sum{{reporter=\"source\",source_workload=\"test-app\",destination_service=\"api.test\",destination_service_name=\"api.test\",destination_service_namespace=\"egress\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",connection_security_policy=\"unknown\"}} {N}");
+    let text = wait_metric(&p.metrics, &needle).await;
+    assert!(text.contains(&needle), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_a_20_mb_upload_through_echo() {
+    const N: u64 = 20 * 1024 * 1024;
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    let mut s = http_conn(p.addr).await;
+    let got = send(&mut s, "POST", "/echo", boxed(Zeros { remaining: N })).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(got.len, N);
+    let needle = format!("istio_request_bytes_sum{{reporter=\"source\",source_workload=\"test-app\",destination_service=\"api.test\",destination_service_name=\"api.test\",destination_service_namespace=\"egress\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",connection_security_policy=\"unknown\"}} {N}");
+    let text = wait_metric(&p.metrics, &needle).await;
+    assert!(text.contains(&needle), "{text}");
+}
+
+#[tokio::test]
+async fn unknown_original_destination_is_closed() {
+    let p = start_proxy(None, None).await;
+    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await.unwrap();
+    assert!(n.is_err() || out.is_empty(), "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// TLS in, checked by SNI
+
+fn client_tls(pki: &Pki) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(pki.ca_pem.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    TlsConnector::from(Arc::new(cfg))
+}
+
+fn sni_route(port: u16) -> Route {
+    Route::SniCheck {
+        port,
+        allowed: vec![("api.test".into(), svc("api.test")), ("*.wild.test".into(), svc("*.wild.test"))],
+    }
+}
+
+#[tokio::test]
+async fn allowed_sni_is_spliced_through() {
+    let pki = pki(&["api.test", "a.wild.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(up.addr), Some(sni_route(up.addr.port()))).await;
+
+    for name in ["api.test", "a.wild.test"] {
+        let tcp = TcpStream::connect(p.addr).await.unwrap();
+        let tls = client_tls(&pki)
+            .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+            .await
+            .expect("handshake with the upstream through the proxy");
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+        tokio::spawn(conn);
+        let got = send(&mut sender, "GET", "/status/200", boxed(Empty::new())).await;
+        assert_eq!(got.status, StatusCode::OK);
+    }
+    assert!(p.policy.events().is_empty(), "{:?}", p.policy.events());
+    let text = scrape(&p.metrics);
+    assert!(text.contains("enforcer_sni_decisions_total{destination_service=\"api.test\",decision=\"allowed\"} 1"), "{text}");
+    assert!(text.contains("enforcer_sni_decisions_total{destination_service=\"*.wild.test\",decision=\"allowed\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn other_sni_is_closed_with_an_event() {
+    let pki = pki(&["api.test", "other.test", "wild.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(up.addr), Some(sni_route(up.addr.port()))).await;
+
+    for name in ["other.test", "wild.test"] {
+        let tcp = TcpStream::connect(p.addr).await.unwrap();
+        let res = client_tls(&pki).connect(ServerName::try_from(name.to_owned()).unwrap(), tcp).await;
+        let Err(err) = res else { panic!("the proxy must not let this handshake through") };
+        assert!(err.to_string().contains("UnrecognisedName") || err.to_string().contains("unrecognised")
+            || err.kind() == std::io::ErrorKind::UnexpectedEof, "{err}");
+    }
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 0, "nothing reached the upstream");
+    let events = p.policy.events();
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].kind, ProxyEventKind::SniDenied { sni: Some("other.test".into()) });
+    assert_eq!(events[1].kind, ProxyEventKind::SniDenied { sni: Some("wild.test".into()) });
+    let text = scrape(&p.metrics);
+    assert!(text.contains("enforcer_sni_decisions_total{destination_service=\"BlackHoleCluster\",decision=\"denied\"} 2"), "{text}");
+}
+
+#[tokio::test]
+async fn mismatched_protocols_are_refused() {
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    // Plain HTTP to an SNI-checked port: 400.
+    let p = start_proxy(Some(up.addr), Some(sni_route(up.addr.port()))).await;
+    let got = get(p.addr, "/status/200").await;
+    assert_eq!(got.status, StatusCode::BAD_REQUEST);
+    // TLS to an originating port: closed.
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    let tcp = TcpStream::connect(p.addr).await.unwrap();
+    let res = client_tls(&pki).connect(ServerName::try_from("api.test").unwrap(), tcp).await;
+    assert!(res.is_err());
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn wildcards_match_on_label_boundaries() {
+    assert!(sni_matches("api.example.com", "API.example.com"));
+    assert!(sni_matches("api.example.com.", "api.example.com"));
+    assert!(!sni_matches("api.example.com", "x.api.example.com"));
+    assert!(sni_matches("*.example.com", "a.example.com"));
+    assert!(sni_matches("*.example.com", "a.b.example.com"));
+    assert!(sni_matches("*.example.com", "A.Example.COM"));
+    assert!(!sni_matches("*.example.com", "example.com"));
+    assert!(!sni_matches("*.example.com", ".example.com"));
+    assert!(!sni_matches("*.example.com", "evilexample.com"));
+    assert!(!sni_matches("*", "example.com"));
+    assert!(!sni_matches("*.", "example.com"));
+    assert!(!sni_matches("api.example.com", ""));
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_connections_and_returns() {
+    init_tracing();
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let policy = Arc::new(TestPolicy {
+        original: Some(port80()),
+        route: Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5))),
+        events: Mutex::default(),
+    });
+    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: None };
+    let proxy = Proxy::bind(cfg, policy).await.unwrap();
+    let addr = proxy.local_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let running = tokio::spawn(proxy.run(async move {
+        let _ = rx.await;
+    }));
+    // An idle keep-alive client connection stays open across the shutdown request...
+    let mut s = http_conn(addr).await;
+    assert_eq!(send(&mut s, "GET", "/status/200", boxed(Empty::new())).await.status, StatusCode::OK);
+    tx.send(()).unwrap();
+    // ...but does not hold `run` up.
+    tokio::time::timeout(Duration::from_secs(2), running).await.expect("run returns promptly").unwrap();
+    assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
+}
