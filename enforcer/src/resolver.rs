@@ -75,6 +75,13 @@ pub struct ResolvedName {
 }
 
 impl ResolvedName {
+    /// Every address the entry still lists (current and graced), whatever the time: what the last
+    /// recompute may have put into the maps. A change here must trigger a recompute.
+    fn listed(&self) -> BTreeSet<IpAddr> {
+        let current = self.last_error.is_none() || self.keep_until.is_some();
+        self.addrs.iter().filter(|_| current).chain(self.previous.iter().map(|(a, _)| a)).copied().collect()
+    }
+
     fn empty() -> Self {
         Self { addrs: vec![], ttl: Duration::ZERO, expires: None, keep_until: None, previous: vec![], last_error: None, failures: 0, next_refresh: None }
     }
@@ -252,7 +259,7 @@ impl Inner {
         let now = Instant::now();
         let mut table = self.table.write().expect("table lock");
         let entry = table.entry(name.to_string()).or_insert_with(ResolvedName::empty);
-        let before = entry.usable(now).into_iter().map(|(a, _)| a).collect::<BTreeSet<_>>();
+        let before = entry.listed();
         let next = match res {
             Ok((addrs, ttl)) => {
                 let life = self.clamp(ttl);
@@ -277,7 +284,9 @@ impl Inner {
             Err(e) => {
                 self.stats.failures.fetch_add(1, Ordering::Relaxed);
                 entry.failures += 1;
-                if entry.keep_until.is_none() {
+                // The grace starts with the first failure of a streak and is not renewed by later
+                // ones (keep_until is cleared when it ends).
+                if entry.failures == 1 {
                     entry.keep_until = Some(entry.expires.unwrap_or(now).max(now) + self.cfg.failure_grace);
                 }
                 tracing::warn!(name, failures = entry.failures, "DNS lookup failed: {e}; keeping the last good addresses until the grace period ends");
@@ -290,7 +299,11 @@ impl Inner {
         // Wake in time to drop addresses whose grace ends before the next lookup.
         let wake = entry.previous.iter().map(|(_, u)| *u).chain(entry.keep_until.filter(|_| entry.last_error.is_some())).filter(|u| *u > now).fold(next, |a, b| a.min(b));
         entry.next_refresh = Some(next);
-        let after = entry.usable(now).into_iter().map(|(a, _)| a).collect::<BTreeSet<_>>();
+        if entry.keep_until.is_some_and(|k| now >= k) && entry.last_error.is_some() {
+            // The failure grace is over: the last good addresses go.
+            entry.keep_until = None;
+        }
+        let after = entry.listed();
         drop(table);
         if before != after {
             self.stats.changes.fetch_add(1, Ordering::Relaxed);
@@ -320,9 +333,12 @@ impl Inner {
         let now = Instant::now();
         let mut table = self.table.write().expect("table lock");
         let Some(e) = table.get_mut(name) else { return };
-        let before = e.usable(now).len();
+        let before = e.listed();
         e.previous.retain(|(_, u)| now < *u);
-        let changed = before != e.usable(now).len() || e.keep_until.is_some_and(|k| now >= k && e.last_error.is_some());
+        if e.keep_until.is_some_and(|k| now >= k) && e.last_error.is_some() {
+            e.keep_until = None;
+        }
+        let changed = before != e.listed();
         drop(table);
         if changed {
             self.changed.send_modify(|v| *v += 1);
@@ -402,12 +418,18 @@ mod tests {
         };
         let r = Refresher::new(cfg(), Arc::new(s));
         r.set_names(&BTreeSet::from(["a.test".to_string()])).await;
+        let mut changes = r.subscribe();
+        changes.borrow_and_update();
         assert_eq!(usable(&r, "a.test"), BTreeSet::from([ip("192.0.2.1")]));
         // The refresh happens at the TTL (10 s): both usable during the change grace (3 s).
         tokio::time::sleep(Duration::from_millis(10_500)).await;
+        assert!(changes.has_changed().unwrap(), "the new address is signalled");
+        changes.borrow_and_update();
         assert_eq!(usable(&r, "a.test"), BTreeSet::from([ip("192.0.2.1"), ip("192.0.2.2")]));
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(usable(&r, "a.test"), BTreeSet::from([ip("192.0.2.2")]));
+        // The old address leaving must be signalled too, or the maps would keep it.
+        assert!(changes.has_changed().unwrap(), "the expiry of the old address is signalled");
     }
 
     #[tokio::test(start_paused = true)]

@@ -35,6 +35,9 @@ pub enum BenchCmd {
     /// DNS forwarder vs a real dnsmasq: latency direct vs forwarded, open-loop load, and the
     /// delay of learning answers into the kernel map (root).
     Dns(crate::bench_dns::DnsArgs),
+    /// iperf3 throughput across a veth with and without the TC traffic counters, and the cost of
+    /// the sock_ops connection accounting on a connect() loop (root).
+    Tc(crate::bench_tc::TcArgs),
     /// connect, sync and dns, one after the other (each with its own options).
     All(AllArgs),
 }
@@ -187,6 +190,7 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Connect(args) => connect(args),
         BenchCmd::Sync(args) => crate::bench_sync::main(args),
         BenchCmd::Dns(args) => crate::bench_dns::main(args),
+        BenchCmd::Tc(args) => crate::bench_tc::main(args),
         BenchCmd::All(a) => {
             let mut failed = Vec::new();
             type Step = Box<dyn FnOnce() -> Result<ExitCode>>;

@@ -8,12 +8,14 @@
 //! - `bench sync`        a registry of N hosts from YAML into the kernel maps, step by step
 //! - `bench dns`         DNS forwarder latency vs dnsmasq, and answer-to-map-insertion delay
 //! - `bench all`         the three benchmarks
+//! - `bench tc`          iperf3 throughput with/without the TC counters; sock_ops accounting cost
 //! - `vm-test [--kernel 6.1|6.12|all] [--filter S]... [--smoke]`  integration tests in QEMU guests
 
 mod bench;
 mod bench_dns;
 mod bench_example;
 mod bench_sync;
+mod bench_tc;
 mod cleanup;
 mod demo;
 mod netns;

@@ -17,9 +17,10 @@ const TOOLCHAIN_PKGS: &[&str] = &[
 /// What enforcer runs next to, and what the tests, demo and bench talk to.
 const PEER_PKGS: &[&str] = &[
     "curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl",
-    // `cargo xtask vm-test`: QEMU guests (TCG), their initramfs, the guest kernels' modules.
-    "qemu-system-x86", "busybox-static", "kmod", "xz-utils",
 ];
+/// `cargo xtask vm-test`: QEMU (TCG), busybox for the guest's initramfs, depmod/modprobe and xz
+/// for the guest kernels' modules.
+const VM_PKGS: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_FEATURE: &str = "llvm-22";
 const RUSTUP_TOOLCHAIN: &str = "debian";
@@ -53,9 +54,14 @@ fn probe() -> Result<State> {
     })
 }
 
-/// Packages of TOOLCHAIN_PKGS + PEER_PKGS that dpkg does not report as installed.
+/// Packages of TOOLCHAIN_PKGS + PEER_PKGS + VM_PKGS that dpkg does not report as installed.
 fn missing_packages() -> Result<Vec<&'static str>> {
-    let all: Vec<&'static str> = TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).copied().collect();
+    let all: Vec<&'static str> = TOOLCHAIN_PKGS
+        .iter()
+        .chain(PEER_PKGS)
+        .chain(VM_PKGS)
+        .copied()
+        .collect();
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${Status}\n"])
         .args(&all)
@@ -81,7 +87,12 @@ pub fn main(check: bool) -> Result<ExitCode> {
             ok &= good;
             println!("{} {what}", if good { "ok     " } else { "MISSING" });
         };
-        let pkgs: Vec<&str> = TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).copied().collect();
+        let pkgs: Vec<&str> = TOOLCHAIN_PKGS
+            .iter()
+            .chain(PEER_PKGS)
+            .chain(VM_PKGS)
+            .copied()
+            .collect();
         for p in pkgs {
             line(!s.missing_pkgs.contains(&p), format!("apt package {p}"));
         }

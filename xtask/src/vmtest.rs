@@ -163,7 +163,9 @@ fn build_test_bins(filters: &[String]) -> Result<Vec<TestBin>> {
     .current_dir(util::workspace_root())
     .stderr(Stdio::inherit());
     util::show(&cmd);
-    let out = cmd.output().context("could not start cargo test --no-run")?;
+    let out = cmd
+        .output()
+        .context("could not start cargo test --no-run")?;
     if !out.status.success() {
         bail!("building the integration tests failed ({})", out.status);
     }
@@ -179,10 +181,7 @@ fn build_test_bins(filters: &[String]) -> Result<Vec<TestBin>> {
             continue;
         };
         let name = v["target"]["name"].as_str().unwrap_or("?").to_string();
-        let list = util::run_quiet(&mut util::cmd(
-            exe,
-            ["--list", "--format", "terse"],
-        ))?;
+        let list = util::run_quiet(&mut util::cmd(exe, ["--list", "--format", "terse"]))?;
         let selected = list
             .lines()
             .filter_map(|l| l.strip_suffix(": test"))
@@ -201,10 +200,7 @@ fn build_test_bins(filters: &[String]) -> Result<Vec<TestBin>> {
 }
 
 fn sh_quote(p: impl AsRef<std::ffi::OsStr>) -> String {
-    format!(
-        "'{}'",
-        p.as_ref().to_string_lossy().replace('\'', r"'\''")
-    )
+    format!("'{}'", p.as_ref().to_string_lossy().replace('\'', r"'\''"))
 }
 
 /// Boots one guest, runs the selected tests in it, and collects the results.
@@ -234,21 +230,34 @@ fn run_guest(
 
     // Stage 2 runs chrooted into the host's root (read-only 9p), as the guest's PID 1 child.
     let stage2 = dir.join("stage2.sh");
-    std::fs::write(&stage2, stage2_script(a, bins, filters, enforcer, &modprobe, &out_dir))?;
+    std::fs::write(
+        &stage2,
+        stage2_script(a, bins, filters, enforcer, &modprobe, &out_dir),
+    )?;
 
     let initrd = dir.join("initrd.cpio");
     build_initramfs(k, &dir, &initrd, &stage2, &out_dir)?;
 
     let mut qemu = Command::new("timeout");
-    qemu.args(["--kill-after=10", &a.timeout.to_string(), "qemu-system-x86_64"]);
+    qemu.args([
+        "--kill-after=10",
+        &a.timeout.to_string(),
+        "qemu-system-x86_64",
+    ]);
     qemu.args(["-accel", "tcg", "-cpu", "max"]);
     qemu.args(["-smp", &a.cpus.to_string(), "-m", &a.memory.to_string()]);
-    qemu.args(["-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio"]);
+    qemu.args([
+        "-nodefaults",
+        "-no-reboot",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+    ]);
     qemu.arg("-kernel").arg(k.vmlinuz());
     qemu.arg("-initrd").arg(&initrd);
-    qemu.arg("-virtfs").arg(
-        "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap",
-    );
+    qemu.arg("-virtfs")
+        .arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap");
     qemu.arg("-virtfs").arg(format!(
         "local,path={},mount_tag=vmout,security_model=none,multidevs=remap",
         out_dir.display()
@@ -260,10 +269,15 @@ fn run_guest(
     qemu.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    println!("\nvm-test: booting {} ({}) under QEMU/TCG", k.package, k.series);
+    println!(
+        "\nvm-test: booting {} ({}) under QEMU/TCG",
+        k.package, k.series
+    );
     util::show(&qemu);
     let started = Instant::now();
-    let mut child = qemu.spawn().context("could not start qemu (under timeout)")?;
+    let mut child = qemu
+        .spawn()
+        .context("could not start qemu (under timeout)")?;
     let _guard = cleanup::register(cleanup::Resource::Process(child.id() as i32));
     let console = child.stdout.take().unwrap();
     let mut log = String::new();
@@ -285,7 +299,8 @@ fn run_guest(
     let mut notes = Vec::new();
     let mut counts = Counts::default();
     for b in bins {
-        let blog = std::fs::read_to_string(out_dir.join(format!("{}.log", b.name))).unwrap_or_default();
+        let blog =
+            std::fs::read_to_string(out_dir.join(format!("{}.log", b.name))).unwrap_or_default();
         let rc = std::fs::read_to_string(out_dir.join(format!("{}.rc", b.name)))
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok());
@@ -432,11 +447,18 @@ echo "vm-test: {name} exited $rc after $(( $(date +%s) - t0 ))s"
 }
 
 /// `/init` (busybox sh), busybox, and the modules for virtio-pci and 9p, as a newc cpio.
-fn build_initramfs(k: &Kernel, dir: &Path, initrd: &Path, stage2: &Path, out_dir: &Path) -> Result<()> {
+fn build_initramfs(
+    k: &Kernel,
+    dir: &Path,
+    initrd: &Path,
+    stage2: &Path,
+    out_dir: &Path,
+) -> Result<()> {
     let root = dir.join("initramfs");
     std::fs::create_dir_all(root.join("bin"))?;
     std::fs::create_dir_all(root.join("modules"))?;
-    let busybox = which::which("busybox").context("busybox not found (apt package busybox-static)")?;
+    let busybox =
+        which::which("busybox").context("busybox not found (apt package busybox-static)")?;
     std::fs::copy(&busybox, root.join("bin/busybox"))?;
     let order = vmtest_kernel::initramfs_modules(k, &root.join("modules"))?;
     let init = format!(
@@ -483,7 +505,10 @@ $B poweroff -f
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!("busybox cpio failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "busybox cpio failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

@@ -55,7 +55,10 @@ pub fn ensure(series: &str) -> Result<Kernel> {
         }
     }
     let package = resolve_package(series)?;
-    println!("vm-test: fetching {package} (guest kernel {series}) into {}", dir.display());
+    println!(
+        "vm-test: fetching {package} (guest kernel {series}) into {}",
+        dir.display()
+    );
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut dl = util::cmd("apt-get", ["download", "-q", &package]);
@@ -65,7 +68,12 @@ pub fn ensure(series: &str) -> Result<Kernel> {
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| format!("apt-get download {package} left no .deb in {}", dir.display()))?;
+        .with_context(|| {
+            format!(
+                "apt-get download {package} left no .deb in {}",
+                dir.display()
+            )
+        })?;
     let root = dir.join("root");
     util::run_quiet(&mut util::cmd(
         "dpkg-deb",
@@ -90,11 +98,7 @@ pub fn ensure(series: &str) -> Result<Kernel> {
     // The guest's modprobe (autoloading veth & co.) reads modules.dep from this tree.
     util::run_quiet(&mut util::cmd(
         "depmod",
-        [
-            "-b".as_ref(),
-            k.root.as_os_str(),
-            release.as_ref(),
-        ],
+        ["-b".as_ref(), k.root.as_os_str(), release.as_ref()],
     ))?;
     std::fs::write(&ready, format!("{package} {release}\n"))?;
     Ok(k)
@@ -139,7 +143,11 @@ fn lookup(series: &str) -> Result<Option<String>> {
         }
         "6.1" => {
             let out = Command::new("apt-cache")
-                .args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"])
+                .args([
+                    "search",
+                    "--names-only",
+                    r"^linux-image-6\.1\.0-[0-9]+-amd64$",
+                ])
                 .output()
                 .context("running apt-cache")?;
             let text = String::from_utf8_lossy(&out.stdout);
@@ -147,13 +155,18 @@ fn lookup(series: &str) -> Result<Option<String>> {
                 .lines()
                 .filter_map(|l| l.split_whitespace().next())
                 .filter_map(|p| {
-                    let abi = p.strip_prefix("linux-image-6.1.0-")?.strip_suffix("-amd64")?;
+                    let abi = p
+                        .strip_prefix("linux-image-6.1.0-")?
+                        .strip_suffix("-amd64")?;
                     Some((abi.parse::<u32>().ok()?, p.to_string()))
                 })
                 .max()
                 .map(|(_, p)| p))
         }
-        other => bail!("unknown kernel series {other} (known: {})", SERIES.join(", ")),
+        other => bail!(
+            "unknown kernel series {other} (known: {})",
+            SERIES.join(", ")
+        ),
     }
 }
 
@@ -194,16 +207,10 @@ pub fn initramfs_modules(k: &Kernel, dest: &Path) -> Result<Vec<String>> {
             }
             let target = dest.join(&name);
             if path.extension().is_some_and(|e| e == "xz") {
-                let data = run_bytes(&mut util::cmd(
-                    "xz",
-                    ["-dc".as_ref(), path.as_os_str()],
-                ))?;
+                let data = run_bytes(&mut util::cmd("xz", ["-dc".as_ref(), path.as_os_str()]))?;
                 std::fs::write(&target, data)?;
             } else if path.extension().is_some_and(|e| e == "zst") {
-                let data = run_bytes(&mut util::cmd(
-                    "zstd",
-                    ["-dc".as_ref(), path.as_os_str()],
-                ))?;
+                let data = run_bytes(&mut util::cmd("zstd", ["-dc".as_ref(), path.as_os_str()]))?;
                 std::fs::write(&target, data)?;
             } else {
                 std::fs::copy(path, &target)

@@ -1,0 +1,347 @@
+//! `cargo xtask bench tc`: what enforcer's visibility costs.
+//!
+//! A client network namespace and a server namespace joined by a veth pair (no loopback shortcut):
+//! - throughput: `iperf3` TCP, client -> server, `--duration` seconds per run, in alternating
+//!   rounds: (a) no enforcer (the client in a plain child cgroup), (b) the client under
+//!   `enforcer run --mode ALLOW_ANY --interface <client veth>` (TC counters attached to the
+//!   client's side of the pair, sock_ops accounting on); Gbit/s medians and b/a (target >= 0.97);
+//! - connection accounting: the `bench-client` connect()+close() loop to `bench-server`, (c1) no
+//!   enforcer, (c2) `enforcer run` (REGISTRY_ONLY, listener registered) with sock_ops accounting,
+//!   (c3) the same with `--no-conn-accounting`; ns/op medians and c2/c3.
+//!
+//! Before measuring, one sanity run checks that the TC counters really count: an iperf3 run under
+//! `enforcer run --admin` whose `istio_tcp_sent_bytes_total` must be at least the bytes iperf3
+//! says it sent.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    netns::{self, Cgroup, Netns, Proc},
+    setup, util,
+};
+
+#[derive(clap::Args, Clone)]
+pub struct TcArgs {
+    /// Seconds per iperf3 run.
+    #[arg(long, default_value_t = 5)]
+    pub duration: u32,
+    /// Alternating throughput rounds (each: one run without, one with enforcer).
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+    /// connect()+close() calls per connect-loop measurement.
+    #[arg(long, default_value_t = 20_000)]
+    pub iterations: u32,
+    /// Alternating connect-loop rounds (each: baseline, accounting on, accounting off).
+    #[arg(long, default_value_t = 7)]
+    pub connect_rounds: u32,
+    /// Use this enforcer binary instead of building one.
+    #[arg(long, value_name = "PATH")]
+    pub enforcer: Option<PathBuf>,
+    /// Build and use the release binary.
+    #[arg(long)]
+    pub release: bool,
+}
+
+const CLIENT_ADDR: &str = "100.127.254.1";
+const SERVER_ADDR: &str = "100.127.254.2";
+const IPERF_PORT: u16 = 5201;
+const CONNECT_PORT: u16 = 9000;
+
+struct Env<'a> {
+    enforcer: &'a Path,
+    client_ns: &'a Netns,
+    client_if: &'a str,
+    baseline: &'a Cgroup,
+    enforced: &'a Cgroup,
+    registry: &'a Path,
+}
+
+impl Env<'_> {
+    /// `enforcer run --registry R --no-host-dns --quiet --cgroup-parent E EXTRA... -- PROG...`
+    /// in the client netns.
+    fn enforcer_cmd(&self, extra: &[&str], prog: &[String]) -> Command {
+        let mut c = self.client_ns.command(self.enforcer);
+        c.args(["run", "--registry"]).arg(self.registry);
+        c.args(["--no-host-dns", "--quiet", "--cgroup-parent"]).arg(&self.enforced.path);
+        c.args(extra).arg("--").args(prog);
+        c
+    }
+
+    /// `prog...` in the client netns, in the baseline cgroup.
+    fn baseline_cmd(&self, prog: &[String]) -> Command {
+        let mut c = self.client_ns.command(&prog[0]);
+        c.args(&prog[1..]);
+        self.baseline.enter_on_exec(&mut c);
+        c
+    }
+
+    fn tc_flags(&self) -> [&str; 4] {
+        ["--mode", "ALLOW_ANY", "--interface", self.client_if]
+    }
+}
+
+fn iperf_args(duration: u32, json_file: Option<&Path>) -> Vec<String> {
+    let mut v: Vec<String> = ["iperf3", "-c", SERVER_ADDR, "-p", &IPERF_PORT.to_string(), "-t", &duration.to_string(), "-J"]
+        .map(String::from)
+        .to_vec();
+    if let Some(f) = json_file {
+        v.extend(["--logfile".into(), f.display().to_string()]);
+    }
+    v
+}
+
+fn connect_args(xtask: &Path, iterations: u32) -> Vec<String> {
+    vec![
+        xtask.display().to_string(),
+        "bench-client".into(),
+        SERVER_ADDR.into(),
+        CONNECT_PORT.to_string(),
+        iterations.to_string(),
+        "--warmup".into(),
+        "1000".into(),
+    ]
+}
+
+/// Runs `cmd` to completion; fails with its output if it fails.
+fn run_out(cmd: &mut Command, what: &str) -> Result<String> {
+    cmd.stdin(Stdio::null());
+    let out = cmd.output().with_context(|| format!("could not start the {what} run"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{what} run failed ({}): `{}`\n{stdout}{}",
+            out.status,
+            util::display_cmd(cmd),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+/// iperf3 -J output -> (Gbit/s received by the server, bytes sent by the client).
+fn iperf_result(json: &str, what: &str) -> Result<(f64, f64)> {
+    let v: serde_json::Value = serde_json::from_str(json.trim()).with_context(|| format!("{what}: iperf3 printed no JSON: {json}"))?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("{what}: iperf3: {e}");
+    }
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("{what}: no end.sum_received in iperf3 output"))?;
+    let sent = v["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0);
+    Ok((bps / 1e9, sent))
+}
+
+fn ns_per_op(stdout: &str, what: &str) -> Result<f64> {
+    stdout
+        .lines()
+        .filter(|l| l.contains("\"ns_per_op\""))
+        .find_map(|l| serde_json::from_str::<serde_json::Value>(l.trim()).ok())
+        .and_then(|v| v["ns_per_op"].as_f64())
+        .with_context(|| format!("{what}: no result line from bench-client in: {stdout}"))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
+}
+
+fn write_registry(path: &Path) -> Result<()> {
+    let s = format!(
+        "# Generated by `cargo xtask bench tc`.\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: bench-tc\n  \
+         namespace: default\nspec:\n  hosts:\n  - bench-tc.internal\n  addresses:\n  - {SERVER_ADDR}/32\n  location: MESH_EXTERNAL\n  ports:\n  \
+         - number: {IPERF_PORT}\n    name: iperf\n    protocol: TCP\n  - number: {CONNECT_PORT}\n    name: connect\n    protocol: TCP\n  resolution: NONE\n"
+    );
+    std::fs::write(path, s).with_context(|| format!("writing {}", path.display()))
+}
+
+/// Waits (≤ 10 s) until something listens on `port` in `ns`.
+fn wait_listening(ns: &Netns, port: u16, server: &mut Proc, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        server.check_running(what)?;
+        let out = util::run_quiet(ns.command("ss").args(["-Hltn", &format!("sport = :{port}")]))?;
+        if !out.trim().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on port {port} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn main(args: TcArgs) -> Result<ExitCode> {
+    util::require_root("the benchmark")?;
+    if args.rounds == 0 || args.connect_rounds == 0 || args.iterations == 0 || args.duration == 0 {
+        bail!("--rounds, --connect-rounds, --iterations and --duration must be positive");
+    }
+    setup::ensure()?;
+    if which::which("iperf3").is_err() {
+        bail!("iperf3 is not installed (`cargo xtask setup` installs it)");
+    }
+    let enforcer = match &args.enforcer {
+        Some(p) => std::path::absolute(p)?,
+        None => util::build_enforcer(args.release)?,
+    };
+    let xtask = std::env::current_exe().context("locating the xtask binary")?;
+    let pid = std::process::id();
+    let started = Instant::now();
+
+    let client_ns = Netns::create(&format!("enf-tcc-{pid}"))?;
+    let server_ns = Netns::create(&format!("enf-tcs-{pid}"))?;
+    let (cl, sl) = (format!("etc{}c", pid % 10000), format!("etc{}s", pid % 10000));
+    let _veth = netns::veth(&cl, Some(&client_ns), &sl, &server_ns)?;
+    client_ns.ip(["addr", "add", &format!("{CLIENT_ADDR}/30"), "dev", &cl])?;
+    client_ns.ip(["link", "set", &cl, "up"])?;
+    server_ns.ip(["addr", "add", &format!("{SERVER_ADDR}/30"), "dev", &sl])?;
+    server_ns.ip(["link", "set", &sl, "up"])?;
+
+    let mut iperf_srv = Proc::spawn(
+        server_ns
+            .command("iperf3")
+            .args(["-s", "-B", SERVER_ADDR, "-p", &IPERF_PORT.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    let mut connect_srv = Proc::spawn(
+        server_ns
+            .command(&xtask)
+            .args(["bench-server", SERVER_ADDR, &CONNECT_PORT.to_string()])
+            .stdin(Stdio::null()),
+    )?;
+    wait_listening(&server_ns, IPERF_PORT, &mut iperf_srv, "iperf3 -s")?;
+    wait_listening(&server_ns, CONNECT_PORT, &mut connect_srv, "bench-server")?;
+
+    let top = Cgroup::create(&format!("enforcer-bench-tc-{pid}"))?;
+    let baseline = Cgroup::create_in(&top.path, "baseline")?;
+    let enforced = Cgroup::create_in(&top.path, "enforced")?;
+    let dir = util::TempDir::new("enforcer-bench-tc")?;
+    let registry = dir.path.join("registry.yaml");
+    write_registry(&registry)?;
+    let env = Env {
+        enforcer: &enforcer,
+        client_ns: &client_ns,
+        client_if: &cl,
+        baseline: &baseline,
+        enforced: &enforced,
+        registry: &registry,
+    };
+
+    println!(
+        "iperf3 TCP from netns {} to {SERVER_ADDR}:{IPERF_PORT} in netns {} over veth ({cl} <-> {sl}), {} s per run, {} rounds; \
+         connect loop: {} calls x {} rounds; enforcer: {}",
+        client_ns.name,
+        server_ns.name,
+        args.duration,
+        args.rounds,
+        args.iterations,
+        args.connect_rounds,
+        enforcer.display()
+    );
+
+    // Sanity: the TC counters are attached and count what iperf3 sends.
+    let json_file = dir.path.join("sanity.json");
+    let admin = "127.0.0.1:15999";
+    let script = format!(
+        "{} >/dev/null && curl -sS --noproxy '*' --max-time 10 http://{admin}/metrics",
+        iperf_args(1, Some(&json_file)).iter().map(|a| util::shell_quote(a)).collect::<Vec<_>>().join(" ")
+    );
+    let mut flags = env.tc_flags().to_vec();
+    flags.extend(["--admin", admin]);
+    let metrics = run_out(&mut env.enforcer_cmd(&flags, &["sh".into(), "-c".into(), script]), "sanity")?;
+    let (_, iperf_sent) = iperf_result(&std::fs::read_to_string(&json_file).unwrap_or_default(), "sanity")?;
+    let tc_sent: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_tcp_sent_bytes_total{") && l.contains("destination_service=\"bench-tc.internal\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum();
+    println!(
+        "sanity: TC counted {tc_sent:.0} L3 bytes sent to bench-tc.internal; iperf3 sent {iperf_sent:.0} payload bytes ({:.4}x)",
+        tc_sent / iperf_sent.max(1.0)
+    );
+    if tc_sent < iperf_sent {
+        bail!("the TC counters counted fewer bytes ({tc_sent}) than iperf3 sent ({iperf_sent}): are they attached?\n{metrics}");
+    }
+
+    // Warm-up (not measured).
+    run_out(&mut env.baseline_cmd(&iperf_args(1, None)), "warm-up")?;
+
+    println!("\nthroughput (Gbit/s):");
+    let (mut base, mut tc) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        for k in 0..2 {
+            if (round as usize + k) % 2 == 0 {
+                let out = run_out(&mut env.baseline_cmd(&iperf_args(args.duration, None)), "baseline iperf3")?;
+                base.push(iperf_result(&out, "baseline")?.0);
+            } else {
+                let out = run_out(&mut env.enforcer_cmd(&env.tc_flags(), &iperf_args(args.duration, None)), "enforcer iperf3")?;
+                tc.push(iperf_result(&out, "enforcer")?.0);
+            }
+        }
+        println!("  round {}: no enforcer {:.2}  enforcer+TC {:.2}", round + 1, base.last().unwrap(), tc.last().unwrap());
+    }
+
+    println!("\nconnect()+close() loop (ns/op):");
+    let (mut c_base, mut c_on, mut c_off) = (Vec::new(), Vec::new(), Vec::new());
+    let cargs = connect_args(&xtask, args.iterations);
+    for round in 0..args.connect_rounds {
+        for k in 0..3 {
+            match (round as usize + k) % 3 {
+                0 => c_base.push(ns_per_op(&run_out(&mut env.baseline_cmd(&cargs), "baseline connect")?, "baseline")?),
+                1 => c_on.push(ns_per_op(&run_out(&mut env.enforcer_cmd(&[], &cargs), "accounting on")?, "accounting on")?),
+                _ => c_off.push(ns_per_op(&run_out(&mut env.enforcer_cmd(&["--no-conn-accounting"], &cargs), "accounting off")?, "accounting off")?),
+            }
+        }
+        println!(
+            "  round {}: no enforcer {:.0}  accounting on {:.0}  --no-conn-accounting {:.0}",
+            round + 1,
+            c_base.last().unwrap(),
+            c_on.last().unwrap(),
+            c_off.last().unwrap()
+        );
+        connect_srv.check_running("bench-server")?;
+    }
+
+    let (b, t) = (median(base), median(tc));
+    let (cb, con, coff) = (median(c_base), median(c_on), median(c_off));
+    let mut out = String::new();
+    let _ = writeln!(out, "\n{:<58} {:>12} {:>10}", "configuration (medians)", "value", "ratio");
+    let _ = writeln!(out, "{:<58} {:>7.2} Gb/s {:>10}", "(a) iperf3, no enforcer", b, "");
+    let _ = writeln!(
+        out,
+        "{:<58} {:>7.2} Gb/s {:>9.3}x   (b/a, target >= 0.97x: {})",
+        "(b) iperf3, enforcer run ALLOW_ANY --interface (TC)",
+        t,
+        t / b,
+        if t / b >= 0.97 { "met" } else { "NOT met" }
+    );
+    let _ = writeln!(out, "{:<58} {:>7.0} ns/op {:>9}", "(c1) connect loop, no enforcer", cb, "");
+    let _ = writeln!(out, "{:<58} {:>7.0} ns/op {:>8.3}x   (c2/c3)", "(c2) connect loop, enforcer run, accounting on", con, con / coff);
+    let _ = writeln!(out, "{:<58} {:>7.0} ns/op {:>8.3}x   (c3/c1)", "(c3) connect loop, enforcer run --no-conn-accounting", coff, coff / cb);
+    print!("{out}");
+    println!("(total {:.0} s)", started.elapsed().as_secs_f64());
+
+    drop((iperf_srv, connect_srv));
+    drop((baseline, enforced, top));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_iperf3_json() {
+        let j = r#"{"start":{},"end":{"sum_sent":{"bytes":1000,"bits_per_second":2e10},"sum_received":{"bytes":990,"bits_per_second":1.5e10}}}"#;
+        assert_eq!(iperf_result(j, "t").unwrap(), (15.0, 1000.0));
+        assert!(iperf_result(r#"{"error":"unable to connect"}"#, "t").is_err());
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+}
