@@ -459,36 +459,65 @@ impl Dataplane {
         self.allow_state.in_map()
     }
 
+    /// Write a diff: upserts, then removals, then one more try for upserts that failed (the
+    /// removals may have made room). Entries that still failed are forgotten by the bookkeeping,
+    /// so the next apply retries them, and the first error is returned.
     fn write(&mut self, allow: Diff<AllowEntry, AllowValue>, dests: Diff<DestEntry, AllowValue>) -> Result<()> {
-        for (e, v) in &allow.upserts {
+        let mut failed_allow = Vec::new();
+        let mut failed_dests = Vec::new();
+        for (e, v) in allow.upserts {
             let (plen, k) = e.key();
             if let Err(err) = self.allow.insert(&Key::new(plen, k), v, 0) {
-                self.allow_state.forget(e);
-                return Err(map_err(map_names::ALLOW, format!("insert {e}"))(err));
+                failed_allow.push((e, v, err));
             }
         }
-        for (e, v) in &dests.upserts {
+        for (e, v) in dests.upserts {
             let (plen, k) = e.key();
             if let Err(err) = self.dests.insert(&Key::new(plen, k), v, 0) {
-                self.dests_state.forget(e);
-                return Err(map_err(map_names::DESTS, format!("insert {}", e.net))(err));
+                failed_dests.push((e, v, err));
             }
         }
+        let mut first_err: Option<DataplaneError> = None;
         for e in &allow.removals {
             let (plen, k) = e.key();
             match self.allow.remove(&Key::new(plen, k)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => return Err(map_err(map_names::ALLOW, format!("remove {e}"))(err)),
+                Err(err) => {
+                    first_err.get_or_insert(map_err(map_names::ALLOW, format!("remove {e}"))(err));
+                }
             }
         }
         for e in &dests.removals {
             let (plen, k) = e.key();
             match self.dests.remove(&Key::new(plen, k)) {
                 Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => return Err(map_err(map_names::DESTS, format!("remove {}", e.net))(err)),
+                Err(err) => {
+                    first_err.get_or_insert(map_err(map_names::DESTS, format!("remove {}", e.net))(err));
+                }
             }
         }
-        Ok(())
+        let still_failed = failed_allow.len();
+        for (e, v, _) in failed_allow {
+            let (plen, k) = e.key();
+            if let Err(err) = self.allow.insert(&Key::new(plen, k), v, 0) {
+                self.allow_state.forget(&e);
+                first_err.get_or_insert(map_err(
+                    map_names::ALLOW,
+                    format!("insert {e} ({still_failed} entries could not be inserted; the map holds at most {ALLOW_MAX_ENTRIES})"),
+                )(err));
+            }
+        }
+        for (e, v, _) in failed_dests {
+            let (plen, k) = e.key();
+            if let Err(err) = self.dests.insert(&Key::new(plen, k), v, 0) {
+                self.dests_state.forget(&e);
+                first_err.get_or_insert(map_err(map_names::DESTS, format!("insert {}", e.net))(err));
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// What the ALLOW map holds now, read back from the kernel.
