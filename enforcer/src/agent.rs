@@ -113,6 +113,8 @@ pub struct Agent {
     pub settings: Arc<Mutex<Settings>>,
     /// Per-workload policies as given (patterns not yet expanded), and the cgroup map applied.
     workload_specs: Arc<Mutex<Vec<WorkloadPolicy>>>,
+    /// The L7 proxy's metric families (when the proxy runs).
+    pub proxy_metrics: Option<crate::proxy::ProxyMetrics>,
     workload_cgroups: Arc<Mutex<std::collections::BTreeMap<u64, u32>>>,
     args: Arc<PolicyArgs>,
 }
@@ -121,7 +123,7 @@ impl Agent {
     /// Validate the config, resolve its names, fill the maps and start the DNS forwarder (unless
     /// steering is off). The returned forwarder must be run by the caller.
     /// `default_dns_port` applies when `--dns-port` is not given (0: any free port).
-    pub async fn start(args: &PolicyArgs, dp: Dataplane, cfg: LoadedConfig, default_dns_port: u16) -> anyhow::Result<(Agent, Option<dns::Forwarder>)> {
+    pub async fn start(args: &PolicyArgs, dp: Dataplane, cfg: LoadedConfig, default_dns_port: u16) -> anyhow::Result<(Agent, Option<dns::Forwarder>, Option<crate::proxy::Proxy>)> {
         let lookup = HickoryLookup::new(&args.dns.upstreams, args.dns.dns_timeout).context("setting up the DNS resolver")?;
         let refresher = Refresher::new(
             RefreshConfig {
@@ -139,7 +141,7 @@ impl Agent {
         let dp = Arc::new(Mutex::new(dp));
         apply_ordered(&mut dp.lock().expect("dataplane lock"), &desired, cfg.mode)?;
         let view = Arc::new(RwLock::new(View { cfg, desired: Arc::new(desired), index, workloads: Vec::new() }));
-        let mut agent = Agent { dp, view, refresher, stats: Arc::default(), dns_stats: None, learned_names: Arc::default(), hub: Arc::new(crate::events::EventHub::new(1000)), workloads: Arc::default(), settings: Arc::default(), workload_specs: Arc::default(), workload_cgroups: Arc::default(), args: Arc::new(args.clone()) };
+        let mut agent = Agent { dp, view, refresher, stats: Arc::default(), dns_stats: None, learned_names: Arc::default(), hub: Arc::new(crate::events::EventHub::new(1000)), workloads: Arc::default(), settings: Arc::default(), workload_specs: Arc::default(), workload_cgroups: Arc::default(), proxy_metrics: None, args: Arc::new(args.clone()) };
 
         let forwarder = if args.dns.no_dns_steer {
             None
@@ -150,6 +152,13 @@ impl Agent {
                     tracing::warn!("DNS forwarder unavailable, workloads' DNS is not steered: {e:#}");
                     None
                 }
+            }
+        };
+        let proxy = match agent.start_proxy().await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("L7 proxy unavailable, DestinationRule TLS origination and --sni-check are off: {e:#}");
+                None
             }
         };
         if forwarder.is_none() {
@@ -166,7 +175,35 @@ impl Agent {
                 }
             }
         }
-        Ok((agent, forwarder))
+        Ok((agent, forwarder, proxy))
+    }
+
+    /// Start the L7 proxy on 127.0.0.1 and point the kernel's proxy steering at it.
+    async fn start_proxy(&mut self) -> anyhow::Result<crate::proxy::Proxy> {
+        let policy = Arc::new(AgentProxy {
+            view: self.view.clone(),
+            dp: self.dp.clone(),
+            hub: self.hub.clone(),
+            workloads: self.workloads.clone(),
+            by_client: Default::default(),
+            by_original: Default::default(),
+        });
+        let p = crate::proxy::Proxy::bind(
+            crate::proxy::ProxyConfig { listen: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0), upstream_mark: Some(AGENT_MARK) },
+            policy,
+        )
+        .await
+        .context("binding the L7 proxy")?;
+        let port = p.local_addr().port();
+        self.update_settings(|s| {
+            s.local_v4 = [127, 0, 0, 1];
+            s.proxy_port = port;
+            s.agent_mark = AGENT_MARK;
+            s.flags |= enforcer_common::SETTINGS_F_PROXY;
+        })?;
+        self.proxy_metrics = Some(p.metrics());
+        tracing::debug!(addr = %p.local_addr(), "L7 proxy listening");
+        Ok(p)
     }
 
     async fn start_forwarder(&mut self, port: u16) -> anyhow::Result<dns::Forwarder> {
@@ -601,7 +638,7 @@ impl crate::admin::AdminSource for Agent {
         let traffic = dp.traffic();
         drop(dp);
         self.fill_istio(&mut s, &v.desired, &flows, &conns, &traffic);
-        crate::metrics::render(&s)
+        crate::metrics::render(&s, self.proxy_metrics.as_ref())
     }
 
     fn events(&self) -> (Vec<String>, Option<tokio::sync::broadcast::Receiver<String>>) {
@@ -612,4 +649,97 @@ impl crate::admin::AdminSource for Agent {
     fn ready(&self) -> bool {
         true
     }
+}
+
+/// The L7 proxy's view: original destinations from the kernel, routes from the registry and its
+/// DestinationRules, events into the hub.
+struct AgentProxy {
+    view: Arc<RwLock<View>>,
+    dp: Arc<Mutex<Dataplane>>,
+    hub: Arc<crate::events::EventHub>,
+    workloads: Arc<Mutex<Option<crate::workloads::Workloads>>>,
+    /// client address -> (service id, cgroup id), and original -> service id, from the last
+    /// `original_dst` (the proxy calls route()/workload() right after it for the same connection).
+    by_client: Mutex<std::collections::HashMap<SocketAddr, (u32, u64)>>,
+    by_original: Mutex<std::collections::HashMap<SocketAddr, u32>>,
+}
+
+impl crate::proxy::ProxyPolicy for AgentProxy {
+    fn original_dst(&self, client: SocketAddr) -> Option<SocketAddr> {
+        let (orig, service, cgroup) = self.dp.lock().ok()?.proxy_original(client)?;
+        if let Ok(mut m) = self.by_client.lock() {
+            if m.len() > 65_536 {
+                m.clear();
+            }
+            m.insert(client, (service, cgroup));
+        }
+        if let Ok(mut m) = self.by_original.lock() {
+            if m.len() > 65_536 {
+                m.clear();
+            }
+            m.insert(orig, service);
+        }
+        Some(orig)
+    }
+
+    fn route(&self, original: SocketAddr) -> Option<crate::proxy::Route> {
+        let service_id = *self.by_original.lock().ok()?.get(&original)?;
+        let v = self.view.read().ok()?;
+        let se = v.service_entry(service_id)?;
+        let port = se.ports.iter().find(|p| p.number == original.port())?;
+        let labels = proxy_labels(&v.desired, service_id);
+        let host = se.hosts.iter().find(|h| !h.is_wildcard()).map(|h| h.to_string());
+        let registry = if policy::policy_of_service(service_id) == DEFAULT_POLICY {
+            &v.cfg.registry
+        } else {
+            &v.workloads.iter().find(|w| w.id == policy::policy_of_service(service_id))?.policy.registry
+        };
+        match policy::tls_for(registry, se, port.number) {
+            Some((dr, tls)) if tls.mode == crate::config::TlsMode::Simple && !port.protocol.is_tls() => Some(crate::proxy::Route::Originate {
+                service: labels,
+                host: host.unwrap_or_else(|| original.ip().to_string()),
+                upstream_port: port.target_port.unwrap_or(port.number),
+                tls: crate::proxy::TlsOrigination {
+                    sni: tls.sni.clone(),
+                    ca_certificates: tls.ca_certificates.clone(),
+                    insecure_skip_verify: tls.insecure_skip_verify,
+                    subject_alt_names: tls.subject_alt_names.clone(),
+                },
+                connect_timeout: dr.connect_timeout.unwrap_or(Duration::from_secs(10)),
+            }),
+            _ => {
+                // SNI check: every registry host (of this policy) that declares this port as TLS.
+                let allowed = registry
+                    .services
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| s.ports.iter().any(|p| p.number == port.number && p.protocol.is_tls()))
+                    .flat_map(|(i, s)| {
+                        let id = policy::service_base(policy::policy_of_service(service_id)) + i as u32 + 1;
+                        let labels = proxy_labels(&v.desired, id);
+                        s.hosts.iter().map(move |h| (h.to_string(), labels.clone()))
+                    })
+                    .collect();
+                Some(crate::proxy::Route::SniCheck { port: port.number, allowed })
+            }
+        }
+    }
+
+    fn workload(&self, client: SocketAddr) -> String {
+        let cg = self.by_client.lock().ok().and_then(|m| m.get(&client).map(|(_, c)| *c)).unwrap_or(0);
+        match self.workloads.lock().ok().as_deref_mut().and_then(|w| w.as_mut()) {
+            Some(w) => w.name(cg),
+            None => crate::workloads::UNKNOWN.into(),
+        }
+    }
+
+    fn event(&self, e: crate::proxy::ProxyEvent) {
+        let workload = self.workload(e.client);
+        self.hub.publish_proxy(&e, &workload);
+    }
+}
+
+fn proxy_labels(desired: &Desired, id: u32) -> crate::proxy::ServiceLabels {
+    let (a, b, c) = service_labels(desired, id);
+    crate::proxy::ServiceLabels { destination_service: a, destination_service_name: b, destination_service_namespace: c }
 }

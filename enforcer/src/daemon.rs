@@ -54,7 +54,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     for n in notes {
         tracing::warn!("{n}");
     }
-    let (agent, forwarder) = Agent::start(&args.policy, dp, cfg, DEFAULT_DNS_PORT).await?;
+    let (agent, forwarder, proxy) = Agent::start(&args.policy, dp, cfg, DEFAULT_DNS_PORT).await?;
     agent.desired().warnings.iter().for_each(|w| tracing::warn!("{w}"));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -67,11 +67,15 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     if let Some(f) = forwarder {
         tokio::spawn(f.run(stopped()));
     }
+    let proxying = proxy.is_some();
+    if let Some(p) = proxy {
+        tokio::spawn(p.run(stopped()));
+    }
     let attached = agent
         .dp
         .lock()
         .expect("dataplane lock")
-        .attach(&cg, steering, !args.policy.no_conn_accounting)
+        .attach(&cg, steering || proxying, !args.policy.no_conn_accounting || proxying)
         .with_context(|| format!("attaching to {}", cg.display()))?;
     let adopted = attached.iter().filter(|(_, o)| *o == AttachOutcome::Adopted).count();
     for iface in &args.policy.interfaces {

@@ -289,6 +289,40 @@ impl EventHub {
         }
     }
 
+    /// A denial or failure seen by the L7 proxy (SNI not allowed, TLS verification failed, ...).
+    pub fn publish_proxy(&self, e: &crate::proxy::ProxyEvent, workload: &str) {
+        use crate::proxy::ProxyEventKind as K;
+        let (verdict, reason, what) = match &e.kind {
+            K::SniDenied { sni } => ("denied", "sni_not_in_registry", format!("TLS SNI {} not in registry for port {}", sni.as_deref().unwrap_or("(none)"), e.original.port())),
+            K::TlsVerifyFailed => ("error", "tls_verify_failed", format!("upstream TLS verification failed: {}", e.detail)),
+            K::UpstreamConnectFailed => ("error", "upstream_connect_failed", format!("upstream connect failed: {}", e.detail)),
+            K::UpstreamTimeout => ("error", "upstream_timeout", format!("upstream connect timed out: {}", e.detail)),
+        };
+        let line = format!("{verdict} proxy {workload} -> {}/tcp: {what}", endpoint(e.original.ip(), e.original.port()));
+        let j = EventJson {
+            time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            verdict: verdict.into(),
+            hook: "proxy".into(),
+            destination: endpoint(e.original.ip(), e.original.port()),
+            address: e.original.ip().to_string(),
+            port: e.original.port(),
+            protocol: "tcp".into(),
+            reason: reason.into(),
+            message: what,
+            workload: Some(workload.to_string()),
+            host: match &e.kind {
+                K::SniDenied { sni } => sni.clone(),
+                _ => None,
+            },
+            line: line.clone(),
+            ..Default::default()
+        };
+        print_line(&line);
+        if let Ok(s) = serde_json::to_string(&j) {
+            self.push(s);
+        }
+    }
+
     /// Say that the kernel dropped events (ring buffer full).
     pub fn publish_drops(&self, n: u64) {
         self.push(format!(

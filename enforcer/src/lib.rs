@@ -17,6 +17,7 @@ pub mod load;
 pub mod metrics;
 pub mod policy;
 pub mod preflight;
+pub mod proxy;
 pub mod registryz;
 pub mod resolver;
 pub mod run;

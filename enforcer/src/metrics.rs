@@ -115,8 +115,11 @@ fn gauge(reg: &mut Registry, name: &str, help: &str, v: u64) {
     reg.register(name, help, g);
 }
 
-pub fn render(s: &Snapshot) -> String {
+pub fn render(s: &Snapshot, proxy: Option<&crate::proxy::ProxyMetrics>) -> String {
     let mut reg = Registry::default();
+    if let Some(p) = proxy {
+        p.register(&mut reg);
+    }
     gauge(&mut reg, "enforcer_registry_services", "ServiceEntries (and command-line allows) in the registry", s.registry_services);
     gauge(&mut reg, "enforcer_registry_hosts", "Hosts (exact and wildcard) in the registry", s.registry_hosts);
     gauge(&mut reg, "enforcer_registry_addresses", "Entries in the ALLOW map (address/prefix x port x protocol)", s.registry_addresses);

@@ -45,7 +45,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let (dp, _) = Dataplane::load(&LoadOptions { pin_dir: None, ebpf_log: args.policy.ebpf_log })
         .context("loading the BPF programs")?;
-    let (agent, forwarder) = Agent::start(&args.policy, dp, cfg, 0).await?;
+    let (agent, forwarder, proxy) = Agent::start(&args.policy, dp, cfg, 0).await?;
     agent.desired().warnings.iter().for_each(|w| warn(w));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = move || {
@@ -58,11 +58,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     if let Some(f) = forwarder {
         tokio::spawn(f.run(stopped()));
     }
+    let proxying = proxy.is_some();
+    if let Some(p) = proxy {
+        tokio::spawn(p.run(stopped()));
+    }
     agent
         .dp
         .lock()
         .expect("dataplane lock")
-        .attach(child.path(), steering, !args.policy.no_conn_accounting)
+        .attach(child.path(), steering || proxying, !args.policy.no_conn_accounting || proxying)
         .with_context(|| format!("attaching to {}", child.path().display()))?;
     for iface in &args.policy.interfaces {
         agent.dp.lock().expect("dataplane lock").attach_tc(iface).with_context(|| format!("attaching the traffic counters to {iface}"))?;

@@ -1130,14 +1130,17 @@ impl<'a> FileLoader<'a> {
         let (Some(name), Some(host)) = (name, host) else {
             return;
         };
-        if tls.is_some() || !port_tls.is_empty() || connect_timeout.is_some() {
-            self.warn(
-                &ctx,
-                node.line,
-                "spec.trafficPolicy",
-                format!("TLS origination and connection-pool settings for {host} are validated but not applied yet (the L7 proxy is not implemented): connections go out as the application makes them"),
-                "nothing to change; the settings take effect once the proxy lands",
-            );
+        // Only tls.mode SIMPLE (TLS origination by the L7 proxy) and DISABLE are acted on.
+        for t in tls.iter().chain(port_tls.values()) {
+            if !matches!(t.mode, TlsMode::Simple | TlsMode::Disable) {
+                self.warn(
+                    &ctx,
+                    node.line,
+                    "spec.trafficPolicy.tls.mode",
+                    format!("tls.mode {} for {host} is not supported by enforcer (only SIMPLE origination and DISABLE): connections go out as the application makes them", t.mode),
+                    "use mode SIMPLE for TLS origination, or remove the setting",
+                );
+            }
         }
         let source = self.src(&ctx, node.line);
         self.registry.destination_rules.push(DestinationRule {
