@@ -103,7 +103,17 @@ pub fn main(a: Args) -> Result<ExitCode> {
         filters.extend(SMOKE.iter().map(|s| s.to_string()));
     }
     let enforcer = util::build_enforcer(false)?;
-    let bins = build_test_bins(&filters)?;
+    let mut bins = build_test_bins(&filters)?;
+    // The guests read binaries over 9p with caching on: a concurrent `cargo build` replacing
+    // target/debug/enforcer under a running guest crashes it (SIGSEGV) at random. So the guests
+    // run private copies.
+    let snap = util::target_dir().join("vm-tests/bin");
+    let _ = std::fs::remove_dir_all(&snap);
+    std::fs::create_dir_all(&snap).with_context(|| format!("creating {}", snap.display()))?;
+    let enforcer = snapshot(&enforcer, &snap.join("enforcer"))?;
+    for b in &mut bins {
+        b.path = snapshot(&b.path, &snap.join(&b.name))?;
+    }
     let total: usize = bins.iter().map(|b| b.selected).sum();
     if total == 0 {
         bail!("no integration test matches the filters {filters:?}");
@@ -197,6 +207,12 @@ fn build_test_bins(filters: &[String]) -> Result<Vec<TestBin>> {
     }
     bins.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(bins)
+}
+
+fn snapshot(from: &Path, to: &Path) -> Result<PathBuf> {
+    std::fs::copy(from, to)
+        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    Ok(to.to_path_buf())
 }
 
 fn sh_quote(p: impl AsRef<std::ffi::OsStr>) -> String {
