@@ -115,6 +115,8 @@ pub struct Agent {
     workload_specs: Arc<Mutex<Vec<WorkloadPolicy>>>,
     /// The L7 proxy's metric families (when the proxy runs).
     pub proxy_metrics: Option<crate::proxy::ProxyMetrics>,
+    /// /readyz: false until the first full sync (Kubernetes).
+    ready: Arc<Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>>,
     workload_cgroups: Arc<Mutex<std::collections::BTreeMap<u64, u32>>>,
     args: Arc<PolicyArgs>,
 }
@@ -141,7 +143,7 @@ impl Agent {
         let dp = Arc::new(Mutex::new(dp));
         apply_ordered(&mut dp.lock().expect("dataplane lock"), &desired, cfg.mode)?;
         let view = Arc::new(RwLock::new(View { cfg, desired: Arc::new(desired), index, workloads: Vec::new() }));
-        let mut agent = Agent { dp, view, refresher, stats: Arc::default(), dns_stats: None, learned_names: Arc::default(), hub: Arc::new(crate::events::EventHub::new(1000)), workloads: Arc::default(), settings: Arc::default(), workload_specs: Arc::default(), workload_cgroups: Arc::default(), proxy_metrics: None, args: Arc::new(args.clone()) };
+        let mut agent = Agent { dp, view, refresher, stats: Arc::default(), dns_stats: None, learned_names: Arc::default(), hub: Arc::new(crate::events::EventHub::new(1000)), workloads: Arc::default(), settings: Arc::default(), workload_specs: Arc::default(), workload_cgroups: Arc::default(), proxy_metrics: None, ready: Arc::default(), args: Arc::new(args.clone()) };
 
         let forwarder = if args.dns.no_dns_steer {
             None
@@ -251,6 +253,11 @@ impl Agent {
         self.dns_stats = Some(fwd.stats());
         tracing::debug!(addrs = ?fwd.local_addrs(), "DNS forwarder listening; port-53 traffic is steered to it");
         Ok(fwd)
+    }
+
+    /// What `/readyz` reports (e.g. the Kubernetes controller's first sync).
+    pub fn set_ready_flag(&self, flag: Arc<std::sync::atomic::AtomicBool>) {
+        *self.ready.lock().expect("ready lock") = Some(flag);
     }
 
     /// Stop steering DNS to this agent's forwarder (it is going away). Enforcement stays; names
@@ -647,7 +654,10 @@ impl crate::admin::AdminSource for Agent {
     }
 
     fn ready(&self) -> bool {
-        true
+        match self.ready.lock().expect("ready lock").as_ref() {
+            Some(r) => r.load(Ordering::Relaxed),
+            None => true,
+        }
     }
 }
 

@@ -230,6 +230,14 @@ pub struct DaemonArgs {
     /// bpffs directory for pinned maps and links (default: /sys/fs/bpf/enforcer/cg<cgroup id>).
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
+    /// Follow the Kubernetes cluster (in-cluster config or KUBECONFIG): ServiceEntry,
+    /// DestinationRule and Sidecar objects, the `istio` mesh ConfigMap and the pods on this node
+    /// (NODE_NAME), each pod enforced with the registry Istio would give its sidecar.
+    #[arg(long)]
+    pub kubernetes: bool,
+    /// This node's name for `--kubernetes` (default: $NODE_NAME, else the hostname).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
     /// Per-workload policies: a YAML file mapping cgroup paths/globs (e.g. system.slice/nginx.service)
     /// to their own registries and modes (see README). Reloaded with the registry.
     #[arg(long, value_name = "FILE")]

@@ -107,6 +107,24 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             if adopted > 0 { "adopted the pinned programs" } else { "attached" }
         );
     }
+    let kube_ready = Arc::new(std::sync::atomic::AtomicBool::new(!args.kubernetes));
+    if args.kubernetes {
+        let node = match args.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()) {
+            Some(n) => n,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).context("no --node-name / NODE_NAME and no hostname")?,
+        };
+        let client = ::kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+        let sink: Arc<dyn crate::workload::PolicySink> = Arc::new(KubeSink { agent: agent.clone(), handle: tokio::runtime::Handle::current() });
+        let ready = kube_ready.clone();
+        let root = mount.clone();
+        tracing::info!(node = %node, "following the Kubernetes cluster");
+        tokio::spawn(async move {
+            if let Err(e) = crate::kube::run(client, node, root, sink, ready).await {
+                tracing::error!("Kubernetes controller stopped: {e:#}");
+            }
+        });
+    }
+    agent.set_ready_flag(kube_ready);
     if let Some(p) = &args.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id())).with_context(|| format!("writing {}", p.display()))?;
     }
@@ -182,6 +200,25 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         pin_dir.display()
     );
     Ok(0)
+}
+
+/// Delivers the Kubernetes controller's per-pod policies to the agent.
+struct KubeSink {
+    agent: Agent,
+    handle: tokio::runtime::Handle,
+}
+
+impl crate::workload::PolicySink for KubeSink {
+    fn apply(&self, policies: Vec<crate::workload::WorkloadPolicy>) {
+        let agent = self.agent.clone();
+        let n = policies.len();
+        self.handle.spawn(async move {
+            match agent.set_workload_policies(policies).await {
+                Ok(s) => tracing::info!(pods = n, added = s.upserts, removed = s.removals, "pod policies applied"),
+                Err(e) => tracing::error!("applying pod policies failed: {e:#}"),
+            }
+        });
+    }
 }
 
 pub fn unpin(args: UnpinArgs) -> anyhow::Result<i32> {

@@ -12,6 +12,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod dns;
 pub mod events;
+pub mod kube;
 pub mod exit;
 pub mod load;
 pub mod metrics;
