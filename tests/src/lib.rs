@@ -1848,3 +1848,214 @@ impl Drop for Frozen {
         unsafe { libc::kill(self.0, libc::SIGCONT) };
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// L7 proxy (tests/proxy.rs): a test PKI made with the openssl CLI, HTTPS/HTTP servers, a silent
+// listener
+// ---------------------------------------------------------------------------------------------
+
+/// A CA and one server certificate signed by it, made at test time with the `openssl` CLI
+/// (ECDSA P-256, valid for one day). All paths are PEM files in the [`TempDir`] given.
+#[derive(Debug, Clone)]
+pub struct Pki {
+    pub ca: PathBuf,
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Pki {
+    /// `prefix`-ca.pem (CN `<prefix> test CA`, CA:TRUE) and `prefix`-server.pem, whose SANs are
+    /// `names` (DNS names; `*.x` wildcards allowed; IP addresses become IP SANs).
+    pub fn new(dir: &TempDir, prefix: &str, names: &[&str]) -> Self {
+        assert!(!names.is_empty());
+        let ca = dir.join(&format!("{prefix}-ca.pem"));
+        let ca_key = dir.join(&format!("{prefix}-ca.key"));
+        let cert = dir.join(&format!("{prefix}-server.pem"));
+        let key = dir.join(&format!("{prefix}-server.key"));
+        let csr = dir.join(&format!("{prefix}-server.csr"));
+        let ext = dir.write(
+            &format!("{prefix}-server.ext"),
+            &format!(
+                "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName={}\n",
+                names
+                    .iter()
+                    .map(|n| if n.parse::<std::net::IpAddr>().is_ok() { format!("IP:{n}") } else { format!("DNS:{n}") })
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        );
+        let p = |p: &Path| p.display().to_string();
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        let mut a = vec!["req", "-x509"];
+        a.extend(ec);
+        let (ca_s, ca_key_s, cert_s, key_s, csr_s, ext_s) = (p(&ca), p(&ca_key), p(&cert), p(&key), p(&csr), p(&ext));
+        let subj_ca = format!("/CN={prefix} test CA");
+        a.extend(["-keyout", &ca_key_s, "-out", &ca_s, "-days", "1", "-subj", &subj_ca]);
+        a.extend(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
+        sh("openssl", &a);
+        let subj = format!("/CN={}", names[0]);
+        let mut a = vec!["req"];
+        a.extend(ec);
+        a.extend(["-keyout", &key_s, "-out", &csr_s, "-subj", &subj]);
+        sh("openssl", &a);
+        sh(
+            "openssl",
+            &["x509", "-req", "-in", &csr_s, "-CA", &ca_s, "-CAkey", &ca_key_s, "-CAcreateserial", "-out", &cert_s, "-days", "1", "-extfile", &ext_s],
+        );
+        Self { ca, ca_key, cert, key }
+    }
+}
+
+/// An HTTP/1.1 server (keep-alive, threads). Arguments: `ADDR PORT CERT KEY` (TLS) or
+/// `ADDR PORT plain`. Paths:
+/// - `/status/N`: status N, body `status N\n`;
+/// - `/bytes/N`: 200 with exactly N bytes (Content-Length), generated and written in 64 KiB
+///   chunks (never held in memory whole);
+/// - anything else: 200, body `hello path=P host=H sni=S peer=ADDR:PORT\n` (S: the ClientHello's
+///   server_name as the server saw it, `-` for none or plain; ADDR:PORT: the client as seen
+///   by the server).
+///
+/// The TLS handshake runs in the connection's thread (a silent client never blocks accepts).
+/// Prints `ready` once listening.
+pub const HTTPS_SERVER_PY: &str = r#"
+import http.server, socket, socketserver, ssl, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+tls = sys.argv[3] != 'plain'
+CHUNK = bytes(range(256)) * 256
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def log_message(self, *a):
+        pass
+    def reply(self, code, body):
+        self.send_response(code)
+        self.send_header('Content-Type', 'text/plain')
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        p = self.path
+        if p.startswith('/status/'):
+            code = int(p[8:])
+            return self.reply(code, ('status %d\n' % code).encode())
+        if p.startswith('/bytes/'):
+            n = int(p[7:])
+            self.send_response(200)
+            self.send_header('Content-Type', 'application/octet-stream')
+            self.send_header('Content-Length', str(n))
+            self.end_headers()
+            while n > 0:
+                k = min(n, len(CHUNK))
+                self.wfile.write(CHUNK[:k] if k < len(CHUNK) else CHUNK)
+                n -= k
+            return
+        sni = getattr(self.connection, 'sni_name', None) or '-'
+        peer = '%s:%d' % self.client_address[:2]
+        body = 'hello path=%s host=%s sni=%s peer=%s\n' % (p, self.headers.get('Host', '-'), sni, peer)
+        self.reply(200, body.encode())
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256
+    address_family = socket.AF_INET6 if ':' in addr else socket.AF_INET
+    def handle_error(self, request, client_address):
+        pass  # refused handshakes (wrong-CA tests) are expected
+srv = S((addr, port), H)
+if tls:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(sys.argv[3], sys.argv[4])
+    def on_sni(sock, name, _ctx):
+        try:
+            sock.sni_name = name
+        except Exception:
+            pass
+    ctx.sni_callback = on_sni
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
+print('ready', flush=True)
+srv.serve_forever()
+"#;
+
+/// [`HTTPS_SERVER_PY`] with TLS (`pki`'s server certificate) on `addr:port` in `ns`.
+pub fn https_server(ns: &Netns, addr: &str, port: u16, pki: &Pki) -> Server {
+    let mut c = ns.command(python());
+    c.arg("-c").arg(HTTPS_SERVER_PY).arg(addr).arg(port.to_string()).arg(&pki.cert).arg(&pki.key);
+    Server::start(c, &format!("https server {addr}:{port} in netns {}", ns.name))
+}
+
+/// [`HTTPS_SERVER_PY`] without TLS on `addr:port` in `ns`.
+pub fn plain_http_server(ns: &Netns, addr: &str, port: u16) -> Server {
+    let mut c = ns.command(python());
+    c.arg("-c").arg(HTTPS_SERVER_PY).arg(addr).arg(port.to_string()).arg("plain");
+    Server::start(c, &format!("http server {addr}:{port} in netns {}", ns.name))
+}
+
+/// A TCP listener on `addr:port` in `ns` that accepts and never sends a byte (a TLS handshake
+/// to it hangs until the client gives up). Prints `ready`.
+pub fn silent_listener(ns: &Netns, addr: &str, port: u16) -> Server {
+    let script = r#"
+import socket, sys, threading
+s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(128)
+held = []
+print('ready', flush=True)
+while True:
+    c, _ = s.accept()
+    held.append(c)
+"#;
+    let mut c = ns.command(python());
+    c.arg("-c").arg(script).arg(addr).arg(port.to_string());
+    Server::start(c, &format!("silent listener {addr}:{port} in netns {}", ns.name))
+}
+
+/// VmRSS of `pid` in KiB (from /proc/PID/status), None if gone.
+pub fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let s = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+}
+
+/// Samples of the metric `name` (exact sample name) in Prometheus/OpenMetrics text, with their
+/// labels. Label values are unescaped (`\"`, `\\`, `\n`).
+pub fn metric_samples(text: &str, name: &str) -> Vec<(std::collections::BTreeMap<String, String>, f64)> {
+    let mut out = Vec::new();
+    for l in text.lines().filter(|l| !l.starts_with('#')) {
+        let (head, value) = match l.rsplit_once(' ') {
+            Some(v) => v,
+            None => continue,
+        };
+        let (sname, labels) = match head.split_once('{') {
+            Some((n, rest)) => (n, rest.strip_suffix('}').unwrap_or(rest)),
+            None => (head, ""),
+        };
+        if sname.trim() != name {
+            continue;
+        }
+        let Ok(v) = value.trim().parse::<f64>() else { continue };
+        let mut map = std::collections::BTreeMap::new();
+        let mut rest = labels;
+        while let Some((k, after)) = rest.split_once("=\"") {
+            let mut val = String::new();
+            let mut chars = after.char_indices();
+            let mut end = after.len();
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => match chars.next() {
+                        Some((_, 'n')) => val.push('\n'),
+                        Some((_, c2)) => val.push(c2),
+                        None => {}
+                    },
+                    '"' => {
+                        end = i + 1;
+                        break;
+                    }
+                    c => val.push(c),
+                }
+            }
+            map.insert(k.trim_start_matches(',').trim().to_string(), val);
+            rest = after[end..].trim_start_matches(',');
+        }
+        out.push((map, v));
+    }
+    out
+}

@@ -38,6 +38,9 @@ pub enum BenchCmd {
     /// iperf3 throughput across a veth with and without the TC traffic counters, and the cost of
     /// the sock_ops connection accounting on a connect() loop (root).
     Tc(crate::bench_tc::TcArgs),
+    /// wrk through enforcer's L7 proxy (HTTP in, TLS out per DestinationRule SIMPLE) vs nginx as
+    /// the same TLS-originating proxy: requests/s, p99 latency, the agent's RSS under load (root).
+    Proxy(crate::bench_proxy::ProxyArgs),
     /// connect, sync and dns, one after the other (each with its own options).
     All(AllArgs),
 }
@@ -191,6 +194,7 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Sync(args) => crate::bench_sync::main(args),
         BenchCmd::Dns(args) => crate::bench_dns::main(args),
         BenchCmd::Tc(args) => crate::bench_tc::main(args),
+        BenchCmd::Proxy(args) => crate::bench_proxy::main(args),
         BenchCmd::All(a) => {
             let mut failed = Vec::new();
             type Step = Box<dyn FnOnce() -> Result<ExitCode>>;

@@ -17,6 +17,7 @@ const TOOLCHAIN_PKGS: &[&str] = &[
 /// What enforcer runs next to, and what the tests, demo and bench talk to.
 const PEER_PKGS: &[&str] = &[
     "curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl",
+    "nginx-light",
 ];
 /// `cargo xtask vm-test`: QEMU (TCG), busybox for the guest's initramfs, depmod/modprobe and xz
 /// for the guest kernels' modules.
