@@ -1,0 +1,556 @@
+//! `cargo xtask bench proxy`: enforcer's L7 proxy (HTTP in, TLS out per DestinationRule SIMPLE)
+//! against nginx doing the same job.
+//!
+//! Two network namespaces joined by a veth pair (no loopback shortcut to the upstream):
+//! - server netns: nginx serving a small static file over TLS (certificate for `api.test` from
+//!   a CA made with openssl for this run) on `SERVER:8443`;
+//! - client netns: `wrk` (Debian), `--threads` threads / `--connections` connections,
+//!   `--duration` s per run, `--latency`, in alternating rounds:
+//!   (a) wrk -> nginx on 127.0.0.1:18080 as a TLS-originating reverse proxy (`proxy_pass
+//!       https://`, `proxy_ssl_verify on`, `proxy_ssl_trusted_certificate`, `proxy_ssl_server_name
+//!       on`, `proxy_ssl_name api.test`, an upstream block with `keepalive`), wrk in a plain cgroup;
+//!   (b) `enforcer run -- wrk http://SERVER:80/`: a ServiceEntry `api.test` port 80 (targetPort
+//!       8443) with a DestinationRule `tls.mode: SIMPLE` (caCertificates = the run's CA), so the
+//!       connect hook steers every wrk connection to the agent's proxy, which originates TLS.
+//!   Both proxies run in the client netns, both verify the upstream certificate, both reuse
+//!   upstream connections.
+//!
+//! Reported: requests/s (medians, b/a, target >= 1.0), p99 latency (medians, b/a), and the agent's
+//! VmRSS under load (sampled from /proc every 100 ms during each enforcer run). A sanity run first
+//! checks that each path really works (status 200 and the file's content; for enforcer, that
+//! `istio_requests_total{response_code="200"}` counted the request, i.e. it went through the
+//! proxy). Any non-2xx/3xx response or socket error in a measured run fails the benchmark.
+
+use std::{
+    fmt::Write as _,
+    io::Read as _,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::{
+    netns::{self, Cgroup, Netns, Proc},
+    setup, util,
+};
+
+#[derive(clap::Args, Clone)]
+pub struct ProxyArgs {
+    /// Seconds per wrk run.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u32,
+    /// Alternating rounds (each: one nginx run, one enforcer run).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// wrk threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: u32,
+    /// wrk connections.
+    #[arg(long, default_value_t = 50)]
+    pub connections: u32,
+    /// Use this enforcer binary instead of building one.
+    #[arg(long, value_name = "PATH")]
+    pub enforcer: Option<PathBuf>,
+    /// Build and use the debug binary (default: release, as nginx is an optimized build).
+    #[arg(long)]
+    pub debug: bool,
+}
+
+const CLIENT_ADDR: &str = "100.127.253.1";
+const SERVER_ADDR: &str = "100.127.253.2";
+const UPSTREAM_PORT: u16 = 8443;
+const SE_PORT: u16 = 80;
+const NGINX_PROXY: &str = "127.0.0.1:18080";
+const ADMIN: &str = "127.0.0.1:15997";
+const HOST: &str = "api.test";
+
+/// What one wrk run printed, parsed.
+#[derive(Debug, Clone, PartialEq)]
+struct Wrk {
+    rps: f64,
+    p99_ms: f64,
+    requests: u64,
+    non_2xx: u64,
+    socket_errors: Option<String>,
+}
+
+/// A wrk latency like `812.00us`, `1.23ms`, `2.00s`, `1.00m` -> milliseconds.
+fn parse_latency_ms(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("us") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000.0)
+    } else if let Some(n) = s.strip_suffix('h') {
+        (n, 3_600_000.0)
+    } else {
+        return None;
+    };
+    num.parse::<f64>().ok().map(|v| v * mult)
+}
+
+fn parse_wrk(out: &str) -> Result<Wrk> {
+    let mut rps = None;
+    let mut p99 = None;
+    let mut requests = None;
+    let mut non_2xx = 0;
+    let mut socket_errors = None;
+    for l in out.lines().map(str::trim) {
+        if let Some(v) = l.strip_prefix("Requests/sec:") {
+            rps = v.trim().parse::<f64>().ok();
+        } else if let Some(v) = l.strip_prefix("99%") {
+            p99 = parse_latency_ms(v);
+        } else if let Some(v) = l.strip_prefix("Non-2xx or 3xx responses:") {
+            non_2xx = v.trim().parse().unwrap_or(u64::MAX);
+        } else if l.starts_with("Socket errors:") {
+            socket_errors = Some(l.to_string());
+        } else if l.contains(" requests in ") {
+            requests = l.split_whitespace().next().and_then(|n| n.parse().ok());
+        }
+    }
+    Ok(Wrk {
+        rps: rps.with_context(|| format!("no `Requests/sec:` in wrk output:\n{out}"))?,
+        p99_ms: p99.with_context(|| format!("no 99% latency in wrk output (run with --latency):\n{out}"))?,
+        requests: requests.with_context(|| format!("no `N requests in` line in wrk output:\n{out}"))?,
+        non_2xx,
+        socket_errors,
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.is_empty() {
+        f64::NAN
+    } else if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// Runs `cmd` to completion; fails with its output if it fails.
+fn run_out(cmd: &mut Command, what: &str) -> Result<String> {
+    cmd.stdin(Stdio::null());
+    let out = cmd.output().with_context(|| format!("could not start the {what} run"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): `{}`\n{stdout}{}",
+            out.status,
+            util::display_cmd(cmd),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(stdout)
+}
+
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
+}
+
+fn comm(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
+}
+
+/// The enforcer process of a spawned `nsenter ... enforcer` (nsenter execs it when only the
+/// network namespace changes; else it is a child).
+fn enforcer_pid(spawned: u32) -> Option<u32> {
+    if comm(spawned) == "enforcer" {
+        return Some(spawned);
+    }
+    let children = std::fs::read_to_string(format!("/proc/{spawned}/task/{spawned}/children")).ok()?;
+    children.split_whitespace().filter_map(|p| p.parse().ok()).find(|p| comm(*p) == "enforcer")
+}
+
+/// Runs `cmd` (an `enforcer run`), sampling the enforcer process's VmRSS every 100 ms.
+/// Returns (stdout, max VmRSS KiB).
+fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64)> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("could not start the {what} run"))?;
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t1 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t2 = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let mut max = 0;
+    let mut pid = None;
+    let status = loop {
+        if let Some(st) = child.try_wait()? {
+            break st;
+        }
+        if pid.is_none() {
+            pid = enforcer_pid(child.id());
+        }
+        if let Some(p) = pid
+            && let Some(r) = vm_rss_kib(p)
+        {
+            max = max.max(r);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let (stdout, stderr) = (t1.join().unwrap_or_default(), t2.join().unwrap_or_default());
+    if !status.success() {
+        bail!("{what} failed ({status}): `{}`\n{stdout}{stderr}", util::display_cmd(cmd));
+    }
+    if pid.is_none() || max == 0 {
+        bail!("{what}: could not find the enforcer process to sample its VmRSS");
+    }
+    Ok((stdout, max))
+}
+
+/// CA + server certificate for `api.test` (ECDSA P-256), with the openssl CLI.
+fn make_pki(dir: &Path) -> Result<()> {
+    let p = |n: &str| dir.join(n).display().to_string();
+    std::fs::write(
+        dir.join("server.ext"),
+        format!("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:{HOST}\n"),
+    )?;
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    util::run_quiet(
+        Command::new("openssl")
+            .args(["req", "-x509"])
+            .args(ec)
+            .args(["-keyout", &p("ca.key"), "-out", &p("ca.pem"), "-days", "1", "-subj", "/CN=enforcer bench proxy CA"])
+            .args(["-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]),
+    )
+    .context("openssl: making the CA")?;
+    util::run_quiet(Command::new("openssl").arg("req").args(ec).args([
+        "-keyout",
+        &p("server.key"),
+        "-out",
+        &p("server.csr"),
+        "-subj",
+        &format!("/CN={HOST}"),
+    ]))
+    .context("openssl: making the server key")?;
+    util::run_quiet(Command::new("openssl").args([
+        "x509", "-req", "-in", &p("server.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key"), "-CAcreateserial", "-out",
+        &p("server.pem"), "-days", "1", "-extfile", &p("server.ext"),
+    ]))
+    .context("openssl: signing the server certificate")?;
+    Ok(())
+}
+
+fn nginx_common(dir: &Path, name: &str) -> String {
+    format!(
+        "user root;\nworker_processes auto;\npid {d}/{name}.pid;\nerror_log {d}/{name}-error.log warn;\nevents {{ worker_connections 4096; }}\n",
+        d = dir.display()
+    )
+}
+
+/// The upstream: a static file over TLS.
+fn upstream_conf(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "{}http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  server {{\n    listen {SERVER_ADDR}:{UPSTREAM_PORT} ssl;\n    \
+         server_name {HOST};\n    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server.key;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    \
+         root {d}/www;\n    location / {{ }}\n  }}\n}}\n",
+        nginx_common(dir, "upstream")
+    )
+}
+
+/// nginx as the same TLS-originating proxy as enforcer's.
+fn proxy_conf(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "{}http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n  upstream api {{\n    server {SERVER_ADDR}:{UPSTREAM_PORT};\n    \
+         keepalive 128;\n    keepalive_requests 1000000;\n    keepalive_timeout 300s;\n  }}\n  server {{\n    listen {NGINX_PROXY};\n    location / {{\n      \
+         proxy_pass https://api;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n      proxy_set_header Host {HOST};\n      \
+         proxy_ssl_verify on;\n      proxy_ssl_trusted_certificate {d}/ca.pem;\n      proxy_ssl_server_name on;\n      proxy_ssl_name {HOST};\n      \
+         proxy_ssl_session_reuse on;\n    }}\n  }}\n}}\n",
+        nginx_common(dir, "proxy")
+    )
+}
+
+fn write_registry(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("registry.yaml");
+    let s = format!(
+        "# Generated by `cargo xtask bench proxy`.\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: api, namespace: default}}\n\
+         spec:\n  hosts: [{HOST}]\n  ports: [{{number: {SE_PORT}, name: http, protocol: HTTP, targetPort: {UPSTREAM_PORT}}}]\n  resolution: STATIC\n  \
+         endpoints: [{{address: {SERVER_ADDR}}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: default}}\n\
+         spec:\n  host: {HOST}\n  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: {SE_PORT}}}\n      tls: {{mode: SIMPLE, caCertificates: {}}}\n",
+        dir.join("ca.pem").display()
+    );
+    std::fs::write(&path, s).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Waits (≤ 10 s) until something listens on `addr:port` in `ns`.
+fn wait_listening(ns: &Netns, port: u16, server: &mut Proc, what: &str) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        server.check_running(what)?;
+        let out = util::run_quiet(ns.command("ss").args(["-Hltn", &format!("sport = :{port}")]))?;
+        if !out.trim().is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what} did not listen on port {port} within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_nginx(ns: &Netns, conf: &Path, what: &str) -> Result<Proc> {
+    Proc::spawn(
+        ns.command("nginx")
+            .args(["-c"])
+            .arg(conf)
+            .args(["-g", "daemon off; master_process on;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null()),
+    )
+    .with_context(|| format!("starting {what}"))
+}
+
+struct Env<'a> {
+    enforcer: &'a Path,
+    ns: &'a Netns,
+    baseline: &'a Cgroup,
+    enforced: &'a Cgroup,
+    registry: &'a Path,
+}
+
+impl Env<'_> {
+    fn enforcer_cmd(&self, extra: &[&str], prog: &[String]) -> Command {
+        let mut c = self.ns.command(self.enforcer);
+        c.args(["run", "--registry"]).arg(self.registry);
+        c.args(["--no-host-dns", "--quiet", "--cgroup-parent"]).arg(&self.enforced.path);
+        c.args(extra).arg("--").args(prog);
+        c
+    }
+
+    fn baseline_cmd(&self, prog: &[String]) -> Command {
+        let mut c = self.ns.command(&prog[0]);
+        c.args(&prog[1..]);
+        self.baseline.enter_on_exec(&mut c);
+        c
+    }
+}
+
+fn wrk_args(a: &ProxyArgs, duration: u32, url: &str) -> Vec<String> {
+    vec![
+        "wrk".into(),
+        "-t".into(),
+        a.threads.to_string(),
+        "-c".into(),
+        a.connections.to_string(),
+        "-d".into(),
+        format!("{duration}s"),
+        "--latency".into(),
+        "-H".into(),
+        format!("Host: {HOST}"),
+        url.into(),
+    ]
+}
+
+fn check_clean(w: &Wrk, what: &str, out: &str) -> Result<()> {
+    if w.non_2xx > 0 || w.requests == 0 {
+        bail!("{what}: {} non-2xx/3xx responses of {} requests:\n{out}", w.non_2xx, w.requests);
+    }
+    if let Some(e) = &w.socket_errors {
+        bail!("{what}: wrk reported {e}\n{out}");
+    }
+    Ok(())
+}
+
+pub fn main(args: ProxyArgs) -> Result<ExitCode> {
+    util::require_root("the benchmark")?;
+    if args.rounds == 0 || args.duration == 0 || args.threads == 0 || args.connections == 0 {
+        bail!("--rounds, --duration, --threads and --connections must be positive");
+    }
+    setup::ensure()?;
+    for tool in ["wrk", "nginx", "openssl", "curl"] {
+        if which::which(tool).is_err() {
+            bail!("{tool} is not installed (`cargo xtask setup` installs it)");
+        }
+    }
+    let enforcer = match &args.enforcer {
+        Some(p) => std::path::absolute(p)?,
+        None => util::build_enforcer(!args.debug)?,
+    };
+    let pid = std::process::id();
+    let started = Instant::now();
+
+    let client_ns = Netns::create(&format!("enf-pxc-{pid}"))?;
+    let server_ns = Netns::create(&format!("enf-pxs-{pid}"))?;
+    let (cl, sl) = (format!("epx{}c", pid % 10000), format!("epx{}s", pid % 10000));
+    let _veth = netns::veth(&cl, Some(&client_ns), &sl, &server_ns)?;
+    client_ns.ip(["addr", "add", &format!("{CLIENT_ADDR}/30"), "dev", &cl])?;
+    client_ns.ip(["link", "set", &cl, "up"])?;
+    server_ns.ip(["addr", "add", &format!("{SERVER_ADDR}/30"), "dev", &sl])?;
+    server_ns.ip(["link", "set", &sl, "up"])?;
+
+    let dir = util::TempDir::new("enforcer-bench-proxy")?;
+    make_pki(&dir.path)?;
+    std::fs::create_dir_all(dir.path.join("www"))?;
+    // A small page (nginx's default index.html is 615 bytes).
+    let page: String = format!("<!DOCTYPE html>\n<html><body><h1>{HOST}</h1>\n{}</body></html>\n", "<p>enforcer bench proxy</p>\n".repeat(20));
+    std::fs::write(dir.path.join("www/index.html"), &page)?;
+    let up_conf = dir.path.join("upstream.conf");
+    std::fs::write(&up_conf, upstream_conf(&dir.path))?;
+    let px_conf = dir.path.join("proxy.conf");
+    std::fs::write(&px_conf, proxy_conf(&dir.path))?;
+    let registry = write_registry(&dir.path)?;
+
+    let mut upstream = start_nginx(&server_ns, &up_conf, "the upstream nginx")?;
+    wait_listening(&server_ns, UPSTREAM_PORT, &mut upstream, "the upstream nginx")?;
+    let mut nginx_proxy = start_nginx(&client_ns, &px_conf, "the nginx proxy")?;
+    let proxy_port: u16 = NGINX_PROXY.rsplit_once(':').unwrap().1.parse()?;
+    wait_listening(&client_ns, proxy_port, &mut nginx_proxy, "the nginx proxy")?;
+
+    let top = Cgroup::create(&format!("enforcer-bench-proxy-{pid}"))?;
+    let baseline = Cgroup::create_in(&top.path, "baseline")?;
+    let enforced = Cgroup::create_in(&top.path, "enforced")?;
+    let env = Env { enforcer: &enforcer, ns: &client_ns, baseline: &baseline, enforced: &enforced, registry: &registry };
+
+    println!(
+        "wrk -t{} -c{} -d{}s --latency in netns {}: (a) -> nginx proxy {NGINX_PROXY} vs (b) -> enforcer's proxy (enforcer run, \
+         {SERVER_ADDR}:{SE_PORT} steered); both originate TLS (verified, SNI {HOST}) to nginx at {SERVER_ADDR}:{UPSTREAM_PORT} in netns {} \
+         over veth; {} page; {} rounds; enforcer: {}",
+        args.threads,
+        args.connections,
+        args.duration,
+        client_ns.name,
+        server_ns.name,
+        page.len(),
+        args.rounds,
+        enforcer.display()
+    );
+
+    // Sanity: both paths serve the page; enforcer's goes through its proxy.
+    let curl = |url: &str| {
+        format!("curl -sS --noproxy '*' --max-time 10 -H 'Host: {HOST}' {url}")
+    };
+    let body = run_out(&mut env.baseline_cmd(&["sh".into(), "-c".into(), curl(&format!("http://{NGINX_PROXY}/"))]), "sanity (nginx proxy)")?;
+    if body != page {
+        bail!("sanity: the nginx proxy did not return the page:\n{body}");
+    }
+    let script = format!("{} && echo '#--metrics' && {}", curl(&format!("http://{SERVER_ADDR}:{SE_PORT}/")), curl(&format!("http://{ADMIN}/metrics")));
+    let out = run_out(&mut env.enforcer_cmd(&["--admin", ADMIN], &["sh".into(), "-c".into(), script]), "sanity (enforcer)")?;
+    let (body, metrics) = out.split_once("#--metrics\n").unwrap_or((&out, ""));
+    if body != page {
+        bail!("sanity: enforcer's proxy did not return the page:\n{out}");
+    }
+    let proxied: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\"") && l.contains(&format!("destination_service=\"{HOST}\"")))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum();
+    if proxied != 1.0 {
+        bail!("sanity: istio_requests_total{{response_code=\"200\"}} is {proxied}, not 1: did the request go through the proxy?\n{metrics}");
+    }
+    println!("sanity: both paths return the {}-byte page; enforcer counted it in istio_requests_total{{response_code=\"200\"}}", page.len());
+
+    // Warm-up (not measured).
+    let nginx_url = format!("http://{NGINX_PROXY}/");
+    let enf_url = format!("http://{SERVER_ADDR}:{SE_PORT}/");
+    run_out(&mut env.baseline_cmd(&wrk_args(&args, 2, &nginx_url)), "warm-up (nginx)")?;
+    run_out(&mut env.enforcer_cmd(&[], &wrk_args(&args, 2, &enf_url)), "warm-up (enforcer)")?;
+
+    println!("\nrounds:");
+    let (mut ng, mut en, mut rss) = (Vec::<Wrk>::new(), Vec::<Wrk>::new(), Vec::<u64>::new());
+    for round in 0..args.rounds {
+        for k in 0..2 {
+            if (round as usize + k) % 2 == 0 {
+                let out = run_out(&mut env.baseline_cmd(&wrk_args(&args, args.duration, &nginx_url)), "nginx wrk")?;
+                let w = parse_wrk(&out)?;
+                check_clean(&w, "nginx", &out)?;
+                ng.push(w);
+            } else {
+                let (out, r) = run_sampling_rss(&mut env.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)), "enforcer wrk")?;
+                let w = parse_wrk(&out)?;
+                check_clean(&w, "enforcer", &out)?;
+                en.push(w);
+                rss.push(r);
+            }
+        }
+        let (n, e) = (ng.last().unwrap(), en.last().unwrap());
+        println!(
+            "  round {}: nginx {:.0} req/s p99 {:.2} ms | enforcer {:.0} req/s p99 {:.2} ms, agent VmRSS max {:.1} MiB",
+            round + 1,
+            n.rps,
+            n.p99_ms,
+            e.rps,
+            e.p99_ms,
+            *rss.last().unwrap() as f64 / 1024.0
+        );
+        upstream.check_running("the upstream nginx")?;
+        nginx_proxy.check_running("the nginx proxy")?;
+    }
+
+    let (n_rps, e_rps) = (median(ng.iter().map(|w| w.rps).collect()), median(en.iter().map(|w| w.rps).collect()));
+    let (n_p99, e_p99) = (median(ng.iter().map(|w| w.p99_ms).collect()), median(en.iter().map(|w| w.p99_ms).collect()));
+    let rss_max = rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+    let rss_med = median(rss.iter().map(|r| *r as f64 / 1024.0).collect());
+    let mut out = String::new();
+    let _ = writeln!(out, "\n{:<46} {:>14} {:>14}", "medians", "requests/s", "p99 latency");
+    let _ = writeln!(out, "{:<46} {:>14.0} {:>11.2} ms", "(a) wrk -> nginx proxy_pass https", n_rps, n_p99);
+    let _ = writeln!(out, "{:<46} {:>14.0} {:>11.2} ms", "(b) wrk -> enforcer proxy (enforcer run)", e_rps, e_p99);
+    let _ = writeln!(
+        out,
+        "{:<46} {:>13.3}x {:>13.3}x   (requests/s target >= 1.0: {})",
+        "b/a",
+        e_rps / n_rps,
+        e_p99 / n_p99,
+        if e_rps / n_rps >= 1.0 { "met" } else { "NOT met" }
+    );
+    let _ = writeln!(out, "agent VmRSS under load: max {rss_max:.1} MiB (median of per-run maxima {rss_med:.1} MiB)");
+    print!("{out}");
+    println!("(total {:.0} s)", started.elapsed().as_secs_f64());
+
+    drop((upstream, nginx_proxy));
+    drop((baseline, enforced, top));
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WRK: &str = "Running 10s test @ http://127.0.0.1:18080/
+  2 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.10ms  690.42us  21.34ms   88.41%
+    Req/Sec    12.01k     1.01k   14.33k    71.50%
+  Latency Distribution
+     50%    1.98ms
+     75%    2.31ms
+     90%    2.79ms
+     99%  812.00us
+  239014 requests in 10.00s, 186.59MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:  23897.42
+Transfer/sec:     18.66MB
+";
+
+    #[test]
+    fn parses_wrk_output() {
+        let w = parse_wrk(WRK).unwrap();
+        assert_eq!(w.rps, 23897.42);
+        assert!((w.p99_ms - 0.812).abs() < 1e-9);
+        assert_eq!(w.requests, 239014);
+        assert_eq!(w.non_2xx, 3);
+        assert_eq!(w.socket_errors, None);
+        assert!(check_clean(&w, "t", WRK).is_err());
+        assert!(parse_wrk("nothing").is_err());
+        assert_eq!(parse_latency_ms("2.00s"), Some(2000.0));
+        assert_eq!(parse_latency_ms("1.50m"), Some(90_000.0));
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+}
