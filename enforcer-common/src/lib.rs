@@ -173,6 +173,14 @@ mod layout_tests {
     }
 
     #[test]
+    fn ip6_words_round_trip() {
+        let a: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        assert_eq!(ip6_bytes(ip6_words(&a)), a);
+        let m = ip6_bytes(ip6_mapped_words([10, 0, 0, 1]));
+        assert_eq!(v4_from_mapped(&m), Some([10, 0, 0, 1]));
+    }
+
+    #[test]
     fn v4_mapped_is_recognised() {
         let mut a = [0u8; 16];
         a[10] = 0xff;

@@ -153,6 +153,35 @@ pub struct WorkloadValue {
     pub flags: u32,
 }
 
+/// An IPv6 address held as four 32-bit words as the kernel's contexts give it (each word in
+/// network byte order as stored in memory) -> its 16 bytes.
+#[inline(always)]
+pub fn ip6_bytes(w: [u32; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0..4].copy_from_slice(&w[0].to_ne_bytes());
+    a[4..8].copy_from_slice(&w[1].to_ne_bytes());
+    a[8..12].copy_from_slice(&w[2].to_ne_bytes());
+    a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+    a
+}
+
+/// The inverse of `ip6_bytes`: 16 address bytes -> four words to write into a context.
+#[inline(always)]
+pub fn ip6_words(a: &[u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// `::ffff:a.b.c.d` as context words.
+#[inline(always)]
+pub fn ip6_mapped_words(v4: [u8; 4]) -> [u32; 4] {
+    [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(v4)]
+}
+
 /// If `addr` is an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), the IPv4 address it carries.
 #[inline(always)]
 pub fn v4_from_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {

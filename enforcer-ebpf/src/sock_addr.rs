@@ -15,7 +15,7 @@ use enforcer_common::{
     ANY_PORT, AllowKey, AllowValue, DEFAULT_POLICY, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey,
     ALLOW_F_PROXY, HOOK_CONNECT4, HOOK_CONNECT6, MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, OrigDest, PROTO_TCP, PROTO_UDP, REASON_NOT_IN_REGISTRY,
     REASON_PORT_NOT_LISTED, REASON_PROTOCOL, MAX_CGROUP_DEPTH, SERVICE_NONE, SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, SETTINGS_F_WORKLOADS, ProxyDest, SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT,
-    VERDICT_DENIED, v4_from_mapped,
+    VERDICT_DENIED, ip6_bytes, ip6_mapped_words, ip6_words, v4_from_mapped,
 };
 
 use crate::maps::{ALLOW, DESTS, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, PROXY_ORIG, SETTINGS, SOCKS, WORKLOADS};
@@ -49,12 +49,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         proto,
     };
     if v6 {
-        let w = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
-        let mut a = [0u8; 16];
-        a[0..4].copy_from_slice(&w[0].to_ne_bytes());
-        a[4..8].copy_from_slice(&w[1].to_ne_bytes());
-        a[8..12].copy_from_slice(&w[2].to_ne_bytes());
-        a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+        let a = ip6_bytes([sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]]);
         match v4_from_mapped(&a) {
             // ::ffff:a.b.c.d is judged as the IPv4 address it is.
             Some(v4) => dest.addr[0..4].copy_from_slice(&v4),
@@ -207,15 +202,9 @@ fn steer_dns(ctx: &SockAddrContext, dest: &Dest, v6: bool) -> bool {
             (*sa).user_ip4 = u32::from_ne_bytes(s.local_v4);
         } else if dest.family == FAMILY_V4 {
             // An IPv4-mapped destination on an IPv6 socket: ::ffff:<forwarder v4>.
-            (*sa).user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(s.local_v4)];
+            (*sa).user_ip6 = ip6_mapped_words(s.local_v4);
         } else {
-            let a = s.local_v6;
-            (*sa).user_ip6 = [
-                u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
-                u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
-                u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
-                u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
-            ];
+            (*sa).user_ip6 = ip6_words(&s.local_v6);
         }
         (*sa).user_port = u32::from(s.dns_port.to_be());
     }
@@ -246,7 +235,7 @@ fn steer_proxy(ctx: &SockAddrContext, dest: &Dest, v6: bool, service_id: u32, cg
     unsafe {
         if v6 {
             // ::ffff:127.0.0.1 — the proxy listens on IPv4 only.
-            (*sa).user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes(s.local_v4)];
+            (*sa).user_ip6 = ip6_mapped_words(s.local_v4);
         } else {
             (*sa).user_ip4 = u32::from_ne_bytes(s.local_v4);
         }
@@ -271,14 +260,9 @@ pub fn restore_proxy(ctx: &SockAddrContext, v6: bool) -> bool {
             }
             (*sa).user_ip4 = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
         } else if family == FAMILY_V4 {
-            (*sa).user_ip6 = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff]), u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]])];
+            (*sa).user_ip6 = ip6_mapped_words([addr[0], addr[1], addr[2], addr[3]]);
         } else {
-            (*sa).user_ip6 = [
-                u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
-                u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
-                u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
-                u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
-            ];
+            (*sa).user_ip6 = ip6_words(&addr);
         }
         (*sa).user_port = u32::from(port.to_be());
     }
@@ -299,16 +283,7 @@ pub fn restore_dns(ctx: &SockAddrContext, v6: bool) -> i32 {
         let port = u16::from_be((*sa).user_port as u16);
         let fwd = if v6 {
             let w = (*sa).user_ip6;
-            let a = s.local_v6;
-            let native = w[0] == u32::from_ne_bytes([a[0], a[1], a[2], a[3]])
-                && w[1] == u32::from_ne_bytes([a[4], a[5], a[6], a[7]])
-                && w[2] == u32::from_ne_bytes([a[8], a[9], a[10], a[11]])
-                && w[3] == u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-            let mapped = w[0] == 0
-                && w[1] == 0
-                && w[2] == u32::from_ne_bytes([0, 0, 0xff, 0xff])
-                && w[3] == u32::from_ne_bytes(s.local_v4);
-            native || mapped
+            w == ip6_words(&s.local_v6) || w == ip6_mapped_words(s.local_v4)
         } else {
             (*sa).user_ip4 == u32::from_ne_bytes(s.local_v4)
         };
@@ -328,19 +303,9 @@ pub fn restore_dns(ctx: &SockAddrContext, v6: bool) -> i32 {
                 (*sa).user_ip4 = u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]);
             }
         } else if family == FAMILY_V4 {
-            (*sa).user_ip6 = [
-                0,
-                0,
-                u32::from_ne_bytes([0, 0, 0xff, 0xff]),
-                u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
-            ];
+            (*sa).user_ip6 = ip6_mapped_words([addr[0], addr[1], addr[2], addr[3]]);
         } else {
-            (*sa).user_ip6 = [
-                u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
-                u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
-                u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
-                u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
-            ];
+            (*sa).user_ip6 = ip6_words(&addr);
         }
         (*sa).user_port = u32::from(oport.to_be());
     }

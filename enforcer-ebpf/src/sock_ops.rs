@@ -11,7 +11,7 @@ use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie,
     programs::SockOpsContext,
 };
-use enforcer_common::{ConnCounters, ConnKey, FAMILY_V4, FAMILY_V6, OrigDest, v4_from_mapped};
+use enforcer_common::{ConnCounters, ConnKey, FAMILY_V4, FAMILY_V6, OrigDest, ip6_bytes, v4_from_mapped};
 
 use crate::maps::{CONNS, PROXY_ORIG, PROXY_PEERS, SOCKS};
 
@@ -76,11 +76,7 @@ fn file_proxy_peer(ctx: &SockOpsContext) {
                 core::ptr::read_volatile(p.add(3)),
             ]
         };
-        let mut a = [0u8; 16];
-        a[0..4].copy_from_slice(&w[0].to_ne_bytes());
-        a[4..8].copy_from_slice(&w[1].to_ne_bytes());
-        a[8..12].copy_from_slice(&w[2].to_ne_bytes());
-        a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+        let a = ip6_bytes(w);
         match v4_from_mapped(&a) {
             Some(v4) => key.addr[0..4].copy_from_slice(&v4),
             None => {

@@ -419,6 +419,44 @@ impl Agent {
     }
 }
 
+/// One switch that stops the agent's servers (DNS forwarder, proxy, admin listener).
+pub struct Shutdown {
+    tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self { tx: tokio::sync::watch::channel(false).0 }
+    }
+}
+
+impl Shutdown {
+    /// A future that completes once `trigger` is called.
+    pub fn signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    }
+
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+}
+
+/// Run the forwarder and proxy `Agent::start` returned until `shutdown`; returns whether each
+/// runs (DNS steering, proxy steering), which decides the hooks to attach.
+pub fn spawn_servers(forwarder: Option<dns::Forwarder>, proxy: Option<crate::proxy::Proxy>, shutdown: &Shutdown) -> (bool, bool) {
+    let (steering, proxying) = (forwarder.is_some(), proxy.is_some());
+    if let Some(f) = forwarder {
+        tokio::spawn(f.run(shutdown.signal()));
+    }
+    if let Some(p) = proxy {
+        tokio::spawn(p.run(shutdown.signal()));
+    }
+    (steering, proxying)
+}
+
 /// Order the steps so no destination allowed before and after is ever briefly denied: a more
 /// permissive mode goes in before the entries change, a stricter one after.
 pub fn apply_ordered(dp: &mut Dataplane, desired: &Desired, mode: Mode) -> anyhow::Result<ApplyStats> {

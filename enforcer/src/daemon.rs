@@ -4,10 +4,7 @@
 use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
-use tokio::{
-    signal::unix::{SignalKind, signal},
-    sync::watch,
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     admin,
@@ -56,21 +53,8 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     }
     let (agent, forwarder, proxy) = Agent::start(&args.policy, dp, cfg, DEFAULT_DNS_PORT).await?;
     agent.desired().warnings.iter().for_each(|w| tracing::warn!("{w}"));
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let steering = forwarder.is_some();
-    if let Some(f) = forwarder {
-        tokio::spawn(f.run(stopped()));
-    }
-    let proxying = proxy.is_some();
-    if let Some(p) = proxy {
-        tokio::spawn(p.run(stopped()));
-    }
+    let shutdown = crate::agent::Shutdown::default();
+    let (steering, proxying) = crate::agent::spawn_servers(forwarder, proxy, &shutdown);
     let attached = agent
         .dp
         .lock()
@@ -92,7 +76,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     let _watch = run::spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, false)?;
     let listener = admin::bind(args.admin).await?;
     let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
-    tokio::spawn(admin::serve(listener, source, stopped()));
+    tokio::spawn(admin::serve(listener, source, shutdown.signal()));
     {
         let v = agent.view.read().expect("view lock");
         tracing::info!(
@@ -193,7 +177,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             tracing::warn!("could not turn DNS steering off: {e:#}");
         }
     }
-    let _ = stop_tx.send(true);
+    shutdown.trigger();
     tracing::info!(
         pin_dir = %pin_dir.display(),
         "exiting; enforcement stays pinned (a restarted daemon adopts it; `enforcer unpin --pin-dir {}` removes it)",

@@ -47,21 +47,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .context("loading the BPF programs")?;
     let (agent, forwarder, proxy) = Agent::start(&args.policy, dp, cfg, 0).await?;
     agent.desired().warnings.iter().for_each(|w| warn(w));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    };
-    let steering = forwarder.is_some();
-    if let Some(f) = forwarder {
-        tokio::spawn(f.run(stopped()));
-    }
-    let proxying = proxy.is_some();
-    if let Some(p) = proxy {
-        tokio::spawn(p.run(stopped()));
-    }
+    let shutdown = crate::agent::Shutdown::default();
+    let (steering, proxying) = crate::agent::spawn_servers(forwarder, proxy, &shutdown);
     agent
         .dp
         .lock()
@@ -78,7 +65,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     if let Some(addr) = args.admin {
         let listener = admin::bind(addr).await?;
         let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
-        tokio::spawn(admin::serve(listener, source, stopped()));
+        tokio::spawn(admin::serve(listener, source, shutdown.signal()));
     }
     let mut events = agent.dp.lock().expect("dataplane lock").take_events().context("opening the event ring buffer")?;
 
@@ -121,7 +108,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     child.kill_all();
     show(events.drain(), &mut printer);
     upkeep.abort();
-    let _ = stop_tx.send(true);
+    shutdown.trigger();
 
     let code = exit::from_status(status);
     let (flows, drops) = {

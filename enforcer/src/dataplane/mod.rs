@@ -232,13 +232,9 @@ impl Dataplane {
         let extra: &[&'static str] = if dns_restore { &prog_names::DNS_RESTORE } else { &[] };
         for name in prog_names::ALL.into_iter().chain(extra.iter().copied()) {
             let link_path = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
-            if let Some(p) = &link_path {
-                if p.exists() {
-                    // Keep the running link (old program, same pinned maps): no gap.
-                    PinnedLink::from_pin(p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
-                    out.push((name, AttachOutcome::Adopted));
-                    continue;
-                }
+            if adopt_pinned(link_path.as_ref())? {
+                out.push((name, AttachOutcome::Adopted));
+                continue;
             }
             let prog: &mut CgroupSockAddr = self
                 .ebpf
@@ -255,7 +251,7 @@ impl Dataplane {
             if let Some(p) = link_path {
                 let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
                 let fd: FdLink = link.try_into().map_err(|e: LinkError| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
-                fd.pin(&p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+                pin_link(fd, &p)?;
             }
             out.push((name, AttachOutcome::Attached));
         }
@@ -268,8 +264,7 @@ impl Dataplane {
     fn attach_sock_ops(&mut self, cg: &fs::File) -> Result<AttachOutcome> {
         let name = prog_names::SOCK_OPS;
         let link_path = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
-        if let Some(p) = link_path.as_ref().filter(|p| p.exists()) {
-            PinnedLink::from_pin(p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+        if adopt_pinned(link_path.as_ref())? {
             return Ok(AttachOutcome::Adopted);
         }
         let prog: &mut SockOps = self
@@ -282,7 +277,7 @@ impl Dataplane {
         if let Some(p) = link_path {
             let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
             let fd: FdLink = link.try_into().map_err(|e: LinkError| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
-            fd.pin(&p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+            pin_link(fd, &p)?;
         }
         Ok(AttachOutcome::Attached)
     }
@@ -296,8 +291,7 @@ impl Dataplane {
         let mut out = Vec::new();
         for (name, kind) in [(prog_names::TC_EGRESS, TcAttachType::Egress), (prog_names::TC_INGRESS, TcAttachType::Ingress)] {
             let link_path = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}_{iface}")));
-            if let Some(p) = link_path.as_ref().filter(|p| p.exists()) {
-                PinnedLink::from_pin(p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+            if adopt_pinned(link_path.as_ref())? {
                 out.push((name, AttachOutcome::Adopted));
                 continue;
             }
@@ -313,9 +307,7 @@ impl Dataplane {
             if let Some(p) = link_path {
                 let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
                 match FdLink::try_from(link) {
-                    Ok(fd) => {
-                        fd.pin(&p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
-                    }
+                    Ok(fd) => pin_link(fd, &p)?,
                     // A netlink filter: cannot be pinned; it stays until detached or the qdisc goes.
                     Err(_) => tracing::warn!(iface, "TC counters attached with netlink (no tcx): they do not survive a daemon restart"),
                 }
@@ -547,6 +539,22 @@ impl Dataplane {
     pub fn pin_dir(&self) -> Option<&Path> {
         self.pin_dir.as_deref()
     }
+}
+
+/// An existing pinned link at `path` is kept as it is (adopted: its program keeps running, so
+/// enforcement has no gap across a daemon restart). Returns whether there was one.
+fn adopt_pinned(path: Option<&PathBuf>) -> Result<bool> {
+    match path.filter(|p| p.exists()) {
+        Some(p) => {
+            PinnedLink::from_pin(p).map_err(|e| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+fn pin_link(fd: FdLink, path: &Path) -> Result<()> {
+    fd.pin(path).map(drop).map_err(|e| DataplaneError::Link { path: path.to_owned(), message: e.to_string() })
 }
 
 fn read_trie<K: aya::Pod, E: Ord>(
