@@ -428,7 +428,6 @@ mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 mountpoint -q /sys/kernel/debug || mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null
 mkdir -p /run/netns /run/enforcer-tests
-echo {modprobe} > /proc/sys/kernel/modprobe
 {modprobe} veth
 ip link set lo up
 echo "vm-test: guest $(uname -r), $(nproc) cpu(s), $(awk '/MemTotal/{{print $2/1024 " MiB"}}' /proc/meminfo)"
@@ -491,6 +490,7 @@ $B mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 vmout /newroot{out}
 $B mount -t proc proc /newroot/proc
 $B mount -t sysfs sys /newroot/sys
 $B mount -t devtmpfs dev /newroot/dev
+echo /modprobe > /proc/sys/kernel/modprobe
 $B chroot /newroot /bin/sh {stage2}
 rc=$?
 echo "{SENTINEL}$rc"
@@ -503,7 +503,21 @@ $B poweroff -f
     );
     std::fs::write(root.join("init"), init)?;
     std::fs::set_permissions(root.join("init"), std::fs::Permissions::from_mode(0o755))?;
-    let list = "init\nbin\nbin/busybox\nmodules\n".to_string()
+    // The kernel's module autoloading (`tc qdisc add ... clsact` -> sch_ingress, ...) runs
+    // /proc/sys/kernel/modprobe from kernel threads, whose root is this initramfs, not the
+    // chroot: so this helper enters the chroot and runs the host's modprobe on the guest's tree.
+    std::fs::write(
+        root.join("modprobe"),
+        format!(
+            "#!/bin/busybox sh\nexec /bin/busybox chroot /newroot /sbin/modprobe -d {} \"$@\"\n",
+            sh_quote(&k.root)
+        ),
+    )?;
+    std::fs::set_permissions(
+        root.join("modprobe"),
+        std::fs::Permissions::from_mode(0o755),
+    )?;
+    let list = "init\nmodprobe\nbin\nbin/busybox\nmodules\n".to_string()
         + &order
             .iter()
             .map(|m| format!("modules/{m}\n"))
