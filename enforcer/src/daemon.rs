@@ -26,6 +26,11 @@ pub fn default_pin_dir(cgroup_id: u64) -> PathBuf {
 pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     preflight::check_privileges()?;
     preflight::check_kernel()?;
+    // Catch the signals first: a SIGTERM or SIGHUP that arrives while starting (e.g. right after
+    // the "enforcing" line) is handled by the loop below instead of killing the process.
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let mount = cgroup::cgroup2_mount()?;
     let cg = cgroup::resolve(&mount, &args.cgroup)?;
     let pin_dir = match &args.pin_dir {
@@ -138,9 +143,6 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         }
     });
 
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = sighup.recv() => match agent.reload().await {
