@@ -170,29 +170,11 @@ impl Dataplane {
         let workloads_in_map = workloads.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.policy_id)).collect();
 
         for name in prog_names::ALL.into_iter().chain(prog_names::DNS_RESTORE) {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Link { path: PathBuf::from(name), message: "program missing from object".into() })?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
-            prog.load().map_err(|source| DataplaneError::Program { name, action: "load (verifier)", source })?;
+            verified(name, program::<CgroupSockAddr>(&mut ebpf, name)?.load())?;
         }
-        {
-            let name = prog_names::SOCK_OPS;
-            let prog: &mut SockOps = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Link { path: PathBuf::from(name), message: "program missing from object".into() })?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
-            prog.load().map_err(|source| DataplaneError::Program { name, action: "load (verifier)", source })?;
-        }
+        verified(prog_names::SOCK_OPS, program::<SockOps>(&mut ebpf, prog_names::SOCK_OPS)?.load())?;
         for name in [prog_names::TC_EGRESS, prog_names::TC_INGRESS] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(name)
-                .ok_or(DataplaneError::Link { path: PathBuf::from(name), message: "program missing from object".into() })?
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
-            prog.load().map_err(|source| DataplaneError::Program { name, action: "load (verifier)", source })?;
+            verified(name, program::<SchedClassifier>(&mut ebpf, name)?.load())?;
         }
 
         // Start from what the maps hold (non-empty when adopting pinned maps), so the first apply
@@ -231,17 +213,12 @@ impl Dataplane {
         let mut out = Vec::new();
         let extra: &[&'static str] = if dns_restore { &prog_names::DNS_RESTORE } else { &[] };
         for name in prog_names::ALL.into_iter().chain(extra.iter().copied()) {
-            let link_path = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
+            let link_path = self.link_path(name);
             if adopt_pinned(link_path.as_ref())? {
                 out.push((name, AttachOutcome::Adopted));
                 continue;
             }
-            let prog: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .expect("loaded above")
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
+            let prog = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
             // On kernels >= 5.7 aya attaches with bpf_link, which always allows several programs per
             // cgroup and in ancestors (all must allow) and rejects any flag: `Single` means "no
             // flags" there. Older kernels are refused by preflight (ring buffer needs 5.8).
@@ -250,8 +227,7 @@ impl Dataplane {
                 .map_err(|source| DataplaneError::Program { name, action: "attach", source })?;
             if let Some(p) = link_path {
                 let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
-                let fd: FdLink = link.try_into().map_err(|e: LinkError| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
-                pin_link(fd, &p)?;
+                pin_link(link.try_into(), &p)?;
             }
             out.push((name, AttachOutcome::Attached));
         }
@@ -263,21 +239,15 @@ impl Dataplane {
 
     fn attach_sock_ops(&mut self, cg: &fs::File) -> Result<AttachOutcome> {
         let name = prog_names::SOCK_OPS;
-        let link_path = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")));
+        let link_path = self.link_path(name);
         if adopt_pinned(link_path.as_ref())? {
             return Ok(AttachOutcome::Adopted);
         }
-        let prog: &mut SockOps = self
-            .ebpf
-            .program_mut(name)
-            .expect("loaded above")
-            .try_into()
-            .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
+        let prog = program::<SockOps>(&mut self.ebpf, name)?;
         let link_id = prog.attach(cg, CgroupAttachMode::Single).map_err(|source| DataplaneError::Program { name, action: "attach", source })?;
         if let Some(p) = link_path {
             let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
-            let fd: FdLink = link.try_into().map_err(|e: LinkError| DataplaneError::Link { path: p.clone(), message: e.to_string() })?;
-            pin_link(fd, &p)?;
+            pin_link(link.try_into(), &p)?;
         }
         Ok(AttachOutcome::Attached)
     }
@@ -290,24 +260,19 @@ impl Dataplane {
         let _ = aya::programs::tc::qdisc_add_clsact(iface);
         let mut out = Vec::new();
         for (name, kind) in [(prog_names::TC_EGRESS, TcAttachType::Egress), (prog_names::TC_INGRESS, TcAttachType::Ingress)] {
-            let link_path = self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}_{iface}")));
+            let link_path = self.link_path(&format!("{name}_{iface}"));
             if adopt_pinned(link_path.as_ref())? {
                 out.push((name, AttachOutcome::Adopted));
                 continue;
             }
-            let prog: &mut SchedClassifier = self
-                .ebpf
-                .program_mut(name)
-                .expect("loaded above")
-                .try_into()
-                .map_err(|source| DataplaneError::Program { name, action: "open", source })?;
+            let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
             let link_id = prog
                 .attach(iface, kind)
                 .map_err(|source| DataplaneError::Program { name, action: "attach to interface", source })?;
             if let Some(p) = link_path {
                 let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
                 match FdLink::try_from(link) {
-                    Ok(fd) => pin_link(fd, &p)?,
+                    Ok(fd) => pin_link(Ok(fd), &p)?,
                     // A netlink filter: cannot be pinned; it stays until detached or the qdisc goes.
                     Err(_) => tracing::warn!(iface, "TC counters attached with netlink (no tcx): they do not survive a daemon restart"),
                 }
@@ -316,6 +281,11 @@ impl Dataplane {
             out.push((name, AttachOutcome::Attached));
         }
         Ok(out)
+    }
+
+    /// Where the link of `name` is pinned (daemon), `<pin dir>/link_<name>`.
+    fn link_path(&self, name: &str) -> Option<PathBuf> {
+        self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")))
     }
 
     /// Make WORKLOADS hold exactly `want` (cgroup id -> policy id): inserts first, then removals.
@@ -553,8 +523,26 @@ fn adopt_pinned(path: Option<&PathBuf>) -> Result<bool> {
     }
 }
 
-fn pin_link(fd: FdLink, path: &Path) -> Result<()> {
-    fd.pin(path).map(drop).map_err(|e| DataplaneError::Link { path: path.to_owned(), message: e.to_string() })
+/// Pin a link taken from a program (a cgroup or tcx link is an `FdLink`).
+fn pin_link(fd: std::result::Result<FdLink, LinkError>, path: &Path) -> Result<()> {
+    let link_err = |message: String| DataplaneError::Link { path: path.to_owned(), message };
+    fd.map_err(|e| link_err(e.to_string()))?.pin(path).map(drop).map_err(|e| link_err(e.to_string()))
+}
+
+/// The program `name` of the object, as its concrete type.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::Link { path: PathBuf::from(name), message: "program missing from object".into() })?
+        .try_into()
+        .map_err(|source| DataplaneError::Program { name, action: "open", source })
+}
+
+/// The result of loading a program, with the verifier's answer named.
+fn verified(name: &'static str, r: std::result::Result<(), aya::programs::ProgramError>) -> Result<()> {
+    r.map_err(|source| DataplaneError::Program { name, action: "load (verifier)", source })
 }
 
 fn read_trie<K: aya::Pod, E: Ord>(
