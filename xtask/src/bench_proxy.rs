@@ -32,7 +32,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    netns::{self, Cgroup, Netns, Proc},
+    netns::{self, BenchClient, Cgroup, Netns, Proc},
     setup, util,
 };
 
@@ -318,30 +318,6 @@ fn start_nginx(ns: &Netns, conf: &Path, what: &str) -> Result<Proc> {
     .with_context(|| format!("starting {what}"))
 }
 
-struct Env<'a> {
-    enforcer: &'a Path,
-    ns: &'a Netns,
-    baseline: &'a Cgroup,
-    enforced: &'a Cgroup,
-    registry: &'a Path,
-}
-
-impl Env<'_> {
-    fn enforcer_cmd(&self, extra: &[&str], prog: &[String]) -> Command {
-        let mut c = self.ns.command(self.enforcer);
-        c.args(["run", "--registry"]).arg(self.registry);
-        c.args(["--no-host-dns", "--quiet", "--cgroup-parent"]).arg(&self.enforced.path);
-        c.args(extra).arg("--").args(prog);
-        c
-    }
-
-    fn baseline_cmd(&self, prog: &[String]) -> Command {
-        let mut c = self.ns.command(&prog[0]);
-        c.args(&prog[1..]);
-        self.baseline.enter_on_exec(&mut c);
-        c
-    }
-}
 
 fn wrk_args(a: &ProxyArgs, duration: u32, url: &str) -> Vec<String> {
     vec![
@@ -417,7 +393,7 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     let top = Cgroup::create(&format!("enforcer-bench-proxy-{pid}"))?;
     let baseline = Cgroup::create_in(&top.path, "baseline")?;
     let enforced = Cgroup::create_in(&top.path, "enforced")?;
-    let env = Env { enforcer: &enforcer, ns: &client_ns, baseline: &baseline, enforced: &enforced, registry: &registry };
+    let env = BenchClient { enforcer: &enforcer, ns: &client_ns, baseline: &baseline, enforced: &enforced, registry: &registry };
 
     println!(
         "wrk -t{} -c{} -d{}s --latency in netns {}: (a) -> nginx proxy {NGINX_PROXY} vs (b) -> enforcer's proxy (enforcer run, \

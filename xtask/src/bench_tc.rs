@@ -23,7 +23,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 use crate::{
-    netns::{self, Cgroup, Netns, Proc},
+    netns::{self, BenchClient, Cgroup, Netns, Proc},
     setup, util,
 };
 
@@ -55,33 +55,11 @@ const IPERF_PORT: u16 = 5201;
 const CONNECT_PORT: u16 = 9000;
 
 struct Env<'a> {
-    enforcer: &'a Path,
-    client_ns: &'a Netns,
+    client: BenchClient<'a>,
     client_if: &'a str,
-    baseline: &'a Cgroup,
-    enforced: &'a Cgroup,
-    registry: &'a Path,
 }
 
 impl Env<'_> {
-    /// `enforcer run --registry R --no-host-dns --quiet --cgroup-parent E EXTRA... -- PROG...`
-    /// in the client netns.
-    fn enforcer_cmd(&self, extra: &[&str], prog: &[String]) -> Command {
-        let mut c = self.client_ns.command(self.enforcer);
-        c.args(["run", "--registry"]).arg(self.registry);
-        c.args(["--no-host-dns", "--quiet", "--cgroup-parent"]).arg(&self.enforced.path);
-        c.args(extra).arg("--").args(prog);
-        c
-    }
-
-    /// `prog...` in the client netns, in the baseline cgroup.
-    fn baseline_cmd(&self, prog: &[String]) -> Command {
-        let mut c = self.client_ns.command(&prog[0]);
-        c.args(&prog[1..]);
-        self.baseline.enter_on_exec(&mut c);
-        c
-    }
-
     fn tc_flags(&self) -> [&str; 4] {
         ["--mode", "ALLOW_ANY", "--interface", self.client_if]
     }
@@ -226,12 +204,8 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
     let registry = dir.path.join("registry.yaml");
     write_registry(&registry)?;
     let env = Env {
-        enforcer: &enforcer,
-        client_ns: &client_ns,
+        client: BenchClient { enforcer: &enforcer, ns: &client_ns, baseline: &baseline, enforced: &enforced, registry: &registry },
         client_if: &cl,
-        baseline: &baseline,
-        enforced: &enforced,
-        registry: &registry,
     };
 
     println!(
@@ -255,7 +229,7 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
     );
     let mut flags = env.tc_flags().to_vec();
     flags.extend(["--admin", admin]);
-    let metrics = run_out(&mut env.enforcer_cmd(&flags, &["sh".into(), "-c".into(), script]), "sanity")?;
+    let metrics = run_out(&mut env.client.enforcer_cmd(&flags, &["sh".into(), "-c".into(), script]), "sanity")?;
     let (_, iperf_sent) = iperf_result(&std::fs::read_to_string(&json_file).unwrap_or_default(), "sanity")?;
     let tc_sent: f64 = metrics
         .lines()
@@ -271,17 +245,17 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
     }
 
     // Warm-up (not measured).
-    run_out(&mut env.baseline_cmd(&iperf_args(1, None)), "warm-up")?;
+    run_out(&mut env.client.baseline_cmd(&iperf_args(1, None)), "warm-up")?;
 
     println!("\nthroughput (Gbit/s):");
     let (mut base, mut tc) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         for k in 0..2 {
             if (round as usize + k) % 2 == 0 {
-                let out = run_out(&mut env.baseline_cmd(&iperf_args(args.duration, None)), "baseline iperf3")?;
+                let out = run_out(&mut env.client.baseline_cmd(&iperf_args(args.duration, None)), "baseline iperf3")?;
                 base.push(iperf_result(&out, "baseline")?.0);
             } else {
-                let out = run_out(&mut env.enforcer_cmd(&env.tc_flags(), &iperf_args(args.duration, None)), "enforcer iperf3")?;
+                let out = run_out(&mut env.client.enforcer_cmd(&env.tc_flags(), &iperf_args(args.duration, None)), "enforcer iperf3")?;
                 tc.push(iperf_result(&out, "enforcer")?.0);
             }
         }
@@ -294,9 +268,9 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
     for round in 0..args.connect_rounds {
         for k in 0..3 {
             match (round as usize + k) % 3 {
-                0 => c_base.push(ns_per_op(&run_out(&mut env.baseline_cmd(&cargs), "baseline connect")?, "baseline")?),
-                1 => c_on.push(ns_per_op(&run_out(&mut env.enforcer_cmd(&[], &cargs), "accounting on")?, "accounting on")?),
-                _ => c_off.push(ns_per_op(&run_out(&mut env.enforcer_cmd(&["--no-conn-accounting"], &cargs), "accounting off")?, "accounting off")?),
+                0 => c_base.push(ns_per_op(&run_out(&mut env.client.baseline_cmd(&cargs), "baseline connect")?, "baseline")?),
+                1 => c_on.push(ns_per_op(&run_out(&mut env.client.enforcer_cmd(&[], &cargs), "accounting on")?, "accounting on")?),
+                _ => c_off.push(ns_per_op(&run_out(&mut env.client.enforcer_cmd(&["--no-conn-accounting"], &cargs), "accounting off")?, "accounting off")?),
             }
         }
         println!(

@@ -2,7 +2,7 @@
 
 use std::{
     ffi::OsStr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command},
 };
 
@@ -149,5 +149,35 @@ impl Cgroup {
                 Ok(())
             });
         }
+    }
+}
+
+/// A benchmark's client side: commands run in the client netns, either under `enforcer run`
+/// (child cgroups of `enforced`) or plainly in the `baseline` cgroup, for same-run ratios.
+pub struct BenchClient<'a> {
+    pub enforcer: &'a Path,
+    pub ns: &'a Netns,
+    pub baseline: &'a Cgroup,
+    pub enforced: &'a Cgroup,
+    pub registry: &'a Path,
+}
+
+impl BenchClient<'_> {
+    /// `enforcer run --registry R --no-host-dns --quiet --cgroup-parent E EXTRA... -- PROG...`
+    /// in the client netns.
+    pub fn enforcer_cmd(&self, extra: &[&str], prog: &[String]) -> Command {
+        let mut c = self.ns.command(self.enforcer);
+        c.args(["run", "--registry"]).arg(self.registry);
+        c.args(["--no-host-dns", "--quiet", "--cgroup-parent"]).arg(&self.enforced.path);
+        c.args(extra).arg("--").args(prog);
+        c
+    }
+
+    /// `prog...` in the client netns, in the baseline cgroup.
+    pub fn baseline_cmd(&self, prog: &[String]) -> Command {
+        let mut c = self.ns.command(&prog[0]);
+        c.args(&prog[1..]);
+        self.baseline.enter_on_exec(&mut c);
+        c
     }
 }
