@@ -30,8 +30,21 @@ pub mod map_names {
     pub const PROXY_ORIG: &str = "PROXY_ORIG";
     pub const PROXY_PEERS: &str = "PROXY_PEERS";
     pub const ALL: [&str; 15] = [
-        ALLOW, DESTS, MODES, WORKLOADS, EVENTS, EVENT_DROPS, FLOWS, SETTINGS, DNS_ORIG, TRAFFIC,
-        FLOW_OWNER, CONNS, SOCKS, PROXY_ORIG, PROXY_PEERS,
+        ALLOW,
+        DESTS,
+        MODES,
+        WORKLOADS,
+        EVENTS,
+        EVENT_DROPS,
+        FLOWS,
+        SETTINGS,
+        DNS_ORIG,
+        TRAFFIC,
+        FLOW_OWNER,
+        CONNS,
+        SOCKS,
+        PROXY_ORIG,
+        PROXY_PEERS,
     ];
 }
 

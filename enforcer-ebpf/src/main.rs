@@ -12,9 +12,7 @@ use aya_ebpf::{
     macros::{cgroup_sock_addr, classifier, sock_ops},
     programs::{SockAddrContext, SockOpsContext, TcContext},
 };
-use enforcer_common::{
-    DIR_EGRESS, DIR_INGRESS, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6,
-};
+use enforcer_common::{DIR_EGRESS, DIR_INGRESS, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6};
 
 /// TCP connect() and UDP connect() on IPv4 sockets.
 #[cgroup_sock_addr(connect4)]

@@ -8,8 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, DESTS_MAX_ENTRIES, DestKey, DestValue,
-    CONNS_MAX_ENTRIES, ConnCounters, ConnKey, DNS_ORIG_MAX_ENTRIES, EVENTS_RING_BYTES, FLOW_OWNER_MAX_ENTRIES, FlowOwnerKey, SOCKS_MAX_ENTRIES, SockInfo, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, FLOWS_MAX_ENTRIES, OrigDest, PROXY_MAX_ENTRIES, ProxyDest, Settings, FlowKey, MAX_POLICIES, WORKLOADS_MAX_ENTRIES, WorkloadValue,
+    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey, DESTS_MAX_ENTRIES,
+    DNS_ORIG_MAX_ENTRIES, DestKey, DestValue, EVENTS_RING_BYTES, FLOW_OWNER_MAX_ENTRIES, FLOWS_MAX_ENTRIES, FlowKey,
+    FlowOwnerKey, MAX_POLICIES, OrigDest, PROXY_MAX_ENTRIES, ProxyDest, SOCKS_MAX_ENTRIES, Settings, SockInfo,
+    TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, WorkloadValue,
 };
 
 /// Allowed destinations: (policy, port, protocol, family, address/CIDR) -> service.
@@ -29,8 +31,7 @@ pub static MODES: Array<u32> = Array::with_max_entries(MAX_POLICIES, 0);
 /// cgroup id -> policy. Cgroups with no entry are judged by `DEFAULT_POLICY`.
 /// Hash, `WORKLOADS_MAX_ENTRIES` (65,536) entries.
 #[map]
-pub static WORKLOADS: HashMap<u64, WorkloadValue> =
-    HashMap::with_max_entries(WORKLOADS_MAX_ENTRIES, 0);
+pub static WORKLOADS: HashMap<u64, WorkloadValue> = HashMap::with_max_entries(WORKLOADS_MAX_ENTRIES, 0);
 
 /// Denied / audited connections for the agent. Ring buffer of `EVENTS_RING_BYTES` (256 KiB).
 #[map]
@@ -63,14 +64,12 @@ pub static TRAFFIC: LruPerCpuHashMap<TrafficKey, TrafficValue> =
 /// Flows seen leaving (remote end + local port) -> cgroup of the sending socket, so TC ingress can
 /// attribute replies. LRU hash, `FLOW_OWNER_MAX_ENTRIES` (262,144).
 #[map]
-pub static FLOW_OWNER: LruHashMap<FlowOwnerKey, u64> =
-    LruHashMap::with_max_entries(FLOW_OWNER_MAX_ENTRIES, 0);
+pub static FLOW_OWNER: LruHashMap<FlowOwnerKey, u64> = LruHashMap::with_max_entries(FLOW_OWNER_MAX_ENTRIES, 0);
 
 /// TCP connections opened/closed and payload bytes per (cgroup, service), per CPU. LRU per-CPU hash,
 /// `CONNS_MAX_ENTRIES` (65,536).
 #[map]
-pub static CONNS: LruPerCpuHashMap<ConnKey, ConnCounters> =
-    LruPerCpuHashMap::with_max_entries(CONNS_MAX_ENTRIES, 0);
+pub static CONNS: LruPerCpuHashMap<ConnKey, ConnCounters> = LruPerCpuHashMap::with_max_entries(CONNS_MAX_ENTRIES, 0);
 
 /// Socket cookie -> (cgroup, service) of TCP sockets whose connect() was allowed. LRU hash,
 /// `SOCKS_MAX_ENTRIES` (262,144).

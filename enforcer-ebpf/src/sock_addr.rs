@@ -3,8 +3,7 @@
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
-        bpf_ktime_get_boot_ns,
+        bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
         generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
     },
     maps::lpm_trie::Key,
@@ -12,9 +11,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use enforcer_common::{
-    ANY_PORT, AllowKey, AllowValue, DEFAULT_POLICY, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey,
-    ALLOW_F_PROXY, HOOK_CONNECT4, HOOK_CONNECT6, MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, OrigDest, PROTO_TCP, PROTO_UDP, REASON_NOT_IN_REGISTRY,
-    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, MAX_CGROUP_DEPTH, SERVICE_NONE, SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, SETTINGS_F_WORKLOADS, ProxyDest, SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT,
+    ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DEFAULT_POLICY, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey,
+    HOOK_CONNECT4, HOOK_CONNECT6, MAX_CGROUP_DEPTH, MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, OrigDest, PROTO_TCP,
+    PROTO_UDP, ProxyDest, REASON_NOT_IN_REGISTRY, REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SERVICE_NONE,
+    SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, SETTINGS_F_WORKLOADS, SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT,
     VERDICT_DENIED, ip6_bytes, ip6_mapped_words, ip6_words, v4_from_mapped,
 };
 
@@ -42,12 +42,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         // ICMP/raw sockets are not judged (see README limits).
         return ALLOW_CALL;
     }
-    let mut dest = Dest {
-        family: FAMILY_V4,
-        addr: [0u8; 16],
-        port: u16::from_be(sa.user_port as u16),
-        proto,
-    };
+    let mut dest = Dest { family: FAMILY_V4, addr: [0u8; 16], port: u16::from_be(sa.user_port as u16), proto };
     if v6 {
         let a = ip6_bytes([sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]]);
         match v4_from_mapped(&a) {
@@ -113,14 +108,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     let verdict = if audit { VERDICT_AUDIT } else { VERDICT_DENIED };
     count_flow(hook, cgroup_id, policy_id, service_id, verdict, &dest);
     emit(hook, cgroup_id, policy_id, service_id, mode, reason, verdict, &dest);
-    debug!(
-        ctx,
-        "{} port {} proto {} reason {}",
-        if audit { "audit" } else { "deny" },
-        dest.port,
-        dest.proto,
-        reason
-    );
+    debug!(ctx, "{} port {} proto {} reason {}", if audit { "audit" } else { "deny" }, dest.port, dest.proto, reason);
     if audit {
         // It goes through, to no registry service: PassthroughCluster.
         remember_socket(ctx, hook, cgroup_id, SERVICE_NONE, &dest);
@@ -365,16 +353,7 @@ fn is_local(dest: &Dest) -> bool {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn emit(
-    hook: u8,
-    cgroup_id: u64,
-    policy_id: u32,
-    service_id: u32,
-    mode: u32,
-    reason: u8,
-    verdict: u8,
-    dest: &Dest,
-) {
+fn emit(hook: u8, cgroup_id: u64, policy_id: u32, service_id: u32, mode: u32, reason: u8, verdict: u8, dest: &Dest) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         if let Some(drops) = EVENT_DROPS.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.

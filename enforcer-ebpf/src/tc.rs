@@ -3,14 +3,11 @@
 //! no service count as PassthroughCluster (service 0). Ethernet-framed interfaces only.
 
 use aya_ebpf::{
-    bindings::TC_ACT_UNSPEC,
-    helpers::generated::bpf_skb_cgroup_id,
-    maps::lpm_trie::Key,
-    programs::TcContext,
+    bindings::TC_ACT_UNSPEC, helpers::generated::bpf_skb_cgroup_id, maps::lpm_trie::Key, programs::TcContext,
 };
 use enforcer_common::{
-    DIR_EGRESS, DestKey, FAMILY_V4, FAMILY_V6, FlowOwnerKey, PROTO_TCP, PROTO_UDP,
-    SERVICE_NONE, TrafficKey, TrafficValue,
+    DIR_EGRESS, DestKey, FAMILY_V4, FAMILY_V6, FlowOwnerKey, PROTO_TCP, PROTO_UDP, SERVICE_NONE, TrafficKey,
+    TrafficValue,
 };
 
 use crate::maps::{DESTS, FLOW_OWNER, TRAFFIC};
@@ -57,10 +54,11 @@ fn try_count(ctx: &TcContext, direction: u8) -> Result<(), i64> {
     let bytes = if skb_l3 > l3_len { skb_l3 } else { l3_len };
 
     let bits = if family == FAMILY_V4 { 32 } else { 128 };
-    let service_id = match DESTS.get(Key::new(DestKey::prefix_len(bits), DestKey { family: u32::from(family), addr: remote })) {
-        Some(v) => v.service_id,
-        None => SERVICE_NONE,
-    };
+    let service_id =
+        match DESTS.get(Key::new(DestKey::prefix_len(bits), DestKey { family: u32::from(family), addr: remote })) {
+            Some(v) => v.service_id,
+            None => SERVICE_NONE,
+        };
 
     let mut cgroup_id = 0u64;
     if proto == PROTO_TCP || proto == PROTO_UDP {

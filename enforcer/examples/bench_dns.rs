@@ -268,7 +268,12 @@ impl DnsPolicy for BenchPolicy {
             dests.push((DestEntry { net }, value));
             allow.push((AllowEntry { policy_id: DEFAULT_POLICY, net, port: SERVICE_PORT, proto: PROTO_TCP }, value));
         }
-        let r = self.dp.lock().map_err(|e| e.to_string())?.learn(allow, dests, Instant::now() + ttl).map_err(|e| e.to_string());
+        let r = self
+            .dp
+            .lock()
+            .map_err(|e| e.to_string())?
+            .learn(allow, dests, Instant::now() + ttl)
+            .map_err(|e| e.to_string());
         let ns = t.elapsed().as_nanos() as u64;
         self.learn_ns.lock().map_err(|e| e.to_string())?.push(ns);
         self.learned.fetch_add(addrs.len() as u64, Ordering::Relaxed);
@@ -339,7 +344,12 @@ fn sequential(direct: SocketAddr, fwd: SocketAddr, first: usize, n: usize) -> Re
         Ok(s)
     };
     let (ds, fs) = (mk(direct)?, mk(fwd)?);
-    let mut out = Seq { direct: Vec::with_capacity(n), fwd: Vec::with_capacity(n), fwd_unmatched: Vec::with_capacity(n), errors: vec![] };
+    let mut out = Seq {
+        direct: Vec::with_capacity(n),
+        fwd: Vec::with_capacity(n),
+        fwd_unmatched: Vec::with_capacity(n),
+        errors: vec![],
+    };
     let mut buf = vec![0u8; 4096];
     let orders = [[0, 1, 2], [1, 2, 0], [2, 0, 1]];
     for k in 0..n {
@@ -427,7 +437,8 @@ async fn open_loop(fwd: SocketAddr, rate: u64, duration: f64, senders: usize, fi
                             let sched = base + offset + interval * id as u32;
                             from_schedule.push(now.saturating_duration_since(sched).as_nanos() as u64);
                             let sent = sent_at[id].load(Ordering::Relaxed);
-                            from_send.push((now.saturating_duration_since(base).as_nanos() as u64).saturating_sub(sent));
+                            from_send
+                                .push((now.saturating_duration_since(base).as_nanos() as u64).saturating_sub(sent));
                         }
                         _ => bad += 1,
                     }
@@ -446,7 +457,8 @@ async fn open_loop(fwd: SocketAddr, rate: u64, duration: f64, senders: usize, fi
                 while j < count && start + offset + interval * j as u32 <= now {
                     let sched = start + offset + interval * j as u32;
                     max_lag = max_lag.max(now.saturating_duration_since(sched));
-                    sent_at[j].store(Instant::now().saturating_duration_since(base).as_nanos() as u64, Ordering::Relaxed);
+                    sent_at[j]
+                        .store(Instant::now().saturating_duration_since(base).as_nanos() as u64, Ordering::Relaxed);
                     if let Err(e) = sock.send(&queries[j].0).await {
                         eprintln!("bench_dns: send: {e}");
                     }
@@ -457,7 +469,16 @@ async fn open_loop(fwd: SocketAddr, rate: u64, duration: f64, senders: usize, fi
         });
         tasks.push((tx, rx));
     }
-    let mut out = Load { sent: total as u64, answered: 0, bad: 0, lost: 0, from_schedule: vec![], from_send: vec![], wall: Duration::ZERO, max_lag: Duration::ZERO };
+    let mut out = Load {
+        sent: total as u64,
+        answered: 0,
+        bad: 0,
+        lost: 0,
+        from_schedule: vec![],
+        from_send: vec![],
+        wall: Duration::ZERO,
+        max_lag: Duration::ZERO,
+    };
     let mut last = base;
     for (tx, rx) in tasks {
         out.max_lag = out.max_lag.max(tx.await?);
@@ -493,7 +514,8 @@ async fn run(args: Args) -> Result<()> {
     let t = Instant::now();
     let (dp, _notes) = Dataplane::load(&LoadOptions::default()).context("Dataplane::load (root needed)")?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let policy = Arc::new(BenchPolicy { dp: Mutex::new(dp), learn_ns: Mutex::new(Vec::new()), learned: AtomicU64::new(0) });
+    let policy =
+        Arc::new(BenchPolicy { dp: Mutex::new(dp), learn_ns: Mutex::new(Vec::new()), learned: AtomicU64::new(0) });
     let cfg = dns::Config {
         listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
         upstreams: vec![upstream.addr],
@@ -517,7 +539,9 @@ async fn run(args: Args) -> Result<()> {
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
     if names > HOSTS_CAPACITY {
-        println!("  note: {names} queries > {HOSTS_CAPACITY} distinct names: later names repeat (their learn finds the entry in place)");
+        println!(
+            "  note: {names} queries > {HOSTS_CAPACITY} distinct names: later names repeat (their learn finds the entry in place)"
+        );
     }
 
     // Warm-up (both paths), not measured.
@@ -618,11 +642,20 @@ async fn run(args: Args) -> Result<()> {
     );
     {
         let dp = policy.dp.lock().expect("dp lock");
-        println!("  kernel ALLOW map now holds {} entries ({} learned addresses in total)", dp.allow_entries().len(), policy.learned.load(Ordering::Relaxed));
+        println!(
+            "  kernel ALLOW map now holds {} entries ({} learned addresses in total)",
+            dp.allow_entries().len(),
+            policy.learned.load(Ordering::Relaxed)
+        );
     }
 
     println!();
-    println!("p99 upstream-answer-to-map-insertion at {} q/s: {:.3} ms (max {:.3} ms)", fmt_rate(args.rate), load_learn.p99 / 1e3, load_learn.max / 1e3);
+    println!(
+        "p99 upstream-answer-to-map-insertion at {} q/s: {:.3} ms (max {:.3} ms)",
+        fmt_rate(args.rate),
+        load_learn.p99 / 1e3,
+        load_learn.max / 1e3
+    );
 
     let _ = stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(3), server).await;

@@ -99,7 +99,11 @@ fn host_addr(i: usize, n: usize, moved: bool) -> Ipv4Addr {
 }
 
 fn write_registry(dir: &Path, shape: Shape, n: usize, moved: bool) -> Result<PathBuf> {
-    let path = dir.join(format!("registry-{}-{n}{}.yaml", if shape == Shape::Static { "static" } else { "addresses" }, if moved { "-moved" } else { "" }));
+    let path = dir.join(format!(
+        "registry-{}-{n}{}.yaml",
+        if shape == Shape::Static { "static" } else { "addresses" },
+        if moved { "-moved" } else { "" }
+    ));
     let mut s = String::with_capacity(n * 300);
     for i in 0..n {
         let a = host_addr(i, n, moved);
@@ -209,7 +213,13 @@ impl RawMap {
     }
 
     fn update<K, V>(&self, key: &K, value: &V) -> Result<()> {
-        let attr = UpdateAttr { map_fd: self.0 as u32, _pad: 0, key: key as *const K as u64, value: value as *const V as u64, flags: 0 };
+        let attr = UpdateAttr {
+            map_fd: self.0 as u32,
+            _pad: 0,
+            key: key as *const K as u64,
+            value: value as *const V as u64,
+            flags: 0,
+        };
         // SAFETY: the kernel reads key_size/value_size bytes from the pointers, which point at
         // values of exactly those sizes.
         let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_MAP_UPDATE_ELEM, &raw const attr, size_of::<UpdateAttr>()) };
@@ -291,7 +301,11 @@ struct Result1 {
 }
 
 fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result1> {
-    println!("\n[{}] {n} ServiceEntries ({}) x 1 TCP port", if shape == Shape::Static { "static" } else { "addresses" }, shape.label());
+    println!(
+        "\n[{}] {n} ServiceEntries ({}) x 1 TCP port",
+        if shape == Shape::Static { "static" } else { "addresses" },
+        shape.label()
+    );
     let file = write_registry(dir, shape, n, false)?;
     let moved_file = write_registry(dir, shape, n, true)?;
     let yaml_bytes = std::fs::metadata(&file)?.len();
@@ -307,7 +321,12 @@ fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result
     let t = Instant::now();
     let desired = compile(&cfg);
     let compile_t = t.elapsed();
-    println!("  compile        {:>9.1} ms ({} ALLOW + {} DESTS entries)", ms(compile_t), desired.allow.len(), desired.dests.len());
+    println!(
+        "  compile        {:>9.1} ms ({} ALLOW + {} DESTS entries)",
+        ms(compile_t),
+        desired.allow.len(),
+        desired.dests.len()
+    );
 
     // Rounds: a fresh Dataplane (BPF load) and a full apply, then the raw bpf() baseline into
     // fresh tries, in alternating order; medians are reported. The first round also measures
@@ -354,7 +373,17 @@ fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result
             let t = Instant::now();
             let s3 = dp.apply(&desired2).context("no-op apply")?;
             let noop_t = t.elapsed();
-            first = Some((readback, readback_ok, re_parse, re_compile, incr_t, s2.upserts, s2.removals, noop_t, s3.upserts + s3.removals));
+            first = Some((
+                readback,
+                readback_ok,
+                re_parse,
+                re_compile,
+                incr_t,
+                s2.upserts,
+                s2.removals,
+                noop_t,
+                s3.upserts + s3.removals,
+            ));
         }
         drop(dp);
         // Let the kernel free the previous tries before the next timed step.
@@ -370,11 +399,16 @@ fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result
             ms(*raws.last().unwrap())
         );
     }
-    let (readback, readback_ok, re_parse, re_compile, incr_t, incr_upserts, incr_removals, noop_t, noop_changes) = first.expect("rounds >= 1");
+    let (readback, readback_ok, re_parse, re_compile, incr_t, incr_upserts, incr_removals, noop_t, noop_changes) =
+        first.expect("rounds >= 1");
     let (load_t, full_t, raw) = (median(loads), median(fulls), median(raws));
     println!("  BPF load       {:>9.1} ms (median)", ms(load_t));
     println!("  full apply     {:>9.1} ms (median; {} upserts)", ms(full_t), full_upserts);
-    println!("  raw bpf(MAP_UPDATE_ELEM) of the same {} keys: {:.1} ms (median)", desired.allow.len() + desired.dests.len(), ms(raw));
+    println!(
+        "  raw bpf(MAP_UPDATE_ELEM) of the same {} keys: {:.1} ms (median)",
+        desired.allow.len() + desired.dests.len(),
+        ms(raw)
+    );
     println!("  read ALLOW back {:>8.1} ms ({})", ms(readback), if readback_ok { "matches" } else { "MISMATCH" });
     println!(
         "  1% moved: parse {:.1} ms, compile {:.1} ms, apply {:.1} ms ({} upserts, {} removals)",
@@ -437,7 +471,17 @@ fn main() -> Result<()> {
     let _ = writeln!(
         t,
         "{:<20} {:>9} {:>9} {:>9} {:>10} {:>10} {:>10} {:>9} {:>9} {:>9}   (load, full apply, raw: median of {} rounds)",
-        "shape", "parse", "compile", "bpf load", "full apply", "raw bpf()", "apply/raw", "1% apply", "incr/full", "no-op", args.rounds
+        "shape",
+        "parse",
+        "compile",
+        "bpf load",
+        "full apply",
+        "raw bpf()",
+        "apply/raw",
+        "1% apply",
+        "incr/full",
+        "no-op",
+        args.rounds
     );
     for r in &results {
         let _ = writeln!(

@@ -16,14 +16,14 @@ use anyhow::Context as _;
 use enforcer_common::{DEFAULT_POLICY, SETTINGS_F_DNS_STEER, Settings};
 
 use crate::{
-    workload::WorkloadPolicy,
     cli::{PolicyArgs, UnknownNamesArg},
     config::Mode,
     dataplane::{ApplyStats, Dataplane},
     dns,
     load::{self, LoadedConfig},
-    policy::{self, AllowEntry, DestEntry, Desired, HostIndex, normalize},
+    policy::{self, AllowEntry, Desired, DestEntry, HostIndex, normalize},
     resolver::{HickoryLookup, RefreshConfig, Refresher},
+    workload::WorkloadPolicy,
 };
 
 /// `SO_MARK` on the forwarder's upstream sockets; the hooks never steer sockets carrying it.
@@ -67,7 +67,11 @@ impl View {
 }
 
 /// Compile the default policy and every workload policy and merge them.
-fn compile_all(cfg: &LoadedConfig, workloads: &[WorkloadPolicy], snapshot: &std::collections::BTreeMap<String, crate::resolver::ResolvedName>) -> (Desired, HostIndex, Vec<PolicyState>) {
+fn compile_all(
+    cfg: &LoadedConfig,
+    workloads: &[WorkloadPolicy],
+    snapshot: &std::collections::BTreeMap<String, crate::resolver::ResolvedName>,
+) -> (Desired, HostIndex, Vec<PolicyState>) {
     let mut desired = load::compile(cfg, snapshot);
     let index = HostIndex::build(&cfg.registry, &cfg.cli, &desired);
     let mut states = Vec::new();
@@ -125,8 +129,14 @@ impl Agent {
     /// Validate the config, resolve its names, fill the maps and start the DNS forwarder (unless
     /// steering is off). The returned forwarder must be run by the caller.
     /// `default_dns_port` applies when `--dns-port` is not given (0: any free port).
-    pub async fn start(args: &PolicyArgs, dp: Dataplane, cfg: LoadedConfig, default_dns_port: u16) -> anyhow::Result<(Agent, Option<dns::Forwarder>, Option<crate::proxy::Proxy>)> {
-        let lookup = HickoryLookup::new(&args.dns.upstreams, args.dns.dns_timeout).context("setting up the DNS resolver")?;
+    pub async fn start(
+        args: &PolicyArgs,
+        dp: Dataplane,
+        cfg: LoadedConfig,
+        default_dns_port: u16,
+    ) -> anyhow::Result<(Agent, Option<dns::Forwarder>, Option<crate::proxy::Proxy>)> {
+        let lookup =
+            HickoryLookup::new(&args.dns.upstreams, args.dns.dns_timeout).context("setting up the DNS resolver")?;
         let refresher = Refresher::new(
             RefreshConfig {
                 floor: args.dns.dns_ttl_floor,
@@ -143,7 +153,22 @@ impl Agent {
         let dp = Arc::new(Mutex::new(dp));
         apply_ordered(&mut dp.lock().expect("dataplane lock"), &desired, cfg.mode)?;
         let view = Arc::new(RwLock::new(View { cfg, desired: Arc::new(desired), index, workloads: Vec::new() }));
-        let mut agent = Agent { dp, view, refresher, stats: Arc::default(), dns_stats: None, learned_names: Arc::default(), hub: Arc::new(crate::events::EventHub::new(1000)), workloads: Arc::default(), settings: Arc::default(), workload_specs: Arc::default(), workload_cgroups: Arc::default(), proxy_metrics: None, ready: Arc::default(), args: Arc::new(args.clone()) };
+        let mut agent = Agent {
+            dp,
+            view,
+            refresher,
+            stats: Arc::default(),
+            dns_stats: None,
+            learned_names: Arc::default(),
+            hub: Arc::new(crate::events::EventHub::new(1000)),
+            workloads: Arc::default(),
+            settings: Arc::default(),
+            workload_specs: Arc::default(),
+            workload_cgroups: Arc::default(),
+            proxy_metrics: None,
+            ready: Arc::default(),
+            args: Arc::new(args.clone()),
+        };
 
         let forwarder = if args.dns.no_dns_steer {
             None
@@ -191,7 +216,10 @@ impl Agent {
             by_original: Default::default(),
         });
         let p = crate::proxy::Proxy::bind(
-            crate::proxy::ProxyConfig { listen: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0), upstream_mark: Some(AGENT_MARK) },
+            crate::proxy::ProxyConfig {
+                listen: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
+                upstream_mark: Some(AGENT_MARK),
+            },
             policy,
         )
         .await
@@ -232,7 +260,12 @@ impl Agent {
             max_ttl: self.args.dns.dns_ttl_ceiling,
             upstream_mark: Some(AGENT_MARK),
         };
-        let policy = Arc::new(AgentDns { view: self.view.clone(), dp: self.dp.clone(), names: self.learned_names.clone(), hub: self.hub.clone() });
+        let policy = Arc::new(AgentDns {
+            view: self.view.clone(),
+            dp: self.dp.clone(),
+            names: self.learned_names.clone(),
+            hub: self.hub.clone(),
+        });
         let fwd = dns::Forwarder::bind(cfg, policy).await.context("binding the DNS forwarder")?;
         let mut settings = Settings::default();
         for a in fwd.local_addrs() {
@@ -446,7 +479,11 @@ impl Shutdown {
 
 /// Run the forwarder and proxy `Agent::start` returned until `shutdown`; returns whether each
 /// runs (DNS steering, proxy steering), which decides the hooks to attach.
-pub fn spawn_servers(forwarder: Option<dns::Forwarder>, proxy: Option<crate::proxy::Proxy>, shutdown: &Shutdown) -> (bool, bool) {
+pub fn spawn_servers(
+    forwarder: Option<dns::Forwarder>,
+    proxy: Option<crate::proxy::Proxy>,
+    shutdown: &Shutdown,
+) -> (bool, bool) {
     let (steering, proxying) = (forwarder.is_some(), proxy.is_some());
     if let Some(f) = forwarder {
         tokio::spawn(f.run(shutdown.signal()));
@@ -524,11 +561,7 @@ impl dns::DnsPolicy for AgentDns {
                 names.insert(*a, name.to_string());
             }
         }
-        self.dp
-            .lock()
-            .map_err(|e| e.to_string())?
-            .learn(allow, dests, Instant::now() + ttl)
-            .map_err(|e| e.to_string())
+        self.dp.lock().map_err(|e| e.to_string())?.learn(allow, dests, Instant::now() + ttl).map_err(|e| e.to_string())
     }
 }
 
@@ -594,7 +627,10 @@ impl Agent {
             }
             let wl = self.workload(k.cgroup_id);
             *denied.entry((wl.clone(), if k.verdict == VERDICT_DENIED { "denied" } else { "audit" })).or_default() += n;
-            if k.verdict == VERDICT_DENIED && k.proto == PROTO_TCP && (k.hook == HOOK_CONNECT4 || k.hook == HOOK_CONNECT6) {
+            if k.verdict == VERDICT_DENIED
+                && k.proto == PROTO_TCP
+                && (k.hook == HOOK_CONNECT4 || k.hook == HOOK_CONNECT6)
+            {
                 let e = tcp.entry((wl, BLACKHOLE, "UH")).or_default();
                 e.opened += n;
                 e.closed += n;
@@ -634,7 +670,9 @@ fn service_labels(desired: &Desired, id: u32) -> (String, String, String) {
         Some(info) => {
             let host = info.hosts.first().cloned().unwrap_or_else(|| info.name.clone());
             match info.name.split_once('/') {
-                Some((ns, name)) if info.kind == crate::policy::ServiceKind::ServiceEntry => (host, name.to_string(), ns.to_string()),
+                Some((ns, name)) if info.kind == crate::policy::ServiceKind::ServiceEntry => {
+                    (host, name.to_string(), ns.to_string())
+                }
                 _ => (host, info.name.clone(), String::new()),
             }
         }
@@ -655,8 +693,16 @@ impl crate::admin::AdminSource for Agent {
             registry_hosts: v.index.hosts() as u64,
             registry_addresses: dp.allow_entries().len() as u64,
             maps: vec![
-                (enforcer_common::map_names::ALLOW, dp.allow_entries().len() as u64, u64::from(enforcer_common::ALLOW_MAX_ENTRIES)),
-                (enforcer_common::map_names::DESTS, dp.dest_entries() as u64, u64::from(enforcer_common::DESTS_MAX_ENTRIES)),
+                (
+                    enforcer_common::map_names::ALLOW,
+                    dp.allow_entries().len() as u64,
+                    u64::from(enforcer_common::ALLOW_MAX_ENTRIES),
+                ),
+                (
+                    enforcer_common::map_names::DESTS,
+                    dp.dest_entries() as u64,
+                    u64::from(enforcer_common::DESTS_MAX_ENTRIES),
+                ),
             ],
             reloads: load(&self.stats.reloads),
             reload_errors: load(&self.stats.reload_errors),
@@ -743,18 +789,20 @@ impl crate::proxy::ProxyPolicy for AgentProxy {
             &v.workloads.iter().find(|w| w.id == policy::policy_of_service(service_id))?.policy.registry
         };
         match policy::tls_for(registry, se, port.number) {
-            Some((dr, tls)) if tls.mode == crate::config::TlsMode::Simple && !port.protocol.is_tls() => Some(crate::proxy::Route::Originate {
-                service: labels,
-                host: host.unwrap_or_else(|| original.ip().to_string()),
-                upstream_port: port.target_port.unwrap_or(port.number),
-                tls: crate::proxy::TlsOrigination {
-                    sni: tls.sni.clone(),
-                    ca_certificates: tls.ca_certificates.clone(),
-                    insecure_skip_verify: tls.insecure_skip_verify,
-                    subject_alt_names: tls.subject_alt_names.clone(),
-                },
-                connect_timeout: dr.connect_timeout.unwrap_or(Duration::from_secs(10)),
-            }),
+            Some((dr, tls)) if tls.mode == crate::config::TlsMode::Simple && !port.protocol.is_tls() => {
+                Some(crate::proxy::Route::Originate {
+                    service: labels,
+                    host: host.unwrap_or_else(|| original.ip().to_string()),
+                    upstream_port: port.target_port.unwrap_or(port.number),
+                    tls: crate::proxy::TlsOrigination {
+                        sni: tls.sni.clone(),
+                        ca_certificates: tls.ca_certificates.clone(),
+                        insecure_skip_verify: tls.insecure_skip_verify,
+                        subject_alt_names: tls.subject_alt_names.clone(),
+                    },
+                    connect_timeout: dr.connect_timeout.unwrap_or(Duration::from_secs(10)),
+                })
+            }
             _ => {
                 // SNI check: every registry host (of this policy) that declares this port as TLS.
                 let allowed = registry
@@ -789,5 +837,9 @@ impl crate::proxy::ProxyPolicy for AgentProxy {
 
 fn proxy_labels(desired: &Desired, id: u32) -> crate::proxy::ServiceLabels {
     let (a, b, c) = service_labels(desired, id);
-    crate::proxy::ServiceLabels { destination_service: a, destination_service_name: b, destination_service_namespace: c }
+    crate::proxy::ServiceLabels {
+        destination_service: a,
+        destination_service_name: b,
+        destination_service_namespace: c,
+    }
 }

@@ -32,8 +32,7 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> C
 /// Where cgroup2 is mounted, from /proc/self/mountinfo (e.g. /sys/fs/cgroup, or
 /// /sys/fs/cgroup/unified on hybrid hosts).
 pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let f = fs::File::open("/proc/self/mountinfo")
-        .map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
+    let f = fs::File::open("/proc/self/mountinfo").map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
     for line in io::BufReader::new(f).lines() {
         let line = line.map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
         // "36 35 98:0 / /mnt1 rw,noatime master:1 - cgroup2 none rw"
@@ -53,13 +52,8 @@ fn unescape_mount(s: &str) -> String {
 
 /// The calling process's cgroup v2 path relative to the mount ("/user.slice/..." or "/").
 pub fn self_cgroup() -> Result<PathBuf, CgroupError> {
-    let text = fs::read_to_string("/proc/self/cgroup")
-        .map_err(io_err("reading", Path::new("/proc/self/cgroup")))?;
-    let rel = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .unwrap_or("/")
-        .trim();
+    let text = fs::read_to_string("/proc/self/cgroup").map_err(io_err("reading", Path::new("/proc/self/cgroup")))?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or("/").trim();
     Ok(PathBuf::from(rel))
 }
 
@@ -70,11 +64,8 @@ pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
 
 /// Resolve a user-given cgroup: absolute inside the mount, or relative to it.
 pub fn resolve(mount: &Path, given: &Path) -> Result<PathBuf, CgroupError> {
-    let p = if given.starts_with(mount) {
-        given.to_owned()
-    } else {
-        mount.join(given.strip_prefix("/").unwrap_or(given))
-    };
+    let p =
+        if given.starts_with(mount) { given.to_owned() } else { mount.join(given.strip_prefix("/").unwrap_or(given)) };
     if !p.join("cgroup.procs").exists() {
         return Err(CgroupError::NotCgroup2(p, mount.to_owned()));
     }

@@ -167,7 +167,12 @@ pub enum UnknownNamesArg {
 fn parse_upstream(s: &str) -> Result<std::net::SocketAddr, String> {
     s.parse::<std::net::SocketAddr>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
-        .or_else(|_| s.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>().map(|ip| std::net::SocketAddr::new(ip, 53)))
+        .or_else(|_| {
+            s.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .map(|ip| std::net::SocketAddr::new(ip, 53))
+        })
         .map_err(|_| format!("`{s}` is not IP[:PORT] (e.g. 10.0.0.2 or 10.0.0.2:5353 or [2001:db8::53]:53)"))
 }
 

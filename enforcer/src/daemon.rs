@@ -68,7 +68,12 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         .with_context(|| format!("attaching to {}", cg.display()))?;
     let adopted = attached.iter().filter(|(_, o)| *o == AttachOutcome::Adopted).count();
     for iface in &args.policy.interfaces {
-        agent.dp.lock().expect("dataplane lock").attach_tc(iface).with_context(|| format!("attaching the traffic counters to {iface}"))?;
+        agent
+            .dp
+            .lock()
+            .expect("dataplane lock")
+            .attach_tc(iface)
+            .with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
     *agent.workloads.lock().expect("workloads lock") = Some(crate::workloads::Workloads::for_daemon(&cg, &mount));
     if let Some(f) = &args.workloads {
@@ -100,10 +105,15 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     if args.kubernetes {
         let node = match args.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()) {
             Some(n) => n,
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).context("no --node-name / NODE_NAME and no hostname")?,
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .context("no --node-name / NODE_NAME and no hostname")?,
         };
-        let client = ::kube::Client::try_default().await.context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-        let sink: Arc<dyn crate::workload::PolicySink> = Arc::new(KubeSink { agent: agent.clone(), handle: tokio::runtime::Handle::current() });
+        let client = ::kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
+        let sink: Arc<dyn crate::workload::PolicySink> =
+            Arc::new(KubeSink { agent: agent.clone(), handle: tokio::runtime::Handle::current() });
         let ready = kube_ready.clone();
         let root = mount.clone();
         tracing::info!(node = %node, "following the Kubernetes cluster");

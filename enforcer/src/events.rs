@@ -6,8 +6,8 @@ use std::{
 };
 
 use enforcer_common::{
-    Event, FlowKey, HOOK_CONNECT4, HOOK_CONNECT6, REASON_NOT_IN_REGISTRY,
-    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
+    Event, FlowKey, HOOK_CONNECT4, HOOK_CONNECT6, REASON_NOT_IN_REGISTRY, REASON_PORT_NOT_LISTED, REASON_PROTOCOL,
+    VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
 };
 use serde::Serialize;
 
@@ -140,7 +140,10 @@ pub fn reason_code(r: u8) -> &'static str {
 pub fn event_json(ev: &Event, desired: &Desired) -> EventJson {
     let addr = addr_from_bytes(ev.family, &ev.addr);
     EventJson {
-        time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+        time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
         verdict: if ev.verdict == VERDICT_AUDIT { "audit" } else { "denied" }.into(),
         hook: hook_verb(ev.hook).into(),
         pid: ev.pid,
@@ -169,9 +172,7 @@ pub struct DenyPrinter {
 impl DenyPrinter {
     /// The line to print for this event, or None if the destination was already reported.
     pub fn first_time(&mut self, ev: &Event, desired: &Desired) -> Option<String> {
-        self.seen
-            .insert((ev.family, ev.addr, ev.port, ev.proto, ev.verdict))
-            .then(|| format_event(ev, desired))
+        self.seen.insert((ev.family, ev.addr, ev.port, ev.proto, ev.verdict)).then(|| format_event(ev, desired))
     }
 }
 
@@ -293,14 +294,30 @@ impl EventHub {
     pub fn publish_proxy(&self, e: &crate::proxy::ProxyEvent, workload: &str) {
         use crate::proxy::ProxyEventKind as K;
         let (verdict, reason, what) = match &e.kind {
-            K::SniDenied { sni } => ("denied", "sni_not_in_registry", format!("TLS SNI {} not in registry for port {}", sni.as_deref().unwrap_or("(none)"), e.original.port())),
-            K::TlsVerifyFailed => ("error", "tls_verify_failed", format!("upstream TLS verification failed: {}", e.detail)),
-            K::UpstreamConnectFailed => ("error", "upstream_connect_failed", format!("upstream connect failed: {}", e.detail)),
+            K::SniDenied { sni } => (
+                "denied",
+                "sni_not_in_registry",
+                format!(
+                    "TLS SNI {} not in registry for port {}",
+                    sni.as_deref().unwrap_or("(none)"),
+                    e.original.port()
+                ),
+            ),
+            K::TlsVerifyFailed => {
+                ("error", "tls_verify_failed", format!("upstream TLS verification failed: {}", e.detail))
+            }
+            K::UpstreamConnectFailed => {
+                ("error", "upstream_connect_failed", format!("upstream connect failed: {}", e.detail))
+            }
             K::UpstreamTimeout => ("error", "upstream_timeout", format!("upstream connect timed out: {}", e.detail)),
         };
-        let line = format!("{verdict} proxy {workload} -> {}/tcp: {what}", endpoint(e.original.ip(), e.original.port()));
+        let line =
+            format!("{verdict} proxy {workload} -> {}/tcp: {what}", endpoint(e.original.ip(), e.original.port()));
         let j = EventJson {
-            time: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0),
+            time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0),
             verdict: verdict.into(),
             hook: "proxy".into(),
             destination: endpoint(e.original.ip(), e.original.port()),

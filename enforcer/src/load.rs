@@ -69,7 +69,12 @@ pub fn load_registry(args: &PolicyArgs) -> anyhow::Result<Registry> {
             anyhow::anyhow!("{e}")
         } else {
             let lines: Vec<String> = diags.iter().map(|d| format!("  {d}")).collect();
-            anyhow::anyhow!("invalid registry ({} problem{}):\n{}", diags.len(), if diags.len() == 1 { "" } else { "s" }, lines.join("\n"))
+            anyhow::anyhow!(
+                "invalid registry ({} problem{}):\n{}",
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" },
+                lines.join("\n")
+            )
         }
     })
 }
@@ -106,10 +111,8 @@ pub fn compile_policy(
     resolved: &std::collections::BTreeMap<String, ResolvedName>,
 ) -> Desired {
     let now = tokio::time::Instant::now();
-    let usable: HashMap<String, Vec<IpAddr>> = resolved
-        .iter()
-        .map(|(name, r)| (name.clone(), r.usable(now).into_iter().map(|(a, _)| a).collect()))
-        .collect();
+    let usable: HashMap<String, Vec<IpAddr>> =
+        resolved.iter().map(|(name, r)| (name.clone(), r.usable(now).into_iter().map(|(a, _)| a).collect())).collect();
     policy::compile(&Inputs {
         registry,
         resolved: &usable,

@@ -1,6 +1,5 @@
 //! The `enforcer` command.
 
-
 use clap::Parser as _;
 use enforcer::{admin, check, cli, daemon, events::EventJson, exit, run};
 use tracing_subscriber::EnvFilter;

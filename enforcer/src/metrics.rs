@@ -120,9 +120,19 @@ pub fn render(s: &Snapshot, proxy: Option<&crate::proxy::ProxyMetrics>) -> Strin
     if let Some(p) = proxy {
         p.register(&mut reg);
     }
-    gauge(&mut reg, "enforcer_registry_services", "ServiceEntries (and command-line allows) in the registry", s.registry_services);
+    gauge(
+        &mut reg,
+        "enforcer_registry_services",
+        "ServiceEntries (and command-line allows) in the registry",
+        s.registry_services,
+    );
     gauge(&mut reg, "enforcer_registry_hosts", "Hosts (exact and wildcard) in the registry", s.registry_hosts);
-    gauge(&mut reg, "enforcer_registry_addresses", "Entries in the ALLOW map (address/prefix x port x protocol)", s.registry_addresses);
+    gauge(
+        &mut reg,
+        "enforcer_registry_addresses",
+        "Entries in the ALLOW map (address/prefix x port x protocol)",
+        s.registry_addresses,
+    );
     let entries = Family::<MapLabel, Gauge>::default();
     let capacity = Family::<MapLabel, Gauge>::default();
     for (map, n, cap) in &s.maps {
@@ -132,13 +142,22 @@ pub fn render(s: &Snapshot, proxy: Option<&crate::proxy::ProxyMetrics>) -> Strin
     reg.register("enforcer_map_entries", "Entries in a BPF map", entries);
     reg.register("enforcer_map_capacity", "Capacity (max entries) of a BPF map", capacity);
     counter(&mut reg, "enforcer_config_reloads", "Successful registry reloads", s.reloads);
-    counter(&mut reg, "enforcer_config_reload_errors", "Rejected registry reloads (the last good registry stayed enforced)", s.reload_errors);
+    counter(
+        &mut reg,
+        "enforcer_config_reload_errors",
+        "Rejected registry reloads (the last good registry stayed enforced)",
+        s.reload_errors,
+    );
     counter(&mut reg, "enforcer_events_dropped", "Deny events lost because the ring buffer was full", s.events_dropped);
     let denied = Family::<DeniedLabel, Counter>::default();
     for (wl, verdict, n) in &s.denied {
         denied.get_or_create(&DeniedLabel { source_workload: wl.clone(), verdict: verdict.clone() }).inc_by(*n);
     }
-    reg.register("enforcer_denied_connections", "connect()/sendmsg() calls refused (verdict=denied) or, in AUDIT, reported (verdict=audit)", denied);
+    reg.register(
+        "enforcer_denied_connections",
+        "connect()/sendmsg() calls refused (verdict=denied) or, in AUDIT, reported (verdict=audit)",
+        denied,
+    );
     let opened = Family::<IstioTcpLabels, Counter>::default();
     let closed = Family::<IstioTcpLabels, Counter>::default();
     let sent = Family::<IstioTcpLabels, Counter>::default();
@@ -149,10 +168,22 @@ pub fn render(s: &Snapshot, proxy: Option<&crate::proxy::ProxyMetrics>) -> Strin
         sent.get_or_create(labels).inc_by(v.sent_bytes);
         received.get_or_create(labels).inc_by(v.received_bytes);
     }
-    reg.register("istio_tcp_connections_opened", "TCP connections opened (established; refused ones count under BlackHoleCluster)", opened);
+    reg.register(
+        "istio_tcp_connections_opened",
+        "TCP connections opened (established; refused ones count under BlackHoleCluster)",
+        opened,
+    );
     reg.register("istio_tcp_connections_closed", "TCP connections closed", closed);
-    reg.register("istio_tcp_sent_bytes", "Bytes sent (L3: IP header + payload, counted by TC on the configured interfaces)", sent);
-    reg.register("istio_tcp_received_bytes", "Bytes received (L3, counted by TC on the configured interfaces)", received);
+    reg.register(
+        "istio_tcp_sent_bytes",
+        "Bytes sent (L3: IP header + payload, counted by TC on the configured interfaces)",
+        sent,
+    );
+    reg.register(
+        "istio_tcp_received_bytes",
+        "Bytes received (L3, counted by TC on the configured interfaces)",
+        received,
+    );
     counter(&mut reg, "enforcer_resolver_lookups", "Registry host lookups", s.resolver_lookups);
     counter(&mut reg, "enforcer_resolver_failures", "Failed registry host lookups", s.resolver_failures);
     if let Some(d) = &s.dns {
@@ -161,12 +192,37 @@ pub fn render(s: &Snapshot, proxy: Option<&crate::proxy::ProxyMetrics>) -> Strin
         q.get_or_create(&TransportLabel { transport: "tcp".into() }).inc_by(d.queries_tcp);
         reg.register("enforcer_dns_queries", "Queries received by the DNS forwarder", q);
         counter(&mut reg, "enforcer_dns_answered", "Upstream answers released to clients", d.answered);
-        counter(&mut reg, "enforcer_dns_learned_addresses", "Addresses put into the ALLOW map from DNS answers", d.learned_addrs);
-        counter(&mut reg, "enforcer_dns_blocked", "Queries for names outside the registry answered NXDOMAIN/REFUSED", d.blocked);
-        counter(&mut reg, "enforcer_dns_servfail", "SERVFAIL answers (upstream failure or map insert failure)", d.servfail);
+        counter(
+            &mut reg,
+            "enforcer_dns_learned_addresses",
+            "Addresses put into the ALLOW map from DNS answers",
+            d.learned_addrs,
+        );
+        counter(
+            &mut reg,
+            "enforcer_dns_blocked",
+            "Queries for names outside the registry answered NXDOMAIN/REFUSED",
+            d.blocked,
+        );
+        counter(
+            &mut reg,
+            "enforcer_dns_servfail",
+            "SERVFAIL answers (upstream failure or map insert failure)",
+            d.servfail,
+        );
         counter(&mut reg, "enforcer_dns_upstream_timeouts", "Upstream attempts that timed out", d.upstream_timeouts);
-        counter(&mut reg, "enforcer_dns_rebinding_dropped", "Answer addresses dropped by the DNS-rebinding filter", d.rebinding_dropped);
-        counter(&mut reg, "enforcer_dns_learn_failures", "Answers whose addresses could not be put into the map", d.learn_failures);
+        counter(
+            &mut reg,
+            "enforcer_dns_rebinding_dropped",
+            "Answer addresses dropped by the DNS-rebinding filter",
+            d.rebinding_dropped,
+        );
+        counter(
+            &mut reg,
+            "enforcer_dns_learn_failures",
+            "Answers whose addresses could not be put into the map",
+            d.learn_failures,
+        );
     }
     let mut out = String::new();
     encode(&mut out, &reg).expect("writing to a String cannot fail");

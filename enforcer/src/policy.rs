@@ -8,8 +8,8 @@ use std::{
 };
 
 use enforcer_common::{
-    ALLOW_F_CLI, ALLOW_F_DNS, ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DestKey, FAMILY_V4, FAMILY_V6,
-    PROTO_TCP, PROTO_UDP,
+    ALLOW_F_CLI, ALLOW_F_DNS, ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DestKey, FAMILY_V4, FAMILY_V6, PROTO_TCP,
+    PROTO_UDP,
 };
 use ipnet::IpNet;
 
@@ -69,7 +69,10 @@ fn split_port(s: &str) -> Result<(&str, Option<u16>), String> {
         let (inner, after) = rest.split_once(']').ok_or_else(|| format!("`{s}`: missing `]`"))?;
         return match after {
             "" => Ok((inner, None)),
-            a => Ok((inner, Some(parse_port(a.strip_prefix(':').ok_or_else(|| format!("`{s}`: expected `:PORT` after `]`"))?)?))),
+            a => Ok((
+                inner,
+                Some(parse_port(a.strip_prefix(':').ok_or_else(|| format!("`{s}`: expected `:PORT` after `]`"))?)?),
+            )),
         };
     }
     match s.matches(':').count() {
@@ -271,7 +274,11 @@ pub fn policy_of_service(service_id: u32) -> u32 {
 
 /// The TLS settings a DestinationRule gives `port` of a ServiceEntry (port-level first), if any
 /// DestinationRule names one of its hosts.
-pub fn tls_for<'a>(registry: &'a Registry, se: &ServiceEntry, port: u16) -> Option<(&'a crate::config::DestinationRule, &'a crate::config::TlsSettings)> {
+pub fn tls_for<'a>(
+    registry: &'a Registry,
+    se: &ServiceEntry,
+    port: u16,
+) -> Option<(&'a crate::config::DestinationRule, &'a crate::config::TlsSettings)> {
     se.hosts.iter().find_map(|h| {
         let dr = registry.destination_rule_for(&h.to_string())?;
         dr.port_tls.get(&port).or(dr.tls.as_ref()).map(|t| (dr, t))
@@ -383,7 +390,9 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
                     for ep in &se.endpoints {
                         match &ep.address {
                             EndpointAddress::Ip(ip) => targets.push((IpNet::from(*ip), Some(&ep.ports))),
-                            EndpointAddress::Hostname(h) => resolve(&h.to_ascii_lowercase(), Some(&ep.ports), &mut targets),
+                            EndpointAddress::Hostname(h) => {
+                                resolve(&h.to_ascii_lowercase(), Some(&ep.ports), &mut targets)
+                            }
                             EndpointAddress::Unix(_) => {}
                         }
                     }
@@ -676,11 +685,17 @@ mod tests {
     }
 
     fn compile_with(reg: &Registry, resolved: &[(&str, &[&str])], cli: &[CliAllow]) -> Desired {
-        let resolved: HashMap<String, Vec<IpAddr>> = resolved
-            .iter()
-            .map(|(n, ips)| (n.to_string(), ips.iter().map(|i| i.parse().unwrap()).collect()))
-            .collect();
-        compile(&Inputs { registry: reg, resolved: &resolved, cli, dns_servers: &[], policy_id: 0, sni_check: false, service_base: 0 })
+        let resolved: HashMap<String, Vec<IpAddr>> =
+            resolved.iter().map(|(n, ips)| (n.to_string(), ips.iter().map(|i| i.parse().unwrap()).collect())).collect();
+        compile(&Inputs {
+            registry: reg,
+            resolved: &resolved,
+            cli,
+            dns_servers: &[],
+            policy_id: 0,
+            sni_check: false,
+            service_base: 0,
+        })
     }
 
     fn entries(d: &Desired) -> Vec<String> {
@@ -890,6 +905,9 @@ spec:
     #[test]
     fn resolv_conf() {
         let t = "# c\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\nsearch x\nnameserver ::1\n";
-        assert_eq!(parse_resolv_conf(t), vec!["10.0.0.2".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap(), "::1".parse().unwrap()]);
+        assert_eq!(
+            parse_resolv_conf(t),
+            vec!["10.0.0.2".parse::<IpAddr>().unwrap(), "fe80::1".parse().unwrap(), "::1".parse().unwrap()]
+        );
     }
 }

@@ -45,7 +45,9 @@ pub fn build(agent: &Agent) -> Registryz {
         } else {
             match (kind, single.and_then(|ip| resolved.get(&ip))) {
                 (Some(ServiceKind::CommandLine), _) => ("cli", None, None, false),
-                (Some(ServiceKind::ServiceEntry), Some((name, exp, stale))) if !v.index.explicitly_listed(e.net.addr()) => {
+                (Some(ServiceKind::ServiceEntry), Some((name, exp, stale)))
+                    if !v.index.explicitly_listed(e.net.addr()) =>
+                {
                     ("resolved", Some(name.clone()), *exp, *stale)
                 }
                 _ => ("static", None, None, false),
@@ -72,7 +74,8 @@ pub fn build(agent: &Agent) -> Registryz {
     let mut services = Vec::new();
     for info in &v.desired.services {
         let se = (info.kind == ServiceKind::ServiceEntry).then(|| v.service_entry(info.id)).flatten();
-        let endpoints: Vec<EndpointView> = eps.range((info.id, String::new(), 0)..(info.id + 1, String::new(), 0)).map(|(_, ep)| ep.clone()).collect();
+        let endpoints: Vec<EndpointView> =
+            eps.range((info.id, String::new(), 0)..(info.id + 1, String::new(), 0)).map(|(_, ep)| ep.clone()).collect();
         services.push(ServiceView {
             id: info.id,
             name: info.name.clone(),
@@ -82,13 +85,23 @@ pub fn build(agent: &Agent) -> Registryz {
                 Some(se) => se
                     .ports
                     .iter()
-                    .map(|p| PortView { number: p.number, protocol: p.protocol.to_string(), name: p.name.clone(), target_port: p.target_port })
+                    .map(|p| PortView {
+                        number: p.number,
+                        protocol: p.protocol.to_string(),
+                        name: p.name.clone(),
+                        target_port: p.target_port,
+                    })
                     .collect(),
                 None => info
                     .ports
                     .iter()
                     .filter(|(_, proto)| *proto == enforcer_common::PROTO_TCP)
-                    .map(|(port, _)| PortView { number: *port, protocol: "TCP".into(), name: String::new(), target_port: None })
+                    .map(|(port, _)| PortView {
+                        number: *port,
+                        protocol: "TCP".into(),
+                        name: String::new(),
+                        target_port: None,
+                    })
                     .collect(),
             },
             resolution: match (se, info.kind) {
@@ -96,7 +109,10 @@ pub fn build(agent: &Agent) -> Registryz {
                 (None, ServiceKind::CommandLine) => "CLI".into(),
                 (None, _) => "HOST_DNS".into(),
             },
-            location: se.map(|s| format!("{:?}", s.location)).map(|l| if l == "MeshInternal" { "MESH_INTERNAL".into() } else { "MESH_EXTERNAL".to_string() }).unwrap_or_default(),
+            location: se
+                .map(|s| format!("{:?}", s.location))
+                .map(|l| if l == "MeshInternal" { "MESH_INTERNAL".into() } else { "MESH_EXTERNAL".to_string() })
+                .unwrap_or_default(),
             source: se.map(|s| s.source.to_string()).unwrap_or_else(|| "command line".into()),
             endpoints,
         });

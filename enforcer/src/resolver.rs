@@ -83,7 +83,16 @@ impl ResolvedName {
     }
 
     fn empty() -> Self {
-        Self { addrs: vec![], ttl: Duration::ZERO, expires: None, keep_until: None, previous: vec![], last_error: None, failures: 0, next_refresh: None }
+        Self {
+            addrs: vec![],
+            ttl: Duration::ZERO,
+            expires: None,
+            keep_until: None,
+            previous: vec![],
+            last_error: None,
+            failures: 0,
+            next_refresh: None,
+        }
     }
 
     /// Addresses that should be allowed at `now`, each with the time it stops being allowed
@@ -115,7 +124,10 @@ impl ResolvedName {
 
 /// A lookup: the addresses (A and AAAA) of a name and the smallest TTL among them.
 pub trait Lookup: Send + Sync + 'static {
-    fn lookup<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<(Vec<IpAddr>, Duration), String>> + Send + 'a>>;
+    fn lookup<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(Vec<IpAddr>, Duration), String>> + Send + 'a>>;
 }
 
 /// hickory-resolver, with its cache off so every refresh asks the upstream.
@@ -133,7 +145,10 @@ impl HickoryLookup {
             for u in upstreams {
                 group.merge(NameServerConfigGroup::from_ips_clear(&[u.ip()], u.port(), true));
             }
-            Resolver::builder_with_config(ResolverConfig::from_parts(None, vec![], group), TokioConnectionProvider::default())
+            Resolver::builder_with_config(
+                ResolverConfig::from_parts(None, vec![], group),
+                TokioConnectionProvider::default(),
+            )
         };
         let opts = builder.options_mut();
         opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
@@ -145,7 +160,10 @@ impl HickoryLookup {
 }
 
 impl Lookup for HickoryLookup {
-    fn lookup<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<(Vec<IpAddr>, Duration), String>> + Send + 'a>> {
+    fn lookup<'a>(
+        &'a self,
+        name: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<(Vec<IpAddr>, Duration), String>> + Send + 'a>> {
         Box::pin(async move {
             // Trailing dot: registry hosts are fully qualified, no search-domain expansion.
             let fqdn = format!("{}.", name.trim_end_matches('.'));
@@ -185,7 +203,14 @@ impl Refresher {
     pub fn new(cfg: RefreshConfig, lookup: Arc<dyn Lookup>) -> Self {
         let (changed, _) = watch::channel(0);
         Self {
-            inner: Arc::new(Inner { cfg, lookup, table: RwLock::new(BTreeMap::new()), tasks: Mutex::new(HashMap::new()), changed, stats: RefreshStats::default() }),
+            inner: Arc::new(Inner {
+                cfg,
+                lookup,
+                table: RwLock::new(BTreeMap::new()),
+                tasks: Mutex::new(HashMap::new()),
+                changed,
+                stats: RefreshStats::default(),
+            }),
         }
     }
 
@@ -289,15 +314,29 @@ impl Inner {
                 if entry.failures == 1 {
                     entry.keep_until = Some(entry.expires.unwrap_or(now).max(now) + self.cfg.failure_grace);
                 }
-                tracing::warn!(name, failures = entry.failures, "DNS lookup failed: {e}; keeping the last good addresses until the grace period ends");
+                tracing::warn!(
+                    name,
+                    failures = entry.failures,
+                    "DNS lookup failed: {e}; keeping the last good addresses until the grace period ends"
+                );
                 entry.last_error = Some(e);
-                let backoff = self.cfg.backoff_initial.saturating_mul(1 << (entry.failures - 1).min(16)).min(self.cfg.backoff_max);
+                let backoff = self
+                    .cfg
+                    .backoff_initial
+                    .saturating_mul(1 << (entry.failures - 1).min(16))
+                    .min(self.cfg.backoff_max);
                 now + backoff
             }
         };
         entry.previous.retain(|(_, until)| now < *until);
         // Wake in time to drop addresses whose grace ends before the next lookup.
-        let wake = entry.previous.iter().map(|(_, u)| *u).chain(entry.keep_until.filter(|_| entry.last_error.is_some())).filter(|u| *u > now).fold(next, |a, b| a.min(b));
+        let wake = entry
+            .previous
+            .iter()
+            .map(|(_, u)| *u)
+            .chain(entry.keep_until.filter(|_| entry.last_error.is_some()))
+            .filter(|u| *u > now)
+            .fold(next, |a, b| a.min(b));
         entry.next_refresh = Some(next);
         if entry.keep_until.is_some_and(|k| now >= k) && entry.last_error.is_some() {
             // The failure grace is over: the last good addresses go.
@@ -320,7 +359,12 @@ impl Inner {
                 // Woke only to expire graced addresses.
                 self.expire_graced(&name);
                 let next_wake = self.table.read().expect("table lock").get(&name).map(|e| {
-                    e.previous.iter().map(|(_, u)| *u).chain(e.keep_until.filter(|_| e.last_error.is_some())).filter(|u| *u > Instant::now()).fold(due, |a, b| a.min(b))
+                    e.previous
+                        .iter()
+                        .map(|(_, u)| *u)
+                        .chain(e.keep_until.filter(|_| e.last_error.is_some()))
+                        .filter(|u| *u > Instant::now())
+                        .fold(due, |a, b| a.min(b))
                 });
                 at = next_wake.unwrap_or(due);
                 continue;
@@ -356,7 +400,10 @@ impl HostResolver {
         Ok(Self { inner: HickoryLookup::new(&[], Duration::from_secs(5))? })
     }
 
-    pub async fn resolve_all(&self, names: impl IntoIterator<Item = String>) -> (std::collections::HashMap<String, Vec<IpAddr>>, Vec<String>) {
+    pub async fn resolve_all(
+        &self,
+        names: impl IntoIterator<Item = String>,
+    ) -> (std::collections::HashMap<String, Vec<IpAddr>>, Vec<String>) {
         let mut out = std::collections::HashMap::new();
         let mut errors = Vec::new();
         for name in names {
@@ -381,7 +428,10 @@ mod tests {
     }
 
     impl Lookup for Scripted {
-        fn lookup<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = Result<(Vec<IpAddr>, Duration), String>> + Send + 'a>> {
+        fn lookup<'a>(
+            &'a self,
+            name: &'a str,
+        ) -> Pin<Box<dyn Future<Output = Result<(Vec<IpAddr>, Duration), String>> + Send + 'a>> {
             let mut m = self.answers.lock().unwrap();
             let q = m.get_mut(name).expect("scripted name");
             let a = if q.len() > 1 { q.remove(0) } else { q[0].clone() };
@@ -413,7 +463,10 @@ mod tests {
         let s = Scripted {
             answers: Mutex::new(HashMap::from([(
                 "a.test".to_string(),
-                vec![Ok((vec![ip("192.0.2.1")], Duration::from_secs(10))), Ok((vec![ip("192.0.2.2")], Duration::from_secs(10)))],
+                vec![
+                    Ok((vec![ip("192.0.2.1")], Duration::from_secs(10))),
+                    Ok((vec![ip("192.0.2.2")], Duration::from_secs(10))),
+                ],
             )])),
         };
         let r = Refresher::new(cfg(), Arc::new(s));
@@ -462,7 +515,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropped_names_stop() {
         let s = Scripted {
-            answers: Mutex::new(HashMap::from([("c.test".to_string(), vec![Ok((vec![ip("203.0.113.5")], Duration::from_secs(5)))])])),
+            answers: Mutex::new(HashMap::from([(
+                "c.test".to_string(),
+                vec![Ok((vec![ip("203.0.113.5")], Duration::from_secs(5)))],
+            )])),
         };
         let r = Refresher::new(cfg(), Arc::new(s));
         r.set_names(&BTreeSet::from(["c.test".to_string()])).await;

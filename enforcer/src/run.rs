@@ -56,10 +56,19 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .attach(child.path(), steering || proxying, !args.policy.no_conn_accounting || proxying)
         .with_context(|| format!("attaching to {}", child.path().display()))?;
     for iface in &args.policy.interfaces {
-        agent.dp.lock().expect("dataplane lock").attach_tc(iface).with_context(|| format!("attaching the traffic counters to {iface}"))?;
+        agent
+            .dp
+            .lock()
+            .expect("dataplane lock")
+            .attach_tc(iface)
+            .with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
-    let command_name = Path::new(&args.command[0]).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "command".into());
-    *agent.workloads.lock().expect("workloads lock") = Some(crate::workloads::Workloads::for_run(child.path(), &command_name));
+    let command_name = Path::new(&args.command[0])
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "command".into());
+    *agent.workloads.lock().expect("workloads lock") =
+        Some(crate::workloads::Workloads::for_run(child.path(), &command_name));
     let upkeep = agent.spawn_upkeep();
     let _watch = spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, quiet)?;
     if let Some(addr) = args.admin {
@@ -134,7 +143,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
 /// Reload the registry when its files change (debounced), logging what happened. The returned
 /// watch must be kept alive.
-pub fn spawn_reloader(agent: &Agent, paths: &[std::path::PathBuf], disabled: bool, quiet: bool) -> anyhow::Result<Option<watch::RegistryWatch>> {
+pub fn spawn_reloader(
+    agent: &Agent,
+    paths: &[std::path::PathBuf],
+    disabled: bool,
+    quiet: bool,
+) -> anyhow::Result<Option<watch::RegistryWatch>> {
     if disabled || paths.is_empty() {
         return Ok(None);
     }

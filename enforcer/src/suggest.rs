@@ -116,7 +116,8 @@ mod tests {
         ];
         let yaml = draft(&evs, "egress");
         // The draft must load unchanged as a registry.
-        let reg = crate::config::load_str(&yaml, std::path::Path::new("suggest.yaml")).expect("drafted YAML is a valid registry");
+        let reg = crate::config::load_str(&yaml, std::path::Path::new("suggest.yaml"))
+            .expect("drafted YAML is a valid registry");
         assert_eq!(reg.services.len(), 2);
         let api = &reg.services[0];
         assert_eq!(api.name, "api-example-com");

@@ -56,18 +56,26 @@ struct WorkloadEntry {
 
 /// Read and validate a workloads file: every problem is reported with the file and workload name;
 /// registries load through the same validation as `--registry`.
-pub fn load_file(path: &std::path::Path, mount: &std::path::Path, default_mode: Mode) -> anyhow::Result<Vec<WorkloadPolicy>> {
+pub fn load_file(
+    path: &std::path::Path,
+    mount: &std::path::Path,
+    default_mode: Mode,
+) -> anyhow::Result<Vec<WorkloadPolicy>> {
     use anyhow::Context as _;
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let file: WorkloadsFile =
-        serde_saphyr::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}; fix: see the workloads file format in README", path.display()))?;
+    let file: WorkloadsFile = serde_saphyr::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}; fix: see the workloads file format in README", path.display()))?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     let mut out = Vec::new();
     let mut errors = Vec::new();
     let mut names = std::collections::BTreeSet::new();
     for w in file.workloads {
         if !names.insert(w.name.clone()) {
-            errors.push(format!("{}: workload {:?} is listed twice; fix: give each workload a unique name", path.display(), w.name));
+            errors.push(format!(
+                "{}: workload {:?} is listed twice; fix: give each workload a unique name",
+                path.display(),
+                w.name
+            ));
             continue;
         }
         if w.cgroups.is_empty() {
@@ -84,7 +92,8 @@ pub fn load_file(path: &std::path::Path, mount: &std::path::Path, default_mode: 
             },
             None => default_mode,
         };
-        let paths: Vec<PathBuf> = w.registry.iter().map(|p| if p.is_absolute() { p.clone() } else { base.join(p) }).collect();
+        let paths: Vec<PathBuf> =
+            w.registry.iter().map(|p| if p.is_absolute() { p.clone() } else { base.join(p) }).collect();
         let registry = if paths.is_empty() {
             Registry::default()
         } else {
@@ -92,16 +101,17 @@ pub fn load_file(path: &std::path::Path, mount: &std::path::Path, default_mode: 
                 Ok(r) => r,
                 Err(e) => {
                     let diags: Vec<String> = e.diagnostics().iter().map(|d| format!("  {d}")).collect();
-                    errors.push(format!("{}: workload {:?}: invalid registry: {e}\n{}", path.display(), w.name, diags.join("\n")));
+                    errors.push(format!(
+                        "{}: workload {:?}: invalid registry: {e}\n{}",
+                        path.display(),
+                        w.name,
+                        diags.join("\n")
+                    ));
                     continue;
                 }
             }
         };
-        let cgroups = w
-            .cgroups
-            .iter()
-            .map(|c| mount.join(c.trim_start_matches('/')))
-            .collect();
+        let cgroups = w.cgroups.iter().map(|c| mount.join(c.trim_start_matches('/'))).collect();
         out.push(WorkloadPolicy { name: w.name, registry, mode, cgroups });
     }
     if !errors.is_empty() {
@@ -149,7 +159,8 @@ mod tests {
         assert_eq!(w[0].registry.services.len(), 1);
         assert_eq!(w[0].cgroups, vec![PathBuf::from("/sys/fs/cgroup/system.slice/nginx.service")]);
 
-        std::fs::write(&f, "workloads:\n- name: a\n  cgroups: []\n- name: b\n  cgroups: [x]\n  mode: SOMETIMES\n").unwrap();
+        std::fs::write(&f, "workloads:\n- name: a\n  cgroups: []\n- name: b\n  cgroups: [x]\n  mode: SOMETIMES\n")
+            .unwrap();
         let e = load_file(&f, std::path::Path::new("/sys/fs/cgroup"), Mode::RegistryOnly).unwrap_err().to_string();
         assert!(e.contains("\"a\" has no cgroups") && e.contains("\"b\": mode"), "{e}");
         std::fs::write(&f, "workloads:\n- name: a\n  cgroup: [x]\n").unwrap();

@@ -27,15 +27,32 @@ pub struct Workloads {
 impl Workloads {
     /// Under `run`: the command's cgroup and everything below it is the command.
     pub fn for_run(cgroup: &Path, command: &str) -> Self {
-        let mut w = Self { root: cgroup.to_owned(), root_name: command.to_string(), relative_to: None, names: HashMap::new(), last_scan: None, overrides: Vec::new() };
+        let mut w = Self {
+            root: cgroup.to_owned(),
+            root_name: command.to_string(),
+            relative_to: None,
+            names: HashMap::new(),
+            last_scan: None,
+            overrides: Vec::new(),
+        };
         w.scan();
         w
     }
 
     /// Under `daemon`: each cgroup in the enforced tree is named by its path below the mount.
     pub fn for_daemon(cgroup: &Path, mount: &Path) -> Self {
-        let root_name = cgroup.strip_prefix(mount).map(|p| p.display().to_string()).unwrap_or_else(|_| cgroup.display().to_string());
-        let mut w = Self { root: cgroup.to_owned(), root_name, relative_to: Some(mount.to_owned()), names: HashMap::new(), last_scan: None, overrides: Vec::new() };
+        let root_name = cgroup
+            .strip_prefix(mount)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| cgroup.display().to_string());
+        let mut w = Self {
+            root: cgroup.to_owned(),
+            root_name,
+            relative_to: Some(mount.to_owned()),
+            names: HashMap::new(),
+            last_scan: None,
+            overrides: Vec::new(),
+        };
         w.scan();
         w
     }
@@ -66,10 +83,15 @@ impl Workloads {
         let mut stack = vec![(self.root.clone(), 0usize)];
         while let Some((dir, depth)) = stack.pop() {
             let Ok(md) = std::fs::metadata(&dir) else { continue };
-            let name = match (self.overrides.iter().filter(|(d, _)| dir.starts_with(d)).max_by_key(|(d, _)| d.as_os_str().len()), &self.relative_to) {
+            let name = match (
+                self.overrides.iter().filter(|(d, _)| dir.starts_with(d)).max_by_key(|(d, _)| d.as_os_str().len()),
+                &self.relative_to,
+            ) {
                 (Some((_, n)), _) => n.clone(),
                 (None, None) => self.root_name.clone(),
-                (None, Some(mount)) => dir.strip_prefix(mount).map(|p| p.display().to_string()).unwrap_or_else(|_| self.root_name.clone()),
+                (None, Some(mount)) => {
+                    dir.strip_prefix(mount).map(|p| p.display().to_string()).unwrap_or_else(|_| self.root_name.clone())
+                }
             };
             self.names.insert(md.ino(), name);
             if depth >= 16 || self.names.len() > 50_000 {

@@ -112,20 +112,22 @@ fn warn_if_stale() {
                 if p.is_dir() {
                     stack.push(p);
                 } else if let Ok(m) = e.metadata().and_then(|m| m.modified())
-                    && newest.as_ref().is_none_or(|(t, _)| m > *t) {
-                        newest = Some((m, p));
-                    }
+                    && newest.as_ref().is_none_or(|(t, _)| m > *t)
+                {
+                    newest = Some((m, p));
+                }
             }
         }
     }
     if let Some((t, p)) = newest
-        && t > bin_mtime {
-            eprintln!(
-                "warning: {} is newer than {}; run `cargo build -p enforcer` to test the current sources",
-                p.display(),
-                enforcer_bin().display()
-            );
-        }
+        && t > bin_mtime
+    {
+        eprintln!(
+            "warning: {} is newer than {}; run `cargo build -p enforcer` to test the current sources",
+            p.display(),
+            enforcer_bin().display()
+        );
+    }
 }
 
 /// Where cgroup2 is mounted (from /proc/self/mountinfo).
@@ -838,13 +840,12 @@ impl Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        if !self.pids().is_empty()
-            && fs::write(self.path.join("cgroup.kill"), "1").is_err() {
-                for p in self.pids() {
-                    // SAFETY: plain syscall; processes in our own test cgroup.
-                    unsafe { libc::kill(p, libc::SIGKILL) };
-                }
+        if !self.pids().is_empty() && fs::write(self.path.join("cgroup.kill"), "1").is_err() {
+            for p in self.pids() {
+                // SAFETY: plain syscall; processes in our own test cgroup.
+                unsafe { libc::kill(p, libc::SIGKILL) };
             }
+        }
         for _ in 0..250 {
             match fs::remove_dir(&self.path) {
                 Ok(()) => return,
@@ -965,13 +966,18 @@ impl Daemon {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(s) = fs::read_to_string(&pid_file)
-                && s.trim() == d.pid().to_string() {
-                    break;
-                }
+                && s.trim() == d.pid().to_string()
+            {
+                break;
+            }
             if let Some(st) = d.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("enforcer daemon exited during start-up ({st})\n--- log\n{}", d.log());
             }
-            assert!(Instant::now() < deadline, "enforcer daemon did not write its pid file within 30 s\n--- log\n{}", d.log());
+            assert!(
+                Instant::now() < deadline,
+                "enforcer daemon did not write its pid file within 30 s\n--- log\n{}",
+                d.log()
+            );
             thread::sleep(Duration::from_millis(20));
         }
         d
@@ -1202,7 +1208,9 @@ pub fn dns_query(server: std::net::SocketAddr, name: &str, qtype: u16, timeout: 
 
 /// The A records `server` gives for `name` right now (empty on error/none).
 pub fn dns_a(server: std::net::SocketAddr, name: &str) -> Vec<std::net::IpAddr> {
-    dns_query(server, name, 1, Duration::from_secs(2)).map(|r| r.addrs.into_iter().map(|(a, _)| a).collect()).unwrap_or_default()
+    dns_query(server, name, 1, Duration::from_secs(2))
+        .map(|r| r.addrs.into_iter().map(|(a, _)| a).collect())
+        .unwrap_or_default()
 }
 
 /// `dnsmasq` serving a hosts file inside a netns on one address, port 53. Killed on drop.
@@ -1258,7 +1266,12 @@ impl Dnsmasq {
             if dns_query(d.addr, "ready.probe.test", 1, Duration::from_millis(200)).is_ok() {
                 return d;
             }
-            assert!(Instant::now() < deadline, "dnsmasq did not answer on {} within 15 s\n--- log\n{}", d.addr, d.log());
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq did not answer on {} within 15 s\n--- log\n{}",
+                d.addr,
+                d.log()
+            );
             thread::sleep(Duration::from_millis(50));
         }
     }
@@ -1275,7 +1288,11 @@ impl Dnsmasq {
         let want: std::net::IpAddr = want.parse().unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
         while dns_a(self.addr, probe) != vec![want] {
-            assert!(Instant::now() < deadline, "dnsmasq never answered {probe} -> {want} after SIGHUP\n--- log\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "dnsmasq never answered {probe} -> {want} after SIGHUP\n--- log\n{}",
+                self.log()
+            );
             thread::sleep(Duration::from_millis(20));
         }
     }
@@ -1609,7 +1626,9 @@ impl Workload {
     pub fn call(&mut self, req: Value) -> Value {
         use std::io::Write as _;
         let stdin = self.stdin.as_mut().expect("workload stdin");
-        writeln!(stdin, "{req}").and_then(|_| stdin.flush()).unwrap_or_else(|e| panic!("writing to the workload: {e}\n{}", self.log()));
+        writeln!(stdin, "{req}")
+            .and_then(|_| stdin.flush())
+            .unwrap_or_else(|e| panic!("writing to the workload: {e}\n{}", self.log()));
         match self.rx.recv_timeout(Duration::from_secs(120)) {
             Ok(l) => serde_json::from_str(&l).unwrap_or_else(|e| panic!("workload answered non-JSON ({e}): {l}")),
             Err(e) => panic!("no answer from the workload to {req} ({e})\n--- enforcer log\n{}", self.log()),
@@ -1635,7 +1654,9 @@ impl Workload {
 
     /// A hand-made DNS query from inside the workload (see [`WORKER_PY`]).
     pub fn query(&mut self, server: &str, name: &str, qtype: u16, transport: &str) -> Value {
-        self.call(serde_json::json!({"op": "query", "server": server, "name": name, "qtype": qtype, "transport": transport}))
+        self.call(
+            serde_json::json!({"op": "query", "server": server, "name": name, "qtype": qtype, "transport": transport}),
+        )
     }
 
     /// enforcer's stderr so far.
@@ -1704,15 +1725,21 @@ impl Drop for Workload {
 /// Minimal HTTP/1.1 GET (Connection: close) -> (status, body). Panics on I/O errors.
 pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use std::io::Write as _;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
     write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap_or_else(|e| panic!("reading {path} from {addr}: {e}"));
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP header end in {text:?}"));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("bad status line in {head:?}"));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    let body =
+        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
     (status, body)
 }
 
@@ -1739,16 +1766,21 @@ pub fn metric_value(text: &str, name: &str) -> Option<f64> {
         };
         let sname = sample.split('{').next().unwrap_or("").trim();
         if sname == name
-            && let Ok(v) = value.trim().parse::<f64>() {
-                found = Some(found.unwrap_or(0.0) + v);
-            }
+            && let Ok(v) = value.trim().parse::<f64>()
+        {
+            found = Some(found.unwrap_or(0.0) + v);
+        }
     }
     found
 }
 
 /// The admin address an `enforcer daemon` log announces (`admin listener serving addr=...`).
 pub fn admin_addr_from_log(log: &str) -> Option<std::net::SocketAddr> {
-    log.lines().find_map(|l| l.contains("admin listener serving").then(|| l.split("addr=").nth(1)?.split_whitespace().next()?.parse().ok()).flatten())
+    log.lines().find_map(|l| {
+        l.contains("admin listener serving")
+            .then(|| l.split("addr=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .flatten()
+    })
 }
 
 /// The first `nameserver` of /etc/resolv.conf, if any.
@@ -1783,7 +1815,10 @@ impl LineFollower {
         let what = format!("{cmd:?}");
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {what}: {e}"));
         let lines: std::sync::Arc<std::sync::Mutex<Vec<String>>> = Default::default();
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let l = lines.clone();
             thread::spawn(move || {
                 for line in BufReader::new(stream).lines() {
@@ -1901,7 +1936,23 @@ impl Pki {
         sh("openssl", &a);
         sh(
             "openssl",
-            &["x509", "-req", "-in", &csr_s, "-CA", &ca_s, "-CAkey", &ca_key_s, "-CAcreateserial", "-out", &cert_s, "-days", "1", "-extfile", &ext_s],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr_s,
+                "-CA",
+                &ca_s,
+                "-CAkey",
+                &ca_key_s,
+                "-CAcreateserial",
+                "-out",
+                &cert_s,
+                "-days",
+                "1",
+                "-extfile",
+                &ext_s,
+            ],
         );
         Self { ca, ca_key, cert, key }
     }

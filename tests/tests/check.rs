@@ -47,7 +47,8 @@ fn an_invalid_file_exits_1_naming_file_line_field_and_fix() {
     );
     let out = check(&[f.to_str().unwrap()]);
     out.assert_status(1);
-    let err = out.stdout.lines().find(|l| l.starts_with("Error: ") && l.contains("99999")).unwrap_or_else(|| panic!("{out}"));
+    let err =
+        out.stdout.lines().find(|l| l.starts_with("Error: ") && l.contains("99999")).unwrap_or_else(|| panic!("{out}"));
     assert!(err.contains(&format!("{}:10", f.display())), "file:line: {err}");
     assert!(err.contains("spec.ports[0].number"), "field: {err}");
     assert!(err.contains("fix:"), "fix: {err}");
@@ -63,7 +64,8 @@ fn every_problem_is_reported_not_just_the_first() {
     );
     let out = check(&[f.to_str().unwrap()]);
     out.assert_status(1);
-    let errors: Vec<&str> = out.stdout.lines().filter(|l| l.starts_with("Error: ") && l.contains(&*f.to_string_lossy())).collect();
+    let errors: Vec<&str> =
+        out.stdout.lines().filter(|l| l.starts_with("Error: ") && l.contains(&*f.to_string_lossy())).collect();
     assert_eq!(errors.len(), 2, "{out}");
     assert!(errors.iter().any(|l| l.contains(&format!("{}:10", f.display()))), "{out}");
     assert!(errors.iter().any(|l| l.contains(&format!("{}:12", f.display())) && l.contains("protocol")), "{out}");
@@ -73,7 +75,8 @@ fn every_problem_is_reported_not_just_the_first() {
 #[test]
 fn yaml_syntax_errors_name_the_line() {
     let dir = TempDir::new("check-syntax");
-    let f = dir.write("broken.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nspec:\n  hosts: [a.test\n");
+    let f =
+        dir.write("broken.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nspec:\n  hosts: [a.test\n");
     let out = check(&[f.to_str().unwrap()]);
     out.assert_status(1);
     assert!(out.stdout.contains(&f.display().to_string()), "{out}");
@@ -83,7 +86,8 @@ fn yaml_syntax_errors_name_the_line() {
 #[test]
 fn warnings_pass_unless_strict() {
     let dir = TempDir::new("check-warn");
-    let yaml = service_entry("w", &[], &["198.18.0.9".into()], &[(8080, "HTTP")]).replace("  resolution: STATIC\n", "  resolution: STATIC\n  exportTo:\n  - \".\"\n");
+    let yaml = service_entry("w", &[], &["198.18.0.9".into()], &[(8080, "HTTP")])
+        .replace("  resolution: STATIC\n", "  resolution: STATIC\n  exportTo:\n  - \".\"\n");
     let f = dir.write("w.yaml", &yaml);
     let out = check(&[f.to_str().unwrap()]);
     out.assert_status(0);

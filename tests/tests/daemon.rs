@@ -59,7 +59,10 @@ fn daemon_enforces_on_the_cgroup_and_its_descendants_only() {
     drop(sub);
 
     // A process outside the cgroup is not affected.
-    let out = output_with_timeout(Command::new(python()).arg("-c").arg(CLIENT_PY).arg(op("tcp", &b, 8080)), Duration::from_secs(30));
+    let out = output_with_timeout(
+        Command::new(python()).arg("-c").arg(CLIENT_PY).arg(op("tcp", &b, 8080)),
+        Duration::from_secs(30),
+    );
     let (_, res) = parse_client(&out);
     res[0].assert_ok(&format!("hello from {b}:8080"));
 
@@ -144,7 +147,8 @@ fn daemon_keeps_the_last_good_registry_when_a_reload_is_invalid() {
     run.res[1].assert_eperm();
 
     // An invalid file that would also allow .3 if it were (partly) applied.
-    let bad = service_entry("api", &[], &[ns.v4(2), ns.v4(3)], &[(8080, "HTTP")]).replace("number: 8080", "number: 99999");
+    let bad =
+        service_entry("api", &[], &[ns.v4(2), ns.v4(3)], &[(8080, "HTTP")]).replace("number: 8080", "number: 99999");
     let f = dir.write("reg/services.yaml", &bad);
     let line = bad.lines().position(|l| l.contains("99999")).unwrap() + 1;
     let new = d.sighup_and_wait("reload rejected");
@@ -207,7 +211,8 @@ fn enforcement_survives_daemon_restart_and_unpin_detaches() {
     // A daemon that cannot load its registry refuses to start and leaves the enforcement alone.
     let bad_dir = TempDir::new("d-restart-bad");
     let bad = bad_dir.write("bad.yaml", "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nspec: [unclosed\n");
-    let out = Daemon::start_fails(&cg, &pins, &["--registry".into(), bad.display().to_string(), "--no-host-dns".into()]);
+    let out =
+        Daemon::start_fails(&cg, &pins, &["--registry".into(), bad.display().to_string(), "--no-host-dns".into()]);
     out.assert_status(125);
     assert!(out.stderr.contains("stays in place"), "{out}");
     assert_eq!(pins.entries(), pinned, "the pins are untouched");

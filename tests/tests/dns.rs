@@ -25,11 +25,15 @@ const RCODE_NXDOMAIN: i64 = 3;
 const RCODE_REFUSED: i64 = 5;
 
 fn se_header(name: &str, hosts: &[&str]) -> String {
-    let mut s = format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  hosts:\n");
+    let mut s = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: {name}\n  namespace: default\nspec:\n  hosts:\n"
+    );
     for h in hosts {
         s.push_str(&format!("  - \"{h}\"\n"));
     }
-    s.push_str(&format!("  location: MESH_EXTERNAL\n  ports:\n  - number: {PORT}\n    name: http\n    protocol: HTTP\n"));
+    s.push_str(&format!(
+        "  location: MESH_EXTERNAL\n  ports:\n  - number: {PORT}\n    name: http\n    protocol: HTTP\n"
+    ));
     s
 }
 
@@ -84,12 +88,22 @@ fn system_resolver() -> String {
 }
 
 fn addrs(v: &Value) -> Vec<String> {
-    v["addrs"].as_array().unwrap_or_else(|| panic!("no addrs in {v}")).iter().map(|a| a.as_str().unwrap().to_string()).collect()
+    v["addrs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no addrs in {v}"))
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
 }
 
 /// IPs of a raw query's answer (`[[ip, ttl], ...]`).
 fn answer_ips(v: &Value) -> Vec<String> {
-    v["addrs"].as_array().unwrap_or_else(|| panic!("no addrs in {v}")).iter().map(|a| a[0].as_str().unwrap().to_string()).collect()
+    v["addrs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no addrs in {v}"))
+        .iter()
+        .map(|a| a[0].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn assert_resolves(v: &Value, want: &[&str], what: &str) {
@@ -130,7 +144,11 @@ fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> 
 
 /// dnsmasq log lines for queries of `name` (`query[A] name from ...`).
 fn upstream_queries(dns: &Dnsmasq, name: &str) -> Vec<String> {
-    dns.log().lines().filter(|l| l.contains("query[") && l.contains(&format!("] {name} from "))).map(str::to_string).collect()
+    dns.log()
+        .lines()
+        .filter(|l| l.contains("query[") && l.contains(&format!("] {name} from ")))
+        .map(str::to_string)
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -142,7 +160,8 @@ fn wildcard_host_is_learned_from_the_answer_and_only_for_matching_names() {
     let ns = Netns::new();
     let _srv = ns.serve(&[&format!("tcp:{PORT}")]);
     let (a, evil, bare) = (ns.v4(2), ns.v4(3), ns.v4(4));
-    let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("a.svc.test", &a), ("evilsvc.test", &evil), ("svc.test", &bare)], 60, &[]);
+    let dns =
+        Dnsmasq::start(&ns, &ns.v4(7), &[("a.svc.test", &a), ("evilsvc.test", &evil), ("svc.test", &bare)], 60, &[]);
     let dir = TempDir::new("dns-wild");
     let reg = dir.write("registry.yaml", &se_none("wild", "*.svc.test"));
     let pol = policy(&reg, &dns.addr.ip().to_string(), &[]);
@@ -186,7 +205,10 @@ fn wildcard_host_is_learned_from_the_answer_and_only_for_matching_names() {
     let url = format!("http://evilsvc.test:{PORT}/");
     let out = enforcer_run(&pol, &["curl", "-s", "--noproxy", "*", "--max-time", "10", url.as_str()]);
     out.assert_status(7);
-    assert!(out.stderr.contains("enforcer: denied connect curl[") && out.stderr.contains(&format!("-> {evil}:{PORT}/tcp")), "{out}");
+    assert!(
+        out.stderr.contains("enforcer: denied connect curl[") && out.stderr.contains(&format!("-> {evil}:{PORT}/tcp")),
+        "{out}"
+    );
 }
 
 #[test]
@@ -195,13 +217,23 @@ fn cname_chains_are_followed_to_the_addresses_they_end_at() {
     let _srv = ns.serve(&[&format!("tcp:{PORT}")]);
     let target = ns.v4(5);
     // alias.svc.test -> CNAME real.elsewhere.test -> A target: the query name is the registry's.
-    let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("real.elsewhere.test", &target)], 60, &["--cname=alias.svc.test,real.elsewhere.test"]);
+    let dns = Dnsmasq::start(
+        &ns,
+        &ns.v4(7),
+        &[("real.elsewhere.test", &target)],
+        60,
+        &["--cname=alias.svc.test,real.elsewhere.test"],
+    );
     let dir = TempDir::new("dns-cname");
     let reg = dir.write("registry.yaml", &se_none("wild", "*.svc.test"));
     let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &[]));
     w.connect(&target, PORT).assert_eperm();
     let q = w.query(&system_resolver(), "alias.svc.test", 1, "udp");
-    assert_eq!((q["rcode"].clone(), q["ancount"].clone(), answer_ips(&q)), (json!(RCODE_NOERROR), json!(2), vec![target.clone()]), "CNAME + A: {q}");
+    assert_eq!(
+        (q["rcode"].clone(), q["ancount"].clone(), answer_ips(&q)),
+        (json!(RCODE_NOERROR), json!(2), vec![target.clone()]),
+        "CNAME + A: {q}"
+    );
     w.connect(&target, PORT).assert_ok(&format!("hello from {target}:{PORT}"));
     let eps = endpoint_snapshot(&w);
     let e = endpoint(&eps, &target).unwrap_or_else(|| panic!("{target} learned: {eps:?}"));
@@ -228,15 +260,22 @@ fn no_first_connect_race_over_1000_lookups() {
     // an address comes round again after 2.43 s, when its previous entry is gone, so nearly every
     // lookup learns an address that is not in the map and the connect right after it is the racy
     // one (`fresh` counts them: the address was denied just before the lookup).
-    let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &["--dns-ttl-floor", "1s", "--dns-grace", "0s"]));
+    let mut w =
+        Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &["--dns-ttl-floor", "1s", "--dns-grace", "0s"]));
     let t0 = Instant::now();
     let r = w.call(json!({"op": "race", "names": names, "ips": ips, "port": PORT, "pace": 0.01}));
     eprintln!("race (paced): {r}");
     assert_eq!(r["n"], n, "{r}");
-    assert_eq!(r["eperm"], 0, "a connect right after its lookup was denied: the answer was released before the map held it\n{r}");
+    assert_eq!(
+        r["eperm"], 0,
+        "a connect right after its lookup was denied: the answer was released before the map held it\n{r}"
+    );
     assert_eq!(r["other"], 0, "lookups/connects failed otherwise\n{r}");
     let fresh = r["fresh"].as_u64().unwrap();
-    assert!(fresh >= 900, "most lookups should have learned an address absent from the map (fresh = {fresh} of {n})\n{r}");
+    assert!(
+        fresh >= 900,
+        "most lookups should have learned an address absent from the map (fresh = {fresh} of {n})\n{r}"
+    );
     // The same names as fast as possible: lookups now also re-learn entries that are still in the
     // map or expire while the loop runs.
     let r = w.call(json!({"op": "race", "names": names, "ips": ips, "port": PORT}));
@@ -258,7 +297,8 @@ fn dns_resolution_host_follows_a_record_change_and_the_old_address_expires_after
     let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("api.test", &ip1)], 1, &[]);
     let dir = TempDir::new("dns-ttl");
     let reg = dir.write("registry.yaml", &se_dns("api", "api.test"));
-    let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &["--dns-ttl-floor", "1s", "--dns-grace", "2s"]));
+    let mut w =
+        Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &["--dns-ttl-floor", "1s", "--dns-grace", "2s"]));
 
     w.connect(&ip1, PORT).assert_ok(&format!("hello from {ip1}:{PORT}"));
     w.connect(&ip2, PORT).assert_eperm();
@@ -273,7 +313,10 @@ fn dns_resolution_host_follows_a_record_change_and_the_old_address_expires_after
     // Right after the switch the old address is still allowed (TTL 1 s + grace 2 s)...
     w.connect(&ip1, PORT).assert_ok(&format!("hello from {ip1}:{PORT}"));
     let eps = endpoint_snapshot(&w);
-    assert!(endpoint(&eps, &ip1).is_some() && endpoint(&eps, &ip2).is_some(), "both in registryz during the grace: {eps:?}");
+    assert!(
+        endpoint(&eps, &ip1).is_some() && endpoint(&eps, &ip2).is_some(),
+        "both in registryz during the grace: {eps:?}"
+    );
     // ... and denied once TTL + grace have passed.
     let to_old = wait_until(Duration::from_secs(10), || w.connect(&ip1, PORT).errno == Some(libc::EPERM as i64))
         .unwrap_or_else(|| {
@@ -284,7 +327,10 @@ fn dns_resolution_host_follows_a_record_change_and_the_old_address_expires_after
             )
         });
     eprintln!("change -> new allowed after {to_new:?}; old denied {to_old:?} later (total {:?})", changed.elapsed());
-    assert!(to_old >= Duration::from_millis(1000), "the old address was removed {to_old:?} after the new one appeared; --dns-grace 2s should keep it ~2 s");
+    assert!(
+        to_old >= Duration::from_millis(1000),
+        "the old address was removed {to_old:?} after the new one appeared; --dns-grace 2s should keep it ~2 s"
+    );
     w.connect(&ip2, PORT).assert_ok(&format!("hello from {ip2}:{PORT}"));
     let eps = endpoint_snapshot(&w);
     assert!(endpoint(&eps, &ip1).is_none(), "{ip1} gone from registryz: {eps:?}");
@@ -333,7 +379,11 @@ fn unknown_names_nxdomain() {
     assert_eq!(r["gai_errno"], EAI_NONAME, "getaddrinfo should fail with EAI_NONAME: {r}");
     for tr in ["udp", "tcp"] {
         let q = w.query(&resolver, "other.test", 1, tr);
-        assert_eq!((q["ok"].clone(), q["rcode"].clone(), q["ancount"].clone()), (json!(true), json!(RCODE_NXDOMAIN), json!(0)), "{tr}: {q}");
+        assert_eq!(
+            (q["ok"].clone(), q["rcode"].clone(), q["ancount"].clone()),
+            (json!(true), json!(RCODE_NXDOMAIN), json!(0)),
+            "{tr}: {q}"
+        );
     }
     registry_name_works(&mut w, &s.ns);
     // Answered by the forwarder itself: the upstream never saw the unknown name.
@@ -342,7 +392,8 @@ fn unknown_names_nxdomain() {
     let (st, log) = w.finish();
     assert_eq!(st, 0, "{log}");
     assert!(
-        log.lines().any(|l| l.contains("dns: name not in the registry") && l.contains("other.test") && l.contains("nxdomain")),
+        log.lines()
+            .any(|l| l.contains("dns: name not in the registry") && l.contains("other.test") && l.contains("nxdomain")),
         "an info line names the blocked name\n{log}"
     );
 }
@@ -354,7 +405,11 @@ fn unknown_names_refused() {
     let mut w = Workload::start(&policy(&s.reg, &s.dns.addr.ip().to_string(), &["--unknown-names", "refused"]));
     for tr in ["udp", "udpconnect", "tcp"] {
         let q = w.query(&resolver, "other.test", 1, tr);
-        assert_eq!((q["ok"].clone(), q["rcode"].clone(), q["ancount"].clone()), (json!(true), json!(RCODE_REFUSED), json!(0)), "{tr}: {q}");
+        assert_eq!(
+            (q["ok"].clone(), q["rcode"].clone(), q["ancount"].clone()),
+            (json!(true), json!(RCODE_REFUSED), json!(0)),
+            "{tr}: {q}"
+        );
     }
     registry_name_works(&mut w, &s.ns);
     assert!(upstream_queries(&s.dns, "other.test").is_empty(), "{}", s.dns.log());
@@ -373,7 +428,11 @@ fn unknown_names_answer_is_the_default_and_allows_nothing() {
     assert!(endpoint(&endpoint_snapshot(&w), &other).is_none());
 
     // Not enforcing (ALLOW_ANY): unknown names pass untouched even with --unknown-names nxdomain.
-    let mut w = Workload::start(&policy(&s.reg, &s.dns.addr.ip().to_string(), &["--mode", "ALLOW_ANY", "--unknown-names", "nxdomain"]));
+    let mut w = Workload::start(&policy(
+        &s.reg,
+        &s.dns.addr.ip().to_string(),
+        &["--mode", "ALLOW_ANY", "--unknown-names", "nxdomain"],
+    ));
     let r = w.call(json!({"op": "resolve_connect", "name": "other.test", "port": PORT}));
     assert_resolves(&r, &[&other], "other.test under ALLOW_ANY");
     assert_eq!(r["connect"]["ok"], true, "{r}");
@@ -447,7 +506,10 @@ fn rebinding_answers_are_filtered_and_not_learned() {
     let dns = Dnsmasq::start(&ns, &ns.v4(7), &hosts, 60, &[]);
     let dir = TempDir::new("dns-rebind");
     // 10.1.2.5 is listed explicitly by another ServiceEntry: exempt from the filter.
-    let reg = dir.write("registry.yaml", &docs(&[se_none("wild", "*.svc.test"), se_addresses("corp", "corp.test", &["10.1.2.5"])]));
+    let reg = dir.write(
+        "registry.yaml",
+        &docs(&[se_none("wild", "*.svc.test"), se_addresses("corp", "corp.test", &["10.1.2.5"])]),
+    );
     let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &[]));
 
     // Sanity: dnsmasq itself does answer the private addresses.
@@ -518,7 +580,8 @@ fn a_broken_registry_edit_keeps_enforcement_and_the_fix_applies() {
     // The fix: b instead of a, plus a wildcard.
     let reloads_before = w.metric("enforcer_config_reloads_total").unwrap_or(0.0);
     dir.write("registry.yaml", &docs(&[se_static("api", "api.test", &b), se_none("wild", "*.svc.test")]));
-    wait_until(Duration::from_secs(10), || w.connect(&b, PORT).ok).unwrap_or_else(|| panic!("the fixed registry was never applied\n{}", w.log()));
+    wait_until(Duration::from_secs(10), || w.connect(&b, PORT).ok)
+        .unwrap_or_else(|| panic!("the fixed registry was never applied\n{}", w.log()));
     w.connect(&a, PORT).assert_eperm();
     let r = w.call(json!({"op": "resolve_connect", "name": "x.svc.test", "port": PORT}));
     assert_eq!(r["connect"]["ok"], true, "the new wildcard is learned: {r}");
@@ -549,7 +612,12 @@ fn daemon_learns_names_for_its_cgroup_and_keeps_the_last_good_registry_on_sighup
     let res = run(&cg, &[json!({"op": "connect", "addr": a, "port": PORT}), rc("a.svc.test"), rc("c.other.test")]);
     assert_eq!(res[0]["errno"], libc::EPERM, "nothing learned before the lookup: {:?}", res[0]);
     assert_eq!((res[1]["addrs"].clone(), res[1]["connect"]["ok"].clone()), (json!([a]), json!(true)), "{:?}", res[1]);
-    assert_eq!((res[2]["addrs"].clone(), res[2]["connect"]["errno"].clone()), (json!([c]), json!(libc::EPERM)), "{:?}", res[2]);
+    assert_eq!(
+        (res[2]["addrs"].clone(), res[2]["connect"]["errno"].clone()),
+        (json!([c]), json!(libc::EPERM)),
+        "{:?}",
+        res[2]
+    );
 
     dir.write("registry.yaml", "kind: ServiceEntry\nspec: [\n");
     let new = d.sighup_and_wait("reload rejected");
@@ -567,7 +635,11 @@ fn daemon_learns_names_for_its_cgroup_and_keeps_the_last_good_registry_on_sighup
     let rz: Value = serde_json::from_str(&http_get(admin, "/debug/registryz").1).unwrap();
     let eps = endpoints(&rz);
     let e = endpoint(&eps, &c).unwrap_or_else(|| panic!("{c} in registryz: {eps:?}"));
-    assert_eq!((e["source"].as_str(), e["host"].as_str(), e["service"].as_str()), (Some("learned"), Some("c.other.test"), Some("default/other")), "{e}");
+    assert_eq!(
+        (e["source"].as_str(), e["host"].as_str(), e["service"].as_str()),
+        (Some("learned"), Some("c.other.test"), Some("default/other")),
+        "{e}"
+    );
 }
 
 fn wait_admin(d: &Daemon) -> std::net::SocketAddr {
@@ -590,7 +662,10 @@ fn registryz_and_the_registry_table_show_learned_resolved_and_static_endpoints()
     let (learned, resolved, stat) = (ns.v4(2), ns.v4(3), ns.v4(4));
     let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("a.svc.test", &learned), ("api.test", &resolved)], 60, &[]);
     let dir = TempDir::new("dns-rz");
-    let reg = dir.write("registry.yaml", &docs(&[se_none("wild", "*.svc.test"), se_dns("api", "api.test"), se_static("db", "db.test", &stat)]));
+    let reg = dir.write(
+        "registry.yaml",
+        &docs(&[se_none("wild", "*.svc.test"), se_dns("api", "api.test"), se_static("db", "db.test", &stat)]),
+    );
     let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &[]));
 
     // Before any lookup: nothing learned.
@@ -600,7 +675,8 @@ fn registryz_and_the_registry_table_show_learned_resolved_and_static_endpoints()
 
     let out = enforcer(["registry", "--admin", &w.admin.to_string(), "--json"]);
     out.assert_status(0);
-    let rz: Value = serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("`enforcer registry --json` is not JSON ({e})\n{out}"));
+    let rz: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("`enforcer registry --json` is not JSON ({e})\n{out}"));
     assert_eq!(rz["mode"], "REGISTRY_ONLY");
     let eps = endpoints(&rz);
     let check = |ip: &str, service: &str, source: &str, host: Option<&str>| -> Value {
@@ -629,9 +705,19 @@ fn registryz_and_the_registry_table_show_learned_resolved_and_static_endpoints()
     out.assert_status(0);
     let rows: Vec<Vec<&str>> = out.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
     assert_eq!(rows[0], ["ENDPOINT", "STATUS", "OUTLIER", "CHECK", "SERVICE", "EXPIRES", "SOURCE"], "{}", out.stdout);
-    let row = |ip: &str| rows.iter().find(|r| r[0] == format!("{ip}:{PORT}")).unwrap_or_else(|| panic!("no row for {ip}\n{}", out.stdout)).clone();
+    let row = |ip: &str| {
+        rows.iter()
+            .find(|r| r[0] == format!("{ip}:{PORT}"))
+            .unwrap_or_else(|| panic!("no row for {ip}\n{}", out.stdout))
+            .clone()
+    };
     let r = row(&learned);
-    assert_eq!(&r[..4], [format!("{learned}:{PORT}").as_str(), "HEALTHY", "OK", &format!("outbound|{PORT}||a.svc.test")], "{}", out.stdout);
+    assert_eq!(
+        &r[..4],
+        [format!("{learned}:{PORT}").as_str(), "HEALTHY", "OK", &format!("outbound|{PORT}||a.svc.test")],
+        "{}",
+        out.stdout
+    );
     assert_eq!(r[5], "learned", "{}", out.stdout);
     assert!(r[4].ends_with('s') && r[4] != "never", "{}", out.stdout);
     let r = row(&resolved);
@@ -657,7 +743,8 @@ fn steered_dns_sockets_see_the_resolver_they_asked() {
     let reg = dir.write("registry.yaml", &se_none("wild", "*.svc.test"));
     let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &[]));
 
-    let mut resolvers = vec![system_resolver(), "192.0.2.53".to_string(), "::ffff:192.0.2.54".to_string(), "2001:db8::53".to_string()];
+    let mut resolvers =
+        vec![system_resolver(), "192.0.2.53".to_string(), "::ffff:192.0.2.54".to_string(), "2001:db8::53".to_string()];
     resolvers.dedup();
     for server in &resolvers {
         for tr in ["udpconnect", "udp", "tcp"] {
@@ -667,7 +754,10 @@ fn steered_dns_sockets_see_the_resolver_they_asked() {
             assert_eq!((q["rcode"].clone(), answer_ips(&q)), (json!(RCODE_NOERROR), vec![a.clone()]), "{what}: {q}");
             let want = json!([server, 53]);
             if tr != "udp" {
-                assert_eq!(q["peer"], want, "{what}: getpeername() must show the resolver asked, not the forwarder: {q}");
+                assert_eq!(
+                    q["peer"], want,
+                    "{what}: getpeername() must show the resolver asked, not the forwarder: {q}"
+                );
             }
             if tr != "tcp" {
                 assert_eq!(q["recv_from"], want, "{what}: the answer's source must be the resolver asked: {q}");
@@ -676,5 +766,10 @@ fn steered_dns_sockets_see_the_resolver_they_asked() {
     }
     // Every one of those went through the forwarder to the upstream.
     assert_eq!(upstream_queries(&dns, "a.svc.test").len(), resolvers.len() * 3, "{}", dns.log());
-    assert_eq!(w.metric("enforcer_dns_queries_total"), Some((resolvers.len() * 3) as f64), "{}", w.admin_get("/metrics").1);
+    assert_eq!(
+        w.metric("enforcer_dns_queries_total"),
+        Some((resolvers.len() * 3) as f64),
+        "{}",
+        w.admin_get("/metrics").1
+    );
 }

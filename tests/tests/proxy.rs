@@ -125,7 +125,8 @@ impl Run {
         let reg = dir.write("registry.yaml", &docs.join("---\n"));
         let admin = format!("127.0.0.1:{}", free_tcp_port());
         spec["admin"] = json!(admin);
-        let mut policy = vec!["--registry".to_string(), reg.display().to_string(), "--no-host-dns".into(), "--admin".into(), admin];
+        let mut policy =
+            vec!["--registry".to_string(), reg.display().to_string(), "--no-host-dns".into(), "--admin".into(), admin];
         policy.extend(extra.iter().map(|s| s.to_string()));
         let cmd = vec![python().display().to_string(), "-c".into(), PROXY_PY.into(), spec.to_string()];
         let out = enforcer_run(&policy, &cmd);
@@ -170,7 +171,11 @@ impl Run {
             "{}\n--- results\n{}\n--- metrics (istio_*/enforcer_sni_*)\n{}\n--- events\n{}",
             self.out,
             serde_json::to_string_pretty(&self.results).unwrap(),
-            self.metrics.lines().filter(|l| l.starts_with("istio_request") || l.starts_with("enforcer_sni")).collect::<Vec<_>>().join("\n"),
+            self.metrics
+                .lines()
+                .filter(|l| l.starts_with("istio_request") || l.starts_with("enforcer_sni"))
+                .collect::<Vec<_>>()
+                .join("\n"),
             self.events.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
         )
     }
@@ -179,7 +184,9 @@ impl Run {
 /// `curl -sS --noproxy * --max-time 30 -w '\n%{http_code} %{size_download} %{time_total}' ARGS`.
 fn curl_op(args: &[&str]) -> Value {
     let mut a: Vec<String> =
-        ["-sS", "--noproxy", "*", "--max-time", "30", "-w", "\n%{http_code} %{size_download} %{time_total}"].map(String::from).to_vec();
+        ["-sS", "--noproxy", "*", "--max-time", "30", "-w", "\n%{http_code} %{size_download} %{time_total}"]
+            .map(String::from)
+            .to_vec();
     a.extend(args.iter().map(|s| s.to_string()));
     json!({"kind": "curl", "args": a})
 }
@@ -222,7 +229,10 @@ fn destination_rule(name: &str, host: &str, traffic_policy: &str) -> String {
 
 /// portLevelSettings: `port` originates TLS, verified against `ca`.
 fn simple_tls_on(port: u16, ca: &std::path::Path) -> String {
-    format!("portLevelSettings:\n- port: {{number: {port}}}\n  tls: {{mode: SIMPLE, caCertificates: \"{}\"}}\n", ca.display())
+    format!(
+        "portLevelSettings:\n- port: {{number: {port}}}\n  tls: {{mode: SIMPLE, caCertificates: \"{}\"}}\n",
+        ca.display()
+    )
 }
 
 /// The standard setup: `api.test` port 80 (HTTP, targetPort 8443) at `198.18.S.2`, SIMPLE TLS on
@@ -264,7 +274,11 @@ fn originates_tls_and_getpeername_shows_the_original_destination() {
     let d = run.dump();
     let (body, code, _, _) = curl_parts(&run.results[0]);
     assert_eq!(code, 200, "curl through the proxy\n{d}");
-    assert_eq!(body.trim_end(), format!("hello path=/hello?x=1 host=api.test sni=api.test peer={}", body_peer(&body)), "{d}");
+    assert_eq!(
+        body.trim_end(),
+        format!("hello path=/hello?x=1 host=api.test sni=api.test peer={}", body_peer(&body)),
+        "{d}"
+    );
 
     let p = &run.results[1];
     assert_eq!(p["peer"], json!([addr, 80]), "getpeername() must show the original destination\n{d}");
@@ -354,7 +368,10 @@ fn wrong_ca_gives_503_uf_and_a_tls_verify_failed_event() {
     let (body, code, _, _) = curl_parts(&run.results[0]);
     assert_eq!(code, 503, "{d}");
     assert!(body.starts_with(RESET), "Envoy-style body expected: {body:?}\n{d}");
-    assert!(body.contains("TLS error") && body.contains("certificate"), "the body should name the TLS error: {body:?}\n{d}");
+    assert!(
+        body.contains("TLS error") && body.contains("certificate"),
+        "the body should name the TLS error: {body:?}\n{d}"
+    );
     assert!(body.contains("UnknownIssuer"), "the body should say why the certificate was refused: {body:?}\n{d}");
 
     let ev = run.events_with("tls_verify_failed");
@@ -363,7 +380,12 @@ fn wrong_ca_gives_503_uf_and_a_tls_verify_failed_event() {
     assert_eq!(ev[0]["hook"], "proxy", "{d}");
     assert_eq!(run.metric("istio_requests_total", &[("response_code", "503"), ("response_flags", "UF")]), 1.0, "{d}");
     assert_eq!(run.metric("istio_requests_total", &[]), 1.0, "{d}");
-    let line = run.out.stderr.lines().find(|l| l.starts_with("enforcer: error proxy")).unwrap_or_else(|| panic!("no error line\n{d}"));
+    let line = run
+        .out
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("enforcer: error proxy"))
+        .unwrap_or_else(|| panic!("no error line\n{d}"));
     assert!(line.contains(&format!("{addr}:80")) && line.contains("TLS verification failed"), "{line}\n{d}");
 }
 
@@ -429,7 +451,13 @@ fn large_response_streams_with_bounded_agent_memory() {
     let pki = Pki::new(&dir, "api", &["api.test"]);
     let addr = ns.v4(2);
     let _srv = https_server(&ns, &addr, 8443, &pki);
-    let mut op = curl_op(&["--resolve", &resolve("api.test", 80, &addr), "-o", "/dev/null", &format!("http://api.test/bytes/{SIZE}")]);
+    let mut op = curl_op(&[
+        "--resolve",
+        &resolve("api.test", 80, &addr),
+        "-o",
+        "/dev/null",
+        &format!("http://api.test/bytes/{SIZE}"),
+    ]);
     op["rss"] = json!(true);
     op["args"][4] = json!("120"); // --max-time: a debug build is slow
     let run = Run::go(&dir, &api_registry(&addr, &pki.ca), &[], json!({"ops": [op], "requests": 1}));
@@ -465,7 +493,8 @@ fn sni_check_lets_only_registry_names_through() {
         service_entry_at("wild", &["*.wild.test"], &addr, &[(443, "TLS", None)]),
     ];
     let ca = pki.ca.display().to_string();
-    let get = |host: &str| curl_op(&["--cacert", &ca, "--resolve", &resolve(host, 443, &addr), &format!("https://{host}/")]);
+    let get =
+        |host: &str| curl_op(&["--cacert", &ca, "--resolve", &resolve(host, 443, &addr), &format!("https://{host}/")]);
     let run = Run::go(
         &dir,
         &docs,
@@ -493,7 +522,9 @@ fn sni_check_lets_only_registry_names_through() {
         );
     }
     assert_eq!(run.events_with("sni_not_in_registry").len(), 2, "{d}");
-    let sni = |svc: &str, dec: &str| run.metric("enforcer_sni_decisions_total", &[("destination_service", svc), ("decision", dec)]);
+    let sni = |svc: &str, dec: &str| {
+        run.metric("enforcer_sni_decisions_total", &[("destination_service", svc), ("decision", dec)])
+    };
     assert_eq!(sni("allowed.test", "allowed"), 1.0, "{d}");
     assert_eq!(sni("*.wild.test", "allowed"), 1.0, "{d}");
     assert_eq!(sni("BlackHoleCluster", "denied"), 2.0, "{d}");
@@ -519,7 +550,12 @@ fn ports_without_simple_tls_are_not_proxied() {
         service_entry_at("nodr", &["nodr.test"], &addr, &[(8081, "HTTP", None)]),
     ];
     let peer = |port: u16, host: &str| json!({"kind": "peer", "addr": addr, "port": port, "host": host, "path": "/"});
-    let run = Run::go(&dir, &docs, &[], json!({"ops": [peer(8080, "api.test"), peer(8081, "nodr.test"), peer(80, "api.test")], "requests": 1}));
+    let run = Run::go(
+        &dir,
+        &docs,
+        &[],
+        json!({"ops": [peer(8080, "api.test"), peer(8081, "nodr.test"), peer(80, "api.test")], "requests": 1}),
+    );
     let d = run.dump();
     for (i, port) in [(0, 8080), (1, 8081)] {
         let p = &run.results[i];
@@ -527,7 +563,11 @@ fn ports_without_simple_tls_are_not_proxied() {
         let resp = p["response"].as_str().unwrap();
         assert!(resp.starts_with("HTTP/1.1 200") && resp.contains("sni=-"), "port {port}: {resp}\n{d}");
         let app_sock = format!("{}:{}", p["sock"][0].as_str().unwrap(), p["sock"][1]);
-        assert_eq!(body_peer(resp), app_sock, "port {port}: the server must see the app's own socket (direct connection)\n{d}");
+        assert_eq!(
+            body_peer(resp),
+            app_sock,
+            "port {port}: the server must see the app's own socket (direct connection)\n{d}"
+        );
         assert_ne!(p["sock"][0], "127.0.0.1", "{d}");
     }
     // Control: port 80 of the same host is proxied.

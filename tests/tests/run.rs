@@ -16,7 +16,10 @@ fn registry(dir: &TempDir, yaml: &str, extra: &[&str]) -> Vec<String> {
 }
 
 fn summary_line(stderr: &str) -> &str {
-    stderr.lines().find(|l| l.starts_with("enforcer: summary")).unwrap_or_else(|| panic!("no summary on stderr:\n{stderr}"))
+    stderr
+        .lines()
+        .find(|l| l.starts_with("enforcer: summary"))
+        .unwrap_or_else(|| panic!("no summary on stderr:\n{stderr}"))
 }
 
 #[test]
@@ -73,11 +76,16 @@ fn unregistered_address_is_denied_with_eperm_and_a_deny_line() {
     // stderr.)
     let out = enforcer_run(&policy, &["curl", "-s", "--noproxy", "*", "--max-time", "10", url.as_str()]);
     out.assert_status(7);
-    let line = out.stderr.lines().find(|l| l.starts_with("enforcer: denied")).unwrap_or_else(|| panic!("no deny line\n{out}"));
-    let rest = line.strip_prefix("enforcer: denied connect curl[").unwrap_or_else(|| panic!("comm should be curl: {line}"));
+    let line =
+        out.stderr.lines().find(|l| l.starts_with("enforcer: denied")).unwrap_or_else(|| panic!("no deny line\n{out}"));
+    let rest =
+        line.strip_prefix("enforcer: denied connect curl[").unwrap_or_else(|| panic!("comm should be curl: {line}"));
     let (pid, rest) = rest.split_once(']').unwrap();
     assert!(pid.parse::<u32>().is_ok_and(|p| p > 1), "pid in {line}");
-    assert_eq!(rest, format!(" -> {other}:8080/tcp: not in registry; allow it with --allow {other}:8080 or a ServiceEntry"));
+    assert_eq!(
+        rest,
+        format!(" -> {other}:8080/tcp: not in registry; allow it with --allow {other}:8080 or a ServiceEntry")
+    );
     assert!(summary_line(&out.stderr).contains("0 allowed, 1 denied"), "{out}");
     assert!(out.stderr.contains("BlackHoleCluster"), "{out}");
 }
@@ -182,8 +190,16 @@ fn audit_lets_through_but_reports_audit() {
     let rep: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(rep["mode"], "AUDIT");
     let rows = report_rows(&rep);
-    assert_eq!(rows.get(&("audited".into(), format!("{other}:8080"), "tcp".into())), Some(&("PassthroughCluster".into(), 1)), "{rep}");
-    assert_eq!(rows.get(&("allowed".into(), format!("{}:8080", ns.v4(2)), "tcp".into())), Some(&("default/api".into(), 1)), "{rep}");
+    assert_eq!(
+        rows.get(&("audited".into(), format!("{other}:8080"), "tcp".into())),
+        Some(&("PassthroughCluster".into(), 1)),
+        "{rep}"
+    );
+    assert_eq!(
+        rows.get(&("allowed".into(), format!("{}:8080", ns.v4(2)), "tcp".into())),
+        Some(&("default/api".into(), 1)),
+        "{rep}"
+    );
     assert!(rep["denied"].as_array().unwrap().is_empty(), "{rep}");
 }
 
@@ -258,7 +274,10 @@ fn ipv4_mapped_ipv6_udp_sendto() {
     let _srv = ns.serve(&["udp:5353"]);
     let dir = TempDir::new("mappedudp");
     let policy = registry(&dir, &service_entry("dns", &[], &[ns.v4(2)], &[(5353, "UDP")]), &[]);
-    let run = run_client(&policy, &[op("udp", format!("::ffff:{}", ns.v4(2)), 5353), op("udp", format!("::ffff:{}", ns.v4(3)), 5353)]);
+    let run = run_client(
+        &policy,
+        &[op("udp", format!("::ffff:{}", ns.v4(2)), 5353), op("udp", format!("::ffff:{}", ns.v4(3)), 5353)],
+    );
     run.res[0].assert_ok(&format!("echo {}:5353", ns.v4(2)));
     run.res[1].assert_eperm();
 }
@@ -458,13 +477,17 @@ fn argv_is_passed_exactly() {
         "ünïcødé",
         "new\nline",
     ];
-    let mut cmd = vec![python().display().to_string(), "-c".into(), "import sys, json; print(json.dumps(sys.argv[1:]))".into()];
+    let mut cmd =
+        vec![python().display().to_string(), "-c".into(), "import sys, json; print(json.dumps(sys.argv[1:]))".into()];
     cmd.extend(args.iter().map(|s| s.to_string()));
     let out = enforcer_run(&["--no-host-dns".to_string()], &cmd);
     out.assert_status(0);
     let got: Vec<String> = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}\n{out}"));
     assert_eq!(got, args, "\n{out}");
-    assert!(summary_line(&out.stderr).contains("(REGISTRY_ONLY)"), "the `--mode` after `--` belongs to the command\n{out}");
+    assert!(
+        summary_line(&out.stderr).contains("(REGISTRY_ONLY)"),
+        "the `--mode` after `--` belongs to the command\n{out}"
+    );
 }
 
 #[test]
@@ -530,7 +553,8 @@ fn invalid_registry_exits_125_and_names_file_and_line() {
     );
     let marker = dir.join("ran");
     let script = format!("touch {}", marker.display());
-    let out = enforcer_run(&["--registry".to_string(), bad.display().to_string()], &["sh".to_string(), "-c".into(), script]);
+    let out =
+        enforcer_run(&["--registry".to_string(), bad.display().to_string()], &["sh".to_string(), "-c".into(), script]);
     out.assert_status(125);
     assert!(out.stderr.contains(&format!("{}:10", bad.display())), "error names file:line\n{out}");
     assert!(out.stderr.contains("spec.ports[0].number"), "error names the field\n{out}");
@@ -570,7 +594,8 @@ fn report_file_counts_match_the_connects_made() {
     assert_eq!(rep["denied"][0]["verdict"], "denied");
 
     // --report json: the same summary as one JSON line on stderr.
-    let json_line = run.out.stderr.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON summary\n{}", run.out));
+    let json_line =
+        run.out.stderr.lines().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("no JSON summary\n{}", run.out));
     let on_stderr: serde_json::Value = serde_json::from_str(json_line).unwrap();
     assert_eq!(report_rows(&on_stderr), rows);
 
@@ -587,7 +612,11 @@ fn quiet_prints_nothing_but_still_denies_and_reports() {
     let _srv = ns.serve(&["tcp:8080"]);
     let dir = TempDir::new("quiet");
     let report = dir.join("report.json");
-    let policy = registry(&dir, &service_entry("api", &[], &[ns.v4(2)], &[(8080, "HTTP")]), &["--quiet", "--report-file", report.to_str().unwrap()]);
+    let policy = registry(
+        &dir,
+        &service_entry("api", &[], &[ns.v4(2)], &[(8080, "HTTP")]),
+        &["--quiet", "--report-file", report.to_str().unwrap()],
+    );
     let run = run_client(&policy, &[op("tcp", ns.v4(3), 8080), op("tcp", ns.v4(2), 8080)]);
     run.res[0].assert_eperm();
     run.res[1].assert_ok("hello from");
@@ -615,7 +644,10 @@ fn mode_comes_from_meshconfig_and_mode_flag_overrides_it() {
     run.res[0].assert_ok("hello from");
     assert!(summary_line(&run.out.stderr).contains("(ALLOW_ANY)"), "{}", run.out);
 
-    let run = run_client(&["--registry".into(), regdir, "--no-host-dns".into(), "--mode".into(), "REGISTRY_ONLY".into()], &ops);
+    let run = run_client(
+        &["--registry".into(), regdir, "--no-host-dns".into(), "--mode".into(), "REGISTRY_ONLY".into()],
+        &ops,
+    );
     run.res[0].assert_eperm();
 }
 
@@ -659,7 +691,12 @@ fn ipv4_mapped_forms_in_the_policy_match_plain_ipv4() {
     );
     let run = run_client(
         &policy,
-        &[op("tcp", ns.v4(5), 8080), op("tcp", ns.v4(3), 8080), op("tcp", ns.v4(2), 8081), op("tcp", format!("::ffff:{}", ns.v4(2)), 8081)],
+        &[
+            op("tcp", ns.v4(5), 8080),
+            op("tcp", ns.v4(3), 8080),
+            op("tcp", ns.v4(2), 8081),
+            op("tcp", format!("::ffff:{}", ns.v4(2)), 8081),
+        ],
     );
     run.res[0].assert_ok("hello from");
     run.res[1].assert_eperm();
@@ -719,7 +756,12 @@ fn cgroup_parent_is_used_and_the_run_cgroup_is_removed() {
     let cg = out.stdout.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or_else(|| panic!("{out}"));
     let want = format!("{}/enforcer-run-", parent.rel());
     assert!(cg.starts_with(&want), "the command ran in {cg}, expected a child {want}*");
-    let left: Vec<_> = std::fs::read_dir(&parent.path).unwrap().flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name()).collect();
+    let left: Vec<_> = std::fs::read_dir(&parent.path)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name())
+        .collect();
     assert!(left.is_empty(), "the run's cgroup is removed after exit: {left:?}");
 }
 
@@ -729,7 +771,11 @@ fn report_file_records_a_command_killed_by_a_signal() {
     let _srv = ns.serve(&["tcp:8080"]);
     let dir = TempDir::new("killed");
     let report = dir.join("r.json");
-    let policy = registry(&dir, &service_entry("api", &[], &[ns.v4(2)], &[(8080, "HTTP")]), &["--report-file", report.to_str().unwrap()]);
+    let policy = registry(
+        &dir,
+        &service_entry("api", &[], &[ns.v4(2)], &[(8080, "HTTP")]),
+        &["--report-file", report.to_str().unwrap()],
+    );
     let script = format!(
         "import os, signal, socket\ns = socket.socket()\ntry:\n    s.connect(('{}', 8080))\nexcept PermissionError:\n    pass\nos.kill(os.getpid(), signal.SIGKILL)\n",
         ns.v4(3)

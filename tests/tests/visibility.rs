@@ -219,7 +219,11 @@ impl Vis {
 
     /// Lines `enforcer: denied ...` / `enforcer: audit: ...` on enforcer's stderr.
     fn verdict_lines(&self) -> Vec<&str> {
-        self.out.stderr.lines().filter(|l| l.starts_with("enforcer: denied") || l.starts_with("enforcer: audit")).collect()
+        self.out
+            .stderr
+            .lines()
+            .filter(|l| l.starts_with("enforcer: denied") || l.starts_with("enforcer: audit"))
+            .collect()
     }
 }
 
@@ -340,7 +344,9 @@ fn contains_ip(v: &str) -> bool {
     if v.parse::<IpAddr>().is_ok() || v.parse::<SocketAddr>().is_ok() {
         return true;
     }
-    let v4 = v.split(|c: char| !(c.is_ascii_digit() || c == '.')).any(|t| t.matches('.').count() == 3 && t.parse::<Ipv4Addr>().is_ok());
+    let v4 = v
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .any(|t| t.matches('.').count() == 3 && t.parse::<Ipv4Addr>().is_ok());
     let v6 = v
         .split(|c: char| !(c.is_ascii_hexdigit() || c == ':' || c == '.'))
         .any(|t| t.matches(':').count() >= 2 && t.trim_matches(':').len() > 1 && t.parse::<Ipv6Addr>().is_ok());
@@ -349,10 +355,27 @@ fn contains_ip(v: &str) -> bool {
 
 #[test]
 fn ip_detector_sanity() {
-    for ip in ["198.18.0.3", "fd00:198:18:5::2", "198.18.0.3:8080", "[::1]:53", "x-10.0.0.1-y", "to fd00::2 now", "::ffff:1.2.3.4"] {
+    for ip in [
+        "198.18.0.3",
+        "fd00:198:18:5::2",
+        "198.18.0.3:8080",
+        "[::1]:53",
+        "x-10.0.0.1-y",
+        "to fd00::2 now",
+        "::ffff:1.2.3.4",
+    ] {
         assert!(contains_ip(ip), "{ip}");
     }
-    for ok in ["python3", "PassthroughCluster", "vis-a.enforcer.test", "198-18-0-3.unknown.invalid", "-", "1.2", "a::b::c", "system.slice/x.scope"] {
+    for ok in [
+        "python3",
+        "PassthroughCluster",
+        "vis-a.enforcer.test",
+        "198-18-0-3.unknown.invalid",
+        "-",
+        "1.2",
+        "a::b::c",
+        "system.slice/x.scope",
+    ] {
         assert!(!contains_ip(ok), "{ok}");
     }
 }
@@ -422,33 +445,73 @@ fn allow_any_splits_connections_and_bytes_per_service() {
         assert_eq!(m.sum("istio_tcp_connections_opened_total", &want), f64::from(n), "opened to {svc}\n{}", m.text);
         assert_eq!(m.sum("istio_tcp_connections_closed_total", &want), f64::from(n), "closed to {svc}\n{}", m.text);
         // All of it from this one workload, in one series.
-        assert_eq!(m.series("istio_tcp_connections_opened_total", &[("destination_service", svc), ("source_workload", &wl)]).len(), 1, "{}", m.text);
+        assert_eq!(
+            m.series("istio_tcp_connections_opened_total", &[("destination_service", svc), ("source_workload", &wl)])
+                .len(),
+            1,
+            "{}",
+            m.text
+        );
     }
-    let pt = [("source_workload", wl.as_str()), ("destination_service", "PassthroughCluster"), ("destination_service_name", "PassthroughCluster")];
-    assert_eq!(m.sum("istio_tcp_connections_opened_total", &pt), f64::from(N_C), "unregistered -> PassthroughCluster\n{}", m.text);
+    let pt = [
+        ("source_workload", wl.as_str()),
+        ("destination_service", "PassthroughCluster"),
+        ("destination_service_name", "PassthroughCluster"),
+    ];
+    assert_eq!(
+        m.sum("istio_tcp_connections_opened_total", &pt),
+        f64::from(N_C),
+        "unregistered -> PassthroughCluster\n{}",
+        m.text
+    );
     assert_eq!(m.sum("istio_tcp_connections_closed_total", &pt), f64::from(N_C), "{}", m.text);
     let total_opened = m.sum("istio_tcp_connections_opened_total", &[("source_workload", &wl)]);
     assert_eq!(total_opened, f64::from(N_A + N_B + N_C), "no other connections counted\n{}", m.text);
-    assert!(m.series("istio_tcp_connections_opened_total", &[("destination_service", "BlackHoleCluster")]).is_empty(), "{}", m.text);
+    assert!(
+        m.series("istio_tcp_connections_opened_total", &[("destination_service", "BlackHoleCluster")]).is_empty(),
+        "{}",
+        m.text
+    );
     assert_eq!(m.sum("enforcer_denied_connections_total", &[]), 0.0, "{}", m.text);
 
     // UDP bytes: exact at L3 (20 IPv4 + 8 UDP per datagram), both directions.
-    let us = [("source_workload", wl.as_str()), ("destination_service", "vis-u.enforcer.test"), ("destination_service_name", "vis-u")];
+    let us = [
+        ("source_workload", wl.as_str()),
+        ("destination_service", "vis-u.enforcer.test"),
+        ("destination_service_name", "vis-u"),
+    ];
     assert_eq!(m.sum("istio_tcp_sent_bytes_total", &us), f64::from(K * (L + 28)), "UDP sent bytes, L3\n{}", m.text);
     let replies: u64 = v.results[3]["replies"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap() + 28).sum();
-    assert_eq!(m.sum("istio_tcp_received_bytes_total", &us), replies as f64, "UDP received bytes (echoes), L3\n{}", m.text);
+    assert_eq!(
+        m.sum("istio_tcp_received_bytes_total", &us),
+        replies as f64,
+        "UDP received bytes (echoes), L3\n{}",
+        m.text
+    );
     assert_eq!(m.sum("istio_tcp_connections_opened_total", &us), 0.0, "UDP opens no TCP connections\n{}", m.text);
 
     // TCP bytes: bounded.
-    for (svc, idx, n) in [("vis-a.enforcer.test", 0, N_A), ("vis-b.enforcer.test", 1, N_B), ("PassthroughCluster", 2, N_C)] {
+    for (svc, idx, n) in
+        [("vis-a.enforcer.test", 0, N_A), ("vis-b.enforcer.test", 1, N_B), ("PassthroughCluster", 2, N_C)]
+    {
         let labels = [("source_workload", wl.as_str()), ("destination_service", svc)];
         let sent = v.results[idx]["sent"].as_u64().unwrap();
         assert_eq!(sent, u64::from(n * M));
         // Client -> server: SYN, ACK, data, FIN at least.
-        assert_between(&format!("sent bytes to {svc}"), m.sum("istio_tcp_sent_bytes_total", &labels), tcp_bounds(n.into(), sent, 4), m);
+        assert_between(
+            &format!("sent bytes to {svc}"),
+            m.sum("istio_tcp_sent_bytes_total", &labels),
+            tcp_bounds(n.into(), sent, 4),
+            m,
+        );
         // Server -> client: SYN-ACK and the reply (FIN may ride on it) at least.
         let recv = v.results[idx]["received"].as_u64().unwrap();
-        assert_between(&format!("received bytes from {svc}"), m.sum("istio_tcp_received_bytes_total", &labels), tcp_bounds(n.into(), recv, 2), m);
+        assert_between(
+            &format!("received bytes from {svc}"),
+            m.sum("istio_tcp_received_bytes_total", &labels),
+            tcp_bounds(n.into(), recv, 2),
+            m,
+        );
     }
 }
 
@@ -462,7 +525,11 @@ fn refused_connections_count_as_blackhole_uh() {
     let _srv = ns.serve(&["tcp:8080"]);
     let dir = TempDir::new("vis-bh");
     let a = ns.v4(2);
-    let policy = registry(&dir, &[service_entry("vis-a", &[], std::slice::from_ref(&a), &[(8080, "TCP")])], &["--interface", &ns.host_if]);
+    let policy = registry(
+        &dir,
+        &[service_entry("vis-a", &[], std::slice::from_ref(&a), &[(8080, "TCP")])],
+        &["--interface", &ns.host_if],
+    );
     let v = Vis::run(&policy, json!({"ops": [tcp_op(&ns.v4(3), 8080, N, 100), tcp_op(&a, 8080, 2, 100)], "events": N}));
     assert_eq!(v.results[0]["ok"], 0, "{}", v.out);
     assert_eq!(v.results[0]["errors"], json!({"1": N}), "every refused connect fails with EPERM\n{}", v.out);
@@ -487,7 +554,13 @@ fn refused_connections_count_as_blackhole_uh() {
     assert_eq!(m.sum("enforcer_denied_connections_total", &[("verdict", "audit")]), 0.0, "{}", m.text);
     let ok = [("destination_service", "vis-a.enforcer.test"), ("response_flags", "-")];
     assert_eq!(m.sum("istio_tcp_connections_opened_total", &ok), 2.0, "{}", m.text);
-    assert_eq!(m.sum("istio_tcp_connections_opened_total", &[("response_flags", "UH"), ("destination_service", "vis-a.enforcer.test")]), 0.0);
+    assert_eq!(
+        m.sum(
+            "istio_tcp_connections_opened_total",
+            &[("response_flags", "UH"), ("destination_service", "vis-a.enforcer.test")]
+        ),
+        0.0
+    );
     assert_eq!(v.events.iter().filter(|e| e["verdict"] == "denied").count(), N as usize, "{:?}", v.events);
 }
 
@@ -502,7 +575,11 @@ fn audit_allows_reports_and_suggest_drafts_a_valid_registry() {
     let _srv = ns.serve(&["tcp:8080", "tcp:8081"]);
     let dir = TempDir::new("vis-audit");
     let (a, x, y) = (ns.v4(2), ns.v4(3), ns.v4(4));
-    let policy = registry(&dir, &[service_entry("vis-a", &[], std::slice::from_ref(&a), &[(8080, "TCP")])], &["--mode", "AUDIT"]);
+    let policy = registry(
+        &dir,
+        &[service_entry("vis-a", &[], std::slice::from_ref(&a), &[(8080, "TCP")])],
+        &["--mode", "AUDIT"],
+    );
     let bin = enforcer_bin().display().to_string();
     let v = Vis::run(
         &policy,
@@ -522,19 +599,36 @@ fn audit_allows_reports_and_suggest_drafts_a_valid_registry() {
             v.pid
         )
     };
-    assert_eq!(v.verdict_lines(), vec![line(&format!("{x}:8080")), line(&format!("{y}:8081"))], "one line per destination\n{}", v.out);
+    assert_eq!(
+        v.verdict_lines(),
+        vec![line(&format!("{x}:8080")), line(&format!("{y}:8081"))],
+        "one line per destination\n{}",
+        v.out
+    );
 
     let m = &v.metrics;
-    assert_eq!(m.sum("enforcer_denied_connections_total", &[("source_workload", &wl), ("verdict", "audit")]), f64::from(N1 + N2), "{}", m.text);
-    assert_eq!(m.sum("enforcer_denied_connections_total", &[("verdict", "denied")]), 0.0, "{}", m.text);
-    // They went through, to no registry service.
     assert_eq!(
-        m.sum("istio_tcp_connections_opened_total", &[("source_workload", &wl), ("destination_service", "PassthroughCluster")]),
+        m.sum("enforcer_denied_connections_total", &[("source_workload", &wl), ("verdict", "audit")]),
         f64::from(N1 + N2),
         "{}",
         m.text
     );
-    assert!(m.series("istio_tcp_connections_opened_total", &[("destination_service", "BlackHoleCluster")]).is_empty(), "nothing refused\n{}", m.text);
+    assert_eq!(m.sum("enforcer_denied_connections_total", &[("verdict", "denied")]), 0.0, "{}", m.text);
+    // They went through, to no registry service.
+    assert_eq!(
+        m.sum(
+            "istio_tcp_connections_opened_total",
+            &[("source_workload", &wl), ("destination_service", "PassthroughCluster")]
+        ),
+        f64::from(N1 + N2),
+        "{}",
+        m.text
+    );
+    assert!(
+        m.series("istio_tcp_connections_opened_total", &[("destination_service", "BlackHoleCluster")]).is_empty(),
+        "nothing refused\n{}",
+        m.text
+    );
 
     let audits: Vec<&Value> = v.events.iter().filter(|e| e["verdict"] == "audit").collect();
     assert_eq!(audits.len(), (N1 + N2) as usize, "{:?}", v.events);
@@ -549,7 +643,13 @@ fn audit_allows_reports_and_suggest_drafts_a_valid_registry() {
     let sug = &v.exec[0];
     assert_eq!(sug["status"], 0, "enforcer suggest: {sug}");
     let yaml = sug["stdout"].as_str().unwrap();
-    for needle in ["kind: ServiceEntry", "number: 8080", "number: 8081", &format!("address: \"{x}\""), &format!("address: \"{y}\"")] {
+    for needle in [
+        "kind: ServiceEntry",
+        "number: 8080",
+        "number: 8081",
+        &format!("address: \"{x}\""),
+        &format!("address: \"{y}\""),
+    ] {
         assert!(yaml.contains(needle), "suggest output lacks {needle:?}:\n{yaml}");
     }
     let doc_x = yaml.split("---").find(|d| d.contains(&format!("address: \"{x}\""))).unwrap();
@@ -573,7 +673,11 @@ fn audit_allows_reports_and_suggest_drafts_a_valid_registry() {
     let evj = &v.exec[1];
     assert_eq!(evj["status"], 0, "{evj}");
     let lines = ndjson(evj["stdout"].as_str().unwrap());
-    assert_eq!(lines.iter().filter(|e| e["verdict"] == "audit" && e["pid"] == v.pid).count(), (N1 + N2) as usize, "{evj}");
+    assert_eq!(
+        lines.iter().filter(|e| e["verdict"] == "audit" && e["pid"] == v.pid).count(),
+        (N1 + N2) as usize,
+        "{evj}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -614,7 +718,14 @@ fn metrics_are_valid_openmetrics_without_ip_labels() {
         v.content_type
     );
     let m = &v.metrics; // Metrics::parse already validated grammar, TYPE/HELP, _total, # EOF, IPs.
-    for f in ["istio_tcp_connections_opened", "istio_tcp_connections_closed", "istio_tcp_sent_bytes", "istio_tcp_received_bytes", "enforcer_denied_connections", "enforcer_events_dropped"] {
+    for f in [
+        "istio_tcp_connections_opened",
+        "istio_tcp_connections_closed",
+        "istio_tcp_sent_bytes",
+        "istio_tcp_received_bytes",
+        "enforcer_denied_connections",
+        "enforcer_events_dropped",
+    ] {
         assert_eq!(m.types.get(f), Some(&OpenMetricsType::Counter), "{f} is a counter family\n{}", m.text);
     }
     for f in ["enforcer_map_entries", "enforcer_map_capacity", "enforcer_registry_services"] {
@@ -677,14 +788,26 @@ fn events_carry_the_callers_pid_and_comm() {
     assert_eq!(v.results[1]["errors"], json!({"1": 1}), "{}", v.out);
     let wl = py_name();
     let pid = v.pid;
-    let tcp_line = format!("denied connect {wl}[{pid}] -> {x}:8080/tcp: not in registry; allow it with --allow {x}:8080 or a ServiceEntry");
-    let udp_line = format!("denied sendmsg {wl}[{pid}] -> {y}:5353/udp: not in registry; allow it with --allow {y}:5353 or a ServiceEntry");
-    assert_eq!(v.verdict_lines(), vec![format!("enforcer: {tcp_line}"), format!("enforcer: {udp_line}")], "\n{}", v.out);
+    let tcp_line = format!(
+        "denied connect {wl}[{pid}] -> {x}:8080/tcp: not in registry; allow it with --allow {x}:8080 or a ServiceEntry"
+    );
+    let udp_line = format!(
+        "denied sendmsg {wl}[{pid}] -> {y}:5353/udp: not in registry; allow it with --allow {y}:5353 or a ServiceEntry"
+    );
+    assert_eq!(
+        v.verdict_lines(),
+        vec![format!("enforcer: {tcp_line}"), format!("enforcer: {udp_line}")],
+        "\n{}",
+        v.out
+    );
 
     let check = |evs: &[Value], src: &str| {
         let denied: Vec<&Value> = evs.iter().filter(|e| e["verdict"] == "denied").collect();
         assert_eq!(denied.len(), 2, "{src}: {evs:?}");
-        for (e, (hook, dst, proto, line)) in denied.iter().zip([("connect", format!("{x}:8080"), "tcp", &tcp_line), ("sendmsg", format!("{y}:5353"), "udp", &udp_line)]) {
+        for (e, (hook, dst, proto, line)) in denied.iter().zip([
+            ("connect", format!("{x}:8080"), "tcp", &tcp_line),
+            ("sendmsg", format!("{y}:5353"), "udp", &udp_line),
+        ]) {
             assert_eq!(e["pid"], pid, "{src}: {e}");
             assert_eq!(e["tid"], pid, "{src}: single-threaded client: {e}");
             assert_eq!(e["comm"], wl.as_str(), "{src}: {e}");
@@ -710,7 +833,13 @@ fn events_carry_the_callers_pid_and_comm() {
     pol.extend(["--event-format".into(), "json".into()]);
     let run = run_client(&pol, &[op("tcp", &x, 8080)]);
     run.res[0].assert_eperm();
-    let objs: Vec<Value> = run.out.stderr.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}"))).collect();
+    let objs: Vec<Value> = run
+        .out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
     assert_eq!(objs.len(), 1, "one JSON event on stderr\n{}", run.out);
     let e = &objs[0];
     assert_eq!(e["verdict"], "denied");
@@ -719,7 +848,11 @@ fn events_carry_the_callers_pid_and_comm() {
     assert_eq!(e["workload"], wl.as_str());
     assert_eq!(e["destination"], format!("{x}:8080"));
     assert!(e["line"].as_str().unwrap().starts_with(&format!("denied connect {wl}[{}] -> ", run.pid)), "{e}");
-    assert!(!run.out.stderr.lines().any(|l| l.starts_with("enforcer: denied")), "JSON instead of human lines\n{}", run.out);
+    assert!(
+        !run.out.stderr.lines().any(|l| l.starts_with("enforcer: denied")),
+        "JSON instead of human lines\n{}",
+        run.out
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -771,13 +904,19 @@ fn daemon_names_workloads_by_cgroup_and_streams_events() {
     );
     let cg = Cgroup::new("vis");
     let web = cg.child("web");
-    let extra: Vec<String> = ["--registry", f.to_str().unwrap(), "--no-host-dns", "--dns-port", "0", "--interface", &ns.host_if]
-        .map(String::from)
-        .to_vec();
+    let extra: Vec<String> =
+        ["--registry", f.to_str().unwrap(), "--no-host-dns", "--dns-port", "0", "--interface", &ns.host_if]
+            .map(String::from)
+            .to_vec();
     let d = Daemon::start(&cg, PinDir::new(), &extra);
     let admin = daemon_admin(&d);
 
-    let mut follow = LineFollower::spawn(std::process::Command::new(enforcer_bin()).args(["events", "--follow", "--admin", &admin.to_string()]));
+    let mut follow = LineFollower::spawn(std::process::Command::new(enforcer_bin()).args([
+        "events",
+        "--follow",
+        "--admin",
+        &admin.to_string(),
+    ]));
     std::thread::sleep(Duration::from_millis(300)); // let it subscribe before the denial
     assert!(follow.is_running(), "enforcer events --follow exited: {:?}", follow.lines());
 
@@ -790,7 +929,9 @@ fn daemon_names_workloads_by_cgroup_and_streams_events() {
     assert_eq!(res["results"][1]["errors"], json!({"1": 1}), "{res}");
 
     let wl = web.rel().trim_start_matches('/').to_string();
-    let want = format!("denied connect python3[{pid}] -> {x}:8080/tcp: not in registry; allow it with --allow {x}:8080 or a ServiceEntry ({wl})");
+    let want = format!(
+        "denied connect python3[{pid}] -> {x}:8080/tcp: not in registry; allow it with --allow {x}:8080 or a ServiceEntry ({wl})"
+    );
     let got = follow.wait_for(Duration::from_secs(10), |l| l.contains(&format!("python3[{pid}]")));
     assert_eq!(got, want, "enforcer events --follow");
     drop(follow);
@@ -807,23 +948,43 @@ fn daemon_names_workloads_by_cgroup_and_streams_events() {
         replies += sock.recv(&mut buf).expect("echo from the netns") as u64 + 28;
     }
 
-    let labels = [("source_workload", wl.as_str()), ("destination_service", "vis-a.enforcer.test"), ("response_flags", "-")];
+    let labels =
+        [("source_workload", wl.as_str()), ("destination_service", "vis-a.enforcer.test"), ("response_flags", "-")];
     let unk = [("source_workload", "unknown"), ("destination_service", "vis-u.enforcer.test")];
     let m = scrape_until(admin, "closed connections and unknown bytes", |m| {
-        m.sum("istio_tcp_connections_closed_total", &labels) >= f64::from(N_A) && m.sum("istio_tcp_received_bytes_total", &unk) >= replies as f64
+        m.sum("istio_tcp_connections_closed_total", &labels) >= f64::from(N_A)
+            && m.sum("istio_tcp_received_bytes_total", &unk) >= replies as f64
     });
     assert_eq!(m.sum("istio_tcp_connections_opened_total", &labels), f64::from(N_A), "{}", m.text);
     assert_eq!(m.sum("istio_tcp_connections_closed_total", &labels), f64::from(N_A), "{}", m.text);
-    assert_between("daemon: sent bytes to vis-a", m.sum("istio_tcp_sent_bytes_total", &labels), tcp_bounds(N_A.into(), u64::from(N_A * 500), 4), &m);
+    assert_between(
+        "daemon: sent bytes to vis-a",
+        m.sum("istio_tcp_sent_bytes_total", &labels),
+        tcp_bounds(N_A.into(), u64::from(N_A * 500), 4),
+        &m,
+    );
     let bh = [("source_workload", wl.as_str()), ("destination_service", "BlackHoleCluster"), ("response_flags", "UH")];
     assert_eq!(m.sum("istio_tcp_connections_opened_total", &bh), 1.0, "{}", m.text);
-    assert_eq!(m.sum("enforcer_denied_connections_total", &[("source_workload", &wl), ("verdict", "denied")]), 1.0, "{}", m.text);
-    assert_eq!(m.sum("istio_tcp_sent_bytes_total", &unk), f64::from(K * (L + 28)), "unenforced sender = unknown\n{}", m.text);
+    assert_eq!(
+        m.sum("enforcer_denied_connections_total", &[("source_workload", &wl), ("verdict", "denied")]),
+        1.0,
+        "{}",
+        m.text
+    );
+    assert_eq!(
+        m.sum("istio_tcp_sent_bytes_total", &unk),
+        f64::from(K * (L + 28)),
+        "unenforced sender = unknown\n{}",
+        m.text
+    );
     assert_eq!(m.sum("istio_tcp_received_bytes_total", &unk), replies as f64, "{}", m.text);
     // Only the enforced tree's cgroup paths and "unknown" appear as workloads.
     for s in m.samples.iter().filter(|s| s.family.starts_with("istio_tcp_")) {
         let w = &s.labels["source_workload"];
-        assert!(w == "unknown" || w == &wl || w == cg.rel().trim_start_matches('/'), "unexpected workload {w:?}: {s:?}");
+        assert!(
+            w == "unknown" || w == &wl || w == cg.rel().trim_start_matches('/'),
+            "unexpected workload {w:?}: {s:?}"
+        );
     }
 }
 
@@ -837,7 +998,8 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     let dir = TempDir::new("vis-drops");
     let f = dir.write("reg/services.yaml", &service_entry("vis-a", &[], &[ns.v4(2)], &[(8080, "TCP")]));
     let cg = Cgroup::new("vis-drops");
-    let extra: Vec<String> = ["--registry", f.to_str().unwrap(), "--no-host-dns", "--dns-port", "0"].map(String::from).to_vec();
+    let extra: Vec<String> =
+        ["--registry", f.to_str().unwrap(), "--no-host-dns", "--dns-port", "0"].map(String::from).to_vec();
     let d = Daemon::start(&cg, PinDir::new(), &extra);
     let admin = daemon_admin(&d);
     let target = ns.v4(3);
@@ -854,7 +1016,9 @@ fn ring_buffer_overflow_is_counted_and_reported() {
     assert_eq!(n, N.to_string(), "every sendto was refused with EPERM\n{out}");
     eprintln!("{N} denied sendto()s with the agent frozen took {secs} s");
 
-    let m = scrape_until(admin, "denied count", |m| m.sum("enforcer_denied_connections_total", &[("verdict", "denied")]) >= N as f64);
+    let m = scrape_until(admin, "denied count", |m| {
+        m.sum("enforcer_denied_connections_total", &[("verdict", "denied")]) >= N as f64
+    });
     assert_eq!(m.sum("enforcer_denied_connections_total", &[("verdict", "denied")]), N as f64, "{}", m.text);
     let dropped = m.sum("enforcer_events_dropped_total", &[]);
     assert!(dropped > 0.0, "5000 events cannot fit a 256 KiB ring buffer\n{}", m.text);

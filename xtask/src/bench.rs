@@ -121,9 +121,7 @@ pub fn client(a: ClientArgs) -> ExitCode {
     let sa = libc::sockaddr_in {
         sin_family: libc::AF_INET as libc::sa_family_t,
         sin_port: a.port.to_be(),
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(a.addr).to_be(),
-        },
+        sin_addr: libc::in_addr { s_addr: u32::from(a.addr).to_be() },
         sin_zero: [0; 8],
     };
     let once = || -> std::io::Result<()> {
@@ -133,10 +131,7 @@ pub fn client(a: ClientArgs) -> ExitCode {
             if fd < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            let linger = libc::linger {
-                l_onoff: 1,
-                l_linger: 0,
-            };
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
             libc::setsockopt(
                 fd,
                 libc::SOL_SOCKET,
@@ -144,11 +139,7 @@ pub fn client(a: ClientArgs) -> ExitCode {
                 (&raw const linger).cast(),
                 size_of::<libc::linger>() as libc::socklen_t,
             );
-            let r = libc::connect(
-                fd,
-                (&raw const sa).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            );
+            let r = libc::connect(fd, (&raw const sa).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t);
             let err = std::io::Error::last_os_error();
             libc::close(fd);
             if r != 0 {
@@ -166,10 +157,7 @@ pub fn client(a: ClientArgs) -> ExitCode {
     let t = Instant::now();
     for i in 0..a.iterations {
         if let Err(e) = once() {
-            eprintln!(
-                "bench-client: connect to {}:{} (call {i}): {e}",
-                a.addr, a.port
-            );
+            eprintln!("bench-client: connect to {}:{} (call {i}): {e}", a.addr, a.port);
             return ExitCode::from(3);
         }
     }
@@ -214,11 +202,7 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
                     }
                 }
             }
-            if failed.is_empty() {
-                Ok(ExitCode::SUCCESS)
-            } else {
-                bail!("bench all: {} failed", failed.join(", "))
-            }
+            if failed.is_empty() { Ok(ExitCode::SUCCESS) } else { bail!("bench all: {} failed", failed.join(", ")) }
         }
     }
 }
@@ -239,10 +223,7 @@ fn connect(args: ConnectArgs) -> Result<ExitCode> {
     // Topology: client netns <-veth-> server netns.
     let client_ns = Netns::create(&format!("enf-bc-{pid}"))?;
     let server_ns = Netns::create(&format!("enf-bs-{pid}"))?;
-    let (cl, sl) = (
-        format!("ebc{}c", pid % 10000),
-        format!("ebs{}s", pid % 10000),
-    );
+    let (cl, sl) = (format!("ebc{}c", pid % 10000), format!("ebs{}s", pid % 10000));
     let _veth = netns::veth(&cl, Some(&client_ns), &sl, &server_ns)?;
     client_ns.ip(["addr", "add", &format!("{CLIENT_ADDR}/30"), "dev", &cl])?;
     client_ns.ip(["link", "set", &cl, "up"])?;
@@ -250,8 +231,7 @@ fn connect(args: ConnectArgs) -> Result<ExitCode> {
     server_ns.ip(["link", "set", &sl, "up"])?;
 
     let mut srv = server_ns.command(&xtask);
-    srv.args(["bench-server", SERVER_ADDR, &PORT.to_string()])
-        .stdin(Stdio::null());
+    srv.args(["bench-server", SERVER_ADDR, &PORT.to_string()]).stdin(Stdio::null());
     let mut server = Proc::spawn(&mut srv)?;
     // enforcer-bench-PID/baseline: the unenforced client; enforcer-bench-PID/enforced: parent of
     // enforcer's per-run cgroups (so nothing is left behind even if enforcer is killed).
@@ -290,29 +270,17 @@ fn connect(args: ConnectArgs) -> Result<ExitCode> {
 
     let mut rows = Vec::new();
     for &n in &args.sizes {
-        let row = bench_size(
-            n, &args, &enforcer, &xtask, &client_ns, &cgroup, &enforced, &dir.path,
-        )?;
+        let row = bench_size(n, &args, &enforcer, &xtask, &client_ns, &cgroup, &enforced, &dir.path)?;
         rows.push(row);
         server.check_running("bench-server")?;
     }
 
-    println!(
-        "\nmedian ns per connect()+close(), {} calls × {} rounds:",
-        args.iterations, args.rounds
-    );
+    println!("\nmedian ns per connect()+close(), {} calls × {} rounds:", args.iterations, args.rounds);
     let mut t = String::new();
     let _ = writeln!(
         t,
         "{:>9} {:>10} {:>10} {:>10} {:>10} {:>10}   {:>9} {:>9}",
-        "entries",
-        "baseline",
-        "enforcer",
-        "nftables",
-        "enf/base",
-        "enf/nft",
-        "enf start",
-        "nft load"
+        "entries", "baseline", "enforcer", "nftables", "enf/base", "enf/nft", "enf start", "nft load"
     );
     for r in &rows {
         let _ = writeln!(
@@ -367,9 +335,7 @@ fn client_args(iterations: u32, warmup: u32) -> Vec<String> {
 /// Runs a client (possibly wrapped) and returns (ns/op, total ns of the timed loop).
 fn measure(cmd: &mut Command, what: &str) -> Result<(f64, f64)> {
     cmd.stdin(Stdio::null());
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start the {what} client"))?;
+    let out = cmd.output().with_context(|| format!("could not start the {what} client"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!(
@@ -385,20 +351,13 @@ fn measure(cmd: &mut Command, what: &str) -> Result<(f64, f64)> {
         .filter(|l| l.contains("\"ns_per_op\""))
         .find_map(|l| serde_json::from_str(l.trim()).ok())
         .with_context(|| format!("{what}: no result line from bench-client in: {stdout}"))?;
-    Ok((
-        v["ns_per_op"].as_f64().unwrap_or(f64::NAN),
-        v["total_ns"].as_f64().unwrap_or(0.0),
-    ))
+    Ok((v["ns_per_op"].as_f64().unwrap_or(f64::NAN), v["total_ns"].as_f64().unwrap_or(0.0)))
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
-    if v.len() % 2 == 1 {
-        v[m]
-    } else {
-        (v[m - 1] + v[m]) / 2.0
-    }
+    if v.len() % 2 == 1 { v[m] } else { (v[m - 1] + v[m]) / 2.0 }
 }
 
 /// N distinct /32s in 100.64.0.0/10 (never the bench /30 at the top of that range).
@@ -427,15 +386,9 @@ fn write_registry(path: &Path, n: usize) -> Result<()> {
 
 fn write_nft_set(path: &Path, n: usize) -> Result<()> {
     let mut s = String::with_capacity(n * 16 + 256);
-    let _ = writeln!(
-        s,
-        "table inet {NFT_TABLE} {{\n  set allowed {{\n    type ipv4_addr"
-    );
+    let _ = writeln!(s, "table inet {NFT_TABLE} {{\n  set allowed {{\n    type ipv4_addr");
     s.push_str("    elements = {\n");
-    for (i, a) in addresses(n)
-        .chain([SERVER_ADDR.parse().unwrap()])
-        .enumerate()
-    {
+    for (i, a) in addresses(n).chain([SERVER_ADDR.parse().unwrap()]).enumerate() {
         if i > 0 {
             s.push_str(if i % 16 == 0 { ",\n" } else { ", " });
         }
@@ -447,19 +400,13 @@ fn write_nft_set(path: &Path, n: usize) -> Result<()> {
 
 fn nft(ns: &Netns, script: &str) -> Result<()> {
     let mut c = ns.command("nft");
-    c.args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    c.args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = c.spawn().context("could not start nft")?;
     use std::io::Write as _;
     child.stdin.take().unwrap().write_all(script.as_bytes())?;
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "nft failed: {}\n{script}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("nft failed: {}\n{script}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }
@@ -494,10 +441,7 @@ fn bench_size(
     util::run_quiet(ns.command("nft").arg("-f").arg(&nft_file))
         .with_context(|| format!("loading an nftables set of {n} elements"))?;
     let nft_load_s = t.elapsed().as_secs_f64();
-    let _table = cleanup::register(Resource::NftTable(
-        ns.name.clone(),
-        format!("inet {NFT_TABLE}"),
-    ));
+    let _table = cleanup::register(Resource::NftTable(ns.name.clone(), format!("inet {NFT_TABLE}")));
     println!("nft set loaded in {nft_load_s:.2}s");
 
     let enforcer_cmd = |iterations: u32, warmup: u32, port: u16| {
@@ -554,12 +498,7 @@ fn bench_size(
                     let mut cmd = client_cmd(ns, xtask, args.iterations, 1000);
                     cgroup.enter_on_exec(&mut cmd);
                     let r = measure(&mut cmd, "nftables");
-                    nft(
-                        ns,
-                        &format!(
-                            "flush chain inet {NFT_TABLE} out\ndelete chain inet {NFT_TABLE} out\n"
-                        ),
-                    )?;
+                    nft(ns, &format!("flush chain inet {NFT_TABLE} out\ndelete chain inet {NFT_TABLE} out\n"))?;
                     nftv.push(r?.0);
                 }
             }
@@ -572,14 +511,7 @@ fn bench_size(
             nftv.last().unwrap()
         );
     }
-    Ok(Row {
-        n,
-        base: median(base),
-        enf: median(enf),
-        nft: median(nftv),
-        enf_overhead_s: median(overhead),
-        nft_load_s,
-    })
+    Ok(Row { n, base: median(base), enf: median(enf), nft: median(nftv), enf_overhead_s: median(overhead), nft_load_s })
 }
 
 #[cfg(test)]
@@ -613,20 +545,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         write_registry(&dir.join("r.yaml"), 3).unwrap();
         let r = std::fs::read_to_string(dir.join("r.yaml")).unwrap();
-        assert!(
-            r.contains("  - 100.64.0.3/32\n  - 100.127.255.2/32\n"),
-            "{r}"
-        );
-        assert!(
-            r.contains("resolution: NONE") && r.contains("number: 9000"),
-            "{r}"
-        );
+        assert!(r.contains("  - 100.64.0.3/32\n  - 100.127.255.2/32\n"), "{r}");
+        assert!(r.contains("resolution: NONE") && r.contains("number: 9000"), "{r}");
         write_nft_set(&dir.join("s.nft"), 3).unwrap();
         let n = std::fs::read_to_string(dir.join("s.nft")).unwrap();
-        assert!(
-            n.contains("100.64.0.1, 100.64.0.2, 100.64.0.3, 100.127.255.2"),
-            "{n}"
-        );
+        assert!(n.contains("100.64.0.1, 100.64.0.2, 100.64.0.3, 100.127.255.2"), "{n}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -218,7 +218,9 @@ fn make_pki(dir: &Path) -> Result<()> {
     let p = |n: &str| dir.join(n).display().to_string();
     std::fs::write(
         dir.join("server.ext"),
-        format!("basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:{HOST}\n"),
+        format!(
+            "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:{HOST}\n"
+        ),
     )?;
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     util::run_quiet(
@@ -239,8 +241,21 @@ fn make_pki(dir: &Path) -> Result<()> {
     ]))
     .context("openssl: making the server key")?;
     util::run_quiet(Command::new("openssl").args([
-        "x509", "-req", "-in", &p("server.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key"), "-CAcreateserial", "-out",
-        &p("server.pem"), "-days", "1", "-extfile", &p("server.ext"),
+        "x509",
+        "-req",
+        "-in",
+        &p("server.csr"),
+        "-CA",
+        &p("ca.pem"),
+        "-CAkey",
+        &p("ca.key"),
+        "-CAcreateserial",
+        "-out",
+        &p("server.pem"),
+        "-days",
+        "1",
+        "-extfile",
+        &p("server.ext"),
     ]))
     .context("openssl: signing the server certificate")?;
     Ok(())
@@ -318,7 +333,6 @@ fn start_nginx(ns: &Netns, conf: &Path, what: &str) -> Result<Proc> {
     .with_context(|| format!("starting {what}"))
 }
 
-
 fn wrk_args(a: &ProxyArgs, duration: u32, url: &str) -> Vec<String> {
     vec![
         "wrk".into(),
@@ -376,7 +390,10 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     make_pki(&dir.path)?;
     std::fs::create_dir_all(dir.path.join("www"))?;
     // A small page (nginx's default index.html is 615 bytes).
-    let page: String = format!("<!DOCTYPE html>\n<html><body><h1>{HOST}</h1>\n{}</body></html>\n", "<p>enforcer bench proxy</p>\n".repeat(20));
+    let page: String = format!(
+        "<!DOCTYPE html>\n<html><body><h1>{HOST}</h1>\n{}</body></html>\n",
+        "<p>enforcer bench proxy</p>\n".repeat(20)
+    );
     std::fs::write(dir.path.join("www/index.html"), &page)?;
     let up_conf = dir.path.join("upstream.conf");
     std::fs::write(&up_conf, upstream_conf(&dir.path))?;
@@ -393,7 +410,13 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     let top = Cgroup::create(&format!("enforcer-bench-proxy-{pid}"))?;
     let baseline = Cgroup::create_in(&top.path, "baseline")?;
     let enforced = Cgroup::create_in(&top.path, "enforced")?;
-    let env = BenchClient { enforcer: &enforcer, ns: &client_ns, baseline: &baseline, enforced: &enforced, registry: &registry };
+    let env = BenchClient {
+        enforcer: &enforcer,
+        ns: &client_ns,
+        baseline: &baseline,
+        enforced: &enforced,
+        registry: &registry,
+    };
 
     println!(
         "wrk -t{} -c{} -d{}s --latency in netns {}: (a) -> nginx proxy {NGINX_PROXY} vs (b) -> enforcer's proxy (enforcer run, \
@@ -410,28 +433,43 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     );
 
     // Sanity: both paths serve the page; enforcer's goes through its proxy.
-    let curl = |url: &str| {
-        format!("curl -sS --noproxy '*' --max-time 10 -H 'Host: {HOST}' {url}")
-    };
-    let body = run_out(&mut env.baseline_cmd(&["sh".into(), "-c".into(), curl(&format!("http://{NGINX_PROXY}/"))]), "sanity (nginx proxy)")?;
+    let curl = |url: &str| format!("curl -sS --noproxy '*' --max-time 10 -H 'Host: {HOST}' {url}");
+    let body = run_out(
+        &mut env.baseline_cmd(&["sh".into(), "-c".into(), curl(&format!("http://{NGINX_PROXY}/"))]),
+        "sanity (nginx proxy)",
+    )?;
     if body != page {
         bail!("sanity: the nginx proxy did not return the page:\n{body}");
     }
-    let script = format!("{} && echo '#--metrics' && {}", curl(&format!("http://{SERVER_ADDR}:{SE_PORT}/")), curl(&format!("http://{ADMIN}/metrics")));
-    let out = run_out(&mut env.enforcer_cmd(&["--admin", ADMIN], &["sh".into(), "-c".into(), script]), "sanity (enforcer)")?;
+    let script = format!(
+        "{} && echo '#--metrics' && {}",
+        curl(&format!("http://{SERVER_ADDR}:{SE_PORT}/")),
+        curl(&format!("http://{ADMIN}/metrics"))
+    );
+    let out =
+        run_out(&mut env.enforcer_cmd(&["--admin", ADMIN], &["sh".into(), "-c".into(), script]), "sanity (enforcer)")?;
     let (body, metrics) = out.split_once("#--metrics\n").unwrap_or((&out, ""));
     if body != page {
         bail!("sanity: enforcer's proxy did not return the page:\n{out}");
     }
     let proxied: f64 = metrics
         .lines()
-        .filter(|l| l.starts_with("istio_requests_total{") && l.contains("response_code=\"200\"") && l.contains(&format!("destination_service=\"{HOST}\"")))
+        .filter(|l| {
+            l.starts_with("istio_requests_total{")
+                && l.contains("response_code=\"200\"")
+                && l.contains(&format!("destination_service=\"{HOST}\""))
+        })
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum();
     if proxied != 1.0 {
-        bail!("sanity: istio_requests_total{{response_code=\"200\"}} is {proxied}, not 1: did the request go through the proxy?\n{metrics}");
+        bail!(
+            "sanity: istio_requests_total{{response_code=\"200\"}} is {proxied}, not 1: did the request go through the proxy?\n{metrics}"
+        );
     }
-    println!("sanity: both paths return the {}-byte page; enforcer counted it in istio_requests_total{{response_code=\"200\"}}", page.len());
+    println!(
+        "sanity: both paths return the {}-byte page; enforcer counted it in istio_requests_total{{response_code=\"200\"}}",
+        page.len()
+    );
 
     // Warm-up (not measured).
     let nginx_url = format!("http://{NGINX_PROXY}/");
@@ -449,7 +487,10 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                 check_clean(&w, "nginx", &out)?;
                 ng.push(w);
             } else {
-                let (out, r) = run_sampling_rss(&mut env.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)), "enforcer wrk")?;
+                let (out, r) = run_sampling_rss(
+                    &mut env.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
+                    "enforcer wrk",
+                )?;
                 let w = parse_wrk(&out)?;
                 check_clean(&w, "enforcer", &out)?;
                 en.push(w);

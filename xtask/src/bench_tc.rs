@@ -66,9 +66,10 @@ impl Env<'_> {
 }
 
 fn iperf_args(duration: u32, json_file: Option<&Path>) -> Vec<String> {
-    let mut v: Vec<String> = ["iperf3", "-c", SERVER_ADDR, "-p", &IPERF_PORT.to_string(), "-t", &duration.to_string(), "-J"]
-        .map(String::from)
-        .to_vec();
+    let mut v: Vec<String> =
+        ["iperf3", "-c", SERVER_ADDR, "-p", &IPERF_PORT.to_string(), "-t", &duration.to_string(), "-J"]
+            .map(String::from)
+            .to_vec();
     if let Some(f) = json_file {
         v.extend(["--logfile".into(), f.display().to_string()]);
     }
@@ -105,11 +106,14 @@ fn run_out(cmd: &mut Command, what: &str) -> Result<String> {
 
 /// iperf3 -J output -> (Gbit/s received by the server, bytes sent by the client).
 fn iperf_result(json: &str, what: &str) -> Result<(f64, f64)> {
-    let v: serde_json::Value = serde_json::from_str(json.trim()).with_context(|| format!("{what}: iperf3 printed no JSON: {json}"))?;
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).with_context(|| format!("{what}: iperf3 printed no JSON: {json}"))?;
     if let Some(e) = v["error"].as_str() {
         bail!("{what}: iperf3: {e}");
     }
-    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().with_context(|| format!("{what}: no end.sum_received in iperf3 output"))?;
+    let bps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .with_context(|| format!("{what}: no end.sum_received in iperf3 output"))?;
     let sent = v["end"]["sum_sent"]["bytes"].as_f64().unwrap_or(0.0);
     Ok((bps / 1e9, sent))
 }
@@ -189,10 +193,7 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
             .stderr(Stdio::null()),
     )?;
     let mut connect_srv = Proc::spawn(
-        server_ns
-            .command(&xtask)
-            .args(["bench-server", SERVER_ADDR, &CONNECT_PORT.to_string()])
-            .stdin(Stdio::null()),
+        server_ns.command(&xtask).args(["bench-server", SERVER_ADDR, &CONNECT_PORT.to_string()]).stdin(Stdio::null()),
     )?;
     wait_listening(&server_ns, IPERF_PORT, &mut iperf_srv, "iperf3 -s")?;
     wait_listening(&server_ns, CONNECT_PORT, &mut connect_srv, "bench-server")?;
@@ -204,7 +205,13 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
     let registry = dir.path.join("registry.yaml");
     write_registry(&registry)?;
     let env = Env {
-        client: BenchClient { enforcer: &enforcer, ns: &client_ns, baseline: &baseline, enforced: &enforced, registry: &registry },
+        client: BenchClient {
+            enforcer: &enforcer,
+            ns: &client_ns,
+            baseline: &baseline,
+            enforced: &enforced,
+            registry: &registry,
+        },
         client_if: &cl,
     };
 
@@ -233,7 +240,9 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
     let (_, iperf_sent) = iperf_result(&std::fs::read_to_string(&json_file).unwrap_or_default(), "sanity")?;
     let tc_sent: f64 = metrics
         .lines()
-        .filter(|l| l.starts_with("istio_tcp_sent_bytes_total{") && l.contains("destination_service=\"bench-tc.internal\""))
+        .filter(|l| {
+            l.starts_with("istio_tcp_sent_bytes_total{") && l.contains("destination_service=\"bench-tc.internal\"")
+        })
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum();
     println!(
@@ -241,7 +250,9 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
         tc_sent / iperf_sent.max(1.0)
     );
     if tc_sent < iperf_sent {
-        bail!("the TC counters counted fewer bytes ({tc_sent}) than iperf3 sent ({iperf_sent}): are they attached?\n{metrics}");
+        bail!(
+            "the TC counters counted fewer bytes ({tc_sent}) than iperf3 sent ({iperf_sent}): are they attached?\n{metrics}"
+        );
     }
 
     // Warm-up (not measured).
@@ -255,11 +266,19 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
                 let out = run_out(&mut env.client.baseline_cmd(&iperf_args(args.duration, None)), "baseline iperf3")?;
                 base.push(iperf_result(&out, "baseline")?.0);
             } else {
-                let out = run_out(&mut env.client.enforcer_cmd(&env.tc_flags(), &iperf_args(args.duration, None)), "enforcer iperf3")?;
+                let out = run_out(
+                    &mut env.client.enforcer_cmd(&env.tc_flags(), &iperf_args(args.duration, None)),
+                    "enforcer iperf3",
+                )?;
                 tc.push(iperf_result(&out, "enforcer")?.0);
             }
         }
-        println!("  round {}: no enforcer {:.2}  enforcer+TC {:.2}", round + 1, base.last().unwrap(), tc.last().unwrap());
+        println!(
+            "  round {}: no enforcer {:.2}  enforcer+TC {:.2}",
+            round + 1,
+            base.last().unwrap(),
+            tc.last().unwrap()
+        );
     }
 
     println!("\nconnect()+close() loop (ns/op):");
@@ -268,9 +287,16 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
     for round in 0..args.connect_rounds {
         for k in 0..3 {
             match (round as usize + k) % 3 {
-                0 => c_base.push(ns_per_op(&run_out(&mut env.client.baseline_cmd(&cargs), "baseline connect")?, "baseline")?),
-                1 => c_on.push(ns_per_op(&run_out(&mut env.client.enforcer_cmd(&[], &cargs), "accounting on")?, "accounting on")?),
-                _ => c_off.push(ns_per_op(&run_out(&mut env.client.enforcer_cmd(&["--no-conn-accounting"], &cargs), "accounting off")?, "accounting off")?),
+                0 => c_base
+                    .push(ns_per_op(&run_out(&mut env.client.baseline_cmd(&cargs), "baseline connect")?, "baseline")?),
+                1 => c_on.push(ns_per_op(
+                    &run_out(&mut env.client.enforcer_cmd(&[], &cargs), "accounting on")?,
+                    "accounting on",
+                )?),
+                _ => c_off.push(ns_per_op(
+                    &run_out(&mut env.client.enforcer_cmd(&["--no-conn-accounting"], &cargs), "accounting off")?,
+                    "accounting off",
+                )?),
             }
         }
         println!(
@@ -297,8 +323,20 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
         if t / b >= 0.97 { "met" } else { "NOT met" }
     );
     let _ = writeln!(out, "{:<58} {:>7.0} ns/op {:>9}", "(c1) connect loop, no enforcer", cb, "");
-    let _ = writeln!(out, "{:<58} {:>7.0} ns/op {:>8.3}x   (c2/c3)", "(c2) connect loop, enforcer run, accounting on", con, con / coff);
-    let _ = writeln!(out, "{:<58} {:>7.0} ns/op {:>8.3}x   (c3/c1)", "(c3) connect loop, enforcer run --no-conn-accounting", coff, coff / cb);
+    let _ = writeln!(
+        out,
+        "{:<58} {:>7.0} ns/op {:>8.3}x   (c2/c3)",
+        "(c2) connect loop, enforcer run, accounting on",
+        con,
+        con / coff
+    );
+    let _ = writeln!(
+        out,
+        "{:<58} {:>7.0} ns/op {:>8.3}x   (c3/c1)",
+        "(c3) connect loop, enforcer run --no-conn-accounting",
+        coff,
+        coff / cb
+    );
     print!("{out}");
     println!("(total {:.0} s)", started.elapsed().as_secs_f64());
 

@@ -37,10 +37,7 @@ pub struct Guard(u64);
 
 pub fn register(r: Resource) -> Guard {
     let id = NEXT.fetch_add(1, Ordering::Relaxed);
-    REGISTRY
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((id, r));
+    REGISTRY.lock().unwrap_or_else(|e| e.into_inner()).push((id, r));
     Guard(id)
 }
 
@@ -64,10 +61,7 @@ pub fn install_signal_handler() {
     let mut fds = [0 as libc::c_int; 2];
     // SAFETY: pipe2 writes two fds into a local array.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        eprintln!(
-            "xtask: warning: no Ctrl-C cleanup: pipe2: {}",
-            std::io::Error::last_os_error()
-        );
+        eprintln!("xtask: warning: no Ctrl-C cleanup: pipe2: {}", std::io::Error::last_os_error());
         return;
     }
     SIGNAL_PIPE.store(fds[1], Ordering::Relaxed);
@@ -121,10 +115,8 @@ fn remove(r: &Resource) {
         Resource::Process(pid) => kill_and_reap(&[*pid]),
         Resource::Netns(name) => {
             if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
-                let pids: Vec<i32> = String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .filter_map(|p| p.parse().ok())
-                    .collect();
+                let pids: Vec<i32> =
+                    String::from_utf8_lossy(&out.stdout).split_whitespace().filter_map(|p| p.parse().ok()).collect();
                 kill_and_reap(&pids);
             }
             quiet(Command::new("ip").args(["netns", "del", name]));
@@ -169,10 +161,7 @@ fn remove_cgroup(path: &std::path::Path) {
             Ok(()) => break,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
             Err(e) if Instant::now() > deadline => {
-                eprintln!(
-                    "xtask: warning: could not remove cgroup {}: {e}",
-                    path.display()
-                );
+                eprintln!("xtask: warning: could not remove cgroup {}: {e}", path.display());
                 break;
             }
             Err(_) => std::thread::sleep(Duration::from_millis(50)),

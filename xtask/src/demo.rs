@@ -49,11 +49,7 @@ fn script() -> String {
             "curl -sS --max-time 5 --resolve {host}:{PORT}:{addr} http://{host}:{PORT}/; echo \"[curl {host} exit $?]\""
         )
     };
-    format!(
-        "{}; {}",
-        curl("api.demo.test", API_V4),
-        curl("other.demo.test", OTHER_V4)
-    )
+    format!("{}; {}", curl("api.demo.test", API_V4), curl("other.demo.test", OTHER_V4))
 }
 
 pub fn main(args: Args) -> Result<ExitCode> {
@@ -88,9 +84,7 @@ pub fn main(args: Args) -> Result<ExitCode> {
         link = lab.host_link
     );
 
-    heading(
-        "The registry: one Istio ServiceEntry, and a MeshConfig that allows only registered services",
-    );
+    heading("The registry: one Istio ServiceEntry, and a MeshConfig that allows only registered services");
     for rel in [REGISTRY, MESH] {
         println!("$ cat {rel}");
         let text = std::fs::read_to_string(root.join(rel))?;
@@ -174,25 +168,11 @@ impl Lab {
         let link = netns::veth(&host_link, None, &ns_link, &ns)?;
         let ip = |args: &[&str]| util::run_quiet(&mut util::cmd("ip", args));
         ip(&["addr", "add", &format!("{HOST_V4}/24"), "dev", &host_link])?;
-        ip(&[
-            "addr",
-            "add",
-            &format!("{HOST_V6}/64"),
-            "dev",
-            &host_link,
-            "nodad",
-        ])?;
+        ip(&["addr", "add", &format!("{HOST_V6}/64"), "dev", &host_link, "nodad"])?;
         ip(&["link", "set", &host_link, "up"])?;
         ns.ip(["addr", "add", &format!("{API_V4}/24"), "dev", &ns_link])?;
         ns.ip(["addr", "add", &format!("{OTHER_V4}/24"), "dev", &ns_link])?;
-        ns.ip([
-            "addr",
-            "add",
-            &format!("{NS_V6}/64"),
-            "dev",
-            &ns_link,
-            "nodad",
-        ])?;
+        ns.ip(["addr", "add", &format!("{NS_V6}/64"), "dev", &ns_link, "nodad"])?;
         ns.ip(["link", "set", &ns_link, "up"])?;
 
         let dir = util::TempDir::new("enforcer-demo")?;
@@ -202,27 +182,14 @@ impl Lab {
             std::fs::create_dir_all(&docroot)?;
             std::fs::write(docroot.join("index.html"), format!("hello from {name}\n"))?;
             let mut c = ns.command("python3");
-            c.args([
-                "-m",
-                "http.server",
-                &PORT.to_string(),
-                "--bind",
-                addr,
-                "--directory",
-            ])
-            .arg(&docroot)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            c.args(["-m", "http.server", &PORT.to_string(), "--bind", addr, "--directory"])
+                .arg(&docroot)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
             servers.push(Proc::spawn(&mut c)?);
         }
-        let lab = Self {
-            _servers: servers,
-            ns,
-            host_link,
-            _link: link,
-            _dir: dir,
-        };
+        let lab = Self { _servers: servers, ns, host_link, _link: link, _dir: dir };
         lab.wait_ready()?;
         Ok(lab)
     }
@@ -285,13 +252,7 @@ fn run_enforcer(enforcer: &Path, root: &Path, extra: &[&str]) -> Result<RunResul
             .find_map(|l| l.find(&tag).map(|i| &l[i + tag.len()..]))
             .and_then(|rest| rest.trim_end_matches(']').parse().ok())
     };
-    Ok(RunResult {
-        api: code("api.demo.test"),
-        other: code("other.demo.test"),
-        stdout,
-        stderr,
-        status,
-    })
+    Ok(RunResult { api: code("api.demo.test"), other: code("other.demo.test"), stdout, stderr, status })
 }
 
 /// Copies a stream line by line to our stdout/stderr and returns what it saw.
@@ -312,11 +273,7 @@ fn tee(r: impl std::io::Read, to_stderr: bool) -> String {
 
 fn expect(failures: &mut Vec<String>, what: &str, r: &RunResult, api: i32, other: i32) {
     if !r.status.success() {
-        let hint = if r.status.code() == Some(125) {
-            " (enforcer's own failure)"
-        } else {
-            ""
-        };
+        let hint = if r.status.code() == Some(125) { " (enforcer's own failure)" } else { "" };
         failures.push(format!("{what}: enforcer exited with {}{hint}", r.status));
         if r.api.is_none() {
             println!("\n✗ {what}: enforcer failed before running the command");
@@ -331,32 +288,19 @@ fn expect(failures: &mut Vec<String>, what: &str, r: &RunResult, api: i32, other
     };
     for (host, got, want, page) in [
         ("api.demo.test", r.api, api, "hello from api.demo.test"),
-        (
-            "other.demo.test",
-            r.other,
-            other,
-            "hello from other.demo.test",
-        ),
+        ("other.demo.test", r.other, other, "hello from other.demo.test"),
     ] {
         match got {
-            None => failures.push(format!(
-                "{what}: curl to {host} did not run (no exit code seen)"
-            )),
-            Some(g) if g != want => failures.push(format!(
-                "{what}: curl to {host}: expected {}, got {}",
-                describe(want),
-                describe(g)
-            )),
-            Some(0) if !r.stdout.contains(page) => failures.push(format!(
-                "{what}: curl to {host} succeeded but did not print {page:?}"
-            )),
+            None => failures.push(format!("{what}: curl to {host} did not run (no exit code seen)")),
+            Some(g) if g != want => {
+                failures.push(format!("{what}: curl to {host}: expected {}, got {}", describe(want), describe(g)))
+            }
+            Some(0) if !r.stdout.contains(page) => {
+                failures.push(format!("{what}: curl to {host} succeeded but did not print {page:?}"))
+            }
             _ => {}
         }
     }
     let ok = failures.iter().all(|f| !f.starts_with(&format!("{what}:")));
-    println!(
-        "\n{} {what}: {}",
-        if ok { "✓" } else { "✗" },
-        if ok { "as expected" } else { "NOT as expected" }
-    );
+    println!("\n{} {what}: {}", if ok { "✓" } else { "✗" }, if ok { "as expected" } else { "NOT as expected" });
 }

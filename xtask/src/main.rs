@@ -15,8 +15,8 @@
 mod bench;
 mod bench_dns;
 mod bench_example;
-mod bench_sync;
 mod bench_proxy;
+mod bench_sync;
 mod bench_tc;
 mod cleanup;
 mod demo;
@@ -31,12 +31,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(
-    name = "cargo xtask",
-    bin_name = "cargo xtask",
-    about = "enforcer's developer tasks",
-    version
-)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", about = "enforcer's developer tasks", version)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

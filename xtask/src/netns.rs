@@ -23,10 +23,7 @@ impl Netns {
     pub fn create(name: &str) -> Result<Self> {
         util::run_quiet(&mut util::cmd("ip", ["netns", "add", name]))
             .with_context(|| format!("creating network namespace {name}"))?;
-        let ns = Self {
-            name: name.to_string(),
-            _guard: cleanup::register(Resource::Netns(name.into())),
-        };
+        let ns = Self { name: name.to_string(), _guard: cleanup::register(Resource::Netns(name.into())) };
         ns.ip(["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -47,25 +44,17 @@ impl Netns {
     /// also remounts /sys, which hides the cgroup2 and bpf filesystems from the command.)
     pub fn command(&self, prog: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display()))
-            .arg("--")
-            .arg(prog);
+        c.arg(format!("--net={}", self.path().display())).arg("--").arg(prog);
         c
     }
 }
 
 /// A veth pair: `a` ends up in `ns_a` (or stays in the host namespace when None), `b` in `ns_b`.
 pub fn veth(a: &str, ns_a: Option<&Netns>, b: &str, ns_b: &Netns) -> Result<Guard> {
-    util::run_quiet(&mut util::cmd(
-        "ip",
-        ["link", "add", a, "type", "veth", "peer", "name", b],
-    ))
-    .with_context(|| format!("creating veth pair {a}/{b}"))?;
+    util::run_quiet(&mut util::cmd("ip", ["link", "add", a, "type", "veth", "peer", "name", b]))
+        .with_context(|| format!("creating veth pair {a}/{b}"))?;
     let guard = cleanup::register(Resource::Link(a.to_string()));
-    util::run_quiet(&mut util::cmd(
-        "ip",
-        ["link", "set", b, "netns", &ns_b.name],
-    ))?;
+    util::run_quiet(&mut util::cmd("ip", ["link", "set", b, "netns", &ns_b.name]))?;
     if let Some(ns) = ns_a {
         util::run_quiet(&mut util::cmd("ip", ["link", "set", a, "netns", &ns.name]))?;
     }
@@ -80,14 +69,9 @@ pub struct Proc {
 
 impl Proc {
     pub fn spawn(cmd: &mut Command) -> Result<Self> {
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("could not start `{}`", util::display_cmd(cmd)))?;
+        let child = cmd.spawn().with_context(|| format!("could not start `{}`", util::display_cmd(cmd)))?;
         let guard = cleanup::register(Resource::Process(child.id() as i32));
-        Ok(Self {
-            child,
-            _guard: guard,
-        })
+        Ok(Self { child, _guard: guard })
     }
 
     /// Fails if the process has already exited.
@@ -114,25 +98,16 @@ impl Cgroup {
     /// A child of `parent`.
     pub fn create_in(parent: &std::path::Path, name: &str) -> Result<Self> {
         let path = parent.join(name);
-        std::fs::create_dir(&path)
-            .with_context(|| format!("creating cgroup {}", path.display()))?;
+        std::fs::create_dir(&path).with_context(|| format!("creating cgroup {}", path.display()))?;
         let guard = cleanup::register(Resource::Cgroup(path.clone()));
-        Ok(Self {
-            path,
-            _guard: guard,
-        })
+        Ok(Self { path, _guard: guard })
     }
 
     /// Makes `cmd` join this cgroup before it execs.
     pub fn enter_on_exec(&self, cmd: &mut Command) {
         use std::os::unix::process::CommandExt as _;
-        let procs = std::ffi::CString::new(
-            self.path
-                .join("cgroup.procs")
-                .as_os_str()
-                .as_encoded_bytes(),
-        )
-        .expect("cgroup path has no NUL");
+        let procs = std::ffi::CString::new(self.path.join("cgroup.procs").as_os_str().as_encoded_bytes())
+            .expect("cgroup path has no NUL");
         // SAFETY: only async-signal-safe calls (open/write/close) between fork and exec.
         unsafe {
             cmd.pre_exec(move || {

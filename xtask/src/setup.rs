@@ -8,17 +8,10 @@ use anyhow::{Context as _, Result, bail};
 use crate::util;
 
 /// Debian's Rust with a prebuilt core for bpfel-unknown-none, and the LLVM bpf-linker links with.
-const TOOLCHAIN_PKGS: &[&str] = &[
-    "rustc-web",
-    "cargo-web",
-    "libstd-rust-web-dev-bpf",
-    "llvm-22-dev",
-];
+const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// What enforcer runs next to, and what the tests, demo and bench talk to.
-const PEER_PKGS: &[&str] = &[
-    "curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl",
-    "nginx-light",
-];
+const PEER_PKGS: &[&str] =
+    &["curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl", "nginx-light"];
 /// `cargo xtask vm-test`: QEMU (TCG), busybox for the guest's initramfs, depmod/modprobe and xz
 /// for the guest kernels' modules.
 const VM_PKGS: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils"];
@@ -37,13 +30,9 @@ fn probe() -> Result<State> {
     let rustup = which::which("rustup").ok();
     let debian_toolchain = match &rustup {
         Some(r) => {
-            let out = Command::new(r)
-                .args(["toolchain", "list"])
-                .output()
-                .context("running `rustup toolchain list`")?;
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(RUSTUP_TOOLCHAIN))
+            let out =
+                Command::new(r).args(["toolchain", "list"]).output().context("running `rustup toolchain list`")?;
+            String::from_utf8_lossy(&out.stdout).lines().any(|l| l.split_whitespace().next() == Some(RUSTUP_TOOLCHAIN))
         }
         None => false,
     };
@@ -57,12 +46,7 @@ fn probe() -> Result<State> {
 
 /// Packages of TOOLCHAIN_PKGS + PEER_PKGS + VM_PKGS that dpkg does not report as installed.
 fn missing_packages() -> Result<Vec<&'static str>> {
-    let all: Vec<&'static str> = TOOLCHAIN_PKGS
-        .iter()
-        .chain(PEER_PKGS)
-        .chain(VM_PKGS)
-        .copied()
-        .collect();
+    let all: Vec<&'static str> = TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).chain(VM_PKGS).copied().collect();
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${Status}\n"])
         .args(&all)
@@ -88,21 +72,13 @@ pub fn main(check: bool) -> Result<ExitCode> {
             ok &= good;
             println!("{} {what}", if good { "ok     " } else { "MISSING" });
         };
-        let pkgs: Vec<&str> = TOOLCHAIN_PKGS
-            .iter()
-            .chain(PEER_PKGS)
-            .chain(VM_PKGS)
-            .copied()
-            .collect();
+        let pkgs: Vec<&str> = TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).chain(VM_PKGS).copied().collect();
         for p in pkgs {
             line(!s.missing_pkgs.contains(&p), format!("apt package {p}"));
         }
         line(s.bpf_linker, "bpf-linker on PATH".into());
         line(s.rustup.is_some(), "rustup on PATH".into());
-        line(
-            s.debian_toolchain,
-            format!("rustup toolchain `{RUSTUP_TOOLCHAIN}` (linked to /usr)"),
-        );
+        line(s.debian_toolchain, format!("rustup toolchain `{RUSTUP_TOOLCHAIN}` (linked to /usr)"));
         match util::cgroup2_mount() {
             Ok(p) => line(true, format!("cgroup2 mounted at {}", p.display())),
             Err(e) => line(false, format!("{e:#}")),
@@ -110,11 +86,7 @@ pub fn main(check: bool) -> Result<ExitCode> {
         if !ok {
             println!("run `cargo xtask setup` (as root) to install what is missing");
         }
-        return Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
+        return Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE });
     }
     if !ensure()? {
         println!("setup: everything is already installed");
@@ -136,10 +108,7 @@ pub fn ensure() -> Result<bool> {
             .args(["install", "-y", "-q", "--no-install-recommends"])
             .args(&s.missing_pkgs);
         util::run_quiet(&mut inst).context("installing apt packages failed")?;
-        println!(
-            "setup: installed apt packages: {}",
-            s.missing_pkgs.join(" ")
-        );
+        println!("setup: installed apt packages: {}", s.missing_pkgs.join(" "));
         did = true;
     }
     if !s.bpf_linker {
@@ -153,9 +122,7 @@ pub fn ensure() -> Result<bool> {
             LLVM_FEATURE,
         ]);
         util::show(&c);
-        let st = c
-            .status()
-            .context("could not start `cargo install bpf-linker`")?;
+        let st = c.status().context("could not start `cargo install bpf-linker`")?;
         if !st.success() {
             bail!(
                 "`cargo install bpf-linker` failed ({st}); it needs llvm-22-dev (apt) and network access to crates.io"
@@ -164,9 +131,7 @@ pub fn ensure() -> Result<bool> {
         if which::which("bpf-linker").is_err() {
             bail!(
                 "bpf-linker was installed but is not on PATH; add {} to PATH",
-                util::cargo_bin_dir()
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|| "~/.cargo/bin".into())
+                util::cargo_bin_dir().map(|p| p.display().to_string()).unwrap_or_else(|| "~/.cargo/bin".into())
             );
         }
         println!("setup: installed bpf-linker (LLVM 22)");
@@ -181,9 +146,7 @@ pub fn ensure() -> Result<bool> {
         let mut c = Command::new(rustup);
         c.args(["toolchain", "link", RUSTUP_TOOLCHAIN, "/usr"]);
         util::run_quiet(&mut c)?;
-        println!(
-            "setup: linked rustup toolchain `{RUSTUP_TOOLCHAIN}` to /usr (Debian's rustc-web)"
-        );
+        println!("setup: linked rustup toolchain `{RUSTUP_TOOLCHAIN}` to /usr (Debian's rustc-web)");
         did = true;
     }
     util::cgroup2_mount()?;

@@ -13,10 +13,7 @@ use anyhow::{Context as _, Result, bail};
 pub fn workspace_root() -> &'static Path {
     static ROOT: OnceLock<PathBuf> = OnceLock::new();
     ROOT.get_or_init(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .parent()
-            .expect("xtask has a parent directory")
-            .to_path_buf()
+        Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask has a parent directory").to_path_buf()
     })
 }
 
@@ -59,13 +56,7 @@ pub fn target_dir() -> PathBuf {
             return root.join(d); // join keeps absolute paths as they are
         }
         let meta = cargo_cmd()
-            .args([
-                "metadata",
-                "--format-version",
-                "1",
-                "--no-deps",
-                "--offline",
-            ])
+            .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
             .current_dir(root)
             .output();
         if let Ok(out) = meta
@@ -93,9 +84,7 @@ pub fn build_enforcer(release: bool) -> Result<PathBuf> {
     if !status.success() {
         bail!("`cargo build -p enforcer` failed ({status})");
     }
-    let bin = target_dir()
-        .join(if release { "release" } else { "debug" })
-        .join("enforcer");
+    let bin = target_dir().join(if release { "release" } else { "debug" }).join("enforcer");
     if !bin.is_file() {
         bail!("cargo built enforcer but {} does not exist", bin.display());
     }
@@ -119,8 +108,7 @@ pub fn require_root(what: &str) -> Result<()> {
 /// Where cgroup2 is mounted, from /proc/self/mountinfo (e.g. /sys/fs/cgroup or
 /// /sys/fs/cgroup/unified on hybrid hosts).
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    let info =
-        std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     for line in info.lines() {
         // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPEROPTS
         let Some((pre, post)) = line.split_once(" - ") else {
@@ -132,9 +120,7 @@ pub fn cgroup2_mount() -> Result<PathBuf> {
             return Ok(PathBuf::from(unescape_mountinfo(mp)));
         }
     }
-    bail!(
-        "no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); enforcer needs cgroup v2"
-    )
+    bail!("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); enforcer needs cgroup v2")
 }
 
 fn unescape_mountinfo(s: &str) -> String {
@@ -143,10 +129,7 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
+        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
             let v = (b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -160,10 +143,7 @@ fn unescape_mountinfo(s: &str) -> String {
 
 /// Quotes one word for display the way a shell would need it.
 pub fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c))
-    {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=,@+%".contains(c)) {
         s.to_string()
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
@@ -173,11 +153,8 @@ pub fn shell_quote(s: &str) -> String {
 /// A command line as one might type it; paths under the workspace root are shown relative.
 pub fn display_cmd(cmd: &Command) -> String {
     let prog = cmd.get_program();
-    let first = if std::env::var_os("CARGO").is_some_and(|c| c == prog) {
-        "cargo".to_string()
-    } else {
-        display_path(prog)
-    };
+    let first =
+        if std::env::var_os("CARGO").is_some_and(|c| c == prog) { "cargo".to_string() } else { display_path(prog) };
     let mut words = vec![first];
     words.extend(cmd.get_args().map(display_path));
     words.join(" ")
@@ -186,10 +163,7 @@ pub fn display_cmd(cmd: &Command) -> String {
 fn display_path(s: &std::ffi::OsStr) -> String {
     let s = s.to_string_lossy();
     let root = workspace_root().to_string_lossy();
-    let rel = s
-        .strip_prefix(&*root)
-        .and_then(|r| r.strip_prefix('/'))
-        .unwrap_or(&s);
+    let rel = s.strip_prefix(&*root).and_then(|r| r.strip_prefix('/')).unwrap_or(&s);
     shell_quote(rel)
 }
 
@@ -200,16 +174,9 @@ pub fn show(cmd: &Command) {
 
 /// Runs a command quietly; fails with its stderr if it fails.
 pub fn run_quiet(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start `{}`", display_cmd(cmd)))?;
+    let out = cmd.output().with_context(|| format!("could not start `{}`", display_cmd(cmd)))?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            display_cmd(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{}` failed ({}): {}", display_cmd(cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -257,10 +224,7 @@ impl TempDir {
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         let guard = crate::cleanup::register(crate::cleanup::Resource::Dir(path.clone()));
-        Ok(Self {
-            path,
-            _guard: guard,
-        })
+        Ok(Self { path, _guard: guard })
     }
 }
 
@@ -270,10 +234,7 @@ mod tests {
 
     #[test]
     fn quoting() {
-        assert_eq!(
-            shell_quote("examples/demo/registry.yaml"),
-            "examples/demo/registry.yaml"
-        );
+        assert_eq!(shell_quote("examples/demo/registry.yaml"), "examples/demo/registry.yaml");
         assert_eq!(shell_quote("a b"), "'a b'");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");
         assert_eq!(shell_quote(""), "''");
@@ -281,10 +242,7 @@ mod tests {
 
     #[test]
     fn mountinfo_escapes() {
-        assert_eq!(
-            unescape_mountinfo(r"/sys/fs/cgroup/unified"),
-            "/sys/fs/cgroup/unified"
-        );
+        assert_eq!(unescape_mountinfo(r"/sys/fs/cgroup/unified"), "/sys/fs/cgroup/unified");
         assert_eq!(unescape_mountinfo(r"/mnt/a\040b"), "/mnt/a b");
         assert_eq!(unescape_mountinfo(r"/x\04"), r"/x\04");
     }

@@ -89,9 +89,7 @@ struct KernelResult {
 }
 
 pub fn main(a: Args) -> Result<ExitCode> {
-    util::require_root(
-        "vm-test (the guest reads the host's root filesystem through QEMU, and apt fetches kernels)",
-    )?;
+    util::require_root("vm-test (the guest reads the host's root filesystem through QEMU, and apt fetches kernels)")?;
     let series: Vec<&str> = match a.kernel.as_str() {
         "all" => vmtest_kernel::SERIES.to_vec(),
         k if vmtest_kernel::SERIES.contains(&k) => vec![k],
@@ -132,10 +130,7 @@ pub fn main(a: Args) -> Result<ExitCode> {
     }
 
     println!();
-    println!(
-        "{:<28} {:>6} {:>6} {:>7} {:>8}  result",
-        "kernel", "passed", "failed", "skipped", "seconds"
-    );
+    println!("{:<28} {:>6} {:>6} {:>7} {:>8}  result", "kernel", "passed", "failed", "skipped", "seconds");
     for r in &results {
         println!(
             "{:<28} {:>6} {:>6} {:>7} {:>8.0}  {}",
@@ -152,30 +147,18 @@ pub fn main(a: Args) -> Result<ExitCode> {
             println!("  {}: {n}", r.label);
         }
     }
-    Ok(if results.iter().all(|r| r.ok) {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if results.iter().all(|r| r.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// `cargo test -p enforcer-tests --no-run`, the executables from cargo's JSON messages, and
 /// how many tests of each the filters select (`--list` on the host).
 fn build_test_bins(filters: &[String]) -> Result<Vec<TestBin>> {
     let mut cmd = util::cargo_cmd();
-    cmd.args([
-        "test",
-        "-p",
-        "enforcer-tests",
-        "--no-run",
-        "--message-format=json-render-diagnostics",
-    ])
-    .current_dir(util::workspace_root())
-    .stderr(Stdio::inherit());
+    cmd.args(["test", "-p", "enforcer-tests", "--no-run", "--message-format=json-render-diagnostics"])
+        .current_dir(util::workspace_root())
+        .stderr(Stdio::inherit());
     util::show(&cmd);
-    let out = cmd
-        .output()
-        .context("could not start cargo test --no-run")?;
+    let out = cmd.output().context("could not start cargo test --no-run")?;
     if !out.status.success() {
         bail!("building the integration tests failed ({})", out.status);
     }
@@ -198,11 +181,7 @@ fn build_test_bins(filters: &[String]) -> Result<Vec<TestBin>> {
             .filter(|t| filters.is_empty() || filters.iter().any(|f| t.contains(f.as_str())))
             .count();
         if selected > 0 {
-            bins.push(TestBin {
-                name,
-                path: exe.into(),
-                selected,
-            });
+            bins.push(TestBin { name, path: exe.into(), selected });
         }
     }
     bins.sort_by(|a, b| a.name.cmp(&b.name));
@@ -210,8 +189,7 @@ fn build_test_bins(filters: &[String]) -> Result<Vec<TestBin>> {
 }
 
 fn snapshot(from: &Path, to: &Path) -> Result<PathBuf> {
-    std::fs::copy(from, to)
-        .with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
+    std::fs::copy(from, to).with_context(|| format!("copying {} to {}", from.display(), to.display()))?;
     Ok(to.to_path_buf())
 }
 
@@ -220,13 +198,7 @@ fn sh_quote(p: impl AsRef<std::ffi::OsStr>) -> String {
 }
 
 /// Boots one guest, runs the selected tests in it, and collects the results.
-fn run_guest(
-    a: &Args,
-    k: &Kernel,
-    bins: &[TestBin],
-    filters: &[String],
-    enforcer: &Path,
-) -> Result<KernelResult> {
+fn run_guest(a: &Args, k: &Kernel, bins: &[TestBin], filters: &[String], enforcer: &Path) -> Result<KernelResult> {
     let label = format!("{} ({})", k.series, k.release);
     let dir = util::target_dir().join("vm-tests").join(&k.series);
     let out_dir = dir.join("out");
@@ -235,65 +207,32 @@ fn run_guest(
 
     // The guest's modprobe: the host's, reading the unpacked package's module tree.
     let modprobe = dir.join("modprobe");
-    std::fs::write(
-        &modprobe,
-        format!(
-            "#!/bin/sh\nexec /sbin/modprobe -d {} \"$@\"\n",
-            sh_quote(&k.root)
-        ),
-    )?;
+    std::fs::write(&modprobe, format!("#!/bin/sh\nexec /sbin/modprobe -d {} \"$@\"\n", sh_quote(&k.root)))?;
     std::fs::set_permissions(&modprobe, std::fs::Permissions::from_mode(0o755))?;
 
     // Stage 2 runs chrooted into the host's root (read-only 9p), as the guest's PID 1 child.
     let stage2 = dir.join("stage2.sh");
-    std::fs::write(
-        &stage2,
-        stage2_script(a, bins, filters, enforcer, &modprobe, &out_dir),
-    )?;
+    std::fs::write(&stage2, stage2_script(a, bins, filters, enforcer, &modprobe, &out_dir))?;
 
     let initrd = dir.join("initrd.cpio");
     build_initramfs(k, &dir, &initrd, &stage2, &out_dir)?;
 
     let mut qemu = Command::new("timeout");
-    qemu.args([
-        "--kill-after=10",
-        &a.timeout.to_string(),
-        "qemu-system-x86_64",
-    ]);
+    qemu.args(["--kill-after=10", &a.timeout.to_string(), "qemu-system-x86_64"]);
     qemu.args(["-accel", "tcg", "-cpu", "max"]);
     qemu.args(["-smp", &a.cpus.to_string(), "-m", &a.memory.to_string()]);
-    qemu.args([
-        "-nodefaults",
-        "-no-reboot",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-    ]);
+    qemu.args(["-nodefaults", "-no-reboot", "-display", "none", "-serial", "stdio"]);
     qemu.arg("-kernel").arg(k.vmlinuz());
     qemu.arg("-initrd").arg(&initrd);
+    qemu.arg("-virtfs").arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap");
     qemu.arg("-virtfs")
-        .arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap");
-    qemu.arg("-virtfs").arg(format!(
-        "local,path={},mount_tag=vmout,security_model=none,multidevs=remap",
-        out_dir.display()
-    ));
-    qemu.args([
-        "-append",
-        "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off",
-    ]);
-    qemu.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    println!(
-        "\nvm-test: booting {} ({}) under QEMU/TCG",
-        k.package, k.series
-    );
+        .arg(format!("local,path={},mount_tag=vmout,security_model=none,multidevs=remap", out_dir.display()));
+    qemu.args(["-append", "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off"]);
+    qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    println!("\nvm-test: booting {} ({}) under QEMU/TCG", k.package, k.series);
     util::show(&qemu);
     let started = Instant::now();
-    let mut child = qemu
-        .spawn()
-        .context("could not start qemu (under timeout)")?;
+    let mut child = qemu.spawn().context("could not start qemu (under timeout)")?;
     let _guard = cleanup::register(cleanup::Resource::Process(child.id() as i32));
     let console = child.stdout.take().unwrap();
     let mut log = String::new();
@@ -315,8 +254,7 @@ fn run_guest(
     let mut notes = Vec::new();
     let mut counts = Counts::default();
     for b in bins {
-        let blog =
-            std::fs::read_to_string(out_dir.join(format!("{}.log", b.name))).unwrap_or_default();
+        let blog = std::fs::read_to_string(out_dir.join(format!("{}.log", b.name))).unwrap_or_default();
         let rc = std::fs::read_to_string(out_dir.join(format!("{}.rc", b.name)))
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok());
@@ -359,13 +297,7 @@ fn run_guest(
             false
         }
     };
-    Ok(KernelResult {
-        label,
-        counts,
-        seconds,
-        ok,
-        notes,
-    })
+    Ok(KernelResult { label, counts, seconds, ok, notes })
 }
 
 /// Totals of libtest's `test result:` lines, the names of failed tests, and whether any summary
@@ -390,10 +322,7 @@ fn parse_libtest(log: &str) -> (Counts, Vec<String>, bool) {
                     _ => {}
                 }
             }
-        } else if let Some(name) = line
-            .strip_prefix("test ")
-            .and_then(|l| l.strip_suffix(" ... FAILED"))
-        {
+        } else if let Some(name) = line.strip_prefix("test ").and_then(|l| l.strip_suffix(" ... FAILED")) {
             failures.push(name.to_string());
         }
     }
@@ -462,18 +391,11 @@ echo "vm-test: {name} exited $rc after $(( $(date +%s) - t0 ))s"
 }
 
 /// `/init` (busybox sh), busybox, and the modules for virtio-pci and 9p, as a newc cpio.
-fn build_initramfs(
-    k: &Kernel,
-    dir: &Path,
-    initrd: &Path,
-    stage2: &Path,
-    out_dir: &Path,
-) -> Result<()> {
+fn build_initramfs(k: &Kernel, dir: &Path, initrd: &Path, stage2: &Path, out_dir: &Path) -> Result<()> {
     let root = dir.join("initramfs");
     std::fs::create_dir_all(root.join("bin"))?;
     std::fs::create_dir_all(root.join("modules"))?;
-    let busybox =
-        which::which("busybox").context("busybox not found (apt package busybox-static)")?;
+    let busybox = which::which("busybox").context("busybox not found (apt package busybox-static)")?;
     std::fs::copy(&busybox, root.join("bin/busybox"))?;
     let order = vmtest_kernel::initramfs_modules(k, &root.join("modules"))?;
     let init = format!(
@@ -513,15 +435,9 @@ $B poweroff -f
             sh_quote(&k.root)
         ),
     )?;
-    std::fs::set_permissions(
-        root.join("modprobe"),
-        std::fs::Permissions::from_mode(0o755),
-    )?;
+    std::fs::set_permissions(root.join("modprobe"), std::fs::Permissions::from_mode(0o755))?;
     let list = "init\nmodprobe\nbin\nbin/busybox\nmodules\n".to_string()
-        + &order
-            .iter()
-            .map(|m| format!("modules/{m}\n"))
-            .collect::<String>();
+        + &order.iter().map(|m| format!("modules/{m}\n")).collect::<String>();
     let mut cpio = Command::new(&busybox);
     cpio.args(["cpio", "-o", "-H", "newc"])
         .current_dir(&root)
@@ -535,10 +451,7 @@ $B poweroff -f
     }
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "busybox cpio failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("busybox cpio failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     Ok(())
 }

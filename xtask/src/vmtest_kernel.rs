@@ -55,10 +55,7 @@ pub fn ensure(series: &str) -> Result<Kernel> {
         }
     }
     let package = resolve_package(series)?;
-    println!(
-        "vm-test: fetching {package} (guest kernel {series}) into {}",
-        dir.display()
-    );
+    println!("vm-test: fetching {package} (guest kernel {series}) into {}", dir.display());
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut dl = util::cmd("apt-get", ["download", "-q", &package]);
@@ -68,17 +65,9 @@ pub fn ensure(series: &str) -> Result<Kernel> {
         .flatten()
         .map(|e| e.path())
         .find(|p| p.extension().is_some_and(|e| e == "deb"))
-        .with_context(|| {
-            format!(
-                "apt-get download {package} left no .deb in {}",
-                dir.display()
-            )
-        })?;
+        .with_context(|| format!("apt-get download {package} left no .deb in {}", dir.display()))?;
     let root = dir.join("root");
-    util::run_quiet(&mut util::cmd(
-        "dpkg-deb",
-        ["-x".as_ref(), deb.as_os_str(), root.as_os_str()],
-    ))?;
+    util::run_quiet(&mut util::cmd("dpkg-deb", ["-x".as_ref(), deb.as_os_str(), root.as_os_str()]))?;
     let _ = std::fs::remove_file(&deb);
     let release = std::fs::read_dir(root.join("lib/modules"))
         .context("the package has no lib/modules")?
@@ -86,20 +75,12 @@ pub fn ensure(series: &str) -> Result<Kernel> {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .next()
         .context("the package has no lib/modules/<release>")?;
-    let k = Kernel {
-        series: series.into(),
-        package: package.clone(),
-        release: release.clone(),
-        root,
-    };
+    let k = Kernel { series: series.into(), package: package.clone(), release: release.clone(), root };
     if !k.vmlinuz().is_file() {
         bail!("{package} has no {}", k.vmlinuz().display());
     }
     // The guest's modprobe (autoloading veth & co.) reads modules.dep from this tree.
-    util::run_quiet(&mut util::cmd(
-        "depmod",
-        ["-b".as_ref(), k.root.as_os_str(), release.as_ref()],
-    ))?;
+    util::run_quiet(&mut util::cmd("depmod", ["-b".as_ref(), k.root.as_os_str(), release.as_ref()]))?;
     std::fs::write(&ready, format!("{package} {release}\n"))?;
     Ok(k)
 }
@@ -143,11 +124,7 @@ fn lookup(series: &str) -> Result<Option<String>> {
         }
         "6.1" => {
             let out = Command::new("apt-cache")
-                .args([
-                    "search",
-                    "--names-only",
-                    r"^linux-image-6\.1\.0-[0-9]+-amd64$",
-                ])
+                .args(["search", "--names-only", r"^linux-image-6\.1\.0-[0-9]+-amd64$"])
                 .output()
                 .context("running apt-cache")?;
             let text = String::from_utf8_lossy(&out.stdout);
@@ -155,18 +132,13 @@ fn lookup(series: &str) -> Result<Option<String>> {
                 .lines()
                 .filter_map(|l| l.split_whitespace().next())
                 .filter_map(|p| {
-                    let abi = p
-                        .strip_prefix("linux-image-6.1.0-")?
-                        .strip_suffix("-amd64")?;
+                    let abi = p.strip_prefix("linux-image-6.1.0-")?.strip_suffix("-amd64")?;
                     Some((abi.parse::<u32>().ok()?, p.to_string()))
                 })
                 .max()
                 .map(|(_, p)| p))
         }
-        other => bail!(
-            "unknown kernel series {other} (known: {})",
-            SERIES.join(", ")
-        ),
+        other => bail!("unknown kernel series {other} (known: {})", SERIES.join(", ")),
     }
 }
 
@@ -213,8 +185,7 @@ pub fn initramfs_modules(k: &Kernel, dest: &Path) -> Result<Vec<String>> {
                 let data = run_bytes(&mut util::cmd("zstd", ["-dc".as_ref(), path.as_os_str()]))?;
                 std::fs::write(&target, data)?;
             } else {
-                std::fs::copy(path, &target)
-                    .with_context(|| format!("copying {}", path.display()))?;
+                std::fs::copy(path, &target).with_context(|| format!("copying {}", path.display()))?;
             }
             order.push(name);
         }
@@ -224,16 +195,9 @@ pub fn initramfs_modules(k: &Kernel, dest: &Path) -> Result<Vec<String>> {
 
 /// Runs a command; its stdout as bytes, or an error with its stderr.
 fn run_bytes(cmd: &mut Command) -> Result<Vec<u8>> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start `{}`", util::display_cmd(cmd)))?;
+    let out = cmd.output().with_context(|| format!("could not start `{}`", util::display_cmd(cmd)))?;
     if !out.status.success() {
-        bail!(
-            "`{}` failed ({}): {}",
-            util::display_cmd(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`{}` failed ({}): {}", util::display_cmd(cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(out.stdout)
 }

@@ -19,9 +19,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error(
-        "no enforcer agent answering on {addr} (is `enforcer daemon` running? pass --admin ADDR)"
-    )]
+    #[error("no enforcer agent answering on {addr} (is `enforcer daemon` running? pass --admin ADDR)")]
     NotRunning {
         addr: SocketAddr,
         #[source]
@@ -42,12 +40,7 @@ pub enum ClientError {
         source: hyper::Error,
     },
     #[error("enforcer agent on {addr} answered {status} for {path}: {body}")]
-    Status {
-        addr: SocketAddr,
-        path: String,
-        status: StatusCode,
-        body: String,
-    },
+    Status { addr: SocketAddr, path: String, status: StatusCode, body: String },
     #[error("enforcer agent on {addr} sent a registryz document this client cannot read: {source}")]
     Decode {
         addr: SocketAddr,
@@ -70,10 +63,7 @@ pub async fn fetch_registryz(admin: SocketAddr) -> Result<Registryz, ClientError
 }
 
 /// GET /debug/registryz?service=NAME (NAME: "ns/name", short name or host).
-pub async fn fetch_registryz_filtered(
-    admin: SocketAddr,
-    service: Option<&str>,
-) -> Result<Registryz, ClientError> {
+pub async fn fetch_registryz_filtered(admin: SocketAddr, service: Option<&str>) -> Result<Registryz, ClientError> {
     let path = match service {
         Some(s) => format!("/debug/registryz?service={}", percent_encode(s)),
         None => "/debug/registryz".to_owned(),
@@ -87,44 +77,22 @@ pub async fn fetch_registryz_filtered(
             body: String::from_utf8_lossy(&resp.body).trim().to_owned(),
         });
     }
-    serde_json::from_slice(&resp.body).map_err(|source| ClientError::Decode {
-        addr: admin,
-        source,
-    })
+    serde_json::from_slice(&resp.body).map_err(|source| ClientError::Decode { addr: admin, source })
 }
 
 /// One request to the admin API over a fresh HTTP/1.1 connection; any status is Ok.
-pub async fn request(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-) -> Result<AdminResponse, ClientError> {
+pub async fn request(admin: SocketAddr, method: &str, path: &str) -> Result<AdminResponse, ClientError> {
     tokio::time::timeout(REQUEST_TIMEOUT, request_inner(admin, method, path))
         .await
-        .unwrap_or(Err(ClientError::Timeout {
-            addr: admin,
-            timeout: REQUEST_TIMEOUT,
-        }))
+        .unwrap_or(Err(ClientError::Timeout { addr: admin, timeout: REQUEST_TIMEOUT }))
 }
 
-async fn request_inner(
-    admin: SocketAddr,
-    method: &str,
-    path: &str,
-) -> Result<AdminResponse, ClientError> {
+async fn request_inner(admin: SocketAddr, method: &str, path: &str) -> Result<AdminResponse, ClientError> {
     let (resp, driver) = open(admin, method, path).await?;
     let (parts, body) = resp.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|source| ClientError::Http { addr: admin, source })?
-        .to_bytes();
+    let body = body.collect().await.map_err(|source| ClientError::Http { addr: admin, source })?.to_bytes();
     driver.abort();
-    Ok(AdminResponse {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+    Ok(AdminResponse { status: parts.status, headers: parts.headers, body })
 }
 
 /// Send one request and return the response with its body still streaming.
@@ -135,37 +103,24 @@ async fn open(
 ) -> Result<(hyper::Response<hyper::body::Incoming>, tokio::task::JoinHandle<()>), ClientError> {
     let stream = TcpStream::connect(admin).await.map_err(|source| {
         if source.kind() == std::io::ErrorKind::ConnectionRefused {
-            ClientError::NotRunning {
-                addr: admin,
-                source,
-            }
+            ClientError::NotRunning { addr: admin, source }
         } else {
-            ClientError::Connect {
-                addr: admin,
-                source,
-            }
+            ClientError::Connect { addr: admin, source }
         }
     })?;
-    let http = |source| ClientError::Http {
-        addr: admin,
-        source,
-    };
+    let http = |source| ClientError::Http { addr: admin, source };
     let (mut sender, conn) = http1::handshake(TokioIo::new(stream)).await.map_err(http)?;
     let driver = tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "admin client connection ended with error");
         }
     });
-    let host =
-        HeaderValue::from_str(&admin.to_string()).unwrap_or(HeaderValue::from_static("localhost"));
+    let host = HeaderValue::from_str(&admin.to_string()).unwrap_or(HeaderValue::from_static("localhost"));
     let req = Request::builder()
         .method(method)
         .uri(path)
         .header(header::HOST, host)
-        .header(
-            header::USER_AGENT,
-            concat!("enforcer-cli/", env!("CARGO_PKG_VERSION")),
-        )
+        .header(header::USER_AGENT, concat!("enforcer-cli/", env!("CARGO_PKG_VERSION")))
         .body(Empty::<Bytes>::new())
         .map_err(|e| ClientError::Connect {
             addr: admin,
@@ -177,11 +132,7 @@ async fn open(
 
 /// GET `path` and call `line` for every line of the body as it arrives (no overall timeout: used
 /// to follow `/debug/events`). Returns when the agent closes the stream.
-pub async fn stream_lines(
-    admin: SocketAddr,
-    path: &str,
-    mut line: impl FnMut(&str),
-) -> Result<(), ClientError> {
+pub async fn stream_lines(admin: SocketAddr, path: &str, mut line: impl FnMut(&str)) -> Result<(), ClientError> {
     let (resp, driver) = open(admin, "GET", path).await?;
     if !resp.status().is_success() {
         return Err(ClientError::Status {
@@ -225,14 +176,7 @@ fn percent_encode(s: &str) -> String {
 // ---------------------------------------------------------------------------
 // `istioctl proxy-config endpoint`-style table
 
-const HEADERS: [&str; 6] = [
-    "ENDPOINT",
-    "STATUS",
-    "OUTLIER CHECK",
-    "SERVICE",
-    "EXPIRES",
-    "SOURCE",
-];
+const HEADERS: [&str; 6] = ["ENDPOINT", "STATUS", "OUTLIER CHECK", "SERVICE", "EXPIRES", "SOURCE"];
 
 struct Row {
     host: String,
@@ -303,11 +247,7 @@ fn push_rows(rows: &mut Vec<Row>, svc: &ServiceView, ep: &EndpointView) {
         vec![None]
     };
     let addr = ep.address.trim();
-    let shown_addr = if addr.contains(':') && !addr.starts_with('[') {
-        format!("[{addr}]")
-    } else {
-        addr.to_owned()
-    };
+    let shown_addr = if addr.contains(':') && !addr.starts_with('[') { format!("[{addr}]") } else { addr.to_owned() };
     let mut seen = Vec::new();
     for port in ports {
         if seen.contains(&port) {

@@ -86,24 +86,14 @@ impl ServiceView {
             return true;
         }
         let q = query.trim_end_matches('.');
-        self.hosts
-            .iter()
-            .any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(q))
+        self.hosts.iter().any(|h| h.trim_end_matches('.').eq_ignore_ascii_case(q))
     }
 }
 
 impl Registryz {
     /// A copy keeping only the services that [`ServiceView::matches`] `query`.
     pub fn filtered(&self, query: &str) -> Registryz {
-        Registryz {
-            services: self
-                .services
-                .iter()
-                .filter(|s| s.matches(query))
-                .cloned()
-                .collect(),
-            ..self.clone()
-        }
+        Registryz { services: self.services.iter().filter(|s| s.matches(query)).cloned().collect(), ..self.clone() }
     }
 }
 
@@ -117,12 +107,7 @@ pub fn rfc3339_utc(t: SystemTime) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
 }
 
 /// Howard Hinnant's days-since-epoch → (year, month, day) in the proleptic Gregorian calendar.
@@ -147,14 +132,8 @@ mod tests {
     #[test]
     fn rfc3339_known_instants() {
         assert_eq!(rfc3339_utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
-        assert_eq!(
-            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)),
-            "2000-02-29T00:00:00Z"
-        );
-        assert_eq!(
-            rfc3339_utc(UNIX_EPOCH + Duration::from_secs(1_738_326_896)),
-            "2025-01-31T12:34:56Z"
-        );
+        assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339_utc(UNIX_EPOCH + Duration::from_secs(1_738_326_896)), "2025-01-31T12:34:56Z");
     }
 
     #[test]

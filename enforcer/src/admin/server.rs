@@ -40,8 +40,7 @@ pub trait AdminSource: Send + Sync + 'static {
     }
 }
 
-pub const OPENMETRICS_CONTENT_TYPE: &str =
-    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const JSON_CONTENT_TYPE: &str = "application/json";
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
@@ -89,10 +88,7 @@ pub async fn serve(
     tracing::info!(addr = %local, "admin listener serving");
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     tokio::pin!(shutdown);
 
     loop {
@@ -129,10 +125,7 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!(addr = %local, "admin listener shutting down");
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("admin connections still open after {SHUTDOWN_GRACE:?}; dropping them");
     }
     Ok(())
@@ -147,8 +140,7 @@ fn handle<B>(source: &dyn AdminSource, req: &Request<B>) -> Response<Full<Bytes>
             StatusCode::METHOD_NOT_ALLOWED,
             format!("method {method} not allowed; the admin API is read-only (GET)\n"),
         );
-        resp.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
     match path.trim_end_matches('/') {
@@ -164,10 +156,7 @@ fn handle<B>(source: &dyn AdminSource, req: &Request<B>) -> Response<Full<Bytes>
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "serializing registryz");
-                    text(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("serializing registryz: {e}\n"),
-                    )
+                    text(StatusCode::INTERNAL_SERVER_ERROR, format!("serializing registryz: {e}\n"))
                 }
             }
         }
@@ -190,10 +179,7 @@ fn handle<B>(source: &dyn AdminSource, req: &Request<B>) -> Response<Full<Bytes>
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready")
             }
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            format!("404 page not found: {path}\n\n{ROUTES_HELP}"),
-        ),
+        _ => text(StatusCode::NOT_FOUND, format!("404 page not found: {path}\n\n{ROUTES_HELP}")),
     }
 }
 
@@ -225,7 +211,9 @@ fn futures_stream_once(s: String) -> impl tokio_stream::Stream<Item = Result<Fra
     tokio_stream::once(Ok(Frame::data(Bytes::from(s))))
 }
 
-fn tokio_stream_from(rx: tokio::sync::broadcast::Receiver<String>) -> impl tokio_stream::Stream<Item = Result<Frame<Bytes>, Infallible>> {
+fn tokio_stream_from(
+    rx: tokio::sync::broadcast::Receiver<String>,
+) -> impl tokio_stream::Stream<Item = Result<Frame<Bytes>, Infallible>> {
     use tokio_stream::StreamExt as _;
     tokio_stream::wrappers::BroadcastStream::new(rx).map(|r| {
         let line = match r {

@@ -15,12 +15,7 @@ use super::model::{EndpointView, MapStats, PortView, Registryz, ServiceView};
 use super::server::{self, AdminSource};
 
 fn port(number: u16, protocol: &str) -> PortView {
-    PortView {
-        number,
-        protocol: protocol.into(),
-        name: protocol.to_lowercase(),
-        target_port: None,
-    }
+    PortView { number, protocol: protocol.into(), name: protocol.to_lowercase(), target_port: None }
 }
 
 fn ep(
@@ -75,14 +70,7 @@ fn sample() -> Registryz {
                 &["*.example.org"],
                 vec![port(443, "TLS")],
                 "NONE",
-                vec![ep(
-                    "93.184.216.34",
-                    Some("www.example.org"),
-                    "learned",
-                    Some(250),
-                    &[443],
-                    "HEALTHY",
-                )],
+                vec![ep("93.184.216.34", Some("www.example.org"), "learned", Some(250), &[443], "HEALTHY")],
             ),
             svc(
                 1,
@@ -102,22 +90,8 @@ fn sample() -> Registryz {
                 vec![port(443, "TLS")],
                 "DNS",
                 vec![
-                    ep(
-                        "140.82.112.4",
-                        Some("github.com"),
-                        "resolved",
-                        Some(0),
-                        &[443],
-                        "STALE",
-                    ),
-                    ep(
-                        "140.82.112.3",
-                        Some("github.com"),
-                        "resolved",
-                        Some(29),
-                        &[443],
-                        "HEALTHY",
-                    ),
+                    ep("140.82.112.4", Some("github.com"), "resolved", Some(0), &[443], "STALE"),
+                    ep("140.82.112.3", Some("github.com"), "resolved", Some(29), &[443], "HEALTHY"),
                 ],
             ),
             svc(
@@ -129,11 +103,7 @@ fn sample() -> Registryz {
                 vec![ep("10.0.0.0/8", None, "cli", None, &[], "HEALTHY")],
             ),
         ],
-        map: MapStats {
-            allow_entries: 6,
-            allow_capacity: 65536,
-            learned_entries: 1,
-        },
+        map: MapStats { allow_entries: 6, allow_capacity: 65536, learned_entries: 1 },
     }
 }
 
@@ -175,21 +145,13 @@ impl Running {
 async fn start(ready: bool) -> Running {
     let listener = server::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let fake = Arc::new(Fake {
-        reg: sample(),
-        ready: AtomicBool::new(ready),
-    });
+    let fake = Arc::new(Fake { reg: sample(), ready: AtomicBool::new(ready) });
     let (tx, rx) = oneshot::channel::<()>();
     let source: Arc<dyn AdminSource> = fake.clone();
     let task = tokio::spawn(server::serve(listener, source, async move {
         let _ = rx.await;
     }));
-    Running {
-        addr,
-        fake,
-        stop: Some(tx),
-        task,
-    }
+    Running { addr, fake, stop: Some(tx), task }
 }
 
 #[tokio::test]
@@ -198,16 +160,11 @@ async fn serve_and_fetch_roundtrip() {
     let got = client::fetch_registryz(srv.addr).await.unwrap();
     assert_eq!(got, sample());
 
-    let resp = client::request(srv.addr, "GET", "/debug/registryz")
-        .await
-        .unwrap();
+    let resp = client::request(srv.addr, "GET", "/debug/registryz").await.unwrap();
     assert_eq!(resp.status, StatusCode::OK);
     assert_eq!(resp.headers[header::CONTENT_TYPE], "application/json");
     let body = String::from_utf8(resp.body.to_vec()).unwrap();
-    assert!(
-        body.contains("\n  \"mode\": \"REGISTRY_ONLY\""),
-        "pretty JSON: {body}"
-    );
+    assert!(body.contains("\n  \"mode\": \"REGISTRY_ONLY\""), "pretty JSON: {body}");
     srv.shutdown().await;
 }
 
@@ -215,27 +172,17 @@ async fn serve_and_fetch_roundtrip() {
 async fn registryz_service_filter() {
     let srv = start(true).await;
     for q in ["default/api", "api.example.com", "api"] {
-        let got = client::fetch_registryz_filtered(srv.addr, Some(q))
-            .await
-            .unwrap();
+        let got = client::fetch_registryz_filtered(srv.addr, Some(q)).await.unwrap();
         let names: Vec<_> = got.services.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["default/api"], "query {q}");
         assert_eq!(got.map, sample().map);
     }
     // Raw, percent-encoded query.
-    let resp = client::request(
-        srv.addr,
-        "GET",
-        "/debug/registryz?x=1&service=corp%2Fintranet",
-    )
-    .await
-    .unwrap();
+    let resp = client::request(srv.addr, "GET", "/debug/registryz?x=1&service=corp%2Fintranet").await.unwrap();
     let got: Registryz = serde_json::from_slice(&resp.body).unwrap();
     assert_eq!(got.services.len(), 1);
     assert_eq!(got.services[0].name, "corp/intranet");
-    let none = client::fetch_registryz_filtered(srv.addr, Some("nope.example"))
-        .await
-        .unwrap();
+    let none = client::fetch_registryz_filtered(srv.addr, Some("nope.example")).await.unwrap();
     assert!(none.services.is_empty());
     srv.shutdown().await;
 }
@@ -262,9 +209,7 @@ async fn health_ready_404_405() {
     }
 
     for method in ["POST", "PUT", "DELETE"] {
-        let r = client::request(srv.addr, method, "/debug/registryz")
-            .await
-            .unwrap();
+        let r = client::request(srv.addr, method, "/debug/registryz").await.unwrap();
         assert_eq!(r.status, StatusCode::METHOD_NOT_ALLOWED, "{method}");
         assert_eq!(r.headers[header::ALLOW], "GET, HEAD");
     }
@@ -274,9 +219,7 @@ async fn health_ready_404_405() {
     assert_eq!(r.status, StatusCode::OK);
     assert!(r.body.is_empty());
 
-    let r = client::request(srv.addr, "GET", "/debug/registryz/")
-        .await
-        .unwrap();
+    let r = client::request(srv.addr, "GET", "/debug/registryz/").await.unwrap();
     assert_eq!(r.status, StatusCode::OK, "trailing slash tolerated");
     srv.shutdown().await;
 }
@@ -286,10 +229,7 @@ async fn metrics_content_type() {
     let srv = start(true).await;
     let r = client::request(srv.addr, "GET", "/metrics").await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
-    assert_eq!(
-        r.headers[header::CONTENT_TYPE],
-        "application/openmetrics-text; version=1.0.0; charset=utf-8"
-    );
+    assert_eq!(r.headers[header::CONTENT_TYPE], "application/openmetrics-text; version=1.0.0; charset=utf-8");
     let body = String::from_utf8(r.body.to_vec()).unwrap();
     assert!(body.starts_with("# TYPE enforcer_allow_entries gauge\n"));
     assert!(body.ends_with("# EOF\n"), "{body:?}");
@@ -307,9 +247,7 @@ async fn connection_refused_message() {
     assert!(matches!(err, ClientError::NotRunning { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
-        format!(
-            "no enforcer agent answering on {addr} (is `enforcer daemon` running? pass --admin ADDR)"
-        )
+        format!("no enforcer agent answering on {addr} (is `enforcer daemon` running? pass --admin ADDR)")
     );
 }
 
@@ -320,10 +258,7 @@ async fn bind_in_use_is_clear() {
     let err = server::bind(addr).await.unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
     let msg = err.to_string();
-    assert!(
-        msg.contains(&addr.to_string()) && msg.contains("already in use"),
-        "{msg}"
-    );
+    assert!(msg.contains(&addr.to_string()) && msg.contains("already in use"), "{msg}");
 }
 
 #[tokio::test]
@@ -332,18 +267,13 @@ async fn shutdown_with_idle_keepalive_connection() {
     let srv = start(true).await;
     // A client that keeps its connection open after one request.
     let mut s = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut buf = [0u8; 512];
     let n = s.read(&mut buf).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
     let started = std::time::Instant::now();
     srv.shutdown().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "idle connection did not block shutdown"
-    );
+    assert!(started.elapsed() < Duration::from_secs(3), "idle connection did not block shutdown");
     // The server closed the idle connection.
     assert_eq!(s.read(&mut buf).await.unwrap(), 0);
 }
@@ -371,14 +301,7 @@ fn endpoint_table_multi_port_and_empty() {
         &["m.example.com"],
         vec![port(443, "TLS"), port(80, "HTTP")],
         "STATIC",
-        vec![ep(
-            "2001:db8::/32",
-            None,
-            "static",
-            Some(3723),
-            &[],
-            "HEALTHY",
-        )],
+        vec![ep("2001:db8::/32", None, "static", Some(3723), &[], "HEALTHY")],
     )];
     let got = format_endpoint_table(&r);
     let lines: Vec<_> = got.lines().collect();
@@ -388,10 +311,7 @@ fn endpoint_table_multi_port_and_empty() {
     assert!(lines[2].contains("  outbound|443||m.example.com  1h2m3s  "));
 
     r.services.clear();
-    assert_eq!(
-        format_endpoint_table(&r),
-        "ENDPOINT  STATUS  OUTLIER CHECK  SERVICE  EXPIRES  SOURCE\n"
-    );
+    assert_eq!(format_endpoint_table(&r), "ENDPOINT  STATUS  OUTLIER CHECK  SERVICE  EXPIRES  SOURCE\n");
 }
 
 #[test]

@@ -9,11 +9,8 @@ use std::time::Duration;
 use super::model::*;
 use super::yaml::{self, Node, Yaml};
 
-pub(crate) const API_VERSIONS: [&str; 3] = [
-    "networking.istio.io/v1alpha3",
-    "networking.istio.io/v1beta1",
-    "networking.istio.io/v1",
-];
+pub(crate) const API_VERSIONS: [&str; 3] =
+    ["networking.istio.io/v1alpha3", "networking.istio.io/v1beta1", "networking.istio.io/v1"];
 
 /// Accumulates results for one file.
 pub(crate) struct FileLoader<'a> {
@@ -33,30 +30,14 @@ struct Ctx {
 
 impl<'a> FileLoader<'a> {
     pub fn new(file: &'a Path, text: &'a str) -> Self {
-        FileLoader {
-            file,
-            lines: text.lines().collect(),
-            registry: Registry::default(),
-            errors: Vec::new(),
-        }
+        FileLoader { file, lines: text.lines().collect(), registry: Registry::default(), errors: Vec::new() }
     }
 
     fn src(&self, ctx: &Ctx, line: usize) -> SourceRef {
-        SourceRef {
-            file: self.file.to_path_buf(),
-            document: ctx.doc,
-            line: line.max(1),
-        }
+        SourceRef { file: self.file.to_path_buf(), document: ctx.doc, line: line.max(1) }
     }
 
-    fn diag(
-        &self,
-        ctx: &Ctx,
-        line: usize,
-        field: &str,
-        msg: String,
-        fix: Option<&str>,
-    ) -> Diagnostic {
+    fn diag(&self, ctx: &Ctx, line: usize, field: &str, msg: String, fix: Option<&str>) -> Diagnostic {
         let field = if field.is_empty() {
             ctx.prefix.trim_end_matches('.').to_string()
         } else {
@@ -83,19 +64,11 @@ impl<'a> FileLoader<'a> {
 
     pub fn load(&mut self, text: &'a str) {
         for doc in yaml::split_documents(text) {
-            let ctx = Ctx {
-                doc: doc.index,
-                prefix: String::new(),
-                object: None,
-            };
+            let ctx = Ctx { doc: doc.index, prefix: String::new(), object: None };
             match yaml::parse_document(&doc) {
                 Ok(node) => self.document(&ctx, &node),
                 Err(e) => {
-                    let col = if e.column > 0 {
-                        format!(":{}", e.column)
-                    } else {
-                        String::new()
-                    };
+                    let col = if e.column > 0 { format!(":{}", e.column) } else { String::new() };
                     self.error(
                         &ctx,
                         e.line,
@@ -116,10 +89,7 @@ impl<'a> FileLoader<'a> {
                 ctx,
                 node.line,
                 "",
-                format!(
-                    "expected a mapping (a Kubernetes object), got {}",
-                    other.describe()
-                ),
+                format!("expected a mapping (a Kubernetes object), got {}", other.describe()),
                 "each YAML document must be an object with apiVersion, kind, metadata and spec",
             ),
         }
@@ -213,10 +183,7 @@ impl<'a> FileLoader<'a> {
         match node.get("apiVersion") {
             Some(v) if v.as_str().is_some_and(|s| API_VERSIONS.contains(&s)) => true,
             Some(v) => {
-                let shown = v
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| v.value.describe());
+                let shown = v.as_str().map(str::to_string).unwrap_or_else(|| v.value.describe());
                 self.error(
                     &c,
                     v.line,
@@ -241,22 +208,13 @@ impl<'a> FileLoader<'a> {
 
     fn list(&mut self, ctx: &Ctx, node: &Node, kind: &str) {
         match node.get("items") {
-            Some(Node {
-                value: Yaml::Seq(items),
-                ..
-            }) => {
+            Some(Node { value: Yaml::Seq(items), .. }) => {
                 for (i, item) in items.iter().enumerate() {
-                    let c = Ctx {
-                        doc: ctx.doc,
-                        prefix: format!("{}items[{i}].", ctx.prefix),
-                        object: None,
-                    };
+                    let c = Ctx { doc: ctx.doc, prefix: format!("{}items[{i}].", ctx.prefix), object: None };
                     self.document(&c, item);
                 }
             }
-            Some(Node {
-                value: Yaml::Null, ..
-            }) => {}
+            Some(Node { value: Yaml::Null, .. }) => {}
             Some(other) => self.error(
                 ctx,
                 other.line,
@@ -299,20 +257,9 @@ impl<'a> FileLoader<'a> {
             return;
         };
         // For block scalars (`mesh: |`) the content starts on the next line.
-        let raw_line = self
-            .lines
-            .get(mesh.line.saturating_sub(1))
-            .copied()
-            .unwrap_or("");
-        let after_colon = raw_line
-            .split_once("mesh:")
-            .map(|(_, r)| r.trim())
-            .unwrap_or("");
-        let base = if after_colon.starts_with('|') || after_colon.starts_with('>') {
-            mesh.line + 1
-        } else {
-            mesh.line
-        };
+        let raw_line = self.lines.get(mesh.line.saturating_sub(1)).copied().unwrap_or("");
+        let after_colon = raw_line.split_once("mesh:").map(|(_, r)| r.trim()).unwrap_or("");
+        let base = if after_colon.starts_with('|') || after_colon.starts_with('>') { mesh.line + 1 } else { mesh.line };
         match yaml::parse_embedded(text, base) {
             Ok(inner) => {
                 let mut ic = c.clone();
@@ -333,10 +280,7 @@ impl<'a> FileLoader<'a> {
                 &c,
                 e.line,
                 "data.mesh",
-                format!(
-                    "YAML syntax error in embedded mesh config at line {}: {}",
-                    e.line, e.message
-                ),
+                format!("YAML syntax error in embedded mesh config at line {}: {}", e.line, e.message),
                 "fix the YAML inside data.mesh",
             ),
         }
@@ -398,9 +342,7 @@ impl<'a> FileLoader<'a> {
             // parser as the implicit pair `{"001:db8:": null}`; Kubernetes'
             // YAML reader (and so Istio) treats it as the string `001:db8::`.
             Yaml::Map(entries)
-                if entries.len() == 1
-                    && entries[0].0.contains(':')
-                    && entries[0].2.value == Yaml::Null =>
+                if entries.len() == 1 && entries[0].0.contains(':') && entries[0].2.value == Yaml::Null =>
             {
                 Some(format!("{}:", entries[0].0))
             }
@@ -481,29 +423,15 @@ impl<'a> FileLoader<'a> {
 
     fn metadata(&mut self, ctx: &Ctx, node: &Node) -> (Option<String>, String) {
         let Some(md) = node.get("metadata") else {
-            self.error(
-                ctx,
-                node.line,
-                "metadata.name",
-                "missing metadata.name",
-                "add metadata: {name: <name>}",
-            );
+            self.error(ctx, node.line, "metadata.name", "missing metadata.name", "add metadata: {name: <name>}");
             return (None, "default".into());
         };
         let name = match md.get("name") {
-            Some(n) => self
-                .str_of(ctx, n, "metadata.name")
-                .filter(|s| !s.is_empty()),
+            Some(n) => self.str_of(ctx, n, "metadata.name").filter(|s| !s.is_empty()),
             None => None,
         };
         if name.is_none() && md.get("name").is_none_or(|n| n.as_str().is_some()) {
-            self.error(
-                ctx,
-                md.line,
-                "metadata.name",
-                "missing metadata.name",
-                "add metadata.name: <name>",
-            );
+            self.error(ctx, md.line, "metadata.name", "missing metadata.name", "add metadata.name: <name>");
         }
         let namespace = md
             .get("namespace")
@@ -536,13 +464,7 @@ impl<'a> FileLoader<'a> {
         let (name, namespace) = self.metadata(&ctx, node);
         self.unknown_top_level(&ctx, node);
         let Some(spec) = node.get("spec") else {
-            self.error(
-                &ctx,
-                node.line,
-                "spec",
-                "missing spec",
-                "add spec with hosts and ports",
-            );
+            self.error(&ctx, node.line, "spec", "missing spec", "add spec with hosts and ports");
             return;
         };
         if !self.is_map(&ctx, spec, "spec") {
@@ -563,19 +485,35 @@ impl<'a> FileLoader<'a> {
         ];
         for (k, line, _) in spec.entries() {
             match k.as_str() {
-                "exportTo" => self.warn(&ctx, *line, "spec.exportTo",
+                "exportTo" => self.warn(
+                    &ctx,
+                    *line,
+                    "spec.exportTo",
                     "exportTo is not supported by enforcer; the entry applies to every workload the enforcer guards",
-                    "remove spec.exportTo, or run a separate enforcer per namespace"),
-                "workloadSelector" => self.warn(&ctx, *line, "spec.workloadSelector",
+                    "remove spec.exportTo, or run a separate enforcer per namespace",
+                ),
+                "workloadSelector" => self.warn(
+                    &ctx,
+                    *line,
+                    "spec.workloadSelector",
                     "workloadSelector is not supported by enforcer; ignored",
-                    "list endpoints explicitly, or remove spec.workloadSelector"),
-                "subjectAltNames" => self.warn(&ctx, *line, "spec.subjectAltNames",
+                    "list endpoints explicitly, or remove spec.workloadSelector",
+                ),
+                "subjectAltNames" => self.warn(
+                    &ctx,
+                    *line,
+                    "spec.subjectAltNames",
                     "subjectAltNames is not checked by enforcer; ignored",
-                    "remove spec.subjectAltNames, or set DestinationRule tls.subjectAltNames"),
+                    "remove spec.subjectAltNames, or set DestinationRule tls.subjectAltNames",
+                ),
                 k if KNOWN.contains(&k) => {}
-                k => self.warn(&ctx, *line, &format!("spec.{k}"),
+                k => self.warn(
+                    &ctx,
+                    *line,
+                    &format!("spec.{k}"),
                     format!("unknown field spec.{k}; check spelling"),
-                    &format!("known fields are {}", KNOWN.join(", "))),
+                    &format!("known fields are {}", KNOWN.join(", ")),
+                ),
             }
         }
 
@@ -733,9 +671,13 @@ impl<'a> FileLoader<'a> {
         let mut port_names: HashSet<String> = HashSet::new();
         let mut port_numbers: HashSet<u16> = HashSet::new();
         match spec.get("ports") {
-            None => self.warn(&ctx, spec.line, "spec.ports",
+            None => self.warn(
+                &ctx,
+                spec.line,
+                "spec.ports",
                 "no ports declared (Istio accepts this); enforcer has no port to allow for these hosts",
-                "declare the ports you need, e.g. ports: [{number: 443, name: https, protocol: TLS}]"),
+                "declare the ports you need, e.g. ports: [{number: 443, name: https, protocol: TLS}]",
+            ),
             Some(p) => {
                 let items = self.seq_of(&ctx, p, "spec.ports");
                 for (i, item) in items.iter().enumerate() {
@@ -745,16 +687,25 @@ impl<'a> FileLoader<'a> {
                     }
                     for (k, line, _) in item.entries() {
                         if !["number", "protocol", "name", "targetPort"].contains(&k.as_str()) {
-                            self.warn(&ctx, *line, &format!("{f}.{k}"),
+                            self.warn(
+                                &ctx,
+                                *line,
+                                &format!("{f}.{k}"),
                                 format!("unknown field {f}.{k}; check spelling"),
-                                "known port fields are number, protocol, name, targetPort");
+                                "known port fields are number, protocol, name, targetPort",
+                            );
                         }
                     }
                     let number = match item.get("number") {
                         Some(n) => self.port_of(&ctx, n, &format!("{f}.number")),
                         None => {
-                            self.error(&ctx, item.line, &format!("{f}.number"),
-                                "port number is required", "add number: <1-65535>");
+                            self.error(
+                                &ctx,
+                                item.line,
+                                &format!("{f}.number"),
+                                "port number is required",
+                                "add number: <1-65535>",
+                            );
                             None
                         }
                     };
@@ -765,23 +716,39 @@ impl<'a> FileLoader<'a> {
                     let name_line = item.get("name").map_or(item.line, |n| n.line);
                     if let Some(nm) = &name {
                         if !is_dns1123_label(nm) {
-                            self.error(&ctx, name_line, &format!("{f}.name"),
-                                if nm.is_empty() { "port name is required".to_string() }
-                                else { format!("invalid port name: {nm}") },
-                                "use a DNS-1123 label: lowercase letters, digits and '-', e.g. name: https");
+                            self.error(
+                                &ctx,
+                                name_line,
+                                &format!("{f}.name"),
+                                if nm.is_empty() {
+                                    "port name is required".to_string()
+                                } else {
+                                    format!("invalid port name: {nm}")
+                                },
+                                "use a DNS-1123 label: lowercase letters, digits and '-', e.g. name: https",
+                            );
                         } else if !port_names.insert(nm.clone()) {
-                            self.error(&ctx, name_line, &format!("{f}.name"),
+                            self.error(
+                                &ctx,
+                                name_line,
+                                &format!("{f}.name"),
                                 format!("service entry port name {nm:?} already defined"),
-                                "give every port a unique name");
+                                "give every port a unique name",
+                            );
                         }
                     }
                     if let Some(num) = number
-                        && !port_numbers.insert(num) {
-                            let line = item.get("number").map_or(item.line, |n| n.line);
-                            self.error(&ctx, line, &format!("{f}.number"),
-                                format!("service entry port {num} already defined"),
-                                "remove the duplicate port or use a different number");
-                        }
+                        && !port_numbers.insert(num)
+                    {
+                        let line = item.get("number").map_or(item.line, |n| n.line);
+                        self.error(
+                            &ctx,
+                            line,
+                            &format!("{f}.number"),
+                            format!("service entry port {num} already defined"),
+                            "remove the duplicate port or use a different number",
+                        );
+                    }
                     let protocol = match item.get("protocol") {
                         None => Some(Protocol::Tcp),
                         Some(pn) => match self.str_of(&ctx, pn, &format!("{f}.protocol")) {
@@ -790,9 +757,13 @@ impl<'a> FileLoader<'a> {
                             Some(s) => match Protocol::parse(&s) {
                                 Some(p) => Some(p),
                                 None => {
-                                    self.error(&ctx, pn.line, &format!("{f}.protocol"),
+                                    self.error(
+                                        &ctx,
+                                        pn.line,
+                                        &format!("{f}.protocol"),
                                         format!("unsupported protocol: {s}"),
-                                        &format!("use one of {}", Protocol::ACCEPTED));
+                                        &format!("use one of {}", Protocol::ACCEPTED),
+                                    );
                                     None
                                 }
                             },
@@ -879,12 +850,22 @@ impl<'a> FileLoader<'a> {
                     let lower = addr.to_ascii_lowercase();
                     let trimmed = lower.strip_suffix('.').unwrap_or(&lower).to_string();
                     match resolution {
-                        Resolution::Static => self.error(&ctx, addr_node.line, &af,
-                            format!("endpoint address {addr:?} is not an IP address; STATIC endpoints must be IP addresses"),
-                            "use resolution: DNS for hostnames, or list IP endpoints"),
-                        _ if !is_fqdn(&trimmed) => self.error(&ctx, addr_node.line, &af,
+                        Resolution::Static => self.error(
+                            &ctx,
+                            addr_node.line,
+                            &af,
+                            format!(
+                                "endpoint address {addr:?} is not an IP address; STATIC endpoints must be IP addresses"
+                            ),
+                            "use resolution: DNS for hostnames, or list IP endpoints",
+                        ),
+                        _ if !is_fqdn(&trimmed) => self.error(
+                            &ctx,
+                            addr_node.line,
+                            &af,
                             format!("endpoint address {addr:?} is not a valid FQDN or an IP address"),
-                            "use an IP address or a DNS name like api.example.com"),
+                            "use an IP address or a DNS name like api.example.com",
+                        ),
                         _ => {}
                     }
                     EndpointAddress::Hostname(trimmed)
@@ -912,16 +893,11 @@ impl<'a> FileLoader<'a> {
                                     &ctx,
                                     *pline,
                                     &ef,
-                                    format!(
-                                        "endpoint port {pname} is not defined by the service entry"
-                                    ),
+                                    format!("endpoint port {pname} is not defined by the service entry"),
                                     &if declared.is_empty() {
                                         "declare a port with this name in spec.ports".to_string()
                                     } else {
-                                        format!(
-                                            "use a port name declared in spec.ports ({})",
-                                            declared.join(", ")
-                                        )
+                                        format!("use a port name declared in spec.ports ({})", declared.join(", "))
                                     },
                                 );
                             }
@@ -931,10 +907,7 @@ impl<'a> FileLoader<'a> {
                         }
                     }
                 }
-                endpoints.push(Endpoint {
-                    address,
-                    ports: eports,
-                });
+                endpoints.push(Endpoint { address, ports: eports });
             }
         }
 
@@ -942,9 +915,13 @@ impl<'a> FileLoader<'a> {
         match resolution {
             Resolution::None => {
                 if let Some(line) = endpoints_line {
-                    self.error(&ctx, line, "spec.endpoints",
+                    self.error(
+                        &ctx,
+                        line,
+                        "spec.endpoints",
                         "no endpoints should be provided for resolution type none",
-                        "set resolution: STATIC (IP endpoints) or DNS (hostname endpoints), or remove spec.endpoints");
+                        "set resolution: STATIC (IP endpoints) or DNS (hostname endpoints), or remove spec.endpoints",
+                    );
                 }
             }
             Resolution::Static => {
@@ -963,10 +940,16 @@ impl<'a> FileLoader<'a> {
                     && let Some(h) = hosts.iter().find(|h| h.is_wildcard())
                 {
                     let line = spec.get("hosts").map_or(spec.line, |n| n.line);
-                    self.error(&ctx, line, "spec.hosts",
-                            format!("hosts must be FQDN if no endpoints are provided for resolution mode {}; {h} is a wildcard",
-                                if dynamic_dns { "DYNAMIC_DNS".to_string() } else { resolution.to_string() }),
-                            "set resolution: NONE for wildcard hosts, or list endpoints");
+                    self.error(
+                        &ctx,
+                        line,
+                        "spec.hosts",
+                        format!(
+                            "hosts must be FQDN if no endpoints are provided for resolution mode {}; {h} is a wildcard",
+                            if dynamic_dns { "DYNAMIC_DNS".to_string() } else { resolution.to_string() }
+                        ),
+                        "set resolution: NONE for wildcard hosts, or list endpoints",
+                    );
                 }
             }
         }
@@ -974,9 +957,7 @@ impl<'a> FileLoader<'a> {
         // Multiple hosts with non-HTTP/TLS ports cannot be told apart.
         if resolution != Resolution::None
             && hosts.len() > 1
-            && ports
-                .iter()
-                .any(|p| !p.protocol.is_http() && !p.protocol.is_tls())
+            && ports.iter().any(|p| !p.protocol.is_http() && !p.protocol.is_tls())
         {
             self.error(
                 &ctx,
@@ -1020,13 +1001,7 @@ impl<'a> FileLoader<'a> {
         if !self.is_map(&ctx, spec, "spec") {
             return;
         }
-        const KNOWN: [&str; 5] = [
-            "host",
-            "trafficPolicy",
-            "subsets",
-            "exportTo",
-            "workloadSelector",
-        ];
+        const KNOWN: [&str; 5] = ["host", "trafficPolicy", "subsets", "exportTo", "workloadSelector"];
         for (k, line, _) in spec.entries() {
             if !KNOWN.contains(&k.as_str()) {
                 self.warn(
@@ -1071,10 +1046,7 @@ impl<'a> FileLoader<'a> {
             if let Some(t) = tp.get("tls") {
                 tls = self.tls(&ctx, t, "spec.trafficPolicy.tls");
             }
-            if let Some(ct) = tp
-                .get("connectionPool")
-                .and_then(|c| c.get("tcp"))
-                .and_then(|t| t.get("connectTimeout"))
+            if let Some(ct) = tp.get("connectionPool").and_then(|c| c.get("tcp")).and_then(|t| t.get("connectTimeout"))
             {
                 let f = "spec.trafficPolicy.connectionPool.tcp.connectTimeout";
                 if let Some(s) = self.str_of(&ctx, ct, f) {
@@ -1203,19 +1175,14 @@ impl<'a> FileLoader<'a> {
                 }
             }
         };
-        let sni = t
-            .get("sni")
-            .and_then(|n| self.str_of(ctx, n, &format!("{f}.sni")));
+        let sni = t.get("sni").and_then(|n| self.str_of(ctx, n, &format!("{f}.sni")));
         let ca_certificates = t
             .get("caCertificates")
             .and_then(|n| self.str_of(ctx, n, &format!("{f}.caCertificates")))
             .map(PathBuf::from);
         let insecure_skip_verify = match t.get("insecureSkipVerify") {
             None => false,
-            Some(Node {
-                value: Yaml::Bool(b),
-                ..
-            }) => *b,
+            Some(Node { value: Yaml::Bool(b), .. }) => *b,
             Some(n) => {
                 self.error(
                     ctx,
@@ -1236,26 +1203,14 @@ impl<'a> FileLoader<'a> {
                 }
             }
         }
-        Some(TlsSettings {
-            mode,
-            sni,
-            ca_certificates,
-            insecure_skip_verify,
-            subject_alt_names,
-        })
+        Some(TlsSettings { mode, sni, ca_certificates, insecure_skip_verify, subject_alt_names })
     }
 }
 
 fn object_label(kind: &str, node: &Node) -> String {
     let md = node.get("metadata");
-    let name = md
-        .and_then(|m| m.get("name"))
-        .and_then(Node::as_str)
-        .unwrap_or("<unnamed>");
-    let ns = md
-        .and_then(|m| m.get("namespace"))
-        .and_then(Node::as_str)
-        .unwrap_or("default");
+    let name = md.and_then(|m| m.get("name")).and_then(Node::as_str).unwrap_or("<unnamed>");
+    let ns = md.and_then(|m| m.get("namespace")).and_then(Node::as_str).unwrap_or("default");
     format!("{kind} {ns}/{name}")
 }
 
@@ -1263,18 +1218,14 @@ fn object_label(kind: &str, node: &Node) -> String {
 pub(crate) fn is_dns1123_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
 
 /// A DNS name made of DNS-1123 labels (case-insensitive), at most 255 chars.
 pub(crate) fn is_fqdn(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 255
-        && s.split('.')
-            .all(|l| is_dns1123_label(&l.to_ascii_lowercase()))
+    !s.is_empty() && s.len() <= 255 && s.split('.').all(|l| is_dns1123_label(&l.to_ascii_lowercase()))
 }
 
 /// Parse a ServiceEntry host like Istio's `ValidateWildcardDomain`, but only
@@ -1324,9 +1275,7 @@ fn is_partial_wildcard(raw: &str) -> bool {
     let s = raw.trim().to_ascii_lowercase();
     let s = s.strip_suffix('.').unwrap_or(&s);
     match s.strip_prefix('*') {
-        Some(rest) if !rest.is_empty() && !rest.starts_with('.') && !rest.contains('*') => {
-            is_fqdn(rest)
-        }
+        Some(rest) if !rest.is_empty() && !rest.starts_with('.') && !rest.contains('*') => is_fqdn(rest),
         _ => false,
     }
 }
@@ -1348,17 +1297,13 @@ pub(crate) fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = 0f64;
     let mut rest = s;
     while !rest.is_empty() {
-        let num_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
+        let num_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
         if num_end == 0 {
             return None;
         }
         let value: f64 = rest[..num_end].parse().ok()?;
         rest = &rest[num_end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
+        let unit_end = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
         let factor = match &rest[..unit_end] {
             "h" => 3600.0,
             "m" => 60.0,

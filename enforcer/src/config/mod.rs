@@ -22,8 +22,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::{
-    DestinationRule, Diagnostic, Endpoint, EndpointAddress, Host, Location, Mode, ParseModeError,
-    Port, Protocol, Registry, Resolution, ServiceEntry, SourceRef, TlsMode, TlsSettings,
+    DestinationRule, Diagnostic, Endpoint, EndpointAddress, Host, Location, Mode, ParseModeError, Port, Protocol,
+    Registry, Resolution, ServiceEntry, SourceRef, TlsMode, TlsSettings,
 };
 
 /// The apiVersions accepted for ServiceEntry and DestinationRule.
@@ -50,11 +50,7 @@ struct InvalidDisplay<'a>(&'a [Diagnostic]);
 impl fmt::Display for InvalidDisplay<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(
-            f,
-            "invalid configuration ({n} problem{}):",
-            if n == 1 { "" } else { "s" }
-        )?;
+        write!(f, "invalid configuration ({n} problem{}):", if n == 1 { "" } else { "s" })?;
         for d in self.0 {
             write!(f, "\n  {d}")?;
         }
@@ -63,11 +59,7 @@ impl fmt::Display for InvalidDisplay<'_> {
 }
 
 fn paths_list(paths: &[PathBuf]) -> String {
-    paths
-        .iter()
-        .map(|p| p.display().to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl ConfigError {
@@ -83,11 +75,7 @@ impl ConfigError {
 /// Load every document of `text` (as if read from `file`).
 pub fn load_str(text: &str, file: &Path) -> Result<Registry, ConfigError> {
     let (reg, errors) = load_str_inner(text, file);
-    if errors.is_empty() {
-        Ok(reg)
-    } else {
-        Err(ConfigError::Invalid { errors })
-    }
+    if errors.is_empty() { Ok(reg) } else { Err(ConfigError::Invalid { errors }) }
 }
 
 fn load_str_inner(text: &str, file: &Path) -> (Registry, Vec<Diagnostic>) {
@@ -105,10 +93,7 @@ pub fn load_paths(paths: &[impl AsRef<Path>]) -> Result<Registry, ConfigError> {
     let mut files = Vec::new();
     for p in paths {
         let p = p.as_ref();
-        let meta = std::fs::metadata(p).map_err(|e| ConfigError::Io {
-            path: p.to_path_buf(),
-            source: e,
-        })?;
+        let meta = std::fs::metadata(p).map_err(|e| ConfigError::Io { path: p.to_path_buf(), source: e })?;
         if meta.is_dir() {
             collect_dir(p, &mut files)?;
         } else {
@@ -116,40 +101,25 @@ pub fn load_paths(paths: &[impl AsRef<Path>]) -> Result<Registry, ConfigError> {
         }
     }
     if files.is_empty() {
-        return Err(ConfigError::NoInput {
-            paths: paths.iter().map(|p| p.as_ref().to_path_buf()).collect(),
-        });
+        return Err(ConfigError::NoInput { paths: paths.iter().map(|p| p.as_ref().to_path_buf()).collect() });
     }
     let mut registry = Registry::default();
     let mut errors = Vec::new();
     for file in files {
-        let text = std::fs::read_to_string(&file).map_err(|e| ConfigError::Io {
-            path: file.clone(),
-            source: e,
-        })?;
+        let text = std::fs::read_to_string(&file).map_err(|e| ConfigError::Io { path: file.clone(), source: e })?;
         let (reg, errs) = load_str_inner(&text, &file);
         errors.extend(errs);
         if let Err(conflict) = registry.try_merge(reg) {
             errors.push(conflict);
         }
     }
-    if errors.is_empty() {
-        Ok(registry)
-    } else {
-        Err(ConfigError::Invalid { errors })
-    }
+    if errors.is_empty() { Ok(registry) } else { Err(ConfigError::Invalid { errors }) }
 }
 
 fn collect_dir(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
-    let io = |e| ConfigError::Io {
-        path: dir.to_path_buf(),
-        source: e,
-    };
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()
-        .map_err(io)?;
+    let io = |e| ConfigError::Io { path: dir.to_path_buf(), source: e };
+    let mut entries: Vec<PathBuf> =
+        std::fs::read_dir(dir).map_err(io)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>().map_err(io)?;
     entries.sort();
     for path in entries {
         if path.is_dir() {

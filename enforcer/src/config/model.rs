@@ -24,9 +24,7 @@ impl Mode {
 
 /// Error returned by [`Mode::from_str`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown outbound traffic policy mode {0:?}; expected one of ALLOW_ANY, REGISTRY_ONLY, AUDIT"
-)]
+#[error("unknown outbound traffic policy mode {0:?}; expected one of ALLOW_ANY, REGISTRY_ONLY, AUDIT")]
 pub struct ParseModeError(pub String);
 
 impl FromStr for Mode {
@@ -63,13 +61,7 @@ pub struct SourceRef {
 
 impl fmt::Display for SourceRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{} (document {})",
-            self.file.display(),
-            self.line,
-            self.document
-        )
+        write!(f, "{}:{} (document {})", self.file.display(), self.line, self.document)
     }
 }
 
@@ -163,10 +155,8 @@ impl Protocol {
 
     /// HTTP family (Istio `IsHTTP`).
     pub fn is_http(&self) -> bool {
-        matches!(
-            self,
-            Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb
-        ) || matches!(self, Protocol::Unknown(s) if s == "HTTP_PROXY")
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc | Protocol::GrpcWeb)
+            || matches!(self, Protocol::Unknown(s) if s == "HTTP_PROXY")
     }
 
     /// TLS family (Istio `IsTLS`).
@@ -331,13 +321,7 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}: document {}",
-            self.source.file.display(),
-            self.source.line,
-            self.source.document
-        )?;
+        write!(f, "{}:{}: document {}", self.source.file.display(), self.source.line, self.source.document)?;
         if let Some(obj) = &self.object {
             write!(f, " ({obj})")?;
         }
@@ -397,9 +381,7 @@ impl Registry {
 
     /// Find the destination rule for a host name (exact match on `host`).
     pub fn destination_rule_for(&self, host: &str) -> Option<&DestinationRule> {
-        self.destination_rules
-            .iter()
-            .find(|d| d.host.eq_ignore_ascii_case(host))
+        self.destination_rules.iter().find(|d| d.host.eq_ignore_ascii_case(host))
     }
 }
 

@@ -48,10 +48,7 @@ fn ok(text: &str) -> Registry {
 /// Assert a single diagnostic mentions file, line, field and a fix.
 fn assert_diag(d: &Diagnostic, field: &str, line: usize, needle: &str) {
     let s = d.to_string();
-    assert!(
-        s.starts_with(&format!("test.yaml:{line}: document ")),
-        "line: {s}"
-    );
+    assert!(s.starts_with(&format!("test.yaml:{line}: document ")), "line: {s}");
     assert!(s.contains(&format!("{field}: ")), "field {field}: {s}");
     assert!(s.contains("; fix: "), "fix: {s}");
     assert!(s.contains(needle), "{needle:?} not in {s}");
@@ -60,13 +57,10 @@ fn assert_diag(d: &Diagnostic, field: &str, line: usize, needle: &str) {
 }
 
 fn find<'a>(ds: &'a [Diagnostic], field: &str) -> &'a Diagnostic {
-    ds.iter()
-        .find(|d| d.field == field)
-        .unwrap_or_else(|| panic!("no diagnostic for {field}: {ds:#?}"))
+    ds.iter().find(|d| d.field == field).unwrap_or_else(|| panic!("no diagnostic for {field}: {ds:#?}"))
 }
 
-const SE_HEAD: &str =
-    "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: foo\nspec:\n";
+const SE_HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: foo\nspec:\n";
 
 // --- real Istio examples -------------------------------------------------
 
@@ -78,15 +72,7 @@ fn httpbin_dns_external() {
     assert_eq!(se.name, "httpbin-ext");
     assert_eq!(se.namespace, "default");
     assert_eq!(se.hosts, vec![Host::Exact("httpbin.org".into())]);
-    assert_eq!(
-        se.ports,
-        vec![Port {
-            number: 80,
-            protocol: Protocol::Http,
-            name: "http".into(),
-            target_port: None
-        }]
-    );
+    assert_eq!(se.ports, vec![Port { number: 80, protocol: Protocol::Http, name: "http".into(), target_port: None }]);
     assert_eq!(se.resolution, Resolution::Dns);
     assert_eq!(se.location, Location::MeshExternal);
     assert_eq!(se.source.line, 2);
@@ -127,26 +113,17 @@ fn mongocluster_static_cidr_and_mtls_rule() {
     let se = &r.services[0];
     assert_eq!(se.resolution, Resolution::Static);
     assert_eq!(se.location, Location::MeshInternal);
-    assert_eq!(
-        se.addresses,
-        vec!["192.192.192.192/24".parse::<ipnet::IpNet>().unwrap()]
-    );
+    assert_eq!(se.addresses, vec!["192.192.192.192/24".parse::<ipnet::IpNet>().unwrap()]);
     assert_eq!(se.ports[0].protocol, Protocol::Mongo);
     assert_eq!(se.endpoints.len(), 2);
-    assert_eq!(
-        se.endpoints[0].address,
-        EndpointAddress::Ip("2.2.2.2".parse().unwrap())
-    );
+    assert_eq!(se.endpoints[0].address, EndpointAddress::Ip("2.2.2.2".parse().unwrap()));
     let w = find(&r.warnings, "spec.location");
     assert!(w.message.contains("treated like MESH_EXTERNAL"), "{w}");
     assert_eq!(w.source.line, 15);
     let dr = &r.destination_rules[0];
     let tls = dr.tls.as_ref().unwrap();
     assert_eq!(tls.mode, TlsMode::Mutual);
-    assert_eq!(
-        tls.ca_certificates.as_deref(),
-        Some(Path::new("/etc/certs/rootcacerts.pem"))
-    );
+    assert_eq!(tls.ca_certificates.as_deref(), Some(Path::new("/etc/certs/rootcacerts.pem")));
 }
 
 #[test]
@@ -154,16 +131,10 @@ fn external_svc_dns_endpoint_ports() {
     let r = load_fixture("external-svc-dns.yaml");
     let se = &r.services[0];
     assert_eq!(se.endpoints.len(), 3);
-    assert_eq!(
-        se.endpoints[0].address,
-        EndpointAddress::Hostname("us.foo.bar.com".into())
-    );
+    assert_eq!(se.endpoints[0].address, EndpointAddress::Hostname("us.foo.bar.com".into()));
     assert_eq!(se.endpoints[0].ports.get("https"), Some(&8443));
     assert_eq!(se.endpoints[2].ports.get("https"), Some(&7443));
-    assert_eq!(
-        r.destination_rules[0].tls.as_ref().unwrap().mode,
-        TlsMode::Simple
-    );
+    assert_eq!(r.destination_rules[0].tls.as_ref().unwrap().mode, TlsMode::Simple);
 }
 
 #[test]
@@ -182,22 +153,10 @@ fn multi_document_with_other_kinds_warns() {
     assert_eq!(r.services[0].name, "www-wikipedia");
     assert_eq!(r.services[0].source.document, 4);
     assert_eq!(r.destination_rules.len(), 1);
-    let kinds: Vec<_> = r
-        .warnings
-        .iter()
-        .filter(|w| w.message.contains("is not used by enforcer"))
-        .collect();
+    let kinds: Vec<_> = r.warnings.iter().filter(|w| w.message.contains("is not used by enforcer")).collect();
     assert_eq!(kinds.len(), 2, "{:#?}", r.warnings);
-    assert!(
-        kinds[0]
-            .to_string()
-            .contains("kind Gateway is not used by enforcer; ignored")
-    );
-    assert!(
-        kinds[1]
-            .to_string()
-            .contains("kind VirtualService is not used by enforcer; ignored")
-    );
+    assert!(kinds[0].to_string().contains("kind Gateway is not used by enforcer; ignored"));
+    assert!(kinds[1].to_string().contains("kind VirtualService is not used by enforcer; ignored"));
 }
 
 #[test]
@@ -227,11 +186,7 @@ fn istio_testdata_full_entry_fields() {
     let se = &r.services[0];
     assert_eq!(se.addresses[0].to_string(), "1.2.3.4/32");
     assert_eq!(se.addresses[1].to_string(), "1:db8::/128");
-    for f in [
-        "spec.exportTo",
-        "spec.workloadSelector",
-        "spec.subjectAltNames",
-    ] {
+    for f in ["spec.exportTo", "spec.workloadSelector", "spec.subjectAltNames"] {
         find(&r.warnings, f);
     }
 }
@@ -241,26 +196,15 @@ fn directory_load_is_sorted_and_merged() {
     let dir = std::env::temp_dir().join(format!("enforcer-cfg-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("sub")).unwrap();
-    for f in [
-        "httpbin-ext.yaml",
-        "google.yaml",
-        "edition-cnn-tls-origination.yaml",
-    ] {
+    for f in ["httpbin-ext.yaml", "google.yaml", "edition-cnn-tls-origination.yaml"] {
         std::fs::copy(fixture(f), dir.join(f)).unwrap();
     }
     std::fs::copy(fixture("wikipedia-wildcard.yaml"), dir.join("sub/wiki.yml")).unwrap();
     std::fs::write(dir.join("README.md"), "not yaml: [").unwrap();
-    std::fs::copy(
-        fixture("mesh/istio-operator-registry-only.yaml"),
-        dir.join("sub/mesh.yaml"),
-    )
-    .unwrap();
+    std::fs::copy(fixture("mesh/istio-operator-registry-only.yaml"), dir.join("sub/mesh.yaml")).unwrap();
     let r = load_paths(&[&dir]).unwrap();
     let names: Vec<_> = r.services.iter().map(|s| s.name.as_str()).collect();
-    assert_eq!(
-        names,
-        ["edition-cnn-com", "google", "httpbin-ext", "wikipedia"]
-    );
+    assert_eq!(names, ["edition-cnn-com", "google", "httpbin-ext", "wikipedia"]);
     assert_eq!(r.mode.as_ref().unwrap().0, Mode::RegistryOnly);
     std::fs::remove_dir_all(&dir).unwrap();
 }
@@ -296,12 +240,7 @@ fn list_is_expanded() {
     assert!(r.services[1].ports[0].protocol.is_udp());
     let bad = text.replace("protocol: UDP", "protocol: QUIC");
     let ds = errors(&bad);
-    assert_diag(
-        &ds[0],
-        "items[1].spec.ports[0].protocol",
-        18,
-        "unsupported protocol: QUIC",
-    );
+    assert_diag(&ds[0], "items[1].spec.ports[0].protocol", 18, "unsupported protocol: QUIC");
 }
 
 // --- Host matching ---------------------------------------------------------
@@ -338,18 +277,8 @@ fn missing_name_and_empty_hosts_both_reported() {
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  namespace: x\nspec:\n  hosts: []\n  ports: [{number: 80, name: http}]\n",
     );
     assert_eq!(ds.len(), 2, "{ds:#?}");
-    assert_diag(
-        find(&ds, "metadata.name"),
-        "metadata.name",
-        4,
-        "missing metadata.name",
-    );
-    assert_diag(
-        find(&ds, "spec.hosts"),
-        "spec.hosts",
-        6,
-        "at least one host",
-    );
+    assert_diag(find(&ds, "metadata.name"), "metadata.name", 4, "missing metadata.name");
+    assert_diag(find(&ds, "spec.hosts"), "spec.hosts", 6, "at least one host");
 }
 
 #[test]
@@ -358,18 +287,8 @@ fn bad_hosts() {
         "{SE_HEAD}  hosts:\n  - \"*\"\n  - \"foo.*.com\"\n  - \"bad_host.com\"\n  - \"*.ok.com\"\n  ports: [{{number: 443, name: https, protocol: TLS}}]\n"
     ));
     assert_eq!(ds.len(), 3, "{ds:#?}");
-    assert_diag(
-        &ds[0],
-        "spec.hosts[0]",
-        7,
-        "`*` alone is not allowed in a ServiceEntry",
-    );
-    assert_diag(
-        &ds[1],
-        "spec.hosts[1]",
-        8,
-        "only allowed as the whole first label",
-    );
+    assert_diag(&ds[0], "spec.hosts[0]", 7, "`*` alone is not allowed in a ServiceEntry");
+    assert_diag(&ds[1], "spec.hosts[1]", 8, "only allowed as the whole first label");
     assert_diag(&ds[2], "spec.hosts[2]", 9, "not a valid DNS name");
     assert!(ds[0].to_string().contains("(ServiceEntry default/foo)"));
 }
@@ -379,42 +298,12 @@ fn port_errors() {
     let ds = errors(&format!(
         "{SE_HEAD}  hosts: [a.com]\n  ports:\n  - number: 0\n    name: a\n  - number: 70000\n    name: b\n  - number: 443\n    name: https\n    protocol: HTTPZ\n  - number: 443\n    name: https\n    targetPort: 99999\n  - number: \"https\"\n    name: c\n"
     ));
-    assert_diag(
-        find(&ds, "spec.ports[0].number"),
-        "spec.ports[0].number",
-        8,
-        "must be in the range 1..65535",
-    );
-    assert_diag(
-        find(&ds, "spec.ports[1].number"),
-        "spec.ports[1].number",
-        10,
-        "70000",
-    );
-    assert_diag(
-        find(&ds, "spec.ports[2].protocol"),
-        "spec.ports[2].protocol",
-        14,
-        "use one of HTTP, HTTPS",
-    );
-    assert_diag(
-        find(&ds, "spec.ports[3].name"),
-        "spec.ports[3].name",
-        16,
-        "port name \"https\" already defined",
-    );
-    assert_diag(
-        find(&ds, "spec.ports[3].number"),
-        "spec.ports[3].number",
-        15,
-        "port 443 already defined",
-    );
-    assert_diag(
-        find(&ds, "spec.ports[3].targetPort"),
-        "spec.ports[3].targetPort",
-        17,
-        "99999",
-    );
+    assert_diag(find(&ds, "spec.ports[0].number"), "spec.ports[0].number", 8, "must be in the range 1..65535");
+    assert_diag(find(&ds, "spec.ports[1].number"), "spec.ports[1].number", 10, "70000");
+    assert_diag(find(&ds, "spec.ports[2].protocol"), "spec.ports[2].protocol", 14, "use one of HTTP, HTTPS");
+    assert_diag(find(&ds, "spec.ports[3].name"), "spec.ports[3].name", 16, "port name \"https\" already defined");
+    assert_diag(find(&ds, "spec.ports[3].number"), "spec.ports[3].number", 15, "port 443 already defined");
+    assert_diag(find(&ds, "spec.ports[3].targetPort"), "spec.ports[3].targetPort", 17, "99999");
     assert_diag(
         find(&ds, "spec.ports[4].number"),
         "spec.ports[4].number",
@@ -439,12 +328,7 @@ fn cidr_with_dns_rejected() {
     let ds = errors(&format!(
         "{SE_HEAD}  hosts: [a.com]\n  addresses: [10.0.0.0/8]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS\n"
     ));
-    assert_diag(
-        &ds[0],
-        "spec.addresses",
-        7,
-        "CIDR addresses are allowed only for NONE/STATIC",
-    );
+    assert_diag(&ds[0], "spec.addresses", 7, "CIDR addresses are allowed only for NONE/STATIC");
 }
 
 #[test]
@@ -453,12 +337,7 @@ fn static_hostname_endpoint_rejected() {
         "{SE_HEAD}  hosts: [a.com]\n  ports: [{{number: 80, name: http}}]\n  resolution: STATIC\n  endpoints:\n  - address: api.a.com\n"
     ));
     assert_eq!(ds.len(), 1);
-    assert_diag(
-        &ds[0],
-        "spec.endpoints[0].address",
-        10,
-        "STATIC endpoints must be IP addresses",
-    );
+    assert_diag(&ds[0], "spec.endpoints[0].address", 10, "STATIC endpoints must be IP addresses");
     assert!(ds[0].fix.as_deref().unwrap().contains("resolution: DNS"));
 }
 
@@ -468,12 +347,7 @@ fn dns_wildcard_without_endpoints_rejected() {
         "{SE_HEAD}  hosts: [\"*.a.com\"]\n  ports: [{{number: 443, name: https, protocol: TLS}}]\n  resolution: DNS\n"
     ));
     assert_eq!(ds.len(), 1);
-    assert_diag(
-        &ds[0],
-        "spec.hosts",
-        6,
-        "hosts must be FQDN if no endpoints are provided",
-    );
+    assert_diag(&ds[0], "spec.hosts", 6, "hosts must be FQDN if no endpoints are provided");
 }
 
 #[test]
@@ -482,12 +356,7 @@ fn none_with_endpoints_rejected() {
         "{SE_HEAD}  hosts: [a.com]\n  ports: [{{number: 80, name: http}}]\n  endpoints:\n  - address: 1.2.3.4\n"
     ));
     assert_eq!(ds.len(), 1);
-    assert_diag(
-        &ds[0],
-        "spec.endpoints",
-        8,
-        "no endpoints should be provided for resolution type none",
-    );
+    assert_diag(&ds[0], "spec.endpoints", 8, "no endpoints should be provided for resolution type none");
 }
 
 #[test]
@@ -496,12 +365,7 @@ fn endpoint_port_name_must_be_declared() {
         "{SE_HEAD}  hosts: [a.com]\n  ports: [{{number: 80, name: http}}]\n  resolution: DNS\n  endpoints:\n  - address: b.com\n    ports:\n      htps: 8080\n"
     ));
     assert_eq!(ds.len(), 1);
-    assert_diag(
-        &ds[0],
-        "spec.endpoints[0].ports.htps",
-        12,
-        "endpoint port htps is not defined",
-    );
+    assert_diag(&ds[0], "spec.endpoints[0].ports.htps", 12, "endpoint port htps is not defined");
     assert!(ds[0].fix.as_deref().unwrap().contains("(http)"));
 }
 
@@ -510,12 +374,7 @@ fn multiple_hosts_tcp_rejected() {
     let ds = errors(&format!(
         "{SE_HEAD}  hosts: [a.com, b.com]\n  ports: [{{number: 5432, name: pg, protocol: TCP}}]\n  resolution: DNS\n"
     ));
-    assert_diag(
-        &ds[0],
-        "spec.hosts",
-        6,
-        "multiple hosts provided with non-HTTP, non-TLS ports",
-    );
+    assert_diag(&ds[0], "spec.hosts", 6, "multiple hosts provided with non-HTTP, non-TLS ports");
 }
 
 #[test]
@@ -537,10 +396,7 @@ fn yaml_syntax_error_has_line_and_other_docs_still_checked() {
     let ds = errors(&text);
     assert_eq!(ds.len(), 2, "{ds:#?}");
     let s = ds[0].to_string();
-    assert!(
-        s.starts_with("test.yaml:") && s.contains("YAML syntax error at line"),
-        "{s}"
-    );
+    assert!(s.starts_with("test.yaml:") && s.contains("YAML syntax error at line"), "{s}");
     assert!(ds[0].source.line >= 6, "{s}");
     assert!(s.contains("; fix: "));
     assert_eq!(ds[1].source.document, 2);
@@ -553,24 +409,9 @@ fn resolution_and_tls_enum_errors() {
         "{SE_HEAD}  hosts: [a.com]\n  ports: [{{number: 80, name: http}}]\n  resolution: MAGIC\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: d\nspec:\n  host: a.com\n  trafficPolicy:\n    tls:\n      mode: SIMPEL\n    connectionPool:\n      tcp:\n        connectTimeout: soon\n"
     ));
     assert_eq!(ds.len(), 3, "{ds:#?}");
-    assert_diag(
-        &ds[0],
-        "spec.resolution",
-        8,
-        "unsupported resolution type MAGIC",
-    );
-    assert_diag(
-        &ds[1],
-        "spec.trafficPolicy.tls.mode",
-        18,
-        "unsupported TLS mode SIMPEL",
-    );
-    assert_diag(
-        &ds[2],
-        "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
-        21,
-        "invalid duration",
-    );
+    assert_diag(&ds[0], "spec.resolution", 8, "unsupported resolution type MAGIC");
+    assert_diag(&ds[1], "spec.trafficPolicy.tls.mode", 18, "unsupported TLS mode SIMPEL");
+    assert_diag(&ds[2], "spec.trafficPolicy.connectionPool.tcp.connectTimeout", 21, "invalid duration");
 }
 
 // --- warnings ----------------------------------------------------------------
@@ -583,16 +424,10 @@ fn warnings_for_unsupported_and_unknown_fields() {
     let w = find(&r.warnings, "spec.exportTo");
     assert_eq!(w.source.line, 7);
     let u = find(&r.warnings, "spec.hostz");
-    assert!(
-        u.to_string()
-            .contains("unknown field spec.hostz; check spelling"),
-        "{u}"
-    );
+    assert!(u.to_string().contains("unknown field spec.hostz; check spelling"), "{u}");
     assert_eq!(u.source.line, 8);
     assert!(
-        find(&r.warnings, "spec.resolution")
-            .message
-            .contains("treated like DNS: every resolved address is allowed")
+        find(&r.warnings, "spec.resolution").message.contains("treated like DNS: every resolved address is allowed")
     );
     find(&r.warnings, "spec.endpoints[0].labels");
     find(&r.warnings, "spec.endpoints[0].weight");
@@ -605,16 +440,8 @@ fn unsupported_kind_and_plain_configmap_warn() {
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: other\ndata:\n  foo: bar\n---\n# only a comment\n",
     );
     assert_eq!(r.warnings.len(), 2, "{:#?}", r.warnings);
-    assert!(
-        r.warnings[0]
-            .to_string()
-            .contains("kind Service is not used by enforcer; ignored")
-    );
-    assert!(
-        r.warnings[1]
-            .to_string()
-            .contains("ConfigMap default/other")
-    );
+    assert!(r.warnings[0].to_string().contains("kind Service is not used by enforcer; ignored"));
+    assert!(r.warnings[1].to_string().contains("ConfigMap default/other"));
 }
 
 // --- mesh mode -------------------------------------------------------------
@@ -649,21 +476,11 @@ fn conflicting_modes_error_names_both_places() {
     let s = ds[0].to_string();
     assert!(s.contains("istio-operator-registry-only.yaml:8"), "{s}");
     assert!(s.contains("configmap-istio-allow-any.yaml:19"), "{s}");
-    assert!(
-        s.contains("REGISTRY_ONLY") && s.contains("ALLOW_ANY") && s.contains("; fix: "),
-        "{s}"
-    );
+    assert!(s.contains("REGISTRY_ONLY") && s.contains("ALLOW_ANY") && s.contains("; fix: "), "{s}");
 
     // Within one file too.
-    let ds = errors(
-        "outboundTrafficPolicy:\n  mode: ALLOW_ANY\n---\noutboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n",
-    );
-    assert_diag(
-        &ds[0],
-        "outboundTrafficPolicy.mode",
-        5,
-        "conflicts with mode ALLOW_ANY set at test.yaml:2",
-    );
+    let ds = errors("outboundTrafficPolicy:\n  mode: ALLOW_ANY\n---\noutboundTrafficPolicy:\n  mode: REGISTRY_ONLY\n");
+    assert_diag(&ds[0], "outboundTrafficPolicy.mode", 5, "conflicts with mode ALLOW_ANY set at test.yaml:2");
 }
 
 #[test]
@@ -690,13 +507,7 @@ fn destination_rule_port_tls_and_timeout() {
     assert!(tls.insecure_skip_verify);
     assert_eq!(tls.subject_alt_names, ["api.example.com"]);
     assert_eq!(dr.port_tls[&8443].mode, TlsMode::Simple);
-    assert_eq!(
-        dr.port_tls[&8443].ca_certificates.as_deref(),
-        Some(Path::new("/etc/ca.pem"))
-    );
+    assert_eq!(dr.port_tls[&8443].ca_certificates.as_deref(), Some(Path::new("/etc/ca.pem")));
     assert_eq!(convert::parse_duration("1s"), Some(Duration::from_secs(1)));
-    assert_eq!(
-        convert::parse_duration("1m30s"),
-        Some(Duration::from_secs(90))
-    );
+    assert_eq!(convert::parse_duration("1m30s"), Some(Duration::from_secs(90)));
 }

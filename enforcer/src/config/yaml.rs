@@ -56,11 +56,7 @@ impl Node {
     /// Line of the key `key` in this mapping (falls back to the node's line).
     pub fn key_line(&self, key: &str) -> usize {
         match &self.value {
-            Yaml::Map(entries) => entries
-                .iter()
-                .find(|(k, _, _)| k == key)
-                .map(|(_, l, _)| *l)
-                .unwrap_or(self.line),
+            Yaml::Map(entries) => entries.iter().find(|(k, _, _)| k == key).map(|(_, l, _)| *l).unwrap_or(self.line),
             _ => self.line,
         }
     }
@@ -106,10 +102,7 @@ struct SpannedNode(Node);
 impl<'de> Deserialize<'de> for SpannedNode {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = Spanned::<RawYaml>::deserialize(d)?;
-        Ok(SpannedNode(Node {
-            value: s.value.0,
-            line: s.referenced.line() as usize,
-        }))
+        Ok(SpannedNode(Node { value: s.value.0, line: s.referenced.line() as usize }))
     }
 }
 
@@ -124,10 +117,7 @@ impl<'de> Deserialize<'de> for KeyString {
             Yaml::Bool(b) => Ok(KeyString(b.to_string())),
             Yaml::Float(f) => Ok(KeyString(f.to_string())),
             Yaml::Null => Ok(KeyString("null".into())),
-            other => Err(de::Error::custom(format!(
-                "mapping keys must be scalars, got {}",
-                other.describe()
-            ))),
+            other => Err(de::Error::custom(format!("mapping keys must be scalars, got {}", other.describe()))),
         }
     }
 }
@@ -159,9 +149,7 @@ impl<'de> Visitor<'de> for RawVisitor {
         Ok(Yaml::Int(v as i128))
     }
     fn visit_u128<E: de::Error>(self, v: u128) -> Result<Yaml, E> {
-        i128::try_from(v)
-            .map(Yaml::Int)
-            .map_err(|_| E::custom("integer too large"))
+        i128::try_from(v).map(Yaml::Int).map_err(|_| E::custom("integer too large"))
     }
     fn visit_f64<E>(self, v: f64) -> Result<Yaml, E> {
         Ok(Yaml::Float(v))
@@ -256,11 +244,7 @@ pub(crate) fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
             // has content (a leading `---` is the usual Kubernetes style).
             if seen_separator || !is_blank_doc(chunk) {
                 index += 1;
-                docs.push(RawDoc {
-                    index,
-                    start_line,
-                    text: chunk,
-                });
+                docs.push(RawDoc { index, start_line, text: chunk });
             }
             seen_separator = true;
             if is_doc_separator(content) {
@@ -283,11 +267,7 @@ pub(crate) fn split_documents(text: &str) -> Vec<RawDoc<'_>> {
     let chunk = &text[start_byte..];
     if !seen_separator || !is_blank_doc(chunk) {
         index += 1;
-        docs.push(RawDoc {
-            index,
-            start_line,
-            text: chunk,
-        });
+        docs.push(RawDoc { index, start_line, text: chunk });
     }
     docs
 }
@@ -303,10 +283,7 @@ pub(crate) fn is_blank_doc(text: &str) -> bool {
 /// Parse one document into a node tree whose lines are absolute in the file.
 pub(crate) fn parse_document(doc: &RawDoc<'_>) -> Result<Node, SyntaxError> {
     if is_blank_doc(doc.text) {
-        return Ok(Node {
-            value: Yaml::Null,
-            line: doc.start_line,
-        });
+        return Ok(Node { value: Yaml::Null, line: doc.start_line });
     }
     match serde_saphyr::from_str::<SpannedNode>(doc.text) {
         Ok(SpannedNode(mut node)) => {
@@ -318,17 +295,10 @@ pub(crate) fn parse_document(doc: &RawDoc<'_>) -> Result<Node, SyntaxError> {
         }
         Err(e) => {
             let (line, column) = match e.location() {
-                Some(loc) if loc.line() > 0 => (
-                    loc.line() as usize + doc.start_line - 1,
-                    loc.column() as usize,
-                ),
+                Some(loc) if loc.line() > 0 => (loc.line() as usize + doc.start_line - 1, loc.column() as usize),
                 _ => (doc.start_line, 0),
             };
-            Err(SyntaxError {
-                line,
-                column,
-                message: first_line_message(&e),
-            })
+            Err(SyntaxError { line, column, message: first_line_message(&e) })
         }
     }
 }
@@ -337,21 +307,13 @@ fn first_line_message(e: &serde_saphyr::Error) -> String {
     // `render` may include a source snippet; keep the headline only.
     let rendered = e.without_snippet().to_string();
     let head = rendered.lines().next().unwrap_or("").trim().to_string();
-    if head.is_empty() {
-        "invalid YAML".to_string()
-    } else {
-        head
-    }
+    if head.is_empty() { "invalid YAML".to_string() } else { head }
 }
 
 /// Parse an embedded YAML string (e.g. a ConfigMap's `data.mesh`) whose first
 /// content line is at absolute line `base_line` of the file.
 pub(crate) fn parse_embedded(text: &str, base_line: usize) -> Result<Node, SyntaxError> {
-    let doc = RawDoc {
-        index: 1,
-        start_line: base_line.max(1),
-        text,
-    };
+    let doc = RawDoc { index: 1, start_line: base_line.max(1), text };
     parse_document(&doc)
 }
 

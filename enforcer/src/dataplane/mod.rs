@@ -12,21 +12,24 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::{Key, LpmTrie}},
+    maps::{
+        Array, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::{Key, LpmTrie},
+    },
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
     },
 };
 use enforcer_common::{
-    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey,
-    DESTS_MAX_ENTRIES, DNS_ORIG_MAX_ENTRIES, DestKey, FLOW_OWNER_MAX_ENTRIES, FLOWS_MAX_ENTRIES,
-    FlowKey, FlowOwnerKey, MAX_POLICIES, OrigDest, PROXY_MAX_ENTRIES, ProxyDest, SOCKS_MAX_ENTRIES, Settings, SockInfo,
-    TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, map_names, prog_names,
+    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey, DESTS_MAX_ENTRIES,
+    DNS_ORIG_MAX_ENTRIES, DestKey, FLOW_OWNER_MAX_ENTRIES, FLOWS_MAX_ENTRIES, FlowKey, FlowOwnerKey, MAX_POLICIES,
+    OrigDest, PROXY_MAX_ENTRIES, ProxyDest, SOCKS_MAX_ENTRIES, Settings, SockInfo, TRAFFIC_MAX_ENTRIES, TrafficKey,
+    TrafficValue, WORKLOADS_MAX_ENTRIES, map_names, prog_names,
 };
 pub use events::EventStream;
 
-use crate::policy::{AllowEntry, DestEntry, Desired, Diff, Layered};
+use crate::policy::{AllowEntry, Desired, DestEntry, Diff, Layered};
 
 /// The compiled kernel programs, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
@@ -144,7 +147,11 @@ impl Dataplane {
         let level: u8 = if opts.ebpf_log { 4 } else { 0 };
         loader.override_global("AYA_LOG_LEVEL", &level, false);
         if let Some(dir) = &opts.pin_dir {
-            fs::create_dir_all(dir).map_err(|source| DataplaneError::Io { what: "creating pin dir", path: dir.clone(), source })?;
+            fs::create_dir_all(dir).map_err(|source| DataplaneError::Io {
+                what: "creating pin dir",
+                path: dir.clone(),
+                source,
+            })?;
             notes.extend(check_pinned_maps(dir)?);
             for name in map_names::ALL {
                 loader.map_pin_path(name, dir.join(name));
@@ -160,11 +167,14 @@ impl Dataplane {
         let modes = Array::try_from(take(map_names::MODES)?).map_err(map_err(map_names::MODES, "open"))?;
         let flows = PerCpuHashMap::try_from(take(map_names::FLOWS)?).map_err(map_err(map_names::FLOWS, "open"))?;
         let events = RingBuf::try_from(take(map_names::EVENTS)?).map_err(map_err(map_names::EVENTS, "open"))?;
-        let event_drops = PerCpuArray::try_from(take(map_names::EVENT_DROPS)?).map_err(map_err(map_names::EVENT_DROPS, "open"))?;
+        let event_drops =
+            PerCpuArray::try_from(take(map_names::EVENT_DROPS)?).map_err(map_err(map_names::EVENT_DROPS, "open"))?;
         let settings = Array::try_from(take(map_names::SETTINGS)?).map_err(map_err(map_names::SETTINGS, "open"))?;
-        let traffic = PerCpuHashMap::try_from(take(map_names::TRAFFIC)?).map_err(map_err(map_names::TRAFFIC, "open"))?;
+        let traffic =
+            PerCpuHashMap::try_from(take(map_names::TRAFFIC)?).map_err(map_err(map_names::TRAFFIC, "open"))?;
         let conns = PerCpuHashMap::try_from(take(map_names::CONNS)?).map_err(map_err(map_names::CONNS, "open"))?;
-        let proxy_peers = aya::maps::HashMap::try_from(take(map_names::PROXY_PEERS)?).map_err(map_err(map_names::PROXY_PEERS, "open"))?;
+        let proxy_peers = aya::maps::HashMap::try_from(take(map_names::PROXY_PEERS)?)
+            .map_err(map_err(map_names::PROXY_PEERS, "open"))?;
         let workloads: aya::maps::HashMap<MapData, u64, enforcer_common::WorkloadValue> =
             aya::maps::HashMap::try_from(take(map_names::WORKLOADS)?).map_err(map_err(map_names::WORKLOADS, "open"))?;
         let workloads_in_map = workloads.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.policy_id)).collect();
@@ -208,8 +218,17 @@ impl Dataplane {
     /// must allow). With a pin dir, links are pinned; an existing pinned link is adopted.
     /// With `dns_restore`, the recvmsg/getpeername hooks are attached too (DNS steering); with
     /// `accounting`, the sock_ops connection accounting.
-    pub fn attach(&mut self, cgroup: &Path, dns_restore: bool, accounting: bool) -> Result<Vec<(&'static str, AttachOutcome)>> {
-        let cg = fs::File::open(cgroup).map_err(|source| DataplaneError::Io { what: "opening cgroup", path: cgroup.to_owned(), source })?;
+    pub fn attach(
+        &mut self,
+        cgroup: &Path,
+        dns_restore: bool,
+        accounting: bool,
+    ) -> Result<Vec<(&'static str, AttachOutcome)>> {
+        let cg = fs::File::open(cgroup).map_err(|source| DataplaneError::Io {
+            what: "opening cgroup",
+            path: cgroup.to_owned(),
+            source,
+        })?;
         let mut out = Vec::new();
         let extra: &[&'static str] = if dns_restore { &prog_names::DNS_RESTORE } else { &[] };
         for name in prog_names::ALL.into_iter().chain(extra.iter().copied()) {
@@ -222,11 +241,17 @@ impl Dataplane {
             // On kernels >= 5.7 aya attaches with bpf_link, which always allows several programs per
             // cgroup and in ancestors (all must allow) and rejects any flag: `Single` means "no
             // flags" there. Older kernels are refused by preflight (ring buffer needs 5.8).
-            let link_id = prog
-                .attach(&cg, CgroupAttachMode::Single)
-                .map_err(|source| DataplaneError::Program { name, action: "attach", source })?;
+            let link_id = prog.attach(&cg, CgroupAttachMode::Single).map_err(|source| DataplaneError::Program {
+                name,
+                action: "attach",
+                source,
+            })?;
             if let Some(p) = link_path {
-                let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
+                let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program {
+                    name,
+                    action: "take link",
+                    source,
+                })?;
                 pin_link(link.try_into(), &p)?;
             }
             out.push((name, AttachOutcome::Attached));
@@ -244,9 +269,17 @@ impl Dataplane {
             return Ok(AttachOutcome::Adopted);
         }
         let prog = program::<SockOps>(&mut self.ebpf, name)?;
-        let link_id = prog.attach(cg, CgroupAttachMode::Single).map_err(|source| DataplaneError::Program { name, action: "attach", source })?;
+        let link_id = prog.attach(cg, CgroupAttachMode::Single).map_err(|source| DataplaneError::Program {
+            name,
+            action: "attach",
+            source,
+        })?;
         if let Some(p) = link_path {
-            let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
+            let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program {
+                name,
+                action: "take link",
+                source,
+            })?;
             pin_link(link.try_into(), &p)?;
         }
         Ok(AttachOutcome::Attached)
@@ -259,22 +292,33 @@ impl Dataplane {
         // Needed for the netlink path only; EEXIST (already there) is fine.
         let _ = aya::programs::tc::qdisc_add_clsact(iface);
         let mut out = Vec::new();
-        for (name, kind) in [(prog_names::TC_EGRESS, TcAttachType::Egress), (prog_names::TC_INGRESS, TcAttachType::Ingress)] {
+        for (name, kind) in
+            [(prog_names::TC_EGRESS, TcAttachType::Egress), (prog_names::TC_INGRESS, TcAttachType::Ingress)]
+        {
             let link_path = self.link_path(&format!("{name}_{iface}"));
             if adopt_pinned(link_path.as_ref())? {
                 out.push((name, AttachOutcome::Adopted));
                 continue;
             }
             let prog = program::<SchedClassifier>(&mut self.ebpf, name)?;
-            let link_id = prog
-                .attach(iface, kind)
-                .map_err(|source| DataplaneError::Program { name, action: "attach to interface", source })?;
+            let link_id = prog.attach(iface, kind).map_err(|source| DataplaneError::Program {
+                name,
+                action: "attach to interface",
+                source,
+            })?;
             if let Some(p) = link_path {
-                let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program { name, action: "take link", source })?;
+                let link = prog.take_link(link_id).map_err(|source| DataplaneError::Program {
+                    name,
+                    action: "take link",
+                    source,
+                })?;
                 match FdLink::try_from(link) {
                     Ok(fd) => pin_link(Ok(fd), &p)?,
                     // A netlink filter: cannot be pinned; it stays until detached or the qdisc goes.
-                    Err(_) => tracing::warn!(iface, "TC counters attached with netlink (no tcx): they do not survive a daemon restart"),
+                    Err(_) => tracing::warn!(
+                        iface,
+                        "TC counters attached with netlink (no tcx): they do not survive a daemon restart"
+                    ),
                 }
             }
             self.tc_links.push((iface.to_string(), name));
@@ -376,7 +420,11 @@ impl Dataplane {
     /// removals. Learned (DNS) entries stay.
     pub fn apply(&mut self, desired: &Desired) -> Result<ApplyStats> {
         if desired.allow.len() > ALLOW_MAX_ENTRIES as usize {
-            return Err(DataplaneError::Capacity { map: map_names::ALLOW, wanted: desired.allow.len(), capacity: ALLOW_MAX_ENTRIES });
+            return Err(DataplaneError::Capacity {
+                map: map_names::ALLOW,
+                wanted: desired.allow.len(),
+                capacity: ALLOW_MAX_ENTRIES,
+            });
         }
         let allow_diff = self.allow_state.set_base(desired.allow.clone());
         let dests_diff = self.dests_state.set_base(desired.dests.clone());
@@ -391,7 +439,12 @@ impl Dataplane {
 
     /// Put learned entries (from a DNS answer) into the maps until `expires`; returns once the
     /// kernel holds them.
-    pub fn learn(&mut self, allow: Vec<(AllowEntry, AllowValue)>, dests: Vec<(DestEntry, AllowValue)>, expires: Instant) -> Result<()> {
+    pub fn learn(
+        &mut self,
+        allow: Vec<(AllowEntry, AllowValue)>,
+        dests: Vec<(DestEntry, AllowValue)>,
+        expires: Instant,
+    ) -> Result<()> {
         let a = self.allow_state.learn(allow, expires);
         let d = self.dests_state.learn(dests, expires);
         self.write(a, d)
@@ -489,11 +542,7 @@ impl Dataplane {
 
     /// Flow counts summed over CPUs.
     pub fn flows(&self) -> Vec<(FlowKey, u64)> {
-        self.flows
-            .iter()
-            .filter_map(|r| r.ok())
-            .map(|(k, per_cpu)| (k, per_cpu.iter().sum()))
-            .collect()
+        self.flows.iter().filter_map(|r| r.ok()).map(|(k, per_cpu)| (k, per_cpu.iter().sum())).collect()
     }
 
     /// Events the kernel could not queue because the ring buffer was full, summed over CPUs.
@@ -605,13 +654,21 @@ fn check_pinned_maps(dir: &Path) -> Result<Vec<String>> {
 /// link detaches its program.
 pub fn unpin_all(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let names = map_names::ALL
-        .iter()
-        .map(|m| m.to_string())
-        .chain(prog_names::ALL.iter().chain(&prog_names::DNS_RESTORE).chain(&[prog_names::SOCK_OPS]).map(|p| format!("link_{p}")));
+    let names = map_names::ALL.iter().map(|m| m.to_string()).chain(
+        prog_names::ALL
+            .iter()
+            .chain(&prog_names::DNS_RESTORE)
+            .chain(&[prog_names::SOCK_OPS])
+            .map(|p| format!("link_{p}")),
+    );
     // TC links are pinned per interface: link_tc_egress_<iface>.
     let tc: Vec<String> = fs::read_dir(dir)
-        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("link_tc_")).collect())
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("link_tc_"))
+                .collect()
+        })
         .unwrap_or_default();
     let names = names.chain(tc);
     for name in names {
@@ -629,7 +686,9 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     match aya_log::EbpfLogger::init(ebpf) {
         Ok(logger) => {
             // SAFETY: the logger owns its ring buffer fd for as long as the AsyncFd lives.
-            let mut fd = unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }.ok()?;
+            let mut fd =
+                unsafe { tokio::io::unix::AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) }
+                    .ok()?;
             Some(tokio::spawn(async move {
                 loop {
                     let Ok(mut guard) = fd.readable_mut().await else { return };

@@ -90,11 +90,7 @@ fn record_addr(rec: &Record) -> Option<IpAddr> {
 /// Filter the answer section of `msg` (rebinding protection, unless the registry lists the
 /// address), then collect the A/AAAA addresses reachable from `qname` through CNAME chains.
 /// `msg` is modified only when something was dropped (`dropped > 0`).
-pub(crate) fn process_matched(
-    msg: &mut Message,
-    qname: &Name,
-    policy: &dyn DnsPolicy,
-) -> Processed {
+pub(crate) fn process_matched(msg: &mut Message, qname: &Name, policy: &dyn DnsPolicy) -> Processed {
     let mut out = Processed::default();
 
     let answers = msg.answers_mut();

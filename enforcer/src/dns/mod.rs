@@ -43,13 +43,7 @@ pub trait DnsPolicy: Send + Sync + 'static {
     /// once the map holds them. Err => the client gets SERVFAIL.
     ///
     /// Called from a blocking-pool thread (`spawn_blocking`), so it may block.
-    fn learn(
-        &self,
-        service_id: u32,
-        name: &str,
-        addrs: &[IpAddr],
-        ttl: Duration,
-    ) -> Result<(), String>;
+    fn learn(&self, service_id: u32, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String>;
     /// An unregistered name was answered with these addresses (nothing was allowed). Default: ignore.
     fn observe(&self, _name: &str, _addrs: &[std::net::IpAddr]) {}
 }

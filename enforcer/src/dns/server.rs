@@ -66,16 +66,10 @@ impl Forwarder {
     /// address (the same for UDP and TCP); later port-0 addresses reuse it when they can.
     pub async fn bind(cfg: Config, policy: Arc<dyn DnsPolicy>) -> io::Result<Forwarder> {
         if cfg.listen.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "dns: no listen address",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "dns: no listen address"));
         }
         if cfg.upstreams.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "dns: no upstream",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "dns: no upstream"));
         }
         let mut udp = Vec::new();
         let mut tcp = Vec::new();
@@ -113,12 +107,7 @@ impl Forwarder {
             log_limiter: Mutex::new(HashMap::new()),
         });
         tracing::debug!(listen = ?addrs, upstreams = ?inner.cfg.upstreams, "dns: forwarder bound");
-        Ok(Forwarder {
-            inner,
-            udp,
-            tcp,
-            addrs,
-        })
+        Ok(Forwarder { inner, udp, tcp, addrs })
     }
 
     /// Bound addresses (UDP and TCP on the same addr:port).
@@ -140,11 +129,7 @@ impl Forwarder {
             tasks.spawn(udp_loop(self.inner.clone(), Arc::new(sock)));
         }
         for listener in self.tcp {
-            tasks.spawn(tcp_accept_loop(
-                self.inner.clone(),
-                listener,
-                stop_rx.clone(),
-            ));
+            tasks.spawn(tcp_accept_loop(self.inner.clone(), listener, stop_rx.clone()));
         }
         shutdown.await;
         tracing::info!("dns: forwarder shutting down");
@@ -326,9 +311,7 @@ fn synthesize(query: &Message, rcode: ResponseCode) -> Vec<u8> {
     }
     match m.to_vec() {
         Ok(v) => v,
-        Err(_) => Message::error_msg(query.id(), query.op_code(), rcode)
-            .to_vec()
-            .unwrap_or_default(),
+        Err(_) => Message::error_msg(query.id(), query.op_code(), rcode).to_vec().unwrap_or_default(),
     }
 }
 
@@ -340,8 +323,7 @@ fn header_error(bytes: &[u8], rcode: ResponseCode) -> Option<Vec<u8>> {
         return None;
     }
     let mut m = Message::error_msg(header.id(), header.op_code(), rcode);
-    m.set_recursion_desired(header.recursion_desired())
-        .set_recursion_available(true);
+    m.set_recursion_desired(header.recursion_desired()).set_recursion_available(true);
     m.to_vec().ok()
 }
 
@@ -350,9 +332,7 @@ impl Inner {
         Stats::inc(&self.stats.overloaded);
         Stats::inc(&self.stats.servfail);
         match Message::from_vec(bytes) {
-            Ok(q) if q.message_type() == MessageType::Query => {
-                Some(synthesize(&q, ResponseCode::ServFail))
-            }
+            Ok(q) if q.message_type() == MessageType::Query => Some(synthesize(&q, ResponseCode::ServFail)),
             Ok(_) => None,
             Err(_) => header_error(bytes, ResponseCode::ServFail),
         }
@@ -383,10 +363,7 @@ impl Inner {
         };
         let qname = name_key(question.name());
         if let Some(service) = self.policy.match_name(&qname) {
-            return Some(
-                self.answer_matched(bytes, &query, transport, service, &qname)
-                    .await,
-            );
+            return Some(self.answer_matched(bytes, &query, transport, service, &qname).await);
         }
         if self.policy.enforcing() {
             match self.cfg.unknown_names {
@@ -433,12 +410,7 @@ impl Inner {
     /// Forward to the upstreams in order. A timeout, error, mismatching answer, SERVFAIL or
     /// REFUSED moves to the next; if none gives a good answer, the last SERVFAIL/REFUSED answer is
     /// returned, else Err.
-    async fn forward(
-        &self,
-        bytes: &[u8],
-        query: &Message,
-        transport: Transport,
-    ) -> Result<(Vec<u8>, Header), ()> {
+    async fn forward(&self, bytes: &[u8], query: &Message, transport: Transport) -> Result<(Vec<u8>, Header), ()> {
         let expect = Expect::of(query);
         let mut fallback = None;
         for &server in &self.cfg.upstreams {
@@ -506,10 +478,7 @@ impl Inner {
         }
         if !processed.addrs.is_empty() {
             let ttl = answer::lifetime(processed.min_ttl.unwrap_or(0), &self.cfg);
-            if let Err(e) = self
-                .learn(service, qname, processed.addrs.clone(), ttl)
-                .await
-            {
+            if let Err(e) = self.learn(service, qname, processed.addrs.clone(), ttl).await {
                 Stats::inc(&self.stats.learn_failures);
                 tracing::warn!(name = qname, service, error = %e, "dns: learning addresses failed, answering SERVFAIL");
                 return self.servfail(query);
@@ -543,10 +512,8 @@ impl Inner {
         let policy = self.policy.clone();
         let name = qname.to_owned();
         let task = tokio::task::spawn_blocking(move || policy.learn(service, &name, &addrs, ttl));
-        let budget = self
-            .cfg
-            .timeout
-            .saturating_mul(u32::try_from(self.cfg.upstreams.len().max(1)).unwrap_or(u32::MAX));
+        let budget =
+            self.cfg.timeout.saturating_mul(u32::try_from(self.cfg.upstreams.len().max(1)).unwrap_or(u32::MAX));
         match tokio::time::timeout(budget, task).await {
             Ok(Ok(r)) => r,
             Ok(Err(join)) => Err(format!("learn panicked: {join}")),

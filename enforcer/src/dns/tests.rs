@@ -25,19 +25,11 @@ fn n(s: &str) -> Name {
 }
 
 fn rec_a(owner: &str, ttl: u32, ip: &str) -> Record {
-    Record::from_rdata(
-        n(owner),
-        ttl,
-        RData::A(A(Ipv4Addr::from_str(ip).expect("v4"))),
-    )
+    Record::from_rdata(n(owner), ttl, RData::A(A(Ipv4Addr::from_str(ip).expect("v4"))))
 }
 
 fn rec_aaaa(owner: &str, ttl: u32, ip: &str) -> Record {
-    Record::from_rdata(
-        n(owner),
-        ttl,
-        RData::AAAA(AAAA(Ipv6Addr::from_str(ip).expect("v6"))),
-    )
+    Record::from_rdata(n(owner), ttl, RData::AAAA(AAAA(Ipv6Addr::from_str(ip).expect("v6"))))
 }
 
 fn rec_cname(owner: &str, ttl: u32, target: &str) -> Record {
@@ -176,12 +168,7 @@ async fn start_upstream(zone: Zone) -> TestUpstream {
     let drop_all = Arc::new(AtomicBool::new(false));
     let last_query = Arc::new(Mutex::new(None));
 
-    let (z, h, d, l) = (
-        zone.clone(),
-        hits.clone(),
-        drop_all.clone(),
-        last_query.clone(),
-    );
+    let (z, h, d, l) = (zone.clone(), hits.clone(), drop_all.clone(), last_query.clone());
     let udp_task = tokio::spawn(async move {
         let mut buf = vec![0u8; 65535];
         loop {
@@ -198,11 +185,7 @@ async fn start_upstream(zone: Zone) -> TestUpstream {
             *l.lock().expect("lock") = Some(q.clone());
             let (z, udp) = (z.clone(), udp.clone());
             tokio::spawn(async move {
-                if let Some(delay) = q
-                    .queries()
-                    .first()
-                    .and_then(|q| z.delay.get(&name_key(q.name())))
-                {
+                if let Some(delay) = q.queries().first().and_then(|q| z.delay.get(&name_key(q.name()))) {
                     tokio::time::sleep(*delay).await;
                 }
                 if let Some(resp) = build_answer(&z, &q, true) {
@@ -211,12 +194,7 @@ async fn start_upstream(zone: Zone) -> TestUpstream {
             });
         }
     });
-    let (z, h, d, l) = (
-        zone.clone(),
-        hits.clone(),
-        drop_all.clone(),
-        last_query.clone(),
-    );
+    let (z, h, d, l) = (zone.clone(), hits.clone(), drop_all.clone(), last_query.clone());
     let tcp_task = tokio::spawn(async move {
         loop {
             let Ok((mut s, _)) = tcp.accept().await else {
@@ -249,13 +227,7 @@ async fn start_upstream(zone: Zone) -> TestUpstream {
             });
         }
     });
-    TestUpstream {
-        addr,
-        hits,
-        drop_all,
-        last_query,
-        tasks: vec![udp_task, tcp_task],
-    }
+    TestUpstream { addr, hits, drop_all, last_query, tasks: vec![udp_task, tcp_task] }
 }
 
 /// An address where nothing listens (UDP: ICMP port unreachable; TCP: RST).
@@ -324,11 +296,7 @@ impl DnsPolicy for TestPolicy {
         }
         self.wildcard
             .iter()
-            .find(|(suffix, _)| {
-                qname
-                    .strip_suffix(suffix.as_str())
-                    .is_some_and(|p| p.ends_with('.') && p.len() > 1)
-            })
+            .find(|(suffix, _)| qname.strip_suffix(suffix.as_str()).is_some_and(|p| p.ends_with('.') && p.len() > 1))
             .map(|(_, id)| *id)
     }
 
@@ -340,13 +308,7 @@ impl DnsPolicy for TestPolicy {
         self.enforcing
     }
 
-    fn learn(
-        &self,
-        service_id: u32,
-        name: &str,
-        addrs: &[IpAddr],
-        ttl: Duration,
-    ) -> Result<(), String> {
+    fn learn(&self, service_id: u32, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
         self.entered.store(true, Ordering::SeqCst);
         if let Some(rx) = self.gate.lock().expect("lock").take() {
             let _ = rx.recv();
@@ -412,31 +374,18 @@ async fn serve(cfg: Config, policy: Arc<TestPolicy>) -> Running {
     let task = tokio::spawn(fwd.run(async move {
         let _ = rx.await;
     }));
-    Running {
-        addr: addrs[0],
-        addrs,
-        stats,
-        stop: Some(tx),
-        task: Some(task),
-    }
+    Running { addr: addrs[0], addrs, stats, stop: Some(tx), task: Some(task) }
 }
 
 fn query(name: &str, rtype: RecordType, id: u16) -> Message {
     let mut m = Message::new();
-    m.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(true);
+    m.set_id(id).set_message_type(MessageType::Query).set_op_code(OpCode::Query).set_recursion_desired(true);
     m.add_query(Query::query(n(name), rtype));
     m
 }
 
 async fn udp_send(server: SocketAddr, bytes: &[u8]) -> UdpSocket {
-    let bind: SocketAddr = if server.is_ipv6() {
-        "[::1]:0".parse().expect("addr")
-    } else {
-        (LOCAL, 0).into()
-    };
+    let bind: SocketAddr = if server.is_ipv6() { "[::1]:0".parse().expect("addr") } else { (LOCAL, 0).into() };
     let s = UdpSocket::bind(bind).await.expect("bind");
     s.send_to(bytes, server).await.expect("send");
     s
@@ -452,9 +401,7 @@ async fn udp_recv(s: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
 
 async fn udp_ask(server: SocketAddr, q: &Message) -> Message {
     let s = udp_send(server, &q.to_vec().expect("encode")).await;
-    let raw = udp_recv(&s, Duration::from_secs(3))
-        .await
-        .expect("udp answer");
+    let raw = udp_recv(&s, Duration::from_secs(3)).await.expect("udp answer");
     let m = Message::from_vec(&raw).expect("decode answer");
     assert_eq!(m.id(), q.id());
     assert_eq!(m.message_type(), MessageType::Response);
@@ -479,10 +426,8 @@ async fn tcp_ask(server: SocketAddr, qs: &[Message]) -> Vec<Message> {
             s.read_exact(&mut buf).await?;
             std::io::Result::Ok(buf)
         };
-        let buf = tokio::time::timeout(Duration::from_secs(3), read)
-            .await
-            .expect("tcp answer in time")
-            .expect("tcp read");
+        let buf =
+            tokio::time::timeout(Duration::from_secs(3), read).await.expect("tcp answer in time").expect("tcp read");
         answers.push(Message::from_vec(&buf).expect("decode"));
     }
     answers
@@ -569,11 +514,7 @@ fn lifetime_clamps_and_adds_grace() {
     assert_eq!(lifetime(60, &cfg), Duration::from_secs(65));
     assert_eq!(lifetime(86400, &cfg), Duration::from_secs(3605));
     // Misconfigured min > max: max wins, no panic.
-    let odd = Config {
-        min_ttl: Duration::from_secs(100),
-        max_ttl: Duration::from_secs(10),
-        ..cfg
-    };
+    let odd = Config { min_ttl: Duration::from_secs(100), max_ttl: Duration::from_secs(10), ..cfg };
     assert_eq!(lifetime(50, &odd), Duration::from_secs(15));
 }
 
@@ -592,10 +533,7 @@ fn name_keys_are_lowercase_without_dot() {
 async fn matched_name_learned_before_answer_is_released() {
     let up = start_upstream(zone()).await;
     let (gate_tx, gate_rx) = std::sync::mpsc::channel();
-    let policy = Arc::new(TestPolicy {
-        gate: Mutex::new(Some(gate_rx)),
-        ..TestPolicy::registry()
-    });
+    let policy = Arc::new(TestPolicy { gate: Mutex::new(Some(gate_rx)), ..TestPolicy::registry() });
     let mut cfg = config(vec![up.addr]);
     cfg.timeout = Duration::from_secs(3);
     let fwd = serve(cfg, policy.clone()).await;
@@ -604,23 +542,13 @@ async fn matched_name_learned_before_answer_is_released() {
     let client = udp_send(fwd.addr, &q.to_vec().expect("encode")).await;
     let t0 = Instant::now();
     while !policy.entered.load(Ordering::SeqCst) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(3),
-            "learn was never called"
-        );
+        assert!(t0.elapsed() < Duration::from_secs(3), "learn was never called");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // learn is blocked: the answer must not have been released.
-    assert!(
-        udp_recv(&client, Duration::from_millis(300))
-            .await
-            .is_none(),
-        "answer released before learn returned"
-    );
+    assert!(udp_recv(&client, Duration::from_millis(300)).await.is_none(), "answer released before learn returned");
     gate_tx.send(()).expect("release learn");
-    let raw = udp_recv(&client, Duration::from_secs(3))
-        .await
-        .expect("answer after learn");
+    let raw = udp_recv(&client, Duration::from_secs(3)).await.expect("answer after learn");
     let received = Instant::now();
     let m = Message::from_vec(&raw).expect("decode");
     assert_eq!(m.id(), 0x1234);
@@ -648,22 +576,14 @@ async fn cname_chain_followed_and_mixed_case_name_matched() {
     let fwd = serve(config(vec![up.addr]), policy.clone()).await;
 
     let m = udp_ask(fwd.addr, &query("WWW.Api.Test.", RecordType::A, 7)).await;
-    assert_eq!(
-        m.answers().len(),
-        3,
-        "two CNAMEs and the A record are passed through"
-    );
+    assert_eq!(m.answers().len(), 3, "two CNAMEs and the A record are passed through");
     assert_eq!(addrs_of(&m), vec![ip("198.51.100.7")]);
     let learned = policy.learned();
     assert_eq!(learned.len(), 1);
     assert_eq!(learned[0].service, 2);
     assert_eq!(learned[0].name, "www.api.test");
     assert_eq!(learned[0].addrs, vec![ip("198.51.100.7")]);
-    assert_eq!(
-        learned[0].ttl,
-        Duration::from_secs(65),
-        "CNAME TTL 60 is the chain minimum"
-    );
+    assert_eq!(learned[0].ttl, Duration::from_secs(65), "CNAME TTL 60 is the chain minimum");
     fwd.stop().await;
 }
 
@@ -715,27 +635,14 @@ async fn rebinding_addresses_dropped_and_not_learned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn explicitly_listed_addresses_pass_the_rebinding_filter() {
     let up = start_upstream(zone()).await;
-    let policy = Arc::new(TestPolicy {
-        listed: vec![ip("10.0.0.1"), ip("169.254.169.254")],
-        ..TestPolicy::registry()
-    });
+    let policy = Arc::new(TestPolicy { listed: vec![ip("10.0.0.1"), ip("169.254.169.254")], ..TestPolicy::registry() });
     let fwd = serve(config(vec![up.addr]), policy.clone()).await;
 
     let m = udp_ask(fwd.addr, &query("evil.test.", RecordType::A, 13)).await;
-    assert_eq!(
-        addrs_of(&m),
-        vec![ip("10.0.0.1"), ip("169.254.169.254"), ip("1.2.3.4")]
-    );
+    assert_eq!(addrs_of(&m), vec![ip("10.0.0.1"), ip("169.254.169.254"), ip("1.2.3.4")]);
     let learned = policy.learned();
-    assert_eq!(
-        learned[0].addrs,
-        vec![ip("10.0.0.1"), ip("169.254.169.254"), ip("1.2.3.4")]
-    );
-    assert_eq!(
-        get(&fwd.stats.rebinding_dropped),
-        1,
-        "127.0.0.1 is still dropped"
-    );
+    assert_eq!(learned[0].addrs, vec![ip("10.0.0.1"), ip("169.254.169.254"), ip("1.2.3.4")]);
+    assert_eq!(get(&fwd.stats.rebinding_dropped), 1, "127.0.0.1 is still dropped");
     fwd.stop().await;
 }
 
@@ -746,23 +653,11 @@ async fn ttl_zero_gets_min_ttl_and_long_ttl_is_capped() {
     let fwd = serve(config(vec![up.addr]), policy.clone()).await;
 
     let m = udp_ask(fwd.addr, &query("zero.test.", RecordType::A, 14)).await;
-    assert_eq!(
-        m.answers()[0].ttl(),
-        0,
-        "the answer itself is not rewritten"
-    );
+    assert_eq!(m.answers()[0].ttl(), 0, "the answer itself is not rewritten");
     udp_ask(fwd.addr, &query("long.test.", RecordType::A, 15)).await;
     let learned = policy.learned();
-    assert_eq!(
-        learned[0].ttl,
-        Duration::from_secs(10),
-        "TTL 0 -> min_ttl 5 + grace 5"
-    );
-    assert_eq!(
-        learned[1].ttl,
-        Duration::from_secs(3605),
-        "capped at max_ttl + grace"
-    );
+    assert_eq!(learned[0].ttl, Duration::from_secs(10), "TTL 0 -> min_ttl 5 + grace 5");
+    assert_eq!(learned[1].ttl, Duration::from_secs(3605), "capped at max_ttl + grace");
     fwd.stop().await;
 }
 
@@ -776,23 +671,14 @@ async fn aaaa_handled_like_a() {
     assert_eq!(addrs_of(&m), vec![ip("2001:db8::6")]);
     let learned = policy.learned();
     assert_eq!(learned.len(), 1);
-    assert_eq!(
-        (learned[0].service, learned[0].addrs.clone()),
-        (7, vec![ip("2001:db8::6")])
-    );
+    assert_eq!((learned[0].service, learned[0].addrs.clone()), (7, vec![ip("2001:db8::6")]));
     assert_eq!(learned[0].ttl, Duration::from_secs(105));
     fwd.stop().await;
 }
 
-async fn unknown_name_case(
-    unknown: UnknownNames,
-    enforcing: bool,
-) -> (Message, Arc<TestPolicy>, usize, Arc<Stats>) {
+async fn unknown_name_case(unknown: UnknownNames, enforcing: bool) -> (Message, Arc<TestPolicy>, usize, Arc<Stats>) {
     let up = start_upstream(zone()).await;
-    let policy = Arc::new(TestPolicy {
-        enforcing,
-        ..TestPolicy::registry()
-    });
+    let policy = Arc::new(TestPolicy { enforcing, ..TestPolicy::registry() });
     let mut cfg = config(vec![up.addr]);
     cfg.unknown_names = unknown;
     let fwd = serve(cfg, policy.clone()).await;
@@ -860,10 +746,7 @@ async fn negative_answers_for_matched_names_forwarded_without_learning() {
     assert_eq!(m.response_code(), ResponseCode::NoError);
     assert!(m.answers().is_empty());
     assert!(policy.learned().is_empty());
-    assert!(
-        !policy.entered.load(Ordering::SeqCst),
-        "learn not called for negative answers"
-    );
+    assert!(!policy.entered.load(Ordering::SeqCst), "learn not called for negative answers");
     assert_eq!(get(&fwd.stats.answered), 2);
     fwd.stop().await;
 }
@@ -899,14 +782,8 @@ async fn upstream_dropping_gives_servfail_within_budget() {
     let m = udp_ask(fwd.addr, &query("api.test.", RecordType::A, 21)).await;
     let took = t0.elapsed();
     assert_eq!(m.response_code(), ResponseCode::ServFail);
-    assert!(
-        took >= Duration::from_millis(550),
-        "both upstreams were tried: {took:?}"
-    );
-    assert!(
-        took < Duration::from_millis(1200),
-        "answer within timeout * upstreams: {took:?}"
-    );
+    assert!(took >= Duration::from_millis(550), "both upstreams were tried: {took:?}");
+    assert!(took < Duration::from_millis(1200), "answer within timeout * upstreams: {took:?}");
     assert_eq!(up1.hits.load(Ordering::SeqCst), 1);
     assert_eq!(up2.hits.load(Ordering::SeqCst), 1);
     assert_eq!(get(&fwd.stats.upstream_timeouts), 2);
@@ -924,11 +801,7 @@ async fn failover_to_next_upstream_after_timeout_or_servfail() {
     let failing = start_upstream(failing_zone).await;
     let good = start_upstream(zone()).await;
     let policy = Arc::new(TestPolicy::registry());
-    let fwd = serve(
-        config(vec![dropping.addr, failing.addr, good.addr]),
-        policy.clone(),
-    )
-    .await;
+    let fwd = serve(config(vec![dropping.addr, failing.addr, good.addr]), policy.clone()).await;
 
     let t0 = Instant::now();
     let m = udp_ask(fwd.addr, &query("api.test.", RecordType::A, 22)).await;
@@ -958,10 +831,7 @@ async fn upstream_answer_with_wrong_id_is_rejected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learn_failure_gives_servfail() {
     let up = start_upstream(zone()).await;
-    let policy = Arc::new(TestPolicy {
-        fail_learn: true,
-        ..TestPolicy::registry()
-    });
+    let policy = Arc::new(TestPolicy { fail_learn: true, ..TestPolicy::registry() });
     let fwd = serve(config(vec![up.addr]), policy.clone()).await;
 
     let m = udp_ask(fwd.addr, &query("api.test.", RecordType::A, 25)).await;
@@ -981,14 +851,8 @@ async fn tcp_two_queries_on_one_connection() {
     let fwd = serve(config(vec![up.addr]), policy.clone()).await;
 
     // slow.test answers after 150 ms, so the pipelined second answer may come first.
-    let answers = tcp_ask(
-        fwd.addr,
-        &[
-            query("slow.test.", RecordType::A, 31),
-            query("v6.test.", RecordType::AAAA, 32),
-        ],
-    )
-    .await;
+    let answers =
+        tcp_ask(fwd.addr, &[query("slow.test.", RecordType::A, 31), query("v6.test.", RecordType::AAAA, 32)]).await;
     let by_id: HashMap<u16, &Message> = answers.iter().map(|m| (m.id(), m)).collect();
     assert_eq!(addrs_of(by_id[&31]), vec![ip("5.5.5.6")]);
     assert_eq!(addrs_of(by_id[&32]), vec![ip("2001:db8::6")]);
@@ -1035,12 +899,7 @@ async fn edns_preserved_and_query_forwarded_as_is() {
     q.set_edns(edns);
     let m = udp_ask(fwd.addr, &q).await;
     assert!(m.extensions().is_some(), "OPT in the answer");
-    let seen = up
-        .last_query
-        .lock()
-        .expect("lock")
-        .clone()
-        .expect("upstream saw the query");
+    let seen = up.last_query.lock().expect("lock").clone().expect("upstream saw the query");
     assert_eq!(seen.id(), 34);
     assert!(seen.checking_disabled());
     let e = seen.extensions().as_ref().expect("EDNS forwarded");
@@ -1056,9 +915,7 @@ async fn malformed_queries_get_formerr_or_are_dropped() {
     let fwd = serve(config(vec![up.addr]), policy.clone()).await;
 
     // Valid header claiming one question, then garbage.
-    let mut bad = query("api.test.", RecordType::A, 0x7777)
-        .to_vec()
-        .expect("encode");
+    let mut bad = query("api.test.", RecordType::A, 0x7777).to_vec().expect("encode");
     bad.truncate(12);
     bad.extend_from_slice(&[0x3f, 0x01]);
     let s = udp_send(fwd.addr, &bad).await;
@@ -1071,8 +928,7 @@ async fn malformed_queries_get_formerr_or_are_dropped() {
     let mut empty = Message::new();
     empty.set_id(0x7778).set_message_type(MessageType::Query);
     let s = udp_send(fwd.addr, &empty.to_vec().expect("encode")).await;
-    let m = Message::from_vec(&udp_recv(&s, Duration::from_secs(2)).await.expect("FORMERR"))
-        .expect("decode");
+    let m = Message::from_vec(&udp_recv(&s, Duration::from_secs(2)).await.expect("FORMERR")).expect("decode");
     assert_eq!((m.id(), m.response_code()), (0x7778, ResponseCode::FormErr));
 
     // Too short for a header: dropped.
@@ -1094,10 +950,7 @@ async fn malformed_queries_get_formerr_or_are_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn synthesized_answers_carry_opt_when_the_query_had_one() {
     let up = start_upstream(zone()).await;
-    let policy = Arc::new(TestPolicy {
-        enforcing: true,
-        ..TestPolicy::registry()
-    });
+    let policy = Arc::new(TestPolicy { enforcing: true, ..TestPolicy::registry() });
     let mut cfg = config(vec![up.addr]);
     cfg.unknown_names = UnknownNames::Nxdomain;
     let fwd = serve(cfg, policy).await;
@@ -1120,11 +973,7 @@ async fn many_concurrent_queries_all_answered() {
     for i in 0..100u16 {
         let addr = fwd.addr;
         tasks.push(tokio::spawn(async move {
-            let name = if i % 2 == 0 {
-                "api.test."
-            } else {
-                "slow.test."
-            };
+            let name = if i % 2 == 0 { "api.test." } else { "slow.test." };
             udp_ask(addr, &query(name, RecordType::A, 1000 + i)).await
         }));
     }
@@ -1179,11 +1028,7 @@ async fn upstream_mark_set_or_eperm_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bind_rejects_empty_config() {
     let policy = Arc::new(TestPolicy::registry());
-    assert!(
-        Forwarder::bind(config(vec![]), policy.clone())
-            .await
-            .is_err()
-    );
+    assert!(Forwarder::bind(config(vec![]), policy.clone()).await.is_err());
     let mut cfg = config(vec![dead_addr().await]);
     cfg.listen.clear();
     assert!(Forwarder::bind(cfg, policy).await.is_err());

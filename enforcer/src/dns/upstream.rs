@@ -40,11 +40,7 @@ pub(crate) struct Expect {
 
 impl Expect {
     pub(crate) fn of(query: &Message) -> Self {
-        Expect {
-            id: query.id(),
-            op_code: query.op_code(),
-            queries: query.queries().to_vec(),
-        }
+        Expect { id: query.id(), op_code: query.op_code(), queries: query.queries().to_vec() }
     }
 
     /// Check that `resp` answers the query (header and question section only; the rest is
@@ -84,10 +80,7 @@ pub(crate) struct Upstream {
 
 impl Upstream {
     pub(crate) fn new(mark: Option<u32>) -> Self {
-        Upstream {
-            mark,
-            mark_warned: AtomicBool::new(false),
-        }
+        Upstream { mark, mark_warned: AtomicBool::new(false) }
     }
 
     fn apply_mark(&self, sock: socket2::SockRef<'_>) -> io::Result<()> {
@@ -148,8 +141,8 @@ impl Upstream {
         self.apply_mark(socket2::SockRef::from(&sock))?;
         let mut stream = sock.connect(server).await?;
         stream.set_nodelay(true)?;
-        let len = u16::try_from(query.len())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "query too large"))?;
+        let len =
+            u16::try_from(query.len()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "query too large"))?;
         let mut framed = Vec::with_capacity(query.len() + 2);
         framed.extend_from_slice(&len.to_be_bytes());
         framed.extend_from_slice(query);
@@ -178,11 +171,7 @@ impl Upstream {
 }
 
 fn eof_closed(e: io::Error) -> UpstreamError {
-    if e.kind() == io::ErrorKind::UnexpectedEof {
-        UpstreamError::Closed
-    } else {
-        UpstreamError::Io(e)
-    }
+    if e.kind() == io::ErrorKind::UnexpectedEof { UpstreamError::Closed } else { UpstreamError::Io(e) }
 }
 
 fn unspecified_like(ip: IpAddr) -> IpAddr {

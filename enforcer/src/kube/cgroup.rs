@@ -51,10 +51,12 @@ pub fn candidates(cgroup_root: &Path, pod_uid: &str, qos: QosClass) -> Vec<PathB
     let under = dashed.replace('-', "_");
     let systemd = match qos {
         QosClass::Guaranteed => PathBuf::from(format!("kubepods-pod{under}.slice")),
-        QosClass::Burstable => PathBuf::from("kubepods-burstable.slice")
-            .join(format!("kubepods-burstable-pod{under}.slice")),
-        QosClass::BestEffort => PathBuf::from("kubepods-besteffort.slice")
-            .join(format!("kubepods-besteffort-pod{under}.slice")),
+        QosClass::Burstable => {
+            PathBuf::from("kubepods-burstable.slice").join(format!("kubepods-burstable-pod{under}.slice"))
+        }
+        QosClass::BestEffort => {
+            PathBuf::from("kubepods-besteffort.slice").join(format!("kubepods-besteffort-pod{under}.slice"))
+        }
     };
     let cgroupfs = match qos {
         QosClass::Guaranteed => PathBuf::from(format!("pod{dashed}")),
@@ -64,10 +66,7 @@ pub fn candidates(cgroup_root: &Path, pod_uid: &str, qos: QosClass) -> Vec<PathB
     match cgroup_root.file_name().and_then(|n| n.to_str()) {
         Some("kubepods.slice") => vec![cgroup_root.join(systemd)],
         Some("kubepods") => vec![cgroup_root.join(cgroupfs)],
-        _ => vec![
-            cgroup_root.join("kubepods.slice").join(systemd),
-            cgroup_root.join("kubepods").join(cgroupfs),
-        ],
+        _ => vec![cgroup_root.join("kubepods.slice").join(systemd), cgroup_root.join("kubepods").join(cgroupfs)],
     }
 }
 
@@ -91,10 +90,7 @@ pub fn find_pod_cgroup(cgroup_root: &Path, pod_uid: &str, qos: QosClass) -> Opti
 fn search(cgroup_root: &Path, pod_uid: &str) -> Option<PathBuf> {
     let dashed = format!("pod{}", pod_uid.replace('_', "-"));
     let under = format!("pod{}", pod_uid.replace('-', "_"));
-    let root_is_kubepods = cgroup_root
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(is_kube_tree);
+    let root_is_kubepods = cgroup_root.file_name().and_then(|n| n.to_str()).is_some_and(is_kube_tree);
     let mut level = vec![cgroup_root.to_path_buf()];
     for depth in 0..SEARCH_DEPTH {
         let mut next = Vec::new();
@@ -242,7 +238,8 @@ mod tests {
     #[test]
     fn root_may_be_the_kubepods_directory_itself() {
         let t = TempDir::new("root");
-        let pod = t.mk(&format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/crio-1.scope"));
+        let pod =
+            t.mk(&format!("kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{UID_}.slice/crio-1.scope"));
         let pod = pod.parent().unwrap().to_path_buf();
         assert_eq!(find_pod_cgroup(&t.0.join("kubepods.slice"), UID, QosClass::BestEffort), Some(pod));
         let pod = t.mk(&format!("kubepods/pod{UID}"));

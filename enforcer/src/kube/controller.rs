@@ -42,11 +42,8 @@ pub const ISTIO_GROUP: &str = "networking.istio.io";
 pub const ISTIO_VERSIONS: [&str; 2] = ["v1", "v1beta1"];
 
 /// (kind, plural) of the Istio resources watched.
-const ISTIO_KINDS: [(&str, &str); 3] = [
-    ("ServiceEntry", "serviceentries"),
-    ("DestinationRule", "destinationrules"),
-    ("Sidecar", "sidecars"),
-];
+const ISTIO_KINDS: [(&str, &str); 3] =
+    [("ServiceEntry", "serviceentries"), ("DestinationRule", "destinationrules"), ("Sidecar", "sidecars")];
 
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
@@ -251,8 +248,7 @@ pub async fn run_with(
                      reported: &mut BTreeSet<String>| {
         let state = snapshot(&istio_stores, &cm_store, &pod_store);
         let root = cfg.cgroup_root.clone();
-        let computed =
-            policy::compute(&state, &cfg.options, &|p: &PodInfo| find_pod_cgroup(&root, &p.uid, p.qos));
+        let computed = policy::compute(&state, &cfg.options, &|p: &PodInfo| find_pod_cgroup(&root, &p.uid, p.qos));
         let now: BTreeSet<String> = computed.diagnostics.iter().cloned().collect();
         for d in now.difference(reported) {
             tracing::warn!("{d}");
@@ -310,11 +306,7 @@ pub async fn run_with(
 }
 
 /// The stores' contents as the input of [`policy::compute`].
-fn snapshot(
-    istio: &[(ApiResource, Store<DynamicObject>)],
-    cm: &Store<ConfigMap>,
-    pods: &Store<Pod>,
-) -> ClusterState {
+fn snapshot(istio: &[(ApiResource, Store<DynamicObject>)], cm: &Store<ConfigMap>, pods: &Store<Pod>) -> ClusterState {
     let mut state = ClusterState::default();
     for (ar, store) in istio {
         let mut objs: Vec<Value> = store

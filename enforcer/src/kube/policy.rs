@@ -73,10 +73,7 @@ impl PodInfo {
             uid: md.uid.clone().filter(|u| !u.is_empty())?,
             labels: md.labels.clone().unwrap_or_default(),
             annotations: md.annotations.clone().unwrap_or_default(),
-            qos: status
-                .and_then(|s| s.qos_class.as_deref())
-                .and_then(QosClass::parse)
-                .unwrap_or(QosClass::Burstable),
+            qos: status.and_then(|s| s.qos_class.as_deref()).and_then(QosClass::parse).unwrap_or(QosClass::Burstable),
             host_network: pod.spec.as_ref().and_then(|s| s.host_network).unwrap_or(false),
             phase: status.and_then(|s| s.phase.clone()).unwrap_or_default(),
         })
@@ -261,12 +258,8 @@ impl HostPattern {
         match (self, host) {
             (HostPattern::Any, h) => Some(h.clone()),
             (HostPattern::Exact(p), Host::Exact(h)) => (p == h).then(|| host.clone()),
-            (HostPattern::Wildcard(p), Host::Exact(h)) => {
-                Host::Wildcard(p.clone()).matches(h).then(|| host.clone())
-            }
-            (HostPattern::Exact(p), Host::Wildcard(_)) => {
-                host.matches(p).then(|| Host::Exact(p.clone()))
-            }
+            (HostPattern::Wildcard(p), Host::Exact(h)) => Host::Wildcard(p.clone()).matches(h).then(|| host.clone()),
+            (HostPattern::Exact(p), Host::Wildcard(_)) => host.matches(p).then(|| Host::Exact(p.clone())),
             (HostPattern::Wildcard(p), Host::Wildcard(h)) => {
                 if p == h || h.ends_with(&format!(".{p}")) {
                     Some(host.clone())
@@ -388,11 +381,7 @@ fn load_object(kind: &str, obj: &Value, diagnostics: &mut Vec<String>) -> Option
 
 /// Compute the policies. `cgroup_of` finds a pod's cgroup directory (normally
 /// [`super::cgroup::find_pod_cgroup`]); it is the only access to the outside world.
-pub fn compute(
-    state: &ClusterState,
-    opts: &Options,
-    cgroup_of: &dyn Fn(&PodInfo) -> Option<PathBuf>,
-) -> Computed {
+pub fn compute(state: &ClusterState, opts: &Options, cgroup_of: &dyn Fn(&PodInfo) -> Option<PathBuf>) -> Computed {
     let mut out = Computed::default();
     let diags = &mut out.diagnostics;
 
@@ -471,9 +460,10 @@ pub fn compute(
             registry.services.push(entry);
         }
         for dr in &drs {
-            let visible = exported_to(&dr.export_to, &mesh.default_destination_rule_export_to, &dr.namespace, &pod.namespace)
-                && dr.selector.as_ref().is_none_or(|sel| selects(sel, &pod.labels))
-                && registry.services.iter().any(|s| dr_host_matches(&dr.rule.host, &s.hosts));
+            let visible =
+                exported_to(&dr.export_to, &mesh.default_destination_rule_export_to, &dr.namespace, &pod.namespace)
+                    && dr.selector.as_ref().is_none_or(|sel| selects(sel, &pod.labels))
+                    && registry.services.iter().any(|s| dr_host_matches(&dr.rule.host, &s.hosts));
             if visible {
                 registry.destination_rules.push(dr.rule.clone());
             }
@@ -525,7 +515,9 @@ mod tests {
             service_entries: items(include_str!("../../tests/fixtures/kube/serviceentries.json")),
             destination_rules: items(include_str!("../../tests/fixtures/kube/destinationrules.json")),
             sidecars: items(include_str!("../../tests/fixtures/kube/sidecars.json")),
-            mesh_config_map: Some(serde_json::from_str(include_str!("../../tests/fixtures/kube/configmap-istio.json")).unwrap()),
+            mesh_config_map: Some(
+                serde_json::from_str(include_str!("../../tests/fixtures/kube/configmap-istio.json")).unwrap(),
+            ),
             pods: pods.items.iter().filter_map(PodInfo::from_pod).collect(),
         }
     }
@@ -584,7 +576,10 @@ mod tests {
             )
         );
         assert_eq!(sleep.mode, Mode::RegistryOnly, "mesh ConfigMap mode");
-        assert_eq!(sleep.cgroups, vec![PathBuf::from("/sys/fs/cgroup/kubepods.slice/poda1a1a1a1-0000-4000-8000-000000000001")]);
+        assert_eq!(
+            sleep.cgroups,
+            vec![PathBuf::from("/sys/fs/cgroup/kubepods.slice/poda1a1a1a1-0000-4000-8000-000000000001")]
+        );
         assert!(sleep.registry.warnings.is_empty() && sleep.registry.mode.is_none());
 
         // team-a: its namespace Sidecar (./*, istio-system/*).
@@ -644,11 +639,19 @@ mod tests {
         let bad: Vec<&String> = c.diagnostics.iter().filter(|d| d.contains("invalid-port")).collect();
         assert_eq!(bad.len(), 1, "{:#?}", c.diagnostics);
         assert!(bad[0].starts_with("ServiceEntry default/invalid-port skipped:"), "{}", bad[0]);
-        assert!(bad[0].contains("kubernetes:ServiceEntry/default/invalid-port") && bad[0].contains("spec.ports[0].number"), "{}", bad[0]);
+        assert!(
+            bad[0].contains("kubernetes:ServiceEntry/default/invalid-port") && bad[0].contains("spec.ports[0].number"),
+            "{}",
+            bad[0]
+        );
         // The others are unaffected (checked above) and no policy mentions it.
         assert!(c.policies.iter().all(|p| p.registry.services.iter().all(|s| s.name != "invalid-port")));
         // The exportTo/workloadSelector fields are handled here, not warned about.
-        assert!(!c.diagnostics.iter().any(|d| d.contains("exportTo") || d.contains("workloadSelector")), "{:#?}", c.diagnostics);
+        assert!(
+            !c.diagnostics.iter().any(|d| d.contains("exportTo") || d.contains("workloadSelector")),
+            "{:#?}",
+            c.diagnostics
+        );
     }
 
     #[test]
@@ -656,7 +659,10 @@ mod tests {
         let state = fixture_state();
         let c = compute(&state, &Options::default(), &|p: &PodInfo| (p.namespace == "team-a").then(|| cg(p)).flatten());
         assert_eq!(c.policies.len(), 2);
-        assert_eq!(c.pending, vec!["default/sleep-7b9f8c6d5-x2k4p".to_string(), "team-b/reviews-v2-7c8d9e6f5-klmno".to_string()]);
+        assert_eq!(
+            c.pending,
+            vec!["default/sleep-7b9f8c6d5-x2k4p".to_string(), "team-b/reviews-v2-7c8d9e6f5-klmno".to_string()]
+        );
     }
 
     fn se(ns: &str, name: &str, host: &str, export_to: Option<&[&str]>) -> Value {
@@ -745,20 +751,45 @@ mod tests {
             ],
             sidecars: vec![
                 // Two selecting app=web: the older one wins.
-                sidecar("a", "web-new", "2025-02-01T00:00:00Z", serde_json::json!({
-                    "workloadSelector": {"labels": {"app": "web"}}, "egress": [{"hosts": ["*/*"]}]})),
-                sidecar("a", "web-old", "2025-01-01T00:00:00Z", serde_json::json!({
+                sidecar(
+                    "a",
+                    "web-new",
+                    "2025-02-01T00:00:00Z",
+                    serde_json::json!({
+                    "workloadSelector": {"labels": {"app": "web"}}, "egress": [{"hosts": ["*/*"]}]}),
+                ),
+                sidecar(
+                    "a",
+                    "web-old",
+                    "2025-01-01T00:00:00Z",
+                    serde_json::json!({
                     "workloadSelector": {"labels": {"app": "web"}},
                     "egress": [{"hosts": ["./*.foo.example.com"]}, {"port": {"number": 443, "protocol": "TLS", "name": "tls"}, "hosts": ["b/api.other.net"]}],
-                    "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}})),
+                    "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}),
+                ),
                 // Namespace-wide for a.
-                sidecar("a", "default", "2025-01-01T00:00:00Z", serde_json::json!({
-                    "egress": [{"hosts": ["./api.example.org", "~/*", "bad-host-without-namespace"]}]})),
+                sidecar(
+                    "a",
+                    "default",
+                    "2025-01-01T00:00:00Z",
+                    serde_json::json!({
+                    "egress": [{"hosts": ["./api.example.org", "~/*", "bad-host-without-namespace"]}]}),
+                ),
                 // Root: namespace-wide for every other namespace; one with selector is ignored.
-                sidecar("istio-system", "default", "2025-01-01T00:00:00Z", serde_json::json!({
-                    "egress": [{"hosts": ["./*"]}]})),
-                sidecar("istio-system", "selective", "2024-01-01T00:00:00Z", serde_json::json!({
-                    "workloadSelector": {"labels": {"app": "web"}}, "egress": [{"hosts": ["*/*"]}]})),
+                sidecar(
+                    "istio-system",
+                    "default",
+                    "2025-01-01T00:00:00Z",
+                    serde_json::json!({
+                    "egress": [{"hosts": ["./*"]}]}),
+                ),
+                sidecar(
+                    "istio-system",
+                    "selective",
+                    "2024-01-01T00:00:00Z",
+                    serde_json::json!({
+                    "workloadSelector": {"labels": {"app": "web"}}, "egress": [{"hosts": ["*/*"]}]}),
+                ),
             ],
             pods: vec![
                 pod("a", "web", &[("app", "web")]),
@@ -783,7 +814,11 @@ mod tests {
         assert_eq!(policy(&c, "a/web").mode, Mode::RegistryOnly);
         assert_eq!(hosts("a/db"), ["exact/api.example.org"]);
         assert_eq!(hosts("b/web"), ["shared/shared.example.net"]);
-        assert!(c.diagnostics.iter().any(|d| d.contains("Sidecar a/default") && d.contains("bad-host-without-namespace")), "{:#?}", c.diagnostics);
+        assert!(
+            c.diagnostics.iter().any(|d| d.contains("Sidecar a/default") && d.contains("bad-host-without-namespace")),
+            "{:#?}",
+            c.diagnostics
+        );
     }
 
     #[test]
@@ -808,8 +843,13 @@ mod tests {
     fn invalid_sidecar_mode_ignores_that_sidecar() {
         let state = ClusterState {
             service_entries: vec![se("a", "x", "x.example.com", None)],
-            sidecars: vec![sidecar("a", "default", "2025-01-01T00:00:00Z", serde_json::json!({
-                "egress": [{"hosts": ["istio-system/*"]}], "outboundTrafficPolicy": {"mode": "SOMETIMES"}}))],
+            sidecars: vec![sidecar(
+                "a",
+                "default",
+                "2025-01-01T00:00:00Z",
+                serde_json::json!({
+                "egress": [{"hosts": ["istio-system/*"]}], "outboundTrafficPolicy": {"mode": "SOMETIMES"}}),
+            )],
             pods: vec![pod("a", "p", &[])],
             ..Default::default()
         };

@@ -11,12 +11,11 @@ use super::ServiceLabels;
 
 /// Istio's request duration buckets (ms).
 pub(crate) const DURATION_BUCKETS_MS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
-    30000.0, 60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
+    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0, 60000.0, 300000.0,
+    600000.0, 1800000.0, 3600000.0,
 ];
 /// Istio's size buckets (bytes): 1, 10, ..., 1e9.
-pub(crate) const SIZE_BUCKETS: [f64; 10] =
-    [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+pub(crate) const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct IstioHttpLabels {
@@ -100,11 +99,7 @@ impl ProxyMetrics {
         );
         reg.register("istio_request_bytes", "Request body sizes (bytes)", self.request_bytes.clone());
         reg.register("istio_response_bytes", "Response body sizes (bytes)", self.response_bytes.clone());
-        reg.register(
-            "enforcer_sni_decisions",
-            "TLS connections checked by SNI, by decision",
-            self.sni.clone(),
-        );
+        reg.register("enforcer_sni_decisions", "TLS connections checked by SNI, by decision", self.sni.clone());
     }
 
     /// One finished request.

@@ -184,27 +184,27 @@ pub(crate) struct Pools {
 }
 
 impl Pools {
-    fn client(&self, addr: SocketAddr, sni: &str, route: &OriginateRoute, mark: Option<u32>) -> Result<UpClient, String> {
+    fn client(
+        &self,
+        addr: SocketAddr,
+        sni: &str,
+        route: &OriginateRoute,
+        mark: Option<u32>,
+    ) -> Result<UpClient, String> {
         let ca_mtime = route
             .tls
             .ca_certificates
             .as_ref()
             .and_then(|p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok());
-        let key = PoolKey {
-            addr,
-            sni: sni.to_owned(),
-            tls: route.tls.clone(),
-            timeout: route.connect_timeout,
-            ca_mtime,
-        };
+        let key =
+            PoolKey { addr, sni: sni.to_owned(), tls: route.tls.clone(), timeout: route.connect_timeout, ca_mtime };
         if let Some(c) = self.map.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(c.clone());
         }
         let server_name = ServerName::try_from(sni.to_owned()).map_err(|e| format!("invalid SNI {sni:?}: {e}"))?;
         let config = tls::client_config(&route.tls)?;
-        let connector = Connector {
-            target: Arc::new(Target { addr, server_name, config, timeout: route.connect_timeout, mark }),
-        };
+        let connector =
+            Connector { target: Arc::new(Target { addr, server_name, config, timeout: route.connect_timeout, mark }) };
         let client: UpClient = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
@@ -392,7 +392,14 @@ impl ConnCtx {
     }
 
     /// An Envoy-style local reply, recorded at once.
-    fn local_reply(&self, start: Instant, req_bytes: Arc<AtomicU64>, status: StatusCode, flags: &str, body: String) -> Response<RespBody> {
+    fn local_reply(
+        &self,
+        start: Instant,
+        req_bytes: Arc<AtomicU64>,
+        status: StatusCode,
+        flags: &str,
+        body: String,
+    ) -> Response<RespBody> {
         let len = body.len() as u64;
         self.recording(status.as_u16(), start, req_bytes).finish(len, flags);
         let mut resp = Response::new(full(body));
@@ -510,9 +517,7 @@ fn upstream_failure(
     e: &hyper_util::client::legacy::Error,
 ) -> Response<RespBody> {
     let (kind, reason, flags) = match find_connect_error(e) {
-        Some(ConnectError::Timeout) => {
-            (Some(ProxyEventKind::UpstreamTimeout), "connection timeout".to_owned(), "UF")
-        }
+        Some(ConnectError::Timeout) => (Some(ProxyEventKind::UpstreamTimeout), "connection timeout".to_owned(), "UF"),
         Some(ConnectError::Tcp(_)) | Some(ConnectError::Handshake(_)) => {
             (Some(ProxyEventKind::UpstreamConnectFailed), "connection failure".to_owned(), "UF")
         }

@@ -46,9 +46,8 @@ pub fn sni_matches(pattern: &str, sni: &str) -> bool {
 /// The service an SNI belongs to: an exact host first, else the longest wildcard.
 fn lookup<'a>(allowed: &'a [(String, ServiceLabels)], sni: &str) -> Option<&'a ServiceLabels> {
     let sni = sni.trim_end_matches('.');
-    if let Some((_, s)) = allowed
-        .iter()
-        .find(|(p, _)| !p.starts_with('*') && p.trim_end_matches('.').eq_ignore_ascii_case(sni))
+    if let Some((_, s)) =
+        allowed.iter().find(|(p, _)| !p.starts_with('*') && p.trim_end_matches('.').eq_ignore_ascii_case(sni))
     {
         return Some(s);
     }

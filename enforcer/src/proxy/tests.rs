@@ -60,11 +60,7 @@ fn pki(names: &[&str]) -> Pki {
     let leaf_key = KeyPair::generate().unwrap();
     let issuer = Issuer::from_params(&ca_params, &ca_key);
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
-    Pki {
-        ca_pem: ca_cert.pem(),
-        cert: leaf.der().clone(),
-        key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()),
-    }
+    Pki { ca_pem: ca_cert.pem(), cert: leaf.der().clone(), key: PrivatePkcs8KeyDer::from(leaf_key.serialize_der()) }
 }
 
 fn temp_file(tag: &str, content: &str) -> PathBuf {
@@ -168,9 +164,7 @@ async fn start_upstream(pki: &Pki) -> Upstream {
             tokio::spawn(async move {
                 let Ok(tls) = acceptor.accept(tcp).await else { return };
                 let svc = service_fn(move |req| upstream_handler(conn, req));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), svc).await;
             });
         }
     });
@@ -390,7 +384,8 @@ async fn wrong_ca_is_a_503_with_the_tls_error_and_an_event() {
     let pki_real = pki(&["api.test"]);
     let pki_other = pki(&["api.test"]);
     let up = start_upstream(&pki_real).await;
-    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki_other), Duration::from_secs(5)))).await;
+    let p =
+        start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki_other), Duration::from_secs(5)))).await;
 
     let got = get(p.addr, "/status/200").await;
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
@@ -466,7 +461,9 @@ async fn missing_ca_file_is_a_503() {
 #[tokio::test]
 async fn upstream_down_is_a_fast_503_uf() {
     let down = closed_port().await;
-    let p = start_proxy(Some(port80()), Some(originate(down.port(), TlsOrigination::default(), Duration::from_secs(5)))).await;
+    let p =
+        start_proxy(Some(port80()), Some(originate(down.port(), TlsOrigination::default(), Duration::from_secs(5))))
+            .await;
     let t = Instant::now();
     let got = get(p.addr, "/status/200").await;
     assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
@@ -483,7 +480,11 @@ async fn upstream_down_is_a_fast_503_uf() {
 #[tokio::test]
 async fn hanging_handshake_times_out_as_a_503() {
     let silent = start_silent_upstream().await;
-    let p = start_proxy(Some(port80()), Some(originate(silent.port(), TlsOrigination::default(), Duration::from_millis(500)))).await;
+    let p = start_proxy(
+        Some(port80()),
+        Some(originate(silent.port(), TlsOrigination::default(), Duration::from_millis(500))),
+    )
+    .await;
     let t = Instant::now();
     let got = get(p.addr, "/status/200").await;
     let took = t.elapsed();
@@ -545,7 +546,9 @@ async fn streams_a_100_mb_response() {
     let got = get(p.addr, &format!("/bytes/{N}")).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.len, N);
-    let needle = format!("istio_response_bytes_sum{{reporter=\"source\",source_workload=\"test-app\",destination_service=\"api.test\",destination_service_name=\"api.test\",destination_service_namespace=\"egress\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",connection_security_policy=\"unknown\"}} {N}");
+    let needle = format!(
+        "istio_response_bytes_sum{{reporter=\"source\",source_workload=\"test-app\",destination_service=\"api.test\",destination_service_name=\"api.test\",destination_service_namespace=\"egress\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",connection_security_policy=\"unknown\"}} {N}"
+    );
     let text = wait_metric(&p.metrics, &needle).await;
     assert!(text.contains(&needle), "{text}");
 }
@@ -560,7 +563,9 @@ async fn streams_a_20_mb_upload_through_echo() {
     let got = send(&mut s, "POST", "/echo", boxed(Zeros { remaining: N })).await;
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.len, N);
-    let needle = format!("istio_request_bytes_sum{{reporter=\"source\",source_workload=\"test-app\",destination_service=\"api.test\",destination_service_name=\"api.test\",destination_service_namespace=\"egress\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",connection_security_policy=\"unknown\"}} {N}");
+    let needle = format!(
+        "istio_request_bytes_sum{{reporter=\"source\",source_workload=\"test-app\",destination_service=\"api.test\",destination_service_name=\"api.test\",destination_service_namespace=\"egress\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",connection_security_policy=\"unknown\"}} {N}"
+    );
     let text = wait_metric(&p.metrics, &needle).await;
     assert!(text.contains(&needle), "{text}");
 }
@@ -618,8 +623,14 @@ async fn allowed_sni_is_spliced_through() {
     }
     assert!(p.policy.events().is_empty(), "{:?}", p.policy.events());
     let text = scrape(&p.metrics);
-    assert!(text.contains("enforcer_sni_decisions_total{destination_service=\"api.test\",decision=\"allowed\"} 1"), "{text}");
-    assert!(text.contains("enforcer_sni_decisions_total{destination_service=\"*.wild.test\",decision=\"allowed\"} 1"), "{text}");
+    assert!(
+        text.contains("enforcer_sni_decisions_total{destination_service=\"api.test\",decision=\"allowed\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("enforcer_sni_decisions_total{destination_service=\"*.wild.test\",decision=\"allowed\"} 1"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -632,8 +643,12 @@ async fn other_sni_is_closed_with_an_event() {
         let tcp = TcpStream::connect(p.addr).await.unwrap();
         let res = client_tls(&pki).connect(ServerName::try_from(name.to_owned()).unwrap(), tcp).await;
         let Err(err) = res else { panic!("the proxy must not let this handshake through") };
-        assert!(err.to_string().contains("UnrecognisedName") || err.to_string().contains("unrecognised")
-            || err.kind() == std::io::ErrorKind::UnexpectedEof, "{err}");
+        assert!(
+            err.to_string().contains("UnrecognisedName")
+                || err.to_string().contains("unrecognised")
+                || err.kind() == std::io::ErrorKind::UnexpectedEof,
+            "{err}"
+        );
     }
     assert_eq!(up.accepts.load(Ordering::SeqCst), 0, "nothing reached the upstream");
     let events = p.policy.events();
@@ -641,7 +656,10 @@ async fn other_sni_is_closed_with_an_event() {
     assert_eq!(events[0].kind, ProxyEventKind::SniDenied { sni: Some("other.test".into()) });
     assert_eq!(events[1].kind, ProxyEventKind::SniDenied { sni: Some("wild.test".into()) });
     let text = scrape(&p.metrics);
-    assert!(text.contains("enforcer_sni_decisions_total{destination_service=\"BlackHoleCluster\",decision=\"denied\"} 2"), "{text}");
+    assert!(
+        text.contains("enforcer_sni_decisions_total{destination_service=\"BlackHoleCluster\",decision=\"denied\"} 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -50,9 +50,7 @@ fn load_ca_file(path: &Path) -> Result<Arc<RootCertStore>, String> {
         .map_err(|e| format!("cannot read caCertificates {}: {e}", path.display()))?;
     for cert in iter {
         let cert = cert.map_err(|e| format!("bad PEM in caCertificates {}: {e}", path.display()))?;
-        store
-            .add(cert)
-            .map_err(|e| format!("bad certificate in caCertificates {}: {e}", path.display()))?;
+        store.add(cert).map_err(|e| format!("bad certificate in caCertificates {}: {e}", path.display()))?;
     }
     if store.is_empty() {
         return Err(format!("no certificate in caCertificates {}", path.display()));
@@ -128,8 +126,7 @@ impl ServerCertVerifier for SanVerifier {
             }
         }
         // No usable SAN at all: nothing the certificate could be valid for.
-        Err(first_err
-            .unwrap_or(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)))
+        Err(first_err.unwrap_or(rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)))
     }
 
     fn verify_tls12_signature(

@@ -72,11 +72,7 @@ fn percent_decode(s: &str) -> String {
 }
 
 fn key_of(obj: &Value) -> String {
-    format!(
-        "{}/{}",
-        obj["metadata"]["namespace"].as_str().unwrap_or(""),
-        obj["metadata"]["name"].as_str().unwrap()
-    )
+    format!("{}/{}", obj["metadata"]["namespace"].as_str().unwrap_or(""), obj["metadata"]["name"].as_str().unwrap())
 }
 
 fn full(status: StatusCode, body: Value) -> Response<Body> {
@@ -105,16 +101,30 @@ impl FakeApi {
     fn new(istio_versions: &[&'static str]) -> FakeApi {
         let mut c = Cluster { rv: 100, istio_versions: istio_versions.to_vec(), ..Default::default() };
         for v in istio_versions {
-            for (plural, kind) in [("serviceentries", "ServiceEntryList"), ("destinationrules", "DestinationRuleList"), ("sidecars", "SidecarList")] {
+            for (plural, kind) in [
+                ("serviceentries", "ServiceEntryList"),
+                ("destinationrules", "DestinationRuleList"),
+                ("sidecars", "SidecarList"),
+            ] {
                 c.collections.insert(
                     format!("/apis/networking.istio.io/{v}/{plural}"),
-                    Collection { list_kind: kind, api_version: format!("networking.istio.io/{v}"), items: BTreeMap::new(), watchers: vec![] },
+                    Collection {
+                        list_kind: kind,
+                        api_version: format!("networking.istio.io/{v}"),
+                        items: BTreeMap::new(),
+                        watchers: vec![],
+                    },
                 );
             }
         }
         c.collections.insert(
             "/api/v1/namespaces/istio-system/configmaps".into(),
-            Collection { list_kind: "ConfigMapList", api_version: "v1".into(), items: BTreeMap::new(), watchers: vec![] },
+            Collection {
+                list_kind: "ConfigMapList",
+                api_version: "v1".into(),
+                items: BTreeMap::new(),
+                watchers: vec![],
+            },
         );
         c.collections.insert(
             "/api/v1/pods".into(),
@@ -206,12 +216,17 @@ impl FakeApi {
                 if !c.istio_versions.contains(&v) {
                     return full(StatusCode::NOT_FOUND, status(404, "NotFound"));
                 }
-                let res = |name: &str, kind: &str| json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": true, "kind": kind,
-                    "verbs": ["delete","deletecollection","get","list","patch","create","update","watch"]});
-                return full(StatusCode::OK, json!({
-                    "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("networking.istio.io/{v}"),
-                    "resources": [res("serviceentries", "ServiceEntry"), res("destinationrules", "DestinationRule"), res("sidecars", "Sidecar")]
-                }));
+                let res = |name: &str, kind: &str| {
+                    json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": true, "kind": kind,
+                    "verbs": ["delete","deletecollection","get","list","patch","create","update","watch"]})
+                };
+                return full(
+                    StatusCode::OK,
+                    json!({
+                        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("networking.istio.io/{v}"),
+                        "resources": [res("serviceentries", "ServiceEntry"), res("destinationrules", "DestinationRule"), res("sidecars", "Sidecar")]
+                    }),
+                );
             }
         }
         let rv = c.rv;
@@ -229,10 +244,13 @@ impl FakeApi {
         if !watch {
             let items: Vec<Value> =
                 col.items.values().filter(|o| field_selector_matches(o, &selector)).cloned().collect();
-            return full(StatusCode::OK, json!({
-                "kind": col.list_kind, "apiVersion": col.api_version,
-                "metadata": {"resourceVersion": rv.to_string()}, "items": items
-            }));
+            return full(
+                StatusCode::OK,
+                json!({
+                    "kind": col.list_kind, "apiVersion": col.api_version,
+                    "metadata": {"resourceVersion": rv.to_string()}, "items": items
+                }),
+            );
         }
         let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
         let from: u64 = query.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -335,21 +353,33 @@ impl Drop for Harness {
 fn start(istio_versions: &[&'static str], with_cgroups: bool, before: impl FnOnce(&FakeApi)) -> Harness {
     let api = FakeApi::new(istio_versions);
     let cgroups = TempDir::new("root");
-    let istio = if istio_versions.is_empty() { vec![] } else { vec![
-        ("ServiceEntry", include_str!("../../../tests/fixtures/kube/serviceentries.json")),
-        ("DestinationRule", include_str!("../../../tests/fixtures/kube/destinationrules.json")),
-        ("Sidecar", include_str!("../../../tests/fixtures/kube/sidecars.json")),
-    ] };
+    let istio = if istio_versions.is_empty() {
+        vec![]
+    } else {
+        vec![
+            ("ServiceEntry", include_str!("../../../tests/fixtures/kube/serviceentries.json")),
+            ("DestinationRule", include_str!("../../../tests/fixtures/kube/destinationrules.json")),
+            ("Sidecar", include_str!("../../../tests/fixtures/kube/sidecars.json")),
+        ]
+    };
     for (kind, text) in istio {
         for obj in fixture_items(text) {
             api.put(kind, obj, true);
         }
     }
-    api.put("ConfigMap", serde_json::from_str(include_str!("../../../tests/fixtures/kube/configmap-istio.json")).unwrap(), true);
+    api.put(
+        "ConfigMap",
+        serde_json::from_str(include_str!("../../../tests/fixtures/kube/configmap-istio.json")).unwrap(),
+        true,
+    );
     // A ConfigMap the field selector must keep out.
-    api.put("ConfigMap", json!({"apiVersion": "v1", "kind": "ConfigMap",
+    api.put(
+        "ConfigMap",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {"name": "istio-ca-root-cert", "namespace": "istio-system", "uid": "x"},
-        "data": {"root-cert.pem": "-----BEGIN CERTIFICATE-----"}}), true);
+        "data": {"root-cert.pem": "-----BEGIN CERTIFICATE-----"}}),
+        true,
+    );
     for pod in fixture_items(include_str!("../../../tests/fixtures/kube/pods.json")) {
         if with_cgroups {
             mk_pod_cgroup(&cgroups.0, &pod);
@@ -400,8 +430,7 @@ fn names(ps: &[WorkloadPolicy]) -> Vec<&str> {
 
 fn hosts_of(ps: &[WorkloadPolicy], pod: &str) -> Vec<String> {
     let p = ps.iter().find(|p| p.name == pod).unwrap_or_else(|| panic!("no policy for {pod}"));
-    let mut v: Vec<String> =
-        p.registry.services.iter().flat_map(|s| s.hosts.iter().map(|h| h.to_string())).collect();
+    let mut v: Vec<String> = p.registry.services.iter().flat_map(|s| s.hosts.iter().map(|h| h.to_string())).collect();
     v.sort();
     v
 }
@@ -423,11 +452,16 @@ async fn initial_sync_applies_the_istio_view_and_then_sets_ready() {
     assert_eq!(h.applies(), 1, "one apply for the whole initial sync");
 
     let sleep = &ps[0];
-    assert_eq!(hosts_of(&ps, &sleep.name), ["api.dropboxapi.com", "foo.bar.com", "mymongodb.somedomain", "www.googleapis.com"]);
+    assert_eq!(
+        hosts_of(&ps, &sleep.name),
+        ["api.dropboxapi.com", "foo.bar.com", "mymongodb.somedomain", "www.googleapis.com"]
+    );
     assert_eq!(sleep.mode, Mode::RegistryOnly, "from the istio ConfigMap");
     assert_eq!(
         sleep.cgroups,
-        vec![h.cgroups.0.join("kubepods.slice/kubepods-burstable.slice/kubepods-burstable-poda1a1a1a1_0000_4000_8000_000000000001.slice")]
+        vec![h.cgroups.0.join(
+            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-poda1a1a1a1_0000_4000_8000_000000000001.slice"
+        )]
     );
     assert_eq!(hosts_of(&ps, "team-a/ratings-v1-5d7f8b9c4-fghij"), ["en.wikipedia.org"]);
     assert_eq!(ps[2].mode, Mode::AllowAny, "the ratings Sidecar's outboundTrafficPolicy");
@@ -451,21 +485,29 @@ async fn modified_and_deleted_objects_reach_the_sink() {
     se["spec"]["hosts"] = json!(["api.dropboxapi.com", "www.googleapis.com", "api.github.com"]);
     h.api.put("ServiceEntry", se, false);
     let ps = h
-        .wait_for("api.github.com added", |p| hosts_of(p, "default/sleep-7b9f8c6d5-x2k4p").contains(&"api.github.com".to_string()))
+        .wait_for("api.github.com added", |p| {
+            hosts_of(p, "default/sleep-7b9f8c6d5-x2k4p").contains(&"api.github.com".to_string())
+        })
         .await;
     assert!(hosts_of(&ps, "team-b/reviews-v2-7c8d9e6f5-klmno").contains(&"api.github.com".to_string()));
-    assert!(!hosts_of(&ps, "team-a/productpage-v1-6f9d8c7b5-abcde").contains(&"api.github.com".to_string()), "team-a's Sidecar hides default/*");
+    assert!(
+        !hosts_of(&ps, "team-a/productpage-v1-6f9d8c7b5-abcde").contains(&"api.github.com".to_string()),
+        "team-a's Sidecar hides default/*"
+    );
 
     // The mesh mode flips: every pod without its own Sidecar mode follows.
-    let mut cm: Value = serde_json::from_str(include_str!("../../../tests/fixtures/kube/configmap-istio.json")).unwrap();
+    let mut cm: Value =
+        serde_json::from_str(include_str!("../../../tests/fixtures/kube/configmap-istio.json")).unwrap();
     cm["data"]["mesh"] = json!("outboundTrafficPolicy:\n  mode: ALLOW_ANY\nrootNamespace: istio-system\n");
     h.api.put("ConfigMap", cm, false);
     let ps = h.wait_for("mesh mode ALLOW_ANY", |p| p[0].mode == Mode::AllowAny).await;
     assert_eq!(ps[1].mode, Mode::RegistryOnly, "team-a's Sidecar still says REGISTRY_ONLY");
 
     h.api.delete("ServiceEntry", "istio-system", "external-svc-dns", false);
-    h.wait_for("foo.bar.com gone", |p| p.iter().all(|w| !w.registry.services.iter().any(|s| s.name == "external-svc-dns")))
-        .await;
+    h.wait_for("foo.bar.com gone", |p| {
+        p.iter().all(|w| !w.registry.services.iter().any(|s| s.name == "external-svc-dns"))
+    })
+    .await;
 
     // A pod deleted from the node loses its policy.
     h.api.delete("Pod", "team-b", "reviews-v2-7c8d9e6f5-klmno", false);
@@ -516,8 +558,10 @@ async fn watches_resume_after_disconnects_and_relist_after_410() {
     let mut se = fixture_items(include_str!("../../../tests/fixtures/kube/serviceentries.json"))[0].clone();
     se["spec"]["hosts"] = json!(["api.dropboxapi.com"]);
     h.api.put("ServiceEntry", se, false);
-    h.wait_for("after resume", |p| hosts_of(p, "default/sleep-7b9f8c6d5-x2k4p") == ["api.dropboxapi.com", "foo.bar.com", "mymongodb.somedomain"])
-        .await;
+    h.wait_for("after resume", |p| {
+        hosts_of(p, "default/sleep-7b9f8c6d5-x2k4p") == ["api.dropboxapi.com", "foo.bar.com", "mymongodb.somedomain"]
+    })
+    .await;
 
     // Changes happen while the watches are down and history is compacted: resuming gets
     // 410 Gone, the watcher re-lists (after its backoff) and the state is right again.
