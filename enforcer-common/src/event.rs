@@ -1,5 +1,7 @@
 //! Events the kernel programs send to the agent through the `EVENTS` ring buffer.
 
+use crate::{PolicyId, ServiceId};
+
 /// `Event::hook`: which program judged the connection.
 pub const HOOK_CONNECT4: u8 = 1;
 pub const HOOK_CONNECT6: u8 = 2;
@@ -35,9 +37,9 @@ pub struct Event {
     /// Thread id (the kernel's pid).
     pub tid: u32,
     /// Policy that judged the connection.
-    pub policy_id: u32,
-    /// Service owning the address when `reason` is PORT_NOT_LISTED or PROTOCOL, else 0.
-    pub service_id: u32,
+    pub policy_id: PolicyId,
+    /// Service owning the address when `reason` is PORT_NOT_LISTED or PROTOCOL, else `ServiceId::NONE`.
+    pub service_id: ServiceId,
     /// `comm` of the calling thread, NUL-padded.
     pub comm: [u8; 16],
     /// Destination address in network byte order (IPv4 in the first 4 bytes).
@@ -55,7 +57,7 @@ pub struct Event {
     /// `VERDICT_*`.
     pub verdict: u8,
     pub _pad0: u8,
-    /// `MODE_*` in force.
+    /// `Mode` in force (raw).
     pub mode: u32,
     pub _pad1: u32,
 }
@@ -67,8 +69,8 @@ impl Event {
             cgroup_id: 0,
             pid: 0,
             tid: 0,
-            policy_id: 0,
-            service_id: 0,
+            policy_id: PolicyId::DEFAULT,
+            service_id: ServiceId::NONE,
             comm: [0; 16],
             addr: [0; 16],
             port: 0,

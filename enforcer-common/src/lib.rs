@@ -6,13 +6,19 @@
 #![no_std]
 
 pub mod event;
+pub mod ids;
+pub mod maps;
+pub mod mode;
 pub mod policy;
 
 pub use event::*;
+pub use ids::{PolicyId, ServiceId};
+pub use maps::{MAPS, MapKind, MapSpec, PIN_LAYOUT_VERSION, map_spec};
+pub use mode::{Mode, UnknownMode};
 pub use policy::*;
 
 /// Names of the maps, as pinned under the daemon's bpffs directory. `enforcer-ebpf` declares each
-/// with the same identifier.
+/// with the same identifier; [`MAPS`] is the table of their shapes.
 pub mod map_names {
     pub const ALLOW: &str = "ALLOW";
     pub const DESTS: &str = "DESTS";
@@ -29,23 +35,6 @@ pub mod map_names {
     pub const SOCKS: &str = "SOCKS";
     pub const PROXY_ORIG: &str = "PROXY_ORIG";
     pub const PROXY_PEERS: &str = "PROXY_PEERS";
-    pub const ALL: [&str; 15] = [
-        ALLOW,
-        DESTS,
-        MODES,
-        WORKLOADS,
-        EVENTS,
-        EVENT_DROPS,
-        FLOWS,
-        SETTINGS,
-        DNS_ORIG,
-        TRAFFIC,
-        FLOW_OWNER,
-        CONNS,
-        SOCKS,
-        PROXY_ORIG,
-        PROXY_PEERS,
-    ];
 }
 
 /// Program names (the function names in `enforcer-ebpf`), one per hook.
@@ -183,6 +172,39 @@ mod layout_tests {
         assert_eq!(offset_of!(Event, _pad0), 71);
         assert_eq!(offset_of!(Event, mode), 72);
         assert_eq!(offset_of!(Event, _pad1), 76);
+    }
+
+    #[test]
+    fn map_table_sizes_match_the_types() {
+        // The table is the single source; spot-check that it is built from the real types and that
+        // every name fits the kernel's 15 bytes and is unique.
+        assert_eq!(map_spec(map_names::ALLOW).map(|m| m.key_size), Some(28));
+        assert_eq!(map_spec(map_names::FLOWS).map(|m| m.key_size), Some(size_of::<FlowKey>() as u32));
+        for (i, m) in MAPS.iter().enumerate() {
+            assert!(m.name.len() <= 15, "{} is longer than the kernel keeps", m.name);
+            assert!(MAPS[i + 1..].iter().all(|o| o.name != m.name), "{} listed twice", m.name);
+        }
+    }
+
+    #[test]
+    fn mode_round_trips_and_unknown_is_an_error() {
+        for m in [Mode::Unset, Mode::AllowAny, Mode::RegistryOnly, Mode::Audit] {
+            assert_eq!(Mode::try_from(m.raw()), Ok(m));
+        }
+        assert_eq!(Mode::try_from(9), Err(UnknownMode(9)));
+        assert!(Mode::AllowAny.permissiveness() > Mode::Audit.permissiveness());
+        assert!(Mode::Audit.permissiveness() > Mode::RegistryOnly.permissiveness());
+    }
+
+    #[test]
+    fn ids_have_no_arithmetic_and_check_bounds() {
+        assert_eq!(PolicyId::new(MAX_POLICIES), None);
+        assert_eq!(PolicyId::new(3).map(PolicyId::get), Some(3));
+        assert!(PolicyId::DEFAULT.is_default());
+        assert_eq!(ServiceId::new(0), None);
+        assert!(ServiceId::NONE.is_none());
+        assert_eq!(size_of::<PolicyId>(), 4);
+        assert_eq!(size_of::<ServiceId>(), 4);
     }
 
     #[test]

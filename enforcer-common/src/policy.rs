@@ -1,5 +1,7 @@
 //! Keys and values of the policy maps: what may be reached, by whom, and in which mode.
 
+use crate::{PolicyId, ServiceId};
+
 /// Address family values used in keys (`AF_INET`, `AF_INET6`).
 pub const FAMILY_V4: u8 = 2;
 pub const FAMILY_V6: u8 = 10;
@@ -59,27 +61,12 @@ pub const PROXY_MAX_ENTRIES: u32 = 65_536;
 /// `Settings::flags`: steer port-53 traffic (UDP sendmsg/connect, TCP connect) to the forwarder.
 pub const SETTINGS_F_DNS_STEER: u16 = 1 << 0;
 
-/// The node default policy: cgroups with no `WORKLOADS` entry are judged by it.
-pub const DEFAULT_POLICY: u32 = 0;
-
-/// Modes, stored in `MODES[policy_id]`. 0 (never written) is treated as REGISTRY_ONLY: fail closed.
-pub const MODE_UNSET: u32 = 0;
-/// Everything passes.
-pub const MODE_ALLOW_ANY: u32 = 1;
-/// Only registry destinations connect; others get EPERM.
-pub const MODE_REGISTRY_ONLY: u32 = 2;
-/// Nothing is blocked; what REGISTRY_ONLY would refuse is reported as an event.
-pub const MODE_AUDIT: u32 = 3;
-
 /// `AllowValue::flags`: the entry allows the host's DNS resolver (port 53), not a registry service.
 pub const ALLOW_F_DNS: u32 = 1 << 0;
 /// `AllowValue::flags`: steer the connection to the local L7 proxy (reserved for the proxy).
 pub const ALLOW_F_PROXY: u32 = 1 << 1;
 /// `AllowValue::flags`: added by `--allow`/`--allow-cidr` on the command line.
 pub const ALLOW_F_CLI: u32 = 1 << 2;
-
-/// Service id used for entries that belong to no registry service.
-pub const SERVICE_NONE: u32 = 0;
 
 /// Data of the `ALLOW` LPM-trie key (the trie key is `{prefix_len: u32, data: AllowKey}`).
 ///
@@ -88,8 +75,8 @@ pub const SERVICE_NONE: u32 = 0;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AllowKey {
-    /// Policy the entry belongs to (`DEFAULT_POLICY` for the node default).
-    pub policy_id: u32,
+    /// Policy the entry belongs to (`PolicyId::DEFAULT` for the node default).
+    pub policy_id: PolicyId,
     /// Destination port in host byte order, or `ANY_PORT`.
     pub port: u16,
     /// `PROTO_TCP` or `PROTO_UDP`.
@@ -114,9 +101,9 @@ impl AllowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AllowValue {
-    /// Registry service that owns the entry (index into the agent's service table, `SERVICE_NONE`
+    /// Registry service that owns the entry (index into the agent's service table, `ServiceId::NONE`
     /// for command-line and DNS entries). Used by events and per-destination counters.
-    pub service_id: u32,
+    pub service_id: ServiceId,
     /// `ALLOW_F_*` bits.
     pub flags: u32,
 }
@@ -148,7 +135,7 @@ pub type DestValue = AllowValue;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct WorkloadValue {
     /// Policy that judges connections made from this cgroup.
-    pub policy_id: u32,
+    pub policy_id: PolicyId,
     /// Reserved, zero.
     pub flags: u32,
 }
@@ -197,9 +184,9 @@ pub fn v4_from_mapped(addr: &[u8; 16]) -> Option<[u8; 4]> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub cgroup_id: u64,
-    pub policy_id: u32,
-    /// Service that owns the destination (`SERVICE_NONE` when it is in no registry entry).
-    pub service_id: u32,
+    pub policy_id: PolicyId,
+    /// Service that owns the destination (`ServiceId::NONE` when it is in no registry entry).
+    pub service_id: ServiceId,
     pub addr: [u8; 16],
     pub port: u16,
     pub proto: u8,
@@ -242,7 +229,7 @@ pub struct ProxyDest {
     pub family: u8,
     pub _pad: u8,
     /// The registry service the destination belongs to.
-    pub service_id: u32,
+    pub service_id: ServiceId,
     /// cgroup of the connecting process (the proxy's `source_workload`).
     pub cgroup_id: u64,
 }
@@ -266,8 +253,8 @@ pub struct TrafficKey {
     /// cgroup of the local socket: egress from the skb's socket, ingress from `FLOW_OWNER`; 0 when
     /// unknown (traffic of no local socket, or a flow never seen leaving).
     pub cgroup_id: u64,
-    /// Registry service owning the remote address (`SERVICE_NONE`: PassthroughCluster).
-    pub service_id: u32,
+    /// Registry service owning the remote address (`ServiceId::NONE`: PassthroughCluster).
+    pub service_id: ServiceId,
     /// `DIR_EGRESS` / `DIR_INGRESS`.
     pub direction: u8,
     pub family: u8,
@@ -301,7 +288,7 @@ pub struct FlowOwnerKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnKey {
     pub cgroup_id: u64,
-    pub service_id: u32,
+    pub service_id: ServiceId,
     pub _pad: u32,
 }
 
@@ -324,7 +311,7 @@ pub struct ConnCounters {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SockInfo {
     pub cgroup_id: u64,
-    pub service_id: u32,
+    pub service_id: ServiceId,
     /// 1 once counted as opened.
     pub established: u32,
 }

@@ -11,11 +11,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use enforcer_common::{
-    ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DEFAULT_POLICY, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey,
-    HOOK_CONNECT4, HOOK_CONNECT6, MAX_CGROUP_DEPTH, MODE_ALLOW_ANY, MODE_AUDIT, MODE_UNSET, OrigDest, PROTO_TCP,
-    PROTO_UDP, ProxyDest, REASON_NOT_IN_REGISTRY, REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SERVICE_NONE,
-    SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, SETTINGS_F_WORKLOADS, SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT,
-    VERDICT_DENIED, ip6_bytes, ip6_mapped_words, ip6_words, v4_from_mapped,
+    ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey, HOOK_CONNECT4,
+    HOOK_CONNECT6, MAX_CGROUP_DEPTH, Mode, OrigDest, PROTO_TCP, PROTO_UDP, PolicyId, ProxyDest, REASON_NOT_IN_REGISTRY,
+    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, SETTINGS_F_WORKLOADS, ServiceId,
+    SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED, ip6_bytes, ip6_mapped_words, ip6_words, v4_from_mapped,
 };
 
 use crate::maps::{ALLOW, DESTS, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, PROXY_ORIG, SETTINGS, SOCKS, WORKLOADS};
@@ -68,9 +67,9 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
     let policy_id = policy_of_caller();
-    let mode = match MODES.get(policy_id) {
+    let mode = match MODES.get(policy_id.get()) {
         Some(m) => *m,
-        None => MODE_UNSET,
+        None => Mode::Unset.raw(),
     };
     // The lookup runs in every mode so ALLOW_ANY still attributes traffic to registry services.
     let allowed = match lookup(policy_id, &dest, dest.port, dest.proto) {
@@ -85,10 +84,10 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         }
         return ALLOW_CALL;
     }
-    if mode == MODE_ALLOW_ANY {
+    if mode == Mode::AllowAny.raw() {
         // Passthrough: counted with no service.
-        count_flow(hook, cgroup_id, policy_id, SERVICE_NONE, VERDICT_ALLOWED, &dest);
-        remember_socket(ctx, hook, cgroup_id, SERVICE_NONE, &dest);
+        count_flow(hook, cgroup_id, policy_id, ServiceId::NONE, VERDICT_ALLOWED, &dest);
+        remember_socket(ctx, hook, cgroup_id, ServiceId::NONE, &dest);
         return ALLOW_CALL;
     }
 
@@ -102,16 +101,16 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     )) {
         (REASON_PORT_NOT_LISTED, v.service_id)
     } else {
-        (REASON_NOT_IN_REGISTRY, SERVICE_NONE)
+        (REASON_NOT_IN_REGISTRY, ServiceId::NONE)
     };
-    let audit = mode == MODE_AUDIT;
+    let audit = mode == Mode::Audit.raw();
     let verdict = if audit { VERDICT_AUDIT } else { VERDICT_DENIED };
     count_flow(hook, cgroup_id, policy_id, service_id, verdict, &dest);
     emit(hook, cgroup_id, policy_id, service_id, mode, reason, verdict, &dest);
     debug!(ctx, "{} port {} proto {} reason {}", if audit { "audit" } else { "deny" }, dest.port, dest.proto, reason);
     if audit {
         // It goes through, to no registry service: PassthroughCluster.
-        remember_socket(ctx, hook, cgroup_id, SERVICE_NONE, &dest);
+        remember_socket(ctx, hook, cgroup_id, ServiceId::NONE, &dest);
         ALLOW_CALL
     } else {
         DENY_CALL
@@ -121,7 +120,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
 /// For TCP connects that go through: remember who and to what service, by socket cookie, so the
 /// sock_ops program can count the connection when it is established and closed.
 #[inline(always)]
-fn remember_socket(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, service_id: u32, dest: &Dest) {
+fn remember_socket(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, service_id: ServiceId, dest: &Dest) {
     if dest.proto != PROTO_TCP || (hook != HOOK_CONNECT4 && hook != HOOK_CONNECT6) {
         return;
     }
@@ -138,15 +137,15 @@ const DNS_PORT: u16 = 53;
 /// a `WORKLOADS` entry, else the default policy. The walk runs only when per-workload policies
 /// exist (SETTINGS_F_WORKLOADS) and is bounded by MAX_CGROUP_DEPTH levels.
 #[inline(always)]
-fn policy_of_caller() -> u32 {
+fn policy_of_caller() -> PolicyId {
     let walk = match SETTINGS.get(0) {
         Some(s) => s.flags & SETTINGS_F_WORKLOADS != 0,
         None => false,
     };
     if !walk {
-        return DEFAULT_POLICY;
+        return PolicyId::DEFAULT;
     }
-    let mut policy_id = DEFAULT_POLICY;
+    let mut policy_id = PolicyId::DEFAULT;
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {
         // SAFETY: helper without preconditions; 0 past the caller's own level.
@@ -202,7 +201,7 @@ fn steer_dns(ctx: &SockAddrContext, dest: &Dest, v6: bool) -> bool {
 /// Rewrite a TCP connect to the L7 proxy (127.0.0.1:proxy_port) and remember the original by
 /// socket cookie. No-op when the proxy is off or the socket is the agent's own (marked).
 #[inline(always)]
-fn steer_proxy(ctx: &SockAddrContext, dest: &Dest, v6: bool, service_id: u32, cgroup_id: u64) {
+fn steer_proxy(ctx: &SockAddrContext, dest: &Dest, v6: bool, service_id: ServiceId, cgroup_id: u64) {
     let Some(s) = SETTINGS.get(0) else { return };
     if s.flags & SETTINGS_F_PROXY == 0 || s.proxy_port == 0 {
         return;
@@ -302,7 +301,7 @@ pub fn restore_dns(ctx: &SockAddrContext, v6: bool) -> i32 {
 
 /// Add one to the per-CPU count of this (cgroup, destination, verdict).
 #[inline(always)]
-fn count_flow(hook: u8, cgroup_id: u64, policy_id: u32, service_id: u32, verdict: u8, dest: &Dest) {
+fn count_flow(hook: u8, cgroup_id: u64, policy_id: PolicyId, service_id: ServiceId, verdict: u8, dest: &Dest) {
     let key = FlowKey {
         cgroup_id,
         policy_id,
@@ -326,7 +325,7 @@ fn count_flow(hook: u8, cgroup_id: u64, policy_id: u32, service_id: u32, verdict
 }
 
 #[inline(always)]
-fn lookup(policy_id: u32, dest: &Dest, port: u16, proto: u8) -> Option<&'static AllowValue> {
+fn lookup(policy_id: PolicyId, dest: &Dest, port: u16, proto: u8) -> Option<&'static AllowValue> {
     let bits = if dest.family == FAMILY_V4 { 32 } else { 128 };
     ALLOW.get(Key::new(
         AllowKey::prefix_len(bits),
@@ -353,7 +352,16 @@ fn is_local(dest: &Dest) -> bool {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn emit(hook: u8, cgroup_id: u64, policy_id: u32, service_id: u32, mode: u32, reason: u8, verdict: u8, dest: &Dest) {
+fn emit(
+    hook: u8,
+    cgroup_id: u64,
+    policy_id: PolicyId,
+    service_id: ServiceId,
+    mode: u32,
+    reason: u8,
+    verdict: u8,
+    dest: &Dest,
+) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         if let Some(drops) = EVENT_DROPS.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, no concurrent writer on this CPU.

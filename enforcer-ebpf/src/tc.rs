@@ -6,8 +6,7 @@ use aya_ebpf::{
     bindings::TC_ACT_UNSPEC, helpers::generated::bpf_skb_cgroup_id, maps::lpm_trie::Key, programs::TcContext,
 };
 use enforcer_common::{
-    DIR_EGRESS, DestKey, FAMILY_V4, FAMILY_V6, FlowOwnerKey, PROTO_TCP, PROTO_UDP, SERVICE_NONE, TrafficKey,
-    TrafficValue,
+    DIR_EGRESS, DestKey, FAMILY_V4, FAMILY_V6, FlowOwnerKey, PROTO_TCP, PROTO_UDP, ServiceId, TrafficKey, TrafficValue,
 };
 
 use crate::maps::{DESTS, FLOW_OWNER, TRAFFIC};
@@ -57,7 +56,7 @@ fn try_count(ctx: &TcContext, direction: u8) -> Result<(), i64> {
     let service_id =
         match DESTS.get(Key::new(DestKey::prefix_len(bits), DestKey { family: u32::from(family), addr: remote })) {
             Some(v) => v.service_id,
-            None => SERVICE_NONE,
+            None => ServiceId::NONE,
         };
 
     let mut cgroup_id = 0u64;

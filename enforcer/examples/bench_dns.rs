@@ -38,13 +38,13 @@ use enforcer::{
     dns::{self, DnsPolicy, Forwarder},
     policy::{AllowEntry, DestEntry, normalize},
 };
-use enforcer_common::{AllowValue, DEFAULT_POLICY, PROTO_TCP};
+use enforcer_common::{AllowValue, PROTO_TCP, PolicyId, ServiceId};
 use hickory_proto::{
     op::{Message, MessageType, OpCode, Query, ResponseCode},
     rr::{Name, RData, RecordType},
 };
 
-const SERVICE_ID: u32 = 1;
+const SERVICE_ID: ServiceId = ServiceId::new(1).unwrap();
 const SERVICE_PORT: u16 = 443;
 const WARMUP: usize = 200;
 /// Names with their own address in the hosts file (198.19.0.1 ..= 198.19.255.254).
@@ -245,7 +245,7 @@ impl BenchPolicy {
 }
 
 impl DnsPolicy for BenchPolicy {
-    fn match_name(&self, qname: &str) -> Option<u32> {
+    fn match_name(&self, qname: &str) -> Option<ServiceId> {
         // `n<i>.svc.test` is the one exception: the "not in the registry" control of (b').
         (qname.ends_with(".svc.test") && !qname.starts_with('n')).then_some(SERVICE_ID)
     }
@@ -258,7 +258,7 @@ impl DnsPolicy for BenchPolicy {
         true
     }
 
-    fn learn(&self, service_id: u32, _name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
+    fn learn(&self, service_id: ServiceId, _name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
         let t = Instant::now();
         let value = AllowValue { service_id, flags: 0 };
         let mut allow = Vec::with_capacity(addrs.len());
@@ -266,7 +266,7 @@ impl DnsPolicy for BenchPolicy {
         for a in addrs {
             let net = normalize(ipnet::IpNet::from(*a));
             dests.push((DestEntry { net }, value));
-            allow.push((AllowEntry { policy_id: DEFAULT_POLICY, net, port: SERVICE_PORT, proto: PROTO_TCP }, value));
+            allow.push((AllowEntry { policy_id: PolicyId::DEFAULT, net, port: SERVICE_PORT, proto: PROTO_TCP }, value));
         }
         let r = self
             .dp

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use enforcer_common::{DEFAULT_POLICY, SETTINGS_F_DNS_STEER, Settings};
+use enforcer_common::{PolicyId, SETTINGS_F_DNS_STEER, ServiceId, Settings};
 
 use crate::{
     cli::{PolicyArgs, UnknownNamesArg},
@@ -42,17 +42,17 @@ pub struct View {
 
 /// One per-workload policy as applied.
 pub struct PolicyState {
-    pub id: u32,
+    pub id: PolicyId,
     pub policy: WorkloadPolicy,
     pub index: HostIndex,
 }
 
 impl View {
     /// The ServiceEntry behind a service id, in whichever policy it belongs to.
-    pub fn service_entry(&self, id: u32) -> Option<&crate::config::ServiceEntry> {
-        let policy = id >> 16;
-        let local = (id & 0xffff).checked_sub(1)? as usize;
-        if policy == 0 {
+    pub fn service_entry(&self, id: ServiceId) -> Option<&crate::config::ServiceEntry> {
+        let policy = policy::policy_of_service(id);
+        let local = (id.get() & 0xffff).checked_sub(1)? as usize;
+        if policy.is_default() {
             self.cfg.registry.services.get(local)
         } else {
             self.workloads.iter().find(|w| w.id == policy)?.policy.registry.services.get(local)
@@ -60,8 +60,8 @@ impl View {
     }
 
     /// The policy name that owns a service id ("" for the default policy).
-    pub fn policy_name(&self, id: u32) -> &str {
-        let policy = id >> 16;
+    pub fn policy_name(&self, id: ServiceId) -> &str {
+        let policy = policy::policy_of_service(id);
         self.workloads.iter().find(|w| w.id == policy).map(|w| w.policy.name.as_str()).unwrap_or("")
     }
 }
@@ -76,7 +76,7 @@ fn compile_all(
     let index = HostIndex::build(&cfg.registry, &cfg.cli, &desired);
     let mut states = Vec::new();
     for (i, w) in workloads.iter().enumerate() {
-        let id = i as u32 + 1;
+        let id = PolicyId::new(i as u32 + 1).expect("checked against MAX_POLICIES");
         let d = load::compile_policy(cfg, &w.registry, id, snapshot);
         let index = HostIndex::build(&w.registry, &cfg.cli, &d);
         desired.merge(d);
@@ -121,7 +121,7 @@ pub struct Agent {
     pub proxy_metrics: Option<crate::proxy::ProxyMetrics>,
     /// /readyz: false until the first full sync (Kubernetes).
     ready: Arc<Mutex<Option<Arc<std::sync::atomic::AtomicBool>>>>,
-    workload_cgroups: Arc<Mutex<std::collections::BTreeMap<u64, u32>>>,
+    workload_cgroups: Arc<Mutex<std::collections::BTreeMap<u64, PolicyId>>>,
     args: Arc<PolicyArgs>,
 }
 
@@ -333,7 +333,7 @@ impl Agent {
         for (i, w) in specs.iter().enumerate() {
             for dir in crate::workload::expand_cgroups(&w.cgroups) {
                 if let Ok(id) = crate::cgroup::cgroup_id(&dir) {
-                    want.insert(id, i as u32 + 1);
+                    want.insert(id, PolicyId::new(i as u32 + 1).expect("checked against MAX_POLICIES"));
                     names.push((dir, w.name.clone()));
                 }
             }
@@ -499,11 +499,11 @@ pub fn spawn_servers(
 pub fn apply_ordered(dp: &mut Dataplane, desired: &Desired, mode: Mode) -> anyhow::Result<ApplyStats> {
     let kmode = load::kernel_mode(mode);
     if mode != Mode::RegistryOnly {
-        dp.set_mode(DEFAULT_POLICY, kmode)?;
+        dp.set_mode(PolicyId::DEFAULT, kmode)?;
         Ok(dp.apply(desired)?)
     } else {
         let s = dp.apply(desired)?;
-        dp.set_mode(DEFAULT_POLICY, kmode)?;
+        dp.set_mode(PolicyId::DEFAULT, kmode)?;
         Ok(s)
     }
 }
@@ -521,7 +521,7 @@ impl dns::DnsPolicy for AgentDns {
         self.hub.observe_name(name, addrs);
     }
 
-    fn match_name(&self, qname: &str) -> Option<u32> {
+    fn match_name(&self, qname: &str) -> Option<ServiceId> {
         let v = self.view.read().ok()?;
         v.index.match_name(qname).or_else(|| v.workloads.iter().find_map(|w| w.index.match_name(qname)))
     }
@@ -537,11 +537,12 @@ impl dns::DnsPolicy for AgentDns {
         self.view.read().map(|v| v.cfg.mode == Mode::RegistryOnly).unwrap_or(true)
     }
 
-    fn learn(&self, _service_id: u32, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
+    fn learn(&self, _service_id: ServiceId, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
         // Every policy whose registry has this name learns it (under its own policy id).
         let (desired, matches) = {
             let v = self.view.read().map_err(|e| e.to_string())?;
-            let mut m: Vec<(u32, u32)> = v.index.match_name(name).map(|s| (DEFAULT_POLICY, s)).into_iter().collect();
+            let mut m: Vec<(PolicyId, ServiceId)> =
+                v.index.match_name(name).map(|s| (PolicyId::DEFAULT, s)).into_iter().collect();
             m.extend(v.workloads.iter().filter_map(|w| w.index.match_name(name).map(|s| (w.id, s))));
             (v.desired.clone(), m)
         };
@@ -567,8 +568,8 @@ impl dns::DnsPolicy for AgentDns {
 
 /// The allow/dests entries for `addrs` learned for a service of a policy.
 fn learn_entries(
-    policy_id: u32,
-    service_id: u32,
+    policy_id: PolicyId,
+    service_id: ServiceId,
     info: &crate::policy::ServiceInfo,
     addrs: &[IpAddr],
     allow: &mut Vec<(AllowEntry, enforcer_common::AllowValue)>,
@@ -595,7 +596,10 @@ pub fn tracked_names(cfg: &LoadedConfig) -> BTreeSet<String> {
 }
 
 /// Service id used in metrics for connections refused into BlackHoleCluster.
-const BLACKHOLE: u32 = u32::MAX;
+const BLACKHOLE: ServiceId = match ServiceId::new(u32::MAX) {
+    Some(id) => id,
+    None => ServiceId::NONE,
+};
 
 impl Agent {
     /// The workload name of a cgroup id.
@@ -619,7 +623,7 @@ impl Agent {
         use enforcer_common::{DIR_EGRESS, HOOK_CONNECT4, HOOK_CONNECT6, PROTO_TCP, VERDICT_ALLOWED, VERDICT_DENIED};
 
         use crate::metrics::{IstioTcpLabels, TcpSeries};
-        let mut tcp: BTreeMap<(String, u32, &'static str), TcpSeries> = BTreeMap::new();
+        let mut tcp: BTreeMap<(String, ServiceId, &'static str), TcpSeries> = BTreeMap::new();
         let mut denied: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
         for (k, n) in flows {
             if k.verdict == VERDICT_ALLOWED {
@@ -661,7 +665,7 @@ impl Agent {
 }
 
 /// (destination_service, destination_service_name, destination_service_namespace).
-fn service_labels(desired: &Desired, id: u32) -> (String, String, String) {
+fn service_labels(desired: &Desired, id: ServiceId) -> (String, String, String) {
     if id == BLACKHOLE {
         return ("BlackHoleCluster".into(), "BlackHoleCluster".into(), String::new());
     }
@@ -754,8 +758,8 @@ struct AgentProxy {
     workloads: Arc<Mutex<Option<crate::workloads::Workloads>>>,
     /// client address -> (service id, cgroup id), and original -> service id, from the last
     /// `original_dst` (the proxy calls route()/workload() right after it for the same connection).
-    by_client: Mutex<std::collections::HashMap<SocketAddr, (u32, u64)>>,
-    by_original: Mutex<std::collections::HashMap<SocketAddr, u32>>,
+    by_client: Mutex<std::collections::HashMap<SocketAddr, (ServiceId, u64)>>,
+    by_original: Mutex<std::collections::HashMap<SocketAddr, ServiceId>>,
 }
 
 impl crate::proxy::ProxyPolicy for AgentProxy {
@@ -783,7 +787,7 @@ impl crate::proxy::ProxyPolicy for AgentProxy {
         let port = se.ports.iter().find(|p| p.number == original.port())?;
         let labels = proxy_labels(&v.desired, service_id);
         let host = se.hosts.iter().find(|h| !h.is_wildcard()).map(|h| h.to_string());
-        let registry = if policy::policy_of_service(service_id) == DEFAULT_POLICY {
+        let registry = if policy::policy_of_service(service_id) == PolicyId::DEFAULT {
             &v.cfg.registry
         } else {
             &v.workloads.iter().find(|w| w.id == policy::policy_of_service(service_id))?.policy.registry
@@ -811,7 +815,9 @@ impl crate::proxy::ProxyPolicy for AgentProxy {
                     .enumerate()
                     .filter(|(_, s)| s.ports.iter().any(|p| p.number == port.number && p.protocol.is_tls()))
                     .flat_map(|(i, s)| {
-                        let id = policy::service_base(policy::policy_of_service(service_id)) + i as u32 + 1;
+                        let id =
+                            ServiceId::new(policy::service_base(policy::policy_of_service(service_id)) + i as u32 + 1)
+                                .expect("non-zero");
                         let labels = proxy_labels(&v.desired, id);
                         s.hosts.iter().map(move |h| (h.to_string(), labels.clone()))
                     })
@@ -835,7 +841,7 @@ impl crate::proxy::ProxyPolicy for AgentProxy {
     }
 }
 
-fn proxy_labels(desired: &Desired, id: u32) -> crate::proxy::ServiceLabels {
+fn proxy_labels(desired: &Desired, id: ServiceId) -> crate::proxy::ServiceLabels {
     let (a, b, c) = service_labels(desired, id);
     crate::proxy::ServiceLabels {
         destination_service: a,

@@ -4,7 +4,7 @@
 
 use std::{collections::HashMap, net::IpAddr};
 
-use enforcer_common::{DEFAULT_POLICY, MODE_ALLOW_ANY, MODE_AUDIT, MODE_REGISTRY_ONLY};
+use enforcer_common::PolicyId;
 
 use crate::{
     cli::PolicyArgs,
@@ -28,11 +28,11 @@ pub struct LoadedConfig {
     pub sni_check: bool,
 }
 
-pub fn kernel_mode(mode: Mode) -> u32 {
+pub fn kernel_mode(mode: Mode) -> enforcer_common::Mode {
     match mode {
-        Mode::AllowAny => MODE_ALLOW_ANY,
-        Mode::RegistryOnly => MODE_REGISTRY_ONLY,
-        Mode::Audit => MODE_AUDIT,
+        Mode::AllowAny => enforcer_common::Mode::AllowAny,
+        Mode::RegistryOnly => enforcer_common::Mode::RegistryOnly,
+        Mode::Audit => enforcer_common::Mode::Audit,
     }
 }
 
@@ -99,7 +99,7 @@ pub fn load_config(args: &PolicyArgs) -> anyhow::Result<LoadedConfig> {
 
 /// The desired map contents for `cfg` with the names resolved so far (the default policy).
 pub fn compile(cfg: &LoadedConfig, resolved: &std::collections::BTreeMap<String, ResolvedName>) -> Desired {
-    compile_policy(cfg, &cfg.registry, DEFAULT_POLICY, resolved)
+    compile_policy(cfg, &cfg.registry, PolicyId::DEFAULT, resolved)
 }
 
 /// The desired map contents of one policy: `registry` under `policy_id`, with the command-line
@@ -107,7 +107,7 @@ pub fn compile(cfg: &LoadedConfig, resolved: &std::collections::BTreeMap<String,
 pub fn compile_policy(
     cfg: &LoadedConfig,
     registry: &Registry,
-    policy_id: u32,
+    policy_id: PolicyId,
     resolved: &std::collections::BTreeMap<String, ResolvedName>,
 ) -> Desired {
     let now = tokio::time::Instant::now();

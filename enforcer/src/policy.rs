@@ -9,7 +9,7 @@ use std::{
 
 use enforcer_common::{
     ALLOW_F_CLI, ALLOW_F_DNS, ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DestKey, FAMILY_V4, FAMILY_V6, PROTO_TCP,
-    PROTO_UDP,
+    PROTO_UDP, PolicyId, ServiceId,
 };
 use ipnet::IpNet;
 
@@ -89,7 +89,7 @@ fn split_port(s: &str) -> Result<(&str, Option<u16>), String> {
 /// What a service id stands for, for events, the summary and (later) metrics labels.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceInfo {
-    pub id: u32,
+    pub id: ServiceId,
     /// "namespace/name" for ServiceEntries, the flag text for command-line allows.
     pub name: String,
     pub hosts: Vec<String>,
@@ -111,7 +111,7 @@ pub enum ServiceKind {
 /// One allow entry: a prefix (v4-mapped IPv6 normalised to IPv4), a port and a protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct AllowEntry {
-    pub policy_id: u32,
+    pub policy_id: PolicyId,
     pub net: IpNet,
     pub port: u16,
     pub proto: u8,
@@ -230,7 +230,7 @@ pub struct Desired {
 
 impl Desired {
     /// The service with this id (ids are ascending in `services`).
-    pub fn service(&self, id: u32) -> Option<&ServiceInfo> {
+    pub fn service(&self, id: ServiceId) -> Option<&ServiceInfo> {
         self.services.binary_search_by_key(&id, |s| s.id).ok().map(|i| &self.services[i])
     }
 
@@ -255,7 +255,7 @@ pub struct Inputs<'a> {
     pub cli: &'a [CliAllow],
     /// The host's DNS resolvers (port 53 is allowed to them, TCP and UDP).
     pub dns_servers: &'a [IpAddr],
-    pub policy_id: u32,
+    pub policy_id: PolicyId,
     /// Steer TLS/HTTPS ports through the proxy's SNI check.
     pub sni_check: bool,
     /// Service ids of this policy start after this (policies get disjoint id ranges).
@@ -263,13 +263,13 @@ pub struct Inputs<'a> {
 }
 
 /// Service-id range of each policy: policy N's services are `N << 16 | 1..`.
-pub fn service_base(policy_id: u32) -> u32 {
-    policy_id << 16
+pub fn service_base(policy_id: PolicyId) -> u32 {
+    policy_id.get() << 16
 }
 
 /// The policy a service id belongs to.
-pub fn policy_of_service(service_id: u32) -> u32 {
-    service_id >> 16
+pub fn policy_of_service(service_id: ServiceId) -> PolicyId {
+    PolicyId::new(service_id.get() >> 16).unwrap_or_default()
 }
 
 /// The TLS settings a DestinationRule gives `port` of a ServiceEntry (port-level first), if any
@@ -338,7 +338,7 @@ fn exact_hosts(se: &ServiceEntry) -> impl Iterator<Item = String> + '_ {
 pub fn compile(inp: &Inputs<'_>) -> Desired {
     let mut d = Desired::default();
     for se in &inp.registry.services {
-        let id = inp.service_base + d.services.len() as u32 + 1;
+        let id = ServiceId::new(inp.service_base + d.services.len() as u32 + 1).expect("non-zero");
         d.services.push(ServiceInfo {
             id,
             name: format!("{}/{}", se.namespace, se.name),
@@ -431,7 +431,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
     }
 
     for c in inp.cli {
-        let id = inp.service_base + d.services.len() as u32 + 1;
+        let id = ServiceId::new(inp.service_base + d.services.len() as u32 + 1).expect("non-zero");
         let flag = match c.target {
             CliTarget::Net(n) if n.prefix_len() < n.max_prefix_len() => "--allow-cidr",
             _ => "--allow",
@@ -469,7 +469,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
     }
 
     if !inp.dns_servers.is_empty() {
-        let id = inp.service_base + d.services.len() as u32 + 1;
+        let id = ServiceId::new(inp.service_base + d.services.len() as u32 + 1).expect("non-zero");
         d.services.push(ServiceInfo {
             id,
             name: "host DNS resolvers".into(),
@@ -516,8 +516,8 @@ pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(old: &BTreeMap<K, V>, new: &BTre
 /// from the DNS-rebinding filter).
 #[derive(Debug, Default, Clone)]
 pub struct HostIndex {
-    exact: HashMap<String, u32>,
-    wildcard: HashMap<String, u32>,
+    exact: HashMap<String, ServiceId>,
+    wildcard: HashMap<String, ServiceId>,
     explicit: Vec<IpNet>,
 }
 
@@ -543,8 +543,8 @@ impl HostIndex {
             }
         }
         for info in desired.services.iter().filter(|s| s.kind == ServiceKind::CommandLine) {
-            let base = desired.services.first().map(|s| s.id - 1).unwrap_or(0);
-            let idx = ((info.id - base) as usize).saturating_sub(1 + registry.services.len());
+            let base = desired.services.first().map(|s| s.id.get() - 1).unwrap_or(0);
+            let idx = ((info.id.get() - base) as usize).saturating_sub(1 + registry.services.len());
             match cli.get(idx).map(|c| &c.target) {
                 Some(CliTarget::Host(h)) => {
                     ix.exact.entry(h.clone()).or_insert(info.id);
@@ -556,7 +556,7 @@ impl HostIndex {
         ix
     }
 
-    pub fn match_name(&self, qname: &str) -> Option<u32> {
+    pub fn match_name(&self, qname: &str) -> Option<ServiceId> {
         let q = qname.trim_end_matches('.').to_ascii_lowercase();
         if let Some(id) = self.exact.get(&q) {
             return Some(*id);
@@ -692,7 +692,7 @@ mod tests {
             resolved: &resolved,
             cli,
             dns_servers: &[],
-            policy_id: 0,
+            policy_id: PolicyId::DEFAULT,
             sni_check: false,
             service_base: 0,
         })
@@ -802,7 +802,12 @@ spec:
     #[test]
     fn keys_round_trip() {
         for s in ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/48", "::1/128"] {
-            let e = AllowEntry { policy_id: 3, net: s.parse().unwrap(), port: 443, proto: PROTO_TCP };
+            let e = AllowEntry {
+                policy_id: PolicyId::new(3).unwrap(),
+                net: s.parse().unwrap(),
+                port: 443,
+                proto: PROTO_TCP,
+            };
             let (plen, k) = e.key();
             assert_eq!(AllowEntry::from_key(plen, &k), Some(e));
             let de = DestEntry { net: s.parse().unwrap() };
@@ -859,11 +864,11 @@ spec:
 "#);
         let d = compile_with(&r, &[], &[]);
         let ix = HostIndex::build(&r, &[], &d);
-        assert_eq!(ix.match_name("a.svc.test"), Some(1));
-        assert_eq!(ix.match_name("x.y.svc.test."), Some(1));
+        assert_eq!(ix.match_name("a.svc.test"), ServiceId::new(1));
+        assert_eq!(ix.match_name("x.y.svc.test."), ServiceId::new(1));
         assert_eq!(ix.match_name("SVC.TEST"), None, "the bare domain is not matched by *.svc.test");
         assert_eq!(ix.match_name("evilsvc.test"), None);
-        assert_eq!(ix.match_name("api.example.com"), Some(1));
+        assert_eq!(ix.match_name("api.example.com"), ServiceId::new(1));
         assert_eq!(ix.match_name("x.api.example.com"), None);
         assert!(ix.explicitly_listed("10.9.3.4".parse().unwrap()));
         assert!(ix.explicitly_listed("::ffff:10.9.3.4".parse().unwrap()));

@@ -2,6 +2,7 @@
 //! resolution and the endpoints the kernel map holds for it now, with where each came from
 //! (static, resolved, learned from DNS, command line) and when it expires.
 
+use enforcer_common::ServiceId;
 use std::{
     collections::{BTreeMap, HashMap},
     net::IpAddr,
@@ -34,7 +35,7 @@ pub fn build(agent: &Agent) -> Registryz {
     }
 
     // (service, net, proto) -> endpoint under construction.
-    let mut eps: BTreeMap<(u32, String, u8), EndpointView> = BTreeMap::new();
+    let mut eps: BTreeMap<(ServiceId, String, u8), EndpointView> = BTreeMap::new();
     for (e, val) in dp.allow_entries() {
         let learned = dp.learned().get(e).filter(|_| !v.desired.allow.contains_key(e));
         let single = (e.net.prefix_len() == e.net.max_prefix_len()).then(|| e.net.addr());
@@ -74,10 +75,12 @@ pub fn build(agent: &Agent) -> Registryz {
     let mut services = Vec::new();
     for info in &v.desired.services {
         let se = (info.kind == ServiceKind::ServiceEntry).then(|| v.service_entry(info.id)).flatten();
-        let endpoints: Vec<EndpointView> =
-            eps.range((info.id, String::new(), 0)..(info.id + 1, String::new(), 0)).map(|(_, ep)| ep.clone()).collect();
+        let endpoints: Vec<EndpointView> = eps
+            .range((info.id, String::new(), 0)..=(info.id, "\u{10ffff}".to_string(), u8::MAX))
+            .map(|(_, ep)| ep.clone())
+            .collect();
         services.push(ServiceView {
-            id: info.id,
+            id: info.id.get(),
             name: info.name.clone(),
             namespace: se.map(|s| s.namespace.clone()).unwrap_or_default(),
             hosts: info.hosts.clone(),

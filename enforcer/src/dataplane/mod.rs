@@ -1,6 +1,7 @@
 //! The only module that touches aya: load the programs, attach them to a cgroup, pin them, and
 //! apply map diffs. Events and flow counters come back up through here.
 
+mod contract;
 mod events;
 
 use std::{
@@ -21,11 +22,12 @@ use aya::{
         links::{FdLink, LinkError, PinnedLink},
     },
 };
+pub use contract::{BootNs, MapContents, Maps, MemoryMaps};
 use enforcer_common::{
     ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey, DESTS_MAX_ENTRIES,
     DNS_ORIG_MAX_ENTRIES, DestKey, FLOW_OWNER_MAX_ENTRIES, FLOWS_MAX_ENTRIES, FlowKey, FlowOwnerKey, MAX_POLICIES,
-    OrigDest, PROXY_MAX_ENTRIES, ProxyDest, SOCKS_MAX_ENTRIES, Settings, SockInfo, TRAFFIC_MAX_ENTRIES, TrafficKey,
-    TrafficValue, WORKLOADS_MAX_ENTRIES, map_names, prog_names,
+    OrigDest, PROXY_MAX_ENTRIES, PolicyId, ProxyDest, SOCKS_MAX_ENTRIES, ServiceId, Settings, SockInfo,
+    TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, map_names, prog_names,
 };
 pub use events::EventStream;
 
@@ -105,7 +107,7 @@ pub struct Dataplane {
     proxy_peers: aya::maps::HashMap<MapData, OrigDest, ProxyDest>,
     workloads: aya::maps::HashMap<MapData, u64, enforcer_common::WorkloadValue>,
     /// What WORKLOADS holds: cgroup id -> policy id.
-    workloads_in_map: BTreeMap<u64, u32>,
+    workloads_in_map: BTreeMap<u64, PolicyId>,
     /// TC attachments made by this process (interface, direction), for explicit detach.
     tc_links: Vec<(String, &'static str)>,
     pin_dir: Option<PathBuf>,
@@ -153,7 +155,7 @@ impl Dataplane {
                 source,
             })?;
             notes.extend(check_pinned_maps(dir)?);
-            for name in map_names::ALL {
+            for name in enforcer_common::MAPS.iter().filter(|m| m.pinned).map(|m| m.name) {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
@@ -333,7 +335,7 @@ impl Dataplane {
     }
 
     /// Make WORKLOADS hold exactly `want` (cgroup id -> policy id): inserts first, then removals.
-    pub fn set_workloads(&mut self, want: &BTreeMap<u64, u32>) -> Result<()> {
+    pub fn set_workloads(&mut self, want: &BTreeMap<u64, PolicyId>) -> Result<()> {
         let d = crate::policy::diff(&self.workloads_in_map, want);
         for (cg, policy_id) in &d.upserts {
             self.workloads
@@ -353,7 +355,7 @@ impl Dataplane {
 
     /// Where a connection the kernel steered to the L7 proxy meant to go, by the client's address
     /// as the proxy sees it on accept: (original destination, service id, client cgroup id).
-    pub fn proxy_original(&self, client: std::net::SocketAddr) -> Option<(std::net::SocketAddr, u32, u64)> {
+    pub fn proxy_original(&self, client: std::net::SocketAddr) -> Option<(std::net::SocketAddr, ServiceId, u64)> {
         let mut key = OrigDest { addr: [0; 16], port: client.port(), family: enforcer_common::FAMILY_V4, _pad: [0; 5] };
         match client.ip() {
             std::net::IpAddr::V4(a) => key.addr[..4].copy_from_slice(&a.octets()),
@@ -404,12 +406,14 @@ impl Dataplane {
             .collect()
     }
 
-    pub fn set_mode(&mut self, policy_id: u32, mode: u32) -> Result<()> {
-        self.modes.set(policy_id, mode, 0).map_err(map_err(map_names::MODES, format!("set policy {policy_id}")))
+    pub fn set_mode(&mut self, policy_id: PolicyId, mode: enforcer_common::Mode) -> Result<()> {
+        self.modes
+            .set(policy_id.get(), mode.raw(), 0)
+            .map_err(map_err(map_names::MODES, format!("set policy {policy_id}")))
     }
 
-    pub fn mode(&self, policy_id: u32) -> Result<u32> {
-        self.modes.get(&policy_id, 0).map_err(map_err(map_names::MODES, "get"))
+    pub fn mode(&self, policy_id: PolicyId) -> Result<u32> {
+        self.modes.get(&policy_id.get(), 0).map_err(map_err(map_names::MODES, "get"))
     }
 
     pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
@@ -654,7 +658,7 @@ fn check_pinned_maps(dir: &Path) -> Result<Vec<String>> {
 /// link detaches its program.
 pub fn unpin_all(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    let names = map_names::ALL.iter().map(|m| m.to_string()).chain(
+    let names = enforcer_common::MAPS.iter().map(|m| m.name.to_string()).chain(
         prog_names::ALL
             .iter()
             .chain(&prog_names::DNS_RESTORE)

@@ -32,7 +32,7 @@ pub use server::Forwarder;
 pub trait DnsPolicy: Send + Sync + 'static {
     /// The registry service whose host matches `qname` (lowercase, no trailing dot): exact host,
     /// or `*.suffix` wildcard on a label boundary. None: not in the registry.
-    fn match_name(&self, qname: &str) -> Option<u32>;
+    fn match_name(&self, qname: &str) -> Option<enforcer_common::ServiceId>;
     /// The registry lists this exact address (STATIC endpoint / addresses) — exempts it from the
     /// rebinding filter.
     fn explicitly_listed(&self, ip: IpAddr) -> bool;
@@ -43,7 +43,13 @@ pub trait DnsPolicy: Send + Sync + 'static {
     /// once the map holds them. Err => the client gets SERVFAIL.
     ///
     /// Called from a blocking-pool thread (`spawn_blocking`), so it may block.
-    fn learn(&self, service_id: u32, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String>;
+    fn learn(
+        &self,
+        service_id: enforcer_common::ServiceId,
+        name: &str,
+        addrs: &[IpAddr],
+        ttl: Duration,
+    ) -> Result<(), String>;
     /// An unregistered name was answered with these addresses (nothing was allowed). Default: ignore.
     fn observe(&self, _name: &str, _addrs: &[std::net::IpAddr]) {}
 }

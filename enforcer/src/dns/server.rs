@@ -444,7 +444,7 @@ impl Inner {
         bytes: &[u8],
         query: &Message,
         transport: Transport,
-        service: u32,
+        service: enforcer_common::ServiceId,
         qname: &str,
     ) -> Vec<u8> {
         let Ok((resp, header)) = self.forward(bytes, query, transport).await else {
@@ -480,11 +480,11 @@ impl Inner {
             let ttl = answer::lifetime(processed.min_ttl.unwrap_or(0), &self.cfg);
             if let Err(e) = self.learn(service, qname, processed.addrs.clone(), ttl).await {
                 Stats::inc(&self.stats.learn_failures);
-                tracing::warn!(name = qname, service, error = %e, "dns: learning addresses failed, answering SERVFAIL");
+                tracing::warn!(name = qname, service = service.get(), error = %e, "dns: learning addresses failed, answering SERVFAIL");
                 return self.servfail(query);
             }
             Stats::add(&self.stats.learned_addrs, processed.addrs.len() as u64);
-            tracing::debug!(name = qname, service, addrs = ?processed.addrs, ?ttl, "dns: learned");
+            tracing::debug!(name = qname, service = service.get(), addrs = ?processed.addrs, ?ttl, "dns: learned");
         }
         let out = if processed.dropped > 0 {
             match msg.to_vec() {
@@ -504,7 +504,7 @@ impl Inner {
     /// `DnsPolicy::learn` on the blocking pool, bounded by the overall answer budget.
     async fn learn(
         &self,
-        service: u32,
+        service: enforcer_common::ServiceId,
         qname: &str,
         addrs: Vec<std::net::IpAddr>,
         ttl: Duration,

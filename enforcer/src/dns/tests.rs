@@ -24,6 +24,10 @@ fn n(s: &str) -> Name {
     Name::from_ascii(s).expect("name")
 }
 
+fn sid(raw: u32) -> enforcer_common::ServiceId {
+    enforcer_common::ServiceId::new(raw).expect("non-zero")
+}
+
 fn rec_a(owner: &str, ttl: u32, ip: &str) -> Record {
     Record::from_rdata(n(owner), ttl, RData::A(A(Ipv4Addr::from_str(ip).expect("v4"))))
 }
@@ -242,7 +246,7 @@ async fn dead_addr() -> SocketAddr {
 
 #[derive(Debug, Clone)]
 struct Learned {
-    service: u32,
+    service: enforcer_common::ServiceId,
     name: String,
     addrs: Vec<IpAddr>,
     ttl: Duration,
@@ -251,8 +255,8 @@ struct Learned {
 
 #[derive(Default)]
 struct TestPolicy {
-    exact: Vec<(String, u32)>,
-    wildcard: Vec<(String, u32)>,
+    exact: Vec<(String, enforcer_common::ServiceId)>,
+    wildcard: Vec<(String, enforcer_common::ServiceId)>,
     listed: Vec<IpAddr>,
     enforcing: bool,
     fail_learn: bool,
@@ -278,8 +282,8 @@ impl TestPolicy {
             ("slow.test", 11),
         ];
         TestPolicy {
-            exact: exact.iter().map(|(h, id)| ((*h).to_owned(), *id)).collect(),
-            wildcard: vec![("svc.test".to_owned(), 100)],
+            exact: exact.iter().map(|(h, id)| ((*h).to_owned(), sid(*id))).collect(),
+            wildcard: vec![("svc.test".to_owned(), sid(100))],
             ..Default::default()
         }
     }
@@ -290,7 +294,7 @@ impl TestPolicy {
 }
 
 impl DnsPolicy for TestPolicy {
-    fn match_name(&self, qname: &str) -> Option<u32> {
+    fn match_name(&self, qname: &str) -> Option<enforcer_common::ServiceId> {
         if let Some((_, id)) = self.exact.iter().find(|(h, _)| h == qname) {
             return Some(*id);
         }
@@ -308,7 +312,13 @@ impl DnsPolicy for TestPolicy {
         self.enforcing
     }
 
-    fn learn(&self, service_id: u32, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
+    fn learn(
+        &self,
+        service_id: enforcer_common::ServiceId,
+        name: &str,
+        addrs: &[IpAddr],
+        ttl: Duration,
+    ) -> Result<(), String> {
         self.entered.store(true, Ordering::SeqCst);
         if let Some(rx) = self.gate.lock().expect("lock").take() {
             let _ = rx.recv();
@@ -558,7 +568,7 @@ async fn matched_name_learned_before_answer_is_released() {
     let learned = policy.learned();
     assert_eq!(learned.len(), 1);
     let l = &learned[0];
-    assert_eq!(l.service, 1);
+    assert_eq!(l.service, sid(1));
     assert_eq!(l.name, "api.test");
     assert_eq!(l.addrs, vec![ip("93.184.216.34"), ip("93.184.216.35")]);
     assert_eq!(l.ttl, Duration::from_secs(125), "min TTL 120 + grace 5");
@@ -580,7 +590,7 @@ async fn cname_chain_followed_and_mixed_case_name_matched() {
     assert_eq!(addrs_of(&m), vec![ip("198.51.100.7")]);
     let learned = policy.learned();
     assert_eq!(learned.len(), 1);
-    assert_eq!(learned[0].service, 2);
+    assert_eq!(learned[0].service, sid(2));
     assert_eq!(learned[0].name, "www.api.test");
     assert_eq!(learned[0].addrs, vec![ip("198.51.100.7")]);
     assert_eq!(learned[0].ttl, Duration::from_secs(65), "CNAME TTL 60 is the chain minimum");
@@ -601,7 +611,7 @@ async fn wildcard_matched_name_learned_on_label_boundary_only() {
 
     let learned = policy.learned();
     assert_eq!(learned.len(), 1);
-    assert_eq!(learned[0].service, 100);
+    assert_eq!(learned[0].service, sid(100));
     assert_eq!(learned[0].name, "foo.svc.test");
     assert_eq!(learned[0].addrs, vec![ip("203.0.113.5")]);
     assert_eq!(learned[0].ttl, Duration::from_secs(35));
@@ -671,7 +681,7 @@ async fn aaaa_handled_like_a() {
     assert_eq!(addrs_of(&m), vec![ip("2001:db8::6")]);
     let learned = policy.learned();
     assert_eq!(learned.len(), 1);
-    assert_eq!((learned[0].service, learned[0].addrs.clone()), (7, vec![ip("2001:db8::6")]));
+    assert_eq!((learned[0].service, learned[0].addrs.clone()), (sid(7), vec![ip("2001:db8::6")]));
     assert_eq!(learned[0].ttl, Duration::from_secs(105));
     fwd.stop().await;
 }
