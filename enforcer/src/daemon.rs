@@ -8,11 +8,12 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     admin,
-    agent::Agent,
+    agent::{Agent, AgentConfig},
     cgroup,
     cli::{DaemonArgs, UnpinArgs},
     dataplane::{self, AttachOutcome, Dataplane, LoadOptions},
     events, load, preflight, run,
+    serve::Servers,
 };
 
 /// The daemon's DNS forwarder port on 127.0.0.1/::1 unless `--dns-port` says otherwise.
@@ -39,7 +40,8 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     };
     preflight::ensure_bpffs(&pin_dir)?;
 
-    let cfg = match load::load_config(&args.policy) {
+    let config = AgentConfig::from_args(&args.policy);
+    let cfg = match load::load_config(&config) {
         Ok(c) => c,
         Err(e) if pin_dir.join("ALLOW").exists() => {
             return Err(e.context(format!(
@@ -56,26 +58,21 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     for n in notes {
         tracing::warn!("{n}");
     }
-    let (agent, forwarder, proxy) = Agent::start(&args.policy, dp, cfg, DEFAULT_DNS_PORT).await?;
+    let mut started = Agent::start(config, dp, cfg, DEFAULT_DNS_PORT).await?;
+    let agent = started.agent.clone();
     agent.desired().warnings.iter().for_each(|w| tracing::warn!("{w}"));
-    let shutdown = crate::agent::Shutdown::default();
-    let (steering, proxying) = crate::agent::spawn_servers(forwarder, proxy, &shutdown);
+    let mut servers = Servers::start_for(&mut started);
+    let (steering, proxying) = (servers.steering, servers.proxying);
     let attached = agent
-        .dp
-        .lock()
-        .expect("dataplane lock")
-        .attach(&cg, steering || proxying, !args.policy.no_conn_accounting || proxying)
+        .with_dataplane(|dp| dp.attach(&cg, steering || proxying, !args.policy.no_conn_accounting || proxying))
         .with_context(|| format!("attaching to {}", cg.display()))?;
     let adopted = attached.iter().filter(|(_, o)| *o == AttachOutcome::Adopted).count();
     for iface in &args.policy.interfaces {
         agent
-            .dp
-            .lock()
-            .expect("dataplane lock")
-            .attach_tc(iface)
+            .with_dataplane(|dp| dp.attach_tc(iface))
             .with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
-    *agent.workloads.lock().expect("workloads lock") = Some(crate::workloads::Workloads::for_daemon(&cg, &mount));
+    agent.set_names(crate::workloads::Workloads::for_daemon(&cg, &mount));
     if let Some(f) = &args.workloads {
         let policies = crate::workload::load_file(f, &mount, agent.mode())?;
         let n = policies.len();
@@ -84,18 +81,17 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     }
     let upkeep = agent.spawn_upkeep();
     let _watch = run::spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, false)?;
-    let listener = admin::bind(args.admin).await?;
     let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
-    tokio::spawn(admin::serve(listener, source, shutdown.signal()));
+    servers.admin(args.admin, source).await?;
     {
-        let v = agent.view.read().expect("view lock");
+        let v = agent.view();
         tracing::info!(
             cgroup = %cg.display(),
             pin_dir = %pin_dir.display(),
             admin = %args.admin,
             mode = %v.cfg.mode,
             mode_source = %v.cfg.mode_source,
-            entries = agent.dp.lock().expect("dataplane lock").allow_entries().len(),
+            entries = agent.allow_entries(),
             dns_steering = steering,
             "enforcing ({})",
             if adopted > 0 { "adopted the pinned programs" } else { "attached" }
@@ -128,25 +124,25 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         std::fs::write(p, format!("{}\n", std::process::id())).with_context(|| format!("writing {}", p.display()))?;
     }
 
-    let mut stream = agent.dp.lock().expect("dataplane lock").take_events().context("opening the event ring buffer")?;
+    let mut stream = agent.with_dataplane(|dp| dp.take_events()).context("opening the event ring buffer")?;
     let events_agent = agent.clone();
     let json_events = args.policy.event_format == crate::cli::ReportFormat::Json;
     tokio::spawn(async move {
-        let mut drops_seen = events_agent.dp.lock().expect("dataplane lock").event_drops();
+        let mut drops_seen = events_agent.with_dataplane(|dp| dp.event_drops());
         while let Ok(batch) = stream.next_batch().await {
             let desired = events_agent.desired();
             for ev in batch {
                 let workload = events_agent.workload(ev.cgroup_id);
-                events_agent.hub.publish(&ev, &desired, &workload);
+                events_agent.hub().publish(&ev, &desired, &workload);
                 if json_events {
                     events::print_json(&ev, &desired, &workload);
                 } else {
                     events::print_line(&format!("{} ({workload})", events::format_event(&ev, &desired)));
                 }
             }
-            let drops = events_agent.dp.lock().expect("dataplane lock").event_drops();
+            let drops = events_agent.with_dataplane(|dp| dp.event_drops());
             if drops > drops_seen {
-                events_agent.hub.publish_drops(drops - drops_seen);
+                events_agent.hub().publish_drops(drops - drops_seen);
                 events::print_line(&format!("{} events dropped: the ring buffer was full", drops - drops_seen));
                 drops_seen = drops;
             }
@@ -166,7 +162,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
                                 }
                             }
                             Err(e) => {
-                                agent.stats.reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                agent.stats().reload_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                 tracing::error!("workloads reload rejected, the last good policies stay enforced: {e:#}");
                             }
                         }
@@ -174,7 +170,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
                 }
                 Err(e) => tracing::error!(
                     "{e:#} ({} failed reloads so far)",
-                    agent.stats.reload_errors.load(std::sync::atomic::Ordering::Relaxed)
+                    agent.stats().reload_errors.load(std::sync::atomic::Ordering::Relaxed)
                 ),
             },
             _ = sigterm.recv() => break,
@@ -189,7 +185,8 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             tracing::warn!("could not turn DNS steering off: {e:#}");
         }
     }
-    shutdown.trigger();
+    servers.drain(std::time::Duration::from_secs(3)).await;
+    drop(started);
     tracing::info!(
         pin_dir = %pin_dir.display(),
         "exiting; enforcement stays pinned (a restarted daemon adopts it; `enforcer unpin --pin-dir {}` removes it)",

@@ -62,7 +62,9 @@ pub fn explain(ev: &Event, desired: &Desired) -> String {
     let svc = desired.service(ev.service_id).map(|s| s.name.clone()).unwrap_or_else(|| "a registry service".into());
     // DESTS is shared by all policies: an address of another workload's registry is simply not in
     // this one's.
-    let other_policy = !ev.service_id.is_none() && crate::policy::policy_of_service(ev.service_id) != ev.policy_id;
+    let other_policy = desired
+        .service(ev.service_id)
+        .is_some_and(|s| s.kind == crate::policy::ServiceKind::ServiceEntry && s.policy != ev.policy_id);
     if other_policy && ev.reason == REASON_PORT_NOT_LISTED {
         return format!("not in this workload's registry; allow it with --allow {ep} or a ServiceEntry");
     }

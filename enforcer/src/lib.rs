@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod registryz;
 pub mod resolver;
 pub mod run;
+pub mod serve;
 pub mod suggest;
 pub mod watch;
 pub mod workload;

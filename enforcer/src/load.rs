@@ -7,9 +7,9 @@ use std::{collections::HashMap, net::IpAddr};
 use enforcer_common::PolicyId;
 
 use crate::{
-    cli::PolicyArgs,
+    agent::AgentConfig,
     config::{self, Mode, Registry},
-    policy::{self, CliAllow, Desired, Inputs},
+    policy::{self, CliAllow, Desired, HostIndex, Inputs, ServiceIds},
     resolver::ResolvedName,
 };
 
@@ -37,7 +37,7 @@ pub fn kernel_mode(mode: Mode) -> enforcer_common::Mode {
 }
 
 /// Parse `--allow` / `--allow-cidr`, reporting every bad value at once.
-pub fn cli_allows(args: &PolicyArgs) -> anyhow::Result<Vec<CliAllow>> {
+pub fn cli_allows(args: &AgentConfig) -> anyhow::Result<Vec<CliAllow>> {
     let mut out = Vec::new();
     let mut errors = Vec::new();
     for a in &args.allow {
@@ -59,7 +59,7 @@ pub fn cli_allows(args: &PolicyArgs) -> anyhow::Result<Vec<CliAllow>> {
 }
 
 /// Load and validate the registry files; the error lists every problem with file:line.
-pub fn load_registry(args: &PolicyArgs) -> anyhow::Result<Registry> {
+pub fn load_registry(args: &AgentConfig) -> anyhow::Result<Registry> {
     if args.registry.is_empty() {
         return Ok(Registry::default());
     }
@@ -80,11 +80,11 @@ pub fn load_registry(args: &PolicyArgs) -> anyhow::Result<Registry> {
 }
 
 /// Validate everything the user gave; nothing is resolved or applied.
-pub fn load_config(args: &PolicyArgs) -> anyhow::Result<LoadedConfig> {
+pub fn load_config(args: &AgentConfig) -> anyhow::Result<LoadedConfig> {
     let registry = load_registry(args)?;
     let cli = cli_allows(args)?;
     let warnings: Vec<String> = registry.warnings.iter().map(|d| d.to_string()).collect();
-    let dns_servers: Vec<IpAddr> = if args.no_host_dns {
+    let dns_servers: Vec<IpAddr> = if !args.host_dns {
         vec![]
     } else {
         policy::parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default())
@@ -97,29 +97,29 @@ pub fn load_config(args: &PolicyArgs) -> anyhow::Result<LoadedConfig> {
     Ok(LoadedConfig { registry, cli, dns_servers, mode, mode_source, warnings, sni_check: args.sni_check })
 }
 
-/// The desired map contents for `cfg` with the names resolved so far (the default policy).
-pub fn compile(cfg: &LoadedConfig, resolved: &std::collections::BTreeMap<String, ResolvedName>) -> Desired {
-    compile_policy(cfg, &cfg.registry, PolicyId::DEFAULT, resolved)
-}
-
-/// The desired map contents of one policy: `registry` under `policy_id`, with the command-line
-/// allows and host resolvers of `cfg`.
+/// The desired map contents of one policy: `registry` under `policy_id` (service keys in
+/// `scope`), with the command-line allows and host resolvers of `cfg`, and its name index.
 pub fn compile_policy(
     cfg: &LoadedConfig,
     registry: &Registry,
     policy_id: PolicyId,
+    scope: &str,
     resolved: &std::collections::BTreeMap<String, ResolvedName>,
-) -> Desired {
+    ids: &mut ServiceIds,
+) -> (Desired, HostIndex) {
     let now = tokio::time::Instant::now();
     let usable: HashMap<String, Vec<IpAddr>> =
         resolved.iter().map(|(name, r)| (name.clone(), r.usable(now).into_iter().map(|(a, _)| a).collect())).collect();
-    policy::compile(&Inputs {
-        registry,
-        resolved: &usable,
-        cli: &cfg.cli,
-        dns_servers: &cfg.dns_servers,
-        policy_id,
-        sni_check: cfg.sni_check,
-        service_base: policy::service_base(policy_id),
-    })
+    policy::compile(
+        &Inputs {
+            registry,
+            resolved: &usable,
+            cli: &cfg.cli,
+            dns_servers: &cfg.dns_servers,
+            policy_id,
+            sni_check: cfg.sni_check,
+            scope,
+        },
+        ids,
+    )
 }

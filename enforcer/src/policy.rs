@@ -99,6 +99,96 @@ pub struct ServiceInfo {
     /// Ports whose connections the kernel steers to the L7 proxy (DestinationRule tls.mode
     /// SIMPLE on an HTTP port, or SNI checking on a TLS port).
     pub proxied_ports: Vec<u16>,
+    /// The policy whose registry defines it (shared services, e.g. command-line allows, name the
+    /// first) and, for ServiceEntries, its index in that registry.
+    pub policy: PolicyId,
+    pub se_index: Option<usize>,
+    /// How an address of this service becomes allow entries (see [`entries_for`]).
+    pub port_rules: Vec<PortRule>,
+}
+
+/// One declared port of a service: the port number, its targetPort, the protocol, whether the
+/// service port is steered to the L7 proxy, and the name (for endpoint port maps).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortRule {
+    pub name: String,
+    pub number: u16,
+    pub target: Option<u16>,
+    pub proto: u8,
+    pub proxied: bool,
+}
+
+/// THE translation of (service, address, policy) into allow entries, used by the static compile
+/// and by DNS learning alike: the service port (flagged for the proxy where the rule says so),
+/// its targetPort (never steered: the proxy itself connects there) and an endpoint's own port for
+/// that port name.
+pub fn entries_for(
+    policy_id: PolicyId,
+    service_id: ServiceId,
+    rules: &[PortRule],
+    net: IpNet,
+    endpoint_ports: Option<&BTreeMap<String, u16>>,
+    mut out: impl FnMut(AllowEntry, AllowValue),
+) {
+    let net = normalize(net);
+    let value = AllowValue { service_id, flags: 0 };
+    for r in rules {
+        let mut ports = vec![(r.number, r.proxied)];
+        ports.extend(r.target.map(|t| (t, false)));
+        if let Some(epp) = endpoint_ports.and_then(|m| m.get(&r.name)) {
+            ports.push((*epp, false));
+        }
+        for (port, proxied) in ports {
+            let v = if proxied { AllowValue { flags: value.flags | ALLOW_F_PROXY, ..value } } else { value };
+            out(AllowEntry { policy_id, net, port, proto: r.proto }, v);
+        }
+    }
+}
+
+/// Stable service ids, allocated by name: the same key (policy scope + `namespace/name`, or a
+/// command-line allow's text) gets the same id across reloads and recomputes. Ids are never
+/// reused while the allocator lives (a u32 counter), so an id can only ever mean one service and
+/// counters, events and learned entries never carry another service's labels.
+#[derive(Debug, Default)]
+pub struct ServiceIds {
+    by_key: HashMap<String, ServiceId>,
+    next: u32,
+    used: BTreeSet<String>,
+}
+
+impl ServiceIds {
+    /// The id of `key`, allocating one the first time.
+    pub fn id(&mut self, key: &str) -> ServiceId {
+        if !self.used.contains(key) {
+            self.used.insert(key.to_string());
+        }
+        if let Some(id) = self.by_key.get(key) {
+            return *id;
+        }
+        self.next = self.next.wrapping_add(1).max(1);
+        // u32::MAX is kept for BlackHoleCluster in metrics.
+        if self.next == u32::MAX {
+            self.next = 1;
+        }
+        let id = ServiceId::new(self.next).expect("non-zero");
+        self.by_key.insert(key.to_string(), id);
+        id
+    }
+
+    /// Forget the keys not asked for since the last call (their services left the registry; any
+    /// kernel entry still carrying their id is removed by the same apply).
+    pub fn end_generation(&mut self) {
+        let used = std::mem::take(&mut self.used);
+        self.by_key.retain(|k, _| used.contains(k));
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_key.is_empty()
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -234,8 +324,8 @@ impl Desired {
         self.services.binary_search_by_key(&id, |s| s.id).ok().map(|i| &self.services[i])
     }
 
-    /// Add another policy's entries (their keys carry their own policy id; their service ids
-    /// come after ours).
+    /// Add another policy's entries (their keys carry their own policy id; a service both list,
+    /// such as a command-line allow, is kept once).
     pub fn merge(&mut self, other: Desired) {
         self.allow.extend(other.allow);
         for (k, v) in other.dests {
@@ -243,6 +333,7 @@ impl Desired {
         }
         self.services.extend(other.services);
         self.services.sort_by_key(|s| s.id);
+        self.services.dedup_by_key(|s| s.id);
         self.warnings.extend(other.warnings);
     }
 }
@@ -258,18 +349,9 @@ pub struct Inputs<'a> {
     pub policy_id: PolicyId,
     /// Steer TLS/HTTPS ports through the proxy's SNI check.
     pub sni_check: bool,
-    /// Service ids of this policy start after this (policies get disjoint id ranges).
-    pub service_base: u32,
-}
-
-/// Service-id range of each policy: policy N's services are `N << 16 | 1..`.
-pub fn service_base(policy_id: PolicyId) -> u32 {
-    policy_id.get() << 16
-}
-
-/// The policy a service id belongs to.
-pub fn policy_of_service(service_id: ServiceId) -> PolicyId {
-    PolicyId::new(service_id.get() >> 16).unwrap_or_default()
+    /// The scope service keys are allocated in ("" for the default policy, the workload's name
+    /// for a workload with its own registry).
+    pub scope: &'a str,
 }
 
 /// The TLS settings a DestinationRule gives `port` of a ServiceEntry (port-level first), if any
@@ -328,32 +410,45 @@ fn exact_hosts(se: &ServiceEntry) -> impl Iterator<Item = String> + '_ {
     })
 }
 
-/// Translate the registry into map entries.
+/// Translate the registry into map entries, with stable service ids from `ids`, and the
+/// name index the DNS forwarder matches against.
 ///
 /// Per ServiceEntry port (TCP unless the protocol is UDP), the allowed (address, port) pairs are:
 /// `addresses` x {number, targetPort}; STATIC endpoints x {number, targetPort, endpoint port};
 /// DNS: the hosts' (or hostname endpoints') resolved addresses x the same ports; NONE without
 /// `addresses`: the exact hosts' resolved addresses. Wildcard hosts get their addresses from the
-/// DNS forwarder at run time (`Dataplane::learn`), not from here.
-pub fn compile(inp: &Inputs<'_>) -> Desired {
+/// DNS forwarder at run time (through [`entries_for`] too), not from here.
+pub fn compile(inp: &Inputs<'_>, ids: &mut ServiceIds) -> (Desired, HostIndex) {
     let mut d = Desired::default();
-    for se in &inp.registry.services {
-        let id = ServiceId::new(inp.service_base + d.services.len() as u32 + 1).expect("non-zero");
+    let mut ix = HostIndex::default();
+    for (se_index, se) in inp.registry.services.iter().enumerate() {
+        let id = ids.id(&format!("{}se:{}/{}", inp.scope, se.namespace, se.name));
+        let port_rules: Vec<PortRule> = se
+            .ports
+            .iter()
+            .map(|p| PortRule {
+                name: p.name.clone(),
+                number: p.number,
+                target: p.target_port,
+                proto: if p.protocol.is_udp() { PROTO_UDP } else { PROTO_TCP },
+                proxied: proxied(inp, se, p),
+            })
+            .collect();
         d.services.push(ServiceInfo {
             id,
             name: format!("{}/{}", se.namespace, se.name),
             hosts: se.hosts.iter().map(|h| h.to_string()).collect(),
             kind: ServiceKind::ServiceEntry,
-            ports: se
-                .ports
+            ports: port_rules
                 .iter()
-                .flat_map(|p| {
-                    let proto = if p.protocol.is_udp() { PROTO_UDP } else { PROTO_TCP };
-                    std::iter::once((p.number, proto)).chain(p.target_port.map(|t| (t, proto)))
-                })
+                .flat_map(|r| std::iter::once((r.number, r.proto)).chain(r.target.map(|t| (t, r.proto))))
                 .collect(),
-            proxied_ports: se.ports.iter().filter(|p| proxied(inp, se, p)).map(|p| p.number).collect(),
+            proxied_ports: port_rules.iter().filter(|r| r.proxied).map(|r| r.number).collect(),
+            policy: inp.policy_id,
+            se_index: Some(se_index),
+            port_rules: port_rules.clone(),
         });
+        ix.add_service(se, id);
         let value = AllowValue { service_id: id, flags: 0 };
 
         // (net, extra ports from the endpoint's port map)
@@ -407,69 +502,65 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
             }
         }
         for (net, ep_ports) in targets {
-            let net = normalize(net);
-            d.dests.entry(DestEntry { net }).or_insert(value);
-            for p in &se.ports {
-                let proto = if p.protocol.is_udp() { PROTO_UDP } else { PROTO_TCP };
-                let mut ports = vec![p.number];
-                ports.extend(p.target_port);
-                if let Some(epp) = ep_ports.and_then(|m| m.get(&p.name)) {
-                    ports.push(*epp);
-                }
-                for port in ports {
-                    // Only the service port is steered to the proxy: the proxy itself connects to
-                    // the targetPort.
-                    let v = if port == p.number && proxied(inp, se, p) {
-                        AllowValue { flags: value.flags | ALLOW_F_PROXY, ..value }
-                    } else {
-                        value
-                    };
-                    d.allow.entry(AllowEntry { policy_id: inp.policy_id, net, port, proto }).or_insert(v);
-                }
-            }
+            d.dests.entry(DestEntry { net: normalize(net) }).or_insert(value);
+            entries_for(inp.policy_id, id, &port_rules, net, ep_ports, |e, v| merge_entry(&mut d.allow, e, v));
         }
     }
 
     for c in inp.cli {
-        let id = ServiceId::new(inp.service_base + d.services.len() as u32 + 1).expect("non-zero");
         let flag = match c.target {
             CliTarget::Net(n) if n.prefix_len() < n.max_prefix_len() => "--allow-cidr",
             _ => "--allow",
         };
+        let name = format!("{flag} {}", c.text);
+        let id = ids.id(&format!("cli:{name}"));
+        let port = c.port.unwrap_or(ANY_PORT);
+        let port_rules: Vec<PortRule> = [PROTO_TCP, PROTO_UDP]
+            .into_iter()
+            .map(|proto| PortRule { name: String::new(), number: port, target: None, proto, proxied: false })
+            .collect();
         d.services.push(ServiceInfo {
             id,
-            name: format!("{flag} {}", c.text),
+            name,
             hosts: match &c.target {
                 CliTarget::Host(h) => vec![h.clone()],
                 CliTarget::Net(n) => vec![n.to_string()],
             },
             kind: ServiceKind::CommandLine,
-            ports: [PROTO_TCP, PROTO_UDP].into_iter().map(|p| (c.port.unwrap_or(ANY_PORT), p)).collect(),
+            ports: [PROTO_TCP, PROTO_UDP].into_iter().map(|p| (port, p)).collect(),
             proxied_ports: vec![],
+            policy: inp.policy_id,
+            se_index: None,
+            port_rules: port_rules.clone(),
         });
-        let value = AllowValue { service_id: id, flags: ALLOW_F_CLI };
         let nets: Vec<IpNet> = match &c.target {
-            CliTarget::Net(n) => vec![*n],
-            CliTarget::Host(h) => match inp.resolved.get(h) {
-                Some(ips) if !ips.is_empty() => ips.iter().map(|ip| IpNet::from(*ip)).collect(),
-                _ => {
-                    d.warnings.push(format!("{}: host {h} did not resolve; nothing allowed for it", c.text));
-                    vec![]
+            CliTarget::Net(n) => {
+                ix.explicit.push(normalize(*n));
+                vec![*n]
+            }
+            CliTarget::Host(h) => {
+                ix.exact.entry(h.clone()).or_insert(id);
+                match inp.resolved.get(h) {
+                    Some(ips) if !ips.is_empty() => ips.iter().map(|ip| IpNet::from(*ip)).collect(),
+                    _ => {
+                        d.warnings.push(format!("{}: host {h} did not resolve; nothing allowed for it", c.text));
+                        vec![]
+                    }
                 }
-            },
+            }
         };
         for net in nets {
-            let net = normalize(net);
-            d.dests.entry(DestEntry { net }).or_insert(value);
-            for proto in [PROTO_TCP, PROTO_UDP] {
-                let port = c.port.unwrap_or(ANY_PORT);
-                d.allow.entry(AllowEntry { policy_id: inp.policy_id, net, port, proto }).or_insert(value);
-            }
+            d.dests
+                .entry(DestEntry { net: normalize(net) })
+                .or_insert(AllowValue { service_id: id, flags: ALLOW_F_CLI });
+            entries_for(inp.policy_id, id, &port_rules, net, None, |e, v| {
+                merge_entry(&mut d.allow, e, AllowValue { flags: v.flags | ALLOW_F_CLI, ..v })
+            });
         }
     }
 
     if !inp.dns_servers.is_empty() {
-        let id = ServiceId::new(inp.service_base + d.services.len() as u32 + 1).expect("non-zero");
+        let id = ids.id("host-dns");
         d.services.push(ServiceInfo {
             id,
             name: "host DNS resolvers".into(),
@@ -477,6 +568,9 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
             kind: ServiceKind::HostDns,
             ports: vec![(53, PROTO_TCP), (53, PROTO_UDP)],
             proxied_ports: vec![],
+            policy: inp.policy_id,
+            se_index: None,
+            port_rules: vec![],
         });
         let value = AllowValue { service_id: id, flags: ALLOW_F_DNS };
         for ip in inp.dns_servers {
@@ -486,7 +580,15 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
             }
         }
     }
-    d
+    d.services.sort_by_key(|s| s.id);
+    (d, ix)
+}
+
+/// Two services allowing the same (address, port, protocol): the first keeps the attribution,
+/// but flags merge (a proxy/SNI steering flag is never lost to an unflagged twin, whatever the
+/// order of the ServiceEntries or ports).
+fn merge_entry(allow: &mut BTreeMap<AllowEntry, AllowValue>, e: AllowEntry, v: AllowValue) {
+    allow.entry(e).and_modify(|cur| cur.flags |= v.flags).or_insert(v);
 }
 
 /// Changes that turn one map content into another: apply `upserts` before `removals`, so a
@@ -522,38 +624,25 @@ pub struct HostIndex {
 }
 
 impl HostIndex {
-    pub fn build(registry: &Registry, cli: &[CliAllow], desired: &Desired) -> Self {
-        let mut ix = Self::default();
-        for (se, info) in registry.services.iter().zip(&desired.services) {
-            for h in &se.hosts {
-                match h {
-                    Host::Exact(n) => {
-                        ix.exact.entry(n.to_ascii_lowercase()).or_insert(info.id);
-                    }
-                    Host::Wildcard(suffix) => {
-                        ix.wildcard.entry(suffix.to_ascii_lowercase()).or_insert(info.id);
-                    }
+    /// Index one ServiceEntry's hosts and explicit addresses under `id` (the first service
+    /// listing a host keeps it).
+    pub fn add_service(&mut self, se: &ServiceEntry, id: ServiceId) {
+        for h in &se.hosts {
+            match h {
+                Host::Exact(n) => {
+                    self.exact.entry(n.to_ascii_lowercase()).or_insert(id);
                 }
-            }
-            ix.explicit.extend(se.addresses.iter().map(|n| normalize(*n)));
-            for ep in &se.endpoints {
-                if let EndpointAddress::Ip(ip) = ep.address {
-                    ix.explicit.push(normalize(IpNet::from(ip)));
+                Host::Wildcard(suffix) => {
+                    self.wildcard.entry(suffix.to_ascii_lowercase()).or_insert(id);
                 }
             }
         }
-        for info in desired.services.iter().filter(|s| s.kind == ServiceKind::CommandLine) {
-            let base = desired.services.first().map(|s| s.id.get() - 1).unwrap_or(0);
-            let idx = ((info.id.get() - base) as usize).saturating_sub(1 + registry.services.len());
-            match cli.get(idx).map(|c| &c.target) {
-                Some(CliTarget::Host(h)) => {
-                    ix.exact.entry(h.clone()).or_insert(info.id);
-                }
-                Some(CliTarget::Net(n)) => ix.explicit.push(normalize(*n)),
-                None => {}
+        self.explicit.extend(se.addresses.iter().map(|n| normalize(*n)));
+        for ep in &se.endpoints {
+            if let EndpointAddress::Ip(ip) = ep.address {
+                self.explicit.push(normalize(IpNet::from(ip)));
             }
         }
-        ix
     }
 
     pub fn match_name(&self, qname: &str) -> Option<ServiceId> {
@@ -585,87 +674,6 @@ impl HostIndex {
     }
 }
 
-/// A map's content as two layers: `base` (what the registry compiles to, replaced wholesale by
-/// `set_base`) and `learned` (entries from DNS answers, each with an expiry). The kernel map holds
-/// their union; where both have a key, the base value wins. Every method returns the kernel writes
-/// that keep the map equal to the union, upserts before removals.
-#[derive(Debug)]
-pub struct Layered<K, V> {
-    base: BTreeMap<K, V>,
-    learned: BTreeMap<K, (V, std::time::Instant)>,
-    in_map: BTreeMap<K, V>,
-}
-
-impl<K: Ord + Copy, V: PartialEq + Copy> Layered<K, V> {
-    /// Start from what the kernel map holds now (entries a previous daemon left are treated as
-    /// base until the first `set_base`).
-    pub fn new(in_map: BTreeMap<K, V>) -> Self {
-        Self { base: in_map.clone(), learned: BTreeMap::new(), in_map }
-    }
-
-    fn effective(&self, k: &K) -> Option<V> {
-        self.base.get(k).copied().or_else(|| self.learned.get(k).map(|(v, _)| *v))
-    }
-
-    fn reconcile(&mut self, keys: BTreeSet<K>) -> Diff<K, V> {
-        let mut d = Diff { upserts: vec![], removals: vec![] };
-        for k in keys {
-            match (self.effective(&k), self.in_map.get(&k).copied()) {
-                (Some(v), cur) if cur != Some(v) => {
-                    d.upserts.push((k, v));
-                    self.in_map.insert(k, v);
-                }
-                (None, Some(_)) => {
-                    d.removals.push(k);
-                    self.in_map.remove(&k);
-                }
-                _ => {}
-            }
-        }
-        d
-    }
-
-    pub fn set_base(&mut self, base: BTreeMap<K, V>) -> Diff<K, V> {
-        let keys: BTreeSet<K> = self.in_map.keys().chain(base.keys()).copied().collect();
-        self.base = base;
-        self.reconcile(keys)
-    }
-
-    /// Add or extend learned entries (an expiry never moves earlier).
-    pub fn learn(&mut self, entries: impl IntoIterator<Item = (K, V)>, expires: std::time::Instant) -> Diff<K, V> {
-        let mut keys = BTreeSet::new();
-        for (k, v) in entries {
-            let e = self.learned.entry(k).or_insert((v, expires));
-            e.0 = v;
-            e.1 = e.1.max(expires);
-            keys.insert(k);
-        }
-        self.reconcile(keys)
-    }
-
-    /// Drop learned entries that expired at `now`.
-    pub fn sweep(&mut self, now: std::time::Instant) -> Diff<K, V> {
-        let expired: BTreeSet<K> = self.learned.iter().filter(|(_, (_, exp))| *exp <= now).map(|(k, _)| *k).collect();
-        for k in &expired {
-            self.learned.remove(k);
-        }
-        self.reconcile(expired)
-    }
-
-    /// Undo bookkeeping for writes that failed (the kernel did not take them).
-    pub fn forget(&mut self, k: &K) {
-        self.in_map.remove(k);
-    }
-
-    pub fn in_map(&self) -> &BTreeMap<K, V> {
-        &self.in_map
-    }
-
-    pub fn learned(&self) -> &BTreeMap<K, (V, std::time::Instant)> {
-        &self.learned
-    }
-}
-
 /// The host's DNS resolvers, from resolv.conf's `nameserver` lines.
 pub fn parse_resolv_conf(text: &str) -> Vec<IpAddr> {
     text.lines()
@@ -684,18 +692,31 @@ mod tests {
         crate::config::load_str(yaml, std::path::Path::new("test.yaml")).expect("valid registry")
     }
 
-    fn compile_with(reg: &Registry, resolved: &[(&str, &[&str])], cli: &[CliAllow]) -> Desired {
+    fn compile_full(
+        reg: &Registry,
+        resolved: &[(&str, &[&str])],
+        cli: &[CliAllow],
+        ids: &mut ServiceIds,
+        sni_check: bool,
+    ) -> (Desired, HostIndex) {
         let resolved: HashMap<String, Vec<IpAddr>> =
             resolved.iter().map(|(n, ips)| (n.to_string(), ips.iter().map(|i| i.parse().unwrap()).collect())).collect();
-        compile(&Inputs {
-            registry: reg,
-            resolved: &resolved,
-            cli,
-            dns_servers: &[],
-            policy_id: PolicyId::DEFAULT,
-            sni_check: false,
-            service_base: 0,
-        })
+        compile(
+            &Inputs {
+                registry: reg,
+                resolved: &resolved,
+                cli,
+                dns_servers: &[],
+                policy_id: PolicyId::DEFAULT,
+                sni_check,
+                scope: "",
+            },
+            ids,
+        )
+    }
+
+    fn compile_with(reg: &Registry, resolved: &[(&str, &[&str])], cli: &[CliAllow]) -> Desired {
+        compile_full(reg, resolved, cli, &mut ServiceIds::default(), false).0
     }
 
     fn entries(d: &Desired) -> Vec<String> {
@@ -827,30 +848,6 @@ spec:
     }
 
     #[test]
-    fn layered_union_base_wins_and_learned_expire() {
-        use std::time::{Duration, Instant};
-        let t0 = Instant::now();
-        let mut l: Layered<u32, u32> = Layered::new(BTreeMap::new());
-        let d = l.set_base([(1, 10), (2, 20)].into());
-        assert_eq!(d.upserts, vec![(1, 10), (2, 20)]);
-        // learned 2 (already base) and 3
-        let d = l.learn([(2, 99), (3, 30)], t0 + Duration::from_secs(5));
-        assert_eq!(d.upserts, vec![(3, 30)], "base value wins for 2");
-        // base drops 2 and 3 is not in base: 2 goes, 3 stays (learned)
-        let d = l.set_base([(1, 10)].into());
-        assert_eq!(d.upserts, vec![(2, 99)], "2 falls back to its learned value");
-        assert!(d.removals.is_empty());
-        // extend 3, expire 2
-        l.learn([(3, 30)], t0 + Duration::from_secs(50));
-        let d = l.sweep(t0 + Duration::from_secs(6));
-        assert_eq!(d.removals, vec![2]);
-        assert!(d.upserts.is_empty());
-        assert_eq!(l.in_map().keys().copied().collect::<Vec<_>>(), vec![1, 3]);
-        let d = l.sweep(t0 + Duration::from_secs(60));
-        assert_eq!(d.removals, vec![3]);
-    }
-
-    #[test]
     fn host_index_matches_on_label_boundaries() {
         let r = reg(r#"
 apiVersion: networking.istio.io/v1
@@ -862,8 +859,7 @@ spec:
   ports: [{number: 443, name: https, protocol: TLS}]
   resolution: NONE
 "#);
-        let d = compile_with(&r, &[], &[]);
-        let ix = HostIndex::build(&r, &[], &d);
+        let (d, ix) = compile_full(&r, &[], &[], &mut ServiceIds::default(), false);
         assert_eq!(ix.match_name("a.svc.test"), ServiceId::new(1));
         assert_eq!(ix.match_name("x.y.svc.test."), ServiceId::new(1));
         assert_eq!(ix.match_name("SVC.TEST"), None, "the bare domain is not matched by *.svc.test");
@@ -905,6 +901,62 @@ spec:
         assert_eq!(flags(80) & ALLOW_F_PROXY, ALLOW_F_PROXY, "port 80 goes through the proxy");
         assert_eq!(flags(443) & ALLOW_F_PROXY, 0, "the proxy's own upstream port is not steered");
         assert_eq!(d.services[0].proxied_ports, vec![80]);
+    }
+
+    const SHARED_PORT_LAYOUT: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cnn}
+spec:
+  hosts: [edition.cnn.com]
+  ports:
+  - {number: 80, name: http-port, protocol: HTTP, targetPort: 443}
+  - {number: 443, name: https-port, protocol: HTTPS}
+  resolution: STATIC
+  endpoints: [{address: 198.51.100.10}]
+"#;
+
+    #[test]
+    fn sni_check_flag_survives_an_unflagged_target_port_in_either_order() {
+        // Istio's sample layout: port 80 with targetPort 443 and port 443 TLS on one ServiceEntry.
+        let swapped = SHARED_PORT_LAYOUT.replace(
+            "  - {number: 80, name: http-port, protocol: HTTP, targetPort: 443}\n  - {number: 443, name: https-port, protocol: HTTPS}",
+            "  - {number: 443, name: https-port, protocol: HTTPS}\n  - {number: 80, name: http-port, protocol: HTTP, targetPort: 443}",
+        );
+        assert_ne!(swapped, SHARED_PORT_LAYOUT);
+        for yaml in [SHARED_PORT_LAYOUT, swapped.as_str()] {
+            let (d, _) = compile_full(&reg(yaml), &[], &[], &mut ServiceIds::default(), true);
+            let v443 = d.allow.iter().find(|(e, _)| e.port == 443).map(|(_, v)| v.flags).unwrap();
+            assert_eq!(v443 & ALLOW_F_PROXY, ALLOW_F_PROXY, "443 is SNI-checked whatever the order");
+        }
+    }
+
+    #[test]
+    fn service_ids_are_stable_by_name_across_reorders_and_removals() {
+        let two = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: a}
+spec: {hosts: [a.test], addresses: [192.0.2.1], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: b}
+spec: {hosts: [b.test], addresses: [192.0.2.2], ports: [{number: 80, name: http, protocol: HTTP}], resolution: STATIC}
+"#;
+        let mut ids = ServiceIds::default();
+        let (d1, _) = compile_full(&reg(two), &[], &[], &mut ids, false);
+        ids.end_generation();
+        let id_of = |d: &Desired, n: &str| d.services.iter().find(|s| s.name == n).map(|s| s.id);
+        // b alone, then a new one inserted before it: b keeps its id, the newcomer gets a fresh one.
+        let (parts_a, parts_b) = two.split_once("---").unwrap();
+        let (d2, _) = compile_full(&reg(parts_b), &[], &[], &mut ids, false);
+        ids.end_generation();
+        assert_eq!(id_of(&d2, "default/b"), id_of(&d1, "default/b"));
+        let c = parts_a.replace("name: a}", "name: c}").replace("a.test", "c.test");
+        let (d3, _) = compile_full(&reg(&format!("{c}---{parts_b}")), &[], &[], &mut ids, false);
+        assert_eq!(id_of(&d3, "default/b"), id_of(&d1, "default/b"));
+        assert_ne!(id_of(&d3, "default/c"), id_of(&d1, "default/a"), "a removed id is not handed to another service");
     }
 
     #[test]

@@ -18,10 +18,11 @@ use crate::{
 };
 
 pub fn build(agent: &Agent) -> Registryz {
-    let v = agent.view.read().expect("view lock");
-    let snapshot = agent.refresher.snapshot();
-    let learned_names = agent.learned_names.lock().expect("learned names lock").clone();
-    let dp = agent.dp.lock().expect("dataplane lock");
+    let v = agent.view();
+    let snapshot = agent.refresher().snapshot();
+    let learned_names = agent.learned_names();
+    let (in_map, _dests) = agent.map_entries();
+    let learned_entries = agent.learned_entries();
     let tnow = tokio::time::Instant::now();
     let now = Instant::now();
 
@@ -36,8 +37,8 @@ pub fn build(agent: &Agent) -> Registryz {
 
     // (service, net, proto) -> endpoint under construction.
     let mut eps: BTreeMap<(ServiceId, String, u8), EndpointView> = BTreeMap::new();
-    for (e, val) in dp.allow_entries() {
-        let learned = dp.learned().get(e).filter(|_| !v.desired.allow.contains_key(e));
+    for (e, val) in &in_map {
+        let learned = learned_entries.get(e).filter(|_| !v.desired.allow.contains_key(e));
         let single = (e.net.prefix_len() == e.net.max_prefix_len()).then(|| e.net.addr());
         let kind = v.desired.service(val.service_id).map(|s| s.kind);
         let (source, host, expires, stale) = if let Some((_, exp)) = learned {
@@ -47,7 +48,7 @@ pub fn build(agent: &Agent) -> Registryz {
             match (kind, single.and_then(|ip| resolved.get(&ip))) {
                 (Some(ServiceKind::CommandLine), _) => ("cli", None, None, false),
                 (Some(ServiceKind::ServiceEntry), Some((name, exp, stale)))
-                    if !v.index.explicitly_listed(e.net.addr()) =>
+                    if !v.policies.iter().any(|p| p.index.explicitly_listed(e.net.addr())) =>
                 {
                     ("resolved", Some(name.clone()), *exp, *stale)
                 }
@@ -74,7 +75,7 @@ pub fn build(agent: &Agent) -> Registryz {
 
     let mut services = Vec::new();
     for info in &v.desired.services {
-        let se = (info.kind == ServiceKind::ServiceEntry).then(|| v.service_entry(info.id)).flatten();
+        let se = (info.kind == ServiceKind::ServiceEntry).then(|| v.service_entry(info.id).map(|(_, se)| se)).flatten();
         let endpoints: Vec<EndpointView> = eps
             .range((info.id, String::new(), 0)..=(info.id, "\u{10ffff}".to_string(), u8::MAX))
             .map(|(_, ep)| ep.clone())
@@ -127,9 +128,9 @@ pub fn build(agent: &Agent) -> Registryz {
         generated_at: rfc3339_utc(SystemTime::now()),
         services,
         map: MapStats {
-            allow_entries: dp.allow_entries().len() as u64,
+            allow_entries: in_map.len() as u64,
             allow_capacity: u64::from(ALLOW_MAX_ENTRIES),
-            learned_entries: dp.learned().len() as u64,
+            learned_entries: learned_entries.len() as u64,
         },
     }
 }

@@ -8,12 +8,14 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     admin,
-    agent::Agent,
+    agent::{Agent, AgentConfig},
     cgroup::{self, ChildCgroup},
     cli::{ReportFormat, RunArgs},
     dataplane::{Dataplane, LoadOptions},
     events::{self, DenyPrinter},
-    exit, load, preflight, watch,
+    exit, load, preflight,
+    serve::Servers,
+    watch,
 };
 
 /// Run the command; returns the exit status enforcer should exit with.
@@ -26,7 +28,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigquit = signal(SignalKind::quit())?;
-    let cfg = load::load_config(&args.policy)?;
+    let config = AgentConfig::from_args(&args.policy);
+    let cfg = load::load_config(&config)?;
     let quiet = args.quiet;
     let warn = |w: &str| {
         if !quiet {
@@ -45,38 +48,31 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let (dp, _) = Dataplane::load(&LoadOptions { pin_dir: None, ebpf_log: args.policy.ebpf_log })
         .context("loading the BPF programs")?;
-    let (agent, forwarder, proxy) = Agent::start(&args.policy, dp, cfg, 0).await?;
+    let mut started = Agent::start(config, dp, cfg, 0).await?;
+    let agent = started.agent.clone();
     agent.desired().warnings.iter().for_each(|w| warn(w));
-    let shutdown = crate::agent::Shutdown::default();
-    let (steering, proxying) = crate::agent::spawn_servers(forwarder, proxy, &shutdown);
+    let mut servers = Servers::start_for(&mut started);
+    let (steering, proxying) = (servers.steering, servers.proxying);
     agent
-        .dp
-        .lock()
-        .expect("dataplane lock")
-        .attach(child.path(), steering || proxying, !args.policy.no_conn_accounting || proxying)
+        .with_dataplane(|dp| dp.attach(child.path(), steering || proxying, !args.policy.no_conn_accounting || proxying))
         .with_context(|| format!("attaching to {}", child.path().display()))?;
     for iface in &args.policy.interfaces {
         agent
-            .dp
-            .lock()
-            .expect("dataplane lock")
-            .attach_tc(iface)
+            .with_dataplane(|dp| dp.attach_tc(iface))
             .with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
     let command_name = Path::new(&args.command[0])
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "command".into());
-    *agent.workloads.lock().expect("workloads lock") =
-        Some(crate::workloads::Workloads::for_run(child.path(), &command_name));
+    agent.set_names(crate::workloads::Workloads::for_run(child.path(), &command_name));
     let upkeep = agent.spawn_upkeep();
     let _watch = spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, quiet)?;
     if let Some(addr) = args.admin {
-        let listener = admin::bind(addr).await?;
         let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
-        tokio::spawn(admin::serve(listener, source, shutdown.signal()));
+        servers.admin(addr, source).await?;
     }
-    let mut events = agent.dp.lock().expect("dataplane lock").take_events().context("opening the event ring buffer")?;
+    let mut events = agent.with_dataplane(|dp| dp.take_events()).context("opening the event ring buffer")?;
 
     let mut cmd = spawn_in_cgroup(&args.command, &child)?;
     let pid = cmd.id().map(|p| p as i32);
@@ -87,7 +83,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut show = |evs: Vec<Event>, printer: &mut DenyPrinter| {
         let desired = agent.desired();
         for ev in &evs {
-            agent.hub.publish(ev, &desired, &command_name);
+            agent.hub().publish(ev, &desired, &command_name);
             if quiet {
                 continue;
             }
@@ -97,9 +93,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
                 events::print_line(&line);
             }
         }
-        let drops = agent.dp.lock().expect("dataplane lock").event_drops();
+        let drops = agent.with_dataplane(|dp| dp.event_drops());
         if drops > drops_seen {
-            agent.hub.publish_drops(drops - drops_seen);
+            agent.hub().publish_drops(drops - drops_seen);
             drops_seen = drops;
         }
     };
@@ -117,13 +113,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     child.kill_all();
     show(events.drain(), &mut printer);
     upkeep.abort();
-    shutdown.trigger();
+    servers.drain(Duration::from_secs(2)).await;
 
     let code = exit::from_status(status);
-    let (flows, drops) = {
-        let dp = agent.dp.lock().expect("dataplane lock");
-        (dp.flows(), dp.event_drops())
-    };
+    let (flows, drops) = agent.with_dataplane(|dp| (dp.flows(), dp.event_drops()));
     let mut summary = events::summarize(&flows, &agent.desired(), agent.mode().to_string(), code);
     summary.events_dropped = drops;
     if let Some(path) = &args.report_file {
@@ -136,6 +129,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             ReportFormat::Json => eprintln!("{}", serde_json::to_string(&summary)?),
         }
     }
+    drop(started);
     drop(agent); // the last handle to the dataplane detaches the programs
     drop(child); // removes the cgroup
     Ok(code)

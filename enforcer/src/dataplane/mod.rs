@@ -3,20 +3,17 @@
 
 mod contract;
 mod events;
+mod maps_impl;
 
 use std::{
     collections::BTreeMap,
     fs,
     path::{Path, PathBuf},
-    time::Instant,
 };
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{
-        Array, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf,
-        lpm_trie::{Key, LpmTrie},
-    },
+    maps::{Array, MapData, MapInfo, PerCpuArray, PerCpuHashMap, RingBuf, lpm_trie::LpmTrie},
     programs::{
         CgroupAttachMode, CgroupSockAddr, SchedClassifier, SockOps, TcAttachType,
         links::{FdLink, LinkError, PinnedLink},
@@ -26,12 +23,12 @@ pub use contract::{BootNs, MapContents, Maps, MemoryMaps};
 use enforcer_common::{
     ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey, DESTS_MAX_ENTRIES,
     DNS_ORIG_MAX_ENTRIES, DestKey, FLOW_OWNER_MAX_ENTRIES, FLOWS_MAX_ENTRIES, FlowKey, FlowOwnerKey, MAX_POLICIES,
-    OrigDest, PROXY_MAX_ENTRIES, PolicyId, ProxyDest, SOCKS_MAX_ENTRIES, ServiceId, Settings, SockInfo,
-    TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, map_names, prog_names,
+    OrigDest, PROXY_MAX_ENTRIES, ProxyDest, SOCKS_MAX_ENTRIES, ServiceId, Settings, SockInfo, TRAFFIC_MAX_ENTRIES,
+    TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, map_names, prog_names,
 };
 pub use events::EventStream;
 
-use crate::policy::{AllowEntry, Desired, DestEntry, Diff, Layered};
+use crate::policy::AllowEntry;
 
 /// The compiled kernel programs, embedded at build time.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/enforcer"));
@@ -107,12 +104,9 @@ pub struct Dataplane {
     proxy_peers: aya::maps::HashMap<MapData, OrigDest, ProxyDest>,
     workloads: aya::maps::HashMap<MapData, u64, enforcer_common::WorkloadValue>,
     /// What WORKLOADS holds: cgroup id -> policy id.
-    workloads_in_map: BTreeMap<u64, PolicyId>,
     /// TC attachments made by this process (interface, direction), for explicit detach.
     tc_links: Vec<(String, &'static str)>,
     pin_dir: Option<PathBuf>,
-    allow_state: Layered<AllowEntry, AllowValue>,
-    dests_state: Layered<DestEntry, AllowValue>,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -179,7 +173,6 @@ impl Dataplane {
             .map_err(map_err(map_names::PROXY_PEERS, "open"))?;
         let workloads: aya::maps::HashMap<MapData, u64, enforcer_common::WorkloadValue> =
             aya::maps::HashMap::try_from(take(map_names::WORKLOADS)?).map_err(map_err(map_names::WORKLOADS, "open"))?;
-        let workloads_in_map = workloads.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.policy_id)).collect();
 
         for name in prog_names::ALL.into_iter().chain(prog_names::DNS_RESTORE) {
             verified(name, program::<CgroupSockAddr>(&mut ebpf, name)?.load())?;
@@ -189,10 +182,6 @@ impl Dataplane {
             verified(name, program::<SchedClassifier>(&mut ebpf, name)?.load())?;
         }
 
-        // Start from what the maps hold (non-empty when adopting pinned maps), so the first apply
-        // is a diff against reality.
-        let in_allow = read_trie(&allow, map_names::ALLOW, AllowEntry::from_key)?;
-        let in_dests = read_trie(&dests, map_names::DESTS, |p, k: &DestKey| DestEntry::from_key(p, k))?;
         let dp = Self {
             ebpf,
             allow,
@@ -206,11 +195,8 @@ impl Dataplane {
             conns,
             proxy_peers,
             workloads,
-            workloads_in_map,
             tc_links: Vec::new(),
             pin_dir: opts.pin_dir.clone(),
-            allow_state: Layered::new(in_allow),
-            dests_state: Layered::new(in_dests),
             _logger: logger,
         };
         Ok((dp, notes))
@@ -334,25 +320,6 @@ impl Dataplane {
         self.pin_dir.as_ref().map(|d| d.join(format!("link_{name}")))
     }
 
-    /// Make WORKLOADS hold exactly `want` (cgroup id -> policy id): inserts first, then removals.
-    pub fn set_workloads(&mut self, want: &BTreeMap<u64, PolicyId>) -> Result<()> {
-        let d = crate::policy::diff(&self.workloads_in_map, want);
-        for (cg, policy_id) in &d.upserts {
-            self.workloads
-                .insert(cg, enforcer_common::WorkloadValue { policy_id: *policy_id, flags: 0 }, 0)
-                .map_err(map_err(map_names::WORKLOADS, format!("insert cgroup {cg}")))?;
-            self.workloads_in_map.insert(*cg, *policy_id);
-        }
-        for cg in &d.removals {
-            match self.workloads.remove(cg) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(map_err(map_names::WORKLOADS, format!("remove cgroup {cg}"))(e)),
-            }
-            self.workloads_in_map.remove(cg);
-        }
-        Ok(())
-    }
-
     /// Where a connection the kernel steered to the L7 proxy meant to go, by the client's address
     /// as the proxy sees it on accept: (original destination, service id, client cgroup id).
     pub fn proxy_original(&self, client: std::net::SocketAddr) -> Option<(std::net::SocketAddr, ServiceId, u64)> {
@@ -404,139 +371,6 @@ impl Dataplane {
                 (k, t)
             })
             .collect()
-    }
-
-    pub fn set_mode(&mut self, policy_id: PolicyId, mode: enforcer_common::Mode) -> Result<()> {
-        self.modes
-            .set(policy_id.get(), mode.raw(), 0)
-            .map_err(map_err(map_names::MODES, format!("set policy {policy_id}")))
-    }
-
-    pub fn mode(&self, policy_id: PolicyId) -> Result<u32> {
-        self.modes.get(&policy_id.get(), 0).map_err(map_err(map_names::MODES, "get"))
-    }
-
-    pub fn set_settings(&mut self, settings: &Settings) -> Result<()> {
-        self.settings.set(0, settings, 0).map_err(map_err(map_names::SETTINGS, "set"))
-    }
-
-    /// Bring the registry layer of the maps to `desired`: inserts and updates first, then
-    /// removals. Learned (DNS) entries stay.
-    pub fn apply(&mut self, desired: &Desired) -> Result<ApplyStats> {
-        if desired.allow.len() > ALLOW_MAX_ENTRIES as usize {
-            return Err(DataplaneError::Capacity {
-                map: map_names::ALLOW,
-                wanted: desired.allow.len(),
-                capacity: ALLOW_MAX_ENTRIES,
-            });
-        }
-        let allow_diff = self.allow_state.set_base(desired.allow.clone());
-        let dests_diff = self.dests_state.set_base(desired.dests.clone());
-        let stats = ApplyStats {
-            upserts: allow_diff.upserts.len() + dests_diff.upserts.len(),
-            removals: allow_diff.removals.len() + dests_diff.removals.len(),
-            total: self.allow_state.in_map().len(),
-        };
-        self.write(allow_diff, dests_diff)?;
-        Ok(stats)
-    }
-
-    /// Put learned entries (from a DNS answer) into the maps until `expires`; returns once the
-    /// kernel holds them.
-    pub fn learn(
-        &mut self,
-        allow: Vec<(AllowEntry, AllowValue)>,
-        dests: Vec<(DestEntry, AllowValue)>,
-        expires: Instant,
-    ) -> Result<()> {
-        let a = self.allow_state.learn(allow, expires);
-        let d = self.dests_state.learn(dests, expires);
-        self.write(a, d)
-    }
-
-    /// Remove learned entries that expired.
-    pub fn sweep(&mut self, now: Instant) -> Result<usize> {
-        let a = self.allow_state.sweep(now);
-        let d = self.dests_state.sweep(now);
-        let n = a.removals.len();
-        self.write(a, d)?;
-        Ok(n)
-    }
-
-    /// Learned ALLOW entries with their expiry.
-    pub fn learned(&self) -> &BTreeMap<AllowEntry, (AllowValue, Instant)> {
-        self.allow_state.learned()
-    }
-
-    /// Entries in the DESTS map.
-    pub fn dest_entries(&self) -> usize {
-        self.dests_state.in_map().len()
-    }
-
-    /// What enforcer believes the ALLOW map holds.
-    pub fn allow_entries(&self) -> &BTreeMap<AllowEntry, AllowValue> {
-        self.allow_state.in_map()
-    }
-
-    /// Write a diff: upserts, then removals, then one more try for upserts that failed (the
-    /// removals may have made room). Entries that still failed are forgotten by the bookkeeping,
-    /// so the next apply retries them, and the first error is returned.
-    fn write(&mut self, allow: Diff<AllowEntry, AllowValue>, dests: Diff<DestEntry, AllowValue>) -> Result<()> {
-        let mut failed_allow = Vec::new();
-        let mut failed_dests = Vec::new();
-        for (e, v) in allow.upserts {
-            let (plen, k) = e.key();
-            if let Err(err) = self.allow.insert(&Key::new(plen, k), v, 0) {
-                failed_allow.push((e, v, err));
-            }
-        }
-        for (e, v) in dests.upserts {
-            let (plen, k) = e.key();
-            if let Err(err) = self.dests.insert(&Key::new(plen, k), v, 0) {
-                failed_dests.push((e, v, err));
-            }
-        }
-        let mut first_err: Option<DataplaneError> = None;
-        for e in &allow.removals {
-            let (plen, k) = e.key();
-            match self.allow.remove(&Key::new(plen, k)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => {
-                    first_err.get_or_insert(map_err(map_names::ALLOW, format!("remove {e}"))(err));
-                }
-            }
-        }
-        for e in &dests.removals {
-            let (plen, k) = e.key();
-            match self.dests.remove(&Key::new(plen, k)) {
-                Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(err) => {
-                    first_err.get_or_insert(map_err(map_names::DESTS, format!("remove {}", e.net))(err));
-                }
-            }
-        }
-        let still_failed = failed_allow.len();
-        for (e, v, _) in failed_allow {
-            let (plen, k) = e.key();
-            if let Err(err) = self.allow.insert(&Key::new(plen, k), v, 0) {
-                self.allow_state.forget(&e);
-                first_err.get_or_insert(map_err(
-                    map_names::ALLOW,
-                    format!("insert {e} ({still_failed} entries could not be inserted; the map holds at most {ALLOW_MAX_ENTRIES})"),
-                )(err));
-            }
-        }
-        for (e, v, _) in failed_dests {
-            let (plen, k) = e.key();
-            if let Err(err) = self.dests.insert(&Key::new(plen, k), v, 0) {
-                self.dests_state.forget(&e);
-                first_err.get_or_insert(map_err(map_names::DESTS, format!("insert {}", e.net))(err));
-            }
-        }
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
     }
 
     /// What the ALLOW map holds now, read back from the kernel.
@@ -611,13 +445,6 @@ fn read_trie<K: aya::Pod, E: Ord>(
         }
     }
     Ok(out)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ApplyStats {
-    pub upserts: usize,
-    pub removals: usize,
-    pub total: usize,
 }
 
 /// Compare pinned maps with what this build expects; remove incompatible pins (and the links,

@@ -1,0 +1,69 @@
+//! The agent's configuration, typed and built once from the command line. The agent never reads
+//! clap structs at run time.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use crate::{
+    cli::{PolicyArgs, UnknownNamesArg},
+    config::Mode,
+};
+
+/// What `run` and `daemon` configure the agent with.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Registry files and directories (validated at start and on every reload).
+    pub registry: Vec<PathBuf>,
+    /// `--mode`: overrides any MeshConfig in the registry paths.
+    pub mode: Option<Mode>,
+    pub allow: Vec<String>,
+    pub allow_cidr: Vec<String>,
+    /// Allow port 53 to the resolvers in /etc/resolv.conf.
+    pub host_dns: bool,
+    pub sni_check: bool,
+    pub dns: DnsConfig,
+}
+
+/// The DNS side: the agent's own lookups and the forwarder.
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    /// Empty: the nameservers of /etc/resolv.conf.
+    pub upstreams: Vec<SocketAddr>,
+    /// Steer the workload's port-53 traffic to the forwarder.
+    pub steer: bool,
+    /// The forwarder's port (`None`: the caller's default).
+    pub port: Option<u16>,
+    pub unknown_names: crate::dns::UnknownNames,
+    pub ttl_floor: Duration,
+    pub ttl_ceiling: Duration,
+    pub grace: Duration,
+    pub failure_grace: Duration,
+    pub timeout: Duration,
+}
+
+impl AgentConfig {
+    pub fn from_args(a: &PolicyArgs) -> Self {
+        Self {
+            registry: a.registry.clone(),
+            mode: a.mode,
+            allow: a.allow.clone(),
+            allow_cidr: a.allow_cidr.clone(),
+            host_dns: !a.no_host_dns,
+            sni_check: a.sni_check,
+            dns: DnsConfig {
+                upstreams: a.dns.upstreams.clone(),
+                steer: !a.dns.no_dns_steer,
+                port: a.dns.dns_port,
+                unknown_names: match a.dns.unknown_names {
+                    UnknownNamesArg::Answer => crate::dns::UnknownNames::AnswerNoAllow,
+                    UnknownNamesArg::Nxdomain => crate::dns::UnknownNames::Nxdomain,
+                    UnknownNamesArg::Refused => crate::dns::UnknownNames::Refused,
+                },
+                ttl_floor: a.dns.dns_ttl_floor,
+                ttl_ceiling: a.dns.dns_ttl_ceiling,
+                grace: a.dns.dns_grace,
+                failure_grace: a.dns.dns_failure_grace,
+                timeout: a.dns.dns_timeout,
+            },
+        }
+    }
+}

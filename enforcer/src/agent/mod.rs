@@ -1,0 +1,496 @@
+//! The running agent shared by `run` and `daemon`: config -> resolver -> policy -> dataplane,
+//! kept in sync as DNS answers change (upkeep), as workloads resolve names (the DNS bridge), as
+//! learned entries expire (upkeep) and as registry files change (reload).
+//!
+//! One file per concern: [`config`] (typed configuration, built once), [`state`] (the map
+//! bookkeeping and THE apply path; the lock order is documented there), [`ids`] (stable policy
+//! ids), [`dns_bridge`] / [`proxy_bridge`] (what the forwarder and the proxy see of the agent),
+//! [`admin`] (metrics, registryz, events for the admin API), [`upkeep`] (the background loop).
+//! `run` and `daemon` call methods; every field is private.
+
+mod admin;
+mod config;
+mod dns_bridge;
+mod ids;
+mod proxy_bridge;
+pub mod state;
+mod upkeep;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+    sync::{
+        Arc, Mutex, OnceLock, RwLock,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
+
+use anyhow::Context as _;
+pub use config::{AgentConfig, DnsConfig};
+use enforcer_common::{PolicyId, SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, SETTINGS_F_WORKLOADS, ServiceId, Settings};
+pub use state::ApplyStats;
+use state::{MapState, Plan};
+
+use crate::{
+    config::{Mode, Registry, ServiceEntry},
+    dataplane::Dataplane,
+    dns,
+    events::EventHub,
+    load::{self, LoadedConfig},
+    policy::{self, Desired, HostIndex, ServiceIds},
+    resolver::{HickoryLookup, RefreshConfig, Refresher},
+    workload::WorkloadPolicy,
+    workloads::Workloads,
+};
+
+/// `SO_MARK` on the agent's own upstream sockets (forwarder, proxy); the hooks never steer them.
+pub const AGENT_MARK: u32 = 0x0e4f_0001;
+
+/// What the agent enforces right now: an immutable snapshot, swapped whole on every change, so
+/// readers (the DNS forwarder, the proxy, the admin API) never wait for a reload.
+pub struct View {
+    pub cfg: LoadedConfig,
+    /// Every policy's services and entries, merged.
+    pub desired: Arc<Desired>,
+    /// The default policy first, then the workload policies by name.
+    pub policies: Vec<PolicyView>,
+}
+
+/// One policy as applied.
+pub struct PolicyView {
+    pub id: PolicyId,
+    /// "" for the default policy.
+    pub name: String,
+    pub mode: Mode,
+    /// `None`: the default policy, whose registry is `View::cfg.registry`.
+    pub workload: Option<WorkloadPolicy>,
+    pub index: HostIndex,
+}
+
+impl View {
+    pub fn registry<'a>(&'a self, p: &'a PolicyView) -> &'a Registry {
+        p.workload.as_ref().map(|w| &w.registry).unwrap_or(&self.cfg.registry)
+    }
+
+    pub fn policy(&self, id: PolicyId) -> Option<&PolicyView> {
+        self.policies.iter().find(|p| p.id == id)
+    }
+
+    /// The ServiceEntry behind a service id, with the policy whose registry holds it.
+    pub fn service_entry(&self, id: ServiceId) -> Option<(&PolicyView, &ServiceEntry)> {
+        let info = self.desired.service(id)?;
+        let p = self.policy(info.policy)?;
+        Some((p, self.registry(p).services.get(info.se_index?)?))
+    }
+
+    /// The name of the policy that owns a service ("" for the default policy).
+    pub fn policy_name(&self, id: ServiceId) -> &str {
+        self.desired.service(id).and_then(|i| self.policy(i.policy)).map(|p| p.name.as_str()).unwrap_or("")
+    }
+
+    /// Number of hosts indexed across policies.
+    pub fn hosts(&self) -> usize {
+        self.policies.iter().map(|p| p.index.hosts()).sum()
+    }
+}
+
+#[derive(Default, Debug)]
+pub struct AgentStats {
+    pub reloads: AtomicU64,
+    pub reload_errors: AtomicU64,
+}
+
+/// What only changes under the control lock: the configuration, the workload policies as
+/// given, and the id allocators.
+struct Control {
+    cfg: LoadedConfig,
+    specs: Vec<WorkloadPolicy>,
+    policy_ids: ids::PolicyIds,
+    service_ids: ServiceIds,
+    /// The last applied plan (the cgroup sync re-applies it with new cgroups).
+    plan: Plan,
+}
+
+struct Inner {
+    config: AgentConfig,
+    control: tokio::sync::Mutex<Control>,
+    maps: Mutex<MapState<Dataplane>>,
+    view: RwLock<Arc<View>>,
+    refresher: Refresher,
+    hub: Arc<EventHub>,
+    stats: AgentStats,
+    /// cgroup id -> workload name.
+    names: Mutex<Option<Workloads>>,
+    /// Address -> the name it was learned for (registry view, events).
+    learned_names: Mutex<HashMap<IpAddr, String>>,
+    dns_stats: OnceLock<Arc<dns::Stats>>,
+    proxy_metrics: OnceLock<crate::proxy::ProxyMetrics>,
+    /// /readyz: false until the first full sync (Kubernetes).
+    ready: Mutex<Option<Arc<AtomicBool>>>,
+}
+
+/// A cheap handle on the running agent.
+#[derive(Clone)]
+pub struct Agent {
+    inner: Arc<Inner>,
+}
+
+/// The servers `Agent::start` made, for [`crate::serve::Servers`] to run and drain.
+pub struct Started {
+    pub agent: Agent,
+    pub forwarder: Option<dns::Forwarder>,
+    pub proxy: Option<crate::proxy::Proxy>,
+}
+
+impl Agent {
+    /// Validate the config, resolve its names, fill the maps and bind the DNS forwarder (unless
+    /// steering is off) and the L7 proxy. `default_dns_port` applies when the config gives none
+    /// (0: any free port).
+    pub async fn start(
+        config: AgentConfig,
+        dp: Dataplane,
+        cfg: LoadedConfig,
+        default_dns_port: u16,
+    ) -> anyhow::Result<Started> {
+        let lookup =
+            HickoryLookup::new(&config.dns.upstreams, config.dns.timeout).context("setting up the DNS resolver")?;
+        let refresher = Refresher::new(
+            RefreshConfig {
+                floor: config.dns.ttl_floor,
+                ceiling: config.dns.ttl_ceiling,
+                change_grace: config.dns.grace,
+                failure_grace: config.dns.failure_grace,
+                ..RefreshConfig::default()
+            },
+            Arc::new(lookup),
+        );
+        let maps = MapState::adopt(dp).context("reading the kernel maps")?;
+        let mut control = Control {
+            cfg,
+            specs: Vec::new(),
+            policy_ids: Default::default(),
+            service_ids: Default::default(),
+            plan: Plan::default(),
+        };
+        refresher.set_names(&all_names(&control.cfg, &control.specs)).await;
+        let (plan, view) = compile_all(&mut control, &refresher.snapshot(), &BTreeMap::new())?;
+        let inner = Arc::new(Inner {
+            config,
+            control: tokio::sync::Mutex::new(control),
+            maps: Mutex::new(maps),
+            view: RwLock::new(Arc::new(view)),
+            refresher,
+            hub: Arc::new(EventHub::new(1000)),
+            stats: AgentStats::default(),
+            names: Mutex::default(),
+            learned_names: Mutex::default(),
+            dns_stats: OnceLock::new(),
+            proxy_metrics: OnceLock::new(),
+            ready: Mutex::default(),
+        });
+        let agent = Agent { inner };
+        {
+            let mut c = agent.inner.control.lock().await;
+            agent.apply_plan(&mut c, plan)?;
+        }
+
+        let forwarder = if !agent.inner.config.dns.steer {
+            None
+        } else {
+            let port = agent.inner.config.dns.port.unwrap_or(default_dns_port);
+            match dns_bridge::start_forwarder(&agent, port).await {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!("DNS forwarder unavailable, workloads' DNS is not steered: {e:#}");
+                    None
+                }
+            }
+        };
+        let proxy = match proxy_bridge::start_proxy(&agent).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!("L7 proxy unavailable, DestinationRule TLS origination and --sni-check are off: {e:#}");
+                None
+            }
+        };
+        if forwarder.is_none() {
+            let v = agent.view();
+            for se in &v.cfg.registry.services {
+                for h in se.hosts.iter().filter(|h| h.is_wildcard()) {
+                    if se.addresses.is_empty() && se.endpoints.is_empty() {
+                        tracing::warn!(
+                            "{}/{}: wildcard host {h} has no addresses; without DNS steering its addresses cannot be learned, so connections to it are denied",
+                            se.namespace,
+                            se.name
+                        );
+                    }
+                }
+            }
+        }
+        Ok(Started { agent, forwarder, proxy })
+    }
+
+    /// The current snapshot.
+    pub fn view(&self) -> Arc<View> {
+        self.inner.view.read().expect("view lock").clone()
+    }
+
+    pub fn desired(&self) -> Arc<Desired> {
+        self.view().desired.clone()
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.view().cfg.mode
+    }
+
+    pub fn hub(&self) -> &Arc<EventHub> {
+        &self.inner.hub
+    }
+
+    pub fn stats(&self) -> &AgentStats {
+        &self.inner.stats
+    }
+
+    /// Run `f` on the dataplane (attach, counters, events) under the maps lock.
+    pub fn with_dataplane<T>(&self, f: impl FnOnce(&mut Dataplane) -> T) -> T {
+        f(self.inner.maps.lock().expect("maps lock").maps_mut())
+    }
+
+    /// ALLOW entries the kernel holds now (registry + learned).
+    pub fn allow_entries(&self) -> usize {
+        self.inner.maps.lock().expect("maps lock").allow().len()
+    }
+
+    /// Name the cgroups (`run`: the command; `daemon`: the cgroup tree and workloads).
+    pub fn set_names(&self, w: Workloads) {
+        *self.inner.names.lock().expect("names lock") = Some(w);
+    }
+
+    /// The workload name of a cgroup id.
+    pub fn workload(&self, cgroup_id: u64) -> String {
+        match self.inner.names.lock().expect("names lock").as_mut() {
+            Some(w) => w.name(cgroup_id),
+            None => crate::workloads::UNKNOWN.into(),
+        }
+    }
+
+    /// What `/readyz` reports (e.g. the Kubernetes controller's first sync).
+    pub fn set_ready_flag(&self, flag: Arc<AtomicBool>) {
+        *self.inner.ready.lock().expect("ready lock") = Some(flag);
+    }
+
+    /// Stop steering DNS and connections to this agent's forwarder and proxy (they are going
+    /// away). Enforcement stays; names are not learned until a forwarder is back.
+    pub fn stop_steering(&self) -> anyhow::Result<()> {
+        self.update_settings(|s| s.flags &= !(SETTINGS_F_DNS_STEER | SETTINGS_F_PROXY))
+    }
+
+    fn update_settings(&self, f: impl FnOnce(&mut Settings)) -> anyhow::Result<()> {
+        Ok(self.inner.maps.lock().expect("maps lock").update_settings(f)?)
+    }
+
+    /// Replace the per-workload policies (from `--workloads` or Kubernetes): resolve their
+    /// names, fill their entries and modes, then map their cgroups to them — one apply.
+    pub async fn set_workload_policies(&self, policies: Vec<WorkloadPolicy>) -> anyhow::Result<ApplyStats> {
+        let mut c = self.inner.control.lock().await;
+        let names: BTreeSet<&str> = policies.iter().map(|p| p.name.as_str()).collect();
+        anyhow::ensure!(names.len() == policies.len(), "workload names must be unique");
+        self.inner.refresher.set_names(&all_names(&c.cfg, &policies)).await;
+        c.specs = policies;
+        self.recompute_locked(&mut c)
+    }
+
+    /// Recompute from the current config and the resolver's current answers, and apply.
+    pub async fn recompute(&self) -> anyhow::Result<ApplyStats> {
+        let mut c = self.inner.control.lock().await;
+        self.recompute_locked(&mut c)
+    }
+
+    fn recompute_locked(&self, c: &mut Control) -> anyhow::Result<ApplyStats> {
+        let cgroups = workload_cgroups(&c.specs);
+        let (plan, view) = compile_all(c, &self.inner.refresher.snapshot(), &cgroups)?;
+        let stats = self.apply_plan(c, plan)?;
+        self.publish(view);
+        self.set_cgroup_names(&c.specs);
+        Ok(stats)
+    }
+
+    /// Reload the registry files and flags: validated fully first; on error nothing changes.
+    /// Serialized with every other change (the upkeep cannot apply a stale view afterwards).
+    pub async fn reload(&self) -> anyhow::Result<(LoadedConfig, ApplyStats)> {
+        let cfg = match load::load_config(&self.inner.config) {
+            Ok(c) => c,
+            Err(e) => {
+                self.inner.stats.reload_errors.fetch_add(1, Ordering::Relaxed);
+                return Err(e.context("reload rejected, the last good registry stays enforced"));
+            }
+        };
+        let mut c = self.inner.control.lock().await;
+        self.inner.refresher.set_names(&all_names(&cfg, &c.specs)).await;
+        let previous = std::mem::replace(&mut c.cfg, cfg.clone());
+        match self.recompute_locked(&mut c) {
+            Ok(stats) => {
+                self.inner.stats.reloads.fetch_add(1, Ordering::Relaxed);
+                Ok((cfg, stats))
+            }
+            Err(e) => {
+                c.cfg = previous;
+                self.inner.stats.reload_errors.fetch_add(1, Ordering::Relaxed);
+                Err(e.context("reload could not be applied; the last good registry stays enforced"))
+            }
+        }
+    }
+
+    /// Map the workload policies' cgroups (globs expanded now) to their policy ids. Called after
+    /// each change and every second by the upkeep (restarted services, new pods).
+    pub async fn sync_workload_cgroups(&self) -> anyhow::Result<()> {
+        let mut c = self.inner.control.lock().await;
+        let want = workload_cgroups(&c.specs);
+        let mapped: BTreeMap<u64, PolicyId> =
+            want.iter().filter_map(|(cg, name)| Some((*cg, c.policy_ids.get(name)?))).collect();
+        if mapped == c.plan.workloads {
+            return Ok(());
+        }
+        let mut plan = c.plan.clone();
+        plan.workloads = mapped;
+        self.apply_plan(&mut c, plan)?;
+        self.set_cgroup_names(&c.specs);
+        Ok(())
+    }
+
+    /// THE apply: every change goes through here (see [`state`]).
+    fn apply_plan(&self, c: &mut Control, plan: Plan) -> anyhow::Result<ApplyStats> {
+        let on = !plan.workloads.is_empty();
+        let stats = {
+            let mut maps = self.inner.maps.lock().expect("maps lock");
+            // Per-workload lookup on before any cgroup points at a workload policy, off after.
+            if on {
+                maps.update_settings(|s| s.flags |= SETTINGS_F_WORKLOADS)?;
+            }
+            let stats = maps.apply(&plan)?;
+            if !on {
+                maps.update_settings(|s| s.flags &= !SETTINGS_F_WORKLOADS)?;
+            }
+            stats
+        };
+        c.policy_ids.released();
+        c.service_ids.end_generation();
+        c.plan = plan;
+        Ok(stats)
+    }
+
+    fn publish(&self, view: View) {
+        *self.inner.view.write().expect("view lock") = Arc::new(view);
+    }
+
+    fn set_cgroup_names(&self, specs: &[WorkloadPolicy]) {
+        let mut names = Vec::new();
+        for w in specs {
+            for dir in crate::workload::expand_cgroups(&w.cgroups) {
+                names.push((dir, w.name.clone()));
+            }
+        }
+        if let Some(w) = self.inner.names.lock().expect("names lock").as_mut() {
+            w.set_overrides(names);
+        }
+    }
+
+    /// Background upkeep until the returned handle is aborted.
+    pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
+        upkeep::spawn(self.clone())
+    }
+
+    /// Resolver state for views.
+    pub fn refresher(&self) -> &Refresher {
+        &self.inner.refresher
+    }
+
+    /// Address -> the name it was learned for.
+    pub fn learned_names(&self) -> HashMap<IpAddr, String> {
+        self.inner.learned_names.lock().expect("learned names lock").clone()
+    }
+
+    /// Learned ALLOW entries with their expiry, and the DESTS count.
+    pub fn learned_entries(&self) -> BTreeMap<policy::AllowEntry, (enforcer_common::AllowValue, std::time::Instant)> {
+        self.inner.maps.lock().expect("maps lock").allow().learned().clone()
+    }
+
+    /// (ALLOW entries as the agent believes the kernel holds them, DESTS count).
+    pub fn map_entries(&self) -> (Vec<(policy::AllowEntry, enforcer_common::AllowValue)>, usize) {
+        let m = self.inner.maps.lock().expect("maps lock");
+        (m.allow().in_map().map(|(k, v)| (*k, *v)).collect(), m.dests().len())
+    }
+}
+
+/// cgroup id -> workload name, for every existing cgroup the specs' globs match now.
+fn workload_cgroups(specs: &[WorkloadPolicy]) -> BTreeMap<u64, String> {
+    let mut want = BTreeMap::new();
+    for w in specs {
+        for dir in crate::workload::expand_cgroups(&w.cgroups) {
+            if let Ok(id) = crate::cgroup::cgroup_id(&dir) {
+                want.insert(id, w.name.clone());
+            }
+        }
+    }
+    want
+}
+
+/// Compile the default policy and every workload policy into one plan and the view that goes
+/// with it. Policy ids come from the allocator by name; service ids by (scope, namespace/name).
+fn compile_all(
+    c: &mut Control,
+    snapshot: &BTreeMap<String, crate::resolver::ResolvedName>,
+    cgroups: &BTreeMap<u64, String>,
+) -> anyhow::Result<(Plan, View)> {
+    let ids = c.policy_ids.assign(c.specs.iter().map(|w| w.name.as_str()))?;
+    let (mut desired, index) =
+        load::compile_policy(&c.cfg, &c.cfg.registry, PolicyId::DEFAULT, "", snapshot, &mut c.service_ids);
+    let mut plan = Plan::default();
+    plan.modes.insert(PolicyId::DEFAULT, load::kernel_mode(c.cfg.mode));
+    let mut policies =
+        vec![PolicyView { id: PolicyId::DEFAULT, name: String::new(), mode: c.cfg.mode, workload: None, index }];
+    for w in &c.specs {
+        let id = ids[&w.name];
+        let scope = format!("{}\u{0}", w.name);
+        let (d, index) = load::compile_policy(&c.cfg, &w.registry, id, &scope, snapshot, &mut c.service_ids);
+        desired.merge(d);
+        plan.modes.insert(id, load::kernel_mode(w.mode));
+        policies.push(PolicyView { id, name: w.name.clone(), mode: w.mode, workload: Some(w.clone()), index });
+    }
+    plan.allow = desired.allow.clone();
+    plan.dests = desired.dests.clone();
+    plan.workloads = cgroups.iter().filter_map(|(cg, name)| Some((*cg, *ids.get(name)?))).collect();
+    let view = View { cfg: c.cfg.clone(), desired: Arc::new(desired), policies };
+    Ok((plan, view))
+}
+
+/// Every name the default and workload policies need resolved.
+fn all_names(cfg: &LoadedConfig, workloads: &[WorkloadPolicy]) -> BTreeSet<String> {
+    let mut names = policy::names_to_resolve(&cfg.registry, &cfg.cli);
+    for w in workloads {
+        names.extend(policy::names_to_resolve(&w.registry, &cfg.cli));
+    }
+    names
+}
+
+/// Names the current config needs resolved (for views).
+pub fn tracked_names(cfg: &LoadedConfig) -> BTreeSet<String> {
+    policy::names_to_resolve(&cfg.registry, &cfg.cli)
+}
+
+/// Shared with the bridges.
+impl Agent {
+    fn maps(&self) -> std::sync::MutexGuard<'_, MapState<Dataplane>> {
+        self.inner.maps.lock().expect("maps lock")
+    }
+
+    fn remember_names(&self, name: &str, addrs: &[IpAddr]) {
+        let mut names = self.inner.learned_names.lock().expect("learned names lock");
+        if names.len() > 100_000 {
+            names.clear();
+        }
+        for a in addrs {
+            names.insert(*a, name.to_string());
+        }
+    }
+}

@@ -1,0 +1,521 @@
+//! The agent's kernel-side state and THE apply path.
+//!
+//! [`MapState`] owns the [`Maps`] handle and the bookkeeping of what the kernel maps hold. Every
+//! change — a reload, a workload added or removed, pod churn, resolved addresses changing — is a
+//! [`Plan`] (every live policy's mode, every entry, every cgroup mapping) handed to
+//! [`MapState::apply`], which orders the writes so that no verdict flips twice:
+//!
+//! 1. modes of new policies and modes that become more permissive;
+//! 2. ALLOW / DESTS upserts;
+//! 3. WORKLOADS upserts, then removals (a cgroup only ever points at a policy that is complete);
+//! 4. ALLOW / DESTS removals (learned entries of services or policies that are gone included);
+//! 5. modes that become stricter; removed policies' slots are reset (Unset fails closed).
+//!
+//! Property (tested below with [`MemoryMaps`] judging after every single write): a destination
+//! allowed before and after a change is never denied in between, and one denied before and after
+//! is never allowed in between.
+//!
+//! Lock order in the agent: the control lock (`tokio::sync::Mutex<Control>`, held for a whole
+//! reload/recompute) -> `Mutex<MapState>` (held per apply, learn, sweep, counter read) -> the
+//! view's `RwLock` (write only to swap in a new snapshot). Nothing takes an earlier lock while
+//! holding a later one.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Instant,
+};
+
+use enforcer_common::{AllowValue, Mode, PolicyId, ServiceId, Settings};
+
+use crate::{
+    dataplane::{BootNs, DataplaneError, Maps},
+    policy::{AllowEntry, DestEntry},
+};
+
+/// Everything that should be in the policy maps after a change.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Every live policy (the default one included) and its mode.
+    pub modes: BTreeMap<PolicyId, Mode>,
+    pub allow: BTreeMap<AllowEntry, AllowValue>,
+    pub dests: BTreeMap<DestEntry, AllowValue>,
+    /// cgroup id -> policy.
+    pub workloads: BTreeMap<u64, PolicyId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ApplyStats {
+    pub upserts: usize,
+    pub removals: usize,
+    /// ALLOW entries in the kernel after the apply (registry + learned).
+    pub total: usize,
+}
+
+/// One write the bookkeeping asks for: key, value, expiry (learned entries only).
+type Upsert<K> = (K, AllowValue, Option<Instant>);
+
+/// A map's content as two layers: `base` (what the registry compiles to, replaced wholesale) and
+/// `learned` (entries from DNS answers, each with an expiry). The kernel map holds their union;
+/// where both have a key the base value wins.
+#[derive(Debug)]
+pub struct Layered<K> {
+    base: BTreeMap<K, AllowValue>,
+    learned: BTreeMap<K, (AllowValue, Instant)>,
+    in_map: BTreeMap<K, (AllowValue, Option<Instant>)>,
+}
+
+impl<K> Default for Layered<K> {
+    fn default() -> Self {
+        Self { base: BTreeMap::new(), learned: BTreeMap::new(), in_map: BTreeMap::new() }
+    }
+}
+
+impl<K: Ord + Copy> Layered<K> {
+    fn effective(&self, k: &K) -> Option<(AllowValue, Option<Instant>)> {
+        match self.base.get(k) {
+            Some(v) => Some((*v, None)),
+            None => self.learned.get(k).map(|(v, t)| (*v, Some(*t))),
+        }
+    }
+
+    /// Upserts and removals that make `in_map` equal to the union for `keys`.
+    fn reconcile(&self, keys: impl IntoIterator<Item = K>) -> (Vec<Upsert<K>>, Vec<K>) {
+        let (mut up, mut rm) = (Vec::new(), Vec::new());
+        for k in keys {
+            match (self.effective(&k), self.in_map.get(&k).copied()) {
+                (Some((v, t)), cur) if cur != Some((v, t)) => up.push((k, v, t)),
+                (None, Some(_)) => rm.push(k),
+                _ => {}
+            }
+        }
+        (up, rm)
+    }
+
+    pub fn in_map(&self) -> impl Iterator<Item = (&K, &AllowValue)> {
+        self.in_map.iter().map(|(k, (v, _))| (k, v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.in_map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.in_map.is_empty()
+    }
+
+    pub fn learned(&self) -> &BTreeMap<K, (AllowValue, Instant)> {
+        &self.learned
+    }
+}
+
+/// The agent's handle on the kernel maps, with what they hold.
+pub struct MapState<M> {
+    maps: M,
+    allow: Layered<AllowEntry>,
+    dests: Layered<DestEntry>,
+    workloads: BTreeMap<u64, PolicyId>,
+    modes: BTreeMap<PolicyId, Mode>,
+    settings: Settings,
+}
+
+impl<M: Maps> MapState<M> {
+    /// Start from what the maps hold now: a previous daemon's registry entries stay as they are
+    /// until the first apply (which is then a diff against reality), its learned entries keep
+    /// their expiry, so a restart never denies what was allowed.
+    pub fn adopt(maps: M) -> Result<Self, DataplaneError> {
+        let c = maps.read()?;
+        let mut allow = Layered::default();
+        for (k, v) in c.allow {
+            allow.base.insert(k, v);
+            allow.in_map.insert(k, (v, None));
+        }
+        for (k, (v, exp)) in c.learned {
+            let t = exp.to_instant();
+            allow.learned.insert(k, (v, t));
+            allow.in_map.insert(k, (v, Some(t)));
+        }
+        let mut dests = Layered::default();
+        for (k, v) in c.dests {
+            dests.base.insert(k, v);
+            dests.in_map.insert(k, (v, None));
+        }
+        Ok(Self { maps, allow, dests, workloads: c.workloads, modes: c.modes, settings: Settings::default() })
+    }
+
+    pub fn maps(&self) -> &M {
+        &self.maps
+    }
+
+    pub fn maps_mut(&mut self) -> &mut M {
+        &mut self.maps
+    }
+
+    pub fn allow(&self) -> &Layered<AllowEntry> {
+        &self.allow
+    }
+
+    pub fn dests(&self) -> &Layered<DestEntry> {
+        &self.dests
+    }
+
+    pub fn mode(&self, p: PolicyId) -> Option<Mode> {
+        self.modes.get(&p).copied()
+    }
+
+    pub fn workloads(&self) -> &BTreeMap<u64, PolicyId> {
+        &self.workloads
+    }
+
+    /// Bring the maps to `plan`, in the order described at the top of this module.
+    pub fn apply(&mut self, plan: &Plan) -> Result<ApplyStats, DataplaneError> {
+        // Learned entries of services or policies that left: they go with the change.
+        let live_services: BTreeSet<(PolicyId, ServiceId)> =
+            plan.allow.iter().map(|(e, v)| (e.policy_id, v.service_id)).collect();
+        let live_service_ids: BTreeSet<ServiceId> = live_services.iter().map(|(_, s)| *s).collect();
+        self.allow.learned.retain(|k, (v, _)| {
+            plan.modes.contains_key(&k.policy_id) && live_services.contains(&(k.policy_id, v.service_id))
+        });
+        self.dests.learned.retain(|_, (v, _)| live_service_ids.contains(&v.service_id));
+
+        let allow_keys: BTreeSet<AllowEntry> =
+            self.allow.in_map.keys().chain(plan.allow.keys()).chain(self.allow.learned.keys()).copied().collect();
+        let wanted = allow_keys.iter().filter(|k| plan.allow.contains_key(k) || self.allow.learned.contains_key(k));
+        if wanted.count() > self.maps.allow_capacity() {
+            return Err(DataplaneError::Capacity {
+                map: enforcer_common::map_names::ALLOW,
+                wanted: plan.allow.len() + self.allow.learned.len(),
+                capacity: self.maps.allow_capacity() as u32,
+            });
+        }
+        self.allow.base = plan.allow.clone();
+        self.dests.base = plan.dests.clone();
+        let (allow_up, allow_rm) = self.allow.reconcile(allow_keys);
+        let dest_keys: BTreeSet<DestEntry> =
+            self.dests.in_map.keys().chain(plan.dests.keys()).chain(self.dests.learned.keys()).copied().collect();
+        let (dest_up, dest_rm) = self.dests.reconcile(dest_keys);
+        let stats =
+            ApplyStats { upserts: allow_up.len() + dest_up.len(), removals: allow_rm.len() + dest_rm.len(), total: 0 };
+
+        // Per policy: its upserts and removals.
+        let mut ups: BTreeMap<PolicyId, Vec<Upsert<AllowEntry>>> = BTreeMap::new();
+        for u in allow_up {
+            ups.entry(u.0.policy_id).or_default().push(u);
+        }
+        let mut rms: BTreeMap<PolicyId, Vec<AllowEntry>> = BTreeMap::new();
+        for k in allow_rm {
+            rms.entry(k.policy_id).or_default().push(k);
+        }
+        // cgroups that change policy: (cgroup, from, to, new mapping).
+        let cgroups: BTreeSet<u64> = self.workloads.keys().chain(plan.workloads.keys()).copied().collect();
+        let mut movers: Vec<(u64, PolicyId, PolicyId, Option<PolicyId>)> = Vec::new();
+        for cg in cgroups {
+            let (cur, new) = (self.workloads.get(&cg).copied(), plan.workloads.get(&cg).copied());
+            if cur != new {
+                movers.push((cg, cur.unwrap_or(PolicyId::DEFAULT), new.unwrap_or(PolicyId::DEFAULT), new));
+            }
+        }
+        let policies: BTreeSet<PolicyId> = self
+            .modes
+            .keys()
+            .chain(plan.modes.keys())
+            .chain(ups.keys())
+            .chain(rms.keys())
+            .chain(movers.iter().flat_map(|(_, a, b, _)| [a, b]))
+            .copied()
+            .collect();
+        let order = transition_order(&policies, &movers);
+
+        let mut first_err = None;
+        self.write_dest_upserts(dest_up, &mut first_err);
+        for p in order {
+            self.transition(
+                p,
+                plan.modes.get(&p).copied(),
+                ups.remove(&p).unwrap_or_default(),
+                rms.remove(&p).unwrap_or_default(),
+                &mut first_err,
+            )?;
+            // Now that `p` is complete, move the cgroups that go to it (their old policy has not
+            // changed yet: they see before, then after).
+            for (cg, _, to, mapping) in movers.iter().filter(|m| m.2 == p) {
+                debug_assert_eq!(*to, p);
+                match mapping {
+                    Some(np) => {
+                        self.maps.set_workload(*cg, *np)?;
+                        self.workloads.insert(*cg, *np);
+                    }
+                    None => {
+                        self.maps.remove_workload(*cg)?;
+                        self.workloads.remove(cg);
+                    }
+                }
+            }
+        }
+        for k in dest_rm {
+            match self.maps.remove_dest(&k) {
+                Ok(()) => {
+                    self.dests.in_map.remove(&k);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
+        }
+        Ok(ApplyStats { total: self.allow.len(), ..stats })
+    }
+
+    /// One policy from its old state to its new one (`mode`: `None` = the policy is gone): a
+    /// more permissive mode first, upserts, removals, a stricter mode (or the reset slot) last.
+    fn transition(
+        &mut self,
+        p: PolicyId,
+        mode: Option<Mode>,
+        ups: Vec<Upsert<AllowEntry>>,
+        rms: Vec<AllowEntry>,
+        first_err: &mut Option<DataplaneError>,
+    ) -> Result<(), DataplaneError> {
+        let cur = self.modes.get(&p).copied();
+        let target = mode.unwrap_or(Mode::Unset);
+        let opening = cur.is_none() || target.permissiveness() > cur.unwrap_or(Mode::Unset).permissiveness();
+        if mode.is_some() && opening && cur != mode {
+            self.set_mode(p, target)?;
+        }
+        let failed = self.write_allow_upserts(ups, first_err);
+        for k in rms {
+            match self.maps.remove_allow(&k) {
+                Ok(()) => {
+                    self.allow.in_map.remove(&k);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        // Inserts that failed may fit now that removals made room.
+        let still = self.write_allow_upserts(failed, &mut None);
+        if !still.is_empty() && first_err.is_none() {
+            *first_err = Some(DataplaneError::Capacity {
+                map: enforcer_common::map_names::ALLOW,
+                wanted: still.len(),
+                capacity: self.maps.allow_capacity() as u32,
+            });
+        }
+        match mode {
+            Some(m) if self.modes.get(&p) != Some(&m) => self.set_mode(p, m)?,
+            Some(_) => {}
+            None => {
+                if cur.is_some() {
+                    self.maps.set_mode(p, Mode::Unset)?;
+                    self.modes.remove(&p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn set_mode(&mut self, p: PolicyId, m: Mode) -> Result<(), DataplaneError> {
+        self.maps.set_mode(p, m)?;
+        self.modes.insert(p, m);
+        Ok(())
+    }
+
+    /// Writes upserts; returns those the kernel refused (their bookkeeping is left untouched, so
+    /// the next apply retries them).
+    fn write_allow_upserts(
+        &mut self,
+        ups: Vec<Upsert<AllowEntry>>,
+        first_err: &mut Option<DataplaneError>,
+    ) -> Vec<Upsert<AllowEntry>> {
+        let mut failed = Vec::new();
+        for (k, v, t) in ups {
+            match self.maps.upsert_allow(&k, v, t.map(BootNs::from_instant)) {
+                Ok(()) => {
+                    self.allow.in_map.insert(k, (v, t));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    failed.push((k, v, t));
+                }
+            }
+        }
+        failed
+    }
+
+    fn write_dest_upserts(
+        &mut self,
+        ups: Vec<Upsert<DestEntry>>,
+        first_err: &mut Option<DataplaneError>,
+    ) -> Vec<Upsert<DestEntry>> {
+        let mut failed = Vec::new();
+        for (k, v, t) in ups {
+            match self.maps.upsert_dest(&k, v) {
+                Ok(()) => {
+                    self.dests.in_map.insert(k, (v, t));
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                    failed.push((k, v, t));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Put learned entries (from a DNS answer) into the maps until `expires` (an expiry never
+    /// moves earlier); returns once the kernel holds them.
+    pub fn learn(
+        &mut self,
+        allow: Vec<(AllowEntry, AllowValue)>,
+        dests: Vec<(DestEntry, AllowValue)>,
+        expires: Instant,
+    ) -> Result<(), DataplaneError> {
+        let mut keys = Vec::new();
+        for (k, v) in allow {
+            let e = self.allow.learned.entry(k).or_insert((v, expires));
+            e.0 = v;
+            e.1 = e.1.max(expires);
+            keys.push(k);
+        }
+        let mut dkeys = Vec::new();
+        for (k, v) in dests {
+            let e = self.dests.learned.entry(k).or_insert((v, expires));
+            e.1 = e.1.max(expires);
+            dkeys.push(k);
+        }
+        if self.allow.len() + keys.len() > self.maps.allow_capacity() {
+            let new = keys.iter().filter(|k| !self.allow.in_map.contains_key(k)).count();
+            if self.allow.len() + new > self.maps.allow_capacity() {
+                for k in &keys {
+                    if !self.allow.in_map.contains_key(k) {
+                        self.allow.learned.remove(k);
+                    }
+                }
+                return Err(DataplaneError::Capacity {
+                    map: enforcer_common::map_names::ALLOW,
+                    wanted: self.allow.len() + new,
+                    capacity: self.maps.allow_capacity() as u32,
+                });
+            }
+        }
+        let (up, _) = self.allow.reconcile(keys);
+        let mut err = None;
+        let failed = self.write_allow_upserts(up, &mut err);
+        for (k, _, _) in &failed {
+            self.allow.learned.remove(k);
+        }
+        let (dup, _) = self.dests.reconcile(dkeys);
+        self.write_dest_upserts(dup, &mut None);
+        match err {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Keep learned entries of `addrs` alive until at least `until` (connections to them are
+    /// still open: Cilium's "zombies").
+    pub fn extend_learned(&mut self, pred: impl Fn(&AllowEntry) -> bool, until: Instant) -> Result<(), DataplaneError> {
+        let keys: Vec<AllowEntry> =
+            self.allow.learned.iter_mut().filter(|(k, _)| pred(k)).map(|(k, _)| *k).collect::<Vec<_>>();
+        for k in &keys {
+            if let Some(e) = self.allow.learned.get_mut(k) {
+                e.1 = e.1.max(until);
+            }
+        }
+        let (up, _) = self.allow.reconcile(keys);
+        let mut err = None;
+        self.write_allow_upserts(up, &mut err);
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Remove learned entries that expired at `now`; returns how many ALLOW entries went.
+    pub fn sweep(&mut self, now: Instant) -> Result<usize, DataplaneError> {
+        let expired: Vec<AllowEntry> =
+            self.allow.learned.iter().filter(|(_, (_, t))| *t <= now).map(|(k, _)| *k).collect();
+        for k in &expired {
+            self.allow.learned.remove(k);
+        }
+        let dexpired: Vec<DestEntry> =
+            self.dests.learned.iter().filter(|(_, (_, t))| *t <= now).map(|(k, _)| *k).collect();
+        for k in &dexpired {
+            self.dests.learned.remove(k);
+        }
+        let (up, rm) = self.allow.reconcile(expired);
+        let mut err = None;
+        self.write_allow_upserts(up, &mut err);
+        let n = rm.len();
+        for k in rm {
+            match self.maps.remove_allow(&k) {
+                Ok(()) => {
+                    self.allow.in_map.remove(&k);
+                }
+                Err(e) => {
+                    err.get_or_insert(e);
+                }
+            }
+        }
+        let (dup, drm) = self.dests.reconcile(dexpired);
+        self.write_dest_upserts(dup, &mut None);
+        for k in drm {
+            if self.maps.remove_dest(&k).is_ok() {
+                self.dests.in_map.remove(&k);
+            }
+        }
+        err.map_or(Ok(n), Err)
+    }
+
+    /// Change the SETTINGS entry.
+    pub fn update_settings(&mut self, f: impl FnOnce(&mut Settings)) -> Result<(), DataplaneError> {
+        let mut s = self.settings;
+        f(&mut s);
+        self.maps.set_settings(&s)?;
+        self.settings = s;
+        Ok(())
+    }
+
+    pub fn settings(&self) -> Settings {
+        self.settings
+    }
+}
+
+/// The order in which policies change: a policy that cgroups move *to* changes (completely)
+/// before the policy they move *from*, so a moving cgroup sees its old policy as it was, then its
+/// new policy as it will be. Cycles (cgroups moving both ways between two policies in one change)
+/// are broken by id order; such a cgroup may see one side's other state for the duration of one
+/// policy's writes.
+fn transition_order(
+    policies: &BTreeSet<PolicyId>,
+    movers: &[(u64, PolicyId, PolicyId, Option<PolicyId>)],
+) -> Vec<PolicyId> {
+    // Kahn's algorithm over edges to -> from.
+    let mut indegree: BTreeMap<PolicyId, usize> = policies.iter().map(|p| (*p, 0)).collect();
+    let mut edges: BTreeMap<PolicyId, BTreeSet<PolicyId>> = BTreeMap::new();
+    for (_, from, to, _) in movers {
+        if from != to && edges.entry(*to).or_default().insert(*from) {
+            *indegree.entry(*from).or_default() += 1;
+        }
+    }
+    let mut order = Vec::with_capacity(indegree.len());
+    let mut done = BTreeSet::new();
+    while order.len() < indegree.len() {
+        let next = indegree
+            .iter()
+            .find(|(p, d)| **d == 0 && !done.contains(*p))
+            .or_else(|| indegree.iter().find(|(p, _)| !done.contains(*p)))
+            .map(|(p, _)| *p)
+            .expect("a policy is left");
+        done.insert(next);
+        order.push(next);
+        for to in edges.get(&next).into_iter().flatten() {
+            if let Some(d) = indegree.get_mut(to) {
+                *d = d.saturating_sub(1);
+            }
+        }
+    }
+    order
+}
+
+#[cfg(test)]
+mod tests;
