@@ -263,12 +263,11 @@ pub fn proto_name(p: u8) -> &'static str {
 
 /// Normalise: IPv4-mapped IPv6 prefixes (::ffff:0:0/96 and longer) become IPv4, host bits cleared.
 pub fn normalize(net: IpNet) -> IpNet {
-    if let IpNet::V6(n) = net {
-        if let Some(v4) = n.addr().to_ipv4_mapped() {
-            if n.prefix_len() >= 96 {
-                return IpNet::new(IpAddr::V4(v4), n.prefix_len() - 96).expect("valid prefix").trunc();
-            }
-        }
+    if let IpNet::V6(n) = net
+        && let Some(v4) = n.addr().to_ipv4_mapped()
+        && n.prefix_len() >= 96
+    {
+        return IpNet::new(IpAddr::V4(v4), n.prefix_len() - 96).expect("valid prefix").trunc();
     }
     net.trunc()
 }
@@ -455,10 +454,10 @@ pub fn compile(inp: &Inputs<'_>, ids: &mut ServiceIds) -> (Desired, HostIndex) {
         let mut targets: Vec<(IpNet, Option<&std::collections::BTreeMap<String, u16>>)> = Vec::new();
         targets.extend(se.addresses.iter().map(|n| (*n, None)));
         for h in &se.hosts {
-            if let Host::Exact(name) = h {
-                if let Ok(ip) = name.parse::<IpAddr>() {
-                    targets.push((IpNet::from(ip), None));
-                }
+            if let Host::Exact(name) = h
+                && let Ok(ip) = name.parse::<IpAddr>()
+            {
+                targets.push((IpNet::from(ip), None));
             }
         }
         let mut resolve = |name: &str, ports, targets: &mut Vec<_>| match inp.resolved.get(name) {

@@ -44,14 +44,14 @@ pub fn check_privileges() -> anyhow::Result<()> {
 }
 
 pub fn check_kernel() -> anyhow::Result<()> {
-    if let Some((maj, min)) = kernel_version() {
-        if (maj, min) < MIN_KERNEL {
-            bail!(
-                "kernel {maj}.{min} is too old: enforcer needs {}.{} or newer (BPF ring buffer 5.8, cgroup connect4/6 hooks 4.17, sendmsg4/6 4.18)",
-                MIN_KERNEL.0,
-                MIN_KERNEL.1
-            );
-        }
+    if let Some((maj, min)) = kernel_version()
+        && (maj, min) < MIN_KERNEL
+    {
+        bail!(
+            "kernel {maj}.{min} is too old: enforcer needs {}.{} or newer (BPF ring buffer 5.8, cgroup connect4/6 hooks 4.17, sendmsg4/6 4.18)",
+            MIN_KERNEL.0,
+            MIN_KERNEL.1
+        );
     }
     Ok(())
 }

@@ -122,12 +122,12 @@ impl ResolvedName {
     }
 }
 
+/// What a lookup answers: the addresses of a name and the smallest TTL among them, or an error.
+pub type LookupResult = Result<(Vec<IpAddr>, Duration), String>;
+
 /// A lookup: the addresses (A and AAAA) of a name and the smallest TTL among them.
 pub trait Lookup: Send + Sync + 'static {
-    fn lookup<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<(Vec<IpAddr>, Duration), String>> + Send + 'a>>;
+    fn lookup<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = LookupResult> + Send + 'a>>;
 }
 
 /// hickory-resolver, with its cache off so every refresh asks the upstream.
@@ -160,10 +160,7 @@ impl HickoryLookup {
 }
 
 impl Lookup for HickoryLookup {
-    fn lookup<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> Pin<Box<dyn Future<Output = Result<(Vec<IpAddr>, Duration), String>> + Send + 'a>> {
+    fn lookup<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = LookupResult> + Send + 'a>> {
         Box::pin(async move {
             // Trailing dot: registry hosts are fully qualified, no search-domain expansion.
             let fqdn = format!("{}.", name.trim_end_matches('.'));
@@ -424,14 +421,11 @@ mod tests {
 
     /// A scripted lookup: each name answers from a queue; the last answer repeats.
     struct Scripted {
-        answers: Mutex<HashMap<String, Vec<Result<(Vec<IpAddr>, Duration), String>>>>,
+        answers: Mutex<HashMap<String, Vec<LookupResult>>>,
     }
 
     impl Lookup for Scripted {
-        fn lookup<'a>(
-            &'a self,
-            name: &'a str,
-        ) -> Pin<Box<dyn Future<Output = Result<(Vec<IpAddr>, Duration), String>> + Send + 'a>> {
+        fn lookup<'a>(&'a self, name: &'a str) -> Pin<Box<dyn Future<Output = LookupResult> + Send + 'a>> {
             let mut m = self.answers.lock().unwrap();
             let q = m.get_mut(name).expect("scripted name");
             let a = if q.len() > 1 { q.remove(0) } else { q[0].clone() };

@@ -40,11 +40,11 @@ pub fn draft(events: &[EventJson], namespace: &str) -> String {
         "# Drafted by `enforcer suggest` from observed connections. Review before use: check each\n# host, narrow ports, and prefer resolution: DNS over pinned addresses where the host has a name.\n",
     );
     for (host, d) in &by_host {
-        out.push_str(&entry(&sanitize(host), &[host.clone()], d, namespace, "DNS", false));
+        out.push_str(&entry(&sanitize(host), std::slice::from_ref(host), d, namespace, "DNS", false));
     }
     for (addr, d) in &by_addr {
         let placeholder = format!("{}.unknown.invalid", addr.replace([':', '.'], "-"));
-        out.push_str(&entry(&sanitize(&placeholder), &[placeholder.clone()], d, namespace, "STATIC", true));
+        out.push_str(&entry(&sanitize(&placeholder), std::slice::from_ref(&placeholder), d, namespace, "STATIC", true));
     }
     if by_host.is_empty() && by_addr.is_empty() {
         out.push_str("# No denied or audited connections seen yet.\n");

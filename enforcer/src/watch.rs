@@ -24,7 +24,7 @@ pub fn watch(paths: &[PathBuf]) -> notify::Result<(RegistryWatch, mpsc::Unbounde
             return;
         }
         for p in ev.paths {
-            let relevant = files2.iter().any(|f| *f == p) || dirs2.iter().any(|d| p.starts_with(d));
+            let relevant = files2.contains(&p) || dirs2.iter().any(|d| p.starts_with(d));
             if relevant {
                 let _ = tx.send(p);
             }

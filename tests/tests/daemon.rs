@@ -229,7 +229,7 @@ fn enforcement_survives_daemon_restart_and_unpin_detaches() {
     run.res[1].assert_eperm();
 
     // A registry change still applies (additions and removals): now only .3 is registered.
-    write_registry(&dir, &[b.clone()], None);
+    write_registry(&dir, std::slice::from_ref(&b), None);
     let new = d2.sighup_and_wait("reloaded");
     assert!(new.contains("added=") && new.contains("removed="), "{new}");
     let run = cg.client(&ops);

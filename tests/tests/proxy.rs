@@ -441,7 +441,7 @@ fn unreachable_upstream_fails_within_connect_timeout() {
 /// 100 MiB through the proxy arrive complete, and the agent's memory stays bounded: hyper
 /// streams the body frame by frame (no buffering of whole bodies), so the agent's VmRSS during
 /// the transfer must stay far below the body size. Bound: the agent's RSS before the transfer
-/// + 40 MiB, and < 100 MiB overall (a debug build's agent idles at ~15-30 MiB; buffering the
+/// plus 40 MiB, and < 100 MiB overall (a debug build's agent idles at ~15-30 MiB; buffering the
 /// body would need > 100 MiB).
 #[test]
 fn large_response_streams_with_bounded_agent_memory() {

@@ -6,14 +6,15 @@
 //!   a CA made with openssl for this run) on `SERVER:8443`;
 //! - client netns: `wrk` (Debian), `--threads` threads / `--connections` connections,
 //!   `--duration` s per run, `--latency`, in alternating rounds:
-//!   (a) wrk -> nginx on 127.0.0.1:18080 as a TLS-originating reverse proxy (`proxy_pass
-//!       https://`, `proxy_ssl_verify on`, `proxy_ssl_trusted_certificate`, `proxy_ssl_server_name
-//!       on`, `proxy_ssl_name api.test`, an upstream block with `keepalive`), wrk in a plain cgroup;
-//!   (b) `enforcer run -- wrk http://SERVER:80/`: a ServiceEntry `api.test` port 80 (targetPort
-//!       8443) with a DestinationRule `tls.mode: SIMPLE` (caCertificates = the run's CA), so the
-//!       connect hook steers every wrk connection to the agent's proxy, which originates TLS.
-//!   Both proxies run in the client netns, both verify the upstream certificate, both reuse
-//!   upstream connections.
+//!   - (a) wrk -> nginx on 127.0.0.1:18080 as a TLS-originating reverse proxy (`proxy_pass
+//!     https://`, `proxy_ssl_verify on`, `proxy_ssl_trusted_certificate`, `proxy_ssl_server_name
+//!     on`, `proxy_ssl_name api.test`, an upstream block with `keepalive`), wrk in a plain cgroup;
+//!   - (b) `enforcer run -- wrk http://SERVER:80/`: a ServiceEntry `api.test` port 80 (targetPort
+//!     8443) with a DestinationRule `tls.mode: SIMPLE` (caCertificates = the run's CA), so the
+//!     connect hook steers every wrk connection to the agent's proxy, which originates TLS.
+//!
+//! Both proxies run in the client netns, both verify the upstream certificate, both reuse
+//! upstream connections.
 //!
 //! Reported: requests/s (medians, b/a, target >= 1.0), p99 latency (medians, b/a), and the agent's
 //! VmRSS under load (sampled from /proc every 100 ms during each enforcer run). A sanity run first
@@ -481,7 +482,7 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     let (mut ng, mut en, mut rss) = (Vec::<Wrk>::new(), Vec::<Wrk>::new(), Vec::<u64>::new());
     for round in 0..args.rounds {
         for k in 0..2 {
-            if (round as usize + k) % 2 == 0 {
+            if (round as usize + k).is_multiple_of(2) {
                 let out = run_out(&mut env.baseline_cmd(&wrk_args(&args, args.duration, &nginx_url)), "nginx wrk")?;
                 let w = parse_wrk(&out)?;
                 check_clean(&w, "nginx", &out)?;

@@ -262,7 +262,7 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
     let (mut base, mut tc) = (Vec::new(), Vec::new());
     for round in 0..args.rounds {
         for k in 0..2 {
-            if (round as usize + k) % 2 == 0 {
+            if (round as usize + k).is_multiple_of(2) {
                 let out = run_out(&mut env.client.baseline_cmd(&iperf_args(args.duration, None)), "baseline iperf3")?;
                 base.push(iperf_result(&out, "baseline")?.0);
             } else {

@@ -3,6 +3,7 @@
 //! - `setup [--check]`   install (or check) the BPF toolchain and the test peers
 //! - `build [--release]` setup, then build the `enforcer` binary
 //! - `test [-- ARGS]`    setup, build, then `cargo test` over the workspace (needs root)
+//! - `lint`              rustfmt --check, clippy -D warnings on every crate (eBPF included), pyflakes
 //! - `demo`              a self-contained demo in a private network namespace (needs root)
 //! - `bench connect`     connect() latency: no enforcement vs `enforcer run` vs nftables
 //! - `bench sync`        a registry of N hosts from YAML into the kernel maps, step by step
@@ -20,6 +21,7 @@ mod bench_sync;
 mod bench_tc;
 mod cleanup;
 mod demo;
+mod lint;
 mod netns;
 mod setup;
 mod util;
@@ -56,6 +58,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, then `cargo fmt --check`, clippy with warnings denied over every crate (the eBPF one
+    /// for bpfel-unknown-none with Debian's clippy) and pyflakes over tests/helpers.
+    Lint,
     /// Show enforcer at work against two HTTP servers in a private network namespace (root needed).
     Demo(demo::Args),
     /// The integration tests inside QEMU guests on Debian's 6.1 and 6.12 kernels (root needed).
@@ -103,6 +108,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Test { args } => test(args),
+        Cmd::Lint => lint::main(),
         Cmd::Demo(a) => demo::main(a),
         Cmd::VmTest(a) => vmtest::main(a),
         Cmd::Bench(b) => bench::main(b),

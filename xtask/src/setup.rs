@@ -15,9 +15,12 @@ const PEER_PKGS: &[&str] =
 /// `cargo xtask vm-test`: QEMU (TCG), busybox for the guest's initramfs, depmod/modprobe and xz
 /// for the guest kernels' modules.
 const VM_PKGS: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils"];
+/// `cargo xtask lint`: Debian's clippy for the eBPF crate (the same version as `rustc-web`), and
+/// pyflakes for the tests' Python helpers.
+const LINT_PKGS: &[&str] = &["rust-web-clippy", "pyflakes3"];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_FEATURE: &str = "llvm-22";
-const RUSTUP_TOOLCHAIN: &str = "debian";
+pub const RUSTUP_TOOLCHAIN: &str = "debian";
 
 struct State {
     missing_pkgs: Vec<&'static str>,
@@ -44,9 +47,10 @@ fn probe() -> Result<State> {
     })
 }
 
-/// Packages of TOOLCHAIN_PKGS + PEER_PKGS + VM_PKGS that dpkg does not report as installed.
+/// Packages of TOOLCHAIN_PKGS + PEER_PKGS + VM_PKGS + LINT_PKGS that dpkg does not report as installed.
 fn missing_packages() -> Result<Vec<&'static str>> {
-    let all: Vec<&'static str> = TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).chain(VM_PKGS).copied().collect();
+    let all: Vec<&'static str> =
+        TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).chain(VM_PKGS).chain(LINT_PKGS).copied().collect();
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${Status}\n"])
         .args(&all)
@@ -72,7 +76,7 @@ pub fn main(check: bool) -> Result<ExitCode> {
             ok &= good;
             println!("{} {what}", if good { "ok     " } else { "MISSING" });
         };
-        let pkgs: Vec<&str> = TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).chain(VM_PKGS).copied().collect();
+        let pkgs: Vec<&str> = TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).chain(VM_PKGS).chain(LINT_PKGS).copied().collect();
         for p in pkgs {
             line(!s.missing_pkgs.contains(&p), format!("apt package {p}"));
         }

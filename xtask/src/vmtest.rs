@@ -4,10 +4,13 @@
 //! The guest boots a tiny initramfs (busybox-static + the virtio/9p modules) whose `/init`
 //! mounts the host's root filesystem read-only over 9p and chroots into it, so the host-built
 //! test binaries, `target/debug/enforcer`, python3, curl, ip and dnsmasq are all there at their
-//! usual paths. Writable state lives on tmpfs (/tmp, /run, /dev/shm); cgroup2 and bpffs are
-//! mounted fresh; the guest's modprobe reads the unpacked kernel package's modules. A second,
-//! writable 9p share (`target/vm-tests/<series>/out`) receives each test binary's log and exit
-//! status. The guest has no network device: the tests build their own network namespaces.
+//! usual paths. Writable scratch space is fresh tmpfs (/tmp, /run, /var/tmp, /dev/shm); cgroup2
+//! and bpffs are mounted fresh; the guest's modprobe reads the unpacked kernel package's modules.
+//! The checkout (and the target dir, if it lies outside the checkout) is its own read-only 9p
+//! share, mounted at its host path after the scratch mounts, so a checkout under /tmp or /run is
+//! not hidden by them. A writable share (`target/vm-tests/<series>/out`) receives each test
+//! binary's log and exit status. The guest has no network device: the tests build their own
+//! network namespaces.
 //!
 //! Pass/fail is judged by the sentinel line `VMTEST-SENTINEL status=N` that `/init` prints on
 //! the serial console, never by QEMU's exit status (QEMU exits 0 even when the guest panics);
@@ -197,6 +200,40 @@ fn sh_quote(p: impl AsRef<std::ffi::OsStr>) -> String {
     format!("'{}'", p.as_ref().to_string_lossy().replace('\'', r"'\''"))
 }
 
+/// The guest's fresh scratch mounts: (path, tmpfs mode). Mounted before the [`Share`]s, so a
+/// share under one of them is not hidden.
+const SCRATCH: &[(&str, &str)] = &[("/tmp", "1777"), ("/run", "755"), ("/var/tmp", "1777"), ("/dev/shm", "1777")];
+
+/// A host directory the guest sees at the same path through its own 9p share.
+struct Share {
+    tag: &'static str,
+    host: PathBuf,
+    writable: bool,
+}
+
+impl Share {
+    /// QEMU's `-virtfs` value (a comma in the path is written `,,`).
+    fn virtfs(&self) -> String {
+        let path = self.host.to_string_lossy().replace(',', ",,");
+        let ro = if self.writable { "" } else { ",readonly=on" };
+        format!("local,path={path},mount_tag={},security_model=none{ro},multidevs=remap", self.tag)
+    }
+}
+
+/// The checkout, the target dir when it is not inside the checkout, and the guest's output dir.
+fn shares(out_dir: &Path) -> Vec<Share> {
+    let ws = util::workspace_root().to_path_buf();
+    let target = util::target_dir();
+    let mut v = Vec::new();
+    if !target.starts_with(&ws) {
+        v.push(Share { tag: "target", host: target, writable: false });
+    }
+    // The checkout first: the target share and the output dir may lie inside it.
+    v.insert(0, Share { tag: "checkout", host: ws, writable: false });
+    v.push(Share { tag: "vmout", host: out_dir.to_path_buf(), writable: true });
+    v
+}
+
 /// Boots one guest, runs the selected tests in it, and collects the results.
 fn run_guest(a: &Args, k: &Kernel, bins: &[TestBin], filters: &[String], enforcer: &Path) -> Result<KernelResult> {
     let label = format!("{} ({})", k.series, k.release);
@@ -214,8 +251,9 @@ fn run_guest(a: &Args, k: &Kernel, bins: &[TestBin], filters: &[String], enforce
     let stage2 = dir.join("stage2.sh");
     std::fs::write(&stage2, stage2_script(a, bins, filters, enforcer, &modprobe, &out_dir))?;
 
+    let shares = shares(&out_dir);
     let initrd = dir.join("initrd.cpio");
-    build_initramfs(k, &dir, &initrd, &stage2, &out_dir)?;
+    build_initramfs(k, &dir, &initrd, &stage2, &shares)?;
 
     let mut qemu = Command::new("timeout");
     qemu.args(["--kill-after=10", &a.timeout.to_string(), "qemu-system-x86_64"]);
@@ -225,8 +263,9 @@ fn run_guest(a: &Args, k: &Kernel, bins: &[TestBin], filters: &[String], enforce
     qemu.arg("-kernel").arg(k.vmlinuz());
     qemu.arg("-initrd").arg(&initrd);
     qemu.arg("-virtfs").arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap");
-    qemu.arg("-virtfs")
-        .arg(format!("local,path={},mount_tag=vmout,security_model=none,multidevs=remap", out_dir.display()));
+    for sh in &shares {
+        qemu.arg("-virtfs").arg(sh.virtfs());
+    }
     qemu.args(["-append", "console=ttyS0 panic=-1 quiet loglevel=4 mitigations=off"]);
     qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::inherit());
     println!("\nvm-test: booting {} ({}) under QEMU/TCG", k.package, k.series);
@@ -341,16 +380,13 @@ fn stage2_script(
     let ws = util::workspace_root();
     let _ = write!(
         s,
-        r#"# vm-test stage 2: chrooted into the host's root (read-only 9p) inside the guest.
+        r#"# vm-test stage 2: chrooted into the host's root (read-only 9p) inside the guest; /init mounted
+# the scratch tmpfs and the checkout's own share.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/tmp TMPDIR=/tmp LANG=C.UTF-8 NO_COLOR=1 RUST_BACKTRACE=1
 export ENFORCER_BIN={enforcer}
 OUT={out}
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-mount -t tmpfs -o mode=755 tmpfs /run
-mount -t tmpfs -o mode=1777 tmpfs /var/tmp
-mkdir -p /dev/shm /dev/pts
-mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+mkdir -p /dev/pts
 mount -t devpts devpts /dev/pts
 mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
@@ -391,13 +427,31 @@ echo "vm-test: {name} exited $rc after $(( $(date +%s) - t0 ))s"
 }
 
 /// `/init` (busybox sh), busybox, and the modules for virtio-pci and 9p, as a newc cpio.
-fn build_initramfs(k: &Kernel, dir: &Path, initrd: &Path, stage2: &Path, out_dir: &Path) -> Result<()> {
+fn build_initramfs(k: &Kernel, dir: &Path, initrd: &Path, stage2: &Path, shares: &[Share]) -> Result<()> {
     let root = dir.join("initramfs");
     std::fs::create_dir_all(root.join("bin"))?;
     std::fs::create_dir_all(root.join("modules"))?;
     let busybox = which::which("busybox").context("busybox not found (apt package busybox-static)")?;
     std::fs::copy(&busybox, root.join("bin/busybox"))?;
     let order = vmtest_kernel::initramfs_modules(k, &root.join("modules"))?;
+    // Fresh scratch space first, then the shares at their host paths (on top of it if needed).
+    let mut mounts = String::new();
+    for (path, mode) in SCRATCH {
+        let _ = writeln!(
+            mounts,
+            "$B mkdir -p /newroot{path}; $B mount -t tmpfs -o mode={mode} tmpfs /newroot{path} || die \"cannot mount tmpfs on {path}\" 252"
+        );
+    }
+    for sh in shares {
+        let at = sh_quote(format!("/newroot{}", sh.host.display()));
+        let opts = if sh.writable { "" } else { "ro,cache=loose," };
+        let _ = writeln!(
+            mounts,
+            "$B mkdir -p {at}; $B mount -t 9p -o trans=virtio,version=9p2000.L,{opts}msize=262144 {tag} {at} || die \"cannot mount the {tag} share at {host}\" 253",
+            tag = sh.tag,
+            host = sh.host.display(),
+        );
+    }
     let init = format!(
         r#"#!/bin/busybox sh
 B=/bin/busybox
@@ -408,11 +462,10 @@ $B mount -t devtmpfs dev /dev
 for m in {mods}; do $B insmod /modules/$m || echo "vm-test: insmod $m failed"; done
 die() {{ echo "vm-test: $1"; echo "{SENTINEL}$2"; $B poweroff -f; }}
 $B mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /newroot || die "cannot mount the host root over 9p" 254
-$B mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 vmout /newroot{out} || die "cannot mount the output share" 253
 $B mount -t proc proc /newroot/proc
 $B mount -t sysfs sys /newroot/sys
 $B mount -t devtmpfs dev /newroot/dev
-echo /modprobe > /proc/sys/kernel/modprobe
+{mounts}echo /modprobe > /proc/sys/kernel/modprobe
 $B chroot /newroot /bin/sh {stage2}
 rc=$?
 echo "{SENTINEL}$rc"
@@ -420,7 +473,6 @@ $B sync
 $B poweroff -f
 "#,
         mods = order.join(" "),
-        out = out_dir.display(),
         stage2 = sh_quote(stage2),
     );
     std::fs::write(root.join("init"), init)?;
