@@ -232,7 +232,7 @@ fn start_dnsmasq(names: usize) -> Result<Dnsmasq> {
 // The policy: *.svc.test, learned into the real kernel maps.
 
 struct BenchPolicy {
-    dp: Mutex<Dataplane>,
+    dp: Mutex<enforcer::agent::state::MapState<Dataplane>>,
     /// learn() durations in ns since the last drain.
     learn_ns: Mutex<Vec<u64>>,
     learned: AtomicU64,
@@ -514,8 +514,11 @@ async fn run(args: Args) -> Result<()> {
     let t = Instant::now();
     let (dp, _notes) = Dataplane::load(&LoadOptions::default()).context("Dataplane::load (root needed)")?;
     let load_ms = t.elapsed().as_secs_f64() * 1e3;
-    let policy =
-        Arc::new(BenchPolicy { dp: Mutex::new(dp), learn_ns: Mutex::new(Vec::new()), learned: AtomicU64::new(0) });
+    let policy = Arc::new(BenchPolicy {
+        dp: Mutex::new(enforcer::agent::state::MapState::adopt(dp).context("reading the maps")?),
+        learn_ns: Mutex::new(Vec::new()),
+        learned: AtomicU64::new(0),
+    });
     let cfg = dns::Config {
         listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
         upstreams: vec![upstream.addr],
@@ -644,7 +647,7 @@ async fn run(args: Args) -> Result<()> {
         let dp = policy.dp.lock().expect("dp lock");
         println!(
             "  kernel ALLOW map now holds {} entries ({} learned addresses in total)",
-            dp.allow_entries().len(),
+            dp.allow().len(),
             policy.learned.load(Ordering::Relaxed)
         );
     }

@@ -147,12 +147,20 @@ fn parse(path: &Path) -> Result<LoadedConfig> {
         "--no-host-dns".as_ref(),
     ])
     .context("building the policy arguments")?;
-    load::load_config(&w.policy)
+    load::load_config(&enforcer::agent::AgentConfig::from_args(&w.policy))
 }
 
 fn compile(cfg: &LoadedConfig) -> Desired {
-    load::compile(cfg, &BTreeMap::new())
+    let mut ids = enforcer::policy::ServiceIds::default();
+    load::compile_policy(cfg, &cfg.registry, enforcer_common::PolicyId::DEFAULT, "", &BTreeMap::new(), &mut ids).0
 }
+
+const RO: enforcer_common::Mode = enforcer_common::Mode::RegistryOnly;
+
+use enforcer::{
+    agent::state::{MapState, Plan},
+    dataplane::Maps as _,
+};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -341,13 +349,14 @@ fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result
             std::thread::sleep(Duration::from_millis(300));
         }
         let t = Instant::now();
-        let (mut dp, notes) = Dataplane::load(&LoadOptions::default()).context("Dataplane::load (root needed)")?;
+        let (dp, notes) = Dataplane::load(&LoadOptions::default()).context("Dataplane::load (root needed)")?;
+        let mut dp = MapState::adopt(dp).context("reading the maps")?;
         loads.push(t.elapsed());
         for n in notes {
             println!("  note: {n}");
         }
         let t = Instant::now();
-        let s = dp.apply(&desired).context("full apply")?;
+        let s = dp.apply(&Plan::default_policy(&desired, RO)).context("full apply")?;
         fulls.push(t.elapsed());
         full_upserts = s.upserts;
         if s.removals != 0 || s.upserts != desired.allow.len() + desired.dests.len() {
@@ -355,7 +364,7 @@ fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result
         }
         if first.is_none() {
             let t = Instant::now();
-            let back = dp.read_allow().context("reading ALLOW back")?;
+            let back = dp.maps().read().context("reading ALLOW back")?.allow;
             let readback = t.elapsed();
             let readback_ok = back == desired.allow;
             drop(back);
@@ -367,11 +376,11 @@ fn run_shape(dir: &Path, shape: Shape, n: usize, rounds: usize) -> Result<Result
             let desired2 = compile(&cfg2);
             let re_compile = t.elapsed();
             let t = Instant::now();
-            let s2 = dp.apply(&desired2).context("incremental apply")?;
+            let s2 = dp.apply(&Plan::default_policy(&desired2, RO)).context("incremental apply")?;
             let incr_t = t.elapsed();
 
             let t = Instant::now();
-            let s3 = dp.apply(&desired2).context("no-op apply")?;
+            let s3 = dp.apply(&Plan::default_policy(&desired2, RO)).context("no-op apply")?;
             let noop_t = t.elapsed();
             first = Some((
                 readback,

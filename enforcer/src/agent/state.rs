@@ -43,6 +43,18 @@ pub struct Plan {
     pub workloads: BTreeMap<u64, PolicyId>,
 }
 
+impl Plan {
+    /// The default policy alone, in `mode`, with `desired`'s entries (benchmarks, tools).
+    pub fn default_policy(desired: &crate::policy::Desired, mode: Mode) -> Self {
+        Self {
+            modes: [(PolicyId::DEFAULT, mode)].into(),
+            allow: desired.allow.clone(),
+            dests: desired.dests.clone(),
+            workloads: BTreeMap::new(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ApplyStats {
     pub upserts: usize,

@@ -62,12 +62,11 @@ impl Maps for Dataplane {
         };
         c.workloads = self.workloads.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.policy_id)).collect();
         for i in 0..enforcer_common::MAX_POLICIES {
-            if let Ok(raw) = self.modes.get(&i, 0) {
-                if let (Ok(m), Some(p)) = (Mode::try_from(raw), PolicyId::new(i)) {
-                    if m != Mode::Unset {
-                        c.modes.insert(p, m);
-                    }
-                }
+            if let Ok(raw) = self.modes.get(&i, 0)
+                && let (Ok(m), Some(p)) = (Mode::try_from(raw), PolicyId::new(i))
+                && m != Mode::Unset
+            {
+                c.modes.insert(p, m);
             }
         }
         Ok(c)

@@ -134,12 +134,12 @@ fn next_plan(rng: &mut Rng, cur: &Plan) -> Plan {
         plan.workloads.retain(|_, p| *p != q);
     }
     let free: Vec<PolicyId> = (1..=3).map(pid).filter(|p| !plan.modes.contains_key(p) && Some(*p) != removed).collect();
-    if let (Some(p), false) = (free.first().copied(), unmapped.is_empty()) {
-        if rng.below(2) == 0 {
-            plan.modes.insert(p, modes[rng.below(4) as usize]);
-            random_entries(rng, &mut plan, p);
-            plan.workloads.insert(unmapped[rng.below(unmapped.len() as u64) as usize], p);
-        }
+    if let (Some(p), false) = (free.first().copied(), unmapped.is_empty())
+        && rng.below(2) == 0
+    {
+        plan.modes.insert(p, modes[rng.below(4) as usize]);
+        random_entries(rng, &mut plan, p);
+        plan.workloads.insert(unmapped[rng.below(unmapped.len() as u64) as usize], p);
     }
     let unmapped: Vec<u64> = CGROUPS.iter().copied().filter(|cg| !plan.workloads.contains_key(cg)).collect();
     let existing: Vec<PolicyId> =
