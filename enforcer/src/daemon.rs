@@ -39,6 +39,9 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         None => default_pin_dir(cgroup::cgroup_id(&cg)?),
     };
     preflight::ensure_bpffs(&pin_dir)?;
+    // Before anything is touched: one daemon per pin dir. A second one must not rewrite the
+    // running daemon's SETTINGS, modes or entries.
+    let _lock = lock_pin_dir(&pin_dir)?;
 
     let config = AgentConfig::from_args(&args.policy);
     let cfg = match load::load_config(&config) {
@@ -193,6 +196,22 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         pin_dir.display()
     );
     Ok(0)
+}
+
+/// Take the pin dir's exclusive lock (flock on the directory, released when the process exits,
+/// however it exits).
+fn lock_pin_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let f = std::fs::File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another enforcer daemon is running on {} (it holds the pin directory's lock); nothing was changed. \
+             Stop it first, or give this one another --cgroup / --pin-dir",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", dir.display())),
+    }
 }
 
 /// Delivers the Kubernetes controller's per-pod policies to the agent.
