@@ -37,10 +37,10 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
         let line = line.map_err(io_err("reading", Path::new("/proc/self/mountinfo")))?;
         // "36 35 98:0 / /mnt1 rw,noatime master:1 - cgroup2 none rw"
         let Some((left, right)) = line.split_once(" - ") else { continue };
-        if right.split_whitespace().next() == Some("cgroup2") {
-            if let Some(mnt) = left.split_whitespace().nth(4) {
-                return Ok(PathBuf::from(unescape_mount(mnt)));
-            }
+        if right.split_whitespace().next() == Some("cgroup2")
+            && let Some(mnt) = left.split_whitespace().nth(4)
+        {
+            return Ok(PathBuf::from(unescape_mount(mnt)));
         }
     }
     Err(CgroupError::NoCgroup2)

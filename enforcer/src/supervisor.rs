@@ -55,7 +55,7 @@ pub enum SupervisorError {
     Unpin {
         path: PathBuf,
         #[source]
-        source: dataplane::DataplaneError,
+        source: Box<dataplane::DataplaneError>,
     },
 }
 
@@ -201,7 +201,7 @@ pub fn clean(record: &RunRecord) -> Result<Cleaned, SupervisorError> {
     }
     if record.pin_dir.exists() {
         out.pins = dataplane::unpin_all(&record.pin_dir)
-            .map_err(|source| SupervisorError::Unpin { path: record.pin_dir.clone(), source })?
+            .map_err(|e| SupervisorError::Unpin { path: record.pin_dir.clone(), source: Box::new(e) })?
             .len();
     }
     if let Some(cg) = cgroup {

@@ -218,7 +218,7 @@ fn nft_table_exists(name: &str) -> bool {
 /// command's cgroup under `parent`. The probe also tries the parent's and the root's cgroup.procs.
 fn probe(ns: &Netns, parent: &Cgroup, dir: &TempDir, extra: &[&str], table: &str) -> Probe {
     let (bad, good) = (ns.v4(3), ns.v4(2));
-    let reg = dir.write("registry.yaml", &service_entry("good", &[], &[good.clone()], &[(8080, "HTTP")]));
+    let reg = dir.write("registry.yaml", &service_entry("good", &[], std::slice::from_ref(&good), &[(8080, "HTTP")]));
     let mut policy = vec![
         "--registry".to_string(),
         reg.display().to_string(),
