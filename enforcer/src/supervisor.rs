@@ -196,7 +196,16 @@ pub fn clean(record: &RunRecord) -> Result<Cleaned, SupervisorError> {
     if let Some(cg) = &cgroup {
         out.killed = cg.pids().len();
         if !cg.kill_all() {
-            tracing::warn!(cgroup = %cg.path().display(), "processes are left in the cgroup after SIGKILL");
+            // Fail closed: whatever is left stays confined by the pinned programs.
+            std::mem::forget(cgroup);
+            return Err(SupervisorError::Record {
+                path: record.cgroup.clone(),
+                message: format!(
+                    "processes {:?} are still in the cgroup after SIGKILL; its programs stay pinned at {}",
+                    ChildCgroup::adopt(record.cgroup.clone()).pids(),
+                    record.pin_dir.display()
+                ),
+            });
         }
     }
     if record.pin_dir.exists() {
@@ -316,7 +325,9 @@ pub fn main_if_supervisor() {
 }
 
 fn supervise(path: &Path) -> i32 {
-    let Ok(mut f) = File::open(path) else { return 0 };
+    // Read while the run is alive: what it records now is what gets cleaned, whatever happens to
+    // the file later.
+    let (Ok(mut f), Ok(record)) = (File::open(path), read_record(path)) else { return 0 };
     // Blocks for as long as the run lives.
     let lock = loop {
         match Flock::lock(f, FlockArg::LockExclusive) {
@@ -328,13 +339,16 @@ fn supervise(path: &Path) -> i32 {
             }
         }
     };
-    if !still_linked(&lock, path) {
-        return 0; // the run cleaned up after itself
+    // A run that exits normally removes its cgroup and pins before it unlocks.
+    if !record.cgroup.exists() && !record.pin_dir.exists() {
+        return 0;
     }
-    match read_record(path).and_then(|r| clean(&r).map(|c| (r, c))) {
-        Ok((r, c)) => {
-            let _ = fs::remove_file(path);
-            eprintln!("enforcer: {}", describe(&r, &c));
+    match clean(&record) {
+        Ok(c) => {
+            if still_linked(&lock, path) {
+                let _ = fs::remove_file(path);
+            }
+            eprintln!("enforcer: {}", describe(&record, &c));
             0
         }
         Err(e) => {

@@ -144,6 +144,7 @@ def core_pattern():
     os.close(fd)
 attempt('core_pattern', core_pattern)
 res['bpffs_pins'] = os.path.exists('/sys/fs/bpf/enforcer')
+res['run_records'] = os.path.exists('/run/enforcer/run')
 st = {}
 for l in open('/proc/self/status'):
     k, _, v = l.partition(':')
@@ -317,6 +318,7 @@ fn root_command_cannot_leave_its_cgroup_see_enforcer_or_change_the_network() {
     assert_eq!(r["raw_socket"], "EPERM", "{r}");
     assert_eq!(r["core_pattern"], "EROFS", "{r}");
     assert_eq!(r["bpffs_pins"], false, "{r}");
+    assert_eq!(r["run_records"], false, "the runs' records are hidden\n{r}");
     p.assert_no_dropped_caps();
     // Root keeps what `make install` needs.
     let eff = p.cap_set("CapEff");

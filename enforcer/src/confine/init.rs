@@ -109,6 +109,7 @@ impl Init {
             // SIGTTOU is blocked, so this background process may change the foreground group.
             let _ = nix::unistd::tcsetpgrp(tty.as_fd(), nix::unistd::getpgrp());
         }
+        let _ = nix::sys::prctl::set_name(c"enforcer-init");
         // The command cannot read init's memory or open its descriptors through /proc/1.
         nix::sys::prctl::set_dumpable(false).map_err(|e| format!("prctl(PR_SET_DUMPABLE): {e}"))?;
 

@@ -1,6 +1,6 @@
 //! The confined command's mount namespace (set up by its init, which has just unshared it and the
 //! cgroup namespace): nothing outside the run's cgroup, no bpffs, a procfs of its own PID
-//! namespace, and the kernel's knobs read-only. Changes stay in this namespace (`/` is made a
+//! namespace, the kernel's knobs read-only and the runs' records hidden. Changes stay in this namespace (`/` is made a
 //! slave first); mounts the host makes later still propagate in.
 
 use std::path::{Path, PathBuf};
@@ -138,6 +138,13 @@ pub fn confine() -> Result<(), MountError> {
         for sub in ["sys", "sysrq-trigger", "irq", "bus", "fs"] {
             bind_read_only(&m.point.join(sub))?;
         }
+    }
+    // The records of live runs (see `supervisor`): a root command must not forge or remove them.
+    let records = Path::new(crate::supervisor::RUN_STATE_DIR).parent().unwrap_or(Path::new("/run/enforcer"));
+    if records.is_dir() {
+        let flags = MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        nix::mount::mount(Some("tmpfs"), records, Some("tmpfs"), flags, Some("size=4k,mode=0755"))
+            .map_err(err("hiding", records))?;
     }
     Ok(())
 }
