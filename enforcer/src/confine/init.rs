@@ -67,6 +67,7 @@ pub fn main_if_init() {
     let code = match Init::start(&cfg, &argv, &mut status) {
         Ok(init) => init.supervise(&mut status),
         Err(message) => {
+            let message = format!("{message} (`enforcer run --privileged` runs the command without confinement)");
             send(&mut status, &InitMessage::Failed { code: exit::ENFORCER_FAILED, message });
             exit::ENFORCER_FAILED
         }
