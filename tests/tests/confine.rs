@@ -729,12 +729,14 @@ def expect(pat, t=15):
 def send(s):
     os.write(fd, s.encode())
 expect('PROMPT> ')
-send(enforcer + " run --no-host-dns --as-root -- sh -c 'tty; echo pgid=$(ps -o pgid= -p $$) tpgid=$(ps -o tpgid= -p $$); sleep 30; echo finished'\n")
+send(enforcer + " run --no-host-dns --as-root -- sh -c 'tty; echo pgid=$(ps -o pgid= -p $$) tpgid=$(ps -o tpgid= -p $$); exec sleep 30'\n")
 expect(r'/dev/pts/\d+')
 m = expect(r'pgid= *(\d+) tpgid= *(\d+)')
 if m.group(1) != m.group(2):
     print('the command is not the foreground process group: %r' % m.group(0))
     sys.exit(1)
+# Let sh be in `sleep` (not between its vfork and exec, where no shell job can be stopped).
+time.sleep(0.5)
 send('\x1a')
 expect('Stopped')
 expect('PROMPT> ')
