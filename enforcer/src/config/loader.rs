@@ -90,10 +90,13 @@ impl<'a> FileLoader<'a> {
 
     // --- documents and kinds -----------------------------------------------
 
-    pub fn load(&mut self) {
-        for doc in yaml::split_documents(self.text) {
+    /// Load `docs` (documents of this loader's file, see [`yaml::split_documents`]).
+    pub fn load(&mut self, docs: &[yaml::RawDoc<'_>]) {
+        // Most registry documents are ServiceEntries: reserve once instead of doubling.
+        self.registry.services.reserve(docs.len());
+        for doc in docs {
             let ctx = Ctx { doc: doc.index, prefix: String::new(), object: None, namespace: "default".into() };
-            match yaml::parse_document(&doc, self.limits) {
+            match yaml::parse_document(doc, self.limits) {
                 Ok(node) => self.document(&ctx, &node),
                 Err(e) => {
                     let col = if e.column > 0 { format!(":{}", e.column) } else { String::new() };

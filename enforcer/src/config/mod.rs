@@ -96,14 +96,49 @@ pub fn load_str(text: &str, file: &Path) -> Result<Registry, ConfigError> {
     if errors.is_empty() { Ok(reg) } else { Err(ConfigError::Invalid { errors }) }
 }
 
+/// Files with at least this many documents are parsed on several threads.
+const PARALLEL_DOCUMENTS: usize = 2_000;
+
 fn load_str_inner(text: &str, file: &Path) -> (Registry, Vec<Diagnostic>) {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let mut loader = loader::FileLoader::new(file, text);
-    loader.load();
+    let docs = yaml::split_documents(text);
+    let threads = if docs.len() >= PARALLEL_DOCUMENTS {
+        std::thread::available_parallelism().map_or(1, |n| n.get()).min(8)
+    } else {
+        1
+    };
+    let load = |chunk: &[yaml::RawDoc<'_>]| {
+        let mut loader = loader::FileLoader::new(file, text);
+        loader.load(chunk);
+        (loader.registry, loader.errors)
+    };
+    let (mut registry, mut errors) = if threads <= 1 {
+        load(&docs)
+    } else {
+        // Documents are independent; each chunk keeps its documents' indices and lines, and the
+        // chunks are merged in file order.
+        let size = docs.len().div_ceil(threads);
+        let parts: Vec<(Registry, Vec<Diagnostic>)> = std::thread::scope(|s| {
+            let handles: Vec<_> = docs.chunks(size).map(|c| s.spawn(move || load(c))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        let total: usize = parts.iter().map(|(r, _)| r.services.len()).sum();
+        let mut registry = Registry::default();
+        let mut errors = Vec::new();
+        for (i, (reg, errs)) in parts.into_iter().enumerate() {
+            errors.extend(errs);
+            if let Err(conflict) = registry.try_merge(reg) {
+                errors.push(conflict);
+            }
+            if i == 0 {
+                registry.services.reserve_exact(total - registry.services.len());
+            }
+        }
+        (registry, errors)
+    };
+    registry.services.shrink_to_fit();
     // Report in file order (kinds check their fields in groups, not in document order).
-    let mut errors = loader.errors;
     errors.sort_by_key(|d| (d.source.document, d.source.line));
-    let mut registry = loader.registry;
     registry.warnings.sort_by_key(|d| (d.source.document, d.source.line));
     (registry, errors)
 }

@@ -76,6 +76,14 @@ struct PortItem {
 
 const SPEC: Field<'static> = Field::ROOT;
 
+/// Collect into a vector of exactly the needed capacity (not the source's, as in-place collection
+/// would keep, nor Vec's minimum of 4).
+fn compact<T>(it: impl Iterator<Item = T>) -> Vec<T> {
+    let mut v: Vec<T> = it.collect();
+    v.shrink_to_fit();
+    v
+}
+
 impl FileLoader<'_> {
     pub(super) fn service_entry(&mut self, ctx: &Ctx, node: &Node<'_>) {
         let errors_before = self.errors.len();
@@ -123,13 +131,14 @@ impl FileLoader<'_> {
         }
         let Some(name) = meta.name else { return };
         let source = self.src(ctx, node.line);
+        // Exact capacities: a 100k-entry registry keeps these for its lifetime.
         self.registry.services.push(ServiceEntry {
             name,
             namespace: meta.namespace,
-            hosts: hosts.into_iter().filter_map(|h| h.host).collect(),
-            addresses: addresses.into_iter().map(|(n, _, _)| n).collect(),
-            ports: ports.into_iter().map(|p| p.port).collect(),
-            endpoints: endpoints.into_iter().filter_map(|(e, _)| e).collect(),
+            hosts: compact(hosts.into_iter().filter_map(|h| h.host)),
+            addresses: compact(addresses.into_iter().map(|(n, _, _)| n)),
+            ports: compact(ports.into_iter().map(|p| p.port)),
+            endpoints: compact(endpoints.into_iter().filter_map(|(e, _)| e)),
             resolution: res.model(),
             location,
             export_to,
@@ -189,7 +198,7 @@ impl FileLoader<'_> {
     fn se_hosts(&mut self, ctx: &Ctx, spec: &Node<'_>, res: Res) -> Vec<HostItem> {
         let sf = SPEC.key("spec");
         let hf = sf.key("hosts");
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(1);
         let Some(h) = spec.get("hosts").filter(|h| !h.is_null()) else {
             self.error(
                 ctx,
@@ -201,6 +210,7 @@ impl FileLoader<'_> {
             return out;
         };
         let items = self.string_list(ctx, h, &hf);
+        out.reserve_exact(items.len());
         if items.is_empty() && matches!(h.value, Yaml::Seq(_)) {
             self.error(
                 ctx,
@@ -336,7 +346,8 @@ impl FileLoader<'_> {
         let mut out: Vec<PortItem> = Vec::new();
         let Some(p) = spec.get("ports") else { return out };
         let items = self.seq_of(ctx, p, &pf);
-        let mut names: HashSet<&str> = HashSet::new();
+        out.reserve_exact(items.len());
+        let mut names: HashSet<String> = HashSet::new();
         let mut numbers: HashSet<u16> = HashSet::new();
         for (i, item) in items.iter().enumerate() {
             let f = pf.idx(i);
@@ -378,7 +389,7 @@ impl FileLoader<'_> {
                         },
                         "use a DNS-1123 label: letters, digits and '-', e.g. name: https",
                     );
-                } else if !names.insert(item.get("name").and_then(Node::as_str).unwrap_or_default()) {
+                } else if !names.insert(nm.to_string()) {
                     self.error(
                         ctx,
                         name_line,
@@ -470,6 +481,7 @@ impl FileLoader<'_> {
         let mut out = Vec::new();
         let Some(e) = spec.get("endpoints") else { return out };
         let items = self.seq_of(ctx, e, &ef);
+        out.reserve_exact(items.len());
         if has_selector && !items.is_empty() {
             self.error(
                 ctx,
