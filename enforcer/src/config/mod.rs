@@ -13,14 +13,17 @@
 //! configuration enforcer does not act on (ignored kinds and fields), never silently dropped.
 //!
 //! Layout: `loader.rs` (documents, kinds, shared accessors), one file per kind
-//! (`service_entry.rs`, `destination_rule.rs` + `traffic_policy.rs`, `sidecar.rs`, `mesh.rs`),
+//! (`service_entry/`, `destination_rule.rs` with `traffic_policy.rs`, `load_balancer.rs` and
+//! `client_tls.rs`, `sidecar/`, `mesh.rs`),
 //! `validate.rs` (Istio's value validators), `host.rs` (the one host matcher), `capacity.rs`
 //! (kernel map entries a registry needs), `yaml.rs` (the line-aware YAML tree).
 
 pub mod capacity;
+mod client_tls;
 mod destination_rule;
 mod field;
 pub mod host;
+mod load_balancer;
 mod loader;
 mod mesh;
 mod model;

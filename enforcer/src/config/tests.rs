@@ -637,9 +637,9 @@ fn dynamic_dns_is_enforced_like_dns_with_wildcards_learned() {
 
 #[test]
 fn errors_inside_a_list_carry_the_item_prefix() {
-    let ds = errors(&format!(
-        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.istio.io/v1\n  kind: DestinationRule\n  metadata: {{name: d}}\n  spec:\n    host: a.com\n    trafficPolicy: {{}}\n"
-    ));
+    let ds = errors(
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.istio.io/v1\n  kind: DestinationRule\n  metadata: {name: d}\n  spec:\n    host: a.com\n    trafficPolicy: {}\n",
+    );
     assert_diag(&ds[0], "items[0].spec.trafficPolicy", 9, "traffic policy must have at least one field");
 }
 
