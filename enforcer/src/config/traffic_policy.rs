@@ -190,7 +190,8 @@ impl FileLoader<'_> {
             };
             let Some((n, line)) = number else { continue };
             let Ok(port) = u16::try_from(n).map_err(|_| ()).and_then(|p| if p == 0 { Err(()) } else { Ok(p) }) else {
-                self.warn(
+                // Istio accepts any uint32 here (no webhook rule, no CRD range).
+                self.note(
                     ctx,
                     line,
                     &portf.key("number"),
