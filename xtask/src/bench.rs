@@ -10,6 +10,7 @@
 //!   filtering its namespace's output.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -82,6 +83,10 @@ pub struct ClientArgs {
     /// Untimed calls before the timed loop.
     #[arg(long, default_value_t = 1000)]
     warmup: u32,
+    /// Also print the run time of the BPF programs attached to this process's cgroup over the
+    /// timed loop (needs statistics enabled: `kernel.bpf_stats_enabled` or a BPF_ENABLE_STATS fd).
+    #[arg(long)]
+    bpf_stats: bool,
 }
 
 #[derive(clap::Args)]
@@ -154,6 +159,7 @@ pub fn client(a: ClientArgs) -> ExitCode {
             return ExitCode::from(3);
         }
     }
+    let before = if a.bpf_stats { crate::bpf_stats::snapshot().ok() } else { None };
     let t = Instant::now();
     for i in 0..a.iterations {
         if let Err(e) = once() {
@@ -162,12 +168,20 @@ pub fn client(a: ClientArgs) -> ExitCode {
         }
     }
     let ns = t.elapsed().as_nanos() as f64;
+    let bpf: Vec<serde_json::Value> = match (before, a.bpf_stats.then(crate::bpf_stats::snapshot)) {
+        (Some(b), Some(Ok(after))) => crate::bpf_stats::delta(&b, &after)
+            .into_iter()
+            .map(|p| serde_json::json!({"name": p.name, "hook": p.hook, "run_time_ns": p.run_time_ns, "run_cnt": p.run_cnt}))
+            .collect(),
+        _ => Vec::new(),
+    };
     println!(
         "{}",
         serde_json::json!({
             "iterations": a.iterations,
             "total_ns": ns,
             "ns_per_op": ns / a.iterations.max(1) as f64,
+            "bpf": bpf,
         })
     );
     ExitCode::SUCCESS
@@ -209,6 +223,10 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
 
 fn connect(args: ConnectArgs) -> Result<ExitCode> {
     util::require_root("the benchmark")?;
+    // Statistics on for as long as this fd lives (the whole benchmark).
+    let _stats = crate::bpf_stats::enable()
+        .map_err(|e| eprintln!("xtask: warning: BPF_ENABLE_STATS failed ({e}); no BPF ns figures"))
+        .ok();
     if args.sizes.is_empty() || args.rounds == 0 || args.iterations == 0 {
         bail!("--sizes, --rounds and --iterations must be non-empty/positive");
     }
@@ -301,6 +319,18 @@ fn connect(args: ConnectArgs) -> Result<ExitCode> {
         "(enf start: median wall time of `enforcer run` minus the client's timed loop — loading \
          programs and the registry, and exiting; nft load: `nft -f` of the set)"
     );
+    println!("\nBPF ns per connect()+close() under enforcer (bpf_stats run_time_ns / calls; runs per call):");
+    for r in &rows {
+        let total: f64 = r.bpf.iter().map(|b| b.1).sum();
+        let per: Vec<String> = r.bpf.iter().map(|(n, ns, runs)| format!("{n} {ns:.0} ({runs:.1}x)")).collect();
+        println!(
+            "{:>9} entries: {:>6.0} ns total = {:.2}% of baseline   [{}]",
+            r.n,
+            total,
+            100.0 * total / r.base,
+            if per.is_empty() { "no bpf_stats: BPF_ENABLE_STATS failed?".to_string() } else { per.join(", ") }
+        );
+    }
     drop(server);
     drop((cgroup, enforced, top));
     Ok(ExitCode::SUCCESS)
@@ -313,6 +343,8 @@ struct Row {
     nft: f64,
     enf_overhead_s: f64,
     nft_load_s: f64,
+    /// (program, median BPF ns per connection, runs per connection) from bpf_stats.
+    bpf: Vec<(String, f64, f64)>,
 }
 
 fn client_cmd(ns: &Netns, xtask: &Path, iterations: u32, warmup: u32) -> Command {
@@ -332,8 +364,17 @@ fn client_args(iterations: u32, warmup: u32) -> Vec<String> {
     ]
 }
 
-/// Runs a client (possibly wrapped) and returns (ns/op, total ns of the timed loop).
-fn measure(cmd: &mut Command, what: &str) -> Result<(f64, f64)> {
+/// What one client run measured.
+struct Measured {
+    per_op: f64,
+    /// ns of the timed loop.
+    total: f64,
+    /// BPF run time (ns) and runs over the timed loop, per program name (with `--bpf-stats`).
+    bpf: BTreeMap<String, (u64, u64)>,
+}
+
+/// Runs a client (possibly wrapped) and returns what it measured.
+fn measure(cmd: &mut Command, what: &str) -> Result<Measured> {
     cmd.stdin(Stdio::null());
     let out = cmd.output().with_context(|| format!("could not start the {what} client"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -351,7 +392,18 @@ fn measure(cmd: &mut Command, what: &str) -> Result<(f64, f64)> {
         .filter(|l| l.contains("\"ns_per_op\""))
         .find_map(|l| serde_json::from_str(l.trim()).ok())
         .with_context(|| format!("{what}: no result line from bench-client in: {stdout}"))?;
-    Ok((v["ns_per_op"].as_f64().unwrap_or(f64::NAN), v["total_ns"].as_f64().unwrap_or(0.0)))
+    let mut bpf = BTreeMap::new();
+    for p in v["bpf"].as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("?").to_string();
+        let e = bpf.entry(name).or_insert((0, 0));
+        e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+        e.1 += p["run_cnt"].as_u64().unwrap_or(0);
+    }
+    Ok(Measured {
+        per_op: v["ns_per_op"].as_f64().unwrap_or(f64::NAN),
+        total: v["total_ns"].as_f64().unwrap_or(0.0),
+        bpf,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -453,6 +505,7 @@ fn bench_size(
         let mut a = client_args(iterations, warmup);
         a[2] = port.to_string();
         c.args(a);
+        c.arg("--bpf-stats");
         c
     };
 
@@ -470,6 +523,8 @@ fn bench_size(
     }
 
     let (mut base, mut enf, mut nftv, mut overhead) = (vec![], vec![], vec![], vec![]);
+    // Program name -> per round (BPF ns per connection, runs per connection).
+    let mut bpf: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let configs = [Config::Baseline, Config::Enforcer, Config::Nftables];
     for round in 0..args.rounds {
         for k in 0..3 {
@@ -478,14 +533,18 @@ fn bench_size(
                 Config::Baseline => {
                     let mut cmd = client_cmd(ns, xtask, args.iterations, 1000);
                     cgroup.enter_on_exec(&mut cmd);
-                    base.push(measure(&mut cmd, "baseline")?.0);
+                    base.push(measure(&mut cmd, "baseline")?.per_op);
                 }
                 Config::Enforcer => {
                     let mut cmd = enforcer_cmd(args.iterations, 1000, PORT);
                     let t = Instant::now();
-                    let (per_op, total) = measure(&mut cmd, "enforcer")?;
-                    overhead.push(t.elapsed().as_secs_f64() - total / 1e9);
-                    enf.push(per_op);
+                    let m = measure(&mut cmd, "enforcer")?;
+                    overhead.push(t.elapsed().as_secs_f64() - m.total / 1e9);
+                    enf.push(m.per_op);
+                    for (name, (ns, cnt)) in m.bpf {
+                        let e = bpf.entry(name).or_insert_with(Vec::new);
+                        e.push((ns as f64 / f64::from(args.iterations), cnt as f64 / f64::from(args.iterations)));
+                    }
                 }
                 Config::Nftables => {
                     nft(
@@ -499,7 +558,7 @@ fn bench_size(
                     cgroup.enter_on_exec(&mut cmd);
                     let r = measure(&mut cmd, "nftables");
                     nft(ns, &format!("flush chain inet {NFT_TABLE} out\ndelete chain inet {NFT_TABLE} out\n"))?;
-                    nftv.push(r?.0);
+                    nftv.push(r?.per_op);
                 }
             }
         }
@@ -511,7 +570,23 @@ fn bench_size(
             nftv.last().unwrap()
         );
     }
-    Ok(Row { n, base: median(base), enf: median(enf), nft: median(nftv), enf_overhead_s: median(overhead), nft_load_s })
+    let bpf = bpf
+        .into_iter()
+        .map(|(name, v)| {
+            let ns = median(v.iter().map(|x| x.0).collect());
+            let runs = median(v.iter().map(|x| x.1).collect());
+            (name, ns, runs)
+        })
+        .collect();
+    Ok(Row {
+        n,
+        base: median(base),
+        enf: median(enf),
+        nft: median(nftv),
+        enf_overhead_s: median(overhead),
+        nft_load_s,
+        bpf,
+    })
 }
 
 #[cfg(test)]

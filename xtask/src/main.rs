@@ -18,6 +18,7 @@ mod bench_example;
 mod bench_proxy;
 mod bench_sync;
 mod bench_tc;
+mod bpf_stats;
 mod cleanup;
 mod demo;
 mod netns;
