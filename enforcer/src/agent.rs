@@ -575,7 +575,7 @@ fn learn_entries(
     allow: &mut Vec<(AllowEntry, enforcer_common::AllowValue)>,
     dests: &mut Vec<(DestEntry, enforcer_common::AllowValue)>,
 ) {
-    let value = enforcer_common::AllowValue { service_id, flags: 0 };
+    let value = enforcer_common::AllowValue::new(service_id, 0);
     for a in addrs {
         let net = normalize(ipnet::IpNet::from(*a));
         dests.push((DestEntry { net }, value));

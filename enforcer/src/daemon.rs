@@ -20,7 +20,7 @@ pub const DEFAULT_DNS_PORT: u16 = 15053;
 
 /// Default pin directory for a cgroup: one per cgroup, so a restarted daemon finds its own pins.
 pub fn default_pin_dir(cgroup_id: u64) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/enforcer/cg{cgroup_id}"))
+    dataplane::paths::default_pin_dir(cgroup_id)
 }
 
 pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {

@@ -354,7 +354,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
                 .collect(),
             proxied_ports: se.ports.iter().filter(|p| proxied(inp, se, p)).map(|p| p.number).collect(),
         });
-        let value = AllowValue { service_id: id, flags: 0 };
+        let value = AllowValue::new(id, 0);
 
         // (net, extra ports from the endpoint's port map)
         let mut targets: Vec<(IpNet, Option<&std::collections::BTreeMap<String, u16>>)> = Vec::new();
@@ -447,7 +447,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
             ports: [PROTO_TCP, PROTO_UDP].into_iter().map(|p| (c.port.unwrap_or(ANY_PORT), p)).collect(),
             proxied_ports: vec![],
         });
-        let value = AllowValue { service_id: id, flags: ALLOW_F_CLI };
+        let value = AllowValue::new(id, ALLOW_F_CLI);
         let nets: Vec<IpNet> = match &c.target {
             CliTarget::Net(n) => vec![*n],
             CliTarget::Host(h) => match inp.resolved.get(h) {
@@ -478,7 +478,7 @@ pub fn compile(inp: &Inputs<'_>) -> Desired {
             ports: vec![(53, PROTO_TCP), (53, PROTO_UDP)],
             proxied_ports: vec![],
         });
-        let value = AllowValue { service_id: id, flags: ALLOW_F_DNS };
+        let value = AllowValue::new(id, ALLOW_F_DNS);
         for ip in inp.dns_servers {
             let net = normalize(IpNet::from(*ip));
             for proto in [PROTO_TCP, PROTO_UDP] {

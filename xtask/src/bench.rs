@@ -322,7 +322,8 @@ fn connect(args: ConnectArgs) -> Result<ExitCode> {
     println!("\nBPF ns per connect()+close() under enforcer (bpf_stats run_time_ns / calls; runs per call):");
     for r in &rows {
         let total: f64 = r.bpf.iter().map(|b| b.1).sum();
-        let per: Vec<String> = r.bpf.iter().map(|(n, ns, runs)| format!("{n} {ns:.0} ({runs:.1}x)")).collect();
+        let per: Vec<String> =
+            r.bpf.iter().filter(|b| b.2 > 0.0).map(|(n, ns, runs)| format!("{n} {ns:.0} ({runs:.1}x)")).collect();
         println!(
             "{:>9} entries: {:>6.0} ns total = {:.2}% of baseline   [{}]",
             r.n,
