@@ -5,10 +5,12 @@
 //! sockets, ICMP, UDP-Lite, SCTP, any protocol; and it refuses, at its first datagram, a UDP
 //! socket whose connect() went to a denied destination.
 //!
-//! Cheap on the common path: connect/sendmsg leave their verdict and the destination in the
-//! socket's storage (`SOCK_STATE`); a packet whose destination is that one is decided by one
-//! storage lookup and a compare. Anything else gets the full lookup, and the result is cached on
-//! the socket.
+//! Cheap on the common path: a TCP socket's packets after its SYN pass at once (its destination
+//! cannot change), the SYN gets the full lookup (one hash lookup); a socket that has storage
+//! (`SOCK_STATE`: accounted TCP, a UDP connect() that was not allowed, a socket the backstop
+//! refused) is decided by one storage lookup and a compare when the destination is the recorded
+//! one. Anything else (UDP datagrams, ICMP, raw) gets the full lookup; a refusal is cached on the
+//! socket so it is reported once.
 //!
 //! A dropped packet (return 0) fails the sending syscall with EPERM where the kernel passes the
 //! error up: UDP/UDP-Lite send*, ping and raw sockets. A TCP segment is retransmitted instead, so
@@ -65,8 +67,8 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
     // SAFETY: the kernel hands cgroup_skb programs a valid __sk_buff.
     let l3 = u16::from_be(unsafe { (*skb).protocol } as u16);
     let (parsed, hook) = match l3 {
-        ETH_P_IP => (parse_v4(ctx), HOOK_BACKSTOP4),
-        ETH_P_IPV6 => (parse_v6(ctx), HOOK_BACKSTOP6),
+        ETH_P_IP => (parse_v4_direct(skb).map_or_else(|| parse_v4(ctx), Ok), HOOK_BACKSTOP4),
+        ETH_P_IPV6 => (parse_v6_direct(skb).map_or_else(|| parse_v6(ctx), Ok), HOOK_BACKSTOP6),
         // Not IP (never seen from an inet socket).
         _ => return PASS,
     };
@@ -93,6 +95,16 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
         // A request or time-wait socket: SYN-ACKs and the last ACKs of connections made *to* the
         // workload, whose peer is the one that connected.
         return PASS;
+    }
+    if pkt.dest.proto == PROTO_TCP && !pkt.syn && !pkt.source_route {
+        // SAFETY: a full socket.
+        let (ty, proto) = unsafe { ((*fsk).type_, (*fsk).protocol) };
+        if ty == SOCK_STREAM && u32::from(PROTO_TCP) == proto {
+            // A real TCP socket past its SYN: its destination was judged with the SYN (by this
+            // program: NAT applies to the whole connection), or it was accepted from a listener
+            // (its peer connected to it), or it is older than the hooks.
+            return PASS;
+        }
     }
     let st = storage(fsk, false);
     if !st.is_null() {
@@ -123,14 +135,6 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
             }
             return if s.verdict == VERDICT_AUDIT { PASS } else { DROP };
         }
-    } else if pkt.dest.proto == PROTO_TCP && !pkt.syn {
-        // SAFETY: a full socket.
-        let (ty, proto) = unsafe { ((*fsk).type_, (*fsk).protocol) };
-        if ty == SOCK_STREAM && u32::from(PROTO_TCP) == proto {
-            // A real TCP socket that never went through connect(): accepted from a listener (its
-            // peer connected to it), or older than the hooks. Its SYN would have been judged.
-            return PASS;
-        }
     }
     judge(skb, fsk, st, hook, &pkt)
 }
@@ -159,22 +163,18 @@ fn judge(skb: *mut __sk_buff, fsk: *mut bpf_sock, st: *mut SockState, hook: u8, 
             None => icmp_to_registered(s.flags, &pkt.dest),
         }
     };
-    let st = if st.is_null() { storage(fsk, true) } else { st };
-    if let Some(service_id) = allowed {
+    if allowed.is_some() {
         if !st.is_null() {
+            // The socket was judged for another destination: this one is allowed too; remember
+            // the latest, so its next packets take the fast path.
             // SAFETY: as in `check`.
-            let c = unsafe { &mut *st };
-            if c.cgroup_id == 0 {
-                c.cgroup_id = cgroup_id;
-                c.policy_id = policy_id;
-                c.service_id = service_id;
-                c.mode = mode;
-                c.hook = hook;
-            }
-            cache(c, &pkt.dest, VERDICT_ALLOWED, 0);
+            cache(unsafe { &mut *st }, &pkt.dest, VERDICT_ALLOWED, 0);
         }
         return PASS;
     }
+    // Denied (or audited): remember it on the socket, so its next packets to this destination
+    // are dropped (or passed) without another report.
+    let st = if st.is_null() { storage(fsk, true) } else { st };
     let (reason, service_id) =
         if pkt.source_route { (REASON_SOURCE_ROUTE, ServiceId::NONE) } else { explain(s.flags, policy_id, &pkt.dest) };
     let verdict = if mode == Mode::Audit.raw() { VERDICT_AUDIT } else { VERDICT_DENIED };
@@ -262,6 +262,63 @@ fn ports(ctx: &SkBuffContext, proto: u8, l4: usize, first_fragment: bool) -> Res
         false
     };
     Ok((dport, syn))
+}
+
+/// The linear packet data as `[data, data_end)`: the headers of a locally built packet are there,
+/// read without a helper call.
+#[inline(always)]
+fn linear(skb: *mut __sk_buff) -> (usize, usize) {
+    // SAFETY: the kernel hands cgroup_skb programs a valid __sk_buff.
+    unsafe { ((*skb).data as usize, (*skb).data_end as usize) }
+}
+
+/// IPv4 without options, read directly; `None`: take the helper path.
+#[inline(always)]
+fn parse_v4_direct(skb: *mut __sk_buff) -> Option<Packet> {
+    let (data, end) = linear(skb);
+    if data + 20 + 14 > end {
+        return None;
+    }
+    // SAFETY: bounds checked above against data_end.
+    let h = unsafe { &*(data as *const [u8; 34]) };
+    if h[0] != 0x45 {
+        // Options (or not IPv4): the full parser.
+        return None;
+    }
+    let frag = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+    let proto = h[9];
+    let mut addr = [0u8; 16];
+    addr[..4].copy_from_slice(&h[16..20]);
+    let (port, syn) = if has_ports(proto) && frag == 0 {
+        (u16::from_be_bytes([h[22], h[23]]), proto == PROTO_TCP && h[33] & 0x12 == 0x02)
+    } else {
+        (ANY_PORT, false)
+    };
+    Some(Packet { dest: Dest { family: FAMILY_V4, addr, port, proto }, source_route: false, syn })
+}
+
+/// IPv6 with the L4 header right after the fixed header, read directly; `None`: the full parser
+/// (extension headers, short linear part).
+#[inline(always)]
+fn parse_v6_direct(skb: *mut __sk_buff) -> Option<Packet> {
+    let (data, end) = linear(skb);
+    if data + 40 + 14 > end {
+        return None;
+    }
+    // SAFETY: bounds checked above against data_end.
+    let h = unsafe { &*(data as *const [u8; 54]) };
+    let proto = h[6];
+    if !has_ports(proto) && proto != enforcer_common::PROTO_ICMPV6 {
+        return None;
+    }
+    let mut addr = [0u8; 16];
+    addr.copy_from_slice(&h[24..40]);
+    let (port, syn) = if has_ports(proto) {
+        (u16::from_be_bytes([h[42], h[43]]), proto == PROTO_TCP && h[53] & 0x12 == 0x02)
+    } else {
+        (ANY_PORT, false)
+    };
+    Some(Packet { dest: Dest { family: FAMILY_V6, addr, port, proto }, source_route: false, syn })
 }
 
 #[inline(always)]

@@ -17,11 +17,14 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use enforcer_common::{
-    ConnCounters, ConnKey, FAMILY_V4, FAMILY_V6, OrigDest, SOCK_F_ACCOUNT, SOCK_F_ESTABLISHED, SOCK_F_PROXIED,
-    SockState, ip6_bytes, v4_from_mapped,
+    ConnCounters, ConnKey, FAMILY_V4, FAMILY_V6, OrigDest, SETTINGS_F_PROXY, SOCK_F_ACCOUNT, SOCK_F_ESTABLISHED,
+    SOCK_F_PROXIED, SockState, ip6_bytes, v4_from_mapped,
 };
 
-use crate::maps::{CONNS, PROXY_ORIG, PROXY_PEERS, SOCK_STATE};
+use crate::{
+    maps::{CONNS, PROXY_ORIG, PROXY_PEERS, SOCK_STATE},
+    sock_addr::settings,
+};
 
 const AF_INET6: u32 = 10;
 
@@ -35,6 +38,10 @@ pub fn handle(ctx: &SockOpsContext) -> u32 {
         return 1;
     }
     if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) != TCP_CLOSE {
+        return 1;
+    }
+    if op == BPF_SOCK_OPS_TCP_CONNECT_CB && settings().flags & SETTINGS_F_PROXY == 0 {
+        // Only proxy filings are made at connect.
         return 1;
     }
     // SAFETY: the context is a valid bpf_sock_ops; `sk` may be null (not a full socket).

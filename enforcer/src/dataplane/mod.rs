@@ -765,6 +765,13 @@ fn agent_value(v: AllowValue) -> (AllowValue, Option<BootNs>) {
     (plain, learned.then_some(BootNs(v.expires_ns)))
 }
 
+/// `BPF_NOEXIST`: insert only if the key is absent.
+const BPF_NOEXIST: u64 = 1;
+
+fn exists(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
 fn is_full(e: &aya::maps::MapError) -> bool {
     matches!(e, aya::maps::MapError::SyscallError(s)
         if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC) | Some(libc::ENOMEM)))
@@ -775,14 +782,17 @@ impl Maps for Dataplane {
         let (plen, k) = e.key();
         let v = kernel_value(v, expires);
         if exact(e) && !self.in_trie.contains(e) {
-            let present = self.allow_exact.get(&k, 0).is_ok();
-            match self.allow_exact.insert(k, v, 0) {
+            // One syscall for a new entry (BPF_NOEXIST), a second only to update an existing one.
+            let r = match self.allow_exact.insert(k, v, BPF_NOEXIST) {
                 Ok(()) => {
-                    if !present {
-                        self.in_exact += 1;
-                    }
-                    return Ok(());
+                    self.in_exact += 1;
+                    Ok(())
                 }
+                Err(err) if exists(&err) => self.allow_exact.insert(k, v, 0),
+                Err(err) => Err(err),
+            };
+            match r {
+                Ok(()) => return Ok(()),
                 // The hash is full: the trie takes single addresses too.
                 Err(err) if is_full(&err) => {}
                 Err(err) => return Err(map_err(map_names::ALLOW_EXACT, format!("insert {e}"))(err)),
@@ -822,12 +832,13 @@ impl Maps for Dataplane {
     fn upsert_dest(&mut self, e: &DestEntry, v: AllowValue) -> Result<()> {
         let (plen, k) = e.key();
         let key = Key::new(plen, k);
-        let present = self.dests.get(&key, 0).is_ok();
-        self.dests
-            .insert(&key, AllowValue { expires_ns: 0, ..v }, 0)
-            .map_err(map_err(map_names::DESTS, format!("insert {}", e.net)))?;
-        if !present {
-            self.in_dests += 1;
+        let v = AllowValue { expires_ns: 0, ..v };
+        match self.dests.insert(&key, v, BPF_NOEXIST) {
+            Ok(()) => self.in_dests += 1,
+            Err(err) if exists(&err) => {
+                self.dests.insert(&key, v, 0).map_err(map_err(map_names::DESTS, format!("insert {}", e.net)))?
+            }
+            Err(err) => return Err(map_err(map_names::DESTS, format!("insert {}", e.net))(err)),
         }
         Ok(())
     }
