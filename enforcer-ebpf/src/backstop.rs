@@ -21,6 +21,7 @@ use aya_ebpf::{
     helpers::generated::{
         bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
     },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     programs::SkBuffContext,
 };
 use enforcer_common::{
@@ -178,12 +179,17 @@ fn judge(skb: *mut __sk_buff, fsk: *mut bpf_sock, st: *mut SockState, hook: u8, 
     let (reason, service_id) =
         if pkt.source_route { (REASON_SOURCE_ROUTE, ServiceId::NONE) } else { explain(s.flags, policy_id, &pkt.dest) };
     let verdict = if mode == Mode::Audit.raw() { VERDICT_AUDIT } else { VERDICT_DENIED };
-    let (mut pid, mut comm) = (0u32, [0u8; 16]);
+    // Datagrams and first SYNs are sent in the sender's own syscall: the current task is the
+    // sender (a socket recorded at connect() has its connecting task instead).
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (mut pid, mut comm) = ((pid_tgid >> 32) as u32, bpf_get_current_comm().unwrap_or([0u8; 16]));
     if !st.is_null() {
         // SAFETY: as in `check`.
         let c = unsafe { &mut *st };
-        pid = c.pid;
-        comm = c.comm;
+        if c.pid != 0 {
+            pid = c.pid;
+            comm = c.comm;
+        }
         if c.cgroup_id == 0 {
             c.cgroup_id = cgroup_id;
             c.policy_id = policy_id;

@@ -319,18 +319,25 @@ fn connect(args: ConnectArgs) -> Result<ExitCode> {
         "(enf start: median wall time of `enforcer run` minus the client's timed loop — loading \
          programs and the registry, and exiting; nft load: `nft -f` of the set)"
     );
-    println!("\nBPF ns per connect()+close() under enforcer (bpf_stats run_time_ns / calls; runs per call):");
+    println!(
+        "\nBPF ns per connect()+close() (bpf_stats run_time_ns / calls, median of rounds; runs per call; each \
+         run includes bpf_stats' own clock reads, ~30 ns here):"
+    );
     for r in &rows {
-        let total: f64 = r.bpf.iter().map(|b| b.1).sum();
-        let per: Vec<String> =
-            r.bpf.iter().filter(|b| b.2 > 0.0).map(|(n, ns, runs)| format!("{n} {ns:.0} ({runs:.1}x)")).collect();
-        println!(
-            "{:>9} entries: {:>6.0} ns total = {:.2}% of baseline   [{}]",
-            r.n,
-            total,
-            100.0 * total / r.base,
-            if per.is_empty() { "no bpf_stats: BPF_ENABLE_STATS failed?".to_string() } else { per.join(", ") }
-        );
+        for (label, bpf, wall) in [("accounting on ", &r.bpf, r.enf), ("--no-conn-accounting", &r.bpf_na, r.enf_na)] {
+            let total: f64 = bpf.iter().map(|b| b.1).sum();
+            let per: Vec<String> =
+                bpf.iter().filter(|b| b.2 > 0.0).map(|(n, ns, runs)| format!("{n} {ns:.0} ({runs:.1}x)")).collect();
+            println!(
+                "{:>9} entries, {label}: {:>5.0} ns BPF = {:.2}% of baseline; wall {:.2}x base, {:.2}x nft   [{}]",
+                r.n,
+                total,
+                100.0 * total / r.base,
+                wall / r.base,
+                wall / r.nft,
+                if per.is_empty() { "no bpf_stats: BPF_ENABLE_STATS failed?".to_string() } else { per.join(", ") }
+            );
+        }
     }
     drop(server);
     drop((cgroup, enforced, top));
@@ -346,6 +353,9 @@ struct Row {
     nft_load_s: f64,
     /// (program, median BPF ns per connection, runs per connection) from bpf_stats.
     bpf: Vec<(String, f64, f64)>,
+    /// `--no-conn-accounting`: wall clock and BPF figures.
+    enf_na: f64,
+    bpf_na: Vec<(String, f64, f64)>,
 }
 
 fn client_cmd(ns: &Netns, xtask: &Path, iterations: u32, warmup: u32) -> Command {
@@ -468,6 +478,7 @@ fn nft(ns: &Netns, script: &str) -> Result<()> {
 enum Config {
     Baseline,
     Enforcer,
+    EnforcerNoAccounting,
     Nftables,
 }
 
@@ -497,9 +508,12 @@ fn bench_size(
     let _table = cleanup::register(Resource::NftTable(ns.name.clone(), format!("inet {NFT_TABLE}")));
     println!("nft set loaded in {nft_load_s:.2}s");
 
-    let enforcer_cmd = |iterations: u32, warmup: u32, port: u16| {
+    let enforcer_cmd = |iterations: u32, warmup: u32, port: u16, accounting: bool| {
         let mut c = ns.command(enforcer);
         c.args(["run", "--registry"]).arg(&registry);
+        if !accounting {
+            c.arg("--no-conn-accounting");
+        }
         c.arg("--cgroup-parent").arg(&enforced.path);
         c.args(["--mode", "REGISTRY_ONLY", "--quiet", "--"]);
         c.arg(xtask);
@@ -511,7 +525,7 @@ fn bench_size(
     };
 
     // Sanity: under enforcer a port the registry does not list must be refused with EPERM.
-    let out = enforcer_cmd(1, 0, PORT + 1).stdin(Stdio::null()).output()?;
+    let out = enforcer_cmd(1, 0, PORT + 1, true).stdin(Stdio::null()).output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || !err.contains("Operation not permitted") {
         eprintln!(
@@ -523,27 +537,35 @@ fn bench_size(
         );
     }
 
-    let (mut base, mut enf, mut nftv, mut overhead) = (vec![], vec![], vec![], vec![]);
-    // Program name -> per round (BPF ns per connection, runs per connection).
+    let (mut base, mut enf, mut enf_na, mut nftv, mut overhead) = (vec![], vec![], vec![], vec![], vec![]);
+    // Program name -> per round (BPF ns per connection, runs per connection), with and without
+    // connection accounting.
     let mut bpf: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
-    let configs = [Config::Baseline, Config::Enforcer, Config::Nftables];
+    let mut bpf_na: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let configs = [Config::Baseline, Config::Enforcer, Config::EnforcerNoAccounting, Config::Nftables];
     for round in 0..args.rounds {
-        for k in 0..3 {
-            let c = configs[(round as usize + k) % 3];
+        for k in 0..configs.len() {
+            let c = configs[(round as usize + k) % configs.len()];
             match c {
                 Config::Baseline => {
                     let mut cmd = client_cmd(ns, xtask, args.iterations, 1000);
                     cgroup.enter_on_exec(&mut cmd);
                     base.push(measure(&mut cmd, "baseline")?.per_op);
                 }
-                Config::Enforcer => {
-                    let mut cmd = enforcer_cmd(args.iterations, 1000, PORT);
+                Config::Enforcer | Config::EnforcerNoAccounting => {
+                    let accounting = matches!(c, Config::Enforcer);
+                    let mut cmd = enforcer_cmd(args.iterations, 1000, PORT, accounting);
                     let t = Instant::now();
                     let m = measure(&mut cmd, "enforcer")?;
-                    overhead.push(t.elapsed().as_secs_f64() - m.total / 1e9);
-                    enf.push(m.per_op);
+                    let (wall, stats) = if accounting {
+                        overhead.push(t.elapsed().as_secs_f64() - m.total / 1e9);
+                        (&mut enf, &mut bpf)
+                    } else {
+                        (&mut enf_na, &mut bpf_na)
+                    };
+                    wall.push(m.per_op);
                     for (name, (ns, cnt)) in m.bpf {
-                        let e = bpf.entry(name).or_insert_with(Vec::new);
+                        let e = stats.entry(name).or_insert_with(Vec::new);
                         e.push((ns as f64 / f64::from(args.iterations), cnt as f64 / f64::from(args.iterations)));
                     }
                 }
@@ -564,29 +586,34 @@ fn bench_size(
             }
         }
         println!(
-            "  round {}: baseline {:.0}  enforcer {:.0}  nftables {:.0} ns/op",
+            "  round {}: baseline {:.0}  enforcer {:.0}  enforcer --no-conn-accounting {:.0}  nftables {:.0} ns/op",
             round + 1,
             base.last().unwrap(),
             enf.last().unwrap(),
+            enf_na.last().unwrap(),
             nftv.last().unwrap()
         );
     }
-    let bpf = bpf
-        .into_iter()
-        .map(|(name, v)| {
-            let ns = median(v.iter().map(|x| x.0).collect());
-            let runs = median(v.iter().map(|x| x.1).collect());
-            (name, ns, runs)
-        })
-        .collect();
+    let medians = |m: BTreeMap<String, Vec<(f64, f64)>>| -> Vec<(String, f64, f64)> {
+        m.into_iter()
+            .map(|(name, v)| {
+                let ns = median(v.iter().map(|x| x.0).collect());
+                let runs = median(v.iter().map(|x| x.1).collect());
+                (name, ns, runs)
+            })
+            .collect()
+    };
+    let (bpf, bpf_na) = (medians(bpf), medians(bpf_na));
     Ok(Row {
         n,
         base: median(base),
         enf: median(enf),
+        enf_na: median(enf_na),
         nft: median(nftv),
         enf_overhead_s: median(overhead),
         nft_load_s,
         bpf,
+        bpf_na,
     })
 }
 
