@@ -25,7 +25,8 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use enforcer_common::{
-    ANY_PORT, FAMILY_V4, FAMILY_V6, HOOK_BACKSTOP4, HOOK_BACKSTOP6, MAX_CGROUP_DEPTH, Mode, PROTO_TCP, PolicyId,
+    ANY_PORT, FAMILY_V4, FAMILY_V6, HOOK_BACKSTOP4, HOOK_BACKSTOP6, MAX_CGROUP_DEPTH, Mode, PROTO_TCP, PROTO_UDP,
+    PROTO_UDPLITE, PolicyId,
     REASON_SOURCE_ROUTE, SETTINGS_F_WORKLOADS, SOCK_F_REPORTED, ServiceId, SockState, VERDICT_ALLOWED, VERDICT_AUDIT,
     VERDICT_DENIED, has_ports,
 };
@@ -42,6 +43,7 @@ const DROP: i32 = 0;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
 
 /// IPv6 extension headers walked to find the L4 header (and routing headers).
 const NEXTHDR_HOP: u8 = 0;
@@ -97,12 +99,16 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
         // workload, whose peer is the one that connected.
         return PASS;
     }
-    if pkt.dest.proto == PROTO_TCP && !pkt.syn && !pkt.source_route {
-        // SAFETY: a full socket.
-        let (ty, proto) = unsafe { ((*fsk).type_, (*fsk).protocol) };
-        if ty == SOCK_STREAM && u32::from(PROTO_TCP) == proto {
-            // A real TCP socket past its SYN: its destination was judged with the SYN (by this
-            // program: NAT applies to the whole connection), or it was accepted from a listener
+    // SAFETY: a full socket.
+    let (ty, sk_proto) = unsafe { ((*fsk).type_, (*fsk).protocol) };
+    // The packet goes where the socket is connected: connect() judged exactly this destination
+    // (NAT and source routes make them differ).
+    let to_peer = !pkt.source_route && to_connected_peer(fsk, &pkt.dest);
+    if pkt.dest.proto == PROTO_TCP && ty == SOCK_STREAM && sk_proto == u32::from(PROTO_TCP) && !pkt.source_route {
+        if !pkt.syn || to_peer {
+            // A real TCP socket: its SYN to the connected peer was allowed by connect4/6 (a denied
+            // connect() never sends one); past the SYN, the destination was judged with the SYN
+            // (NAT applies to the whole connection), or the socket was accepted from a listener
             // (its peer connected to it), or it is older than the hooks.
             return PASS;
         }
@@ -136,6 +142,9 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
             }
             return if s.verdict == VERDICT_AUDIT { PASS } else { DROP };
         }
+    } else if to_peer && ty == SOCK_DGRAM && (sk_proto == u32::from(PROTO_UDP) || sk_proto == u32::from(PROTO_UDPLITE)) {
+        // A UDP socket whose connect() was allowed (a refused one carries its verdict in storage).
+        return PASS;
     }
     judge(skb, fsk, st, hook, &pkt)
 }
@@ -214,6 +223,28 @@ fn cache(c: &mut SockState, d: &Dest, verdict: u8, reason: u8) {
     c.verdict = verdict;
     c.reason = reason;
     c.flags &= !SOCK_F_REPORTED;
+}
+
+/// Whether `d` is the peer the socket is connected to (its destination address and port).
+#[inline(always)]
+fn to_connected_peer(fsk: *mut bpf_sock, d: &Dest) -> bool {
+    // SAFETY: a full socket; 2-byte and 4-byte loads of these fields are allowed.
+    unsafe {
+        if u16::from_be((*fsk).dst_port) != d.port {
+            return false;
+        }
+        if d.family == FAMILY_V4 {
+            return (*fsk).dst_ip4.to_ne_bytes() == [d.addr[0], d.addr[1], d.addr[2], d.addr[3]];
+        }
+        let p = (*fsk).dst_ip6.as_ptr();
+        let w = [
+            core::ptr::read_volatile(p),
+            core::ptr::read_volatile(p.add(1)),
+            core::ptr::read_volatile(p.add(2)),
+            core::ptr::read_volatile(p.add(3)),
+        ];
+        enforcer_common::ip6_bytes(w) == d.addr
+    }
 }
 
 #[inline(always)]

@@ -117,7 +117,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         // socket (it judges its SYN) nor for allowed UDP (it judges each datagram).
         if flags != 0 {
             let j = Judged { policy_id, service_id: v.service_id, mode, verdict: VERDICT_ALLOWED, reason: 0, flags };
-            record(ctx, hook, cgroup_id, &j, &dest);
+            let _ = record(ctx, hook, cgroup_id, &j, &dest);
         }
         return ALLOW_CALL;
     }
@@ -133,7 +133,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
                 reason: 0,
                 flags: SOCK_F_ACCOUNT,
             };
-            record(ctx, hook, cgroup_id, &j, &dest);
+            let _ = record(ctx, hook, cgroup_id, &j, &dest);
         }
         return ALLOW_CALL;
     }
@@ -147,8 +147,10 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         // to sort them, RFC 6724): no event, no flow. The verdict is kept on the socket and the
         // backstop reports it, and refuses with EPERM, at the first datagram actually sent.
         let j = Judged { policy_id, service_id, mode, verdict, reason, flags: 0 };
-        record(ctx, hook, cgroup_id, &j, &dest);
-        return ALLOW_CALL;
+        if record(ctx, hook, cgroup_id, &j, &dest) {
+            return ALLOW_CALL;
+        }
+        // No storage for the verdict (out of memory): refuse now rather than let it send.
     }
     count_flow(hook, cgroup_id, policy_id, service_id, verdict, &dest);
     let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
@@ -162,7 +164,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
             SOCK_F_REPORTED
         };
         let j = Judged { policy_id, service_id: ServiceId::NONE, mode, verdict, reason, flags };
-        record(ctx, hook, cgroup_id, &j, &dest);
+        let _ = record(ctx, hook, cgroup_id, &j, &dest);
         ALLOW_CALL
     } else {
         DENY_CALL
@@ -182,7 +184,7 @@ pub struct Judged {
 
 /// Keep the verdict on the socket (`SOCK_STATE`), for the backstop and the sock_ops accounting.
 #[inline(always)]
-fn record(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, j: &Judged, dest: &Dest) {
+fn record(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, j: &Judged, dest: &Dest) -> bool {
     // SAFETY: `sk` of a sock_addr context is a full socket.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     // SAFETY: a valid socket pointer; the storage map is a BTF sk_storage map.
@@ -197,7 +199,7 @@ fn record(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, j: &Judged, dest: &De
     .cast::<SockState>();
     if st.is_null() {
         // Out of memory: the backstop judges this socket's packets in full.
-        return;
+        return false;
     }
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
     // SAFETY: a value pointer from the storage, valid during this program run. Written field by
@@ -221,6 +223,7 @@ fn record(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, j: &Judged, dest: &De
             (*st).comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
         }
     }
+    true
 }
 
 const DNS_PORT: u16 = 53;

@@ -64,7 +64,15 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         .dp
         .lock()
         .expect("dataplane lock")
-        .attach(&cg, steering || proxying, !args.policy.no_conn_accounting || proxying)
+        .attach_hooks(
+            &cg,
+            crate::dataplane::Hooks {
+                dns_restore: steering || proxying,
+                sock_ops: !args.policy.no_conn_accounting || proxying,
+                accounting: !args.policy.no_conn_accounting,
+                backstop: true,
+            },
+        )
         .with_context(|| format!("attaching to {}", cg.display()))?;
     let adopted = attached.iter().filter(|(_, o)| *o == AttachOutcome::Adopted).count();
     for iface in &args.policy.interfaces {

@@ -53,7 +53,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         .dp
         .lock()
         .expect("dataplane lock")
-        .attach(child.path(), steering || proxying, !args.policy.no_conn_accounting || proxying)
+        .attach_hooks(
+            child.path(),
+            crate::dataplane::Hooks {
+                dns_restore: steering || proxying,
+                sock_ops: !args.policy.no_conn_accounting || proxying,
+                accounting: !args.policy.no_conn_accounting,
+                backstop: true,
+            },
+        )
         .with_context(|| format!("attaching to {}", child.path().display()))?;
     for iface in &args.policy.interfaces {
         agent

@@ -37,7 +37,7 @@ use aya::{
 };
 pub use contract::{BootNs, MapContents, Maps, MemoryMaps};
 use enforcer_common::{
-    ALLOW_EXACT_MAX_ENTRIES, ALLOW_F_LEARNED, ALLOW_MAX_ENTRIES, ANY_PORT, AllowKey, AllowValue, ConnCounters, ConnKey,
+    ALLOW_EXACT_MAX_ENTRIES, ALLOW_F_LEARNED, ALLOW_F_PROXY, ALLOW_MAX_ENTRIES, ANY_PORT, AllowKey, AllowValue, ConnCounters, ConnKey,
     DestKey, FAMILY_V4, FAMILY_V6, FlowKey, FlowOwnerKey, MAPS, MapKind, Mode, OrigDest, PIN_LAYOUT_VERSION, PROGRAMS,
     PolicyId, ProgKind, ProxyDest, SETTINGS_DATAPLANE_FLAGS, SETTINGS_F_ACCOUNTING, SETTINGS_F_TRIE, ServiceId,
     Settings, TrafficKey, TrafficValue, WorkloadValue, map_names, prog_names,
@@ -164,6 +164,10 @@ pub struct Dataplane {
     dests_state: Layered<DestEntry, AllowValue>,
     /// The registry (base) layer of `allow_state`: entries the kernel must never expire.
     base_allow: BTreeSet<AllowEntry>,
+    /// Whether an ALLOW entry steering to the proxy was written (or found at load).
+    proxy_entries: bool,
+    /// The cgroup sock_ops is to be attached to once a proxy entry is written (no accounting).
+    sock_ops_pending: Option<fs::File>,
     _logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -268,12 +272,19 @@ impl Dataplane {
             allow_state: Layered::new(BTreeMap::new()),
             dests_state: Layered::new(BTreeMap::new()),
             base_allow: BTreeSet::new(),
+            proxy_entries: false,
+            sock_ops_pending: None,
             _logger: logger,
         };
         let contents = dp.read()?;
         dp.in_trie = dp.read_trie_entries()?;
         dp.in_exact = contents.allow.len() + contents.learned.len() - dp.in_trie.len();
         dp.in_dests = contents.dests.len();
+        dp.proxy_entries = contents
+            .allow
+            .values()
+            .chain(contents.learned.values().map(|(v, _)| v))
+            .any(|v| v.flags & ALLOW_F_PROXY != 0);
         // Keep SETTINGS_F_TRIE true to the trie (a previous daemon may have died between writes).
         dp.own_flags = (dp.own_flags & !SETTINGS_F_TRIE) | if dp.in_trie.is_empty() { 0 } else { SETTINGS_F_TRIE };
         dp.write_settings()?;
@@ -297,8 +308,8 @@ impl Dataplane {
     /// Attach every hook to `cgroup` with bpf_link (programs of parent cgroups keep running and all
     /// must allow). With a pin dir, links are pinned; an existing pinned link gets this build's
     /// program. With `dns_restore`, the recvmsg/getpeername hooks are attached too (DNS steering);
-    /// with `sock_ops`, the sock_ops program (connection accounting and proxy filings). The
-    /// backstop is always attached.
+    /// `sock_ops`: connection accounting (and proxy filings). The backstop is always attached.
+    /// Prefer [`Dataplane::attach_hooks`], which tells accounting and proxy filings apart.
     pub fn attach(
         &mut self,
         cgroup: &Path,
@@ -309,7 +320,9 @@ impl Dataplane {
     }
 
     /// Attach the hooks `want` asks for, replace the programs of pinned links with this build's, and
-    /// detach pinned hooks it does not ask for.
+    /// detach pinned hooks it does not ask for. sock_ops runs ~6 times per TCP connection, so
+    /// without accounting it is attached only once an ALLOW entry steers to the L7 proxy (whose
+    /// filings it makes).
     pub fn attach_hooks(&mut self, cgroup: &Path, want: Hooks) -> Result<Vec<(&'static str, AttachOutcome)>> {
         let cg = fs::File::open(cgroup).map_err(|source| DataplaneError::Io {
             what: "opening cgroup",
@@ -319,12 +332,13 @@ impl Dataplane {
         let accounting = want.sock_ops && want.accounting;
         self.own_flags = (self.own_flags & !SETTINGS_F_ACCOUNTING) | if accounting { SETTINGS_F_ACCOUNTING } else { 0 };
         self.write_settings()?;
+        let sock_ops_now = accounting || (want.sock_ops && self.proxy_entries);
         let mut out = Vec::new();
         for p in PROGRAMS {
             let wanted = match p.kind {
                 ProgKind::SchedClassifier => continue,
                 ProgKind::CgroupSockAddr => prog_names::ALL.contains(&p.name) || want.dns_restore,
-                ProgKind::SockOps => want.sock_ops,
+                ProgKind::SockOps => sock_ops_now,
                 ProgKind::CgroupSkb => want.backstop,
             };
             let link_path = self.pins.as_ref().map(|d| d.link(p.name));
@@ -339,44 +353,67 @@ impl Dataplane {
                 }
                 continue;
             }
-            if let Some(o) = self.replace_pinned(p.name, link_path.as_deref())? {
-                out.push((p.name, o));
-                continue;
-            }
-            let name = p.name;
-            let attach_err = |source| DataplaneError::Program { name, action: "attach", source };
-            let take_err = |source| DataplaneError::Program { name, action: "take link", source };
-            // On kernels >= 5.7 aya attaches with bpf_link, which always allows several programs per
-            // cgroup and in ancestors (all must allow) and rejects any flag: `Single` means "no
-            // flags" there. Older kernels are refused by preflight (ring buffer needs 5.8).
-            // Without a pin dir (`run`) the link stays in its program's link list and lives as long
-            // as this process; with one, it is taken and pinned.
-            let pin = link_path.is_some();
-            let fd: Option<std::result::Result<FdLink, LinkError>> = match p.kind {
-                ProgKind::CgroupSockAddr => {
-                    let prog = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
-                    let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err)?;
-                    if pin { Some(prog.take_link(id).map_err(take_err)?.try_into()) } else { None }
-                }
-                ProgKind::SockOps => {
-                    let prog = program::<SockOps>(&mut self.ebpf, name)?;
-                    let id = prog.attach(&cg, CgroupAttachMode::Single).map_err(attach_err)?;
-                    if pin { Some(prog.take_link(id).map_err(take_err)?.try_into()) } else { None }
-                }
-                ProgKind::CgroupSkb => {
-                    let prog = program::<CgroupSkb>(&mut self.ebpf, name)?;
-                    let id =
-                        prog.attach(&cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single).map_err(attach_err)?;
-                    if pin { Some(prog.take_link(id).map_err(take_err)?.try_into()) } else { None }
-                }
-                ProgKind::SchedClassifier => unreachable!("skipped above"),
-            };
-            if let (Some(fd), Some(lp)) = (fd, link_path) {
-                pin_link(fd, &lp)?;
-            }
-            out.push((name, AttachOutcome::Attached));
+            out.push((p.name, self.attach_one(p.name, p.kind, &cg)?));
         }
+        self.sock_ops_pending = match (want.sock_ops && !sock_ops_now, cg.try_clone()) {
+            (true, Ok(f)) => Some(f),
+            _ => None,
+        };
         Ok(out)
+    }
+
+    /// Attach (or, for a pinned link, swap in) one cgroup program.
+    fn attach_one(&mut self, name: &'static str, kind: ProgKind, cg: &fs::File) -> Result<AttachOutcome> {
+        let link_path = self.pins.as_ref().map(|d| d.link(name));
+        if let Some(o) = self.replace_pinned(name, link_path.as_deref())? {
+            return Ok(o);
+        }
+        let attach_err = |source| DataplaneError::Program { name, action: "attach", source };
+        let take_err = |source| DataplaneError::Program { name, action: "take link", source };
+        // On kernels >= 5.7 aya attaches with bpf_link, which always allows several programs per
+        // cgroup and in ancestors (all must allow) and rejects any flag: `Single` means "no
+        // flags" there. Older kernels are refused by preflight (ring buffer needs 5.8).
+        // Without a pin dir (`run`) the link stays in its program's link list and lives as long
+        // as this process; with one, it is taken and pinned.
+        let pin = link_path.is_some();
+        let fd: Option<std::result::Result<FdLink, LinkError>> = match kind {
+            ProgKind::CgroupSockAddr => {
+                let prog = program::<CgroupSockAddr>(&mut self.ebpf, name)?;
+                let id = prog.attach(cg, CgroupAttachMode::Single).map_err(attach_err)?;
+                if pin { Some(prog.take_link(id).map_err(take_err)?.try_into()) } else { None }
+            }
+            ProgKind::SockOps => {
+                let prog = program::<SockOps>(&mut self.ebpf, name)?;
+                let id = prog.attach(cg, CgroupAttachMode::Single).map_err(attach_err)?;
+                if pin { Some(prog.take_link(id).map_err(take_err)?.try_into()) } else { None }
+            }
+            ProgKind::CgroupSkb => {
+                let prog = program::<CgroupSkb>(&mut self.ebpf, name)?;
+                let id = prog.attach(cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single).map_err(attach_err)?;
+                if pin { Some(prog.take_link(id).map_err(take_err)?.try_into()) } else { None }
+            }
+            ProgKind::SchedClassifier => {
+                return Err(DataplaneError::Link {
+                    path: PathBuf::from(name),
+                    message: "a TC program is attached with attach_tc".into(),
+                });
+            }
+        };
+        if let (Some(fd), Some(lp)) = (fd, link_path) {
+            pin_link(fd, &lp)?;
+        }
+        Ok(AttachOutcome::Attached)
+    }
+
+    /// A first ALLOW entry steering to the proxy: sock_ops (deferred without accounting) is
+    /// attached before the entry goes in, so its connections are filed.
+    fn proxy_entry_coming(&mut self) -> Result<()> {
+        self.proxy_entries = true;
+        if let Some(cg) = self.sock_ops_pending.take() {
+            let o = self.attach_one(prog_names::SOCK_OPS, ProgKind::SockOps, &cg)?;
+            tracing::debug!(outcome = ?o, "sock_ops attached for the proxy's filings");
+        }
+        Ok(())
     }
 
     /// If a link is pinned at `path`, make it run this build's program `name`.
@@ -779,6 +816,9 @@ fn is_full(e: &aya::maps::MapError) -> bool {
 
 impl Maps for Dataplane {
     fn upsert_allow(&mut self, e: &AllowEntry, v: AllowValue, expires: Option<BootNs>) -> Result<()> {
+        if v.flags & ALLOW_F_PROXY != 0 && !self.proxy_entries {
+            self.proxy_entry_coming()?;
+        }
         let (plen, k) = e.key();
         let v = kernel_value(v, expires);
         if exact(e) && !self.in_trie.contains(e) {
