@@ -764,7 +764,7 @@ struct AgentProxy {
 
 impl crate::proxy::ProxyPolicy for AgentProxy {
     fn original_dst(&self, client: SocketAddr) -> Option<SocketAddr> {
-        let (orig, service, cgroup) = self.dp.lock().ok()?.proxy_original(client)?;
+        let (orig, service, cgroup) = self.dp.lock().ok()?.take_proxy_original(client)?;
         if let Ok(mut m) = self.by_client.lock() {
             if m.len() > 65_536 {
                 m.clear();
