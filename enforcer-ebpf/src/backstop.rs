@@ -26,9 +26,8 @@ use aya_ebpf::{
 };
 use enforcer_common::{
     ANY_PORT, FAMILY_V4, FAMILY_V6, HOOK_BACKSTOP4, HOOK_BACKSTOP6, MAX_CGROUP_DEPTH, Mode, PROTO_TCP, PROTO_UDP,
-    PROTO_UDPLITE, PolicyId,
-    REASON_SOURCE_ROUTE, SETTINGS_F_WORKLOADS, SOCK_F_REPORTED, ServiceId, SockState, VERDICT_ALLOWED, VERDICT_AUDIT,
-    VERDICT_DENIED, has_ports,
+    PROTO_UDPLITE, PolicyId, REASON_SOURCE_ROUTE, SETTINGS_F_WORKLOADS, SOCK_F_REPORTED, ServiceId, SockState,
+    VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED, has_ports,
 };
 
 use crate::{
@@ -142,7 +141,8 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
             }
             return if s.verdict == VERDICT_AUDIT { PASS } else { DROP };
         }
-    } else if to_peer && ty == SOCK_DGRAM && (sk_proto == u32::from(PROTO_UDP) || sk_proto == u32::from(PROTO_UDPLITE)) {
+    } else if to_peer && ty == SOCK_DGRAM && (sk_proto == u32::from(PROTO_UDP) || sk_proto == u32::from(PROTO_UDPLITE))
+    {
         // A UDP socket whose connect() was allowed (a refused one carries its verdict in storage).
         return PASS;
     }

@@ -74,10 +74,8 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             },
         )
         .with_context(|| format!("attaching to {}", cg.display()))?;
-    let adopted = attached
-        .iter()
-        .filter(|(_, o)| matches!(o, AttachOutcome::Adopted | AttachOutcome::Replaced { .. }))
-        .count();
+    let adopted =
+        attached.iter().filter(|(_, o)| matches!(o, AttachOutcome::Adopted | AttachOutcome::Replaced { .. })).count();
     for iface in &args.policy.interfaces {
         agent
             .dp

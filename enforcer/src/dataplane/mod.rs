@@ -37,10 +37,10 @@ use aya::{
 };
 pub use contract::{BootNs, MapContents, Maps, MemoryMaps};
 use enforcer_common::{
-    ALLOW_EXACT_MAX_ENTRIES, ALLOW_F_LEARNED, ALLOW_F_PROXY, ALLOW_MAX_ENTRIES, ANY_PORT, AllowKey, AllowValue, ConnCounters, ConnKey,
-    DestKey, FAMILY_V4, FAMILY_V6, FlowKey, FlowOwnerKey, MAPS, MapKind, Mode, OrigDest, PIN_LAYOUT_VERSION, PROGRAMS,
-    PolicyId, ProgKind, ProxyDest, SETTINGS_DATAPLANE_FLAGS, SETTINGS_F_ACCOUNTING, SETTINGS_F_TRIE, ServiceId,
-    Settings, TrafficKey, TrafficValue, WorkloadValue, map_names, prog_names,
+    ALLOW_EXACT_MAX_ENTRIES, ALLOW_F_LEARNED, ALLOW_F_PROXY, ALLOW_MAX_ENTRIES, ANY_PORT, AllowKey, AllowValue,
+    ConnCounters, ConnKey, DestKey, FAMILY_V4, FAMILY_V6, FlowKey, FlowOwnerKey, MAPS, MapKind, Mode, OrigDest,
+    PIN_LAYOUT_VERSION, PROGRAMS, PolicyId, ProgKind, ProxyDest, SETTINGS_DATAPLANE_FLAGS, SETTINGS_F_ACCOUNTING,
+    SETTINGS_F_TRIE, ServiceId, Settings, TrafficKey, TrafficValue, WorkloadValue, map_names, prog_names,
 };
 pub use events::EventStream;
 use paths::PinDir;
