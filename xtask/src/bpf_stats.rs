@@ -190,6 +190,51 @@ pub fn delta(before: &BTreeMap<u32, ProgStats>, after: &BTreeMap<u32, ProgStats>
         .collect()
 }
 
+/// `bench-bpf-wrap --out FILE -- PROG...`: run PROG (stdio inherited) and write the BPF run
+/// time of the programs attached to this process's cgroup over its run, as JSON, to FILE.
+#[derive(clap::Args)]
+pub struct WrapArgs {
+    #[arg(long)]
+    out: std::path::PathBuf,
+    #[arg(last = true, required = true)]
+    prog: Vec<String>,
+}
+
+pub fn wrap(a: WrapArgs) -> std::process::ExitCode {
+    let before = snapshot().unwrap_or_default();
+    let status = std::process::Command::new(&a.prog[0]).args(&a.prog[1..]).status();
+    let after = snapshot().unwrap_or_default();
+    let progs: Vec<serde_json::Value> = delta(&before, &after)
+        .into_iter()
+        .map(
+            |p| serde_json::json!({"name": p.name, "hook": p.hook, "run_time_ns": p.run_time_ns, "run_cnt": p.run_cnt}),
+        )
+        .collect();
+    if let Err(e) = std::fs::write(&a.out, serde_json::json!({ "bpf": progs }).to_string()) {
+        eprintln!("bench-bpf-wrap: writing {}: {e}", a.out.display());
+        return std::process::ExitCode::FAILURE;
+    }
+    match status {
+        Ok(s) if s.success() => std::process::ExitCode::SUCCESS,
+        Ok(_) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("bench-bpf-wrap: running {}: {e}", a.prog[0]);
+            std::process::ExitCode::from(127)
+        }
+    }
+}
+
+/// (run_time_ns, run_cnt) of program `name` in a `bench-bpf-wrap` output file.
+pub fn read_wrapped(path: &Path, name: &str) -> Option<(u64, u64)> {
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
+    let mut t = (0, 0);
+    for p in v["bpf"].as_array()?.iter().filter(|p| p["name"] == name) {
+        t.0 += p["run_time_ns"].as_u64()?;
+        t.1 += p["run_cnt"].as_u64()?;
+    }
+    Some(t)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -70,6 +70,9 @@ enum Cmd {
     /// Internal: the TCP accept loop of `bench connect`.
     #[command(hide = true)]
     BenchServer(bench::ServerArgs),
+    /// Internal: run a program and record the BPF run time of its cgroup's programs meanwhile.
+    #[command(hide = true)]
+    BenchBpfWrap(bpf_stats::WrapArgs),
 }
 
 fn main() -> ExitCode {
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::BenchClient(a) => return bench::client(a),
         Cmd::BenchServer(a) => return bench::server(a),
+        Cmd::BenchBpfWrap(a) => return bpf_stats::wrap(a),
         cmd => {
             cleanup::install_signal_handler();
             run(cmd)
@@ -107,7 +111,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Demo(a) => demo::main(a),
         Cmd::VmTest(a) => vmtest::main(a),
         Cmd::Bench(b) => bench::main(b),
-        Cmd::BenchClient(_) | Cmd::BenchServer(_) => unreachable!(),
+        Cmd::BenchClient(_) | Cmd::BenchServer(_) | Cmd::BenchBpfWrap(_) => unreachable!(),
     }
 }
 
