@@ -18,9 +18,7 @@
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_SK_STORAGE_GET_F_CREATE, bpf_sock},
-    helpers::generated::{
-        bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id, bpf_skb_load_bytes,
-    },
+    helpers::generated::{bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
     programs::SkBuffContext,
 };
@@ -103,14 +101,17 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
     // The packet goes where the socket is connected: connect() judged exactly this destination
     // (NAT and source routes make them differ).
     let to_peer = !pkt.source_route && to_connected_peer(fsk, &pkt.dest);
-    if pkt.dest.proto == PROTO_TCP && ty == SOCK_STREAM && sk_proto == u32::from(PROTO_TCP) && !pkt.source_route {
-        if !pkt.syn || to_peer {
-            // A real TCP socket: its SYN to the connected peer was allowed by connect4/6 (a denied
-            // connect() never sends one); past the SYN, the destination was judged with the SYN
-            // (NAT applies to the whole connection), or the socket was accepted from a listener
-            // (its peer connected to it), or it is older than the hooks.
-            return PASS;
-        }
+    if pkt.dest.proto == PROTO_TCP
+        && ty == SOCK_STREAM
+        && sk_proto == u32::from(PROTO_TCP)
+        && !pkt.source_route
+        && (!pkt.syn || to_peer)
+    {
+        // A real TCP socket: its SYN to the connected peer was allowed by connect4/6 (a denied
+        // connect() never sends one); past the SYN, the destination was judged with the SYN
+        // (NAT applies to the whole connection), or the socket was accepted from a listener
+        // (its peer connected to it), or it is older than the hooks.
+        return PASS;
     }
     let st = storage(fsk, false);
     if !st.is_null() {
@@ -277,7 +278,7 @@ fn policy_of_skb(skb: *mut __sk_buff, flags: u16) -> PolicyId {
             break;
         }
         // SAFETY: read-only lookup of a value owned by the map.
-        if let Some(w) = unsafe { WORKLOADS.get(&id) } {
+        if let Some(w) = unsafe { WORKLOADS.get(id) } {
             policy_id = w.policy_id;
         }
         level += 1;
@@ -375,36 +376,27 @@ fn parse_v4(ctx: &SkBuffContext) -> Result<Packet, i64> {
 }
 
 /// Whether the IPv4 options (`len` bytes after the fixed header) hold a loose or strict source
-/// route.
+/// route. Read a byte at a time with the helper (packets with options are rare): no
+/// variable-offset stack access for the verifier to refuse.
 #[inline(always)]
 fn v4_source_route(ctx: &SkBuffContext, len: usize) -> Result<bool, i64> {
-    let mut opts = [0u8; 40];
-    // Options are 4..=40 bytes; the bound is spelled out for the verifier.
-    let n = (len as u32) & 0x3f;
-    if n == 0 || n > 40 {
-        return Ok(true);
-    }
-    // SAFETY: `opts` has room for `n` <= 40 bytes.
-    let r = unsafe { bpf_skb_load_bytes(ctx.skb.skb.cast(), 20, opts.as_mut_ptr().cast(), n) };
-    if r != 0 {
-        return Err(r);
-    }
+    let len = len & 0x3f;
     let mut i = 0usize;
     let mut steps = 0;
     while steps < 40 && i < len && i < 40 {
         steps += 1;
-        let t = opts.get(i).copied().unwrap_or(0);
+        let t: u8 = ctx.load(20 + i)?;
         match t {
             0 => break,
             1 => i += 1,
             IPOPT_LSRR | IPOPT_SSRR => return Ok(true),
             _ => {
-                let l = usize::from(opts.get(i + 1).copied().unwrap_or(0));
+                let l: u8 = ctx.load(20 + i + 1)?;
                 if l < 2 {
                     // Malformed: the kernel never builds this; treat it as suspicious.
                     return Ok(true);
                 }
-                i += l;
+                i += usize::from(l);
             }
         }
     }

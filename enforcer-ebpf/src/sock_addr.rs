@@ -245,7 +245,7 @@ fn policy_of_caller(flags: u16) -> PolicyId {
             break;
         }
         // SAFETY: read-only lookup of a value owned by the map.
-        if let Some(w) = unsafe { WORKLOADS.get(&id) } {
+        if let Some(w) = unsafe { WORKLOADS.get(id) } {
             policy_id = w.policy_id;
         }
         level += 1;
@@ -269,10 +269,10 @@ pub fn lookup(settings_flags: u16, policy_id: PolicyId, dest: &Dest) -> Option<A
     let mut key = AllowKey { policy_id, port: dest.port, proto: dest.proto, family: dest.family, addr: dest.addr };
     if dest.port != ANY_PORT {
         // SAFETY: read-only lookup; the value is copied out at once.
-        if let Some(v) = unsafe { ALLOW_EXACT.get(&key) } {
-            if live(v) {
-                return Some(*v);
-            }
+        if let Some(v) = unsafe { ALLOW_EXACT.get(key) }
+            && live(v)
+        {
+            return Some(*v);
         }
     }
     if settings_flags & SETTINGS_F_TRIE == 0 {
@@ -280,10 +280,10 @@ pub fn lookup(settings_flags: u16, policy_id: PolicyId, dest: &Dest) -> Option<A
     }
     let plen = AllowKey::prefix_len(if dest.family == FAMILY_V4 { 32 } else { 128 });
     if dest.port != ANY_PORT {
-        if let Some(v) = ALLOW.get(Key::new(plen, key)) {
-            if live(v) {
-                return Some(*v);
-            }
+        if let Some(v) = ALLOW.get(Key::new(plen, key))
+            && live(v)
+        {
+            return Some(*v);
         }
         key.port = ANY_PORT;
     }
@@ -347,7 +347,7 @@ fn steer_dns(ctx: &SockAddrContext, s: &Settings, dest: &Dest, v6: bool) -> bool
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let orig = OrigDest { addr: dest.addr, port: dest.port, family: dest.family, _pad: [0; 5] };
-    if DNS_ORIG.insert(&cookie, &orig, 0).is_err() {
+    if DNS_ORIG.insert(cookie, orig, 0).is_err() {
         return false;
     }
     // SAFETY: connect/sendmsg programs may write the user address and port.
@@ -389,7 +389,7 @@ fn steer_proxy(
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let orig =
         ProxyDest { addr: dest.addr, port: dest.port, family: dest.family, _pad: 0, service_id, cgroup_id, cookie };
-    if PROXY_ORIG.insert(&cookie, &orig, 0).is_err() {
+    if PROXY_ORIG.insert(cookie, orig, 0).is_err() {
         return false;
     }
     // SAFETY: connect programs may write the user address and port.
@@ -411,7 +411,7 @@ fn steer_proxy(
 pub fn restore_proxy(ctx: &SockAddrContext, v6: bool) -> bool {
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(orig) = (unsafe { PROXY_ORIG.get(&cookie) }) else { return false };
+    let Some(orig) = (unsafe { PROXY_ORIG.get(cookie) }) else { return false };
     let (family, addr, port) = (orig.family, orig.addr, orig.port);
     let sa = ctx.sock_addr;
     // SAFETY: getpeername programs may write the user address and port.
@@ -456,7 +456,7 @@ pub fn restore_dns(ctx: &SockAddrContext, v6: bool) -> i32 {
     }
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(orig) = (unsafe { DNS_ORIG.get(&cookie) }) else { return 1 };
+    let Some(orig) = (unsafe { DNS_ORIG.get(cookie) }) else { return 1 };
     let (family, addr, oport) = (orig.family, orig.addr, orig.port);
     // SAFETY: recvmsg/getpeername programs may write the user address and port.
     unsafe {
@@ -489,12 +489,12 @@ pub fn count_flow(hook: u8, cgroup_id: u64, policy_id: PolicyId, service_id: Ser
         hook,
         _pad: [0; 2],
     };
-    match FLOWS.get_ptr_mut(&key) {
+    match FLOWS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, no concurrent writer on this CPU.
         Some(count) => unsafe { *count += 1 },
         None => {
             // A failed insert only loses a count (the LRU map evicts rather than fills up).
-            let _ = FLOWS.insert(&key, &1, 0);
+            let _ = FLOWS.insert(key, 1, 0);
         }
     }
 }

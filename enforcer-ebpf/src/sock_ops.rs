@@ -128,10 +128,10 @@ fn file_proxy_peer(ctx: &SockOpsContext) {
     // SAFETY: helper valid for sock_ops programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: read-only lookup of a value owned by the map.
-    let Some(orig) = (unsafe { PROXY_ORIG.get(&cookie) }) else { return };
+    let Some(orig) = (unsafe { PROXY_ORIG.get(cookie) }) else { return };
     let mut orig = *orig;
     orig.cookie = cookie;
-    let _ = PROXY_PEERS.insert(&local_key(ctx), &orig, 0);
+    let _ = PROXY_PEERS.insert(local_key(ctx), orig, 0);
 }
 
 /// The client socket closed: its filing goes (if it is still its own) with its `PROXY_ORIG`.
@@ -141,10 +141,10 @@ fn withdraw_proxy_peer(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = local_key(ctx);
     // SAFETY: read-only lookup of a value owned by the map.
-    if unsafe { PROXY_PEERS.get(&key) }.is_some_and(|v| v.cookie == cookie) {
-        let _ = PROXY_PEERS.remove(&key);
+    if unsafe { PROXY_PEERS.get(key) }.is_some_and(|v| v.cookie == cookie) {
+        let _ = PROXY_PEERS.remove(key);
     }
-    let _ = PROXY_ORIG.remove(&cookie);
+    let _ = PROXY_ORIG.remove(cookie);
 }
 
 #[inline(always)]
@@ -159,7 +159,7 @@ fn bump(key: &ConnKey, opened: u64, closed: u64, sent: u64, received: u64) {
         },
         None => {
             let v = ConnCounters { opened, closed, payload_sent: sent, payload_received: received };
-            let _ = CONNS.insert(key, &v, 0);
+            let _ = CONNS.insert(key, v, 0);
         }
     }
 }

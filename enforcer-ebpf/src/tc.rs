@@ -72,26 +72,26 @@ fn try_count(ctx: &TcContext, direction: u8) -> Result<(), i64> {
             cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
             if cgroup_id != 0 {
                 // SAFETY: read-only lookup of a value owned by the map.
-                let known = unsafe { FLOW_OWNER.get(&fk) }.is_some_and(|c| *c == cgroup_id);
+                let known = unsafe { FLOW_OWNER.get(fk) }.is_some_and(|c| *c == cgroup_id);
                 if !known {
-                    let _ = FLOW_OWNER.insert(&fk, &cgroup_id, 0);
+                    let _ = FLOW_OWNER.insert(fk, cgroup_id, 0);
                 }
             }
-        } else if let Some(c) = unsafe { FLOW_OWNER.get(&fk) } {
+        } else if let Some(c) = unsafe { FLOW_OWNER.get(fk) } {
             cgroup_id = *c;
         }
     }
 
     let class = if proto == PROTO_TCP || proto == PROTO_UDP { proto } else { PROTO_OTHER };
     let key = TrafficKey { cgroup_id, service_id, direction, family, proto: class, _pad: 0 };
-    match TRAFFIC.get_ptr_mut(&key) {
+    match TRAFFIC.get_ptr_mut(key) {
         // SAFETY: per-CPU value, no concurrent writer on this CPU.
         Some(v) => unsafe {
             (*v).packets += 1;
             (*v).bytes += bytes;
         },
         None => {
-            let _ = TRAFFIC.insert(&key, &TrafficValue { packets: 1, bytes }, 0);
+            let _ = TRAFFIC.insert(key, TrafficValue { packets: 1, bytes }, 0);
         }
     }
     Ok(())

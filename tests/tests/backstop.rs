@@ -109,6 +109,13 @@ def run(case, a):
         payload = mark
         hdr = struct.pack('!HHHH', 40000, int(a[1]), 8 + len(payload), 0)
         s.sendto(hdr + payload, (a[0], 0))
+    elif case == 'lsrr4':
+        # An IPv4 loose source route (CAP_NET_RAW): the packet goes first to the hop a[1], the
+        # socket's destination a[0] rides in the option.
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        opt = bytes([131, 7, 4]) + socket.inet_aton(a[1]) + bytes([0])
+        s.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, opt)
+        s.sendto(mark, (a[0], int(a[2])))
     elif case == 'rthdr6':
         # An SRv6 header (type 4): segments[0] is replaced by the socket's destination (allowed),
         # the packet goes first to segments[1] (`via`, unregistered).
@@ -159,8 +166,12 @@ impl Pair {
         // Unprivileged ping sockets for every group, in the client namespace only.
         p.client_sh(&["sysctl", "-qw", "net.ipv4.ping_group_range=0 2147483647"]);
         // The server namespace processes SRv6 headers, so a source-routed datagram is delivered.
+        // ... and accepts IPv4 source routes.
         for k in ["all", "veth0"] {
-            sh(&["ip", "netns", "exec", &p.server.name, "sysctl", "-qw", &format!("net.ipv6.conf.{k}.seg6_enabled=1")]);
+            for kv in [format!("net.ipv6.conf.{k}.seg6_enabled=1"), format!("net.ipv4.conf.{k}.accept_source_route=1")]
+            {
+                sh(&["ip", "netns", "exec", &p.server.name, "sysctl", "-qw", &kv]);
+            }
         }
         p
     }
@@ -268,6 +279,8 @@ fn packets_the_socket_address_does_not_show_are_dropped_and_reported() {
         format!("ping6|{u6}"),
         format!("raw4|{u4}|{PORT}"),
         format!("rthdr6|{a6}|{u6}|{PORT}"),
+        // Both ends registered: only the source route itself is refused.
+        format!("lsrr4|{a4}|{a4}|{PORT}"),
     ];
     // Without enforcement every marker arrives (so an empty log below is the backstop's doing).
     let plain = send_plain(&p, &cases);
@@ -275,8 +288,8 @@ fn packets_the_socket_address_does_not_show_are_dropped_and_reported() {
     let mut checked = Vec::new();
     for s in &plain {
         let mark = format!("ENFMARK-{}", s.case);
-        if s.case == "rthdr6" && !s.ok {
-            eprintln!("skipping rthdr6: this kernel refuses IPV6_RTHDR type 4 ({:?})", s.error);
+        if (s.case == "rthdr6" || s.case == "lsrr4") && (!s.ok || !seen.contains(&mark)) {
+            eprintln!("skipping {}: not delivered here even without enforcer ({:?})", s.case, s.error);
             continue;
         }
         assert!(s.ok, "without enforcer, {} should be sent: {s:?}", s.case);
