@@ -225,3 +225,44 @@ fn a_pin_layout_of_another_version_is_rebuilt_deliberately_without_a_lapse() {
         assert_ne!(ids, &before[hook], "{hook} runs the new program");
     }
 }
+
+#[test]
+fn the_kernel_refuses_an_expired_learned_entry_while_no_daemon_runs() {
+    let ns = Netns::new();
+    let _srv = ns.serve(&[&format!("tcp:{PORT}")]);
+    let learned = ns.v4(3);
+    let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("short.svc.test", &learned)], 1, &[]);
+    let dir = TempDir::new("k-expiry");
+    let reg = dir.write("registry.yaml", &se_none("wild", "*.svc.test"));
+    let cg = Cgroup::new("kexpiry");
+    let args: Vec<String> = [
+        "--registry",
+        reg.to_str().unwrap(),
+        "--no-host-dns",
+        "--dns-upstream",
+        &dns.addr.ip().to_string(),
+        "--dns-port",
+        "0",
+        "--dns-ttl-floor",
+        "1s",
+        "--dns-ttl-ceiling",
+        "1s",
+        "--dns-grace",
+        "1s",
+    ]
+    .map(String::from)
+    .to_vec();
+
+    let d = Daemon::start(&cg, PinDir::new(), &args);
+    d.wait_log("enforcing");
+    let req = [json!({"op": "resolve_connect", "name": "short.svc.test", "port": PORT})];
+    let res = parse_worker(&cg.run(&worker_cmd(&req)), 1);
+    assert_eq!(res[0]["connect"]["ok"], true, "learned and connected: {:?}\n{}", res[0], d.log());
+    // No daemon, so nothing sweeps the entry out of the pinned map: the kernel itself must stop
+    // honouring it once its expiry (TTL 1 s + grace 1 s) has passed.
+    let (st, log, _pins) = d.stop();
+    assert_eq!(st, 0, "{log}");
+    std::thread::sleep(Duration::from_secs(4));
+    let run = cg.client(&[op("tcp", &learned, PORT)]);
+    run.res[0].assert_eperm();
+}
