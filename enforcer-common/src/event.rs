@@ -7,6 +7,11 @@ pub const HOOK_CONNECT4: u8 = 1;
 pub const HOOK_CONNECT6: u8 = 2;
 pub const HOOK_SENDMSG4: u8 = 3;
 pub const HOOK_SENDMSG6: u8 = 4;
+/// The cgroup_skb egress backstop judged an IPv4 / IPv6 packet (its real destination and
+/// protocol: after NAT, source routes, from raw and ping sockets, or the first send of a UDP
+/// socket connected to a denied destination).
+pub const HOOK_BACKSTOP4: u8 = 5;
+pub const HOOK_BACKSTOP6: u8 = 6;
 
 /// `Event::reason`: why the destination is not allowed.
 /// No registry entry for the address at all.
@@ -15,6 +20,9 @@ pub const REASON_NOT_IN_REGISTRY: u8 = 1;
 pub const REASON_PORT_NOT_LISTED: u8 = 2;
 /// The address and port are listed, but for the other protocol (TCP vs UDP).
 pub const REASON_PROTOCOL: u8 = 3;
+/// The packet carries a source route (an IPv6 routing header, an IPv4 LSRR/SSRR option): it would
+/// be delivered via addresses no hook judged.
+pub const REASON_SOURCE_ROUTE: u8 = 4;
 
 /// `Event::verdict` / `FlowKey::verdict`.
 /// The connection was allowed (flows only; never sent as an event).
@@ -46,7 +54,7 @@ pub struct Event {
     pub addr: [u8; 16],
     /// Destination port, host byte order.
     pub port: u16,
-    /// `PROTO_TCP` / `PROTO_UDP` (other protocols are passed through, never evented).
+    /// The IP protocol number (`PROTO_TCP`, `PROTO_UDP`, `PROTO_UDPLITE`, `PROTO_ICMP`, ...).
     pub proto: u8,
     /// `FAMILY_V4` / `FAMILY_V6` (v4-mapped IPv6 is reported as V4).
     pub family: u8,

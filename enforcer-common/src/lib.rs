@@ -13,7 +13,7 @@ pub mod policy;
 
 pub use event::*;
 pub use ids::{PolicyId, ServiceId};
-pub use maps::{MAPS, MapKind, MapSpec, PIN_LAYOUT_VERSION, map_spec};
+pub use maps::{MAPS, MapKind, MapSpec, PIN_LAYOUT_VERSION, PROGRAMS, ProgKind, ProgSpec, map_spec};
 pub use mode::{Mode, UnknownMode};
 pub use policy::*;
 
@@ -21,6 +21,7 @@ pub use policy::*;
 /// with the same identifier; [`MAPS`] is the table of their shapes.
 pub mod map_names {
     pub const ALLOW: &str = "ALLOW";
+    pub const ALLOW_EXACT: &str = "ALLOW_EXACT";
     pub const DESTS: &str = "DESTS";
     pub const MODES: &str = "MODES";
     pub const WORKLOADS: &str = "WORKLOADS";
@@ -32,9 +33,10 @@ pub mod map_names {
     pub const TRAFFIC: &str = "TRAFFIC";
     pub const FLOW_OWNER: &str = "FLOW_OWNER";
     pub const CONNS: &str = "CONNS";
-    pub const SOCKS: &str = "SOCKS";
+    pub const SOCK_STATE: &str = "SOCK_STATE";
     pub const PROXY_ORIG: &str = "PROXY_ORIG";
     pub const PROXY_PEERS: &str = "PROXY_PEERS";
+    pub const PIN_LAYOUT: &str = "PIN_LAYOUT";
 }
 
 /// Program names (the function names in `enforcer-ebpf`), one per hook.
@@ -57,6 +59,8 @@ pub mod prog_names {
     /// Per-interface traffic counters (TC clsact / tcx).
     pub const TC_EGRESS: &str = "tc_egress";
     pub const TC_INGRESS: &str = "tc_ingress";
+    /// The per-packet backstop (cgroup_skb egress, IPv4 and IPv6).
+    pub const BACKSTOP: &str = "backstop";
 }
 
 #[cfg(test)]
@@ -78,9 +82,41 @@ mod layout_tests {
 
     #[test]
     fn allow_value_has_no_padding() {
-        assert_eq!(size_of::<AllowValue>(), 8);
+        assert_eq!(size_of::<AllowValue>(), 16);
         assert_eq!(offset_of!(AllowValue, service_id), 0);
         assert_eq!(offset_of!(AllowValue, flags), 4);
+        assert_eq!(offset_of!(AllowValue, expires_ns), 8);
+        let v = AllowValue { expires_ns: 100, ..AllowValue::new(ServiceId::NONE, 0) };
+        assert!(v.live_at(99) && !v.live_at(100));
+        assert!(AllowValue::new(ServiceId::NONE, 0).live_at(u64::MAX));
+    }
+
+    #[test]
+    fn sock_state_has_no_padding() {
+        assert_eq!(size_of::<SockState>(), 64);
+        assert_eq!(offset_of!(SockState, addr), 8);
+        assert_eq!(offset_of!(SockState, port), 24);
+        assert_eq!(offset_of!(SockState, proto), 26);
+        assert_eq!(offset_of!(SockState, family), 27);
+        assert_eq!(offset_of!(SockState, verdict), 28);
+        assert_eq!(offset_of!(SockState, reason), 29);
+        assert_eq!(offset_of!(SockState, flags), 30);
+        assert_eq!(offset_of!(SockState, hook), 31);
+        assert_eq!(offset_of!(SockState, policy_id), 32);
+        assert_eq!(offset_of!(SockState, service_id), 36);
+        assert_eq!(offset_of!(SockState, mode), 40);
+        assert_eq!(offset_of!(SockState, pid), 44);
+        assert_eq!(offset_of!(SockState, comm), 48);
+    }
+
+    #[test]
+    fn ported_protocols() {
+        for p in [PROTO_TCP, PROTO_UDP, PROTO_UDPLITE, PROTO_SCTP, PROTO_DCCP] {
+            assert!(has_ports(p), "{p}");
+        }
+        for p in [PROTO_ICMP, PROTO_ICMPV6, 0, 255] {
+            assert!(!has_ports(p), "{p}");
+        }
     }
 
     #[test]
@@ -122,8 +158,9 @@ mod layout_tests {
         assert_eq!(offset_of!(Settings, flags), 22);
         assert_eq!(offset_of!(Settings, agent_mark), 24);
         assert_eq!(offset_of!(Settings, proxy_port), 28);
-        assert_eq!(size_of::<ProxyDest>(), 32);
+        assert_eq!(size_of::<ProxyDest>(), 40);
         assert_eq!(offset_of!(ProxyDest, cgroup_id), 24);
+        assert_eq!(offset_of!(ProxyDest, cookie), 32);
         assert_eq!(offset_of!(ProxyDest, port), 16);
         assert_eq!(offset_of!(ProxyDest, family), 18);
         assert_eq!(offset_of!(ProxyDest, service_id), 20);
@@ -138,6 +175,7 @@ mod layout_tests {
         assert_eq!(offset_of!(TrafficKey, service_id), 8);
         assert_eq!(offset_of!(TrafficKey, direction), 12);
         assert_eq!(offset_of!(TrafficKey, family), 13);
+        assert_eq!(offset_of!(TrafficKey, proto), 14);
         assert_eq!(size_of::<TrafficValue>(), 16);
         assert_eq!(size_of::<FlowOwnerKey>(), 24);
         assert_eq!(offset_of!(FlowOwnerKey, remote_port), 16);
@@ -147,9 +185,6 @@ mod layout_tests {
         assert_eq!(size_of::<ConnKey>(), 16);
         assert_eq!(offset_of!(ConnKey, service_id), 8);
         assert_eq!(size_of::<ConnCounters>(), 32);
-        assert_eq!(size_of::<SockInfo>(), 16);
-        assert_eq!(offset_of!(SockInfo, service_id), 8);
-        assert_eq!(offset_of!(SockInfo, established), 12);
     }
 
     #[test]
@@ -179,10 +214,19 @@ mod layout_tests {
         // The table is the single source; spot-check that it is built from the real types and that
         // every name fits the kernel's 15 bytes and is unique.
         assert_eq!(map_spec(map_names::ALLOW).map(|m| m.key_size), Some(28));
+        assert_eq!(map_spec(map_names::ALLOW_EXACT).map(|m| m.key_size), Some(24));
+        assert_eq!(
+            map_spec(map_names::SOCK_STATE).map(|m| (m.kind, m.key_size, m.max_entries)),
+            Some((MapKind::SkStorage, 4, 0))
+        );
         assert_eq!(map_spec(map_names::FLOWS).map(|m| m.key_size), Some(size_of::<FlowKey>() as u32));
         for (i, m) in MAPS.iter().enumerate() {
             assert!(m.name.len() <= 15, "{} is longer than the kernel keeps", m.name);
             assert!(MAPS[i + 1..].iter().all(|o| o.name != m.name), "{} listed twice", m.name);
+        }
+        for (i, p) in PROGRAMS.iter().enumerate() {
+            assert!(p.name.len() <= 15, "{} is longer than the kernel keeps", p.name);
+            assert!(PROGRAMS[i + 1..].iter().all(|o| o.name != p.name), "{} listed twice", p.name);
         }
     }
 

@@ -6,17 +6,38 @@ use crate::{PolicyId, ServiceId};
 pub const FAMILY_V4: u8 = 2;
 pub const FAMILY_V6: u8 = 10;
 
-/// IP protocol numbers used in keys.
+/// IP protocol numbers used in keys. Keys carry the packet's real L4 protocol: TCP and UDP are
+/// judged with their port; UDP-Lite, SCTP and DCCP too (their ports sit where UDP's do); any other
+/// protocol (ICMP, raw IP, ...) is judged with `ANY_PORT`, so only a registry entry for that
+/// protocol (or `SETTINGS_F_ICMP` for echo to a registered address) lets it out.
+pub const PROTO_ICMP: u8 = 1;
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
+pub const PROTO_DCCP: u8 = 33;
+pub const PROTO_ICMPV6: u8 = 58;
+pub const PROTO_SCTP: u8 = 132;
+pub const PROTO_UDPLITE: u8 = 136;
+/// `TrafficKey::proto` for anything that is neither TCP nor UDP.
+pub const PROTO_OTHER: u8 = 0;
+
+/// Whether packets of `proto` carry 16-bit source and destination ports at the start of their L4
+/// header (so the destination port is judged).
+#[inline(always)]
+pub const fn has_ports(proto: u8) -> bool {
+    matches!(proto, PROTO_TCP | PROTO_UDP | PROTO_UDPLITE | PROTO_SCTP | PROTO_DCCP)
+}
 
 /// `AllowKey::port` value meaning "any port" (from `--allow-cidr 10.0.0.0/8` without a port).
 pub const ANY_PORT: u16 = 0;
 
-/// Capacity of `ALLOW` (LPM trie). At least 256k entries: one per (policy, address/CIDR, port,
-/// protocol). At ~64 bytes per trie node that is ~16 MiB of kernel memory when full; entries are
-/// allocated on insert (`BPF_F_NO_PREALLOC`, required for LPM tries).
+/// Capacity of `ALLOW` (LPM trie): CIDR entries, `ANY_PORT` entries, and exact entries that did
+/// not fit `ALLOW_EXACT`. At ~64 bytes per trie node that is ~16 MiB of kernel memory when full;
+/// entries are allocated on insert (`BPF_F_NO_PREALLOC`, required for LPM tries).
 pub const ALLOW_MAX_ENTRIES: u32 = 262_144;
+/// Capacity of `ALLOW_EXACT` (hash, `BPF_F_NO_PREALLOC`): single addresses (/32, /128) on one
+/// port, the common case, found with one hash lookup. The agent's ALLOW capacity is the sum of
+/// both maps.
+pub const ALLOW_EXACT_MAX_ENTRIES: u32 = 262_144;
 /// Capacity of `DESTS` (LPM trie): one per registry address/CIDR, across policies.
 pub const DESTS_MAX_ENTRIES: u32 = 262_144;
 /// Capacity of `MODES` (array indexed by policy id) and so the number of policies.
@@ -36,14 +57,17 @@ pub const FLOWS_MAX_ENTRIES: u32 = 65_536;
 pub const DNS_ORIG_MAX_ENTRIES: u32 = 65_536;
 
 /// Capacity of `TRAFFIC`, `CONNS` (LRU per-CPU hashes: the least recently used key is evicted,
-/// which Prometheus sees as a counter reset), `SOCKS` and `FLOW_OWNER` (LRU hashes).
+/// which Prometheus sees as a counter reset) and `FLOW_OWNER` (LRU hash).
 pub const TRAFFIC_MAX_ENTRIES: u32 = 65_536;
 pub const CONNS_MAX_ENTRIES: u32 = 65_536;
-pub const SOCKS_MAX_ENTRIES: u32 = 262_144;
 pub const FLOW_OWNER_MAX_ENTRIES: u32 = 262_144;
 
-/// `TrafficKey::direction`.
+/// `TrafficKey::direction`: which way the packets went, seen from the workload.
+/// `DIR_EGRESS`: from the workload to the destination, i.e. the *request* bytes, which Istio counts
+/// as `istio_tcp_received_bytes_total` (bytes the destination received during the request).
 pub const DIR_EGRESS: u8 = 0;
+/// `DIR_INGRESS`: from the destination back to the workload, the *response* bytes, which Istio
+/// counts as `istio_tcp_sent_bytes_total` (istio.io standard metrics; istio/istio#32399).
 pub const DIR_INGRESS: u8 = 1;
 
 /// `Settings::flags`: `WORKLOADS` has entries; walk the caller's cgroup ancestors to find its
@@ -60,6 +84,16 @@ pub const PROXY_MAX_ENTRIES: u32 = 65_536;
 
 /// `Settings::flags`: steer port-53 traffic (UDP sendmsg/connect, TCP connect) to the forwarder.
 pub const SETTINGS_F_DNS_STEER: u16 = 1 << 0;
+/// `Settings::flags`: the `ALLOW` trie holds entries (CIDRs, `ANY_PORT`, overflow). Off: the
+/// programs judge with the one `ALLOW_EXACT` hash lookup. Kept by the dataplane, not the agent.
+pub const SETTINGS_F_TRIE: u16 = 1 << 3;
+/// `Settings::flags`: ICMP / ICMPv6 to an address of the registry (`DESTS`) is allowed under
+/// REGISTRY_ONLY (off: only an ALLOW entry for the ICMP protocol lets it out).
+pub const SETTINGS_F_ICMP: u16 = 1 << 4;
+/// `Settings::flags`: TCP connection accounting (`CONNS`) is on. Kept by the dataplane.
+pub const SETTINGS_F_ACCOUNTING: u16 = 1 << 5;
+/// The `Settings::flags` bits the dataplane owns (merged into whatever the agent writes).
+pub const SETTINGS_DATAPLANE_FLAGS: u16 = SETTINGS_F_TRIE | SETTINGS_F_ACCOUNTING;
 
 /// `AllowValue::flags`: the entry allows the host's DNS resolver (port 53), not a registry service.
 pub const ALLOW_F_DNS: u32 = 1 << 0;
@@ -67,6 +101,8 @@ pub const ALLOW_F_DNS: u32 = 1 << 0;
 pub const ALLOW_F_PROXY: u32 = 1 << 1;
 /// `AllowValue::flags`: added by `--allow`/`--allow-cidr` on the command line.
 pub const ALLOW_F_CLI: u32 = 1 << 2;
+/// `AllowValue::flags`: learned from a DNS answer; `expires_ns` is its end of life.
+pub const ALLOW_F_LEARNED: u32 = 1 << 3;
 
 /// Data of the `ALLOW` LPM-trie key (the trie key is `{prefix_len: u32, data: AllowKey}`).
 ///
@@ -97,7 +133,7 @@ impl AllowKey {
     }
 }
 
-/// Value of the `ALLOW` trie.
+/// Value of `ALLOW` and `ALLOW_EXACT` (and `DESTS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct AllowValue {
@@ -106,6 +142,23 @@ pub struct AllowValue {
     pub service_id: ServiceId,
     /// `ALLOW_F_*` bits.
     pub flags: u32,
+    /// End of life of a learned entry on `CLOCK_BOOTTIME` (`bpf_ktime_get_boot_ns()`), 0: never
+    /// (a registry entry). The kernel refuses an expired entry by itself, and a restarted daemon
+    /// reads the expiry back, so learned entries survive restarts without outliving their TTL.
+    pub expires_ns: u64,
+}
+
+impl AllowValue {
+    /// A registry entry (never expires).
+    pub const fn new(service_id: ServiceId, flags: u32) -> Self {
+        Self { service_id, flags, expires_ns: 0 }
+    }
+
+    /// Whether the entry still allows at boot-clock time `now_ns`.
+    #[inline(always)]
+    pub const fn live_at(&self, now_ns: u64) -> bool {
+        self.expires_ns == 0 || self.expires_ns > now_ns
+    }
 }
 
 /// Data of the `DESTS` LPM-trie key: which service owns an address, whatever the port and policy.
@@ -220,6 +273,11 @@ pub struct Settings {
 
 /// Value of `PROXY_ORIG` (key: socket cookie) and `PROXY_PEERS` (key: the client's local
 /// address as `OrigDest`): where a connection steered to the L7 proxy meant to go.
+///
+/// A `PROXY_PEERS` filing is bound to the client socket that made it (`cookie`): the kernel files
+/// it when that socket sends its SYN, deletes it when that socket closes (only if the filing is
+/// still its own), and the agent deletes it when it reads it (once per accept), so a later
+/// connection from the same address and port is never served as this one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ProxyDest {
@@ -232,6 +290,8 @@ pub struct ProxyDest {
     pub service_id: ServiceId,
     /// cgroup of the connecting process (the proxy's `source_workload`).
     pub cgroup_id: u64,
+    /// Socket cookie of the client socket.
+    pub cookie: u64,
 }
 
 /// Value of `DNS_ORIG` (key: socket cookie): where a steered socket meant to send its DNS query, so
@@ -255,10 +315,13 @@ pub struct TrafficKey {
     pub cgroup_id: u64,
     /// Registry service owning the remote address (`ServiceId::NONE`: PassthroughCluster).
     pub service_id: ServiceId,
-    /// `DIR_EGRESS` / `DIR_INGRESS`.
+    /// `DIR_EGRESS` (request bytes) / `DIR_INGRESS` (response bytes).
     pub direction: u8,
     pub family: u8,
-    pub _pad: [u8; 2],
+    /// `PROTO_TCP`, `PROTO_UDP` or `PROTO_OTHER` (ICMP, UDP-Lite, SCTP, ...), so TCP metrics stay
+    /// TCP-only.
+    pub proto: u8,
+    pub _pad: u8,
 }
 
 /// Packets and L3 bytes (IP header + payload; the Ethernet header is not counted).
@@ -305,15 +368,46 @@ pub struct ConnCounters {
     pub payload_received: u64,
 }
 
-/// Value of `SOCKS` (key: socket cookie): who opened a TCP socket, to what service. Written by
-/// connect4/6, read by the sock_ops program.
+/// `SockState::flags`: the TCP connection was counted as opened in `CONNS`.
+pub const SOCK_F_ESTABLISHED: u8 = 1 << 0;
+/// `SockState::flags`: count this TCP connection in `CONNS` (accounting was on at connect).
+pub const SOCK_F_ACCOUNT: u8 = 1 << 1;
+/// `SockState::flags`: the connection was steered to the L7 proxy (`PROXY_ORIG` holds where it
+/// meant to go; sock_ops files it in `PROXY_PEERS`).
+pub const SOCK_F_PROXIED: u8 = 1 << 2;
+/// `SockState::flags`: the denial of `addr` was reported (event + flow) already.
+pub const SOCK_F_REPORTED: u8 = 1 << 3;
+
+/// Value of `SOCK_STATE` (socket-local storage, freed with the socket): what connect/sendmsg
+/// judged for this socket, so the backstop only compares each packet's destination with it, and
+/// the sock_ops accounting knows the connection's workload and service.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct SockInfo {
+pub struct SockState {
+    /// cgroup of the process that connected.
     pub cgroup_id: u64,
+    /// The judged destination: where the socket's packets go (after any steering rewrite).
+    pub addr: [u8; 16],
+    /// Host byte order; `ANY_PORT` for protocols without ports.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+    /// `VERDICT_*` for `addr`: allowed, denied (a UDP connect refused at its first send), audit.
+    pub verdict: u8,
+    /// `REASON_*` when not allowed.
+    pub reason: u8,
+    /// `SOCK_F_*`.
+    pub flags: u8,
+    /// `HOOK_*` that judged it.
+    pub hook: u8,
+    pub policy_id: PolicyId,
     pub service_id: ServiceId,
-    /// 1 once counted as opened.
-    pub established: u32,
+    /// `Mode` (raw) in force when judged.
+    pub mode: u32,
+    /// Process (tgid) that connected, for events raised later by the backstop.
+    pub pid: u32,
+    /// `comm` of the thread that connected.
+    pub comm: [u8; 16],
 }
 
 #[cfg(feature = "user")]
@@ -323,7 +417,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowOwnerKey {}
     unsafe impl aya::Pod for super::ConnKey {}
     unsafe impl aya::Pod for super::ConnCounters {}
-    unsafe impl aya::Pod for super::SockInfo {}
+    unsafe impl aya::Pod for super::SockState {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::OrigDest {}
     unsafe impl aya::Pod for super::ProxyDest {}

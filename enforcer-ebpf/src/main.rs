@@ -1,16 +1,18 @@
 //! enforcer's kernel programs. Each program is named after its hook; the verdict logic is shared in
-//! `sock_addr`, the maps are all in `maps`.
+//! `sock_addr` (and reused by the per-packet `backstop`), the maps are all in `maps`. The list of
+//! programs and maps is also `enforcer_common::{PROGRAMS, MAPS}`; a test checks they agree.
 #![no_std]
 #![no_main]
 
+mod backstop;
 mod maps;
 mod sock_addr;
 mod sock_ops;
 mod tc;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, classifier, sock_ops},
-    programs::{SockAddrContext, SockOpsContext, TcContext},
+    macros::{cgroup_skb, cgroup_sock_addr, classifier, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext, TcContext},
 };
 use enforcer_common::{DIR_EGRESS, DIR_INGRESS, HOOK_CONNECT4, HOOK_CONNECT6, HOOK_SENDMSG4, HOOK_SENDMSG6};
 
@@ -72,6 +74,13 @@ pub fn getpeername6(ctx: SockAddrContext) -> i32 {
 #[sock_ops]
 pub fn sock_ops(ctx: SockOpsContext) -> u32 {
     sock_ops::handle(&ctx)
+}
+
+/// The per-packet backstop: every IPv4/IPv6 packet a socket of the cgroup sends, judged by its
+/// real destination and protocol.
+#[cgroup_skb(egress)]
+pub fn backstop(ctx: SkBuffContext) -> i32 {
+    backstop::check(&ctx)
 }
 
 /// Traffic counters on an interface's egress (TC clsact / tcx).

@@ -1,23 +1,35 @@
-//! Every map of the kernel programs, in one place. Capacities are documented in
-//! `enforcer_common::policy`. None is declared pinned: the daemon pins each one by name under its
-//! bpffs directory (`EbpfLoader::map_pin_path`), so a restarted daemon reuses them, while
-//! `enforcer run`'s maps stay private to that run.
+//! Every map of the kernel programs, in one place. Shapes are listed once more, as data, in
+//! `enforcer_common::MAPS`; a unit test of the agent parses the built object and fails when the two
+//! differ. None is declared pinned: the daemon pins each one by name under its bpffs directory
+//! (`EbpfLoader::map_pin_path`), so a restarted daemon reuses them, while `enforcer run`'s maps
+//! stay private to that run.
 
 use aya_ebpf::{
-    macros::map,
+    bindings::BPF_F_NO_PREALLOC,
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey, DESTS_MAX_ENTRIES,
-    DNS_ORIG_MAX_ENTRIES, DestKey, DestValue, EVENTS_RING_BYTES, FLOW_OWNER_MAX_ENTRIES, FLOWS_MAX_ENTRIES, FlowKey,
-    FlowOwnerKey, MAX_POLICIES, OrigDest, PROXY_MAX_ENTRIES, ProxyDest, SOCKS_MAX_ENTRIES, Settings, SockInfo,
-    TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, WorkloadValue,
+    ALLOW_EXACT_MAX_ENTRIES, ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey,
+    DESTS_MAX_ENTRIES, DNS_ORIG_MAX_ENTRIES, DestKey, DestValue, EVENTS_RING_BYTES, FLOW_OWNER_MAX_ENTRIES,
+    FLOWS_MAX_ENTRIES, FlowKey, FlowOwnerKey, MAX_POLICIES, OrigDest, PROXY_MAX_ENTRIES, ProxyDest, Settings,
+    SockState, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, WorkloadValue,
 };
 
-/// Allowed destinations: (policy, port, protocol, family, address/CIDR) -> service.
-/// LPM trie, `ALLOW_MAX_ENTRIES` (262,144) entries.
+/// Allowed destinations that need a longest-prefix match: CIDRs, `ANY_PORT` entries, and exact
+/// entries that did not fit `ALLOW_EXACT`: (policy, port, protocol, family, address/CIDR) ->
+/// service. Looked up only while it holds entries (`SETTINGS_F_TRIE`). LPM trie,
+/// `ALLOW_MAX_ENTRIES` (262,144) entries.
 #[map]
 pub static ALLOW: LpmTrie<AllowKey, AllowValue> = LpmTrie::with_max_entries(ALLOW_MAX_ENTRIES, 0);
+
+/// Allowed single addresses on one port: (policy, port, protocol, family, address) -> service.
+/// One hash lookup judges the common case. Hash (`BPF_F_NO_PREALLOC`: memory on insert),
+/// `ALLOW_EXACT_MAX_ENTRIES` (262,144) entries.
+#[map]
+pub static ALLOW_EXACT: HashMap<AllowKey, AllowValue> =
+    HashMap::with_max_entries(ALLOW_EXACT_MAX_ENTRIES, BPF_F_NO_PREALLOC);
 
 /// Registry addresses/CIDRs -> owning service, whatever the port or policy. Read only on the deny
 /// path, to say "port not listed" rather than "not in registry". LPM trie, `DESTS_MAX_ENTRIES`.
@@ -71,10 +83,16 @@ pub static FLOW_OWNER: LruHashMap<FlowOwnerKey, u64> = LruHashMap::with_max_entr
 #[map]
 pub static CONNS: LruPerCpuHashMap<ConnKey, ConnCounters> = LruPerCpuHashMap::with_max_entries(CONNS_MAX_ENTRIES, 0);
 
-/// Socket cookie -> (cgroup, service) of TCP sockets whose connect() was allowed. LRU hash,
-/// `SOCKS_MAX_ENTRIES` (262,144).
+/// What connect/sendmsg judged for a socket (destination, verdict, workload, service), kept in the
+/// socket itself and freed with it: the backstop compares packets with it, sock_ops accounts with
+/// it. Socket-local storage (a BTF map: the kernel requires BTF for it).
+#[btf_map]
+pub static SOCK_STATE: SkStorage<SockState> = SkStorage::new();
+
+/// The pin layout version (`enforcer_common::PIN_LAYOUT_VERSION`) the pinned maps were made for;
+/// written by the daemon, never read by the programs. Array of 1.
 #[map]
-pub static SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(SOCKS_MAX_ENTRIES, 0);
+pub static PIN_LAYOUT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Socket cookie -> where a connection steered to the L7 proxy meant to go (for getpeername and
 /// for sock_ops to file it under the client's address). LRU hash, `PROXY_MAX_ENTRIES` (65,536).

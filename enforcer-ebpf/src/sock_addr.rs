@@ -1,10 +1,12 @@
-//! The verdict shared by the connect4/connect6/sendmsg4/sendmsg6 hooks.
+//! The verdict of the connect4/connect6/sendmsg4/sendmsg6 hooks, and the lookups, explanations,
+//! flow counts and events the backstop (`backstop.rs`) shares with them.
 
 use aya_ebpf::{
     EbpfContext as _,
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie},
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_sk_storage_get},
     },
     maps::lpm_trie::Key,
     programs::SockAddrContext,
@@ -12,23 +14,49 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use enforcer_common::{
     ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey, HOOK_CONNECT4,
-    HOOK_CONNECT6, MAX_CGROUP_DEPTH, Mode, OrigDest, PROTO_TCP, PROTO_UDP, PolicyId, ProxyDest, REASON_NOT_IN_REGISTRY,
-    REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, SETTINGS_F_WORKLOADS, ServiceId,
-    SockInfo, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED, ip6_bytes, ip6_mapped_words, ip6_words, v4_from_mapped,
+    HOOK_CONNECT6, MAX_CGROUP_DEPTH, Mode, OrigDest, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE,
+    PolicyId, ProxyDest, REASON_NOT_IN_REGISTRY, REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SETTINGS_F_ACCOUNTING,
+    SETTINGS_F_DNS_STEER, SETTINGS_F_ICMP, SETTINGS_F_PROXY, SETTINGS_F_TRIE, SETTINGS_F_WORKLOADS, SOCK_F_ACCOUNT,
+    SOCK_F_PROXIED, SOCK_F_REPORTED, ServiceId, Settings, SockState, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
+    ip6_bytes, ip6_mapped_words, ip6_words, v4_from_mapped,
 };
 
-use crate::maps::{ALLOW, DESTS, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, PROXY_ORIG, SETTINGS, SOCKS, WORKLOADS};
+use crate::maps::{
+    ALLOW, ALLOW_EXACT, DESTS, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, PROXY_ORIG, SETTINGS, SOCK_STATE, WORKLOADS,
+};
 
 /// Return values of cgroup sock_addr programs: 1 lets the call proceed, 0 fails it with EPERM.
 pub const ALLOW_CALL: i32 = 1;
 pub const DENY_CALL: i32 = 0;
 
 /// A destination as the maps key it.
-struct Dest {
-    family: u8,
-    addr: [u8; 16],
-    port: u16,
-    proto: u8,
+#[derive(Clone, Copy)]
+pub struct Dest {
+    pub family: u8,
+    pub addr: [u8; 16],
+    /// `ANY_PORT` for protocols without ports.
+    pub port: u16,
+    /// The real IP protocol number.
+    pub proto: u8,
+}
+
+/// Settings every program reads once per call: a zeroed copy when the map slot is unreadable
+/// (never: an array slot always exists), which judges everything by the default policy with no
+/// steering.
+#[inline(always)]
+pub fn settings() -> &'static Settings {
+    static ZERO: Settings =
+        Settings { local_v6: [0; 16], local_v4: [0; 4], dns_port: 0, flags: 0, agent_mark: 0, proxy_port: 0, _pad: 0 };
+    SETTINGS.get(0).unwrap_or(&ZERO)
+}
+
+/// The raw mode of `policy_id` (`Mode::Unset`, judged as REGISTRY_ONLY, when never written).
+#[inline(always)]
+pub fn mode_of(policy_id: PolicyId) -> u32 {
+    match MODES.get(policy_id.get()) {
+        Some(m) => *m,
+        None => Mode::Unset.raw(),
+    }
 }
 
 /// Judge one connect()/sendmsg(). `v6` selects which address field of the context is valid.
@@ -37,8 +65,9 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     // SAFETY: the kernel hands sock_addr programs a valid bpf_sock_addr.
     let sa = unsafe { &*ctx.sock_addr };
     let proto = sa.protocol as u8;
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        // ICMP/raw sockets are not judged (see README limits).
+    let udp = proto == PROTO_UDP || proto == PROTO_UDPLITE;
+    if proto != PROTO_TCP && !udp {
+        // Ping sockets and anything else: their packets are judged one by one by the backstop.
         return ALLOW_CALL;
     }
     let mut dest = Dest { family: FAMILY_V4, addr: [0u8; 16], port: u16::from_be(sa.user_port as u16), proto };
@@ -55,9 +84,11 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     } else {
         dest.addr[0..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
     }
+    let s = settings();
     // Port-53 traffic goes to the agent's DNS forwarder (whatever resolver it was aimed at, even a
-    // loopback one), which puts registry answers into ALLOW before the app sees them.
-    if dest.port == DNS_PORT && steer_dns(ctx, &dest, v6) {
+    // loopback one), which puts registry answers into ALLOW before the app sees them. The
+    // forwarder speaks UDP and TCP only: UDP-Lite to port 53 is judged like any destination.
+    if dest.port == DNS_PORT && proto != PROTO_UDPLITE && steer_dns(ctx, s, &dest, v6) {
         return ALLOW_CALL;
     }
     if is_local(&dest) {
@@ -66,69 +97,133 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
 
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let policy_id = policy_of_caller();
-    let mode = match MODES.get(policy_id.get()) {
-        Some(m) => *m,
-        None => Mode::Unset.raw(),
-    };
+    let policy_id = policy_of_caller(s.flags);
+    let mode = mode_of(policy_id);
+    let connect = hook == HOOK_CONNECT4 || hook == HOOK_CONNECT6;
     // The lookup runs in every mode so ALLOW_ANY still attributes traffic to registry services.
-    let allowed = match lookup(policy_id, &dest, dest.port, dest.proto) {
-        Some(v) => Some((v.service_id, v.flags)),
-        None => lookup(policy_id, &dest, ANY_PORT, dest.proto).map(|v| (v.service_id, v.flags)),
-    };
-    if let Some((service_id, flags)) = allowed {
-        count_flow(hook, cgroup_id, policy_id, service_id, VERDICT_ALLOWED, &dest);
-        remember_socket(ctx, hook, cgroup_id, service_id, &dest);
-        if flags & ALLOW_F_PROXY != 0 && dest.proto == PROTO_TCP && (hook == HOOK_CONNECT4 || hook == HOOK_CONNECT6) {
-            steer_proxy(ctx, &dest, v6, service_id, cgroup_id);
+    if let Some(v) = lookup(s.flags, policy_id, &dest) {
+        count_flow(hook, cgroup_id, policy_id, v.service_id, VERDICT_ALLOWED, &dest);
+        let mut flags = 0;
+        if connect && proto == PROTO_TCP {
+            if s.flags & SETTINGS_F_ACCOUNTING != 0 {
+                flags |= SOCK_F_ACCOUNT;
+            }
+            if v.flags & ALLOW_F_PROXY != 0 && steer_proxy(ctx, s, &dest, v6, v.service_id, cgroup_id) {
+                flags |= SOCK_F_PROXIED;
+            }
+        }
+        // Socket storage costs an allocation (~300 ns here): only TCP connections that sock_ops
+        // must account or file for the proxy get one. The backstop needs none for an allowed TCP
+        // socket (it judges its SYN) nor for allowed UDP (it judges each datagram).
+        if flags != 0 {
+            let j = Judged { policy_id, service_id: v.service_id, mode, verdict: VERDICT_ALLOWED, reason: 0, flags };
+            let _ = record(ctx, hook, cgroup_id, &j, &dest);
         }
         return ALLOW_CALL;
     }
     if mode == Mode::AllowAny.raw() {
         // Passthrough: counted with no service.
         count_flow(hook, cgroup_id, policy_id, ServiceId::NONE, VERDICT_ALLOWED, &dest);
-        remember_socket(ctx, hook, cgroup_id, ServiceId::NONE, &dest);
+        if connect && proto == PROTO_TCP && s.flags & SETTINGS_F_ACCOUNTING != 0 {
+            let j = Judged {
+                policy_id,
+                service_id: ServiceId::NONE,
+                mode,
+                verdict: VERDICT_ALLOWED,
+                reason: 0,
+                flags: SOCK_F_ACCOUNT,
+            };
+            let _ = record(ctx, hook, cgroup_id, &j, &dest);
+        }
         return ALLOW_CALL;
     }
 
-    // Not allowed: explain why (only on this path, so allowed connections pay two lookups at most).
-    let other_proto = if dest.proto == PROTO_TCP { PROTO_UDP } else { PROTO_TCP };
-    let (reason, service_id) = if let Some(v) = lookup(policy_id, &dest, dest.port, other_proto) {
-        (REASON_PROTOCOL, v.service_id)
-    } else if let Some(v) = DESTS.get(Key::new(
-        DestKey::prefix_len(if dest.family == FAMILY_V4 { 32 } else { 128 }),
-        DestKey { family: dest.family as u32, addr: dest.addr },
-    )) {
-        (REASON_PORT_NOT_LISTED, v.service_id)
-    } else {
-        (REASON_NOT_IN_REGISTRY, ServiceId::NONE)
-    };
+    // Not allowed: explain why (only on this path, so allowed connections pay one lookup).
+    let (reason, service_id) = explain(s.flags, policy_id, &dest);
     let audit = mode == Mode::Audit.raw();
     let verdict = if audit { VERDICT_AUDIT } else { VERDICT_DENIED };
+    if udp && connect {
+        // A UDP connect() sends nothing (glibc connects one to each address getaddrinfo returns,
+        // to sort them, RFC 6724): no event, no flow. The verdict is kept on the socket and the
+        // backstop reports it, and refuses with EPERM, at the first datagram actually sent.
+        let j = Judged { policy_id, service_id, mode, verdict, reason, flags: 0 };
+        if record(ctx, hook, cgroup_id, &j, &dest) {
+            return ALLOW_CALL;
+        }
+        // No storage for the verdict (out of memory): refuse now rather than let it send.
+    }
     count_flow(hook, cgroup_id, policy_id, service_id, verdict, &dest);
-    emit(hook, cgroup_id, policy_id, service_id, mode, reason, verdict, &dest);
+    let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    emit(hook, cgroup_id, bpf_get_current_pid_tgid(), &comm, policy_id, service_id, mode, reason, verdict, &dest);
     debug!(ctx, "{} port {} proto {} reason {}", if audit { "audit" } else { "deny" }, dest.port, dest.proto, reason);
     if audit {
         // It goes through, to no registry service: PassthroughCluster.
-        remember_socket(ctx, hook, cgroup_id, ServiceId::NONE, &dest);
+        let flags = if connect && proto == PROTO_TCP && s.flags & SETTINGS_F_ACCOUNTING != 0 {
+            SOCK_F_ACCOUNT | SOCK_F_REPORTED
+        } else {
+            SOCK_F_REPORTED
+        };
+        let j = Judged { policy_id, service_id: ServiceId::NONE, mode, verdict, reason, flags };
+        let _ = record(ctx, hook, cgroup_id, &j, &dest);
         ALLOW_CALL
     } else {
         DENY_CALL
     }
 }
 
-/// For TCP connects that go through: remember who and to what service, by socket cookie, so the
-/// sock_ops program can count the connection when it is established and closed.
+/// What was decided for a destination.
+pub struct Judged {
+    pub policy_id: PolicyId,
+    pub service_id: ServiceId,
+    pub mode: u32,
+    pub verdict: u8,
+    pub reason: u8,
+    /// `SOCK_F_*` to record.
+    pub flags: u8,
+}
+
+/// Keep the verdict on the socket (`SOCK_STATE`), for the backstop and the sock_ops accounting.
 #[inline(always)]
-fn remember_socket(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, service_id: ServiceId, dest: &Dest) {
-    if dest.proto != PROTO_TCP || (hook != HOOK_CONNECT4 && hook != HOOK_CONNECT6) {
-        return;
+fn record(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, j: &Judged, dest: &Dest) -> bool {
+    // SAFETY: `sk` of a sock_addr context is a full socket.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    // SAFETY: a valid socket pointer; the storage map is a BTF sk_storage map.
+    let st = unsafe {
+        bpf_sk_storage_get(
+            core::ptr::from_ref(&SOCK_STATE).cast_mut().cast(),
+            sk.cast(),
+            core::ptr::null_mut(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
     }
-    // SAFETY: helper valid for sock_addr programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let info = SockInfo { cgroup_id, service_id, established: 0 };
-    // Losing this only loses the connection's accounting, never its verdict.
-    let _ = SOCKS.insert(&cookie, &info, 0);
+    .cast::<SockState>();
+    if st.is_null() {
+        // Out of memory: the backstop judges this socket's packets in full.
+        return false;
+    }
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // SAFETY: a value pointer from the storage, valid during this program run. Written field by
+    // field so the verifier sees plain stores.
+    unsafe {
+        (*st).cgroup_id = cgroup_id;
+        (*st).addr = dest.addr;
+        (*st).port = dest.port;
+        (*st).proto = dest.proto;
+        (*st).family = dest.family;
+        (*st).verdict = j.verdict;
+        (*st).reason = j.reason;
+        // Accounting flags of an established connection survive a later sendmsg-less update.
+        (*st).flags = j.flags;
+        (*st).hook = hook;
+        (*st).policy_id = j.policy_id;
+        (*st).service_id = j.service_id;
+        (*st).mode = j.mode;
+        (*st).pid = pid;
+        if j.verdict != VERDICT_ALLOWED {
+            (*st).comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+        }
+    }
+    true
 }
 
 const DNS_PORT: u16 = 53;
@@ -137,12 +232,8 @@ const DNS_PORT: u16 = 53;
 /// a `WORKLOADS` entry, else the default policy. The walk runs only when per-workload policies
 /// exist (SETTINGS_F_WORKLOADS) and is bounded by MAX_CGROUP_DEPTH levels.
 #[inline(always)]
-fn policy_of_caller() -> PolicyId {
-    let walk = match SETTINGS.get(0) {
-        Some(s) => s.flags & SETTINGS_F_WORKLOADS != 0,
-        None => false,
-    };
-    if !walk {
+fn policy_of_caller(flags: u16) -> PolicyId {
+    if flags & SETTINGS_F_WORKLOADS == 0 {
         return PolicyId::DEFAULT;
     }
     let mut policy_id = PolicyId::DEFAULT;
@@ -154,7 +245,7 @@ fn policy_of_caller() -> PolicyId {
             break;
         }
         // SAFETY: read-only lookup of a value owned by the map.
-        if let Some(w) = unsafe { WORKLOADS.get(&id) } {
+        if let Some(w) = unsafe { WORKLOADS.get(id) } {
             policy_id = w.policy_id;
         }
         level += 1;
@@ -162,12 +253,88 @@ fn policy_of_caller() -> PolicyId {
     policy_id
 }
 
+/// Whether a learned entry is still alive (registry entries never expire). The clock is read
+/// only for learned entries.
+#[inline(always)]
+fn live(v: &AllowValue) -> bool {
+    // SAFETY: helper without preconditions.
+    v.expires_ns == 0 || v.expires_ns > unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// The ALLOW entry for `dest` under `policy_id`: the exact hash first (one lookup: a single
+/// address on this port), then, only while the trie holds entries, the longest prefix on this
+/// port and on `ANY_PORT`. Expired learned entries do not count.
+#[inline(always)]
+pub fn lookup(settings_flags: u16, policy_id: PolicyId, dest: &Dest) -> Option<AllowValue> {
+    let mut key = AllowKey { policy_id, port: dest.port, proto: dest.proto, family: dest.family, addr: dest.addr };
+    if dest.port != ANY_PORT {
+        // SAFETY: read-only lookup; the value is copied out at once.
+        if let Some(v) = unsafe { ALLOW_EXACT.get(key) }
+            && live(v)
+        {
+            return Some(*v);
+        }
+    }
+    if settings_flags & SETTINGS_F_TRIE == 0 {
+        return None;
+    }
+    let plen = AllowKey::prefix_len(if dest.family == FAMILY_V4 { 32 } else { 128 });
+    if dest.port != ANY_PORT {
+        if let Some(v) = ALLOW.get(Key::new(plen, key))
+            && live(v)
+        {
+            return Some(*v);
+        }
+        key.port = ANY_PORT;
+    }
+    match ALLOW.get(Key::new(plen, key)) {
+        Some(v) if live(v) => Some(*v),
+        _ => None,
+    }
+}
+
+/// The registry service owning `dest`'s address whatever the port and policy, if any.
+#[inline(always)]
+pub fn dest_owner(dest: &Dest) -> Option<ServiceId> {
+    DESTS
+        .get(Key::new(
+            DestKey::prefix_len(if dest.family == FAMILY_V4 { 32 } else { 128 }),
+            DestKey { family: dest.family as u32, addr: dest.addr },
+        ))
+        .map(|v| v.service_id)
+}
+
+/// ICMP echo to an address of the registry, allowed by `SETTINGS_F_ICMP`.
+#[inline(always)]
+pub fn icmp_to_registered(settings_flags: u16, dest: &Dest) -> Option<ServiceId> {
+    if settings_flags & SETTINGS_F_ICMP == 0 || (dest.proto != PROTO_ICMP && dest.proto != PROTO_ICMPV6) {
+        return None;
+    }
+    dest_owner(dest)
+}
+
+/// Why `dest` is not allowed, and the service owning its address if any.
+#[inline(always)]
+pub fn explain(settings_flags: u16, policy_id: PolicyId, dest: &Dest) -> (u8, ServiceId) {
+    if dest.proto == PROTO_TCP || dest.proto == PROTO_UDP {
+        let mut other = *dest;
+        other.proto = if dest.proto == PROTO_TCP { PROTO_UDP } else { PROTO_TCP };
+        if let Some(v) = lookup(settings_flags, policy_id, &other) {
+            return (REASON_PROTOCOL, v.service_id);
+        }
+    }
+    match dest_owner(dest) {
+        Some(id) if dest.proto == PROTO_TCP || dest.proto == PROTO_UDP => (REASON_PORT_NOT_LISTED, id),
+        Some(id) => (REASON_PROTOCOL, id),
+        None => (REASON_NOT_IN_REGISTRY, ServiceId::NONE),
+    }
+}
+
 /// Rewrite a port-53 destination to the forwarder and remember the original by socket cookie.
 /// Returns false (judge normally) when steering is off, the socket is the forwarder's own (marked),
 /// or the destination already is the forwarder.
 #[inline(always)]
-fn steer_dns(ctx: &SockAddrContext, dest: &Dest, v6: bool) -> bool {
-    let Some(s) = SETTINGS.get(0) else { return false };
+fn steer_dns(ctx: &SockAddrContext, s: &Settings, dest: &Dest, v6: bool) -> bool {
     if s.flags & SETTINGS_F_DNS_STEER == 0 {
         return false;
     }
@@ -180,7 +347,7 @@ fn steer_dns(ctx: &SockAddrContext, dest: &Dest, v6: bool) -> bool {
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let orig = OrigDest { addr: dest.addr, port: dest.port, family: dest.family, _pad: [0; 5] };
-    if DNS_ORIG.insert(&cookie, &orig, 0).is_err() {
+    if DNS_ORIG.insert(cookie, orig, 0).is_err() {
         return false;
     }
     // SAFETY: connect/sendmsg programs may write the user address and port.
@@ -199,24 +366,31 @@ fn steer_dns(ctx: &SockAddrContext, dest: &Dest, v6: bool) -> bool {
 }
 
 /// Rewrite a TCP connect to the L7 proxy (127.0.0.1:proxy_port) and remember the original by
-/// socket cookie. No-op when the proxy is off or the socket is the agent's own (marked).
+/// socket cookie. No-op (false) when the proxy is off or the socket is the agent's own (marked).
 #[inline(always)]
-fn steer_proxy(ctx: &SockAddrContext, dest: &Dest, v6: bool, service_id: ServiceId, cgroup_id: u64) {
-    let Some(s) = SETTINGS.get(0) else { return };
+fn steer_proxy(
+    ctx: &SockAddrContext,
+    s: &Settings,
+    dest: &Dest,
+    v6: bool,
+    service_id: ServiceId,
+    cgroup_id: u64,
+) -> bool {
     if s.flags & SETTINGS_F_PROXY == 0 || s.proxy_port == 0 {
-        return;
+        return false;
     }
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands sock_addr programs a valid context whose `sk` is a full socket.
     let sk = unsafe { (*sa).__bindgen_anon_1.sk };
     if !sk.is_null() && s.agent_mark != 0 && unsafe { (*sk).mark } == s.agent_mark {
-        return;
+        return false;
     }
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let orig = ProxyDest { addr: dest.addr, port: dest.port, family: dest.family, _pad: 0, service_id, cgroup_id };
-    if PROXY_ORIG.insert(&cookie, &orig, 0).is_err() {
-        return;
+    let orig =
+        ProxyDest { addr: dest.addr, port: dest.port, family: dest.family, _pad: 0, service_id, cgroup_id, cookie };
+    if PROXY_ORIG.insert(cookie, orig, 0).is_err() {
+        return false;
     }
     // SAFETY: connect programs may write the user address and port.
     unsafe {
@@ -228,6 +402,7 @@ fn steer_proxy(ctx: &SockAddrContext, dest: &Dest, v6: bool, service_id: Service
         }
         (*sa).user_port = u32::from(s.proxy_port.to_be());
     }
+    true
 }
 
 /// getpeername on a socket steered to the proxy: the original destination. Returns true if it
@@ -236,7 +411,7 @@ fn steer_proxy(ctx: &SockAddrContext, dest: &Dest, v6: bool, service_id: Service
 pub fn restore_proxy(ctx: &SockAddrContext, v6: bool) -> bool {
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(orig) = (unsafe { PROXY_ORIG.get(&cookie) }) else { return false };
+    let Some(orig) = (unsafe { PROXY_ORIG.get(cookie) }) else { return false };
     let (family, addr, port) = (orig.family, orig.addr, orig.port);
     let sa = ctx.sock_addr;
     // SAFETY: getpeername programs may write the user address and port.
@@ -281,7 +456,7 @@ pub fn restore_dns(ctx: &SockAddrContext, v6: bool) -> i32 {
     }
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some(orig) = (unsafe { DNS_ORIG.get(&cookie) }) else { return 1 };
+    let Some(orig) = (unsafe { DNS_ORIG.get(cookie) }) else { return 1 };
     let (family, addr, oport) = (orig.family, orig.addr, orig.port);
     // SAFETY: recvmsg/getpeername programs may write the user address and port.
     unsafe {
@@ -301,7 +476,7 @@ pub fn restore_dns(ctx: &SockAddrContext, v6: bool) -> i32 {
 
 /// Add one to the per-CPU count of this (cgroup, destination, verdict).
 #[inline(always)]
-fn count_flow(hook: u8, cgroup_id: u64, policy_id: PolicyId, service_id: ServiceId, verdict: u8, dest: &Dest) {
+pub fn count_flow(hook: u8, cgroup_id: u64, policy_id: PolicyId, service_id: ServiceId, verdict: u8, dest: &Dest) {
     let key = FlowKey {
         cgroup_id,
         policy_id,
@@ -314,29 +489,20 @@ fn count_flow(hook: u8, cgroup_id: u64, policy_id: PolicyId, service_id: Service
         hook,
         _pad: [0; 2],
     };
-    match FLOWS.get_ptr_mut(&key) {
+    match FLOWS.get_ptr_mut(key) {
         // SAFETY: per-CPU value, no concurrent writer on this CPU.
         Some(count) => unsafe { *count += 1 },
         None => {
             // A failed insert only loses a count (the LRU map evicts rather than fills up).
-            let _ = FLOWS.insert(&key, &1, 0);
+            let _ = FLOWS.insert(key, 1, 0);
         }
     }
-}
-
-#[inline(always)]
-fn lookup(policy_id: PolicyId, dest: &Dest, port: u16, proto: u8) -> Option<&'static AllowValue> {
-    let bits = if dest.family == FAMILY_V4 { 32 } else { 128 };
-    ALLOW.get(Key::new(
-        AllowKey::prefix_len(bits),
-        AllowKey { policy_id, port, proto, family: dest.family, addr: dest.addr },
-    ))
 }
 
 /// Loopback and the unspecified address (which Linux connects to the local host) are always
 /// allowed: they never leave the node.
 #[inline(always)]
-fn is_local(dest: &Dest) -> bool {
+pub fn is_local(dest: &Dest) -> bool {
     if dest.family == FAMILY_V4 {
         dest.addr[0] == 127 || dest.addr[0..4] == [0, 0, 0, 0]
     } else {
@@ -352,9 +518,11 @@ fn is_local(dest: &Dest) -> bool {
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-fn emit(
+pub fn emit(
     hook: u8,
     cgroup_id: u64,
+    pid_tgid: u64,
+    comm: &[u8; 16],
     policy_id: PolicyId,
     service_id: ServiceId,
     mode: u32,
@@ -369,7 +537,6 @@ fn emit(
         }
         return;
     };
-    let pid_tgid = bpf_get_current_pid_tgid();
     let mut ev = Event::zeroed();
     // SAFETY: helper without preconditions.
     ev.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
@@ -378,7 +545,7 @@ fn emit(
     ev.tid = pid_tgid as u32;
     ev.policy_id = policy_id;
     ev.service_id = service_id;
-    ev.comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+    ev.comm = *comm;
     ev.addr = dest.addr;
     ev.port = dest.port;
     ev.proto = dest.proto;

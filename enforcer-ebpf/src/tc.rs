@@ -1,12 +1,13 @@
 //! Per-interface traffic counters (TC, clsact or tcx): packets and L3 bytes per (cgroup, registry
-//! service, direction). The remote address is looked up in `DESTS` (longest prefix); addresses of
+//! service, direction, L4 protocol class: TCP, UDP or other). The remote address is looked up in `DESTS` (longest prefix); addresses of
 //! no service count as PassthroughCluster (service 0). Ethernet-framed interfaces only.
 
 use aya_ebpf::{
     bindings::TC_ACT_UNSPEC, helpers::generated::bpf_skb_cgroup_id, maps::lpm_trie::Key, programs::TcContext,
 };
 use enforcer_common::{
-    DIR_EGRESS, DestKey, FAMILY_V4, FAMILY_V6, FlowOwnerKey, PROTO_TCP, PROTO_UDP, ServiceId, TrafficKey, TrafficValue,
+    DIR_EGRESS, DestKey, FAMILY_V4, FAMILY_V6, FlowOwnerKey, PROTO_OTHER, PROTO_TCP, PROTO_UDP, ServiceId, TrafficKey,
+    TrafficValue,
 };
 
 use crate::maps::{DESTS, FLOW_OWNER, TRAFFIC};
@@ -71,25 +72,26 @@ fn try_count(ctx: &TcContext, direction: u8) -> Result<(), i64> {
             cgroup_id = unsafe { bpf_skb_cgroup_id(ctx.skb.skb) };
             if cgroup_id != 0 {
                 // SAFETY: read-only lookup of a value owned by the map.
-                let known = unsafe { FLOW_OWNER.get(&fk) }.is_some_and(|c| *c == cgroup_id);
+                let known = unsafe { FLOW_OWNER.get(fk) }.is_some_and(|c| *c == cgroup_id);
                 if !known {
-                    let _ = FLOW_OWNER.insert(&fk, &cgroup_id, 0);
+                    let _ = FLOW_OWNER.insert(fk, cgroup_id, 0);
                 }
             }
-        } else if let Some(c) = unsafe { FLOW_OWNER.get(&fk) } {
+        } else if let Some(c) = unsafe { FLOW_OWNER.get(fk) } {
             cgroup_id = *c;
         }
     }
 
-    let key = TrafficKey { cgroup_id, service_id, direction, family, _pad: [0; 2] };
-    match TRAFFIC.get_ptr_mut(&key) {
+    let class = if proto == PROTO_TCP || proto == PROTO_UDP { proto } else { PROTO_OTHER };
+    let key = TrafficKey { cgroup_id, service_id, direction, family, proto: class, _pad: 0 };
+    match TRAFFIC.get_ptr_mut(key) {
         // SAFETY: per-CPU value, no concurrent writer on this CPU.
         Some(v) => unsafe {
             (*v).packets += 1;
             (*v).bytes += bytes;
         },
         None => {
-            let _ = TRAFFIC.insert(&key, &TrafficValue { packets: 1, bytes }, 0);
+            let _ = TRAFFIC.insert(key, TrafficValue { packets: 1, bytes }, 0);
         }
     }
     Ok(())

@@ -21,7 +21,7 @@ pub const DEFAULT_DNS_PORT: u16 = 15053;
 
 /// Default pin directory for a cgroup: one per cgroup, so a restarted daemon finds its own pins.
 pub fn default_pin_dir(cgroup_id: u64) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/enforcer/cg{cgroup_id}"))
+    dataplane::paths::default_pin_dir(cgroup_id)
 }
 
 pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
@@ -67,15 +67,30 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     let mut servers = Servers::start_for(&mut started);
     let (steering, proxying) = (servers.steering, servers.proxying);
     let attached = agent
-        .with_dataplane(|dp| dp.attach(&cg, steering || proxying, !args.policy.no_conn_accounting || proxying))
+        .with_dataplane(|dp| {
+            dp.attach_hooks(
+                &cg,
+                crate::dataplane::Hooks {
+                    dns_restore: steering || proxying,
+                    sock_ops: !args.policy.no_conn_accounting || proxying,
+                    accounting: !args.policy.no_conn_accounting,
+                    backstop: true,
+                },
+            )
+        })
         .with_context(|| format!("attaching to {}", cg.display()))?;
-    let adopted = attached.iter().filter(|(_, o)| *o == AttachOutcome::Adopted).count();
+    let adopted =
+        attached.iter().filter(|(_, o)| matches!(o, AttachOutcome::Adopted | AttachOutcome::Replaced { .. })).count();
     for iface in &args.policy.interfaces {
         agent
             .with_dataplane(|dp| dp.attach_tc(iface))
             .with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
     agent.set_names(crate::workloads::Workloads::for_daemon(&cg, &mount));
+    if args.workloads.is_none() && !args.kubernetes {
+        // No workload policies in this configuration: what a previous daemon had goes now.
+        agent.set_workload_policies(Vec::new()).await?;
+    }
     if let Some(f) = &args.workloads {
         let policies = crate::workload::load_file(f, &mount, agent.mode())?;
         let n = policies.len();

@@ -171,7 +171,7 @@ pub fn entries_for(
     mut out: impl FnMut(AllowEntry, AllowValue),
 ) {
     let net = normalize(net);
-    let value = AllowValue { service_id, flags: 0 };
+    let value = AllowValue::new(service_id, 0);
     for r in rules {
         let mut ports = vec![(r.number, r.proxied)];
         ports.extend(r.target.map(|t| (t, false)));
@@ -186,14 +186,25 @@ pub fn entries_for(
 }
 
 /// Stable service ids, allocated by name: the same key (policy scope + `namespace/name`, or a
-/// command-line allow's text) gets the same id across reloads and recomputes. Ids are never
-/// reused while the allocator lives (a u32 counter), so an id can only ever mean one service and
-/// counters, events and learned entries never carry another service's labels.
+/// command-line allow's text) gets the same id across reloads, recomputes *and restarts* (the id
+/// is a hash of the key, probed past collisions), so counters, events and learned entries a
+/// previous daemon left in the pinned maps keep meaning the same service. An id a removed service
+/// had is not handed to another key while the allocator lives.
 #[derive(Debug, Default)]
 pub struct ServiceIds {
     by_key: HashMap<String, ServiceId>,
-    next: u32,
+    taken: HashMap<ServiceId, String>,
     used: BTreeSet<String>,
+}
+
+/// FNV-1a, 32 bits: stable across builds and Rust versions (unlike std's hasher).
+fn fnv1a(s: &str) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
 }
 
 impl ServiceIds {
@@ -205,14 +216,19 @@ impl ServiceIds {
         if let Some(id) = self.by_key.get(key) {
             return *id;
         }
-        self.next = self.next.wrapping_add(1).max(1);
-        // u32::MAX is kept for BlackHoleCluster in metrics.
-        if self.next == u32::MAX {
-            self.next = 1;
+        let mut raw = fnv1a(key);
+        loop {
+            // 0 is ServiceId::NONE; u32::MAX is kept for BlackHoleCluster in metrics.
+            if raw != 0 && raw != u32::MAX {
+                let id = ServiceId::new(raw).expect("non-zero");
+                if self.taken.get(&id).is_none_or(|k| k == key) {
+                    self.taken.insert(id, key.to_string());
+                    self.by_key.insert(key.to_string(), id);
+                    return id;
+                }
+            }
+            raw = raw.wrapping_add(1);
         }
-        let id = ServiceId::new(self.next).expect("non-zero");
-        self.by_key.insert(key.to_string(), id);
-        id
     }
 
     /// Forget the keys not asked for since the last call (their services left the registry; any
@@ -220,6 +236,7 @@ impl ServiceIds {
     pub fn end_generation(&mut self) {
         let used = std::mem::take(&mut self.used);
         self.by_key.retain(|k, _| used.contains(k));
+        // Ids of removed keys stay taken (never reused by another key in this process).
     }
 
     pub fn len(&self) -> usize {
@@ -488,7 +505,7 @@ pub fn compile(inp: &Inputs<'_>, ids: &mut ServiceIds) -> (Desired, HostIndex) {
             port_rules: port_rules.clone(),
         });
         ix.add_service(se, id);
-        let value = AllowValue { service_id: id, flags: 0 };
+        let value = AllowValue::new(id, 0);
 
         // (net, extra ports from the endpoint's port map)
         let mut targets: Vec<(IpNet, Option<&std::collections::BTreeMap<String, u16>>)> = Vec::new();
@@ -589,9 +606,7 @@ pub fn compile(inp: &Inputs<'_>, ids: &mut ServiceIds) -> (Desired, HostIndex) {
             }
         };
         for net in nets {
-            d.dests
-                .entry(DestEntry { net: normalize(net) })
-                .or_insert(AllowValue { service_id: id, flags: ALLOW_F_CLI });
+            d.dests.entry(DestEntry { net: normalize(net) }).or_insert(AllowValue::new(id, ALLOW_F_CLI));
             entries_for(inp.policy_id, id, &port_rules, net, None, |e, v| {
                 merge_entry(&mut d.allow, e, AllowValue { flags: v.flags | ALLOW_F_CLI, ..v })
             });
@@ -611,7 +626,7 @@ pub fn compile(inp: &Inputs<'_>, ids: &mut ServiceIds) -> (Desired, HostIndex) {
             se_index: None,
             port_rules: vec![],
         });
-        let value = AllowValue { service_id: id, flags: ALLOW_F_DNS };
+        let value = AllowValue::new(id, ALLOW_F_DNS);
         for ip in inp.dns_servers {
             let net = normalize(IpNet::from(*ip));
             for proto in [PROTO_TCP, PROTO_UDP] {
@@ -931,11 +946,12 @@ spec:
   resolution: NONE
 "#);
         let (d, ix) = compile_full(&r, &[], &[], &mut ServiceIds::default(), false);
-        assert_eq!(ix.match_name("a.svc.test"), ServiceId::new(1));
-        assert_eq!(ix.match_name("x.y.svc.test."), ServiceId::new(1));
+        let w = Some(d.services[0].id);
+        assert_eq!(ix.match_name("a.svc.test"), w);
+        assert_eq!(ix.match_name("x.y.svc.test."), w);
         assert_eq!(ix.match_name("SVC.TEST"), None, "the bare domain is not matched by *.svc.test");
         assert_eq!(ix.match_name("evilsvc.test"), None);
-        assert_eq!(ix.match_name("api.example.com"), ServiceId::new(1));
+        assert_eq!(ix.match_name("api.example.com"), w);
         assert_eq!(ix.match_name("x.api.example.com"), None);
         assert!(ix.explicitly_listed("10.9.3.4".parse().unwrap()));
         assert!(ix.explicitly_listed("::ffff:10.9.3.4".parse().unwrap()));
@@ -1028,6 +1044,23 @@ spec: {hosts: [b.test], addresses: [192.0.2.2], ports: [{number: 80, name: http,
         let (d3, _) = compile_full(&reg(&format!("{c}---{parts_b}")), &[], &[], &mut ids, false);
         assert_eq!(id_of(&d3, "default/b"), id_of(&d1, "default/b"));
         assert_ne!(id_of(&d3, "default/c"), id_of(&d1, "default/a"), "a removed id is not handed to another service");
+    }
+
+    #[test]
+    fn service_ids_are_the_same_in_a_new_process() {
+        // A restarted daemon must give the learned entries it adopts the same meaning.
+        let r = reg(SHARED_PORT_LAYOUT);
+        let (a, _) = compile_full(&r, &[], &[], &mut ServiceIds::default(), false);
+        let (b, _) = compile_full(&r, &[], &[], &mut ServiceIds::default(), false);
+        assert_eq!(
+            a.services.iter().map(|s| s.id).collect::<Vec<_>>(),
+            b.services.iter().map(|s| s.id).collect::<Vec<_>>()
+        );
+        let mut ids = ServiceIds::default();
+        let x = ids.id("se:default/x");
+        ids.end_generation();
+        ids.end_generation();
+        assert_eq!(ids.id("se:default/x"), x, "a key that comes back gets its id back");
     }
 
     #[test]

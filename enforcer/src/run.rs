@@ -83,7 +83,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut servers = Servers::start_for(&mut started);
     let (steering, proxying) = (servers.steering, servers.proxying);
     agent
-        .with_dataplane(|dp| dp.attach(child.path(), steering || proxying, !args.policy.no_conn_accounting || proxying))
+        .with_dataplane(|dp| {
+            dp.attach_hooks(
+                child.path(),
+                crate::dataplane::Hooks {
+                    dns_restore: steering || proxying,
+                    sock_ops: !args.policy.no_conn_accounting || proxying,
+                    accounting: !args.policy.no_conn_accounting,
+                    backstop: true,
+                },
+            )
+        })
         .with_context(|| format!("attaching to {}", child.path().display()))?;
     for iface in &args.policy.interfaces {
         agent

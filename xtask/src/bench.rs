@@ -10,6 +10,7 @@
 //!   filtering its namespace's output.
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -82,6 +83,10 @@ pub struct ClientArgs {
     /// Untimed calls before the timed loop.
     #[arg(long, default_value_t = 1000)]
     warmup: u32,
+    /// Also print the run time of the BPF programs attached to this process's cgroup over the
+    /// timed loop (needs statistics enabled: `kernel.bpf_stats_enabled` or a BPF_ENABLE_STATS fd).
+    #[arg(long)]
+    bpf_stats: bool,
 }
 
 #[derive(clap::Args)]
@@ -154,6 +159,7 @@ pub fn client(a: ClientArgs) -> ExitCode {
             return ExitCode::from(3);
         }
     }
+    let before = if a.bpf_stats { crate::bpf_stats::snapshot().ok() } else { None };
     let t = Instant::now();
     for i in 0..a.iterations {
         if let Err(e) = once() {
@@ -162,12 +168,20 @@ pub fn client(a: ClientArgs) -> ExitCode {
         }
     }
     let ns = t.elapsed().as_nanos() as f64;
+    let bpf: Vec<serde_json::Value> = match (before, a.bpf_stats.then(crate::bpf_stats::snapshot)) {
+        (Some(b), Some(Ok(after))) => crate::bpf_stats::delta(&b, &after)
+            .into_iter()
+            .map(|p| serde_json::json!({"name": p.name, "hook": p.hook, "run_time_ns": p.run_time_ns, "run_cnt": p.run_cnt}))
+            .collect(),
+        _ => Vec::new(),
+    };
     println!(
         "{}",
         serde_json::json!({
             "iterations": a.iterations,
             "total_ns": ns,
             "ns_per_op": ns / a.iterations.max(1) as f64,
+            "bpf": bpf,
         })
     );
     ExitCode::SUCCESS
@@ -209,6 +223,10 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
 
 fn connect(args: ConnectArgs) -> Result<ExitCode> {
     util::require_root("the benchmark")?;
+    // Statistics on for as long as this fd lives (the whole benchmark).
+    let _stats = crate::bpf_stats::enable()
+        .map_err(|e| eprintln!("xtask: warning: BPF_ENABLE_STATS failed ({e}); no BPF ns figures"))
+        .ok();
     if args.sizes.is_empty() || args.rounds == 0 || args.iterations == 0 {
         bail!("--sizes, --rounds and --iterations must be non-empty/positive");
     }
@@ -301,6 +319,26 @@ fn connect(args: ConnectArgs) -> Result<ExitCode> {
         "(enf start: median wall time of `enforcer run` minus the client's timed loop — loading \
          programs and the registry, and exiting; nft load: `nft -f` of the set)"
     );
+    println!(
+        "\nBPF ns per connect()+close() (bpf_stats run_time_ns / calls, median of rounds; runs per call; each \
+         run includes bpf_stats' own clock reads, ~30 ns here):"
+    );
+    for r in &rows {
+        for (label, bpf, wall) in [("accounting on ", &r.bpf, r.enf), ("--no-conn-accounting", &r.bpf_na, r.enf_na)] {
+            let total: f64 = bpf.iter().map(|b| b.1).sum();
+            let per: Vec<String> =
+                bpf.iter().filter(|b| b.2 > 0.0).map(|(n, ns, runs)| format!("{n} {ns:.0} ({runs:.1}x)")).collect();
+            println!(
+                "{:>9} entries, {label}: {:>5.0} ns BPF = {:.2}% of baseline; wall {:.2}x base, {:.2}x nft   [{}]",
+                r.n,
+                total,
+                100.0 * total / r.base,
+                wall / r.base,
+                wall / r.nft,
+                if per.is_empty() { "no bpf_stats: BPF_ENABLE_STATS failed?".to_string() } else { per.join(", ") }
+            );
+        }
+    }
     drop(server);
     drop((cgroup, enforced, top));
     Ok(ExitCode::SUCCESS)
@@ -313,6 +351,11 @@ struct Row {
     nft: f64,
     enf_overhead_s: f64,
     nft_load_s: f64,
+    /// (program, median BPF ns per connection, runs per connection) from bpf_stats.
+    bpf: Vec<(String, f64, f64)>,
+    /// `--no-conn-accounting`: wall clock and BPF figures.
+    enf_na: f64,
+    bpf_na: Vec<(String, f64, f64)>,
 }
 
 fn client_cmd(ns: &Netns, xtask: &Path, iterations: u32, warmup: u32) -> Command {
@@ -332,8 +375,17 @@ fn client_args(iterations: u32, warmup: u32) -> Vec<String> {
     ]
 }
 
-/// Runs a client (possibly wrapped) and returns (ns/op, total ns of the timed loop).
-fn measure(cmd: &mut Command, what: &str) -> Result<(f64, f64)> {
+/// What one client run measured.
+struct Measured {
+    per_op: f64,
+    /// ns of the timed loop.
+    total: f64,
+    /// BPF run time (ns) and runs over the timed loop, per program name (with `--bpf-stats`).
+    bpf: BTreeMap<String, (u64, u64)>,
+}
+
+/// Runs a client (possibly wrapped) and returns what it measured.
+fn measure(cmd: &mut Command, what: &str) -> Result<Measured> {
     cmd.stdin(Stdio::null());
     let out = cmd.output().with_context(|| format!("could not start the {what} client"))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -351,7 +403,18 @@ fn measure(cmd: &mut Command, what: &str) -> Result<(f64, f64)> {
         .filter(|l| l.contains("\"ns_per_op\""))
         .find_map(|l| serde_json::from_str(l.trim()).ok())
         .with_context(|| format!("{what}: no result line from bench-client in: {stdout}"))?;
-    Ok((v["ns_per_op"].as_f64().unwrap_or(f64::NAN), v["total_ns"].as_f64().unwrap_or(0.0)))
+    let mut bpf = BTreeMap::new();
+    for p in v["bpf"].as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("?").to_string();
+        let e = bpf.entry(name).or_insert((0, 0));
+        e.0 += p["run_time_ns"].as_u64().unwrap_or(0);
+        e.1 += p["run_cnt"].as_u64().unwrap_or(0);
+    }
+    Ok(Measured {
+        per_op: v["ns_per_op"].as_f64().unwrap_or(f64::NAN),
+        total: v["total_ns"].as_f64().unwrap_or(0.0),
+        bpf,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -415,6 +478,7 @@ fn nft(ns: &Netns, script: &str) -> Result<()> {
 enum Config {
     Baseline,
     Enforcer,
+    EnforcerNoAccounting,
     Nftables,
 }
 
@@ -444,20 +508,24 @@ fn bench_size(
     let _table = cleanup::register(Resource::NftTable(ns.name.clone(), format!("inet {NFT_TABLE}")));
     println!("nft set loaded in {nft_load_s:.2}s");
 
-    let enforcer_cmd = |iterations: u32, warmup: u32, port: u16| {
+    let enforcer_cmd = |iterations: u32, warmup: u32, port: u16, accounting: bool| {
         let mut c = ns.command(enforcer);
         c.args(["run", "--registry"]).arg(&registry);
+        if !accounting {
+            c.arg("--no-conn-accounting");
+        }
         c.arg("--cgroup-parent").arg(&enforced.path);
         c.args(["--mode", "REGISTRY_ONLY", "--quiet", "--"]);
         c.arg(xtask);
         let mut a = client_args(iterations, warmup);
         a[2] = port.to_string();
         c.args(a);
+        c.arg("--bpf-stats");
         c
     };
 
     // Sanity: under enforcer a port the registry does not list must be refused with EPERM.
-    let out = enforcer_cmd(1, 0, PORT + 1).stdin(Stdio::null()).output()?;
+    let out = enforcer_cmd(1, 0, PORT + 1, true).stdin(Stdio::null()).output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || !err.contains("Operation not permitted") {
         eprintln!(
@@ -469,23 +537,37 @@ fn bench_size(
         );
     }
 
-    let (mut base, mut enf, mut nftv, mut overhead) = (vec![], vec![], vec![], vec![]);
-    let configs = [Config::Baseline, Config::Enforcer, Config::Nftables];
+    let (mut base, mut enf, mut enf_na, mut nftv, mut overhead) = (vec![], vec![], vec![], vec![], vec![]);
+    // Program name -> per round (BPF ns per connection, runs per connection), with and without
+    // connection accounting.
+    let mut bpf: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let mut bpf_na: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let configs = [Config::Baseline, Config::Enforcer, Config::EnforcerNoAccounting, Config::Nftables];
     for round in 0..args.rounds {
-        for k in 0..3 {
-            let c = configs[(round as usize + k) % 3];
+        for k in 0..configs.len() {
+            let c = configs[(round as usize + k) % configs.len()];
             match c {
                 Config::Baseline => {
                     let mut cmd = client_cmd(ns, xtask, args.iterations, 1000);
                     cgroup.enter_on_exec(&mut cmd);
-                    base.push(measure(&mut cmd, "baseline")?.0);
+                    base.push(measure(&mut cmd, "baseline")?.per_op);
                 }
-                Config::Enforcer => {
-                    let mut cmd = enforcer_cmd(args.iterations, 1000, PORT);
+                Config::Enforcer | Config::EnforcerNoAccounting => {
+                    let accounting = matches!(c, Config::Enforcer);
+                    let mut cmd = enforcer_cmd(args.iterations, 1000, PORT, accounting);
                     let t = Instant::now();
-                    let (per_op, total) = measure(&mut cmd, "enforcer")?;
-                    overhead.push(t.elapsed().as_secs_f64() - total / 1e9);
-                    enf.push(per_op);
+                    let m = measure(&mut cmd, "enforcer")?;
+                    let (wall, stats) = if accounting {
+                        overhead.push(t.elapsed().as_secs_f64() - m.total / 1e9);
+                        (&mut enf, &mut bpf)
+                    } else {
+                        (&mut enf_na, &mut bpf_na)
+                    };
+                    wall.push(m.per_op);
+                    for (name, (ns, cnt)) in m.bpf {
+                        let e = stats.entry(name).or_insert_with(Vec::new);
+                        e.push((ns as f64 / f64::from(args.iterations), cnt as f64 / f64::from(args.iterations)));
+                    }
                 }
                 Config::Nftables => {
                     nft(
@@ -499,19 +581,40 @@ fn bench_size(
                     cgroup.enter_on_exec(&mut cmd);
                     let r = measure(&mut cmd, "nftables");
                     nft(ns, &format!("flush chain inet {NFT_TABLE} out\ndelete chain inet {NFT_TABLE} out\n"))?;
-                    nftv.push(r?.0);
+                    nftv.push(r?.per_op);
                 }
             }
         }
         println!(
-            "  round {}: baseline {:.0}  enforcer {:.0}  nftables {:.0} ns/op",
+            "  round {}: baseline {:.0}  enforcer {:.0}  enforcer --no-conn-accounting {:.0}  nftables {:.0} ns/op",
             round + 1,
             base.last().unwrap(),
             enf.last().unwrap(),
+            enf_na.last().unwrap(),
             nftv.last().unwrap()
         );
     }
-    Ok(Row { n, base: median(base), enf: median(enf), nft: median(nftv), enf_overhead_s: median(overhead), nft_load_s })
+    let medians = |m: BTreeMap<String, Vec<(f64, f64)>>| -> Vec<(String, f64, f64)> {
+        m.into_iter()
+            .map(|(name, v)| {
+                let ns = median(v.iter().map(|x| x.0).collect());
+                let runs = median(v.iter().map(|x| x.1).collect());
+                (name, ns, runs)
+            })
+            .collect()
+    };
+    let (bpf, bpf_na) = (medians(bpf), medians(bpf_na));
+    Ok(Row {
+        n,
+        base: median(base),
+        enf: median(enf),
+        enf_na: median(enf_na),
+        nft: median(nftv),
+        enf_overhead_s: median(overhead),
+        nft_load_s,
+        bpf,
+        bpf_na,
+    })
 }
 
 #[cfg(test)]

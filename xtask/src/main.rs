@@ -19,6 +19,7 @@ mod bench_example;
 mod bench_proxy;
 mod bench_sync;
 mod bench_tc;
+mod bpf_stats;
 mod cleanup;
 mod demo;
 mod lint;
@@ -74,6 +75,9 @@ enum Cmd {
     /// Internal: the TCP accept loop of `bench connect`.
     #[command(hide = true)]
     BenchServer(bench::ServerArgs),
+    /// Internal: run a program and record the BPF run time of its cgroup's programs meanwhile.
+    #[command(hide = true)]
+    BenchBpfWrap(bpf_stats::WrapArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,6 +88,7 @@ fn main() -> ExitCode {
     let result = match cli.cmd {
         Cmd::BenchClient(a) => return bench::client(a),
         Cmd::BenchServer(a) => return bench::server(a),
+        Cmd::BenchBpfWrap(a) => return bpf_stats::wrap(a),
         cmd => {
             cleanup::install_signal_handler();
             run(cmd)
@@ -112,7 +117,7 @@ fn run(cmd: Cmd) -> anyhow::Result<ExitCode> {
         Cmd::Demo(a) => demo::main(a),
         Cmd::VmTest(a) => vmtest::main(a),
         Cmd::Bench(b) => bench::main(b),
-        Cmd::BenchClient(_) | Cmd::BenchServer(_) => unreachable!(),
+        Cmd::BenchClient(_) | Cmd::BenchServer(_) | Cmd::BenchBpfWrap(_) => unreachable!(),
     }
 }
 

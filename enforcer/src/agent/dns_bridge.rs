@@ -96,7 +96,7 @@ impl dns::DnsPolicy for AgentDns {
             let info = view.desired.service(service_id).ok_or_else(|| format!("unknown {service_id}"))?;
             for a in addrs {
                 let net = normalize(ipnet::IpNet::from(*a));
-                dests.push((DestEntry { net }, AllowValue { service_id, flags: 0 }));
+                dests.push((DestEntry { net }, AllowValue::new(service_id, 0)));
                 entries_for(p.id, service_id, &info.port_rules, net, None, |e, v| allow.push((e, v)));
             }
         }

@@ -60,6 +60,17 @@ impl PolicyIds {
         Ok(self.by_name.clone())
     }
 
+    /// A new name that should get `id` if it is free (the id a previous daemon gave it, as the
+    /// kernel's WORKLOADS map shows: a restart then keeps every cgroup on its policy).
+    pub fn prefer(&mut self, name: &str, id: PolicyId) {
+        if id.is_default() || self.by_name.contains_key(name) || self.quarantine.contains(&id) {
+            return;
+        }
+        if self.by_name.values().all(|v| *v != id) {
+            self.by_name.insert(name.to_string(), id);
+        }
+    }
+
     /// The apply that dropped the quarantined ids' entries succeeded: they may be reused.
     pub fn released(&mut self) {
         self.quarantine.clear();

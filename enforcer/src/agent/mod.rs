@@ -109,6 +109,19 @@ struct Control {
     service_ids: ServiceIds,
     /// The last applied plan (the cgroup sync re-applies it with new cgroups).
     plan: Plan,
+    /// Until the workload policies are first given (`--workloads`, the Kubernetes controller's
+    /// first sync), what a previous daemon left for them stays enforced as it is.
+    adopted: Option<Adopted>,
+}
+
+/// The workload (non-default) part of the kernel maps found at start.
+#[derive(Clone, Debug, Default)]
+struct Adopted {
+    modes: BTreeMap<PolicyId, enforcer_common::Mode>,
+    allow: BTreeMap<policy::AllowEntry, enforcer_common::AllowValue>,
+    /// Every (policy, service) with an entry, learned ones included (kept until the first sync).
+    services: BTreeSet<(PolicyId, ServiceId)>,
+    workloads: BTreeMap<u64, PolicyId>,
 }
 
 struct Inner {
@@ -165,12 +178,28 @@ impl Agent {
             Arc::new(lookup),
         );
         let maps = MapState::adopt(dp).context("reading the kernel maps")?;
+        let adopted = Adopted {
+            modes: (0..enforcer_common::MAX_POLICIES)
+                .filter_map(PolicyId::new)
+                .filter(|p| !p.is_default())
+                .filter_map(|p| Some((p, maps.mode(p)?)))
+                .collect(),
+            allow: maps
+                .allow()
+                .in_map()
+                .filter(|(k, _)| !k.policy_id.is_default() && !maps.allow().learned().contains_key(k))
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            services: maps.allow().in_map().map(|(k, v)| (k.policy_id, v.service_id)).collect(),
+            workloads: maps.workloads().clone(),
+        };
         let mut control = Control {
             cfg,
             specs: Vec::new(),
             policy_ids: Default::default(),
             service_ids: Default::default(),
             plan: Plan::default(),
+            adopted: Some(adopted),
         };
         refresher.set_names(&all_names(&control.cfg, &control.specs)).await;
         let (plan, view) = compile_all(&mut control, &refresher.snapshot(), &BTreeMap::new())?;
@@ -296,7 +325,16 @@ impl Agent {
         let names: BTreeSet<&str> = policies.iter().map(|p| p.name.as_str()).collect();
         anyhow::ensure!(names.len() == policies.len(), "workload names must be unique");
         self.inner.refresher.set_names(&all_names(&c.cfg, &policies)).await;
+        // Give each workload the policy id its cgroups already have in the kernel, if any.
+        let kernel = self.maps().workloads().clone();
+        let cgroups = workload_cgroups(&policies);
+        for (cg, name) in &cgroups {
+            if let Some(id) = kernel.get(cg) {
+                c.policy_ids.prefer(name, *id);
+            }
+        }
         c.specs = policies;
+        c.adopted = None;
         self.recompute_locked(&mut c)
     }
 
@@ -459,6 +497,7 @@ fn compile_all(
     let (mut desired, index) =
         load::compile_policy(&c.cfg, &c.cfg.registry, PolicyId::DEFAULT, "", snapshot, &mut c.service_ids);
     let mut plan = Plan::default();
+    plan.services.extend(desired.services.iter().map(|s| (PolicyId::DEFAULT, s.id)));
     plan.modes.insert(PolicyId::DEFAULT, load::kernel_mode(c.cfg.mode));
     let mut policies =
         vec![PolicyView { id: PolicyId::DEFAULT, name: String::new(), mode: c.cfg.mode, workload: None, index }];
@@ -466,6 +505,7 @@ fn compile_all(
         let id = ids[&w.name];
         let scope = format!("{}\u{0}", w.name);
         let (d, index) = load::compile_policy(&c.cfg, &w.registry, id, &scope, snapshot, &mut c.service_ids);
+        plan.services.extend(d.services.iter().map(|s| (id, s.id)));
         desired.merge(d);
         plan.modes.insert(id, load::kernel_mode(w.mode));
         policies.push(PolicyView { id, name: w.name.clone(), mode: w.mode, workload: Some(w.clone()), index });
@@ -473,6 +513,13 @@ fn compile_all(
     plan.allow = desired.allow.clone();
     plan.dests = desired.dests.clone();
     plan.workloads = cgroups.iter().filter_map(|(cg, name)| Some((*cg, *ids.get(name)?))).collect();
+    if let Some(a) = &c.adopted {
+        // Not told about workloads yet: keep what the previous daemon enforced for them.
+        plan.modes.extend(a.modes.iter().map(|(p, m)| (*p, *m)));
+        plan.allow.extend(a.allow.iter().map(|(k, v)| (*k, *v)));
+        plan.workloads.extend(a.workloads.iter().map(|(cg, p)| (*cg, *p)));
+        plan.services.extend(a.services.iter().copied());
+    }
     let view = View { cfg: c.cfg.clone(), desired: Arc::new(desired), policies };
     Ok((plan, view))
 }

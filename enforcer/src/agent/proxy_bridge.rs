@@ -58,7 +58,7 @@ fn bounded_insert<K: std::hash::Hash + Eq, V>(m: &Mutex<HashMap<K, V>>, k: K, v:
 
 impl proxy::ProxyPolicy for AgentProxy {
     fn original_dst(&self, client: SocketAddr) -> Option<SocketAddr> {
-        let (orig, service, cgroup) = self.agent.with_dataplane(|dp| dp.proxy_original(client))?;
+        let (orig, service, cgroup) = self.agent.with_dataplane(|dp| dp.take_proxy_original(client))?;
         bounded_insert(&self.by_client, client, (service, cgroup));
         bounded_insert(&self.by_original, orig, service);
         Some(orig)

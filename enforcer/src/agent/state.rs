@@ -41,6 +41,9 @@ pub struct Plan {
     pub dests: BTreeMap<DestEntry, AllowValue>,
     /// cgroup id -> policy.
     pub workloads: BTreeMap<u64, PolicyId>,
+    /// Every (policy, service) that exists after the change, whether or not it has registry
+    /// entries (a wildcard service is only learned): learned entries of others are revoked.
+    pub services: BTreeSet<(PolicyId, ServiceId)>,
 }
 
 impl Plan {
@@ -51,6 +54,7 @@ impl Plan {
             allow: desired.allow.clone(),
             dests: desired.dests.clone(),
             workloads: BTreeMap::new(),
+            services: desired.services.iter().map(|s| (PolicyId::DEFAULT, s.id)).collect(),
         }
     }
 }
@@ -181,8 +185,8 @@ impl<M: Maps> MapState<M> {
     /// Bring the maps to `plan`, in the order described at the top of this module.
     pub fn apply(&mut self, plan: &Plan) -> Result<ApplyStats, DataplaneError> {
         // Learned entries of services or policies that left: they go with the change.
-        let live_services: BTreeSet<(PolicyId, ServiceId)> =
-            plan.allow.iter().map(|(e, v)| (e.policy_id, v.service_id)).collect();
+        let mut live_services = plan.services.clone();
+        live_services.extend(plan.allow.iter().map(|(e, v)| (e.policy_id, v.service_id)));
         let live_service_ids: BTreeSet<ServiceId> = live_services.iter().map(|(_, s)| *s).collect();
         self.allow.learned.retain(|k, (v, _)| {
             plan.modes.contains_key(&k.policy_id) && live_services.contains(&(k.policy_id, v.service_id))

@@ -100,7 +100,7 @@ fn random_entries(rng: &mut Rng, plan: &mut Plan, p: PolicyId) {
         for port in PORTS {
             if rng.below(2) == 0 {
                 let e = AllowEntry { policy_id: p, net: addr(a).into(), port, proto: PROTO_TCP };
-                plan.allow.insert(e, AllowValue { service_id: sid(u32::from(a)), flags: 0 });
+                plan.allow.insert(e, AllowValue::new(sid(u32::from(a)), 0));
             }
         }
     }
@@ -218,7 +218,7 @@ fn mode_goes_before_entries_when_opening_and_after_when_closing() {
     let e = AllowEntry { policy_id: PolicyId::DEFAULT, net: addr(1).into(), port: 80, proto: PROTO_TCP };
     let mut plan = Plan::default();
     plan.modes.insert(PolicyId::DEFAULT, Mode::RegistryOnly);
-    plan.allow.insert(e, AllowValue { service_id: sid(1), flags: 0 });
+    plan.allow.insert(e, AllowValue::new(sid(1), 0));
     st.apply(&plan).unwrap();
     st.maps_mut().log.clear();
     // Open: ALLOW_ANY and the entry goes.
@@ -238,7 +238,7 @@ fn removed_policy_is_unmapped_before_its_entries_go_and_its_slot_is_reset() {
     let mut plan = Plan::default();
     plan.modes.insert(PolicyId::DEFAULT, Mode::RegistryOnly);
     plan.modes.insert(pid(2), Mode::RegistryOnly);
-    plan.allow.insert(e, AllowValue { service_id: sid(1), flags: 0 });
+    plan.allow.insert(e, AllowValue::new(sid(1), 0));
     plan.workloads.insert(7, pid(2));
     st.apply(&plan).unwrap();
     st.maps_mut().log.clear();
@@ -258,12 +258,11 @@ fn learned_entries_expire_and_go_with_their_service() {
     let base = AllowEntry { policy_id: PolicyId::DEFAULT, net: addr(1).into(), port: 80, proto: PROTO_TCP };
     let mut plan = Plan::default();
     plan.modes.insert(PolicyId::DEFAULT, Mode::RegistryOnly);
-    plan.allow.insert(base, AllowValue { service_id: sid(1), flags: 0 });
+    plan.allow.insert(base, AllowValue::new(sid(1), 0));
     st.apply(&plan).unwrap();
     let t0 = Instant::now();
     let learned = AllowEntry { net: addr(2).into(), ..base };
-    st.learn(vec![(learned, AllowValue { service_id: sid(1), flags: 0 })], vec![], t0 + Duration::from_secs(30))
-        .unwrap();
+    st.learn(vec![(learned, AllowValue::new(sid(1), 0))], vec![], t0 + Duration::from_secs(30)).unwrap();
     assert!(st.maps().verdict(&[1], addr(2), 80, PROTO_TCP).0);
     // A reload that keeps service 1 keeps its learned address.
     st.apply(&plan).unwrap();
@@ -272,8 +271,7 @@ fn learned_entries_expire_and_go_with_their_service() {
     assert_eq!(st.sweep(t0 + Duration::from_secs(31)).unwrap(), 1);
     assert!(!st.maps().verdict(&[1], addr(2), 80, PROTO_TCP).0);
     // Learned again, then service 1 leaves the registry: its learned entry leaves with it.
-    st.learn(vec![(learned, AllowValue { service_id: sid(1), flags: 0 })], vec![], t0 + Duration::from_secs(300))
-        .unwrap();
+    st.learn(vec![(learned, AllowValue::new(sid(1), 0))], vec![], t0 + Duration::from_secs(300)).unwrap();
     let without = Plan { modes: plan.modes.clone(), ..Plan::default() };
     st.apply(&without).unwrap();
     assert!(!st.maps().verdict(&[1], addr(2), 80, PROTO_TCP).0, "a removed service's learned addresses are revoked");
@@ -285,12 +283,11 @@ fn adopting_a_previous_daemons_maps_keeps_learned_entries_and_their_expiry() {
     let e = AllowEntry { policy_id: PolicyId::DEFAULT, net: addr(3).into(), port: 443, proto: PROTO_TCP };
     let plan = Plan {
         modes: [(PolicyId::DEFAULT, Mode::RegistryOnly)].into(),
-        allow: [(AllowEntry { port: 80, ..e }, AllowValue { service_id: sid(4), flags: 0 })].into(),
+        allow: [(AllowEntry { port: 80, ..e }, AllowValue::new(sid(4), 0))].into(),
         ..Plan::default()
     };
     st.apply(&plan).unwrap();
-    st.learn(vec![(e, AllowValue { service_id: sid(4), flags: 0 })], vec![], Instant::now() + Duration::from_secs(60))
-        .unwrap();
+    st.learn(vec![(e, AllowValue::new(sid(4), 0))], vec![], Instant::now() + Duration::from_secs(60)).unwrap();
     let kernel = st.maps().clone();
     let mut restarted = MapState::adopt(kernel).unwrap();
     restarted.apply(&plan).unwrap();
@@ -305,9 +302,28 @@ fn over_capacity_is_refused_before_any_write() {
     let mut plan = Plan { modes: [(PolicyId::DEFAULT, Mode::RegistryOnly)].into(), ..Plan::default() };
     for a in 1..=4 {
         let e = AllowEntry { policy_id: PolicyId::DEFAULT, net: addr(a).into(), port: 80, proto: PROTO_TCP };
-        plan.allow.insert(e, AllowValue { service_id: sid(1), flags: 0 });
+        plan.allow.insert(e, AllowValue::new(sid(1), 0));
     }
     let err = st.apply(&plan).unwrap_err();
     assert!(err.to_string().contains("capacity"), "{err}");
     assert!(st.maps().log.is_empty(), "nothing was written: {:?}", st.maps().log);
+}
+
+#[test]
+fn learned_entries_of_a_wildcard_service_survive_reloads_that_keep_it() {
+    // A wildcard service has no registry entries at all: only what DNS answers add.
+    let mut st = MapState::adopt(MemoryMaps::new(100)).unwrap();
+    let plan = Plan {
+        modes: [(PolicyId::DEFAULT, Mode::RegistryOnly)].into(),
+        services: [(PolicyId::DEFAULT, sid(9))].into(),
+        ..Plan::default()
+    };
+    st.apply(&plan).unwrap();
+    let e = AllowEntry { policy_id: PolicyId::DEFAULT, net: addr(5).into(), port: 443, proto: PROTO_TCP };
+    st.learn(vec![(e, AllowValue::new(sid(9), 0))], vec![], Instant::now() + Duration::from_secs(60)).unwrap();
+    st.apply(&plan).unwrap();
+    assert!(st.maps().verdict(&[1], addr(5), 443, PROTO_TCP).0, "kept across a reload that keeps the service");
+    let without = Plan { services: Default::default(), ..plan };
+    st.apply(&without).unwrap();
+    assert!(!st.maps().verdict(&[1], addr(5), 443, PROTO_TCP).0, "revoked with the service");
 }
