@@ -162,13 +162,13 @@ impl Collector for KernelCollector {
         counters(
             &mut enc,
             "enforcer_tcp_payload_request_bytes",
-            "TCP payload bytes the workload sent (acknowledged by the peer) over closed connections (sock_ops)",
+            "TCP payload bytes the workload sent (acknowledged by the peer; plus the SYN/FIN sequence numbers, at most 2 per connection) over closed connections (sock_ops)",
             tcp(|v| v.payload.request),
         )?;
         counters(
             &mut enc,
             "enforcer_tcp_payload_response_bytes",
-            "TCP payload bytes the workload received over closed connections (sock_ops)",
+            "TCP payload bytes the workload received (plus the FIN sequence number) over closed connections (sock_ops)",
             tcp(|v| v.payload.response),
         )?;
         let udp = |f: fn(&UdpSeries) -> u64| s.udp.iter().map(move |(l, v)| (l.clone(), f(v)));
