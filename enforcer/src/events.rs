@@ -464,3 +464,36 @@ impl EventHub {
         (r.iter().cloned().collect(), Follower { rx: self.tx.subscribe(), drops: std::sync::Arc::clone(&self.drops) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lagging_follower_is_told_and_counted() {
+        let hub = EventHub::with_follower_buffer(10, 2);
+        let (_, mut f) = hub.snapshot();
+        for _ in 0..5 {
+            hub.publish_drops(1);
+        }
+        let first: serde_json::Value = serde_json::from_str(&f.next_line().await.unwrap()).unwrap();
+        assert_eq!(first["reason"], "follower_lag");
+        assert_eq!(first["count"], 3);
+        assert_eq!(hub.drops().follower_lag.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(hub.drops().ring_buffer.load(std::sync::atomic::Ordering::Relaxed), 5);
+        let next: serde_json::Value = serde_json::from_str(&f.next_line().await.unwrap()).unwrap();
+        assert_eq!(next["reason"], "ring_buffer");
+    }
+
+    #[test]
+    fn mode_changes_are_recorded_once() {
+        let hub = EventHub::new(10);
+        hub.note_mode("AUDIT");
+        hub.note_mode("AUDIT");
+        hub.note_mode("REGISTRY_ONLY");
+        let (recent, _) = hub.snapshot();
+        let modes: Vec<EventJson> = recent.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(modes.iter().map(|e| e.mode.clone().unwrap()).collect::<Vec<_>>(), ["AUDIT", "REGISTRY_ONLY"]);
+        assert!(modes.iter().all(|e| e.verdict == "mode" && e.time > 0.0));
+    }
+}

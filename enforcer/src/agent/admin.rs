@@ -347,3 +347,72 @@ impl crate::admin::AdminSource for Agent {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::{DIR_INGRESS, PolicyId};
+
+    use super::*;
+    use crate::policy::{PortRule, ServiceInfo};
+
+    fn svc(id: u32, name: &str, hosts: &[&str], kind: ServiceKind, protos: &[u8]) -> ServiceInfo {
+        ServiceInfo {
+            id: ServiceId::new(id).unwrap(),
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            kind,
+            ports: vec![],
+            proxied_ports: vec![],
+            policy: PolicyId::DEFAULT,
+            se_index: None,
+            port_rules: protos
+                .iter()
+                .map(|p| PortRule { name: String::new(), number: 53, target: None, proto: *p, proxied: false })
+                .collect(),
+        }
+    }
+
+    fn desired() -> Desired {
+        Desired {
+            services: vec![
+                svc(1, "shop/api", &["api.shop.test"], ServiceKind::ServiceEntry, &[PROTO_TCP]),
+                svc(2, "shop/ntp", &["ntp.shop.test"], ServiceKind::ServiceEntry, &[PROTO_UDP]),
+                svc(3, "--allow 198.18.0.7:443", &["198.18.0.7/32"], ServiceKind::CommandLine, &[PROTO_TCP]),
+                svc(4, "--allow example.com:443", &["example.com"], ServiceKind::CommandLine, &[PROTO_TCP]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn destinations_are_hosts_never_addresses() {
+        let d = desired();
+        let id = |n| ServiceId::new(n).unwrap();
+        assert_eq!(destination(&d, id(1)), Destination::service("api.shop.test", Some("shop")));
+        assert_eq!(destination(&d, id(1)).service_name, "api.shop.test", "Istio: a ServiceEntry's service is its host");
+        assert_eq!(destination(&d, id(3)), Destination::passthrough(), "an address allow has no name");
+        assert_eq!(destination(&d, id(4)), Destination::service("example.com", None));
+        assert_eq!(destination(&d, id(4)).service_namespace, "unknown");
+        assert_eq!(destination(&d, ServiceId::NONE), Destination::passthrough());
+    }
+
+    #[test]
+    fn traffic_is_split_by_what_the_hooks_saw_then_by_the_ports() {
+        let d = desired();
+        let key = |cg: u64, svc: u32| TrafficKey {
+            cgroup_id: cg,
+            service_id: ServiceId::new(svc).unwrap_or(ServiceId::NONE),
+            direction: DIR_INGRESS,
+            family: 2,
+            _pad: [0; 2],
+        };
+        let mut seen = ProtosSeen::new();
+        seen.insert((7, ServiceId::NONE), (false, true));
+        seen.insert((7, ServiceId::new(1).unwrap()), (true, true));
+        assert_eq!(traffic_l4(&key(0, 1), &seen, &d), None, "no socket: ICMP, neighbour discovery");
+        assert_eq!(traffic_l4(&key(7, 0), &seen, &d), Some(L4::Udp), "UDP passthrough seen by sendmsg");
+        assert_eq!(traffic_l4(&key(7, 1), &seen, &d), Some(L4::Tcp), "both seen: the service's ports");
+        assert_eq!(traffic_l4(&key(8, 2), &seen, &d), Some(L4::Udp), "unseen: a UDP-only service");
+        assert_eq!(traffic_l4(&key(8, 0), &seen, &d), Some(L4::Tcp));
+    }
+}
