@@ -11,9 +11,10 @@ use crate::{admin::Registryz, events::EventJson};
 /// Which events a draft is made from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Window {
-    /// This AUDIT period: the events after the stream's last `mode` record naming AUDIT (up to
-    /// the next mode record, if the mode changed since); all events when the stream has no mode
-    /// record (older agents, a saved file, or a period older than the agent's buffer).
+    /// This AUDIT period: the events after the stream's last `mode` record naming AUDIT (the
+    /// default policy's mode; up to the next mode record, if the mode changed since); all events
+    /// when the stream has no AUDIT mode record (older agents, a saved file, a period older than
+    /// the agent's buffer, or AUDIT set per workload only).
     AuditPeriod,
     /// Events at or after this time (Unix seconds).
     Since(f64),
@@ -44,10 +45,12 @@ impl Window {
             Window::AuditPeriod => {
                 let modes: Vec<usize> =
                     events.iter().enumerate().filter(|(_, e)| e.verdict == "mode").map(|(i, _)| i).collect();
+                // The default policy never in AUDIT here: the audits are workload policies' (their
+                // modes are their own), so every event counts.
                 let Some(last_audit) =
                     modes.iter().rev().copied().find(|i| events[*i].mode.as_deref() == Some("AUDIT"))
                 else {
-                    return if modes.is_empty() { events } else { &events[..0] };
+                    return events;
                 };
                 let end = modes.iter().copied().find(|i| *i > last_audit).unwrap_or(events.len());
                 &events[last_audit + 1..end]
@@ -284,8 +287,8 @@ mod tests {
         assert_eq!(w.iter().map(|e| e.time).collect::<Vec<_>>(), vec![3.0]);
         // No mode record: everything.
         assert_eq!(Window::AuditPeriod.select(&evs[..1]).len(), 1);
-        // Never in AUDIT: nothing.
-        assert!(Window::AuditPeriod.select(&[mode("REGISTRY_ONLY", 1.0), at(2.0)]).is_empty());
+        // The default policy never in AUDIT (workload policies' audits): everything.
+        assert_eq!(Window::AuditPeriod.select(&[mode("REGISTRY_ONLY", 1.0), at(2.0)]).len(), 2);
         assert_eq!(Window::Since(5.0).select(&evs).len(), 4);
         assert_eq!(Window::parse_since("10m", 1000.0), Ok(Window::Since(400.0)));
         assert_eq!(Window::parse_since("1970-01-01T00:01:40Z", 0.0), Ok(Window::Since(100.0)));
