@@ -65,6 +65,10 @@ pub struct SuggestArgs {
     /// Namespace for the drafted ServiceEntries.
     #[arg(long, default_value = "default")]
     pub namespace: String,
+    /// Only events from this far back ("10m", "2h") or since this RFC 3339 time. Default: this
+    /// AUDIT period (since the mode last became AUDIT).
+    #[arg(long, value_name = "DURATION|TIME")]
+    pub since: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -128,6 +128,9 @@ pub struct EventJson {
     /// The human-readable line.
     #[serde(default)]
     pub line: String,
+    /// `mode` records: the default policy's mode from this record on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 pub fn reason_code(r: u8) -> &'static str {
@@ -162,6 +165,7 @@ pub fn event_json(ev: &Event, desired: &Desired) -> EventJson {
         workload: None,
         host: None,
         line: String::new(),
+        mode: None,
     }
 }
 
@@ -250,24 +254,95 @@ pub fn format_summary(s: &Summary) -> String {
 }
 
 /// Recent events for `/debug/events` and live followers (`enforcer events --follow`). Bounded:
-/// keeps the last `capacity` events; a slow follower is told how many it missed.
+/// keeps the last `capacity` events; a slow follower is told how many it missed. Every lost event
+/// is counted in `enforcer_events_dropped_total{reason}`: `ring_buffer` (the kernel's ring buffer
+/// was full) and `follower_lag` (a follower fell behind the broadcast; counted per follower).
 pub struct EventHub {
     recent: std::sync::Mutex<std::collections::VecDeque<String>>,
     capacity: usize,
     tx: tokio::sync::broadcast::Sender<String>,
     /// Names seen in DNS answers for addresses (unregistered names too), for `suggest`.
     names: std::sync::Mutex<std::collections::HashMap<IpAddr, String>>,
+    drops: std::sync::Arc<Drops>,
+    /// The default policy's mode and since when (Unix seconds), for `suggest`'s default window.
+    mode: std::sync::Mutex<Option<(String, f64)>>,
+}
+
+/// Events lost, by reason.
+#[derive(Debug, Default)]
+pub struct Drops {
+    pub ring_buffer: std::sync::atomic::AtomicU64,
+    pub follower_lag: std::sync::atomic::AtomicU64,
+}
+
+fn now_secs() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// A live follower of the hub: new event lines; a gap is reported (and counted) as a `dropped`
+/// record.
+pub struct Follower {
+    rx: tokio::sync::broadcast::Receiver<String>,
+    drops: std::sync::Arc<Drops>,
+}
+
+impl Follower {
+    /// The next line (an event, or a `dropped` record after a gap); None when the hub is gone.
+    pub async fn next_line(&mut self) -> Option<String> {
+        match self.rx.recv().await {
+            Ok(l) => Some(l),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                self.drops.follower_lag.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                Some(format!(
+                    "{{\"verdict\":\"dropped\",\"reason\":\"follower_lag\",\"count\":{n},\"message\":\"{n} events dropped: this follower fell behind\"}}"
+                ))
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => None,
+        }
+    }
+
+    /// As a stream of lines.
+    pub fn into_stream(self) -> impl tokio_stream::Stream<Item = String> + Send + 'static {
+        futures::stream::unfold(self, |mut f| async move { f.next_line().await.map(|l| (l, f)) })
+    }
 }
 
 impl EventHub {
     pub fn new(capacity: usize) -> Self {
-        let (tx, _) = tokio::sync::broadcast::channel(4096);
+        Self::with_follower_buffer(capacity, 4096)
+    }
+
+    /// `follower_buffer`: how many events a follower may fall behind before it loses some.
+    pub fn with_follower_buffer(capacity: usize, follower_buffer: usize) -> Self {
+        let (tx, _) = tokio::sync::broadcast::channel(follower_buffer);
         Self {
             recent: std::sync::Mutex::new(std::collections::VecDeque::with_capacity(capacity)),
             capacity,
             tx,
             names: Default::default(),
+            drops: Default::default(),
+            mode: Default::default(),
         }
+    }
+
+    /// Register `enforcer_events_dropped_total{reason}` (once, by the agent).
+    pub fn register(&self, reg: &mut prometheus_client::registry::Registry) {
+        let drops = std::sync::Arc::clone(&self.drops);
+        let c = crate::metrics::ValueCollector::new().counters(
+            "events_dropped",
+            "Events lost: the kernel ring buffer was full (reason=ring_buffer), or a follower of /debug/events fell behind (reason=follower_lag, per follower)",
+            move || {
+                vec![
+                    (vec![("reason", "ring_buffer".to_string())], crate::metrics::load(&drops.ring_buffer)),
+                    (vec![("reason", "follower_lag".to_string())], crate::metrics::load(&drops.follower_lag)),
+                ]
+            },
+        );
+        reg.sub_registry_with_prefix("enforcer").register_collector(Box::new(c));
+    }
+
+    pub fn drops(&self) -> &Drops {
+        &self.drops
     }
 
     fn push(&self, line: String) {
@@ -291,7 +366,6 @@ impl EventHub {
             self.push(s);
         }
     }
-
     /// A denial or failure seen by the L7 proxy (SNI not allowed, TLS verification failed, ...).
     pub fn publish_proxy(&self, e: &crate::proxy::ProxyEvent, workload: &str) {
         use crate::proxy::ProxyEventKind as K;
@@ -342,11 +416,35 @@ impl EventHub {
         }
     }
 
-    /// Say that the kernel dropped events (ring buffer full).
+    /// Say (and count) that the kernel dropped events (ring buffer full).
     pub fn publish_drops(&self, n: u64) {
+        self.drops.ring_buffer.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         self.push(format!(
-            "{{\"verdict\":\"dropped\",\"count\":{n},\"message\":\"{n} events dropped by the kernel: the ring buffer was full\"}}"
+            "{{\"verdict\":\"dropped\",\"reason\":\"ring_buffer\",\"count\":{n},\"message\":\"{n} events dropped by the kernel: the ring buffer was full\"}}"
         ));
+    }
+
+    /// The default policy's mode is (now) `mode`: when it changes, a `mode` record marks the start
+    /// of the new period in the stream (`enforcer suggest` reads only this AUDIT period by default).
+    pub fn note_mode(&self, mode: &str) {
+        let mut m = self.mode.lock().expect("mode lock");
+        if m.as_ref().is_some_and(|(cur, _)| cur == mode) {
+            return;
+        }
+        let time = now_secs();
+        *m = Some((mode.to_string(), time));
+        drop(m);
+        let j = EventJson {
+            time,
+            verdict: "mode".into(),
+            message: format!("mode is now {mode}"),
+            line: format!("mode is now {mode}"),
+            mode: Some(mode.to_string()),
+            ..Default::default()
+        };
+        if let Ok(s) = serde_json::to_string(&j) {
+            self.push(s);
+        }
     }
 
     pub fn observe_name(&self, name: &str, addrs: &[IpAddr]) {
@@ -360,8 +458,42 @@ impl EventHub {
         }
     }
 
-    pub fn snapshot(&self) -> (Vec<String>, tokio::sync::broadcast::Receiver<String>) {
+    /// The recent lines (oldest first) and a follower of the lines after them.
+    pub fn snapshot(&self) -> (Vec<String>, Follower) {
         let r = self.recent.lock().expect("events lock");
-        (r.iter().cloned().collect(), self.tx.subscribe())
+        (r.iter().cloned().collect(), Follower { rx: self.tx.subscribe(), drops: std::sync::Arc::clone(&self.drops) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_lagging_follower_is_told_and_counted() {
+        let hub = EventHub::with_follower_buffer(10, 2);
+        let (_, mut f) = hub.snapshot();
+        for _ in 0..5 {
+            hub.publish_drops(1);
+        }
+        let first: serde_json::Value = serde_json::from_str(&f.next_line().await.unwrap()).unwrap();
+        assert_eq!(first["reason"], "follower_lag");
+        assert_eq!(first["count"], 3);
+        assert_eq!(hub.drops().follower_lag.load(std::sync::atomic::Ordering::Relaxed), 3);
+        assert_eq!(hub.drops().ring_buffer.load(std::sync::atomic::Ordering::Relaxed), 5);
+        let next: serde_json::Value = serde_json::from_str(&f.next_line().await.unwrap()).unwrap();
+        assert_eq!(next["reason"], "ring_buffer");
+    }
+
+    #[test]
+    fn mode_changes_are_recorded_once() {
+        let hub = EventHub::new(10);
+        hub.note_mode("AUDIT");
+        hub.note_mode("AUDIT");
+        hub.note_mode("REGISTRY_ONLY");
+        let (recent, _) = hub.snapshot();
+        let modes: Vec<EventJson> = recent.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(modes.iter().map(|e| e.mode.clone().unwrap()).collect::<Vec<_>>(), ["AUDIT", "REGISTRY_ONLY"]);
+        assert!(modes.iter().all(|e| e.verdict == "mode" && e.time > 0.0));
     }
 }

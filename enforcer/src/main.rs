@@ -109,6 +109,18 @@ async fn suggest(a: cli::SuggestArgs) -> anyhow::Result<i32> {
         }
     };
     let events: Vec<EventJson> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
-    print!("{}", enforcer::suggest::draft(&events, &a.namespace));
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    let window = match &a.since {
+        Some(s) => enforcer::suggest::Window::parse_since(s, now).map_err(anyhow::Error::msg)?,
+        None => enforcer::suggest::Window::AuditPeriod,
+    };
+    // The live registry, to flag drafted addresses it already holds (not required with --from).
+    let live = match admin::fetch_registryz(a.admin).await {
+        Ok(r) => Some(r),
+        Err(e) if a.from.is_none() => return Err(e.into()),
+        Err(_) => None,
+    };
+    print!("{}", enforcer::suggest::draft(window.select(&events), &a.namespace, live.as_ref()));
     Ok(0)
 }

@@ -1,6 +1,12 @@
 //! cgroup id -> workload name, for the `source_workload` metric label and events: the command under
-//! `enforcer run`, the cgroup path (relative to the cgroup2 mount) under `enforcer daemon`. Ids of
-//! cgroups outside the enforced tree are "unknown", which keeps label cardinality bounded.
+//! `enforcer run`, the cgroup path (relative to the cgroup2 mount) under `enforcer daemon`, the
+//! workload policy's name for its cgroups. Ids of cgroups outside the enforced tree are "unknown",
+//! which keeps label cardinality bounded.
+//!
+//! A workload's Istio source labels ([`Source`]): a workload policy named `namespace/name` (the
+//! Kubernetes controller's `namespace/pod`, or a `--workloads` entry written that way) is workload
+//! `name` in namespace `namespace`; any other name is the workload, namespace `unknown`. Metadata
+//! given with [`Workloads::set_identity`] (app, version, canonical service, ...) replaces that.
 
 use std::{
     collections::HashMap,
@@ -9,7 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub const UNKNOWN: &str = "unknown";
+use crate::metrics::Source;
+pub use crate::metrics::UNKNOWN;
 
 pub struct Workloads {
     /// The enforced cgroup directory and the name of its own workload.
@@ -22,6 +29,16 @@ pub struct Workloads {
     last_scan: Option<Instant>,
     /// Cgroup directories named by a workload policy: they and their descendants take its name.
     overrides: Vec<(PathBuf, String)>,
+    /// Source labels by workload name, for names that carry more than a name.
+    identities: HashMap<String, Source>,
+}
+
+/// The source labels a workload policy's name stands for (see the module docs).
+pub fn policy_source(name: &str) -> Source {
+    match name.split_once('/') {
+        Some((ns, wl)) if !ns.is_empty() && !wl.is_empty() && !wl.contains('/') => Source::named(wl, Some(ns)),
+        _ => Source::named(name, None),
+    }
 }
 
 impl Workloads {
@@ -34,6 +51,7 @@ impl Workloads {
             names: HashMap::new(),
             last_scan: None,
             overrides: Vec::new(),
+            identities: HashMap::new(),
         };
         w.scan();
         w
@@ -52,6 +70,7 @@ impl Workloads {
             names: HashMap::new(),
             last_scan: None,
             overrides: Vec::new(),
+            identities: HashMap::new(),
         };
         w.scan();
         w
@@ -59,9 +78,33 @@ impl Workloads {
 
     /// Name the cgroups of workload policies after the policy (rescans).
     pub fn set_overrides(&mut self, overrides: Vec<(PathBuf, String)>) {
+        let explicit: HashMap<String, Source> =
+            self.identities.drain().filter(|(n, s)| *s != policy_source(n)).collect();
+        self.identities = overrides.iter().map(|(_, n)| (n.clone(), policy_source(n))).collect();
+        self.identities.extend(explicit);
         self.overrides = overrides;
         self.names.clear();
         self.scan();
+    }
+
+    /// The full source labels of the workload called `name` (e.g. from Kubernetes: the owner's
+    /// name, the pod's namespace, its `app`/`version` and canonical-service labels).
+    pub fn set_identity(&mut self, name: &str, source: Source) {
+        self.identities.insert(name.to_string(), source);
+    }
+
+    /// The source labels of a cgroup's traffic.
+    pub fn source(&mut self, id: u64) -> Source {
+        let name = self.name(id);
+        self.source_of(&name)
+    }
+
+    /// The source labels of the workload called `name` (`unknown`: the unknown source).
+    pub fn source_of(&self, name: &str) -> Source {
+        match self.identities.get(name) {
+            Some(s) => s.clone(),
+            None => Source::named(name, None),
+        }
     }
 
     pub fn name(&mut self, id: u64) -> String {
@@ -105,5 +148,22 @@ impl Workloads {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_names_become_source_labels() {
+        let s = policy_source("shop/web-7d9f");
+        assert_eq!((s.workload.as_str(), s.namespace.as_str()), ("web-7d9f", "shop"));
+        assert_eq!((s.canonical_service.as_str(), s.canonical_revision.as_str()), ("web-7d9f", "latest"));
+        assert_eq!((s.app.as_str(), s.principal.as_str(), s.cluster.as_str()), ("unknown", "unknown", "unknown"));
+        let s = policy_source("nginx");
+        assert_eq!((s.workload.as_str(), s.namespace.as_str()), ("nginx", "unknown"));
+        assert_eq!(policy_source("system.slice/a/b").workload, "system.slice/a/b");
+        assert_eq!(policy_source("unknown"), Source::unknown());
     }
 }

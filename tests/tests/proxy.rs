@@ -325,7 +325,7 @@ fn request_metrics_count_status_codes_exactly() {
         ("reporter", "source"),
         ("source_workload", wl.as_str()),
         ("destination_service", "api.test"),
-        ("destination_service_name", "api"),
+        ("destination_service_name", "api.test"),
         ("destination_service_namespace", "default"),
         ("request_protocol", "http"),
         ("response_flags", "-"),

@@ -38,8 +38,9 @@ import json, os, socket, subprocess, sys, time, urllib.request
 spec = json.loads(sys.argv[1])
 admin = spec.get('admin')
 opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-def get(path):
-    with opener.open('http://%s%s' % (admin, path), timeout=10) as r:
+def get(path, accept='application/openmetrics-text; version=1.0.0'):
+    req = urllib.request.Request('http://%s%s' % (admin, path), headers={'Accept': accept})
+    with opener.open(req, timeout=10) as r:
         return r.read().decode(), r.headers.get('Content-Type')
 def fam(addr):
     return socket.AF_INET6 if ':' in addr else socket.AF_INET
@@ -113,7 +114,9 @@ if admin:
             break
         prev = m
         time.sleep(0.3)
-    out.update(metrics=m, metrics_content_type=ctype, events=ev, exec=[])
+    text, text_ctype = get('/metrics', accept='*/*')
+    out.update(metrics=m, metrics_content_type=ctype, metrics_text=text, metrics_text_content_type=text_ctype,
+               events=ev, exec=[])
     for argv in spec.get('exec', []):
         p = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         out['exec'].append({'argv': argv, 'status': p.returncode, 'stdout': p.stdout, 'stderr': p.stderr})
@@ -177,6 +180,9 @@ struct Vis {
     results: Vec<Value>,
     metrics: Metrics,
     content_type: String,
+    /// The same scrape in the default format (no Accept): Prometheus text 0.0.4.
+    text: String,
+    text_content_type: String,
     events: Vec<Value>,
     exec: Vec<Value>,
 }
@@ -210,6 +216,8 @@ impl Vis {
             pid: v["pid"].as_u64().unwrap() as u32,
             results: v["results"].as_array().unwrap().clone(),
             content_type: v["metrics_content_type"].as_str().unwrap_or("").to_string(),
+            text: v["metrics_text"].as_str().unwrap_or("").to_string(),
+            text_content_type: v["metrics_text_content_type"].as_str().unwrap_or("").to_string(),
             exec: v["exec"].as_array().cloned().unwrap_or_default(),
             metrics,
             events,
@@ -432,12 +440,13 @@ fn allow_any_splits_connections_and_bytes_per_service() {
     let wl = py_name();
 
     // Connections: exact, per destination service, with Istio's labels.
-    for (svc, name, n) in [("vis-a.enforcer.test", "vis-a", N_A), ("vis-b.enforcer.test", "vis-b", N_B)] {
+    for (svc, n) in [("vis-a.enforcer.test", N_A), ("vis-b.enforcer.test", N_B)] {
         let want = [
             ("reporter", "source"),
             ("source_workload", wl.as_str()),
             ("destination_service", svc),
-            ("destination_service_name", name),
+            // Istio names a ServiceEntry's service after its host.
+            ("destination_service_name", svc),
             ("destination_service_namespace", "default"),
             ("response_flags", "-"),
             ("request_protocol", "tcp"),
@@ -474,21 +483,28 @@ fn allow_any_splits_connections_and_bytes_per_service() {
     );
     assert_eq!(m.sum("enforcer_denied_connections_total", &[]), 0.0, "{}", m.text);
 
-    // UDP bytes: exact at L3 (20 IPv4 + 8 UDP per datagram), both directions.
+    // UDP: never in istio_tcp_*; enforcer_udp_* exact at L3 (20 IPv4 + 8 UDP per datagram), with
+    // Istio's direction (received = what the destination received: the workload's datagrams).
     let us = [
         ("source_workload", wl.as_str()),
         ("destination_service", "vis-u.enforcer.test"),
-        ("destination_service_name", "vis-u"),
+        ("destination_service_name", "vis-u.enforcer.test"),
+        ("request_protocol", "udp"),
     ];
-    assert_eq!(m.sum("istio_tcp_sent_bytes_total", &us), f64::from(K * (L + 28)), "UDP sent bytes, L3\n{}", m.text);
-    let replies: u64 = v.results[3]["replies"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap() + 28).sum();
     assert_eq!(
-        m.sum("istio_tcp_received_bytes_total", &us),
-        replies as f64,
-        "UDP received bytes (echoes), L3\n{}",
+        m.sum("enforcer_udp_received_bytes_total", &us),
+        f64::from(K * (L + 28)),
+        "UDP request bytes\n{}",
         m.text
     );
-    assert_eq!(m.sum("istio_tcp_connections_opened_total", &us), 0.0, "UDP opens no TCP connections\n{}", m.text);
+    assert_eq!(m.sum("enforcer_udp_received_datagrams_total", &us), f64::from(K), "{}", m.text);
+    let replies: u64 = v.results[3]["replies"].as_array().unwrap().iter().map(|r| r.as_u64().unwrap() + 28).sum();
+    assert_eq!(m.sum("enforcer_udp_sent_bytes_total", &us), replies as f64, "UDP response bytes (echoes)\n{}", m.text);
+    assert_eq!(m.sum("enforcer_udp_sent_datagrams_total", &us), f64::from(K), "{}", m.text);
+    for f in ["istio_tcp_connections_opened_total", "istio_tcp_sent_bytes_total", "istio_tcp_received_bytes_total"] {
+        let svc = [("destination_service", "vis-u.enforcer.test")];
+        assert!(m.series(f, &svc).is_empty(), "UDP is not TCP: {f}\n{}", m.text);
+    }
 
     // TCP bytes: bounded.
     for (svc, idx, n) in
@@ -497,19 +513,34 @@ fn allow_any_splits_connections_and_bytes_per_service() {
         let labels = [("source_workload", wl.as_str()), ("destination_service", svc)];
         let sent = v.results[idx]["sent"].as_u64().unwrap();
         assert_eq!(sent, u64::from(n * M));
-        // Client -> server: SYN, ACK, data, FIN at least.
+        // Client -> server (Istio: bytes the destination received during the request): SYN, ACK,
+        // data, FIN at least.
         assert_between(
-            &format!("sent bytes to {svc}"),
-            m.sum("istio_tcp_sent_bytes_total", &labels),
+            &format!("request bytes to {svc}"),
+            m.sum("istio_tcp_received_bytes_total", &labels),
             tcp_bounds(n.into(), sent, 4),
             m,
         );
-        // Server -> client: SYN-ACK and the reply (FIN may ride on it) at least.
+        // Server -> client (sent during the response): SYN-ACK and the reply (FIN may ride on it).
         let recv = v.results[idx]["received"].as_u64().unwrap();
         assert_between(
-            &format!("received bytes from {svc}"),
-            m.sum("istio_tcp_received_bytes_total", &labels),
+            &format!("response bytes from {svc}"),
+            m.sum("istio_tcp_sent_bytes_total", &labels),
             tcp_bounds(n.into(), recv, 2),
+            m,
+        );
+        // The payload from sock_ops at close (the kernel's bytes_acked / bytes_received also count
+        // the sequence numbers SYN and FIN take: up to 2 per connection).
+        assert_between(
+            &format!("payload to {svc}"),
+            m.sum("enforcer_tcp_payload_request_bytes_total", &labels),
+            (sent as f64, (sent + 2 * u64::from(n)) as f64),
+            m,
+        );
+        assert_between(
+            &format!("payload from {svc}"),
+            m.sum("enforcer_tcp_payload_response_bytes_total", &labels),
+            (recv as f64, (recv + 2 * u64::from(n)) as f64),
             m,
         );
     }
@@ -632,7 +663,10 @@ fn audit_allows_reports_and_suggest_drafts_a_valid_registry() {
 
     let audits: Vec<&Value> = v.events.iter().filter(|e| e["verdict"] == "audit").collect();
     assert_eq!(audits.len(), (N1 + N2) as usize, "{:?}", v.events);
-    assert!(v.events.iter().all(|e| e["verdict"] == "audit"), "{:?}", v.events);
+    // And one record of the mode the period started with.
+    assert!(v.events.iter().all(|e| e["verdict"] == "audit" || e["verdict"] == "mode"), "{:?}", v.events);
+    assert_eq!(v.events[0]["verdict"], "mode", "{:?}", v.events);
+    assert_eq!(v.events[0]["mode"], "AUDIT", "{:?}", v.events);
     for e in &audits {
         assert_eq!(e["comm"], wl.as_str());
         assert_eq!(e["pid"], v.pid);
@@ -714,9 +748,16 @@ fn metrics_are_valid_openmetrics_without_ip_labels() {
     }
     assert!(
         v.content_type.starts_with("application/openmetrics-text"),
-        "/metrics Content-Type should be OpenMetrics, got {:?}",
+        "/metrics Content-Type should be OpenMetrics when asked for, got {:?}",
         v.content_type
     );
+    assert_eq!(v.text_content_type, "text/plain; version=0.0.4; charset=utf-8", "the default format");
+    assert!(
+        !v.text.contains("# EOF") && v.text.contains("# TYPE istio_tcp_connections_opened_total counter"),
+        "{}",
+        v.text
+    );
+    promtool_check_metrics(&v.text);
     let m = &v.metrics; // Metrics::parse already validated grammar, TYPE/HELP, _total, # EOF, IPs.
     for f in [
         "istio_tcp_connections_opened",
@@ -725,26 +766,21 @@ fn metrics_are_valid_openmetrics_without_ip_labels() {
         "istio_tcp_received_bytes",
         "enforcer_denied_connections",
         "enforcer_events_dropped",
+        "enforcer_udp_received_bytes",
+        "enforcer_flows",
     ] {
         assert_eq!(m.types.get(f), Some(&OpenMetricsType::Counter), "{f} is a counter family\n{}", m.text);
     }
     for f in ["enforcer_map_entries", "enforcer_map_capacity", "enforcer_registry_services"] {
         assert_eq!(m.types.get(f), Some(&OpenMetricsType::Gauge), "{f} is a gauge family\n{}", m.text);
     }
-    let istio_labels: BTreeSet<&str> = [
-        "reporter",
-        "source_workload",
-        "destination_workload",
-        "destination_service",
-        "destination_service_name",
-        "destination_service_namespace",
-        "request_protocol",
-        "response_flags",
-        "connection_security_policy",
-    ]
-    .into();
-    let istio: Vec<&Sample> = m.samples.iter().filter(|s| s.family.starts_with("istio_tcp_")).collect();
-    assert!(istio.len() >= 4 * 3, "series for vis-a, vis-u, BlackHoleCluster at least\n{}", m.text);
+    let istio_labels: BTreeSet<&str> = ISTIO_LABELS.into();
+    let istio: Vec<&Sample> = m
+        .samples
+        .iter()
+        .filter(|s| s.family.starts_with("istio_tcp_") || s.family.starts_with("enforcer_udp_"))
+        .collect();
+    assert!(istio.len() >= 4 * 3, "series for vis-a, BlackHoleCluster (TCP) and vis-u (UDP) at least\n{}", m.text);
     for s in &istio {
         assert_eq!(s.labels.keys().map(String::as_str).collect::<BTreeSet<_>>(), istio_labels, "{s:?}");
         assert_eq!(s.labels["reporter"], "source");
@@ -873,7 +909,7 @@ fn daemon_admin(d: &Daemon) -> SocketAddr {
 fn scrape_until(admin: SocketAddr, what: &str, done: impl Fn(&Metrics) -> bool) -> Metrics {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (st, body) = http_get(admin, "/metrics");
+        let (st, body) = http_get_openmetrics(admin, "/metrics");
         assert_eq!(st, 200, "{body}");
         let m = Metrics::parse(&body);
         if done(&m) {
@@ -953,13 +989,13 @@ fn daemon_names_workloads_by_cgroup_and_streams_events() {
     let unk = [("source_workload", "unknown"), ("destination_service", "vis-u.enforcer.test")];
     let m = scrape_until(admin, "closed connections and unknown bytes", |m| {
         m.sum("istio_tcp_connections_closed_total", &labels) >= f64::from(N_A)
-            && m.sum("istio_tcp_received_bytes_total", &unk) >= replies as f64
+            && m.sum("enforcer_udp_sent_bytes_total", &unk) >= replies as f64
     });
     assert_eq!(m.sum("istio_tcp_connections_opened_total", &labels), f64::from(N_A), "{}", m.text);
     assert_eq!(m.sum("istio_tcp_connections_closed_total", &labels), f64::from(N_A), "{}", m.text);
     assert_between(
-        "daemon: sent bytes to vis-a",
-        m.sum("istio_tcp_sent_bytes_total", &labels),
+        "daemon: request bytes to vis-a",
+        m.sum("istio_tcp_received_bytes_total", &labels),
         tcp_bounds(N_A.into(), u64::from(N_A * 500), 4),
         &m,
     );
@@ -972,14 +1008,15 @@ fn daemon_names_workloads_by_cgroup_and_streams_events() {
         m.text
     );
     assert_eq!(
-        m.sum("istio_tcp_sent_bytes_total", &unk),
+        m.sum("enforcer_udp_received_bytes_total", &unk),
         f64::from(K * (L + 28)),
         "unenforced sender = unknown\n{}",
         m.text
     );
-    assert_eq!(m.sum("istio_tcp_received_bytes_total", &unk), replies as f64, "{}", m.text);
+    assert_eq!(m.sum("enforcer_udp_sent_bytes_total", &unk), replies as f64, "{}", m.text);
+    assert!(m.series("istio_tcp_sent_bytes_total", &[("destination_service", "vis-u.enforcer.test")]).is_empty());
     // Only the enforced tree's cgroup paths and "unknown" appear as workloads.
-    for s in m.samples.iter().filter(|s| s.family.starts_with("istio_tcp_")) {
+    for s in m.samples.iter().filter(|s| s.family.starts_with("istio_tcp_") || s.family.starts_with("enforcer_udp_")) {
         let w = &s.labels["source_workload"];
         assert!(
             w == "unknown" || w == &wl || w == cg.rel().trim_start_matches('/'),
@@ -1020,7 +1057,11 @@ fn ring_buffer_overflow_is_counted_and_reported() {
         m.sum("enforcer_denied_connections_total", &[("verdict", "denied")]) >= N as f64
     });
     assert_eq!(m.sum("enforcer_denied_connections_total", &[("verdict", "denied")]), N as f64, "{}", m.text);
-    let dropped = m.sum("enforcer_events_dropped_total", &[]);
+    let m = scrape_until(admin, "drops reported", |m| {
+        m.sum("enforcer_events_dropped_total", &[("reason", "ring_buffer")]) > 0.0
+    });
+    let dropped = m.sum("enforcer_events_dropped_total", &[("reason", "ring_buffer")]);
+    assert_eq!(m.sum("enforcer_events_dropped_total", &[("reason", "follower_lag")]), 0.0, "{}", m.text);
     assert!(dropped > 0.0, "5000 events cannot fit a 256 KiB ring buffer\n{}", m.text);
     assert!(dropped < N as f64, "the ring buffer kept some: {dropped}");
 

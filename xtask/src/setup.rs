@@ -9,9 +9,10 @@ use crate::util;
 
 /// Debian's Rust with a prebuilt core for bpfel-unknown-none, and the LLVM bpf-linker links with.
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
-/// What enforcer runs next to, and what the tests, demo and bench talk to.
+/// What enforcer runs next to, and what the tests, demo and bench talk to (`prometheus` ships
+/// `promtool`, and the server the metrics tests scrape the daemon with).
 const PEER_PKGS: &[&str] =
-    &["curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl", "nginx-light"];
+    &["curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl", "nginx-light", "prometheus"];
 /// `cargo xtask vm-test`: QEMU (TCG), busybox for the guest's initramfs, depmod/modprobe and xz
 /// for the guest kernels' modules.
 const VM_PKGS: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils"];

@@ -82,13 +82,28 @@ pub async fn fetch_registryz_filtered(admin: SocketAddr, service: Option<&str>) 
 
 /// One request to the admin API over a fresh HTTP/1.1 connection; any status is Ok.
 pub async fn request(admin: SocketAddr, method: &str, path: &str) -> Result<AdminResponse, ClientError> {
-    tokio::time::timeout(REQUEST_TIMEOUT, request_inner(admin, method, path))
+    request_with_headers(admin, method, path, &[]).await
+}
+
+/// [`request`] with extra request headers (e.g. `Accept` for `/metrics`).
+pub async fn request_with_headers(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<AdminResponse, ClientError> {
+    tokio::time::timeout(REQUEST_TIMEOUT, request_inner(admin, method, path, headers))
         .await
         .unwrap_or(Err(ClientError::Timeout { addr: admin, timeout: REQUEST_TIMEOUT }))
 }
 
-async fn request_inner(admin: SocketAddr, method: &str, path: &str) -> Result<AdminResponse, ClientError> {
-    let (resp, driver) = open(admin, method, path).await?;
+async fn request_inner(
+    admin: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<AdminResponse, ClientError> {
+    let (resp, driver) = open(admin, method, path, headers).await?;
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.map_err(|source| ClientError::Http { addr: admin, source })?.to_bytes();
     driver.abort();
@@ -100,6 +115,7 @@ async fn open(
     admin: SocketAddr,
     method: &str,
     path: &str,
+    headers: &[(&str, &str)],
 ) -> Result<(hyper::Response<hyper::body::Incoming>, tokio::task::JoinHandle<()>), ClientError> {
     let stream = TcpStream::connect(admin).await.map_err(|source| {
         if source.kind() == std::io::ErrorKind::ConnectionRefused {
@@ -116,16 +132,18 @@ async fn open(
         }
     });
     let host = HeaderValue::from_str(&admin.to_string()).unwrap_or(HeaderValue::from_static("localhost"));
-    let req = Request::builder()
+    let mut req = Request::builder()
         .method(method)
         .uri(path)
         .header(header::HOST, host)
-        .header(header::USER_AGENT, concat!("enforcer-cli/", env!("CARGO_PKG_VERSION")))
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| ClientError::Connect {
-            addr: admin,
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-        })?;
+        .header(header::USER_AGENT, concat!("enforcer-cli/", env!("CARGO_PKG_VERSION")));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Empty::<Bytes>::new()).map_err(|e| ClientError::Connect {
+        addr: admin,
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+    })?;
     let resp = sender.send_request(req).await.map_err(http)?;
     Ok((resp, driver))
 }
@@ -133,7 +151,7 @@ async fn open(
 /// GET `path` and call `line` for every line of the body as it arrives (no overall timeout: used
 /// to follow `/debug/events`). Returns when the agent closes the stream.
 pub async fn stream_lines(admin: SocketAddr, path: &str, mut line: impl FnMut(&str)) -> Result<(), ClientError> {
-    let (resp, driver) = open(admin, "GET", path).await?;
+    let (resp, driver) = open(admin, "GET", path, &[]).await?;
     if !resp.status().is_success() {
         return Err(ClientError::Status {
             addr: admin,

@@ -2,7 +2,8 @@
 //!
 //! Routes (GET/HEAD only; any other method → 405):
 //! - `GET /debug/registryz[?service=NAME]` — JSON [`Registryz`], pretty-printed
-//! - `GET /metrics` — OpenMetrics text
+//! - `GET /metrics` — Prometheus text 0.0.4, or OpenMetrics 1.0 when the `Accept` header asks for
+//!   it (see [`crate::metrics::Format::negotiate`])
 //! - `GET /healthz` — 200 "ok"
 //! - `GET /readyz` — 200 "ready" / 503 "not ready"
 //! - anything else → 404 with the list of routes
@@ -30,17 +31,18 @@ use super::model::Registryz;
 /// What the admin listener serves; implemented by the daemon over its live state.
 pub trait AdminSource: Send + Sync + 'static {
     fn registryz(&self) -> Registryz;
-    /// OpenMetrics text for GET /metrics (may be empty for now).
-    fn metrics(&self) -> String;
+    /// The exposition for GET /metrics, in `format`.
+    fn metrics(&self, format: Format) -> String;
     fn ready(&self) -> bool;
-    /// Recent events as NDJSON lines (oldest first) and, for `?follow=1`, a receiver of new
+    /// Recent events as NDJSON lines (oldest first) and, for `?follow=1`, a follower of new
     /// ones. Default: none.
-    fn events(&self) -> (Vec<String>, Option<tokio::sync::broadcast::Receiver<String>>) {
+    fn events(&self) -> (Vec<String>, Option<crate::events::Follower>) {
         (Vec::new(), None)
     }
 }
 
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use crate::metrics::Format;
+pub use crate::metrics::exposition::OPENMETRICS_CONTENT_TYPE;
 const JSON_CONTENT_TYPE: &str = "application/json";
 const TEXT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
@@ -52,7 +54,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const ROUTES_HELP: &str = "\
 enforcer admin endpoints:
   GET /debug/registryz[?service=NAME]  registry and endpoints as JSON
-  GET /metrics                         OpenMetrics
+  GET /metrics                         Prometheus text 0.0.4 (OpenMetrics with Accept)
   GET /healthz                         liveness
   GET /readyz                          readiness
   GET /debug/events[?follow=1]         denied/audited connections as NDJSON (follow: stream)
@@ -161,15 +163,19 @@ fn handle<B>(source: &dyn AdminSource, req: &Request<B>) -> Response<Full<Bytes>
             }
         }
         "/metrics" => {
-            let mut body = source.metrics();
-            // OpenMetrics requires the exposition to end with "# EOF".
-            if !body.trim_end().ends_with("# EOF") {
+            let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok());
+            let format = Format::negotiate(accept);
+            let mut body = source.metrics(format);
+            if format == Format::OpenMetrics && !body.trim_end().ends_with("# EOF") {
+                // OpenMetrics requires the exposition to end with "# EOF".
                 if !body.is_empty() && !body.ends_with('\n') {
                     body.push('\n');
                 }
                 body.push_str("# EOF\n");
             }
-            respond(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, body)
+            let mut resp = respond(StatusCode::OK, format.content_type(), body);
+            resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
+            resp
         }
         "/healthz" => text(StatusCode::OK, "ok"),
         "/readyz" => {
@@ -187,15 +193,15 @@ type EventBody = BoxBody<Bytes, Infallible>;
 
 /// `/debug/events`: the recent events, then (with `follow=1`) new ones as they come, one JSON
 /// object per line, until the client goes away. A follower that falls behind is told how many
-/// events it missed.
+/// events it missed (and they are counted, see [`crate::events::EventHub`]).
 fn events_response<B>(source: &dyn AdminSource, req: &Request<B>) -> Response<EventBody> {
     let follow = query_param(req.uri().query(), "follow").is_some_and(|v| v == "1" || v == "true");
     let (recent, rx) = source.events();
     let head: String = recent.into_iter().map(|l| l + "\n").collect();
     let body: EventBody = match (follow, rx) {
-        (true, Some(rx)) => {
+        (true, Some(follower)) => {
             let first = futures_stream_once(head);
-            let rest = tokio_stream_from(rx);
+            let rest = follower.into_stream().map(|line| Ok(Frame::data(Bytes::from(line + "\n"))));
             StreamBody::new(first.chain(rest)).boxed()
         }
         _ => Full::new(Bytes::from(head)).map_err(|never| match never {}).boxed(),
@@ -209,21 +215,6 @@ fn events_response<B>(source: &dyn AdminSource, req: &Request<B>) -> Response<Ev
 
 fn futures_stream_once(s: String) -> impl tokio_stream::Stream<Item = Result<Frame<Bytes>, Infallible>> {
     tokio_stream::once(Ok(Frame::data(Bytes::from(s))))
-}
-
-fn tokio_stream_from(
-    rx: tokio::sync::broadcast::Receiver<String>,
-) -> impl tokio_stream::Stream<Item = Result<Frame<Bytes>, Infallible>> {
-    use tokio_stream::StreamExt as _;
-    tokio_stream::wrappers::BroadcastStream::new(rx).map(|r| {
-        let line = match r {
-            Ok(l) => l,
-            Err(tokio_stream::wrappers::errors::BroadcastStreamRecvError::Lagged(n)) => {
-                format!("{{\"verdict\":\"dropped\",\"count\":{n},\"message\":\"{n} events dropped: this follower fell behind\"}}")
-            }
-        };
-        Ok(Frame::data(Bytes::from(line + "\n")))
-    })
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response<Full<Bytes>> {

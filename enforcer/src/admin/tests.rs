@@ -116,8 +116,15 @@ impl AdminSource for Fake {
     fn registryz(&self) -> Registryz {
         self.reg.clone()
     }
-    fn metrics(&self) -> String {
-        "# TYPE enforcer_allow_entries gauge\nenforcer_allow_entries 6\n".into()
+    fn metrics(&self, format: crate::metrics::Format) -> String {
+        let m = crate::metrics::Metrics::new();
+        let c = crate::metrics::ValueCollector::new().gauge("allow_entries", "Entries", || 6).counter(
+            "reloads",
+            "Reloads",
+            || 2,
+        );
+        m.register(|r| r.sub_registry_with_prefix("enforcer").register_collector(Box::new(c)));
+        m.encode(format)
     }
     fn ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
@@ -225,13 +232,30 @@ async fn health_ready_404_405() {
 }
 
 #[tokio::test]
-async fn metrics_content_type() {
+async fn metrics_content_negotiation() {
     let srv = start(true).await;
+    // No Accept: the Prometheus text format 0.0.4.
     let r = client::request(srv.addr, "GET", "/metrics").await.unwrap();
     assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers[header::CONTENT_TYPE], "text/plain; version=0.0.4; charset=utf-8");
+    assert_eq!(r.headers[header::VARY], "Accept");
+    let body = String::from_utf8(r.body.to_vec()).unwrap();
+    assert_eq!(
+        body,
+        "# HELP enforcer_allow_entries Entries.\n# TYPE enforcer_allow_entries gauge\nenforcer_allow_entries 6\n# HELP enforcer_reloads_total Reloads.\n# TYPE enforcer_reloads_total counter\nenforcer_reloads_total 2\n"
+    );
+    // Asked for: OpenMetrics.
+    let r = client::request_with_headers(
+        srv.addr,
+        "GET",
+        "/metrics",
+        &[("accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1")],
+    )
+    .await
+    .unwrap();
     assert_eq!(r.headers[header::CONTENT_TYPE], "application/openmetrics-text; version=1.0.0; charset=utf-8");
     let body = String::from_utf8(r.body.to_vec()).unwrap();
-    assert!(body.starts_with("# TYPE enforcer_allow_entries gauge\n"));
+    assert!(body.contains("# TYPE enforcer_reloads counter\nenforcer_reloads_total 2\n"), "{body:?}");
     assert!(body.ends_with("# EOF\n"), "{body:?}");
     srv.shutdown().await;
 }

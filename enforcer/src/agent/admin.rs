@@ -1,89 +1,321 @@
 //! What the admin API serves from the agent: metrics, the registry view, events, readiness.
+//!
+//! Metrics: the agent registers its own (registry gauges, reloads, resolver) and the ONE kernel
+//! collector when it starts; [`kernel_snapshot`] turns the kernel maps' keys into Istio-labelled
+//! series at each scrape.
 
-use std::{collections::BTreeMap, sync::atomic::Ordering};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, OnceLock, Weak, atomic::Ordering},
+};
 
 use enforcer_common::{
-    ConnCounters, ConnKey, DIR_EGRESS, FlowKey, HOOK_CONNECT4, HOOK_CONNECT6, PROTO_TCP, ServiceId, TrafficKey,
-    TrafficValue, VERDICT_ALLOWED, VERDICT_DENIED,
+    ConnCounters, ConnKey, DIR_EGRESS, FlowKey, HOOK_CONNECT4, HOOK_CONNECT6, MAPS, PROTO_TCP, PROTO_UDP, ServiceId,
+    TrafficKey, TrafficValue, VERDICT_ALLOWED, VERDICT_DENIED, map_names,
 };
+use prometheus_client::registry::Registry;
 
-use super::Agent;
+use super::{Agent, Inner, View};
 use crate::{
-    metrics::{DnsSnapshot, IstioTcpLabels, Snapshot, TcpSeries, load},
-    policy::{Desired, ServiceKind},
+    metrics::{
+        DeniedLabels, Destination, FlowLabels, Format, IstioLabels, KernelCollector, KernelSnapshot, KernelSource,
+        MapCount, Source, TcpSeries, UdpSeries, ValueCollector, load,
+    },
+    policy::{Desired, ServiceKind, proto_name},
 };
 
-/// Service id used in metrics for connections refused into BlackHoleCluster (never allocated:
-/// `ServiceIds` skips it).
-const BLACKHOLE: ServiceId = match ServiceId::new(u32::MAX) {
-    Some(id) => id,
-    None => ServiceId::NONE,
-};
-
-/// (destination_service, destination_service_name, destination_service_namespace).
-pub(super) fn service_labels(desired: &Desired, id: ServiceId) -> (String, String, String) {
-    if id == BLACKHOLE {
-        return ("BlackHoleCluster".into(), "BlackHoleCluster".into(), String::new());
+/// The destination labels of a service id: the registry host and the ServiceEntry's namespace;
+/// `PassthroughCluster` for no service, or one without a host name (an address allowed on the
+/// command line: never an IP in a label).
+pub(super) fn destination(desired: &Desired, id: ServiceId) -> Destination {
+    let Some(info) = desired.service(id) else { return Destination::passthrough() };
+    let host = info.hosts.iter().find(|h| h.parse::<ipnet::IpNet>().is_err() && h.parse::<std::net::IpAddr>().is_err());
+    match (host, info.kind) {
+        (Some(h), ServiceKind::ServiceEntry) => Destination::service(h, info.name.split_once('/').map(|(ns, _)| ns)),
+        (Some(h), ServiceKind::CommandLine) => Destination::service(h, None),
+        _ => Destination::passthrough(),
     }
-    match desired.service(id) {
-        None => ("PassthroughCluster".into(), "PassthroughCluster".into(), String::new()),
-        Some(info) => {
-            let host = info.hosts.first().cloned().unwrap_or_else(|| info.name.clone());
-            match info.name.split_once('/') {
-                Some((ns, name)) if info.kind == ServiceKind::ServiceEntry => (host, name.to_string(), ns.to_string()),
-                _ => (host, info.name.clone(), String::new()),
+}
+
+/// (destination_service, destination_service_name, destination_service_namespace), for the proxy.
+pub(super) fn service_labels(desired: &Desired, id: ServiceId) -> (String, String, String) {
+    let d = destination(desired, id);
+    (d.service, d.service_name, d.service_namespace)
+}
+
+/// Services whose TCP connections are HTTP to the L7 proxy (a port whose DestinationRule
+/// originates TLS): Envoy reports those in `istio_requests_*` only, so they are left out of
+/// `istio_tcp_*` (app->proxy connections in CONNS, the proxy's own upstream bytes in TRAFFIC).
+/// Per service, not per port: CONNS keys carry no port (a direct connection to another port of
+/// such a service is left out too; exact with kernel support, see README).
+fn http_services(v: &View) -> BTreeSet<ServiceId> {
+    v.desired
+        .services
+        .iter()
+        .filter(|info| {
+            info.port_rules.iter().any(|r| {
+                r.proxied
+                    && v.service_entry(info.id)
+                        .is_some_and(|(_, se)| se.ports.iter().any(|p| p.number == r.number && !p.protocol.is_tls()))
+            })
+        })
+        .map(|info| info.id)
+        .collect()
+}
+
+/// Services with a port steered to the proxy (HTTP origination or SNI check): traffic of the
+/// agent's own cgroup to them is the proxy's upstream side, never a workload's.
+fn proxied_services(desired: &Desired) -> BTreeSet<ServiceId> {
+    desired.services.iter().filter(|s| s.port_rules.iter().any(|r| r.proxied)).map(|s| s.id).collect()
+}
+
+/// L4 class of a TRAFFIC entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum L4 {
+    Tcp,
+    Udp,
+}
+
+/// What the hooks saw a (cgroup, service) pair use, from FLOWS: (TCP seen, UDP seen).
+type ProtosSeen = BTreeMap<(u64, ServiceId), (bool, bool)>;
+
+/// THE TCP/UDP split of TRAFFIC (TC counters): None for traffic reported nowhere (traffic of no
+/// socket, cgroup 0: neighbour discovery, kernel replies; protocols other than TCP and UDP).
+fn traffic_l4(k: &TrafficKey, _seen: &ProtosSeen, _desired: &Desired) -> Option<L4> {
+    if k.cgroup_id == 0 {
+        return None;
+    }
+    // The TC programs record the packet's L4 protocol: ICMP and other protocols are in no
+    // istio_tcp_* or enforcer_udp_* series.
+    match k.proto {
+        PROTO_TCP => Some(L4::Tcp),
+        PROTO_UDP => Some(L4::Udp),
+        _ => None,
+    }
+}
+
+/// The counters read from the maps, under the maps lock.
+struct Read {
+    flows: Vec<(FlowKey, u64)>,
+    conns: Vec<(ConnKey, ConnCounters)>,
+    traffic: Vec<(TrafficKey, TrafficValue)>,
+    allow: usize,
+    dests: usize,
+    workloads: usize,
+}
+
+/// Every kernel counter, labelled. `own_cgroup`: the agent's cgroup (its proxy's upstream
+/// sockets).
+fn kernel_snapshot(agent: &Agent, own_cgroup: u64) -> KernelSnapshot {
+    let v = agent.view();
+    let r = {
+        let m = agent.maps();
+        let dp = m.maps();
+        Read {
+            flows: dp.flows(),
+            conns: dp.conns(),
+            traffic: dp.traffic(),
+            allow: m.allow().len(),
+            dests: m.dests().len(),
+            workloads: m.workloads().len(),
+        }
+    };
+    let desired = &v.desired;
+    let http = http_services(&v);
+    let proxied = proxied_services(desired);
+    let mut sources: BTreeMap<u64, Source> = BTreeMap::new();
+    let mut source = |cg: u64| sources.entry(cg).or_insert_with(|| agent.source(cg)).clone();
+
+    let mut tcp: BTreeMap<(Source, Destination, &'static str), TcpSeries> = BTreeMap::new();
+    let mut udp: BTreeMap<(Source, Destination), UdpSeries> = BTreeMap::new();
+    let mut denied: BTreeMap<DeniedLabels, u64> = BTreeMap::new();
+    let mut flows: BTreeMap<FlowLabels, u64> = BTreeMap::new();
+    let mut seen = ProtosSeen::new();
+    for (k, n) in &r.flows {
+        let src = source(k.cgroup_id);
+        let e = seen.entry((k.cgroup_id, k.service_id)).or_default();
+        e.0 |= k.proto == PROTO_TCP;
+        e.1 |= k.proto == PROTO_UDP;
+        let verdict = match k.verdict {
+            VERDICT_ALLOWED => "allowed",
+            VERDICT_DENIED => "denied",
+            _ => "audit",
+        };
+        let dst = match (k.verdict, desired.service(k.service_id)) {
+            (VERDICT_DENIED, _) => Destination::blackhole(),
+            (VERDICT_ALLOWED, Some(_)) => destination(desired, k.service_id),
+            _ => Destination::passthrough(),
+        };
+        *flows
+            .entry(FlowLabels {
+                source_workload: src.workload.clone(),
+                destination_service: dst.service.clone(),
+                protocol: proto_name(k.proto).to_string(),
+                verdict: verdict.into(),
+            })
+            .or_default() += n;
+        if k.verdict == VERDICT_ALLOWED {
+            continue;
+        }
+        *denied.entry(DeniedLabels { source_workload: src.workload.clone(), verdict: verdict.into() }).or_default() +=
+            n;
+        if k.verdict == VERDICT_DENIED && k.proto == PROTO_TCP && (k.hook == HOOK_CONNECT4 || k.hook == HOOK_CONNECT6) {
+            // Refused connects: Envoy's BlackHoleCluster opens and closes them (UH: no healthy
+            // upstream).
+            let e = tcp.entry((src, Destination::blackhole(), "UH")).or_default();
+            e.opened += n;
+            e.closed += n;
+        }
+    }
+    for (k, c) in &r.conns {
+        if http.contains(&k.service_id) || k.cgroup_id == own_cgroup {
+            continue;
+        }
+        let e = tcp.entry((source(k.cgroup_id), destination(desired, k.service_id), "-")).or_default();
+        e.opened += c.opened;
+        e.closed += c.closed;
+        e.payload.request += c.payload_sent;
+        e.payload.response += c.payload_received;
+    }
+    for (k, t) in &r.traffic {
+        if k.cgroup_id == own_cgroup && proxied.contains(&k.service_id) {
+            continue;
+        }
+        let request = k.direction == DIR_EGRESS;
+        match traffic_l4(k, &seen, desired) {
+            None => {}
+            Some(L4::Tcp) => {
+                if http.contains(&k.service_id) {
+                    continue;
+                }
+                let e = tcp.entry((source(k.cgroup_id), destination(desired, k.service_id), "-")).or_default();
+                if request { e.bytes.request += t.bytes } else { e.bytes.response += t.bytes }
+            }
+            Some(L4::Udp) => {
+                let e = udp.entry((source(k.cgroup_id), destination(desired, k.service_id))).or_default();
+                if request {
+                    e.bytes.request += t.bytes;
+                    e.datagrams.request += t.packets;
+                } else {
+                    e.bytes.response += t.bytes;
+                    e.datagrams.response += t.packets;
+                }
             }
         }
+    }
+
+    let maps = MAPS
+        .iter()
+        .map(|m| {
+            let entries = match m.name {
+                map_names::ALLOW => Some(r.allow),
+                map_names::DESTS => Some(r.dests),
+                map_names::WORKLOADS => Some(r.workloads),
+                map_names::MODES => Some(v.policies.len()),
+                map_names::SETTINGS | map_names::EVENT_DROPS => Some(1),
+                // Per-CPU LRU maps: walked for their counters anyway.
+                map_names::FLOWS => Some(r.flows.len()),
+                map_names::TRAFFIC => Some(r.traffic.len()),
+                map_names::CONNS => Some(r.conns.len()),
+                // The ring buffer and the plain LRU hashes: not counted (see README).
+                _ => None,
+            };
+            MapCount { name: m.name, entries: entries.map(|n| n as u64), capacity: u64::from(m.max_entries) }
+        })
+        .collect();
+    KernelSnapshot {
+        tcp: tcp.into_iter().map(|((s, d, flags), v)| (IstioLabels::new(&s, &d, "tcp", flags), v)).collect(),
+        udp: udp.into_iter().map(|((s, d), v)| (IstioLabels::new(&s, &d, "udp", "-"), v)).collect(),
+        denied: denied.into_iter().collect(),
+        flows: flows.into_iter().collect(),
+        maps,
+    }
+}
+
+/// The kernel collector's view of the agent (weak: the registry lives in the agent).
+struct AgentKernel {
+    agent: Weak<Inner>,
+    own_cgroup: OnceLock<u64>,
+}
+
+impl KernelSource for AgentKernel {
+    fn snapshot(&self) -> Option<KernelSnapshot> {
+        let agent = Agent { inner: self.agent.upgrade()? };
+        let own = *self.own_cgroup.get_or_init(|| {
+            crate::cgroup::cgroup2_mount()
+                .and_then(|m| {
+                    let rel = crate::cgroup::self_cgroup()?;
+                    crate::cgroup::cgroup_id(&m.join(rel.strip_prefix("/").unwrap_or(&rel)))
+                })
+                .unwrap_or(0)
+        });
+        Some(kernel_snapshot(&agent, own))
     }
 }
 
 impl Agent {
-    fn fill_istio(
-        &self,
-        s: &mut Snapshot,
-        desired: &Desired,
-        flows: &[(FlowKey, u64)],
-        conns: &[(ConnKey, ConnCounters)],
-        traffic: &[(TrafficKey, TrafficValue)],
-    ) {
-        let mut tcp: BTreeMap<(String, ServiceId, &'static str), TcpSeries> = BTreeMap::new();
-        let mut denied: BTreeMap<(String, &'static str), u64> = BTreeMap::new();
-        for (k, n) in flows {
-            if k.verdict == VERDICT_ALLOWED {
-                continue;
-            }
-            let wl = self.workload(k.cgroup_id);
-            *denied.entry((wl.clone(), if k.verdict == VERDICT_DENIED { "denied" } else { "audit" })).or_default() += n;
-            if k.verdict == VERDICT_DENIED
-                && k.proto == PROTO_TCP
-                && (k.hook == HOOK_CONNECT4 || k.hook == HOOK_CONNECT6)
-            {
-                let e = tcp.entry((wl, BLACKHOLE, "UH")).or_default();
-                e.opened += n;
-                e.closed += n;
-            }
-        }
-        for (k, c) in conns {
-            let e = tcp.entry((self.workload(k.cgroup_id), k.service_id, "-")).or_default();
-            e.opened += c.opened;
-            e.closed += c.closed;
-        }
-        for (k, t) in traffic {
-            let e = tcp.entry((self.workload(k.cgroup_id), k.service_id, "-")).or_default();
-            if k.direction == DIR_EGRESS {
-                e.sent_bytes += t.bytes;
-            } else {
-                e.received_bytes += t.bytes;
-            }
-        }
-        s.denied = denied.into_iter().map(|((wl, v), n)| (wl, v.to_string(), n)).collect();
-        s.tcp = tcp
-            .into_iter()
-            .map(|((wl, id, flags), series)| {
-                let svc = service_labels(desired, id);
-                (IstioTcpLabels::new(&wl, (&svc.0, &svc.1, &svc.2), flags), series)
+    /// Register the agent's own metrics and the kernel collector (once, at start).
+    pub(super) fn register_own_metrics(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let view = |f: fn(&View) -> i64| {
+            let w = weak.clone();
+            move || w.upgrade().map(|i| f(&i.view.read().expect("view lock"))).unwrap_or(0)
+        };
+        let stat = |f: fn(&Inner) -> u64| {
+            let w = weak.clone();
+            move || w.upgrade().map(|i| f(&i)).unwrap_or(0)
+        };
+        let w = weak.clone();
+        let agent = ValueCollector::new()
+            .gauge(
+                "registry_services",
+                "ServiceEntries (and command-line allows) in the registry",
+                view(|v| v.desired.services.len() as i64),
+            )
+            .gauge("registry_hosts", "Hosts (exact and wildcard) in the registry", view(|v| v.hosts() as i64))
+            .gauge("registry_addresses", "Entries in the ALLOW map (address/prefix x port x protocol)", move || {
+                w.upgrade().map(|i| i.maps.lock().expect("maps lock").allow().len() as i64).unwrap_or(0)
             })
-            .collect();
+            .counter("config_reloads", "Successful registry reloads", stat(|i| load(&i.stats.reloads)))
+            .counter(
+                "config_reload_errors",
+                "Rejected registry reloads (the last good registry stayed enforced)",
+                stat(|i| load(&i.stats.reload_errors)),
+            )
+            .counter("resolver_lookups", "Registry host lookups", stat(|i| load(&i.refresher.stats().lookups)))
+            .counter(
+                "resolver_failures",
+                "Failed registry host lookups",
+                stat(|i| load(&i.refresher.stats().failures)),
+            );
+        let kernel = KernelCollector(Box::new(AgentKernel { agent: weak, own_cgroup: OnceLock::new() }));
+        self.register_metrics(|reg| {
+            reg.sub_registry_with_prefix("enforcer").register_collector(Box::new(agent));
+            reg.register_collector(Box::new(kernel));
+        });
+        let hub = self.hub().clone();
+        self.register_metrics(|reg| hub.register(reg));
+    }
+
+    /// Let a component register its metrics into the agent's registry (once, when it starts).
+    pub fn register_metrics(&self, f: impl FnOnce(&mut Registry)) {
+        self.inner.metrics.register(f);
+    }
+
+    /// The source labels of the workload called `name`.
+    pub fn source_of(&self, name: &str) -> Source {
+        match self.inner.names.lock().expect("names lock").as_ref() {
+            Some(w) => w.source_of(name),
+            None => Source::named(name, None),
+        }
+    }
+
+    /// The source labels of a cgroup's traffic.
+    pub fn source(&self, cgroup_id: u64) -> Source {
+        match self.inner.names.lock().expect("names lock").as_mut() {
+            Some(w) => w.source(cgroup_id),
+            None => Source::unknown(),
+        }
     }
 }
 
@@ -92,63 +324,13 @@ impl crate::admin::AdminSource for Agent {
         crate::registryz::build(self)
     }
 
-    fn metrics(&self) -> String {
-        let v = self.view();
-        let (allow_n, dests_n, workloads_n, policies_n, flows, conns, traffic, drops) = {
-            let m = self.maps();
-            let dp = m.maps();
-            (
-                m.allow().len(),
-                m.dests().len(),
-                m.workloads().len(),
-                v.policies.len(),
-                dp.flows(),
-                dp.conns(),
-                dp.traffic(),
-                dp.event_drops(),
-            )
-        };
-        let refresher = self.refresher().stats();
-        let mut s = Snapshot {
-            registry_services: v.desired.services.len() as u64,
-            registry_hosts: v.hosts() as u64,
-            registry_addresses: allow_n as u64,
-            maps: vec![
-                (enforcer_common::map_names::ALLOW, allow_n as u64, u64::from(enforcer_common::ALLOW_MAX_ENTRIES)),
-                (enforcer_common::map_names::DESTS, dests_n as u64, u64::from(enforcer_common::DESTS_MAX_ENTRIES)),
-                (
-                    enforcer_common::map_names::WORKLOADS,
-                    workloads_n as u64,
-                    u64::from(enforcer_common::WORKLOADS_MAX_ENTRIES),
-                ),
-                (enforcer_common::map_names::MODES, policies_n as u64, u64::from(enforcer_common::MAX_POLICIES)),
-            ],
-            reloads: load(&self.stats().reloads),
-            reload_errors: load(&self.stats().reload_errors),
-            events_dropped: drops,
-            denied: Vec::new(),
-            tcp: Vec::new(),
-            resolver_lookups: load(&refresher.lookups),
-            resolver_failures: load(&refresher.failures),
-            dns: self.inner.dns_stats.get().map(|d| DnsSnapshot {
-                queries_udp: load(&d.queries_udp),
-                queries_tcp: load(&d.queries_tcp),
-                answered: load(&d.answered),
-                learned_addrs: load(&d.learned_addrs),
-                blocked: load(&d.blocked),
-                servfail: load(&d.servfail),
-                upstream_timeouts: load(&d.upstream_timeouts),
-                rebinding_dropped: load(&d.rebinding_dropped),
-                learn_failures: load(&d.learn_failures),
-            }),
-        };
-        self.fill_istio(&mut s, &v.desired, &flows, &conns, &traffic);
-        crate::metrics::render(&s, self.inner.proxy_metrics.get())
+    fn metrics(&self, format: Format) -> String {
+        self.inner.metrics.encode(format)
     }
 
-    fn events(&self) -> (Vec<String>, Option<tokio::sync::broadcast::Receiver<String>>) {
-        let (recent, rx) = self.hub().snapshot();
-        (recent, Some(rx))
+    fn events(&self) -> (Vec<String>, Option<crate::events::Follower>) {
+        let (recent, follower) = self.hub().snapshot();
+        (recent, Some(follower))
     }
 
     fn ready(&self) -> bool {
@@ -156,5 +338,72 @@ impl crate::admin::AdminSource for Agent {
             Some(r) => r.load(Ordering::Relaxed),
             None => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use enforcer_common::{DIR_INGRESS, PolicyId};
+
+    use super::*;
+    use crate::policy::{PortRule, ServiceInfo};
+
+    fn svc(id: u32, name: &str, hosts: &[&str], kind: ServiceKind, protos: &[u8]) -> ServiceInfo {
+        ServiceInfo {
+            id: ServiceId::new(id).unwrap(),
+            name: name.into(),
+            hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            kind,
+            ports: vec![],
+            proxied_ports: vec![],
+            policy: PolicyId::DEFAULT,
+            se_index: None,
+            port_rules: protos
+                .iter()
+                .map(|p| PortRule { name: String::new(), number: 53, target: None, proto: *p, proxied: false })
+                .collect(),
+        }
+    }
+
+    fn desired() -> Desired {
+        Desired {
+            services: vec![
+                svc(1, "shop/api", &["api.shop.test"], ServiceKind::ServiceEntry, &[PROTO_TCP]),
+                svc(2, "shop/ntp", &["ntp.shop.test"], ServiceKind::ServiceEntry, &[PROTO_UDP]),
+                svc(3, "--allow 198.18.0.7:443", &["198.18.0.7/32"], ServiceKind::CommandLine, &[PROTO_TCP]),
+                svc(4, "--allow example.com:443", &["example.com"], ServiceKind::CommandLine, &[PROTO_TCP]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn destinations_are_hosts_never_addresses() {
+        let d = desired();
+        let id = |n| ServiceId::new(n).unwrap();
+        assert_eq!(destination(&d, id(1)), Destination::service("api.shop.test", Some("shop")));
+        assert_eq!(destination(&d, id(1)).service_name, "api.shop.test", "Istio: a ServiceEntry's service is its host");
+        assert_eq!(destination(&d, id(3)), Destination::passthrough(), "an address allow has no name");
+        assert_eq!(destination(&d, id(4)), Destination::service("example.com", None));
+        assert_eq!(destination(&d, id(4)).service_namespace, "unknown");
+        assert_eq!(destination(&d, ServiceId::NONE), Destination::passthrough());
+    }
+
+    #[test]
+    fn traffic_is_split_by_the_packets_l4_protocol() {
+        let d = desired();
+        let key = |cg: u64, proto: u8| TrafficKey {
+            cgroup_id: cg,
+            service_id: ServiceId::new(1).unwrap(),
+            direction: DIR_INGRESS,
+            family: 2,
+            proto,
+            _pad: 0,
+        };
+        let seen = ProtosSeen::new();
+        assert_eq!(traffic_l4(&key(0, PROTO_TCP), &seen, &d), None, "no socket: neighbour discovery");
+        assert_eq!(traffic_l4(&key(7, PROTO_TCP), &seen, &d), Some(L4::Tcp));
+        assert_eq!(traffic_l4(&key(7, PROTO_UDP), &seen, &d), Some(L4::Udp));
+        assert_eq!(traffic_l4(&key(7, 1), &seen, &d), None, "ICMP is in neither");
     }
 }

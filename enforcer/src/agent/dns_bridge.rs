@@ -58,7 +58,8 @@ pub(super) async fn start_forwarder(agent: &Agent, port: u16) -> anyhow::Result<
         s.agent_mark = AGENT_MARK;
         s.flags |= SETTINGS_F_DNS_STEER;
     })?;
-    let _ = agent.inner.dns_stats.set(fwd.stats());
+    let stats = fwd.stats();
+    agent.register_metrics(|reg| stats.register(reg));
     tracing::debug!(addrs = ?fwd.local_addrs(), "DNS forwarder listening; port-53 traffic is steered to it");
     Ok(fwd)
 }

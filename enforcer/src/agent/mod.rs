@@ -20,7 +20,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
     sync::{
-        Arc, Mutex, OnceLock, RwLock,
+        Arc, Mutex, RwLock,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
 };
@@ -136,8 +136,8 @@ struct Inner {
     names: Mutex<Option<Workloads>>,
     /// Address -> the name it was learned for (registry view, events).
     learned_names: Mutex<HashMap<IpAddr, String>>,
-    dns_stats: OnceLock<Arc<dns::Stats>>,
-    proxy_metrics: OnceLock<crate::proxy::ProxyMetrics>,
+    /// The one metrics registry: each component registers into it when it starts.
+    metrics: crate::metrics::Metrics,
     /// /readyz: false until the first full sync (Kubernetes).
     ready: Mutex<Option<Arc<AtomicBool>>>,
 }
@@ -213,11 +213,12 @@ impl Agent {
             stats: AgentStats::default(),
             names: Mutex::default(),
             learned_names: Mutex::default(),
-            dns_stats: OnceLock::new(),
-            proxy_metrics: OnceLock::new(),
+            metrics: crate::metrics::Metrics::new(),
             ready: Mutex::default(),
         });
         let agent = Agent { inner };
+        agent.register_own_metrics();
+        agent.hub().note_mode(&agent.mode().to_string());
         {
             let mut c = agent.inner.control.lock().await;
             agent.apply_plan(&mut c, plan)?;
@@ -422,7 +423,9 @@ impl Agent {
     }
 
     fn publish(&self, view: View) {
+        let mode = view.cfg.mode.to_string();
         *self.inner.view.write().expect("view lock") = Arc::new(view);
+        self.inner.hub.note_mode(&mode);
     }
 
     fn set_cgroup_names(&self, specs: &[WorkloadPolicy]) {

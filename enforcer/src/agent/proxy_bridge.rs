@@ -34,7 +34,10 @@ pub(super) async fn start_proxy(agent: &Agent) -> anyhow::Result<proxy::Proxy> {
         s.agent_mark = AGENT_MARK;
         s.flags |= SETTINGS_F_PROXY;
     })?;
-    let _ = agent.inner.proxy_metrics.set(p.metrics());
+    let metrics = p.metrics();
+    let names = agent.clone();
+    metrics.set_source(Box::new(move |workload| names.source_of(workload)));
+    agent.register_metrics(|reg| metrics.register(reg));
     tracing::debug!(addr = %p.local_addr(), "L7 proxy listening");
     Ok(p)
 }

@@ -14,6 +14,7 @@
 //! All DNS parsing and encoding is done with `hickory-proto`.
 
 mod answer;
+mod metrics;
 mod server;
 mod upstream;
 

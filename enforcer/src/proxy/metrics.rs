@@ -1,5 +1,9 @@
-//! The proxy's metric families: Istio's HTTP request metrics (reporter="source") and the SNI
-//! decisions. Label values are bounded: registry names and workloads, never a raw IP or SNI.
+//! The proxy's metric families: Istio's HTTP request metrics (reporter="source", Istio's full
+//! label set, the same as the agent's `istio_tcp_*` series) and the SNI decisions. Registered once
+//! into the agent's registry when the proxy starts. Label values are bounded: registry names and
+//! workloads, never a raw IP or SNI.
+
+use std::sync::{Arc, OnceLock};
 
 use prometheus_client::{
     encoding::EncodeLabelSet,
@@ -8,6 +12,7 @@ use prometheus_client::{
 };
 
 use super::ServiceLabels;
+use crate::metrics::{Destination, RequestLabels, Source};
 
 /// Istio's request duration buckets (ms).
 pub(crate) const DURATION_BUCKETS_MS: [f64; 19] = [
@@ -17,34 +22,34 @@ pub(crate) const DURATION_BUCKETS_MS: [f64; 19] = [
 /// Istio's size buckets (bytes): 1, 10, ..., 1e9.
 pub(crate) const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+/// What one finished request is counted under, before the agent's workload metadata is added:
+/// the workload's name, the destination service, the status code and the response flags.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub(crate) struct IstioHttpLabels {
-    pub reporter: String,
-    pub source_workload: String,
-    pub destination_service: String,
-    pub destination_service_name: String,
-    pub destination_service_namespace: String,
-    pub request_protocol: String,
-    pub response_code: String,
-    pub response_flags: String,
-    pub connection_security_policy: String,
+    pub workload: String,
+    pub service: ServiceLabels,
+    pub code: u16,
+    pub flags: String,
 }
 
 impl IstioHttpLabels {
     pub fn new(workload: &str, service: &ServiceLabels, code: u16, flags: &str) -> Self {
-        Self {
-            reporter: "source".into(),
-            source_workload: workload.into(),
-            destination_service: service.destination_service.clone(),
-            destination_service_name: service.destination_service_name.clone(),
-            destination_service_namespace: service.destination_service_namespace.clone(),
-            request_protocol: "http".into(),
-            response_code: code.to_string(),
-            response_flags: flags.into(),
-            connection_security_policy: "unknown".into(),
-        }
+        Self { workload: workload.into(), service: service.clone(), code, flags: flags.into() }
+    }
+
+    /// Istio's full label set (the same as the agent's TCP series carry).
+    fn full(&self, source: &Source) -> RequestLabels {
+        let dst = Destination {
+            service: self.service.destination_service.clone(),
+            service_name: self.service.destination_service_name.clone(),
+            service_namespace: self.service.destination_service_namespace.clone(),
+        };
+        RequestLabels::new(source, &dst, self.code, &self.flags)
     }
 }
+
+/// The source labels of a workload name (the agent's workload metadata).
+pub type SourceFn = dyn Fn(&str) -> Source + Send + Sync;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SniLabels {
@@ -52,7 +57,7 @@ pub(crate) struct SniLabels {
     pub decision: String,
 }
 
-type HistFamily = Family<IstioHttpLabels, Histogram, fn() -> Histogram>;
+type HistFamily = Family<RequestLabels, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS_MS)
@@ -64,11 +69,13 @@ fn size_histogram() -> Histogram {
 /// Clone handles to the live families (clones share the series).
 #[derive(Clone)]
 pub struct ProxyMetrics {
-    pub(crate) requests: Family<IstioHttpLabels, Counter>,
+    pub(crate) requests: Family<RequestLabels, Counter>,
     pub(crate) duration: HistFamily,
     pub(crate) request_bytes: HistFamily,
     pub(crate) response_bytes: HistFamily,
     pub(crate) sni: Family<SniLabels, Counter>,
+    /// Set once by the agent; without it a workload is known by its name only.
+    source: Arc<OnceLock<Box<SourceFn>>>,
 }
 
 impl Default for ProxyMetrics {
@@ -85,10 +92,17 @@ impl ProxyMetrics {
             request_bytes: Family::new_with_constructor(size_histogram as fn() -> Histogram),
             response_bytes: Family::new_with_constructor(size_histogram as fn() -> Histogram),
             sni: Family::default(),
+            source: Arc::default(),
         }
     }
 
-    /// Registers the families (into a registry built per scrape, typically).
+    /// How a workload name becomes its source labels (the agent's workload metadata).
+    pub fn set_source(&self, f: Box<SourceFn>) {
+        let _ = self.source.set(f);
+    }
+
+    /// Registers the families into the agent's registry, once, when the proxy starts: Istio's
+    /// request metrics under their own names, the SNI decisions under `enforcer_`.
     pub fn register(&self, reg: &mut Registry) {
         // Counters get "_total" appended by prometheus-client.
         reg.register("istio_requests", "Requests through the L7 proxy", self.requests.clone());
@@ -99,15 +113,24 @@ impl ProxyMetrics {
         );
         reg.register("istio_request_bytes", "Request body sizes (bytes)", self.request_bytes.clone());
         reg.register("istio_response_bytes", "Response body sizes (bytes)", self.response_bytes.clone());
-        reg.register("enforcer_sni_decisions", "TLS connections checked by SNI, by decision", self.sni.clone());
+        reg.sub_registry_with_prefix("enforcer").register(
+            "sni_decisions",
+            "TLS connections checked by SNI, by decision",
+            self.sni.clone(),
+        );
     }
 
     /// One finished request.
     pub(crate) fn record(&self, labels: &IstioHttpLabels, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
-        self.requests.get_or_create(labels).inc();
-        self.duration.get_or_create(labels).observe(duration_ms);
-        self.request_bytes.get_or_create(labels).observe(req_bytes as f64);
-        self.response_bytes.get_or_create(labels).observe(resp_bytes as f64);
+        let source = match self.source.get() {
+            Some(f) => f(&labels.workload),
+            None => Source::named(&labels.workload, None),
+        };
+        let labels = labels.full(&source);
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(duration_ms);
+        self.request_bytes.get_or_create(&labels).observe(req_bytes as f64);
+        self.response_bytes.get_or_create(&labels).observe(resp_bytes as f64);
     }
 
     pub(crate) fn sni_decision(&self, destination_service: &str, allowed: bool) {

@@ -330,9 +330,15 @@ async fn wait_metric(m: &ProxyMetrics, needle: &str) -> String {
 
 fn requests_line(code: u16, flags: &str) -> String {
     format!(
-        "istio_requests_total{{reporter=\"source\",source_workload=\"test-app\",destination_service=\"api.test\",\
-destination_service_name=\"api.test\",destination_service_namespace=\"egress\",request_protocol=\"http\",\
-response_code=\"{code}\",response_flags=\"{flags}\",connection_security_policy=\"unknown\"}} 1"
+        "istio_requests_total{{reporter=\"source\",source_workload=\"test-app\",\
+source_canonical_service=\"test-app\",source_canonical_revision=\"latest\",source_workload_namespace=\"unknown\",\
+source_principal=\"unknown\",source_app=\"unknown\",source_version=\"unknown\",source_cluster=\"unknown\",\
+destination_workload=\"unknown\",destination_workload_namespace=\"unknown\",destination_principal=\"unknown\",\
+destination_app=\"unknown\",destination_version=\"unknown\",destination_service=\"api.test\",\
+destination_canonical_service=\"unknown\",destination_canonical_revision=\"unknown\",\
+destination_service_name=\"api.test\",destination_service_namespace=\"egress\",destination_cluster=\"unknown\",\
+request_protocol=\"http\",response_flags=\"{flags}\",connection_security_policy=\"unknown\",\
+response_code=\"{code}\",grpc_response_status=\"\"}} 1"
     )
 }
 
@@ -547,7 +553,8 @@ async fn streams_a_100_mb_response() {
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.len, N);
     let needle = format!(
-        "istio_response_bytes_sum{{reporter=\"source\",source_workload=\"test-app\",destination_service=\"api.test\",destination_service_name=\"api.test\",destination_service_namespace=\"egress\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",connection_security_policy=\"unknown\"}} {N}"
+        "{} {N}",
+        requests_line(200, "-").replace("istio_requests_total", "istio_response_bytes_sum").trim_end_matches(" 1")
     );
     let text = wait_metric(&p.metrics, &needle).await;
     assert!(text.contains(&needle), "{text}");
@@ -564,7 +571,8 @@ async fn streams_a_20_mb_upload_through_echo() {
     assert_eq!(got.status, StatusCode::OK);
     assert_eq!(got.len, N);
     let needle = format!(
-        "istio_request_bytes_sum{{reporter=\"source\",source_workload=\"test-app\",destination_service=\"api.test\",destination_service_name=\"api.test\",destination_service_namespace=\"egress\",request_protocol=\"http\",response_code=\"200\",response_flags=\"-\",connection_security_policy=\"unknown\"}} {N}"
+        "{} {N}",
+        requests_line(200, "-").replace("istio_requests_total", "istio_request_bytes_sum").trim_end_matches(" 1")
     );
     let text = wait_metric(&p.metrics, &needle).await;
     assert!(text.contains(&needle), "{text}");
