@@ -24,6 +24,7 @@ pub mod resolver;
 pub mod run;
 pub mod serve;
 pub mod suggest;
+pub mod ui;
 pub mod watch;
 pub mod workload;
 pub mod workloads;
