@@ -193,7 +193,7 @@ function onGraph(g) {
   mode.title = `outbound traffic policy (${g.agent.mode_source})`;
   $('audit-hint').hidden = g.agent.mode !== 'AUDIT';
   $('bytes-note').textContent = g.bytes_source === 'tc'
-    ? 'bytes: IP packets counted on the --interface(s)'
+    ? `bytes: IP packets counted on the --interface(s)${g.unattributed_bytes ? ` (${fmtBytes(g.unattributed_bytes)} of no local socket, e.g. neighbour discovery, not drawn)` : ''}`
     : 'bytes: TCP payload of closed connections (pass --interface IFACE to count live bytes)';
 
   const t = g.generated_at * 1000;
