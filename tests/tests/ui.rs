@@ -184,7 +184,15 @@ fn has_refusal(dest: &str) -> String {
     format!("[...document.querySelectorAll('#refusals tr.refusal')].some((r) => r.dataset.destination === '{dest}')")
 }
 
-/// JS: the edge table row `source -> target` has `opened` connections and `closed` closed.
+/// JS: the edge table has a row `source -> target` with `denied` refusals.
+fn edge_denied(source: &str, target: &str, denied: u64) -> String {
+    format!(
+        "[...document.querySelectorAll('#edges tbody tr')].some((r) => r.dataset.source === '{source}' && r.dataset.target === '{target}' \
+         && Number(r.querySelector('[data-k=\"refused\"]').dataset.denied) === {denied})"
+    )
+}
+
+/// JS: the edge table row `source -> target` has `opened` connections, all closed, and bytes.
 fn edge_opened(source: &str, target: &str, opened: u64) -> String {
     format!(
         "[...document.querySelectorAll('#edges tbody tr')].some((r) => r.dataset.source === '{source}' && r.dataset.target === '{target}' \
@@ -276,7 +284,8 @@ fn live_view_shows_traffic_refusals_and_survives_a_restart() {
     eprintln!("refusal listed {seen_after:?} after the client started ({waited:?} of waiting in the page)");
     assert!(seen_after <= Duration::from_secs(2) + Duration::from_millis(500), "{seen_after:?}");
 
-    if let Err(e) = b.wait(&edge_opened(&w_id, svc_id, N), Duration::from_secs(10)) {
+    let counted = format!("{} && {}", edge_opened(&w_id, svc_id, N), edge_denied(&w_id, "BlackHoleCluster", 1));
+    if let Err(e) = b.wait(&counted, Duration::from_secs(10)) {
         panic!(
             "the graph did not count the closed connections: {e}\n--- /debug/graph\n{:#}\n--- /metrics\n{}",
             graph_json(admin),

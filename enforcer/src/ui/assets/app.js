@@ -207,14 +207,17 @@ function onGraph(g) {
   drawEdgeTable(g.nodes, rated);
 }
 
-// Per-second rates over the window: from the oldest sample that has this edge to now. A counter
-// that went down (the agent's maps were recreated) gives no rate until the window refills.
+const ZERO = { connections_opened: 0, denied: 0, audited: 0, http: null };
+
+// Per-second rates over the window: from the oldest sample (an edge it lacks had counted nothing
+// then) to now. A counter that went down (the agent's maps were recreated) gives no rate until the
+// window refills.
 function rates(e) {
   const id = edgeId(e);
   const last = state.samples[state.samples.length - 1];
-  const first = state.samples.find((s) => s.edges.has(id));
+  const first = state.samples[0];
   if (!first || first === last) return { conns: null, denied: null, http: null };
-  const o = first.edges.get(id);
+  const o = first.edges.get(id) || ZERO;
   const dt = (last.t - first.t) / 1000;
   const r = (a, b) => (a === undefined || b === undefined || a < b || dt <= 0 ? null : (a - b) / dt);
   return {
