@@ -483,3 +483,64 @@ fn run_ui_prints_the_url_of_the_page_it_serves() {
     }
     assert_eq!(status.code(), Some(128 + libc::SIGTERM), "the command was ended by SIGTERM: {status:?}");
 }
+
+/// A service behind the L7 proxy (plain HTTP from the app, TLS originated by a DestinationRule):
+/// its edge carries the proxy's request count and error share.
+#[test]
+fn proxied_http_service_shows_requests_and_errors() {
+    let Some(mut b) = Browser::launch() else { return };
+    let ns = Netns::new();
+    let dir = TempDir::new("ui-http");
+    let pki = Pki::new(&dir, "api", &["api.test"]);
+    let addr = ns.v4(2);
+    let _srv = https_server(&ns, &addr, 8443, &pki);
+    let reg = dir.write(
+        "reg/services.yaml",
+        &format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: api, namespace: default}}\n\
+             spec:\n  hosts: [api.test]\n  ports: [{{number: 80, name: http-80, protocol: HTTP, targetPort: 8443}}]\n\
+             \x20 resolution: STATIC\n  endpoints: [{{address: \"{addr}\"}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: api, namespace: default}}\n\
+             spec:\n  host: api.test\n  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 80}}\n\
+             \x20     tls: {{mode: SIMPLE, caCertificates: \"{}\"}}\n",
+            pki.ca.display()
+        ),
+    );
+    let cg = Cgroup::new("ui-http");
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let _d = Daemon::start(&cg, PinDir::new(), &daemon_flags(&reg, admin, &ns, &[]));
+    b.open(&format!("http://{admin}/ui"));
+    b.must("the page goes live", &status_is("live"), Duration::from_secs(10));
+
+    // 3 answered 200, 1 answered 503, one request per connection.
+    let script = format!(
+        "import http.client\nfor path in ['/status/200'] * 3 + ['/status/503']:\n    c = http.client.HTTPConnection('{addr}', 80, timeout=10)\n\
+         \x20   c.request('GET', path, headers={{'Host': 'api.test'}})\n    r = c.getresponse()\n    r.read()\n\
+         \x20   print(r.status)\n    c.close()\n"
+    );
+    let out = cg.run(&[python().display().to_string(), "-c".into(), script]);
+    assert_eq!(out.status, 0, "{out}");
+    assert_eq!(out.stdout.split_whitespace().collect::<Vec<_>>(), ["200", "200", "200", "503"], "{out}");
+
+    let w_id = format!("workload:{}", cg.rel().trim_start_matches('/'));
+    let svc_id = "service:default/api/api.test";
+    let js = format!(
+        "[...document.querySelectorAll('#edges tbody tr')].some((r) => r.dataset.source === '{w_id}' && r.dataset.target === '{svc_id}' \
+         && Number(r.querySelector('[data-k=\"http_rate\"]').dataset.requests) === 4 \
+         && Number(r.querySelector('[data-k=\"http_errors\"]').dataset.errors) === 1)"
+    );
+    if let Err(e) = b.wait(&js, Duration::from_secs(10)) {
+        panic!("the edge does not show 4 requests, 1 error: {e}\n--- /debug/graph\n{:#}", graph_json(admin));
+    }
+    let row = b.eval(&format!(
+        "(() => {{ const r = [...document.querySelectorAll('#edges tbody tr')].find((r) => r.dataset.target === '{svc_id}'); \
+         return {{ state: r.dataset.state, errors: r.querySelector('[data-k=\"http_errors\"]').textContent, \
+         label: [...document.querySelectorAll('#graph g.edge-label')].find((g) => g.dataset.target === '{svc_id}').textContent }}; }})()"
+    ));
+    assert_eq!(row["state"], "allowed", "{row}");
+    assert_eq!(row["errors"], "25.0%", "{row}");
+    assert!(
+        row["label"].as_str().unwrap().contains("4 req") && row["label"].as_str().unwrap().contains("25% err"),
+        "{row}"
+    );
+}
