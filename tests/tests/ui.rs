@@ -423,6 +423,26 @@ fn audit_mode_lists_would_be_refusals_with_their_fix() {
     let e = p["edges"].as_array().unwrap().iter().find(|e| e["target"] == "PassthroughCluster").unwrap();
     assert_eq!((e["audited"].as_u64(), e["opened"].as_u64()), (Some(1), Some(1)), "{e}");
     assert!(!p["nodes"].as_array().unwrap().iter().any(|n| n["id"] == "BlackHoleCluster"), "nothing refused: {p:#}");
+
+    // Memory stays bounded: 250 more would-be refusals (ports nothing listens on: RST at once);
+    // the page keeps the newest 200.
+    let script = format!(
+        "import socket\nfor port in range(10000, 10250):\n    s = socket.socket()\n    s.settimeout(2)\n\
+         \x20   try:\n        s.connect(('{x}', port))\n    except OSError:\n        pass\n    s.close()\n"
+    );
+    let out = cg.run(&[python().display().to_string(), "-c".into(), script]);
+    assert_eq!(out.status, 0, "{out}");
+    b.must("the newest refusal is listed", &has_refusal(&format!("{x}:10249")), Duration::from_secs(10));
+    let kept = b.eval(
+        "({ rows: document.querySelectorAll('#refusals tbody tr').length, kept: state.refusals.length, keys: state.seen.size, \
+         first: document.querySelector('#refusals tbody tr').dataset.destination, \
+         last: document.querySelector('#refusals tbody tr:last-child').dataset.destination })",
+    );
+    assert_eq!(
+        kept,
+        json!({"rows": 200, "kept": 200, "keys": 200, "first": format!("{x}:10249"), "last": format!("{x}:10050")}),
+        "the last 200 of 251, newest first"
+    );
 }
 
 #[test]
