@@ -274,15 +274,13 @@ fn live_view_shows_traffic_refusals_and_survives_a_restart() {
 
     // Known traffic: N allowed connections with PAYLOAD request bytes each, one refused connect.
     tcp_traffic(&web, &a, 8080, N as u32, PAYLOAD as u32);
-    let t0 = Instant::now();
+    // The client exits right after its connect is refused: from then on the page has 2 s.
     let refused = web.client(&[op("tcp", &x, 8080)]);
     refused.res[0].assert_eperm();
     let (_, waited) = b
         .wait(&has_refusal(&format!("{x}:8080")), Duration::from_secs(2))
         .unwrap_or_else(|e| panic!("the refusal did not appear within 2 s of the connect: {e}"));
-    let seen_after = t0.elapsed();
-    eprintln!("refusal listed {seen_after:?} after the client started ({waited:?} of waiting in the page)");
-    assert!(seen_after <= Duration::from_secs(2) + Duration::from_millis(500), "{seen_after:?}");
+    eprintln!("refusal listed {waited:?} after the refused client exited");
 
     let counted = format!("{} && {}", edge_opened(&w_id, svc_id, N), edge_denied(&w_id, "BlackHoleCluster", 1));
     if let Err(e) = b.wait(&counted, Duration::from_secs(10)) {
@@ -372,11 +370,11 @@ fn live_view_shows_traffic_refusals_and_survives_a_restart() {
         .map(|e| e["connections_opened"].as_u64().unwrap())
         .unwrap_or(0);
     tcp_traffic(&web, &a, 8080, 2, 1000);
-    let t0 = Instant::now();
     web.client(&[op("tcp", &x, 9090)]).res[0].assert_eperm();
-    b.wait(&has_refusal(&format!("{x}:9090")), Duration::from_secs(2))
+    let (_, waited) = b
+        .wait(&has_refusal(&format!("{x}:9090")), Duration::from_secs(2))
         .unwrap_or_else(|e| panic!("after the restart, the refusal did not appear within 2 s: {e}"));
-    assert!(t0.elapsed() <= Duration::from_secs(2) + Duration::from_millis(500), "{:?}", t0.elapsed());
+    eprintln!("after the restart: refusal listed {waited:?} after the refused client exited");
     b.must("new connections are counted", &edge_opened(&w_id, svc_id, base + 2), Duration::from_secs(10));
     let p = b.eval(READ_PAGE);
     assert!(p["banner"].as_str().unwrap().contains("restarted"), "{p:#}");
