@@ -333,7 +333,9 @@ function drawEdgeTable(nodes, edges) {
       cell('source', label.get(e.source) || e.source),
       cell('target', label.get(e.target) || e.target, e.target),
       cell('state', e.state),
-      cell('conn_rate', fmtRate(e.rates.conns)),
+      e.state === 'denied'
+        ? cell('conn_rate', `${fmtRate(e.rates.denied)} refused`, 'refused connect()/sendmsg() calls per second')
+        : cell('conn_rate', fmtRate(e.rates.conns)),
       el('td', { dataset: { k: 'connections', opened: e.connections_opened, closed: e.connections_closed } },
         `${e.connections_opened} / ${Math.max(0, e.connections_opened - e.connections_closed)} open`),
       el('td', { dataset: { k: 'refused', denied: e.denied, audited: e.audited } }, `${e.denied} / ${e.audited}`),
