@@ -46,7 +46,8 @@ pub fn cgroup2_mount() -> Result<PathBuf, CgroupError> {
     Err(CgroupError::NoCgroup2)
 }
 
-fn unescape_mount(s: &str) -> String {
+/// Undo the octal escapes of /proc/self/mountinfo (`\040` for a space, ...).
+pub(crate) fn unescape_mount(s: &str) -> String {
     s.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 }
 
@@ -87,6 +88,12 @@ impl ChildCgroup {
         Ok(Self { path })
     }
 
+    /// Take charge of an existing cgroup (one a killed `enforcer run` left behind): dropping it
+    /// kills what is inside and removes it.
+    pub fn adopt(path: PathBuf) -> Self {
+        Self { path }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -105,23 +112,27 @@ impl ChildCgroup {
     }
 
     /// Kill every process left in the cgroup (background children of the command), with
-    /// `cgroup.kill` (Linux 5.14+) or SIGKILL per pid.
-    pub fn kill_all(&self) {
+    /// `cgroup.kill` (Linux 5.14+) or SIGKILL per pid (repeated, so a process forked meanwhile
+    /// is caught too), and wait (up to 2 s) until it is empty. Returns whether it is.
+    pub fn kill_all(&self) -> bool {
         if self.pids().is_empty() {
-            return;
+            return true;
         }
-        if fs::write(self.path.join("cgroup.kill"), "1").is_err() {
-            for pid in self.pids() {
-                // SAFETY: plain syscall.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+        let cgroup_kill = fs::write(self.path.join("cgroup.kill"), "1").is_ok();
+        for _ in 0..200 {
+            let pids = self.pids();
+            if pids.is_empty() {
+                return true;
             }
-        }
-        for _ in 0..100 {
-            if self.pids().is_empty() {
-                break;
+            if !cgroup_kill {
+                for pid in pids {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+        self.pids().is_empty()
     }
 }
 

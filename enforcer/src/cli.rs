@@ -12,7 +12,7 @@ use crate::config::Mode;
     version,
     about = "eBPF egress enforcer: Istio ServiceEntry registries enforced at connect()/sendmsg()",
     after_help = "Exit status of `run`: the command's own status; 128+N if it was killed by signal N; \
-                  125 if enforcer itself failed; 126 if the command could not be executed; 127 if it was not found."
+                  125 if enforcer itself failed or the command line is wrong (usage errors); 126 if the command could not be executed; 127 if it was not found."
 )]
 pub struct Cli {
     /// Log filter for the agent's own logs (e.g. info, debug, enforcer=trace); RUST_LOG also
@@ -195,6 +195,25 @@ fn parse_mode(s: &str) -> Result<Mode, String> {
     s.parse::<Mode>().map_err(|e| e.to_string())
 }
 
+/// Warnings for `--allow-cidr` values with host bits set (`198.18.11.7/24` allows 198.18.11.0/24),
+/// as `ip route` warns. Values that do not parse are left to the policy loader, which rejects them.
+pub fn allow_cidr_warnings(args: &PolicyArgs) -> Vec<String> {
+    args.allow_cidr
+        .iter()
+        .filter_map(|text| {
+            let allow = crate::policy::CliAllow::parse_cidr(text).ok()?;
+            let crate::policy::CliTarget::Net(net) = allow.target else { return None };
+            // The address as written, before the truncation: `[2001:db8::7/64]:443` -> 2001:db8::7.
+            let written: std::net::IpAddr = text.trim_start_matches('[').split('/').next()?.parse().ok()?;
+            (written != net.network()).then(|| {
+                format!(
+                    "--allow-cidr {text}: host bits are set; it allows the whole network {net} (write {net} to silence this warning)"
+                )
+            })
+        })
+        .collect()
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ReportFormat {
     Text,
@@ -224,6 +243,21 @@ pub struct RunArgs {
     /// Parent of the child cgroup the command runs in (default: enforcer's own cgroup).
     #[arg(long, value_name = "PATH")]
     pub cgroup_parent: Option<PathBuf>,
+    /// Run the command as USER (a name or a numeric uid; its groups, HOME, USER and LOGNAME are
+    /// set). Default under sudo: the invoking user (SUDO_UID/SUDO_GID); otherwise enforcer's own
+    /// identity.
+    #[arg(long, value_name = "USER", conflicts_with_all = ["as_root", "privileged"])]
+    pub user: Option<String>,
+    /// Under sudo, run the command as root instead of as the invoking user. It stays confined:
+    /// own PID, cgroup and mount namespaces, no_new_privs, and no CAP_SYS_ADMIN, CAP_NET_ADMIN,
+    /// CAP_NET_RAW, CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE, CAP_SYS_MODULE (see README).
+    #[arg(long, conflicts_with = "privileged")]
+    pub as_root: bool,
+    /// Run the command unconfined, as before confinement existed: with enforcer's identity and
+    /// every capability, in enforcer's namespaces. A root command can then leave its cgroup, add
+    /// nft rules or kill enforcer, so enforcement is only advisory.
+    #[arg(long)]
+    pub privileged: bool,
     /// The command and its arguments, passed through exactly.
     #[arg(required = true, last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
@@ -277,6 +311,10 @@ pub struct UnpinArgs {
     /// The cgroup the daemon enforced on (finds the default pin directory).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<PathBuf>,
+    /// Clean up after `enforcer run`s whose agent died (killed): kill what is left of their
+    /// commands, remove their pins and cgroups. Runs that are alive are left alone.
+    #[arg(long, conflicts_with_all = ["pin_dir", "cgroup"])]
+    pub stale: bool,
 }
 
 #[cfg(test)]
@@ -289,6 +327,38 @@ mod tests {
         assert_eq!(parse_duration("5").unwrap(), std::time::Duration::from_secs(5));
         assert_eq!(parse_duration("2m").unwrap(), std::time::Duration::from_secs(120));
         assert!(parse_duration("5 parsecs").is_err());
+    }
+
+    #[test]
+    fn allow_cidr_host_bits_warn_naming_the_network() {
+        let args = |v: &[&str]| {
+            let mut argv = vec!["enforcer", "run"];
+            for c in v {
+                argv.extend(["--allow-cidr", c]);
+            }
+            argv.extend(["--", "true"]);
+            match Cli::try_parse_from(argv).unwrap().command {
+                Command::Run(r) => r.policy,
+                _ => unreachable!(),
+            }
+        };
+        let w = allow_cidr_warnings(&args(&["198.18.11.7/24", "10.0.0.0/8:443", "[2001:db8::7/64]:443", "bad"]));
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].contains("198.18.11.0/24") && w[0].contains("host bits"), "{}", w[0]);
+        assert!(w[1].contains("2001:db8::/64"), "{}", w[1]);
+    }
+
+    #[test]
+    fn usage_errors_and_run_flags() {
+        assert!(Cli::try_parse_from(["enforcer", "run", "--mode", "REGISTRY_ONLYX", "--", "true"]).is_err());
+        assert!(Cli::try_parse_from(["enforcer", "run", "--user", "nobody", "--as-root", "--", "true"]).is_err());
+        assert!(Cli::try_parse_from(["enforcer", "run", "--privileged", "--as-root", "--", "true"]).is_err());
+        let Command::Run(r) = Cli::try_parse_from(["enforcer", "run", "--user", "nobody", "--", "id"]).unwrap().command
+        else {
+            unreachable!()
+        };
+        assert_eq!(r.user.as_deref(), Some("nobody"));
+        assert!(Cli::try_parse_from(["enforcer", "unpin", "--stale", "--pin-dir", "/x"]).is_err());
     }
 
     #[test]

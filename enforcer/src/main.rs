@@ -1,11 +1,23 @@
 //! The `enforcer` command.
 
 use clap::Parser as _;
-use enforcer::{admin, check, cli, daemon, events::EventJson, exit, run};
+use enforcer::{admin, check, cli, confine, daemon, events::EventJson, exit, run, supervisor};
 use tracing_subscriber::EnvFilter;
 
 fn main() {
-    let cli = cli::Cli::parse();
+    // The processes `run` starts from this binary (the init of the command's namespaces, the
+    // supervisor) take over here, before any thread or runtime exists.
+    confine::init::main_if_init();
+    supervisor::main_if_supervisor();
+    let cli = match cli::Cli::try_parse() {
+        Ok(c) => c,
+        // --help and --version print to stdout and succeed; every usage error exits 125, the
+        // status of enforcer's own failures, so it never looks like the command's exit status.
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() { exit::ENFORCER_FAILED } else { 0 });
+        }
+    };
     // `run --quiet` promises a quiet terminal: only errors from enforcer itself.
     let level = match (&cli.command, cli.log.as_deref()) {
         (cli::Command::Run(r), _) if r.quiet => "error",
@@ -37,8 +49,12 @@ fn main() {
 async fn dispatch(cmd: cli::Command) -> anyhow::Result<i32> {
     match cmd {
         cli::Command::Run(a) => run::run(a).await,
-        cli::Command::Daemon(a) => daemon::daemon(a).await,
+        cli::Command::Daemon(a) => {
+            cli::allow_cidr_warnings(&a.policy).iter().for_each(|w| tracing::warn!("{w}"));
+            daemon::daemon(a).await
+        }
         cli::Command::Check(a) => check::check(a),
+        cli::Command::Unpin(a) if a.stale => supervisor::unpin_stale(),
         cli::Command::Unpin(a) => daemon::unpin(a),
         cli::Command::Registry(a) => registry(a).await,
         cli::Command::Events(a) => events(a).await,

@@ -32,19 +32,26 @@ pub enum CliTarget {
 }
 
 impl CliAllow {
-    /// `host[:port]`, `1.2.3.4[:port]`, `[2001:db8::1]:443` or a bare IPv6 address.
+    /// `host[:port]`, `1.2.3.4[:port]`, `[2001:db8::1]:443` or a bare IPv6 address. A host name
+    /// must be made of RFC 1123 labels; anything with several `:` must be an IPv6 address.
     pub fn parse_host(s: &str) -> Result<Self, String> {
         let (host, port) = split_port(s)?;
-        let target = match host.parse::<IpAddr>() {
-            Ok(ip) => CliTarget::Net(IpNet::from(ip)),
-            Err(_) => {
-                if host.is_empty() || host.contains('/') || host.contains(char::is_whitespace) {
-                    return Err(format!("`{s}` is not HOST[:PORT]; for a CIDR use --allow-cidr"));
-                }
-                CliTarget::Host(host.trim_end_matches('.').to_ascii_lowercase())
-            }
-        };
-        Ok(Self { target, port, text: s.to_string() })
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(Self { target: CliTarget::Net(IpNet::from(ip)), port, text: s.to_string() });
+        }
+        if host.contains('/') {
+            return Err(format!("`{s}` is not HOST[:PORT]; for a CIDR use --allow-cidr"));
+        }
+        if host.contains(':') {
+            return Err(format!(
+                "`{s}` is not HOST[:PORT]: it has several `:` but is not an IPv6 address; one port per --allow, and an IPv6 address with a port is written [ADDR]:PORT (e.g. [2001:db8::1]:443)"
+            ));
+        }
+        let name = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        if let Err(why) = check_host_name(&name) {
+            return Err(format!("`{s}` is not HOST[:PORT]: {why}"));
+        }
+        Ok(Self { target: CliTarget::Host(name), port, text: s.to_string() })
     }
 
     /// `10.0.0.0/8[:port]`, `[2001:db8::/32]:443` or a bare IPv6 CIDR.
@@ -56,6 +63,39 @@ impl CliAllow {
             .map_err(|_| format!("`{s}` is not CIDR[:PORT] (e.g. 10.0.0.0/8:443 or [2001:db8::/32]:443)"))?;
         Ok(Self { target: CliTarget::Net(net.trunc()), port, text: s.to_string() })
     }
+}
+
+/// A DNS host name of RFC 1123 labels: letters, digits and `-` (not first or last), 1-63 characters
+/// each, at most 253 in all; the last label is not all digits (that would be a mistyped IPv4
+/// address).
+fn check_host_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("the host is empty".into());
+    }
+    if name.len() > 253 {
+        return Err(format!("the host name is {} characters long; at most 253 are allowed", name.len()));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err("the host name has an empty label (`..` or a leading `.`)".into());
+        }
+        if label.len() > 63 {
+            return Err(format!("the label `{label}` is {} characters long; at most 63 are allowed", label.len()));
+        }
+        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-')) {
+            let hint = if c == '*' { " (wildcard hosts need a ServiceEntry)" } else { "" };
+            return Err(format!(
+                "`{c}` is not allowed in a host name; labels are letters, digits and `-` (RFC 1123){hint}"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("the label `{label}` starts or ends with `-`"));
+        }
+    }
+    if name.rsplit('.').next().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+        return Err("it is not an IPv4 address (four numbers 0-255) and a host name cannot end in a number".into());
+    }
+    Ok(())
 }
 
 fn split_port(s: &str) -> Result<(&str, Option<u16>), String> {
@@ -817,6 +857,38 @@ spec:
         assert!(CliAllow::parse_cidr("nonsense:80").is_err());
         assert_eq!(CliAllow::parse_host("2001:db8::1").unwrap().port, None);
         assert_eq!(CliAllow::parse_host("[2001:db8::1]:80").unwrap().port, Some(80));
+    }
+
+    #[test]
+    fn cli_hosts_must_be_names_or_addresses() {
+        let err = |s: &str| CliAllow::parse_host(s).unwrap_err();
+        assert!(err("198.18.11.3:80:90").contains("one port per --allow"), "{}", err("198.18.11.3:80:90"));
+        assert!(err("2001:db8::zz").contains("not an IPv6 address"), "{}", err("2001:db8::zz"));
+        assert!(err("bad_name!").contains("RFC 1123"), "{}", err("bad_name!"));
+        assert!(err("*.example.com").contains("ServiceEntry"), "{}", err("*.example.com"));
+        assert!(err("300.1.1.1").contains("IPv4"), "{}", err("300.1.1.1"));
+        assert!(err("-a.example").contains("`-`"));
+        assert!(err("a..example").contains("empty label"));
+        assert!(err(&format!("{}.example", "a".repeat(64))).contains("63"));
+        assert!(err("api.example.com:0").contains("port"));
+        assert!(err("api.example.com:65536").contains("port"));
+        assert!(err(":443").contains("empty"));
+        let ok = CliAllow::parse_host("API.Example.com.:443").unwrap();
+        assert_eq!((ok.target, ok.port), (CliTarget::Host("api.example.com".into()), Some(443)));
+        assert_eq!(CliAllow::parse_host("xn--bcher-kva.example").unwrap().port, None);
+        assert_eq!(CliAllow::parse_host("localhost:65535").unwrap().port, Some(65535));
+        assert_eq!(CliAllow::parse_host("1.2.3.4").unwrap().target, CliTarget::Net("1.2.3.4/32".parse().unwrap()));
+    }
+
+    #[test]
+    fn cli_cidrs_are_truncated_to_the_network() {
+        let c = CliAllow::parse_cidr("198.18.11.7/24").unwrap();
+        assert_eq!(c.target, CliTarget::Net("198.18.11.0/24".parse().unwrap()));
+        assert_eq!(c.text, "198.18.11.7/24", "the text keeps what was written, for the warning");
+        let c = CliAllow::parse_cidr("[2001:db8::7/64]:443").unwrap();
+        assert_eq!((c.target, c.port), (CliTarget::Net("2001:db8::/64".parse().unwrap()), Some(443)));
+        assert!(CliAllow::parse_cidr("198.18.11.7/33").is_err());
+        assert!(CliAllow::parse_cidr("198.18.11.0/24:0").unwrap_err().contains("port"));
     }
 
     #[test]

@@ -1,6 +1,12 @@
-//! `enforcer run -- CMD`: confine one command in a child cgroup with the registry enforced.
+//! `enforcer run -- CMD`: confine one command in a child cgroup with the registry enforced; the
+//! command runs in its own namespaces without the privileges to undo that (see `confine`), and
+//! the programs are pinned so a killed agent leaves it confined until it is killed (see
+//! `supervisor`).
 
-use std::{ffi::OsString, os::fd::AsRawFd as _, path::Path, process::ExitStatus, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap, ffi::OsString, os::fd::AsRawFd as _, path::Path, process::ExitStatus, sync::Arc,
+    time::Duration,
+};
 
 use anyhow::Context as _;
 use enforcer_common::Event;
@@ -11,11 +17,12 @@ use crate::{
     agent::{Agent, AgentConfig},
     cgroup::{self, ChildCgroup},
     cli::{ReportFormat, RunArgs},
+    confine::{self, InitMessage, Plan},
     dataplane::{Dataplane, LoadOptions},
     events::{self, DenyPrinter},
     exit, load, preflight,
     serve::Servers,
-    watch,
+    supervisor, watch,
 };
 
 /// Run the command; returns the exit status enforcer should exit with.
@@ -37,17 +44,39 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
     };
     cfg.warnings.iter().for_each(|w| warn(w));
+    crate::cli::allow_cidr_warnings(&args.policy).iter().for_each(|w| warn(w));
+    let plan = Plan::resolve(args.user.as_deref(), args.as_root, args.privileged, Plan::sudo_env())
+        .map_err(|e| exit::CodedError { code: exit::ENFORCER_FAILED, message: e.to_string() })?;
+    if plan == Plan::Privileged {
+        warn(
+            "--privileged: the command runs unconfined, with enforcer's identity and capabilities in enforcer's namespaces; as root it can leave its cgroup, add nft rules or kill enforcer, so the enforcement is only advisory",
+        );
+    }
+    tracing::debug!(how = %plan.describe(), "starting the command");
+    // Runs whose agent was killed: their commands are still confined (pinned); end them now.
+    supervisor::clean_stale().iter().for_each(|m| warn(m));
 
     let mount = cgroup::cgroup2_mount()?;
     let parent = match &args.cgroup_parent {
         Some(p) => cgroup::resolve(&mount, p)?,
         None => mount.join(cgroup::self_cgroup()?.strip_prefix("/").unwrap_or(Path::new(""))),
     };
-    let child = ChildCgroup::create(&parent, &format!("enforcer-run-{}", std::process::id()))
-        .context("creating the command's cgroup")?;
+    let command_name = Path::new(&args.command[0])
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "command".into());
+    // The record (and the supervisor watching it) exist before anything they clean up does.
+    let record = supervisor::RunRecord::for_this_run(&parent, &command_name);
+    let run_lock = supervisor::RunLock::create(record).context("recording the run")?;
+    run_lock.spawn_supervisor()?;
+    let pin_dir = run_lock.record.pin_dir.clone();
+    preflight::ensure_bpffs(&pin_dir).context("`enforcer run` pins its programs so they outlive a killed agent")?;
+    let cg_name = run_lock.record.cgroup.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let child = ChildCgroup::create(&parent, &cg_name).context("creating the command's cgroup")?;
 
-    let (dp, _) = Dataplane::load(&LoadOptions { pin_dir: None, ebpf_log: args.policy.ebpf_log })
+    let (dp, notes) = Dataplane::load(&LoadOptions { pin_dir: Some(pin_dir), ebpf_log: args.policy.ebpf_log })
         .context("loading the BPF programs")?;
+    notes.iter().for_each(|n| tracing::debug!("{n}"));
     let mut started = Agent::start(config, dp, cfg, 0).await?;
     let agent = started.agent.clone();
     agent.desired().warnings.iter().for_each(|w| warn(w));
@@ -61,10 +90,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             .with_dataplane(|dp| dp.attach_tc(iface))
             .with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
-    let command_name = Path::new(&args.command[0])
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "command".into());
     agent.set_names(crate::workloads::Workloads::for_run(child.path(), &command_name));
     let upkeep = agent.spawn_upkeep();
     let _watch = spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, quiet)?;
@@ -77,15 +102,29 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let mut events = agent.with_dataplane(|dp| dp.take_events()).context("opening the event ring buffer")?;
 
-    let mut cmd = spawn_in_cgroup(&args.command, &child)?;
+    let (mut cmd, mut init) = match &plan {
+        Plan::Privileged => (spawn_in_cgroup(&args.command, &child)?, None),
+        Plan::Confined { identity } => {
+            let (c, link) = confine::spawn(&args.command, &child.procs_file(), identity.as_ref())?;
+            (c, Some(link))
+        }
+    };
+    // The command's process (its init when confined): where signals are forwarded.
     let pid = cmd.id().map(|p| p as i32);
 
     let mut printer = DenyPrinter::default();
     let json_events = args.policy.event_format == ReportFormat::Json;
     let mut drops_seen = 0u64;
-    let mut show = |evs: Vec<Event>, printer: &mut DenyPrinter| {
+    // Confined, the command has its own PID namespace: events name processes as it sees them.
+    let mut ns_pids: HashMap<u32, u32> = HashMap::new();
+    let confined = init.is_some();
+    let mut show = |mut evs: Vec<Event>, printer: &mut DenyPrinter| {
         let desired = agent.desired();
-        for ev in &evs {
+        for ev in &mut evs {
+            if confined {
+                ev.pid = *ns_pids.entry(ev.pid).or_insert_with(|| confine::pid_in_namespace(ev.pid).unwrap_or(ev.pid));
+                ev.tid = *ns_pids.entry(ev.tid).or_insert_with(|| confine::pid_in_namespace(ev.tid).unwrap_or(ev.tid));
+            }
             agent.hub().publish(ev, &desired, &command_name);
             if quiet {
                 continue;
@@ -102,9 +141,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             drops_seen = drops;
         }
     };
+    let mut failed: Option<(i32, String)> = None;
     let status: ExitStatus = loop {
         tokio::select! {
             st = cmd.wait() => break st.context("waiting for the command")?,
+            m = next_message(&mut init) => match m {
+                InitMessage::Running => {}
+                InitMessage::Failed { code, message } => failed = Some((code, message)),
+                InitMessage::Stopped(sig) => init.as_ref().expect("messages come from init").stopped(sig),
+            },
             batch = events.next_batch() => show(batch.context("reading events")?, &mut printer),
             _ = sigint.recv() => forward(pid, libc::SIGINT),
             _ = sigterm.recv() => forward(pid, libc::SIGTERM),
@@ -112,8 +157,20 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             _ = sigquit.recv() => forward(pid, libc::SIGQUIT),
         }
     };
+    if let Some(link) = &mut init {
+        link.restore_tty();
+        // init reports a failed start before it exits: read what is left of the pipe.
+        while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(2), link.message()).await {
+            if let InitMessage::Failed { code, message } = m {
+                failed = Some((code, message));
+            }
+        }
+    }
     // Background children the command left behind would escape enforcement once we detach.
     child.kill_all();
+    if let Some((code, message)) = failed {
+        return Err(exit::CodedError { code, message }.into());
+    }
     show(events.drain(), &mut printer);
     upkeep.abort();
     servers.drain(Duration::from_secs(2)).await;
@@ -133,9 +190,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         }
     }
     drop(started);
-    drop(agent); // the last handle to the dataplane detaches the programs
+    drop(agent); // the last handle to the dataplane closes its link descriptors
     drop(child); // removes the cgroup
+    drop(run_lock); // removes the pins (the programs detach) and the record; the supervisor exits
     Ok(code)
+}
+
+/// The next message from the confined command's init; pending for ever without one.
+async fn next_message(init: &mut Option<confine::InitLink>) -> InitMessage {
+    match init {
+        Some(link) if link.status_open() => match link.message().await {
+            Some(m) => m,
+            None => std::future::pending().await,
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 /// Reload the registry when its files change (debounced), logging what happened. The returned

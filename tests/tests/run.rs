@@ -748,21 +748,37 @@ fn background_children_do_not_outlive_the_run() {
 #[test]
 fn cgroup_parent_is_used_and_the_run_cgroup_is_removed() {
     let parent = Cgroup::new("parent");
+    let left = || -> Vec<_> {
+        std::fs::read_dir(&parent.path)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .map(|e| e.file_name())
+            .collect()
+    };
+    // Unconfined, the command sees where it runs: a child of the parent.
     let out = enforcer_run(
-        &["--no-host-dns".to_string(), "--cgroup-parent".into(), parent.path.display().to_string()],
+        &[
+            "--no-host-dns".to_string(),
+            "--privileged".into(),
+            "--cgroup-parent".into(),
+            parent.path.display().to_string(),
+        ],
         &["cat", "/proc/self/cgroup"],
     );
     out.assert_status(0);
     let cg = out.stdout.lines().find_map(|l| l.strip_prefix("0::")).unwrap_or_else(|| panic!("{out}"));
     let want = format!("{}/enforcer-run-", parent.rel());
     assert!(cg.starts_with(&want), "the command ran in {cg}, expected a child {want}*");
-    let left: Vec<_> = std::fs::read_dir(&parent.path)
-        .unwrap()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name())
-        .collect();
-    assert!(left.is_empty(), "the run's cgroup is removed after exit: {left:?}");
+    assert!(left().is_empty(), "the run's cgroup is removed after exit: {:?}", left());
+    // Confined (the default), its cgroup namespace is rooted there: it sees `/`.
+    let out = enforcer_run(
+        &["--no-host-dns".to_string(), "--cgroup-parent".into(), parent.path.display().to_string()],
+        &["cat", "/proc/self/cgroup"],
+    );
+    out.assert_status(0);
+    assert!(out.stdout.lines().any(|l| l == "0::/"), "{out}");
+    assert!(left().is_empty(), "the run's cgroup is removed after exit: {:?}", left());
 }
 
 #[test]

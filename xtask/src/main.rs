@@ -131,6 +131,11 @@ fn test(args: Vec<String>) -> anyhow::Result<ExitCode> {
     cmd.args(["test", "--workspace", "--exclude", "enforcer-ebpf"]);
     cmd.args(&args);
     cmd.env("ENFORCER_BIN", &bin);
+    // Under `sudo -E`, `enforcer run` would default to running commands as the invoking user
+    // (SUDO_UID); the tests' commands live in root's environment, so run them as root.
+    for v in ["SUDO_UID", "SUDO_GID", "SUDO_USER", "SUDO_COMMAND"] {
+        cmd.env_remove(v);
+    }
     cmd.current_dir(util::workspace_root());
     util::show(&cmd);
     let status = cmd.status().context_spawn("cargo test")?;

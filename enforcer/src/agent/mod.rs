@@ -308,18 +308,22 @@ impl Agent {
     }
 
     fn recompute_locked(&self, c: &mut Control) -> anyhow::Result<ApplyStats> {
-        let cgroups = workload_cgroups(&c.specs);
-        let (plan, view) = compile_all(c, &self.inner.refresher.snapshot(), &cgroups)?;
-        let stats = self.apply_plan(c, plan)?;
-        self.publish(view);
-        self.set_cgroup_names(&c.specs);
-        Ok(stats)
+        // Compiling and writing a big registry takes a while: off the async workers, so the
+        // forwarder, the proxy and the admin API keep answering meanwhile.
+        blocking(|| {
+            let cgroups = workload_cgroups(&c.specs);
+            let (plan, view) = compile_all(c, &self.inner.refresher.snapshot(), &cgroups)?;
+            let stats = self.apply_plan(c, plan)?;
+            self.publish(view);
+            self.set_cgroup_names(&c.specs);
+            Ok(stats)
+        })
     }
 
     /// Reload the registry files and flags: validated fully first; on error nothing changes.
     /// Serialized with every other change (the upkeep cannot apply a stale view afterwards).
     pub async fn reload(&self) -> anyhow::Result<(LoadedConfig, ApplyStats)> {
-        let cfg = match load::load_config(&self.inner.config) {
+        let cfg = match blocking(|| load::load_config(&self.inner.config)) {
             Ok(c) => c,
             Err(e) => {
                 self.inner.stats.reload_errors.fetch_add(1, Ordering::Relaxed);
@@ -420,6 +424,15 @@ impl Agent {
     pub fn map_entries(&self) -> (Vec<(policy::AllowEntry, enforcer_common::AllowValue)>, usize) {
         let m = self.inner.maps.lock().expect("maps lock");
         (m.allow().in_map().map(|(k, v)| (*k, *v)).collect(), m.dests().len())
+    }
+}
+
+/// Run CPU-heavy synchronous work from async code without stalling the runtime's other tasks
+/// (`block_in_place` on the multi-threaded runtime; plain call elsewhere, e.g. in unit tests).
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
     }
 }
 

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+use super::host::HostPattern;
+
 /// Istio `MeshConfig.outboundTrafficPolicy.mode`, plus the enforcer's `AUDIT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Mode {
@@ -80,21 +82,30 @@ impl Host {
     /// Istio semantics with label boundaries: `*.example.com` matches
     /// `a.example.com` and `a.b.example.com`, but NOT `example.com` itself and
     /// NOT `evilexample.com`. Comparison is case-insensitive and ignores one
-    /// trailing dot on `name`.
+    /// trailing dot on `name`. See [`super::host`].
     pub fn matches(&self, name: &str) -> bool {
-        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let name = super::host::normalize(name);
         match self {
             Host::Exact(h) => *h == name,
-            Host::Wildcard(suffix) => {
-                name.len() > suffix.len() + 1
-                    && name.ends_with(suffix.as_str())
-                    && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
-            }
+            Host::Wildcard(suffix) => super::host::in_suffix(&name, suffix),
         }
     }
 
     pub fn is_wildcard(&self) -> bool {
         matches!(self, Host::Wildcard(_))
+    }
+
+    /// This host as a [`HostPattern`] (the one matcher).
+    pub fn pattern(&self) -> HostPattern {
+        match self {
+            Host::Exact(h) => HostPattern::Exact(h.clone()),
+            Host::Wildcard(s) => HostPattern::Suffix(s.clone()),
+        }
+    }
+
+    /// Is every name this host matches also matched by `other`? (Istio `SubsetOf`.)
+    pub fn is_subset_of(&self, other: &HostPattern) -> bool {
+        self.pattern().is_subset_of(other)
     }
 }
 
@@ -255,6 +266,10 @@ pub struct ServiceEntry {
     pub endpoints: Vec<Endpoint>,
     pub resolution: Resolution,
     pub location: Location,
+    /// `spec.exportTo` as written (empty: the mesh default). Validated; applied in Kubernetes mode.
+    pub export_to: Vec<String>,
+    /// `spec.workloadSelector.labels`, if set.
+    pub workload_selector: Option<BTreeMap<String, String>>,
     pub source: SourceRef,
 }
 
@@ -300,11 +315,122 @@ pub struct DestinationRule {
     pub host: String,
     /// `spec.trafficPolicy.tls`
     pub tls: Option<TlsSettings>,
-    /// `spec.trafficPolicy.portLevelSettings[].port.number` -> tls
+    /// `spec.trafficPolicy.portLevelSettings[].port.number` -> tls. Port-level settings do not
+    /// inherit the top-level ones (Istio): an entry without `tls` is recorded as `DISABLE`. The
+    /// first entry for a port wins, as in Istio.
     pub port_tls: BTreeMap<u16, TlsSettings>,
     /// `spec.trafficPolicy.connectionPool.tcp.connectTimeout`
     pub connect_timeout: Option<Duration>,
+    /// `spec.exportTo` as written.
+    pub export_to: Vec<String>,
+    /// `spec.workloadSelector.matchLabels`, if set.
+    pub workload_selector: Option<BTreeMap<String, String>>,
+    /// `spec.subsets[].name`.
+    pub subsets: Vec<String>,
     pub source: SourceRef,
+}
+
+impl DestinationRule {
+    /// `host` as a pattern of the one host matcher.
+    pub fn host_pattern(&self) -> HostPattern {
+        HostPattern::parse(&self.host)
+    }
+}
+
+/// The namespace part of a Sidecar egress host (`namespace/dnsName`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EgressNamespace {
+    /// `*`: every namespace.
+    Any,
+    /// A namespace by name (`.` is resolved to the Sidecar's own namespace).
+    Named(String),
+}
+
+/// One `spec.egress[].hosts[]` entry of a Sidecar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressHost {
+    pub namespace: EgressNamespace,
+    /// `~ns/host` or `~/host`: excludes what it matches instead of importing it (`~/*`, Istio's
+    /// "import nothing", excludes everything).
+    pub exclude: bool,
+    pub host: HostPattern,
+}
+
+impl EgressHost {
+    /// Does this entry select `host` of a service in `namespace`? (Istio: the service host is a
+    /// subset of the egress host; an exact egress host does not import a wildcard service.)
+    pub fn selects(&self, namespace: &str, host: &HostPattern) -> bool {
+        let ns_ok = match &self.namespace {
+            EgressNamespace::Any => true,
+            EgressNamespace::Named(n) => n == namespace,
+        };
+        ns_ok && host.is_subset_of(&self.host)
+    }
+}
+
+/// A Sidecar egress listener port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SidecarPort {
+    /// 0 for a Unix domain socket listener.
+    pub number: u32,
+    pub protocol: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressListener {
+    /// `None`: the catch-all listener.
+    pub port: Option<SidecarPort>,
+    pub hosts: Vec<EgressHost>,
+}
+
+/// An Istio `Sidecar`: what a workload's proxy may see (egress hosts) and its outbound mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sidecar {
+    pub name: String,
+    pub namespace: String,
+    /// `spec.workloadSelector.labels`; `None` applies to the whole namespace.
+    pub workload_selector: Option<BTreeMap<String, String>>,
+    /// Empty: no `egress` section (everything visible).
+    pub egress: Vec<EgressListener>,
+    /// `spec.outboundTrafficPolicy.mode`.
+    pub outbound_mode: Option<Mode>,
+    pub source: SourceRef,
+}
+
+impl Sidecar {
+    /// Does this Sidecar import `host` of a service in `namespace`? Without egress listeners
+    /// everything is imported; otherwise some listener must select it and no exclusion match it.
+    pub fn imports(&self, namespace: &str, host: &HostPattern) -> bool {
+        if self.egress.is_empty() {
+            return true;
+        }
+        let hosts = || self.egress.iter().flat_map(|l| l.hosts.iter());
+        hosts().any(|h| !h.exclude && h.selects(namespace, host))
+            && !hosts().any(|h| h.exclude && h.selects(namespace, host))
+    }
+}
+
+/// How bad a [`Diagnostic`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Severity {
+    /// Istio rejects it (or enforcer cannot use it): nothing is loaded.
+    Error,
+    /// Istio accepts it with a warning, or it is likely a mistake. `check --strict` fails.
+    Warning,
+    /// Valid Istio configuration that enforcer does not act on (ignored kinds and fields,
+    /// semantics enforcer approximates). Printed, never a failure.
+    Note,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Error => "Error",
+            Severity::Warning => "Warning",
+            Severity::Note => "Note",
+        })
+    }
 }
 
 /// One problem (error or warning) found in the configuration.
@@ -317,6 +443,7 @@ pub struct Diagnostic {
     pub field: String,
     pub message: String,
     pub fix: Option<String>,
+    pub severity: Severity,
 }
 
 impl fmt::Display for Diagnostic {
@@ -342,7 +469,9 @@ impl fmt::Display for Diagnostic {
 pub struct Registry {
     pub services: Vec<ServiceEntry>,
     pub destination_rules: Vec<DestinationRule>,
+    pub sidecars: Vec<Sidecar>,
     pub mode: Option<(Mode, SourceRef)>,
+    /// Warnings and notes ([`Diagnostic::severity`] tells which).
     pub warnings: Vec<Diagnostic>,
 }
 
@@ -351,7 +480,8 @@ impl Registry {
     /// kept and a warning is recorded; use [`Registry::try_merge`] (what
     /// [`super::load_paths`] does) to treat that as an error instead.
     pub fn merge(&mut self, other: Registry) {
-        if let Err(d) = self.try_merge(other) {
+        if let Err(mut d) = self.try_merge(other) {
+            d.severity = Severity::Warning;
             self.warnings.push(d);
         }
     }
@@ -360,9 +490,18 @@ impl Registry {
     /// (everything else is merged regardless).
     #[allow(clippy::result_large_err)]
     pub fn try_merge(&mut self, other: Registry) -> Result<(), Diagnostic> {
-        self.services.extend(other.services);
-        self.destination_rules.extend(other.destination_rules);
-        self.warnings.extend(other.warnings);
+        // Moving instead of copying when empty keeps a 100k-entry load from holding two copies.
+        fn append<T>(a: &mut Vec<T>, b: Vec<T>) {
+            if a.is_empty() {
+                *a = b;
+            } else {
+                a.extend(b);
+            }
+        }
+        append(&mut self.services, other.services);
+        append(&mut self.destination_rules, other.destination_rules);
+        append(&mut self.sidecars, other.sidecars);
+        append(&mut self.warnings, other.warnings);
         match (&self.mode, other.mode) {
             (_, None) => Ok(()),
             (None, Some(m)) => {
@@ -379,9 +518,17 @@ impl Registry {
         }
     }
 
-    /// Find the destination rule for a host name (exact match on `host`).
+    /// The destination rule for a service host (an exact name or a wildcard such as
+    /// `*.example.com`), chosen like Istio: a rule whose host equals it, else the most specific
+    /// rule whose host covers it (`*.example.com` covers `api.example.com`; `*` covers all).
     pub fn destination_rule_for(&self, host: &str) -> Option<&DestinationRule> {
-        self.destination_rules.iter().find(|d| d.host.eq_ignore_ascii_case(host))
+        let host = HostPattern::parse(host);
+        super::host::most_specific(&host, self.destination_rules.iter().map(|d| (d.host_pattern(), d)))
+    }
+
+    /// Warnings only (what `check --strict` fails on), without notes.
+    pub fn strict_warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.warnings.iter().filter(|d| d.severity == Severity::Warning)
     }
 }
 
@@ -392,5 +539,6 @@ pub(crate) fn mode_conflict(a: Mode, a_src: &SourceRef, b: Mode, b_src: &SourceR
         field: "outboundTrafficPolicy.mode".to_string(),
         message: format!("mode {b} conflicts with mode {a} set at {a_src}"),
         fix: Some("set outboundTrafficPolicy.mode in exactly one place, or make both agree".into()),
+        severity: Severity::Error,
     }
 }

@@ -287,7 +287,7 @@ fn bad_hosts() {
         "{SE_HEAD}  hosts:\n  - \"*\"\n  - \"foo.*.com\"\n  - \"bad_host.com\"\n  - \"*.ok.com\"\n  ports: [{{number: 443, name: https, protocol: TLS}}]\n"
     ));
     assert_eq!(ds.len(), 3, "{ds:#?}");
-    assert_diag(&ds[0], "spec.hosts[0]", 7, "`*` alone is not allowed in a ServiceEntry");
+    assert_diag(&ds[0], "spec.hosts[0]", 7, "hostname cannot be wildcard");
     assert_diag(&ds[1], "spec.hosts[1]", 8, "only allowed as the whole first label");
     assert_diag(&ds[2], "spec.hosts[2]", 9, "not a valid DNS name");
     assert!(ds[0].to_string().contains("(ServiceEntry default/foo)"));
@@ -319,7 +319,7 @@ fn bad_addresses() {
         "{SE_HEAD}  hosts: [a.com]\n  addresses: [10.0.0.0/8, not-an-ip, 10.1.2.3/33]\n  ports: [{{number: 80, name: http}}]\n  resolution: STATIC\n  endpoints: [{{address: 10.0.0.1}}]\n"
     ));
     assert_eq!(ds.len(), 2, "{ds:#?}");
-    assert_diag(&ds[0], "spec.addresses[1]", 7, "not an IP address or CIDR");
+    assert_diag(&ds[0], "spec.addresses[1]", 7, "not-an-ip is not a valid IP");
     assert_diag(&ds[1], "spec.addresses[2]", 7, "10.1.2.3/33");
 }
 
@@ -417,21 +417,27 @@ fn resolution_and_tls_enum_errors() {
 // --- warnings ----------------------------------------------------------------
 
 #[test]
-fn warnings_for_unsupported_and_unknown_fields() {
+fn notes_for_unsupported_fields_and_errors_for_unknown_ones() {
     let r = ok(&format!(
-        "{SE_HEAD}  hosts: [a.com]\n  exportTo: [\".\"]\n  hostz: [b.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS_ROUND_ROBIN\n  endpoints:\n  - address: 1.2.3.4\n    labels: {{app: x}}\n    weight: 3\n"
+        "{SE_HEAD}  hosts: [a.com]\n  exportTo: [\".\"]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n  resolution: DNS_ROUND_ROBIN\n  endpoints:\n  - address: 1.2.3.4\n    labels: {{app: x}}\n    weight: 3\n"
     ));
     let w = find(&r.warnings, "spec.exportTo");
     assert_eq!(w.source.line, 7);
-    let u = find(&r.warnings, "spec.hostz");
-    assert!(u.to_string().contains("unknown field spec.hostz; check spelling"), "{u}");
-    assert_eq!(u.source.line, 8);
+    assert_eq!(w.severity, Severity::Note);
     assert!(
         find(&r.warnings, "spec.resolution").message.contains("treated like DNS: every resolved address is allowed")
     );
     find(&r.warnings, "spec.endpoints[0].labels");
     find(&r.warnings, "spec.endpoints[0].weight");
     assert_eq!(r.services[0].resolution, Resolution::DnsRoundRobin);
+    assert_eq!(r.strict_warnings().count(), 0, "only notes: {:#?}", r.warnings);
+
+    // Istio's decoder (istioctl validate) rejects unknown fields.
+    let ds = errors(&format!(
+        "{SE_HEAD}  hosts: [a.com]\n  hostz: [b.com]\n  ports: [{{number: 80, name: http, protocol: HTTP}}]\n"
+    ));
+    assert_eq!(ds.len(), 1, "{ds:#?}");
+    assert_diag(&ds[0], "spec.hostz", 7, "unknown field \"hostz\" in spec; check spelling");
 }
 
 #[test]
@@ -487,9 +493,11 @@ fn conflicting_modes_error_names_both_places() {
 fn merge_keeps_first_mode_and_warns() {
     let mut a = ok("outboundTrafficPolicy:\n  mode: ALLOW_ANY\n");
     let b = ok("outboundTrafficPolicy:\n  mode: AUDIT\n");
+    // AUDIT is an enforcer extension: Istio would reject it (a warning of its own).
+    assert_eq!(b.warnings.len(), 1, "{:?}", b.warnings);
     a.merge(b);
     assert_eq!(a.mode.as_ref().unwrap().0, Mode::AllowAny);
-    assert_eq!(a.warnings.len(), 1);
+    assert_eq!(a.warnings.iter().filter(|w| w.message.contains("conflicts with mode")).count(), 1);
 }
 
 // --- DestinationRule ---------------------------------------------------------
@@ -497,7 +505,7 @@ fn merge_keeps_first_mode_and_warns() {
 #[test]
 fn destination_rule_port_tls_and_timeout() {
     let r = ok(
-        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: d\n  namespace: egress\nspec:\n  host: api.example.com\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        connectTimeout: 500ms\n    tls:\n      mode: SIMPLE\n      sni: api.example.com\n      insecureSkipVerify: true\n      subjectAltNames: [api.example.com]\n    portLevelSettings:\n    - port:\n        number: 8443\n      tls:\n        mode: SIMPLE\n        caCertificates: /etc/ca.pem\n",
+        "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: d\n  namespace: egress\nspec:\n  host: api.example.com\n  trafficPolicy:\n    connectionPool:\n      tcp:\n        connectTimeout: 500ms\n    tls:\n      mode: SIMPLE\n      sni: api.example.com\n      insecureSkipVerify: true\n    portLevelSettings:\n    - port:\n        number: 8443\n      tls:\n        mode: SIMPLE\n        caCertificates: /etc/ca.pem\n",
     );
     let dr = &r.destination_rules[0];
     assert_eq!(dr.namespace, "egress");
@@ -505,9 +513,152 @@ fn destination_rule_port_tls_and_timeout() {
     let tls = dr.tls.as_ref().unwrap();
     assert_eq!(tls.sni.as_deref(), Some("api.example.com"));
     assert!(tls.insecure_skip_verify);
-    assert_eq!(tls.subject_alt_names, ["api.example.com"]);
+    // Istio rejects subjectAltNames (or caCertificates) together with insecureSkipVerify.
+    let bad = load_str(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: d}\nspec:\n  host: a.com\n  trafficPolicy:\n    tls: {mode: SIMPLE, insecureSkipVerify: true, subjectAltNames: [a.com]}\n",
+        Path::new("t.yaml"),
+    );
+    assert!(bad.unwrap_err().to_string().contains("when InsecureSkipVerify is set true"));
     assert_eq!(dr.port_tls[&8443].mode, TlsMode::Simple);
     assert_eq!(dr.port_tls[&8443].ca_certificates.as_deref(), Some(Path::new("/etc/ca.pem")));
-    assert_eq!(convert::parse_duration("1s"), Some(Duration::from_secs(1)));
-    assert_eq!(convert::parse_duration("1m30s"), Some(Duration::from_secs(90)));
+    assert_eq!(validate::go_duration("1s"), Some(1_000_000_000));
+    assert_eq!(validate::go_duration("1m30s"), Some(90_000_000_000));
+}
+
+// --- Sidecar -------------------------------------------------------------------------------------
+
+#[test]
+fn sidecar_is_parsed_into_the_model() {
+    let r = ok(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata:\n  name: s\n  namespace: team\nspec:\n  workloadSelector:\n    labels: {app: web}\n  egress:\n  - port: {number: 8080, protocol: HTTP, name: http}\n    hosts: [\"./*\", \"istio-system/*.example.com\"]\n  - hosts: [\"*/api.example.org\", \"~other/*\"]\n  outboundTrafficPolicy:\n    mode: REGISTRY_ONLY\n",
+    );
+    assert_eq!(r.sidecars.len(), 1);
+    let s = &r.sidecars[0];
+    assert_eq!((s.name.as_str(), s.namespace.as_str()), ("s", "team"));
+    assert_eq!(s.workload_selector.as_ref().unwrap()["app"], "web");
+    assert_eq!(s.outbound_mode, Some(Mode::RegistryOnly));
+    assert_eq!(s.egress.len(), 2);
+    assert_eq!(s.egress[0].port.as_ref().unwrap().number, 8080);
+    assert!(s.egress[1].port.is_none());
+    let h = &s.egress[0].hosts;
+    assert_eq!(h[0].namespace, EgressNamespace::Named("team".into()), "`.` is the Sidecar's namespace");
+    assert_eq!(h[0].host, HostPattern::Any);
+    assert_eq!(h[1].host, HostPattern::Suffix("example.com".into()));
+    assert_eq!(s.egress[1].hosts[0].namespace, EgressNamespace::Any);
+    assert!(s.egress[1].hosts[1].exclude);
+    assert!(s.source.line == 1 && s.source.document == 1);
+
+    // What it imports (Istio's SubsetOf).
+    let p = HostPattern::parse;
+    assert!(s.imports("team", &p("anything.team.svc")));
+    assert!(s.imports("istio-system", &p("a.example.com")));
+    assert!(s.imports("istio-system", &p("*.b.example.com")), "a narrower wildcard is imported");
+    assert!(!s.imports("istio-system", &p("*.com")), "a wider wildcard is not");
+    assert!(s.imports("elsewhere", &p("api.example.org")));
+    assert!(!s.imports("elsewhere", &p("*.example.org")), "an exact egress host does not import a wildcard");
+    assert!(!s.imports("other", &p("api.example.org")), "~other/* excludes the namespace");
+}
+
+#[test]
+fn sidecar_without_egress_imports_everything_and_reports_every_problem() {
+    let r = ok(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec:\n  outboundTrafficPolicy: {mode: ALLOW_ANY}\n",
+    );
+    assert!(r.sidecars[0].imports("any", &HostPattern::parse("*.x.y")));
+    assert_eq!(r.sidecars[0].outbound_mode, Some(Mode::AllowAny));
+    let ds = errors(
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec:\n  egress:\n  - hosts: [httpbin.org, \"./x\"]\n  outboundTrafficPolicy: {mode: allow_any}\n",
+    );
+    assert_eq!(ds.len(), 3, "{ds:#?}");
+    assert_diag(&ds[0], "spec.egress[0].hosts[0]", 6, "must be of form namespace/dnsName");
+    assert_diag(&ds[1], "spec.egress[0].hosts[1]", 6, "short names (non FQDN) are not allowed");
+    assert_diag(&ds[2], "spec.outboundTrafficPolicy.mode", 7, "must be upper case");
+}
+
+// --- DestinationRule model and lookup -------------------------------------------------------------
+
+const DR_HEAD: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata:\n  name: d\nspec:\n";
+
+#[test]
+fn destination_rule_lookup_is_the_host_matchers() {
+    let mut text = String::new();
+    for (i, h) in ["\"*\"", "\"*.example.com\"", "api.example.com", "\"*.a.example.com\""].iter().enumerate() {
+        text.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: d{i}}}\nspec:\n  host: {h}\n  trafficPolicy: {{tls: {{mode: SIMPLE}}}}\n"
+        ));
+    }
+    let r = ok(&text);
+    let name = |h: &str| r.destination_rule_for(h).map(|d| d.name.as_str());
+    assert_eq!(name("api.example.com"), Some("d2"));
+    assert_eq!(name("API.Example.com."), Some("d2"));
+    assert_eq!(name("www.example.com"), Some("d1"));
+    assert_eq!(name("x.a.example.com"), Some("d3"), "the most specific wildcard");
+    assert_eq!(name("*.a.example.com"), Some("d3"));
+    assert_eq!(name("*.example.com"), Some("d1"));
+    assert_eq!(name("example.com"), Some("d0"), "*.example.com does not cover example.com; * does");
+    assert_eq!(name("other.org"), Some("d0"));
+}
+
+#[test]
+fn port_level_settings_do_not_inherit_and_the_first_entry_wins() {
+    let r = ok(&format!(
+        "{DR_HEAD}  host: api.example.com\n  trafficPolicy:\n    tls: {{mode: SIMPLE}}\n    portLevelSettings:\n    - port: {{number: 8080}}\n      connectionPool: {{tcp: {{maxConnections: 5}}}}\n    - port: {{number: 9443}}\n      tls: {{mode: SIMPLE, sni: first.example.com}}\n    - port: {{number: 9443}}\n      tls: {{mode: DISABLE}}\n"
+    ));
+    let dr = &r.destination_rules[0];
+    assert_eq!(dr.tls.as_ref().unwrap().mode, TlsMode::Simple);
+    assert_eq!(dr.port_tls[&8080].mode, TlsMode::Disable, "an entry without tls means no TLS for that port");
+    assert_eq!(dr.port_tls[&9443].sni.as_deref(), Some("first.example.com"));
+    let n = find(&r.warnings, "spec.trafficPolicy.portLevelSettings[2].port.number");
+    assert_eq!(n.severity, Severity::Note);
+    assert!(n.message.contains("Istio uses the first one"), "{n}");
+}
+
+#[test]
+fn export_to_selector_and_subsets_are_kept_in_the_model() {
+    let r = ok(&format!(
+        "{DR_HEAD}  host: api.example.com\n  exportTo: [\".\"]\n  workloadSelector:\n    matchLabels: {{app: web}}\n  subsets:\n  - name: v1\n    labels: {{version: v1}}\n---\n{SE_HEAD}  hosts: [api.example.com]\n  exportTo: [\".\", team-b]\n  ports: [{{number: 443, name: tls, protocol: TLS}}]\n  resolution: DNS\n"
+    ));
+    let dr = &r.destination_rules[0];
+    assert_eq!(dr.export_to, ["."]);
+    assert_eq!(dr.workload_selector.as_ref().unwrap()["app"], "web");
+    assert_eq!(dr.subsets, ["v1"]);
+    assert_eq!(r.services[0].export_to, [".", "team-b"]);
+}
+
+#[test]
+fn dynamic_dns_is_enforced_like_dns_with_wildcards_learned() {
+    let r = ok(&format!(
+        "{SE_HEAD}  hosts: [\"*.example.com\"]\n  ports: [{{number: 443, name: tls, protocol: TLS}}]\n  resolution: DYNAMIC_DNS\n"
+    ));
+    assert_eq!(r.services[0].resolution, Resolution::Dns);
+    assert_eq!(r.services[0].hosts, [Host::Wildcard("example.com".into())]);
+    assert_eq!(r.strict_warnings().count(), 0, "{:#?}", r.warnings);
+}
+
+#[test]
+fn errors_inside_a_list_carry_the_item_prefix() {
+    let ds = errors(
+        "apiVersion: v1\nkind: List\nitems:\n- apiVersion: networking.istio.io/v1\n  kind: DestinationRule\n  metadata: {name: d}\n  spec:\n    host: a.com\n    trafficPolicy: {}\n",
+    );
+    assert_diag(&ds[0], "items[0].spec.trafficPolicy", 9, "traffic policy must have at least one field");
+}
+
+#[test]
+fn a_big_file_loads_on_several_threads_with_file_order_and_lines_kept() {
+    let mut text = String::new();
+    for i in 0..2_500 {
+        let host = if i == 2_400 { "bad_host.example.com".to_string() } else { format!("h{i}.example.com") };
+        text.push_str(&format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: s{i}\nspec:\n  hosts: [{host}]\n  ports: [{{number: 443, name: tls, protocol: TLS}}]\n  resolution: DNS\n"
+        ));
+    }
+    let ds = errors(&text);
+    assert_eq!(ds.len(), 1, "{ds:#?}");
+    assert_eq!(ds[0].source.document, 2_401);
+    assert_eq!(ds[0].source.line, 2_400 * 9 + 7);
+    let good = text.replace("bad_host", "good-host");
+    let r = ok(&good);
+    assert_eq!(r.services.len(), 2_500);
+    assert!(r.services.iter().enumerate().all(|(i, s)| s.name == format!("s{i}")), "file order");
+    assert_eq!(r.services[2_499].source.document, 2_500);
 }
