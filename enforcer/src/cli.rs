@@ -229,6 +229,10 @@ pub struct RunArgs {
     /// Serve the admin HTTP API (/debug/registryz, /metrics) on this address while CMD runs.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<std::net::SocketAddr>,
+    /// Serve the live view (who calls what, how much, what was refused, with the fixes) and print
+    /// its URL: on the --admin address, else on a free loopback port.
+    #[arg(long)]
+    pub ui: bool,
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// Summary printed to stderr when the command exits.

@@ -26,6 +26,7 @@ pub mod run;
 pub mod serve;
 pub mod suggest;
 pub mod supervisor;
+pub mod ui;
 pub mod watch;
 pub mod workload;
 pub mod workloads;

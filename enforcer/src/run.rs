@@ -103,9 +103,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     agent.set_names(crate::workloads::Workloads::for_run(child.path(), &command_name));
     let upkeep = agent.spawn_upkeep();
     let _watch = spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, quiet)?;
-    if let Some(addr) = args.admin {
+    if let Some(addr) = args.admin.or(args.ui.then_some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))) {
         let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
-        servers.admin(addr, source).await?;
+        let local = servers.admin(addr, source).await?;
+        if args.ui {
+            events::print_line(&format!("UI at http://{local}/ui"));
+        }
     }
     let mut events = agent.with_dataplane(|dp| dp.take_events()).context("opening the event ring buffer")?;
 

@@ -81,6 +81,18 @@ pub fn daemon_isolation_args() -> Vec<String> {
     .clone()
 }
 
+/// [`daemon_isolation_args`] minus the `--admin` pair when `extra` gives its own (a test that
+/// restarts a daemon on the same admin port).
+fn isolation_args_for(extra: &[String]) -> Vec<String> {
+    let mut v = daemon_isolation_args();
+    if extra.iter().any(|a| a == "--admin")
+        && let Some(i) = v.iter().position(|a| a == "--admin")
+    {
+        v.drain(i..i + 2);
+    }
+    v
+}
+
 /// A running `enforcer daemon`, logging to a file. Drop: SIGTERM (then SIGKILL), then the pin dir
 /// is unpinned and removed (unless handed out by [`Daemon::stop`]).
 pub struct Daemon {
@@ -106,7 +118,7 @@ impl Daemon {
             .arg(&pins.path)
             .arg("--pid-file")
             .arg(&pid_file)
-            .args(daemon_isolation_args())
+            .args(isolation_args_for(extra))
             .args(extra)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

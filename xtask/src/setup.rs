@@ -19,12 +19,18 @@ const VM_PKGS: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-util
 /// `cargo xtask lint`: Debian's clippy for the eBPF crate (the same version as `rustc-web`), and
 /// pyflakes for the tests' Python helpers.
 const LINT_PKGS: &[&str] = &["rust-web-clippy", "pyflakes3"];
+/// The live view's browser tests (tests/tests/ui.rs): Debian's chromium, driven headless by
+/// playwright-core (npm, `npm ci` in [`UI_HELPER_DIR`]; it never downloads a browser).
+const UI_PKGS: &[&str] = &["chromium", "nodejs"];
+const UI_HELPER_DIR: &str = "tests/helpers/ui";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_FEATURE: &str = "llvm-22";
 pub const RUSTUP_TOOLCHAIN: &str = "debian";
 
 struct State {
     missing_pkgs: Vec<&'static str>,
+    /// `npm ci` has installed what tests/helpers/ui/package-lock.json pins.
+    ui_modules: bool,
     bpf_linker: bool,
     debian_toolchain: bool,
     rustup: Option<std::path::PathBuf>,
@@ -42,16 +48,17 @@ fn probe() -> Result<State> {
     };
     Ok(State {
         missing_pkgs: missing_packages()?,
+        ui_modules: ui_modules_installed(),
         bpf_linker: which::which("bpf-linker").is_ok(),
         debian_toolchain,
         rustup,
     })
 }
 
-/// Packages of TOOLCHAIN_PKGS + PEER_PKGS + VM_PKGS + LINT_PKGS that dpkg does not report as installed.
+/// Packages of TOOLCHAIN_PKGS + PEER_PKGS + VM_PKGS + LINT_PKGS + UI_PKGS that dpkg does not report as installed.
 fn missing_packages() -> Result<Vec<&'static str>> {
     let all: Vec<&'static str> =
-        TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).chain(VM_PKGS).chain(LINT_PKGS).copied().collect();
+        TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).chain(VM_PKGS).chain(LINT_PKGS).chain(UI_PKGS).copied().collect();
     let out = Command::new("dpkg-query")
         .args(["-W", "-f=${Package} ${Status}\n"])
         .args(&all)
@@ -77,10 +84,12 @@ pub fn main(check: bool) -> Result<ExitCode> {
             ok &= good;
             println!("{} {what}", if good { "ok     " } else { "MISSING" });
         };
-        let pkgs: Vec<&str> = TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).chain(VM_PKGS).chain(LINT_PKGS).copied().collect();
+        let pkgs: Vec<&str> =
+            TOOLCHAIN_PKGS.iter().chain(PEER_PKGS).chain(VM_PKGS).chain(LINT_PKGS).chain(UI_PKGS).copied().collect();
         for p in pkgs {
             line(!s.missing_pkgs.contains(&p), format!("apt package {p}"));
         }
+        line(s.ui_modules, format!("{UI_HELPER_DIR}/node_modules as package-lock.json pins it (npm ci)"));
         line(s.bpf_linker, "bpf-linker on PATH".into());
         line(s.rustup.is_some(), "rustup on PATH".into());
         line(s.debian_toolchain, format!("rustup toolchain `{RUSTUP_TOOLCHAIN}` (linked to /usr)"));
@@ -154,8 +163,42 @@ pub fn ensure() -> Result<bool> {
         println!("setup: linked rustup toolchain `{RUSTUP_TOOLCHAIN}` to /usr (Debian's rustc-web)");
         did = true;
     }
+    if !s.ui_modules {
+        // Debian's nodejs has no npm of its own (NodeSource's does).
+        if which::which("npm").is_err() {
+            require_root_to_install("the apt package npm")?;
+            let mut inst = Command::new("apt-get");
+            inst.env("DEBIAN_FRONTEND", "noninteractive").args([
+                "install",
+                "-y",
+                "-q",
+                "--no-install-recommends",
+                "npm",
+            ]);
+            util::run_quiet(&mut inst).context("installing npm failed")?;
+        }
+        let mut c = Command::new("npm");
+        c.args(["ci", "--no-audit", "--no-fund"]).current_dir(util::workspace_root().join(UI_HELPER_DIR));
+        util::run_quiet(&mut c)
+            .with_context(|| format!("`npm ci` in {UI_HELPER_DIR} failed (it needs the npm registry)"))?;
+        println!("setup: installed {UI_HELPER_DIR}/node_modules (npm ci)");
+        did = true;
+    }
     util::cgroup2_mount()?;
     Ok(did)
+}
+
+/// Every package tests/helpers/ui/package-lock.json pins is in node_modules at its version.
+fn ui_modules_installed() -> bool {
+    let dir = util::workspace_root().join(UI_HELPER_DIR);
+    let read = |p: std::path::PathBuf| -> Option<serde_json::Value> {
+        serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok()
+    };
+    let Some(lock) = read(dir.join("package-lock.json")) else { return false };
+    let Some(pkgs) = lock["packages"].as_object() else { return false };
+    pkgs.iter()
+        .filter(|(path, _)| !path.is_empty())
+        .all(|(path, meta)| read(dir.join(path).join("package.json")).is_some_and(|p| p["version"] == meta["version"]))
 }
 
 fn require_root_to_install(what: &str) -> Result<()> {

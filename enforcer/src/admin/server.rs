@@ -6,6 +6,9 @@
 //!   it (see [`crate::metrics::Format::negotiate`])
 //! - `GET /healthz` — 200 "ok"
 //! - `GET /readyz` — 200 "ready" / 503 "not ready"
+//! - `GET /ui` — the live view (embedded page, see [`crate::ui`]); `GET /ui/...` — its files
+//! - `GET /debug/graph` — JSON [`crate::ui::Graph`]: workloads -> services with their counters
+//! - `GET /debug/events/stream` — server-sent events for the page (graph, refusals with fixes)
 //! - anything else → 404 with the list of routes
 
 use std::convert::Infallible;
@@ -39,6 +42,10 @@ pub trait AdminSource: Send + Sync + 'static {
     fn events(&self) -> (Vec<String>, Option<crate::events::Follower>) {
         (Vec::new(), None)
     }
+    /// The live graph for `/debug/graph` and the page. Default: none (404).
+    fn graph(&self) -> Option<crate::ui::Graph> {
+        None
+    }
 }
 
 use crate::metrics::Format;
@@ -58,6 +65,9 @@ enforcer admin endpoints:
   GET /healthz                         liveness
   GET /readyz                          readiness
   GET /debug/events[?follow=1]         denied/audited connections as NDJSON (follow: stream)
+  GET /debug/events/stream             the same with fixes, and the graph, as server-sent events
+  GET /debug/graph                     workloads -> services with their counters, as JSON
+  GET /ui                              the live view (a page in your browser)
 ";
 
 /// Binds the admin listener. An address already in use gets an error naming it.
@@ -92,6 +102,8 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     tokio::pin!(shutdown);
+    // Ends the live view's streams at shutdown (a graceful shutdown would wait for them).
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -107,9 +119,14 @@ pub async fn serve(
             },
         };
         let source = Arc::clone(&source);
+        let stop_rx = stop_rx.clone();
         let svc = service_fn(move |req: Request<Incoming>| {
             let source = Arc::clone(&source);
+            let stop_rx = stop_rx.clone();
             async move {
+                if req.uri().path().trim_end_matches('/') == "/debug/events/stream" && req.method() == Method::GET {
+                    return Ok::<_, Infallible>(crate::ui::stream::response(source, stop_rx));
+                }
                 if req.uri().path().trim_end_matches('/') == "/debug/events" && req.method() == Method::GET {
                     return Ok::<_, Infallible>(events_response(source.as_ref(), &req));
                 }
@@ -127,6 +144,7 @@ pub async fn serve(
 
     drop(listener);
     tracing::info!(addr = %local, "admin listener shutting down");
+    let _ = stop_tx.send(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
         tracing::warn!("admin connections still open after {SHUTDOWN_GRACE:?}; dropping them");
     }
@@ -177,6 +195,22 @@ fn handle<B>(source: &dyn AdminSource, req: &Request<B>) -> Response<Full<Bytes>
             resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
             resp
         }
+        "/debug/graph" => match source.graph().map(|g| serde_json::to_string(&g)) {
+            Some(Ok(body)) => respond(StatusCode::OK, JSON_CONTENT_TYPE, body),
+            Some(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("serializing the graph: {e}\n")),
+            None => text(StatusCode::NOT_FOUND, "this agent keeps no live counters\n"),
+        },
+        p if p == "/ui" || p.starts_with("/ui/") => match crate::ui::asset(p) {
+            Some((content_type, body)) => {
+                let mut resp = respond(StatusCode::OK, content_type, body.to_string());
+                resp.headers_mut().insert(
+                    header::CONTENT_SECURITY_POLICY,
+                    HeaderValue::from_static(crate::ui::CONTENT_SECURITY_POLICY),
+                );
+                resp
+            }
+            None => text(StatusCode::NOT_FOUND, format!("404 page not found: {path}\n\n{ROUTES_HELP}")),
+        },
         "/healthz" => text(StatusCode::OK, "ok"),
         "/readyz" => {
             if source.ready() {

@@ -333,6 +333,10 @@ impl crate::admin::AdminSource for Agent {
         (recent, Some(follower))
     }
 
+    fn graph(&self) -> Option<crate::ui::Graph> {
+        Some(self.graph_snapshot())
+    }
+
     fn ready(&self) -> bool {
         match self.inner.ready.lock().expect("ready lock").as_ref() {
             Some(r) => r.load(Ordering::Relaxed),

@@ -11,6 +11,7 @@
 mod admin;
 mod config;
 mod dns_bridge;
+mod graph;
 mod ids;
 mod proxy_bridge;
 pub mod state;
