@@ -14,11 +14,30 @@ impl Agent {
             let dp = m.maps();
             (dp.flows(), dp.conns(), dp.traffic())
         };
-        let http = self.inner.proxy_metrics.get().map(graph::http_samples).unwrap_or_default();
+        let mut http = self.inner.proxy_metrics.get().map(graph::http_samples).unwrap_or_default();
+        // Requests carry Istio's labels (the host); name their service as the TCP edges do.
+        for h in &mut http {
+            if let Destination::Service { host, .. } = &h.destination
+                && let Some(info) =
+                    v.desired.services.iter().find(|i| {
+                        i.kind == crate::policy::ServiceKind::ServiceEntry && i.hosts.iter().any(|x| x == host)
+                    })
+                && let Some((ns, name)) = info.name.split_once('/')
+            {
+                h.destination = Destination::from_labels(host, name, ns);
+            }
+        }
         let workload = |cg: u64| self.workload(cg);
         let destination = |id| {
             let (host, name, ns) = service_labels(&v.desired, id);
-            Destination::from_labels(&host, &name, &ns)
+            // The live view names a registry service by its ServiceEntry (namespace/name).
+            match v.desired.service(id).filter(|i| i.kind == crate::policy::ServiceKind::ServiceEntry) {
+                Some(info) => match info.name.split_once('/') {
+                    Some((se_ns, se_name)) => Destination::from_labels(&host, se_name, se_ns),
+                    None => Destination::from_labels(&host, &name, &ns),
+                },
+                None => Destination::from_labels(&host, &name, &ns),
+            }
         };
         graph::build(&Input {
             agent: AgentInfo {

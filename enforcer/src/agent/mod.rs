@@ -139,6 +139,8 @@ struct Inner {
     learned_names: Mutex<HashMap<IpAddr, String>>,
     /// The one metrics registry: each component registers into it when it starts.
     metrics: crate::metrics::Metrics,
+    /// The L7 proxy's metric families (the live view reads its request counters).
+    proxy_metrics: std::sync::OnceLock<crate::proxy::ProxyMetrics>,
     /// /readyz: false until the first full sync (Kubernetes).
     ready: Mutex<Option<Arc<AtomicBool>>>,
 }
@@ -215,6 +217,7 @@ impl Agent {
             names: Mutex::default(),
             learned_names: Mutex::default(),
             metrics: crate::metrics::Metrics::new(),
+            proxy_metrics: std::sync::OnceLock::new(),
             ready: Mutex::default(),
         });
         let agent = Agent { inner };

@@ -38,6 +38,7 @@ pub(super) async fn start_proxy(agent: &Agent) -> anyhow::Result<proxy::Proxy> {
     let names = agent.clone();
     metrics.set_source(Box::new(move |workload| names.source_of(workload)));
     agent.register_metrics(|reg| metrics.register(reg));
+    let _ = agent.inner.proxy_metrics.set(metrics);
     tracing::debug!(addr = %p.local_addr(), "L7 proxy listening");
     Ok(p)
 }

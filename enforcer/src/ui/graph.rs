@@ -232,7 +232,8 @@ pub fn build(input: &Input<'_>) -> Graph {
         "tcp_payload"
     } else {
         for (k, t) in input.traffic {
-            if k.cgroup_id == 0 {
+            // No local socket, or not TCP/UDP (ICMP, neighbour discovery): counted, drawn nowhere.
+            if k.cgroup_id == 0 || (k.proto != enforcer_common::PROTO_TCP && k.proto != enforcer_common::PROTO_UDP) {
                 unattributed += t.bytes;
                 continue;
             }
@@ -324,8 +325,11 @@ pub fn samples_from_text(text: &str) -> Vec<HttpSample> {
     for s in fam.iter_samples() {
         let (Ok(ls), OpenMetricsValue::Counter(c)) = (s.get_labelset(), &s.value) else { continue };
         let label = |k: &str| ls.get_label_value(k).unwrap_or("").to_string();
+        // The graph names workloads as the agent does (`namespace/name` for a namespaced one).
+        let (w, ns) = (label("source_workload"), label("source_workload_namespace"));
+        let workload = if ns.is_empty() || ns == "unknown" { w } else { format!("{ns}/{w}") };
         out.push(HttpSample {
-            workload: label("source_workload"),
+            workload,
             destination: Destination::from_labels(
                 &label("destination_service"),
                 &label("destination_service_name"),
@@ -394,7 +398,14 @@ mod tests {
             ConnKey { cgroup_id: 7, service_id: sid(1), _pad: 0 },
             ConnCounters { opened: 3, closed: 2, payload_sent: 10, payload_received: 20 },
         )];
-        let tk = |dir| TrafficKey { cgroup_id: 7, service_id: sid(1), direction: dir, family: FAMILY_V4, _pad: [0; 2] };
+        let tk = |dir| TrafficKey {
+            cgroup_id: 7,
+            service_id: sid(1),
+            direction: dir,
+            family: FAMILY_V4,
+            proto: enforcer_common::PROTO_TCP,
+            _pad: 0,
+        };
         let traffic = vec![
             (tk(DIR_EGRESS), TrafficValue { packets: 4, bytes: 1500 }),
             (tk(DIR_INGRESS), TrafficValue { packets: 4, bytes: 9000 }),
@@ -405,7 +416,8 @@ mod tests {
                     service_id: ServiceId::NONE,
                     direction: DIR_EGRESS,
                     family: 10,
-                    _pad: [0; 2],
+                    proto: 58,
+                    _pad: 0,
                 },
                 TrafficValue { packets: 1, bytes: 72 },
             ),

@@ -31,7 +31,7 @@ pub fn fix_for(ev: &EventJson) -> Option<Fix> {
         }),
         _ => None,
     };
-    Some(Fix { allow, service_entry: crate::suggest::draft(std::slice::from_ref(ev), DRAFT_NAMESPACE) })
+    Some(Fix { allow, service_entry: crate::suggest::draft(std::slice::from_ref(ev), DRAFT_NAMESPACE, None) })
 }
 
 /// One `/debug/events` line with a `fix` object added when it is a refusal (other lines, and
@@ -71,7 +71,7 @@ mod tests {
     fn denied_and_audited_events_get_the_flag_and_the_drafted_entry() {
         let f = fix_for(&ev("denied", None)).unwrap();
         assert_eq!(f.allow.as_deref(), Some("--allow 198.51.100.7:8443"));
-        assert_eq!(f.service_entry, crate::suggest::draft(&[ev("denied", None)], "default"));
+        assert_eq!(f.service_entry, crate::suggest::draft(&[ev("denied", None)], "default", None));
         assert!(f.service_entry.contains("kind: ServiceEntry"), "{}", f.service_entry);
         let f = fix_for(&ev("audit", Some("api.example.com."))).unwrap();
         assert_eq!(f.allow.as_deref(), Some("--allow api.example.com:8443"));

@@ -18,7 +18,7 @@ use hyper::{
     body::{Bytes, Frame},
     header::{self, HeaderValue},
 };
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::{StreamExt as _, wrappers::ReceiverStream};
 
 use crate::admin::AdminSource;
@@ -54,9 +54,11 @@ fn graph(source: &dyn AdminSource) -> Option<String> {
     serde_json::to_string(&g).ok().map(|j| frame("graph", &j))
 }
 
-async fn next(rx: &mut Option<broadcast::Receiver<String>>) -> Result<String, broadcast::error::RecvError> {
+/// The next event line; `None` once the hub is gone. Lines a slow page missed are counted by the
+/// follower (`enforcer_events_dropped_total{reason="follower_lag"}`).
+async fn next(rx: &mut Option<crate::events::Follower>) -> Option<String> {
     match rx {
-        Some(rx) => rx.recv().await,
+        Some(rx) => rx.next_line().await,
         None => std::future::pending().await,
     }
 }
@@ -84,12 +86,8 @@ pub fn response(source: Arc<dyn AdminSource>, mut stop: watch::Receiver<bool>) -
                     None => continue,
                 },
                 r = next(&mut events) => match r {
-                    Ok(line) => record(&line),
-                    Err(broadcast::error::RecvError::Lagged(n)) => frame(
-                        "notice",
-                        &format!("{{\"verdict\":\"dropped\",\"count\":{n},\"message\":\"{n} events dropped: this page fell behind\"}}"),
-                    ),
-                    Err(broadcast::error::RecvError::Closed) => {
+                    Some(line) => record(&line),
+                    None => {
                         events = None;
                         continue;
                     }
