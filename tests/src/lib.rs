@@ -23,7 +23,8 @@
 //! - `files`, `registry`: [`TempDir`], ServiceEntry YAML, `--report-file` rows;
 //! - `netns`, `cgroup`, `servers`: [`Netns`], [`Cgroup`], [`Server`] and the Python servers;
 //! - `daemon`: [`PinDir`], [`Daemon`]; `workload`: [`Workload`] (a long-running `enforcer run`);
-//! - `dns`: [`Dnsmasq`] and a DNS client; `tls`: [`Pki`]; `http`, `metrics`: the admin API.
+//! - `dns`: [`Dnsmasq`] and a DNS client; `tls`: [`Pki`]; `http`, `metrics`: the admin API;
+//! - `proxy`: the L7 proxy's client script under `enforcer run` ([`ProxyRun`]) and its YAML.
 //!
 //! The Python programs the tests run live in `tests/helpers/*.py` (embedded with `include_str!`,
 //! passed to `python3 -c`, so the test binaries are self-contained); `cargo xtask lint` runs
@@ -40,6 +41,7 @@ mod http;
 mod metrics;
 mod netns;
 mod process;
+mod proxy;
 mod registry;
 mod servers;
 mod tls;
@@ -56,6 +58,7 @@ pub use http::*;
 pub use metrics::*;
 pub use netns::*;
 pub use process::*;
+pub use proxy::*;
 pub use registry::*;
 pub use servers::*;
 pub use tls::*;

@@ -7,6 +7,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use std::sync::Arc;
+
 use super::ServiceLabels;
 
 /// Istio's request duration buckets (ms).
@@ -47,6 +49,11 @@ impl IstioHttpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusalLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SniLabels {
     pub destination_service: String,
     pub decision: String,
@@ -69,6 +76,7 @@ pub struct ProxyMetrics {
     pub(crate) request_bytes: HistFamily,
     pub(crate) response_bytes: HistFamily,
     pub(crate) sni: Family<SniLabels, Counter>,
+    pub(crate) refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Default for ProxyMetrics {
@@ -85,6 +93,7 @@ impl ProxyMetrics {
             request_bytes: Family::new_with_constructor(size_histogram as fn() -> Histogram),
             response_bytes: Family::new_with_constructor(size_histogram as fn() -> Histogram),
             sni: Family::default(),
+            refusals: Family::default(),
         }
     }
 
@@ -100,6 +109,20 @@ impl ProxyMetrics {
         reg.register("istio_request_bytes", "Request body sizes (bytes)", self.request_bytes.clone());
         reg.register("istio_response_bytes", "Response body sizes (bytes)", self.response_bytes.clone());
         reg.register("enforcer_sni_decisions", "TLS connections checked by SNI, by decision", self.sni.clone());
+        reg.register(
+            "enforcer_proxy_refusals",
+            "Connections and requests the L7 proxy refused, by reason (each also an event)",
+            self.refusals.clone(),
+        );
+    }
+
+    pub(crate) fn refusal(&self, reason: &str) {
+        self.refusals.get_or_create(&RefusalLabels { reason: reason.into() }).inc();
+    }
+
+    /// The series of one response code for one workload and service.
+    pub(crate) fn series(&self, workload: &Arc<str>, service: &Arc<ServiceLabels>, code: u16) -> RequestSeries {
+        RequestSeries { metrics: self.clone(), workload: workload.clone(), service: service.clone(), code }
     }
 
     /// One finished request.
@@ -117,5 +140,20 @@ impl ProxyMetrics {
                 decision: if allowed { "allowed" } else { "denied" }.into(),
             })
             .inc();
+    }
+}
+
+/// Where one request is recorded once its response ends (the flags are known only then).
+pub(crate) struct RequestSeries {
+    metrics: ProxyMetrics,
+    workload: Arc<str>,
+    service: Arc<ServiceLabels>,
+    code: u16,
+}
+
+impl RequestSeries {
+    pub(crate) fn record(&self, flags: &str, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
+        let labels = IstioHttpLabels::new(&self.workload, &self.service, self.code, flags);
+        self.metrics.record(&labels, duration_ms, req_bytes, resp_bytes);
     }
 }
