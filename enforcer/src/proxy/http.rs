@@ -322,31 +322,18 @@ pub(crate) async fn serve(
         let ctx = ctx.clone();
         async move { Ok::<_, Infallible>(proxy_request(ctx, req).await) }
     });
-    let io = TokioIo::new(stream);
-    if routes.http2 {
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        let conn = builder.serve_connection_with_upgrades(io, svc);
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => if let Err(e) = r {
-                debug!(%peer, error = %e, "proxy: client connection ended with an error");
-            },
-            _ = stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
-        }
-    } else {
-        let conn = http1::Builder::new().keep_alive(true).serve_connection(io, svc).with_upgrades();
-        tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => if let Err(e) = r {
-                debug!(%peer, error = %e, "proxy: client connection ended with an error");
-            },
-            _ = stop.changed() => {
-                conn.as_mut().graceful_shutdown();
-                let _ = conn.await;
-            }
+    // HTTP/1 and h2c (prior knowledge) are told apart by the preface; h2c is served only on
+    // ports declared HTTP2/GRPC (elsewhere its requests get 505).
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            debug!(%peer, error = %e, "proxy: client connection ended with an error");
+        },
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
         }
     }
 }
@@ -424,6 +411,14 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
         }
     };
     let labels = ctx.labels(target);
+    if req.version() == Version::HTTP_2 && !ctx.routes.http2 {
+        ctx.shared.metrics.refusal("http2_not_declared");
+        let body = format!(
+            "HTTP/2 is not accepted on port {}: its ServiceEntry port is not declared HTTP2 or GRPC (use HTTP/1.1)\n",
+            ctx.conn.original.port()
+        );
+        return ctx.local_reply(&labels, start, StatusCode::HTTP_VERSION_NOT_SUPPORTED, "-", body);
+    }
     let upstream = ctx.upstream(target);
     let tunnel = is_connect || upgrade_requested(req.headers());
     let proto = if tunnel {

@@ -14,8 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ::http::{Method, Request, Response, StatusCode, header};
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, service::service_fn};
@@ -135,7 +135,7 @@ async fn upstream_handler(conn: usize, req: Request<Incoming>) -> Result<Respons
     Ok(resp)
 }
 
-struct Upstream {
+struct TestUpstream {
     addr: SocketAddr,
     /// TCP connections accepted.
     accepts: Arc<AtomicUsize>,
@@ -157,7 +157,7 @@ fn server_config_alpn(pki: &Pki, alpn: &[&[u8]]) -> Arc<ServerConfig> {
 }
 
 /// A TLS upstream that offers h2 and http/1.1 (ALPN) and serves both.
-async fn start_h2_upstream(pki: &Pki) -> Upstream {
+async fn start_h2_upstream(pki: &Pki) -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepts = Arc::new(AtomicUsize::new(0));
@@ -177,12 +177,12 @@ async fn start_h2_upstream(pki: &Pki) -> Upstream {
             });
         }
     });
-    Upstream { addr, accepts }
+    TestUpstream { addr, accepts }
 }
 
 /// A plain HTTP/1.1 upstream (h2c too when `h2c`) whose `/upgrade` answers 101 and then echoes
 /// every byte back on the upgraded connection.
-async fn start_plain_upstream(h2c: bool) -> Upstream {
+async fn start_plain_upstream(h2c: bool) -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepts = Arc::new(AtomicUsize::new(0));
@@ -230,10 +230,10 @@ async fn start_plain_upstream(h2c: bool) -> Upstream {
             });
         }
     });
-    Upstream { addr, accepts }
+    TestUpstream { addr, accepts }
 }
 
-async fn start_upstream(pki: &Pki) -> Upstream {
+async fn start_upstream(pki: &Pki) -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepts = Arc::new(AtomicUsize::new(0));
@@ -251,7 +251,7 @@ async fn start_upstream(pki: &Pki) -> Upstream {
             });
         }
     });
-    Upstream { addr, accepts }
+    TestUpstream { addr, accepts }
 }
 
 /// Accepts TCP connections and never says anything: TLS handshakes to it hang.
@@ -360,7 +360,7 @@ async fn http_conn(addr: SocketAddr) -> Sender {
 
 struct Got {
     status: StatusCode,
-    headers: http::HeaderMap,
+    headers: ::http::HeaderMap,
     len: u64,
     body: Vec<u8>,
 }
@@ -787,7 +787,8 @@ async fn requests_are_routed_by_host_each_with_its_own_tls() {
     );
     let p = start_proxy(Some(port80()), Some(routes)).await;
     let mut s = http_conn(p.addr).await;
-    for (host, upstream, n) in [("a.test", &ua, 1), ("B.test:80", &ub, 1), ("x.b.test", &ub, 1), ("a.test", &ua, 1)] {
+    // Upstream connections are pooled per service and Host (the HTTP/2 :authority).
+    for (host, upstream, n) in [("a.test", &ua, 1), ("B.test:80", &ub, 1), ("x.b.test", &ub, 2), ("a.test", &ua, 1)] {
         let req = Request::builder().uri("/status/200").header(header::HOST, host).body(boxed(Empty::new())).unwrap();
         s.ready().await.unwrap();
         let resp = s.send_request(req).await.unwrap();
@@ -950,7 +951,7 @@ async fn h2c_from_the_app_goes_out_as_http2_when_the_upstream_offers_it() {
         let req = Request::builder().uri("http://api.test/status/200").body(boxed(Empty::new())).unwrap();
         let resp = h2.send_request(req).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);
-        assert_eq!(resp.version(), http::Version::HTTP_2);
+        assert_eq!(resp.version(), ::http::Version::HTTP_2);
         assert_eq!(resp.headers()["x-version"], "HTTP/2.0", "ALPN h2 to the upstream");
         assert_eq!(resp.headers()["x-seen-host"], "api.test");
     }
@@ -961,16 +962,20 @@ async fn h2c_from_the_app_goes_out_as_http2_when_the_upstream_offers_it() {
 }
 
 #[tokio::test]
-async fn h2_preface_on_an_http1_port_gets_a_clear_status() {
+async fn h2c_on_an_http1_port_gets_a_clear_status() {
     let pki = pki(&["api.test"]);
     let up = start_upstream(&pki).await;
     let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
-    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await.unwrap();
-    let out = String::from_utf8_lossy(&out);
-    assert!(out.starts_with("HTTP/1.1 505"), "{out}");
+    let tcp = TcpStream::connect(p.addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder().uri("http://api.test/status/200").body(boxed(Empty::new())).unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("not declared HTTP2 or GRPC"), "{body:?}");
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]
