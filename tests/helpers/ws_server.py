@@ -11,7 +11,7 @@ addr, port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 
 
 async def echo(ws, path=None):
-    path = path if path is not None else getattr(getattr(ws, 'request', None), 'path', '?')
+    path = path or getattr(ws, 'path', None) or getattr(getattr(ws, 'request', None), 'path', '?')
     async for m in ws:
         if isinstance(m, str):
             await ws.send(path if m == 'path' else 'echo ' + m)

@@ -456,11 +456,12 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
             return ctx.local_reply(&labels, start, StatusCode::BAD_REQUEST, "-", body);
         }
     };
-    if !parts.headers.contains_key(header::HOST) {
-        let host = authority.clone().unwrap_or_else(|| upstream.host.clone());
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            parts.headers.insert(header::HOST, v);
-        }
+    // The Host travels as the URI's authority: hyper-util writes it as `Host` on HTTP/1.1 and
+    // as `:authority` on HTTP/2 (whichever the upstream negotiated; nginx refuses both at once).
+    if authority.is_some() {
+        parts.headers.remove(header::HOST);
+    } else if let Ok(v) = HeaderValue::from_str(&upstream.host) {
+        parts.headers.insert(header::HOST, v);
     }
     strip_hop_by_hop(&mut parts.headers, tunnel && !is_connect);
     parts.uri = uri;

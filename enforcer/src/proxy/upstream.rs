@@ -223,7 +223,7 @@ impl Pools {
         };
         let connector = Connector { target: Arc::new(Target { addr, tls, timeout: key.timeout, mark }) };
         let mut b = Client::builder(TokioExecutor::new());
-        b.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).timer(TokioTimer::new()).set_host(false);
+        b.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).timer(TokioTimer::new()).set_host(true);
         if proto == Proto::H2c {
             b.http2_only(true);
         }
