@@ -111,7 +111,14 @@ where
 /// connection served it (x-conn) and the Host it saw (x-seen-host).
 async fn upstream_handler(conn: usize, req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_owned();
-    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    // HTTP/1: Host; HTTP/2: :authority.
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_owned();
     let hop = req.headers().contains_key("x-hop");
     let version = format!("{:?}", req.version());
     let mut resp = if let Some(code) = path.strip_prefix("/status/") {
