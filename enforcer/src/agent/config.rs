@@ -26,6 +26,8 @@ pub struct AgentConfig {
     pub quiet: bool,
     /// How event lines are printed (`--event-format`).
     pub event_format: ReportFormat,
+    /// `--proxy-threads`: the L7 proxy's worker threads (0: one per CPU).
+    pub proxy_threads: usize,
     pub dns: DnsConfig,
 }
 
@@ -58,6 +60,7 @@ impl AgentConfig {
             sni_check_target_ports: a.sni_check_target_ports,
             quiet: false,
             event_format: a.event_format,
+            proxy_threads: a.proxy_threads,
             dns: DnsConfig {
                 upstreams: a.dns.upstreams.clone(),
                 steer: !a.dns.no_dns_steer,

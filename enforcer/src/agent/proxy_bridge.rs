@@ -41,6 +41,7 @@ pub(super) async fn start_proxy(agent: &Agent) -> anyhow::Result<proxy::Proxy> {
         proxy::ProxyConfig {
             listen: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
             upstream_mark: Some(AGENT_MARK),
+            threads: agent.inner.config.proxy_threads,
         },
         policy,
     )

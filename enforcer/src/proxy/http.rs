@@ -29,7 +29,7 @@ use tracing::{debug, warn};
 
 use super::{
     ConnInfo, Fallback, HttpRoutes, ProxyEventKind, ServiceLabels, Shared, Upstream,
-    metrics::RequestSeries,
+    metrics::{RequestSeries, SeriesCache},
     route::normalize_host,
     tls,
     upstream::{ConnectError, Proto, UpClient},
@@ -81,7 +81,7 @@ struct Recording {
 }
 
 impl Recording {
-    fn finish(self, resp_bytes: u64, flags: &str) {
+    fn finish(self, resp_bytes: u64, flags: &'static str) {
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         self.series.record(flags, ms, self.req_bytes.load(Ordering::Relaxed), resp_bytes);
     }
@@ -96,7 +96,7 @@ struct RecordingBody {
 }
 
 impl RecordingBody {
-    fn finish(&mut self, flags: &str) {
+    fn finish(&mut self, flags: &'static str) {
         if let Some(rec) = self.rec.take() {
             rec.finish(self.bytes, flags);
         }
@@ -231,6 +231,9 @@ struct ConnCtx {
     /// Upstream clients, made on first use: per virtual host (then passthrough), per [`Proto`].
     clients: Vec<[OnceLock<Result<UpClient, String>>; 3]>,
     passthrough: Upstream,
+    series: Arc<SeriesCache>,
+    /// The original destination's address, as a Host to match.
+    original_ip: String,
 }
 
 impl ConnCtx {
@@ -269,7 +272,7 @@ impl ConnCtx {
     }
 
     fn series(&self, service: &Arc<ServiceLabels>, code: u16) -> RequestSeries {
-        self.shared.metrics.series(&self.conn.workload, service, code)
+        RequestSeries::new(&self.series, service, code)
     }
 
     fn event(&self, kind: ProxyEventKind, detail: String) {
@@ -282,7 +285,7 @@ impl ConnCtx {
         service: &Arc<ServiceLabels>,
         start: Instant,
         status: StatusCode,
-        flags: &str,
+        flags: &'static str,
         body: String,
     ) -> Response<RespBody> {
         let len = body.len() as u64;
@@ -311,6 +314,8 @@ pub(crate) async fn serve(
         connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
     };
     let ctx = Arc::new(ConnCtx {
+        series: SeriesCache::new(shared.metrics.clone(), conn.workload.clone()),
+        original_ip: conn.original.ip().to_string(),
         labels: routes.vhosts.iter().map(|v| Arc::new(v.service.clone())).collect(),
         clients: (0..=routes.vhosts.len()).map(|_| Default::default()).collect(),
         shared,
@@ -350,7 +355,7 @@ fn request_authority(req: &Request<Incoming>) -> Option<&str> {
 async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<RespBody> {
     let start = Instant::now();
     let is_connect = req.method() == Method::CONNECT;
-    let original_ip = ctx.conn.original.ip().to_string();
+    let original_ip = &ctx.original_ip;
     let authority = request_authority(&req).map(str::to_owned);
 
     // Route: CONNECT only where the port is declared for it (to the address's own service);
@@ -359,7 +364,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
         if !ctx.routes.allow_connect {
             let what = authority.clone().unwrap_or_default();
             ctx.event(ProxyEventKind::ConnectRefused, what);
-            let labels = ctx.routes.select(&original_ip).map(|i| ctx.labels[i].clone());
+            let labels = ctx.routes.select(original_ip).map(|i| ctx.labels[i].clone());
             let labels = labels.unwrap_or_else(ServiceLabels::blackhole);
             let mut resp = ctx.local_reply(
                 &labels,
@@ -374,7 +379,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
             resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             return resp;
         }
-        match ctx.routes.select(&original_ip) {
+        match ctx.routes.select(original_ip) {
             Some(i) => Target::VHost(i),
             None => Target::Passthrough,
         }

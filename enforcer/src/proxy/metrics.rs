@@ -7,7 +7,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use super::ServiceLabels;
 
@@ -120,19 +120,6 @@ impl ProxyMetrics {
         self.refusals.get_or_create(&RefusalLabels { reason: reason.into() }).inc();
     }
 
-    /// The series of one response code for one workload and service.
-    pub(crate) fn series(&self, workload: &Arc<str>, service: &Arc<ServiceLabels>, code: u16) -> RequestSeries {
-        RequestSeries { metrics: self.clone(), workload: workload.clone(), service: service.clone(), code }
-    }
-
-    /// One finished request.
-    pub(crate) fn record(&self, labels: &IstioHttpLabels, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
-        self.requests.get_or_create(labels).inc();
-        self.duration.get_or_create(labels).observe(duration_ms);
-        self.request_bytes.get_or_create(labels).observe(req_bytes as f64);
-        self.response_bytes.get_or_create(labels).observe(resp_bytes as f64);
-    }
-
     pub(crate) fn sni_decision(&self, destination_service: &str, allowed: bool) {
         self.sni
             .get_or_create(&SniLabels {
@@ -143,17 +130,68 @@ impl ProxyMetrics {
     }
 }
 
-/// Where one request is recorded once its response ends (the flags are known only then).
-pub(crate) struct RequestSeries {
+/// The metric handles of one label set, taken from the families once (clones share the series).
+struct Handles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// One connection's series, by (service, response code, flags): the label set is built and
+/// hashed into the families once per connection and series, not once per request.
+pub(crate) struct SeriesCache {
     metrics: ProxyMetrics,
     workload: Arc<str>,
+    entries: Mutex<Vec<(usize, u16, &'static str, Arc<Handles>)>>,
+}
+
+impl SeriesCache {
+    pub(crate) fn new(metrics: ProxyMetrics, workload: Arc<str>) -> Arc<Self> {
+        Arc::new(Self { metrics, workload, entries: Mutex::default() })
+    }
+
+    fn handles(&self, service: &Arc<ServiceLabels>, code: u16, flags: &'static str) -> Arc<Handles> {
+        let key = Arc::as_ptr(service) as usize;
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, _, h)) = entries.iter().find(|(k, c, f, _)| *k == key && *c == code && *f == flags) {
+            return h.clone();
+        }
+        let labels = IstioHttpLabels::new(&self.workload, service, code, flags);
+        let m = &self.metrics;
+        let h = Arc::new(Handles {
+            requests: m.requests.get_or_create(&labels).clone(),
+            duration: m.duration.get_or_create(&labels).clone(),
+            request_bytes: m.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: m.response_bytes.get_or_create(&labels).clone(),
+        });
+        // Bounded: a connection sees few codes; a pathological one resets its cache.
+        if entries.len() >= 64 {
+            entries.clear();
+        }
+        entries.push((key, code, flags, h.clone()));
+        h
+    }
+}
+
+/// Where one request is recorded once its response ends (the flags are known only then). The
+/// service Arc is kept alive with it, so its address identifies it in the cache.
+pub(crate) struct RequestSeries {
+    cache: Arc<SeriesCache>,
     service: Arc<ServiceLabels>,
     code: u16,
 }
 
 impl RequestSeries {
-    pub(crate) fn record(&self, flags: &str, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
-        let labels = IstioHttpLabels::new(&self.workload, &self.service, self.code, flags);
-        self.metrics.record(&labels, duration_ms, req_bytes, resp_bytes);
+    pub(crate) fn new(cache: &Arc<SeriesCache>, service: &Arc<ServiceLabels>, code: u16) -> Self {
+        Self { cache: cache.clone(), service: service.clone(), code }
+    }
+
+    pub(crate) fn record(&self, flags: &'static str, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
+        let h = self.cache.handles(&self.service, self.code, flags);
+        h.requests.inc();
+        h.duration.observe(duration_ms);
+        h.request_bytes.observe(req_bytes as f64);
+        h.response_bytes.observe(resp_bytes as f64);
     }
 }

@@ -255,6 +255,10 @@ pub struct ProxyConfig {
     /// SO_MARK on upstream sockets (the BPF hooks never redirect marked sockets: no loops).
     /// EPERM is ignored (logged once).
     pub upstream_mark: Option<u32>,
+    /// Worker threads, each with its own single-threaded runtime, listening socket
+    /// (SO_REUSEPORT: the kernel spreads connections) and upstream pools, so a request never
+    /// hops threads (nginx's worker model). 0: one per CPU.
+    pub threads: usize,
 }
 
 /// How long an accepted connection may stay silent before its first byte.
@@ -295,67 +299,119 @@ pub(crate) struct ConnInfo {
 }
 
 pub struct Proxy {
-    listener: TcpListener,
-    shared: Arc<Shared>,
+    listeners: Vec<std::net::TcpListener>,
+    local: SocketAddr,
+    policy: Arc<dyn ProxyPolicy>,
+    metrics: ProxyMetrics,
+    mark: Option<u32>,
+}
+
+/// A listening socket on `addr` with SO_REUSEPORT (so every worker can have its own).
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    sock.set_reuse_address(true)?;
+    sock.set_reuse_port(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    Ok(sock.into())
 }
 
 impl Proxy {
     pub async fn bind(cfg: ProxyConfig, policy: Arc<dyn ProxyPolicy>) -> std::io::Result<Proxy> {
-        let listener = TcpListener::bind(cfg.listen).await?;
-        let shared = Arc::new(Shared {
-            policy,
-            metrics: ProxyMetrics::new(),
-            mark: cfg.upstream_mark,
-            pools: upstream::Pools::default(),
-        });
-        Ok(Proxy { listener, shared })
+        let threads = match cfg.threads {
+            0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            n => n,
+        };
+        let first = reuseport_listener(cfg.listen)?;
+        let local = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..threads {
+            listeners.push(reuseport_listener(local)?);
+        }
+        Ok(Proxy { listeners, local, policy, metrics: ProxyMetrics::new(), mark: cfg.upstream_mark })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().expect("bound listener has an address")
+        self.local
     }
 
     /// Clone handles to the live metric families.
     pub fn metrics(&self) -> ProxyMetrics {
-        self.shared.metrics.clone()
+        self.metrics.clone()
     }
 
     /// Accepts until `shutdown` completes; then stops accepting, asks HTTP connections to finish
     /// their in-flight request, and aborts whatever is still open after a few seconds.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let Proxy { listener, shared } = self;
-        let local = listener.local_addr().ok();
-        info!(?local, "L7 proxy listening");
+        let Proxy { listeners, local, policy, metrics, mark } = self;
+        info!(%local, workers = listeners.len(), "L7 proxy listening");
         let (stop_tx, stop_rx) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, peer)) => {
-                        let shared = shared.clone();
-                        let stop = stop_rx.clone();
-                        tasks.spawn(handle_conn(shared, stream, peer, stop));
-                    }
+        let mut done = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let shared = Arc::new(Shared {
+                policy: policy.clone(),
+                metrics: metrics.clone(),
+                mark,
+                pools: upstream::Pools::default(),
+            });
+            let stop = stop_rx.clone();
+            let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+            let spawned = std::thread::Builder::new().name(format!("enforcer-proxy-{i}")).spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt,
                     Err(e) => {
-                        // EMFILE and friends: back off instead of spinning.
-                        warn!(error = %e, "proxy accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        warn!(error = %e, "proxy: cannot start a worker runtime");
+                        return;
                     }
-                },
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                };
+                rt.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(l) => worker(l, shared, stop).await,
+                        Err(e) => warn!(error = %e, "proxy: cannot register a listener"),
+                    }
+                });
+                drop(tx);
+            });
+            match spawned {
+                Ok(_) => done.push(rx),
+                Err(e) => warn!(error = %e, "proxy: cannot start a worker thread"),
             }
         }
-        drop(listener);
+        shutdown.await;
         let _ = stop_tx.send(true);
-        let drain = async { while tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
-            debug!(open = tasks.len(), "aborting proxy connections still open after shutdown");
-            tasks.abort_all();
-            while tasks.join_next().await.is_some() {}
+        for rx in done {
+            let _ = rx.await;
         }
         info!("L7 proxy stopped");
+    }
+}
+
+/// One worker: accepts on its own socket and serves those connections on its own thread.
+async fn worker(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    tasks.spawn(handle_conn(shared.clone(), stream, peer, stop.clone()));
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    warn!(error = %e, "proxy accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let drain = async { while tasks.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        debug!(open = tasks.len(), "aborting proxy connections still open after shutdown");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
     }
 }
 

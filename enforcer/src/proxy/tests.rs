@@ -341,7 +341,7 @@ struct Running {
 async fn start_proxy(original: Option<SocketAddr>, routes: Option<Routes>) -> Running {
     init_tracing();
     let policy = Arc::new(TestPolicy { original, routes, events: Mutex::default() });
-    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: Some(0x4e) };
+    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: Some(0x4e), threads: 1 };
     let proxy = Proxy::bind(cfg, policy.clone()).await.unwrap();
     let addr = proxy.local_addr();
     let metrics = proxy.metrics();
@@ -1024,7 +1024,7 @@ async fn shutdown_closes_idle_connections_and_returns() {
         routes: Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5))),
         events: Mutex::default(),
     });
-    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: None };
+    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: None, threads: 1 };
     let proxy = Proxy::bind(cfg, policy).await.unwrap();
     let addr = proxy.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
