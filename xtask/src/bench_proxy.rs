@@ -65,6 +65,10 @@ pub struct ProxyArgs {
     /// rounds: (c) is its proxy.
     #[arg(long, value_name = "PATH")]
     pub compare: Option<PathBuf>,
+    /// Extra `enforcer run` arguments for (b) only, e.g. `--enforcer-arg=--proxy-threads=1`
+    /// (repeatable; with --compare, the same binary without them is an A/B of the flag).
+    #[arg(long = "enforcer-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub enforcer_args: Vec<String>,
 }
 
 const CLIENT_ADDR: &str = "100.127.253.1";
@@ -565,8 +569,9 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                 check_clean(&w, "nginx", &out)?;
                 ng.push(w);
             } else {
+                let extra: Vec<&str> = args.enforcer_args.iter().map(String::as_str).collect();
                 let (out, r) = run_sampling_rss(
-                    &mut env.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
+                    &mut env.enforcer_cmd(&extra, &wrk_args(&args, args.duration, &enf_url)),
                     "enforcer wrk",
                 )?;
                 let w = parse_wrk(&out)?;
