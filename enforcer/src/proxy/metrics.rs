@@ -138,12 +138,15 @@ struct Handles {
     response_bytes: Histogram,
 }
 
+/// (service Arc address, response code, flags) -> handles.
+type SeriesEntry = (usize, u16, &'static str, Arc<Handles>);
+
 /// One connection's series, by (service, response code, flags): the label set is built and
 /// hashed into the families once per connection and series, not once per request.
 pub(crate) struct SeriesCache {
     metrics: ProxyMetrics,
     workload: Arc<str>,
-    entries: Mutex<Vec<(usize, u16, &'static str, Arc<Handles>)>>,
+    entries: Mutex<Vec<SeriesEntry>>,
 }
 
 impl SeriesCache {
