@@ -259,28 +259,31 @@ fn profile_run(cmd: &mut Command, dir: &Path, duration: u32) -> Result<String> {
     if !rec.status.success() {
         bail!("perf record failed: {}", String::from_utf8_lossy(&rec.stderr));
     }
-    let rep = Command::new("perf")
-        .args(["report", "--stdio", "--no-children", "--sort", "symbol", "--percent-limit", "0.8", "-g", "none", "-i"])
-        .arg(&data)
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .context("running perf report")?;
-    let text = String::from_utf8_lossy(&rep.stdout);
-    let top: Vec<String> = text
-        .lines()
-        .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
-        .take(30)
-        .map(|l| {
-            let mut w: Vec<&str> = l.split_whitespace().collect();
-            // perf's trailing "-  -" columns.
-            while w.last().is_some_and(|x| *x == "-") {
-                w.pop();
-            }
-            format!("  {}", w.join(" "))
-        })
-        .collect();
-    Ok(top.join("\n"))
+    let report = |sort: &str, limit: &str, n: usize| -> Result<String> {
+        let rep = Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "--sort", sort, "--percent-limit", limit, "-g", "none", "-i"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .context("running perf report")?;
+        let text = String::from_utf8_lossy(&rep.stdout);
+        let top: Vec<String> = text
+            .lines()
+            .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .take(n)
+            .map(|l| {
+                let mut w: Vec<&str> = l.split_whitespace().collect();
+                // perf's trailing "-  -" columns.
+                while w.last().is_some_and(|x| *x == "-") {
+                    w.pop();
+                }
+                format!("  {}", w.join(" "))
+            })
+            .collect();
+        Ok(top.join("\n"))
+    };
+    Ok(format!("by object:\n{}\ntop symbols:\n{}", report("dso", "1", 8)?, report("symbol", "0.7", 30)?))
 }
 
 /// CA + server certificate for `api.test` (ECDSA P-256), with the openssl CLI.
