@@ -112,6 +112,16 @@ pub struct PolicyArgs {
     /// port (shared CDN addresses no longer let unlisted hosts through).
     #[arg(long)]
     pub sni_check: bool,
+    /// With --sni-check (implied): also steer the targetPorts that carry TLS (of TLS/HTTPS
+    /// ports, or of HTTP ports whose DestinationRule originates TLS) through the SNI check.
+    /// Without it a targetPort stays directly reachable with any SNI, as the proxy's own
+    /// upstream port.
+    #[arg(long)]
+    pub sni_check_target_ports: bool,
+    /// The L7 proxy's worker threads, each serving its own connections on its own socket
+    /// (SO_REUSEPORT) with its own upstream pools. 0: one per CPU.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub proxy_threads: usize,
     /// Do not attach the TCP connection accounting (sock_ops): no istio_tcp_connections_* for
     /// allowed connections (for measuring its cost).
     #[arg(long)]

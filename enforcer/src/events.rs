@@ -366,27 +366,13 @@ impl EventHub {
             self.push(s);
         }
     }
-    /// A denial or failure seen by the L7 proxy (SNI not allowed, TLS verification failed, ...).
-    pub fn publish_proxy(&self, e: &crate::proxy::ProxyEvent, workload: &str) {
+
+    /// A denial or failure seen by the L7 proxy (SNI or Host not allowed, TLS verification
+    /// failed, ...): recorded; returned for the caller to print as `--quiet` / `--event-format` say.
+    pub fn publish_proxy(&self, e: &crate::proxy::ProxyEvent) -> EventJson {
         use crate::proxy::ProxyEventKind as K;
-        let (verdict, reason, what) = match &e.kind {
-            K::SniDenied { sni } => (
-                "denied",
-                "sni_not_in_registry",
-                format!(
-                    "TLS SNI {} not in registry for port {}",
-                    sni.as_deref().unwrap_or("(none)"),
-                    e.original.port()
-                ),
-            ),
-            K::TlsVerifyFailed => {
-                ("error", "tls_verify_failed", format!("upstream TLS verification failed: {}", e.detail))
-            }
-            K::UpstreamConnectFailed => {
-                ("error", "upstream_connect_failed", format!("upstream connect failed: {}", e.detail))
-            }
-            K::UpstreamTimeout => ("error", "upstream_timeout", format!("upstream connect timed out: {}", e.detail)),
-        };
+        let (verdict, reason, what) = e.kind.describe(e.original, &e.detail);
+        let workload = &*e.workload;
         let line =
             format!("{verdict} proxy {workload} -> {}/tcp: {what}", endpoint(e.original.ip(), e.original.port()));
         let j = EventJson {
@@ -405,15 +391,16 @@ impl EventHub {
             workload: Some(workload.to_string()),
             host: match &e.kind {
                 K::SniDenied { sni } => sni.clone(),
+                K::HostDenied { host } => host.clone(),
                 _ => None,
             },
-            line: line.clone(),
+            line,
             ..Default::default()
         };
-        print_line(&line);
         if let Ok(s) = serde_json::to_string(&j) {
             self.push(s);
         }
+        j
     }
 
     /// Say (and count) that the kernel dropped events (ring buffer full).

@@ -26,6 +26,8 @@ pub struct LoadedConfig {
     pub warnings: Vec<String>,
     /// `--sni-check`: TLS/HTTPS ports go through the proxy's SNI check.
     pub sni_check: bool,
+    /// `--sni-check-target-ports`: so do the targetPorts that carry TLS.
+    pub sni_check_target_ports: bool,
 }
 
 pub fn kernel_mode(mode: Mode) -> enforcer_common::Mode {
@@ -94,7 +96,16 @@ pub fn load_config(args: &AgentConfig) -> anyhow::Result<LoadedConfig> {
         (None, Some((m, src))) => (*m, src.to_string()),
         (None, None) => (Mode::RegistryOnly, "default".to_string()),
     };
-    Ok(LoadedConfig { registry, cli, dns_servers, mode, mode_source, warnings, sni_check: args.sni_check })
+    Ok(LoadedConfig {
+        registry,
+        cli,
+        dns_servers,
+        mode,
+        mode_source,
+        warnings,
+        sni_check: args.sni_check,
+        sni_check_target_ports: args.sni_check_target_ports,
+    })
 }
 
 /// The desired map contents of one policy: `registry` under `policy_id` (service keys in
@@ -118,6 +129,7 @@ pub fn compile_policy(
             dns_servers: &cfg.dns_servers,
             policy_id,
             sni_check: cfg.sni_check,
+            sni_check_target_ports: cfg.sni_check_target_ports,
             scope,
         },
         ids,

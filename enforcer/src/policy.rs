@@ -156,6 +156,8 @@ pub struct PortRule {
     pub target: Option<u16>,
     pub proto: u8,
     pub proxied: bool,
+    /// The targetPort is steered to the proxy's SNI check too (`--sni-check-target-ports`).
+    pub target_proxied: bool,
 }
 
 /// THE translation of (service, address, policy) into allow entries, used by the static compile
@@ -174,7 +176,7 @@ pub fn entries_for(
     let value = AllowValue::new(service_id, 0);
     for r in rules {
         let mut ports = vec![(r.number, r.proxied)];
-        ports.extend(r.target.map(|t| (t, false)));
+        ports.extend(r.target.map(|t| (t, r.target_proxied)));
         if let Some(epp) = endpoint_ports.and_then(|m| m.get(&r.name)) {
             ports.push((*epp, false));
         }
@@ -405,6 +407,9 @@ pub struct Inputs<'a> {
     pub policy_id: PolicyId,
     /// Steer TLS/HTTPS ports through the proxy's SNI check.
     pub sni_check: bool,
+    /// Steer the targetPorts that carry TLS (of TLS/HTTPS ports, or of ports whose
+    /// DestinationRule originates TLS) through the SNI check too.
+    pub sni_check_target_ports: bool,
     /// The scope service keys are allocated in ("" for the default policy, the workload's name
     /// for a workload with its own registry).
     pub scope: &'a str,
@@ -430,6 +435,15 @@ fn proxied(inp: &Inputs<'_>, se: &ServiceEntry, p: &crate::config::Port) -> bool
     }
     let simple = tls_for(inp.registry, se, p.number).is_some_and(|(_, t)| t.mode == crate::config::TlsMode::Simple);
     (simple && !p.protocol.is_tls()) || (inp.sni_check && p.protocol.is_tls())
+}
+
+/// Is this port's targetPort steered to the proxy's SNI check? Only where it carries TLS.
+fn target_proxied(inp: &Inputs<'_>, se: &ServiceEntry, p: &crate::config::Port) -> bool {
+    if !inp.sni_check_target_ports || p.target_port.is_none() || p.protocol.is_udp() {
+        return false;
+    }
+    p.protocol.is_tls()
+        || tls_for(inp.registry, se, p.number).is_some_and(|(_, t)| t.mode == crate::config::TlsMode::Simple)
 }
 
 /// Names the registry and the command line need resolved before `compile`.
@@ -488,6 +502,7 @@ pub fn compile(inp: &Inputs<'_>, ids: &mut ServiceIds) -> (Desired, HostIndex) {
                 target: p.target_port,
                 proto: if p.protocol.is_udp() { PROTO_UDP } else { PROTO_TCP },
                 proxied: proxied(inp, se, p),
+                target_proxied: target_proxied(inp, se, p),
             })
             .collect();
         d.services.push(ServiceInfo {
@@ -573,7 +588,14 @@ pub fn compile(inp: &Inputs<'_>, ids: &mut ServiceIds) -> (Desired, HostIndex) {
         let port = c.port.unwrap_or(ANY_PORT);
         let port_rules: Vec<PortRule> = [PROTO_TCP, PROTO_UDP]
             .into_iter()
-            .map(|proto| PortRule { name: String::new(), number: port, target: None, proto, proxied: false })
+            .map(|proto| PortRule {
+                name: String::new(),
+                number: port,
+                target: None,
+                proto,
+                proxied: false,
+                target_proxied: false,
+            })
             .collect();
         d.services.push(ServiceInfo {
             id,
@@ -763,6 +785,7 @@ mod tests {
                 dns_servers: &[],
                 policy_id: PolicyId::DEFAULT,
                 sni_check,
+                sni_check_target_ports: false,
                 scope: "",
             },
             ids,

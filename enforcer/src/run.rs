@@ -35,7 +35,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigquit = signal(SignalKind::quit())?;
-    let config = AgentConfig::from_args(&args.policy);
+    let config = AgentConfig { quiet: args.quiet, ..AgentConfig::from_args(&args.policy) };
     let cfg = load::load_config(&config)?;
     let quiet = args.quiet;
     let warn = |w: &str| {

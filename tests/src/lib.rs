@@ -25,6 +25,7 @@
 //! - `daemon`: [`PinDir`], [`Daemon`]; `workload`: [`Workload`] (a long-running `enforcer run`);
 //! - `dns`: [`Dnsmasq`] and a DNS client; `tls`: [`Pki`]; `http`, `metrics`: the admin API;
 //! - `prometheus`: a real [`Prometheus`] scraping the agent, and known traffic (traffic.py).
+//! - `proxy`: the L7 proxy's client script under `enforcer run` ([`ProxyRun`]) and its YAML.
 //!
 //! The Python programs the tests run live in `tests/helpers/*.py` (embedded with `include_str!`,
 //! passed to `python3 -c`, so the test binaries are self-contained); `cargo xtask lint` runs
@@ -42,6 +43,7 @@ mod metrics;
 mod netns;
 mod process;
 mod prometheus;
+mod proxy;
 mod registry;
 mod servers;
 mod tls;
@@ -59,6 +61,7 @@ pub use metrics::*;
 pub use netns::*;
 pub use process::*;
 pub use prometheus::*;
+pub use proxy::*;
 pub use registry::*;
 pub use servers::*;
 pub use tls::*;

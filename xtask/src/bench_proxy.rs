@@ -57,6 +57,18 @@ pub struct ProxyArgs {
     /// Build and use the debug binary (default: release, as nginx is an optimized build).
     #[arg(long)]
     pub debug: bool,
+    /// Skip the profiled run (`perf record -g` on the agent during one more enforcer run, whose
+    /// top entries are printed). It runs when `perf` (Debian's linux-perf) is installed.
+    #[arg(long)]
+    pub no_profile: bool,
+    /// Compare with this other enforcer binary too (e.g. the previous build), in the same
+    /// rounds: (c) is its proxy.
+    #[arg(long, value_name = "PATH")]
+    pub compare: Option<PathBuf>,
+    /// Extra `enforcer run` arguments for (b) only, e.g. `--enforcer-arg=--proxy-threads=1`
+    /// (repeatable; with --compare, the same binary without them is an A/B of the flag).
+    #[arg(long = "enforcer-arg", value_name = "ARG", allow_hyphen_values = true)]
+    pub enforcer_args: Vec<String>,
 }
 
 const CLIENT_ADDR: &str = "100.127.253.1";
@@ -212,6 +224,66 @@ fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64)> {
         bail!("{what}: could not find the enforcer process to sample its VmRSS");
     }
     Ok((stdout, max))
+}
+
+/// One more enforcer run with `perf record -g` attached to the agent for most of it; returns
+/// the top entries of `perf report` (self time, by symbol).
+fn profile_run(cmd: &mut Command, dir: &Path, duration: u32) -> Result<String> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
+    let mut child = cmd.spawn().context("could not start the profiled enforcer run")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        if let Some(p) = enforcer_pid(child.id()) {
+            break p;
+        }
+        if Instant::now() > deadline || child.try_wait()?.is_some() {
+            let _ = child.kill();
+            bail!("profile: the enforcer process did not show up");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Let the proxy warm up (connections, pools), then record most of the run.
+    std::thread::sleep(Duration::from_millis(800));
+    let data = dir.join("perf.data");
+    let secs = duration.saturating_sub(2).max(1).to_string();
+    let rec = Command::new("perf")
+        .args(["record", "-F", "997", "-g", "-p", &pid.to_string(), "-o"])
+        .arg(&data)
+        .args(["--", "sleep", &secs])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .context("running perf record")?;
+    let _ = child.wait();
+    if !rec.status.success() {
+        bail!("perf record failed: {}", String::from_utf8_lossy(&rec.stderr));
+    }
+    let report = |sort: &str, limit: &str, n: usize| -> Result<String> {
+        let rep = Command::new("perf")
+            .args(["report", "--stdio", "--no-children", "--sort", sort, "--percent-limit", limit, "-g", "none", "-i"])
+            .arg(&data)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .context("running perf report")?;
+        let text = String::from_utf8_lossy(&rep.stdout);
+        let top: Vec<String> = text
+            .lines()
+            .filter(|l| l.trim_start().chars().next().is_some_and(|c| c.is_ascii_digit()))
+            .take(n)
+            .map(|l| {
+                let mut w: Vec<&str> = l.split_whitespace().collect();
+                // perf's trailing "-  -" columns.
+                while w.last().is_some_and(|x| *x == "-") {
+                    w.pop();
+                }
+                format!("  {}", w.join(" "))
+            })
+            .collect();
+        Ok(top.join("\n"))
+    };
+    Ok(format!("by object:\n{}\ntop symbols:\n{}", report("dso", "1", 8)?, report("symbol", "0.7", 30)?))
 }
 
 /// CA + server certificate for `api.test` (ECDSA P-256), with the openssl CLI.
@@ -478,8 +550,20 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     run_out(&mut env.baseline_cmd(&wrk_args(&args, 2, &nginx_url)), "warm-up (nginx)")?;
     run_out(&mut env.enforcer_cmd(&[], &wrk_args(&args, 2, &enf_url)), "warm-up (enforcer)")?;
 
+    let other = match &args.compare {
+        Some(p) => Some(std::path::absolute(p)?),
+        None => None,
+    };
+    let env_other = other.as_ref().map(|bin| BenchClient {
+        enforcer: bin,
+        ns: &client_ns,
+        baseline: &baseline,
+        enforced: &enforced,
+        registry: &registry,
+    });
     println!("\nrounds:");
     let (mut ng, mut en, mut rss) = (Vec::<Wrk>::new(), Vec::<Wrk>::new(), Vec::<u64>::new());
+    let (mut ot, mut ot_rss) = (Vec::<Wrk>::new(), Vec::<u64>::new());
     for round in 0..args.rounds {
         for k in 0..2 {
             if (round as usize + k).is_multiple_of(2) {
@@ -488,8 +572,9 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                 check_clean(&w, "nginx", &out)?;
                 ng.push(w);
             } else {
+                let extra: Vec<&str> = args.enforcer_args.iter().map(String::as_str).collect();
                 let (out, r) = run_sampling_rss(
-                    &mut env.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
+                    &mut env.enforcer_cmd(&extra, &wrk_args(&args, args.duration, &enf_url)),
                     "enforcer wrk",
                 )?;
                 let w = parse_wrk(&out)?;
@@ -498,9 +583,23 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                 rss.push(r);
             }
         }
+        if let Some(e2) = &env_other {
+            let (out, r) =
+                run_sampling_rss(&mut e2.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)), "compare wrk")?;
+            let w = parse_wrk(&out)?;
+            check_clean(&w, "compare", &out)?;
+            ot.push(w);
+            ot_rss.push(r);
+        }
         let (n, e) = (ng.last().unwrap(), en.last().unwrap());
+        let extra = match (ot.last(), ot_rss.last()) {
+            (Some(o), Some(r)) => {
+                format!(" | compare {:.0} req/s p99 {:.2} ms, VmRSS {:.1} MiB", o.rps, o.p99_ms, *r as f64 / 1024.0)
+            }
+            _ => String::new(),
+        };
         println!(
-            "  round {}: nginx {:.0} req/s p99 {:.2} ms | enforcer {:.0} req/s p99 {:.2} ms, agent VmRSS max {:.1} MiB",
+            "  round {}: nginx {:.0} req/s p99 {:.2} ms | enforcer {:.0} req/s p99 {:.2} ms, agent VmRSS max {:.1} MiB{extra}",
             round + 1,
             n.rps,
             n.p99_ms,
@@ -529,7 +628,33 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
         if e_rps / n_rps >= 1.0 { "met" } else { "NOT met" }
     );
     let _ = writeln!(out, "agent VmRSS under load: max {rss_max:.1} MiB (median of per-run maxima {rss_med:.1} MiB)");
+    if !ot.is_empty() {
+        let o_rps = median(ot.iter().map(|w| w.rps).collect());
+        let o_p99 = median(ot.iter().map(|w| w.p99_ms).collect());
+        let o_rss = ot_rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
+        let _ = writeln!(
+            out,
+            "{:<46} {:>14.0} {:>11.2} ms   ({:.3}x / {:.3}x nginx; VmRSS max {o_rss:.1} MiB)",
+            "(c) --compare binary",
+            o_rps,
+            o_p99,
+            o_rps / n_rps,
+            o_p99 / n_p99
+        );
+    }
     print!("{out}");
+    if !args.no_profile && which::which("perf").is_ok() {
+        match profile_run(
+            &mut env.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
+            &dir.path,
+            args.duration,
+        ) {
+            Ok(top) => {
+                println!("\nprofile of the agent under the same load (perf record -g; self time by symbol):\n{top}")
+            }
+            Err(e) => println!("\nprofile skipped: {e:#}"),
+        }
+    }
     println!("(total {:.0} s)", started.elapsed().as_secs_f64());
 
     drop((upstream, nginx_proxy));

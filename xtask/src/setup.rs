@@ -11,8 +11,22 @@ use crate::util;
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// What enforcer runs next to, and what the tests, demo and bench talk to (`prometheus` ships
 /// `promtool`, and the server the metrics tests scrape the daemon with).
-const PEER_PKGS: &[&str] =
-    &["curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl", "nginx-light", "prometheus"];
+/// (python3-websockets: the proxy's WebSocket test, with /usr/bin/python3; linux-perf: the
+/// proxy bench's profile.)
+const PEER_PKGS: &[&str] = &[
+    "curl",
+    "iproute2",
+    "nftables",
+    "dnsmasq",
+    "python3",
+    "python3-websockets",
+    "iperf3",
+    "wrk",
+    "openssl",
+    "nginx-light",
+    "linux-perf",
+    "prometheus",
+];
 /// `cargo xtask vm-test`: QEMU (TCG), busybox for the guest's initramfs, depmod/modprobe and xz
 /// for the guest kernels' modules.
 const VM_PKGS: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils"];

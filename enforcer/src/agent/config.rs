@@ -4,7 +4,7 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use crate::{
-    cli::{PolicyArgs, UnknownNamesArg},
+    cli::{PolicyArgs, ReportFormat, UnknownNamesArg},
     config::Mode,
 };
 
@@ -20,6 +20,14 @@ pub struct AgentConfig {
     /// Allow port 53 to the resolvers in /etc/resolv.conf.
     pub host_dns: bool,
     pub sni_check: bool,
+    /// `--sni-check-target-ports`: TLS-carrying targetPorts go through the SNI check too.
+    pub sni_check_target_ports: bool,
+    /// `run --quiet`: the proxy's event lines are not printed (they are still recorded).
+    pub quiet: bool,
+    /// How event lines are printed (`--event-format`).
+    pub event_format: ReportFormat,
+    /// `--proxy-threads`: the L7 proxy's worker threads (0: one per CPU).
+    pub proxy_threads: usize,
     pub dns: DnsConfig,
 }
 
@@ -48,7 +56,11 @@ impl AgentConfig {
             allow: a.allow.clone(),
             allow_cidr: a.allow_cidr.clone(),
             host_dns: !a.no_host_dns,
-            sni_check: a.sni_check,
+            sni_check: a.sni_check || a.sni_check_target_ports,
+            sni_check_target_ports: a.sni_check_target_ports,
+            quiet: false,
+            event_format: a.event_format,
+            proxy_threads: a.proxy_threads,
             dns: DnsConfig {
                 upstreams: a.dns.upstreams.clone(),
                 steer: !a.dns.no_dns_steer,

@@ -1,27 +1,47 @@
-//! What the L7 proxy sees of the agent: original destinations from the kernel, routes from the
-//! registry and its DestinationRules, workload names, and events into the hub.
+//! What the L7 proxy sees of the agent: the kernel's filing for an accepted connection, the
+//! routes of its original destination (the services of the client's policy that the address
+//! and port belong to, each with its DestinationRule), workload names, and events into the hub.
+//!
+//! The kernel files one service id per steered connection, but several ServiceEntries may
+//! share an address (a CDN, DNS-learned addresses): the routes list every service of the policy
+//! on that (address, port), and the proxy picks one per request by Host (per connection by
+//! SNI), as Envoy picks a virtual host.
 
 use std::{
     collections::HashMap,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
-use enforcer_common::{SETTINGS_F_PROXY, ServiceId};
+use enforcer_common::{PolicyId, SETTINGS_F_PROXY, ServiceId};
 
-use super::{AGENT_MARK, Agent, admin::service_labels};
-use crate::{config::TlsMode, policy, proxy};
+use super::{AGENT_MARK, Agent, View, admin::service_labels};
+use crate::{
+    cli::ReportFormat,
+    config::{
+        DestinationRule, EndpointAddress, Host, Mode, Port, Protocol, Registry, Resolution, ServiceEntry, TlsMode,
+    },
+    events, policy, proxy,
+};
+
+/// Istio's default `rootNamespace`: its DestinationRules apply mesh-wide (the third choice).
+const ROOT_NAMESPACE: &str = "istio-system";
+/// How long computed routes are reused for one (policy, original destination) of one view.
+const ROUTES_TTL: Duration = Duration::from_secs(2);
+/// Above this many cached destinations the cache is reset.
+const MAX_CACHED_ROUTES: usize = 4096;
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bind the proxy on 127.0.0.1 and point the kernel's proxy steering at it.
 pub(super) async fn start_proxy(agent: &Agent) -> anyhow::Result<proxy::Proxy> {
-    let policy =
-        Arc::new(AgentProxy { agent: agent.clone(), by_client: Mutex::default(), by_original: Mutex::default() });
+    let policy = Arc::new(AgentProxy { agent: agent.clone(), cache: Mutex::default() });
     let p = proxy::Proxy::bind(
         proxy::ProxyConfig {
             listen: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
             upstream_mark: Some(AGENT_MARK),
+            threads: agent.inner.config.proxy_threads,
         },
         policy,
     )
@@ -43,85 +63,319 @@ pub(super) async fn start_proxy(agent: &Agent) -> anyhow::Result<proxy::Proxy> {
     Ok(p)
 }
 
-struct AgentProxy {
-    agent: Agent,
-    /// client address -> (service id, cgroup id), and original -> service id, from the last
-    /// `original_dst` (the proxy calls route()/workload() right after it for the same connection).
-    by_client: Mutex<HashMap<SocketAddr, (ServiceId, u64)>>,
-    by_original: Mutex<HashMap<SocketAddr, ServiceId>>,
+/// The kernel's filing for a connection the proxy accepted: (original destination, the
+/// service id the kernel matched, the client's cgroup). THE one place the proxy reads it (the
+/// kernel side is moving to filings bound to the socket and deleted on read).
+fn kernel_filing(agent: &Agent, client: SocketAddr) -> Option<(SocketAddr, ServiceId, u64)> {
+    agent.with_dataplane(|dp| dp.take_proxy_original(client))
 }
 
-fn bounded_insert<K: std::hash::Hash + Eq, V>(m: &Mutex<HashMap<K, V>>, k: K, v: V) {
-    if let Ok(mut m) = m.lock() {
-        if m.len() > 65_536 {
-            m.clear();
+#[derive(Default)]
+struct RouteCache {
+    /// The view the entries were computed from (its address; the Arc is held so it stays unique).
+    view: Option<Arc<View>>,
+    entries: HashMap<(PolicyId, ServiceId, SocketAddr), (Instant, proxy::Routes)>,
+}
+
+struct AgentProxy {
+    agent: Agent,
+    cache: Mutex<RouteCache>,
+}
+
+impl AgentProxy {
+    fn routes(&self, view: &Arc<View>, service: ServiceId, original: SocketAddr) -> Option<proxy::Routes> {
+        let policy = view.desired.service(service)?.policy;
+        let key = (policy, service, original);
+        let now = Instant::now();
+        {
+            let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if !c.view.as_ref().is_some_and(|v| Arc::ptr_eq(v, view)) {
+                c.view = Some(view.clone());
+                c.entries.clear();
+            }
+            if let Some((at, r)) = c.entries.get(&key)
+                && now.duration_since(*at) < ROUTES_TTL
+            {
+                return Some(r.clone());
+            }
         }
-        m.insert(k, v);
+        let routes = routes_for(&self.agent, view, service, original)?;
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if c.entries.len() >= MAX_CACHED_ROUTES {
+            c.entries.clear();
+        }
+        c.entries.insert(key, (now, routes.clone()));
+        Some(routes)
     }
 }
 
 impl proxy::ProxyPolicy for AgentProxy {
-    fn original_dst(&self, client: SocketAddr) -> Option<SocketAddr> {
-        let (orig, service, cgroup) = self.agent.with_dataplane(|dp| dp.take_proxy_original(client))?;
-        bounded_insert(&self.by_client, client, (service, cgroup));
-        bounded_insert(&self.by_original, orig, service);
-        Some(orig)
-    }
-
-    fn route(&self, original: SocketAddr) -> Option<proxy::Route> {
-        let service_id = *self.by_original.lock().ok()?.get(&original)?;
-        let v = self.agent.view();
-        let (pv, se) = v.service_entry(service_id)?;
-        let port = se.ports.iter().find(|p| p.number == original.port())?;
-        let labels = proxy_labels(&v.desired, service_id);
-        let host = se.hosts.iter().find(|h| !h.is_wildcard()).map(|h| h.to_string());
-        let registry = v.registry(pv);
-        match policy::tls_for(registry, se, port.number) {
-            Some((dr, tls)) if tls.mode == TlsMode::Simple && !port.protocol.is_tls() => {
-                Some(proxy::Route::Originate {
-                    service: labels,
-                    host: host.unwrap_or_else(|| original.ip().to_string()),
-                    upstream_port: port.target_port.unwrap_or(port.number),
-                    tls: proxy::TlsOrigination {
-                        sni: tls.sni.clone(),
-                        ca_certificates: tls.ca_certificates.clone(),
-                        insecure_skip_verify: tls.insecure_skip_verify,
-                        subject_alt_names: tls.subject_alt_names.clone(),
-                    },
-                    connect_timeout: dr.connect_timeout.unwrap_or(Duration::from_secs(10)),
-                })
-            }
-            _ => {
-                // SNI check: every host of this policy's registry that declares this port as TLS.
-                let allowed = v
-                    .desired
-                    .services
-                    .iter()
-                    .filter(|i| i.policy == pv.id)
-                    .filter_map(|i| Some((i.id, registry.services.get(i.se_index?)?)))
-                    .filter(|(_, s)| s.ports.iter().any(|p| p.number == port.number && p.protocol.is_tls()))
-                    .flat_map(|(id, s)| {
-                        let labels = proxy_labels(&v.desired, id);
-                        s.hosts.iter().map(move |h| (h.to_string(), labels.clone()))
-                    })
-                    .collect();
-                Some(proxy::Route::SniCheck { port: port.number, allowed })
-            }
-        }
-    }
-
-    fn workload(&self, client: SocketAddr) -> String {
-        let cg = self.by_client.lock().ok().and_then(|m| m.get(&client).map(|(_, c)| *c)).unwrap_or(0);
-        self.agent.workload(cg)
+    fn accept(&self, client: SocketAddr) -> Option<proxy::Accepted> {
+        let (original, service, cgroup) = kernel_filing(&self.agent, client)?;
+        let view = self.agent.view();
+        let routes = self.routes(&view, service, original)?;
+        Some(proxy::Accepted { original, workload: self.agent.workload(cgroup).into(), routes })
     }
 
     fn event(&self, e: proxy::ProxyEvent) {
-        let workload = self.workload(e.client);
-        self.agent.hub().publish_proxy(&e, &workload);
+        let j = self.agent.hub().publish_proxy(&e);
+        let cfg = &self.agent.inner.config;
+        if cfg.quiet {
+            return;
+        }
+        match cfg.event_format {
+            ReportFormat::Text => events::print_line(&j.line),
+            ReportFormat::Json => {
+                if let Ok(s) = serde_json::to_string(&j) {
+                    eprintln!("{s}");
+                }
+            }
+        }
     }
 }
 
 fn proxy_labels(desired: &policy::Desired, id: ServiceId) -> proxy::ServiceLabels {
     let (a, b, c) = service_labels(desired, id);
     proxy::ServiceLabels { destination_service: a, destination_service_name: b, destination_service_namespace: c }
+}
+
+/// The namespace of a workload policy, when its name says (Kubernetes: `namespace/pod`).
+fn workload_namespace(policy_name: &str) -> Option<&str> {
+    policy_name.split_once('/').map(|(ns, _)| ns).filter(|ns| !ns.is_empty())
+}
+
+/// THE DestinationRule of a ServiceEntry for a client, with Istio's precedence: a rule in the
+/// client's namespace, else in the service's namespace, else in the root namespace; within
+/// one namespace the first one listed. Visibility (`exportTo`) was applied when the policy's
+/// registry was built (Kubernetes); without a client namespace (registry files) a rule in any
+/// other namespace applies last. Host matching: `Registry::destination_rule_for`'s (exact host,
+/// case-insensitive) — to move to the one host matcher with it.
+pub(crate) fn destination_rule<'a>(
+    registry: &'a Registry,
+    se: &ServiceEntry,
+    client_ns: Option<&str>,
+) -> Option<&'a DestinationRule> {
+    let rank = |dr: &DestinationRule| -> Option<u8> {
+        if Some(dr.namespace.as_str()) == client_ns {
+            Some(0)
+        } else if dr.namespace == se.namespace {
+            Some(1)
+        } else if dr.namespace == ROOT_NAMESPACE {
+            Some(2)
+        } else if client_ns.is_none() {
+            Some(3)
+        } else {
+            None
+        }
+    };
+    let names_host = |dr: &DestinationRule| se.hosts.iter().any(|h| dr.host.eq_ignore_ascii_case(&h.to_string()));
+    registry
+        .destination_rules
+        .iter()
+        .filter(|dr| names_host(dr))
+        .filter_map(|dr| Some((rank(dr)?, dr)))
+        .min_by_key(|(r, _)| *r)
+        .map(|(_, dr)| dr)
+}
+
+/// Does the service answer on `ip`, as far as the agent knows? Its static addresses, endpoint
+/// and IP hosts, its hosts' resolved addresses, names learned from DNS answers for it; and,
+/// as Istio's ORIGINAL_DST clusters, any address for `resolution: NONE` without addresses.
+fn serves(se: &ServiceEntry, ip: IpAddr, resolved: &ResolvedIndex<'_>, learned: &HashMap<IpAddr, String>) -> bool {
+    if se.resolution == Resolution::None && se.addresses.is_empty() {
+        return true;
+    }
+    if se.addresses.iter().any(|n| n.contains(&ip)) {
+        return true;
+    }
+    let endpoint_ip = se.endpoints.iter().any(|e| match &e.address {
+        EndpointAddress::Ip(a) => *a == ip,
+        EndpointAddress::Hostname(h) => resolved.has(h, ip),
+        EndpointAddress::Unix(_) => false,
+    });
+    if endpoint_ip {
+        return true;
+    }
+    let host_ip = se.hosts.iter().any(|h| match h {
+        Host::Exact(name) => name.parse::<IpAddr>().ok() == Some(ip) || resolved.has(name, ip),
+        Host::Wildcard(_) => false,
+    });
+    host_ip || learned.get(&ip).is_some_and(|name| se.matches_host(name))
+}
+
+/// The resolver's current answers, looked up by name.
+struct ResolvedIndex<'a> {
+    table: &'a std::collections::BTreeMap<String, crate::resolver::ResolvedName>,
+}
+
+impl ResolvedIndex<'_> {
+    fn has(&self, name: &str, ip: IpAddr) -> bool {
+        self.table.get(&name.to_ascii_lowercase()).is_some_and(|r| r.addrs.contains(&ip))
+    }
+}
+
+/// Where traffic on `port` of this entry is TLS the client itself speaks: a TLS/HTTPS port, or
+/// the targetPort of one (or of a port whose DestinationRule originates TLS), steered by
+/// `--sni-check-target-ports`.
+fn tls_port_for<'a>(se: &'a ServiceEntry, port: u16, registry: &Registry, client_ns: Option<&str>) -> Option<&'a Port> {
+    se.ports.iter().find(|p| {
+        (p.number == port && p.protocol.is_tls())
+            || (p.target_port == Some(port)
+                && (p.protocol.is_tls() || originates(registry, se, p, client_ns).is_some()))
+    })
+}
+
+/// The DestinationRule and TLS settings when `p` originates TLS (SIMPLE on a non-TLS port).
+fn originates<'a>(
+    registry: &'a Registry,
+    se: &ServiceEntry,
+    p: &Port,
+    client_ns: Option<&str>,
+) -> Option<(&'a DestinationRule, &'a crate::config::TlsSettings)> {
+    if p.protocol.is_tls() || p.protocol.is_udp() {
+        return None;
+    }
+    let dr = destination_rule(registry, se, client_ns)?;
+    let tls = dr.port_tls.get(&p.number).or(dr.tls.as_ref())?;
+    (tls.mode == TlsMode::Simple).then_some((dr, tls))
+}
+
+/// The routes for connections of `service`'s policy to `original`.
+fn routes_for(agent: &Agent, view: &View, service: ServiceId, original: SocketAddr) -> Option<proxy::Routes> {
+    let filed = view.desired.service(service)?;
+    let pv = view.policy(filed.policy)?;
+    let registry = view.registry(pv);
+    let client_ns = workload_namespace(&pv.name);
+    let (ip, port) = (original.ip(), original.port());
+    let table = agent.refresher().snapshot();
+    let resolved = ResolvedIndex { table: &table };
+    let learned = agent.learned_names();
+    // Every ServiceEntry of the policy on this address (the filed one always).
+    let candidates: Vec<(ServiceId, &ServiceEntry)> = view
+        .desired
+        .services
+        .iter()
+        .filter(|i| i.policy == pv.id)
+        .filter_map(|i| Some((i.id, registry.services.get(i.se_index?)?)))
+        .filter(|(id, se)| *id == service || serves(se, ip, &resolved, &learned))
+        .collect();
+    let fallback = match pv.mode {
+        Mode::RegistryOnly => proxy::Fallback::BlackHole,
+        Mode::AllowAny | Mode::Audit => proxy::Fallback::Passthrough,
+    };
+    let filed_se = candidates.iter().find(|(id, _)| *id == service).map(|(_, se)| *se)?;
+
+    if tls_port_for(filed_se, port, registry, client_ns).is_some() {
+        let allowed = candidates
+            .iter()
+            .filter(|(_, se)| tls_port_for(se, port, registry, client_ns).is_some())
+            .flat_map(|(id, se)| {
+                let labels = proxy_labels(&view.desired, *id);
+                se.hosts.iter().map(move |h| (h.to_string(), labels.clone()))
+            })
+            .collect();
+        return Some(proxy::Routes::Tls(Arc::new(proxy::SniRoutes { allowed, fallback })));
+    }
+
+    let filed_port = filed_se.ports.iter().find(|p| p.number == port)?;
+    let mut vhosts = Vec::new();
+    for (id, se) in &candidates {
+        let Some(p) = se.ports.iter().find(|p| p.number == port && !p.protocol.is_udp()) else { continue };
+        let mut domains: Vec<String> = se.hosts.iter().map(|h| h.to_string()).collect();
+        // The address itself names the filed service (and any that lists it as an address).
+        if *id == service || se.addresses.iter().any(|n| n.contains(&ip)) {
+            domains.push(ip.to_string());
+        }
+        let host = se.hosts.iter().find(|h| !h.is_wildcard()).map(|h| h.to_string()).unwrap_or_else(|| ip.to_string());
+        let upstream = match originates(registry, se, p, client_ns) {
+            Some((dr, tls)) => proxy::Upstream {
+                port: p.target_port.unwrap_or(p.number),
+                tls: Some(proxy::TlsOrigination {
+                    sni: tls.sni.clone(),
+                    ca_certificates: tls.ca_certificates.clone(),
+                    insecure_skip_verify: tls.insecure_skip_verify,
+                    subject_alt_names: tls.subject_alt_names.clone(),
+                }),
+                host,
+                connect_timeout: dr.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            },
+            None => proxy::Upstream {
+                port: p.number,
+                tls: None,
+                host,
+                connect_timeout: destination_rule(registry, se, client_ns)
+                    .and_then(|dr| dr.connect_timeout)
+                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            },
+        };
+        vhosts.push(proxy::VirtualHost { domains, service: proxy_labels(&view.desired, *id), upstream });
+    }
+    Some(proxy::Routes::Http(Arc::new(proxy::HttpRoutes {
+        vhosts,
+        fallback,
+        allow_connect: matches!(&filed_port.protocol, Protocol::Unknown(p) if p == "HTTP_PROXY"),
+        http2: matches!(filed_port.protocol, Protocol::Http2 | Protocol::Grpc),
+    })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reg(yaml: &str) -> Registry {
+        crate::config::load_str(yaml, std::path::Path::new("t.yaml")).expect("valid registry")
+    }
+
+    const DRS: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: svc}
+spec:
+  hosts: [api.test]
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: other, namespace: elsewhere}
+spec: {host: api.test, trafficPolicy: {tls: {mode: SIMPLE, sni: other}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: root, namespace: istio-system}
+spec: {host: api.test, trafficPolicy: {tls: {mode: SIMPLE, sni: root}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: service, namespace: svc}
+spec: {host: api.test, trafficPolicy: {tls: {mode: SIMPLE, sni: service}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: client, namespace: app}
+spec: {host: api.test, trafficPolicy: {tls: {mode: SIMPLE, sni: client}}}
+";
+
+    #[test]
+    fn destination_rules_follow_istio_precedence() {
+        let r = reg(DRS);
+        let se = &r.services[0];
+        let name = |ns| destination_rule(&r, se, ns).map(|d| d.name.as_str());
+        assert_eq!(name(Some("app")), Some("client"), "the client's namespace first");
+        assert_eq!(name(Some("other-app")), Some("service"), "then the service's");
+        assert_eq!(name(None), Some("service"));
+        let mut r2 = r.clone();
+        r2.destination_rules.retain(|d| d.name != "service" && d.name != "client");
+        let se = &r2.services[0];
+        assert_eq!(destination_rule(&r2, se, Some("x")).map(|d| d.name.as_str()), Some("root"), "then the root's");
+        r2.destination_rules.retain(|d| d.name != "root");
+        assert_eq!(destination_rule(&r2, se, Some("x")), None, "another namespace's rule does not apply to a client");
+        assert_eq!(destination_rule(&r2, se, None).map(|d| d.name.as_str()), Some("other"), "registry files: it does");
+    }
+
+    #[test]
+    fn workload_namespaces_come_from_kubernetes_names() {
+        assert_eq!(workload_namespace("shop/web-1"), Some("shop"));
+        assert_eq!(workload_namespace("nginx"), None);
+    }
 }

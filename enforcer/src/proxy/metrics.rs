@@ -11,6 +11,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use std::sync::Mutex;
+
 use super::ServiceLabels;
 use crate::metrics::{Destination, RequestLabels, Source};
 
@@ -52,6 +54,11 @@ impl IstioHttpLabels {
 pub type SourceFn = dyn Fn(&str) -> Source + Send + Sync;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RefusalLabels {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct SniLabels {
     pub destination_service: String,
     pub decision: String,
@@ -76,6 +83,7 @@ pub struct ProxyMetrics {
     pub(crate) sni: Family<SniLabels, Counter>,
     /// Set once by the agent; without it a workload is known by its name only.
     source: Arc<OnceLock<Box<SourceFn>>>,
+    pub(crate) refusals: Family<RefusalLabels, Counter>,
 }
 
 impl Default for ProxyMetrics {
@@ -93,6 +101,7 @@ impl ProxyMetrics {
             response_bytes: Family::new_with_constructor(size_histogram as fn() -> Histogram),
             sni: Family::default(),
             source: Arc::default(),
+            refusals: Family::default(),
         }
     }
 
@@ -113,24 +122,17 @@ impl ProxyMetrics {
         );
         reg.register("istio_request_bytes", "Request body sizes (bytes)", self.request_bytes.clone());
         reg.register("istio_response_bytes", "Response body sizes (bytes)", self.response_bytes.clone());
-        reg.sub_registry_with_prefix("enforcer").register(
-            "sni_decisions",
-            "TLS connections checked by SNI, by decision",
-            self.sni.clone(),
+        let enforcer = reg.sub_registry_with_prefix("enforcer");
+        enforcer.register("sni_decisions", "TLS connections checked by SNI, by decision", self.sni.clone());
+        enforcer.register(
+            "proxy_refusals",
+            "Connections and requests the L7 proxy refused, by reason (each also an event)",
+            self.refusals.clone(),
         );
     }
 
-    /// One finished request.
-    pub(crate) fn record(&self, labels: &IstioHttpLabels, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
-        let source = match self.source.get() {
-            Some(f) => f(&labels.workload),
-            None => Source::named(&labels.workload, None),
-        };
-        let labels = labels.full(&source);
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(duration_ms);
-        self.request_bytes.get_or_create(&labels).observe(req_bytes as f64);
-        self.response_bytes.get_or_create(&labels).observe(resp_bytes as f64);
+    pub(crate) fn refusal(&self, reason: &str) {
+        self.refusals.get_or_create(&RefusalLabels { reason: reason.into() }).inc();
     }
 
     pub(crate) fn sni_decision(&self, destination_service: &str, allowed: bool) {
@@ -140,5 +142,79 @@ impl ProxyMetrics {
                 decision: if allowed { "allowed" } else { "denied" }.into(),
             })
             .inc();
+    }
+}
+
+/// The metric handles of one label set, taken from the families once (clones share the series).
+struct Handles {
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Histogram,
+    response_bytes: Histogram,
+}
+
+/// (service Arc address, response code, flags) -> handles.
+type SeriesEntry = (usize, u16, &'static str, Arc<Handles>);
+
+/// One connection's series, by (service, response code, flags): the label set is built and
+/// hashed into the families once per connection and series, not once per request.
+pub(crate) struct SeriesCache {
+    metrics: ProxyMetrics,
+    workload: Arc<str>,
+    entries: Mutex<Vec<SeriesEntry>>,
+}
+
+impl SeriesCache {
+    pub(crate) fn new(metrics: ProxyMetrics, workload: Arc<str>) -> Arc<Self> {
+        Arc::new(Self { metrics, workload, entries: Mutex::default() })
+    }
+
+    fn handles(&self, service: &Arc<ServiceLabels>, code: u16, flags: &'static str) -> Arc<Handles> {
+        let key = Arc::as_ptr(service) as usize;
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, _, h)) = entries.iter().find(|(k, c, f, _)| *k == key && *c == code && *f == flags) {
+            return h.clone();
+        }
+        let labels = IstioHttpLabels::new(&self.workload, service, code, flags);
+        let m = &self.metrics;
+        let source = match m.source.get() {
+            Some(f) => f(&labels.workload),
+            None => Source::named(&labels.workload, None),
+        };
+        let labels = labels.full(&source);
+        let h = Arc::new(Handles {
+            requests: m.requests.get_or_create(&labels).clone(),
+            duration: m.duration.get_or_create(&labels).clone(),
+            request_bytes: m.request_bytes.get_or_create(&labels).clone(),
+            response_bytes: m.response_bytes.get_or_create(&labels).clone(),
+        });
+        // Bounded: a connection sees few codes; a pathological one resets its cache.
+        if entries.len() >= 64 {
+            entries.clear();
+        }
+        entries.push((key, code, flags, h.clone()));
+        h
+    }
+}
+
+/// Where one request is recorded once its response ends (the flags are known only then). The
+/// service Arc is kept alive with it, so its address identifies it in the cache.
+pub(crate) struct RequestSeries {
+    cache: Arc<SeriesCache>,
+    service: Arc<ServiceLabels>,
+    code: u16,
+}
+
+impl RequestSeries {
+    pub(crate) fn new(cache: &Arc<SeriesCache>, service: &Arc<ServiceLabels>, code: u16) -> Self {
+        Self { cache: cache.clone(), service: service.clone(), code }
+    }
+
+    pub(crate) fn record(&self, flags: &'static str, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
+        let h = self.cache.handles(&self.service, self.code, flags);
+        h.requests.inc();
+        h.duration.observe(duration_ms);
+        h.request_bytes.observe(req_bytes as f64);
+        h.response_bytes.observe(resp_bytes as f64);
     }
 }

@@ -3,7 +3,7 @@
 //! spliced to the original destination (the buffered ClientHello replayed first). Nothing is
 //! decrypted.
 
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use rustls::server::Acceptor;
 use tokio::{
@@ -12,7 +12,7 @@ use tokio::{
 };
 use tracing::{debug, warn};
 
-use super::{ProxyEvent, ProxyEventKind, ServiceLabels, Shared, net};
+use super::{ConnInfo, Fallback, ProxyEventKind, ServiceLabels, Shared, SniRoutes, net};
 
 /// The most ClientHello bytes buffered before giving up.
 const MAX_HELLO: usize = 16 * 1024;
@@ -45,17 +45,7 @@ pub fn sni_matches(pattern: &str, sni: &str) -> bool {
 
 /// The service an SNI belongs to: an exact host first, else the longest wildcard.
 fn lookup<'a>(allowed: &'a [(String, ServiceLabels)], sni: &str) -> Option<&'a ServiceLabels> {
-    let sni = sni.trim_end_matches('.');
-    if let Some((_, s)) =
-        allowed.iter().find(|(p, _)| !p.starts_with('*') && p.trim_end_matches('.').eq_ignore_ascii_case(sni))
-    {
-        return Some(s);
-    }
-    allowed
-        .iter()
-        .filter(|(p, _)| p.starts_with("*.") && sni_matches(p, sni))
-        .max_by_key(|(p, _)| p.len())
-        .map(|(_, s)| s)
+    super::route::best_match(allowed.iter().map(|(p, s)| (p.as_str(), s)), sni)
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,16 +97,9 @@ async fn read_client_hello(stream: &mut TcpStream) -> Result<(Vec<u8>, Option<St
     tokio::time::timeout(HELLO_TIMEOUT, read).await.unwrap_or(Err(HelloError::Timeout))
 }
 
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    original: SocketAddr,
-    allowed: Vec<(String, ServiceLabels)>,
-) {
-    let event = |kind: ProxyEventKind, detail: String| {
-        shared.policy.event(ProxyEvent { client: peer, original, kind, detail });
-    };
+pub(crate) async fn serve(shared: Arc<Shared>, mut stream: TcpStream, conn: ConnInfo, routes: Arc<SniRoutes>) {
+    let (peer, original) = (conn.client, conn.original);
+    let event = |kind: ProxyEventKind, detail: String| shared.event(&conn, kind, detail);
     let (hello, sni) = match read_client_hello(&mut stream).await {
         Ok(h) => h,
         Err(e) => {
@@ -127,21 +110,25 @@ pub(crate) async fn serve(
             return;
         }
     };
-    let service = sni.as_deref().and_then(|s| lookup(&allowed, s));
-    let Some(service) = service else {
-        warn!(%peer, %original, sni = ?sni, "proxy: SNI not in the registry for this address and port; closing");
-        shared.metrics.sni_decision("BlackHoleCluster", false);
-        let detail = match &sni {
-            Some(s) => format!("SNI {s} is not allowed on {original}"),
-            None => format!("no SNI in the ClientHello to {original}"),
-        };
-        event(ProxyEventKind::SniDenied { sni }, detail);
-        let _ = stream.write_all(&ALERT_UNRECOGNIZED_NAME).await;
-        let _ = stream.shutdown().await;
-        return;
+    let service = match sni.as_deref().and_then(|s| lookup(&routes.allowed, s)) {
+        Some(s) => s.destination_service.clone(),
+        // ALLOW_ANY: a name the registry does not list passes, as Istio's PassthroughCluster.
+        None if routes.fallback == Fallback::Passthrough => "PassthroughCluster".to_owned(),
+        None => {
+            debug!(%peer, %original, sni = ?sni, "proxy: SNI not in the registry for this address and port; closing");
+            shared.metrics.sni_decision("BlackHoleCluster", false);
+            let detail = match &sni {
+                Some(s) => format!("SNI {s} is not allowed on {original}"),
+                None => format!("no SNI in the ClientHello to {original}"),
+            };
+            event(ProxyEventKind::SniDenied { sni }, detail);
+            let _ = stream.write_all(&ALERT_UNRECOGNIZED_NAME).await;
+            let _ = stream.shutdown().await;
+            return;
+        }
     };
-    shared.metrics.sni_decision(&service.destination_service, true);
-    debug!(%peer, %original, sni = ?sni, service = %service.destination_service, "proxy: SNI allowed");
+    shared.metrics.sni_decision(&service, true);
+    debug!(%peer, %original, sni = ?sni, %service, "proxy: SNI allowed");
 
     let mut upstream = match tokio::time::timeout(CONNECT_TIMEOUT, net::connect(original, shared.mark)).await {
         Ok(Ok(s)) => s,

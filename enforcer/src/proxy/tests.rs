@@ -14,8 +14,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use ::http::{Method, Request, Response, StatusCode, header};
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, header};
 use http_body::{Body, Frame};
 use http_body_util::{BodyExt as _, Empty, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, service::service_fn};
@@ -111,8 +111,16 @@ where
 /// connection served it (x-conn) and the Host it saw (x-seen-host).
 async fn upstream_handler(conn: usize, req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_owned();
-    let host = req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    // HTTP/1: Host; HTTP/2: :authority.
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or(req.uri().authority().map(|a| a.as_str()))
+        .unwrap_or("")
+        .to_owned();
     let hop = req.headers().contains_key("x-hop");
+    let version = format!("{:?}", req.version());
     let mut resp = if let Some(code) = path.strip_prefix("/status/") {
         let code: u16 = code.parse().unwrap();
         let mut r = Response::new(boxed(Full::new(Bytes::from(format!("status {code}")))));
@@ -130,27 +138,109 @@ async fn upstream_handler(conn: usize, req: Request<Incoming>) -> Result<Respons
     resp.headers_mut().insert("x-conn", conn.into());
     resp.headers_mut().insert("x-seen-host", host.parse().unwrap());
     resp.headers_mut().insert("x-saw-hop", if hop { "yes" } else { "no" }.parse().unwrap());
+    resp.headers_mut().insert("x-version", version.parse().unwrap());
     Ok(resp)
 }
 
-struct Upstream {
+struct TestUpstream {
     addr: SocketAddr,
     /// TCP connections accepted.
     accepts: Arc<AtomicUsize>,
 }
 
 fn server_config(pki: &Pki) -> Arc<ServerConfig> {
+    server_config_alpn(pki, &[b"http/1.1"])
+}
+
+fn server_config_alpn(pki: &Pki, alpn: &[&[u8]]) -> Arc<ServerConfig> {
     let mut cfg = ServerConfig::builder_with_provider(tls::provider())
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
         .with_single_cert(vec![pki.cert.clone()], PrivateKeyDer::Pkcs8(pki.key.clone_key()))
         .unwrap();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Arc::new(cfg)
 }
 
-async fn start_upstream(pki: &Pki) -> Upstream {
+/// A TLS upstream that offers h2 and http/1.1 (ALPN) and serves both.
+async fn start_h2_upstream(pki: &Pki) -> TestUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let acceptor = TlsAcceptor::from(server_config_alpn(pki, &[b"h2", b"http/1.1"]));
+    let counter = accepts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let conn = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else { return };
+                let svc = service_fn(move |req| upstream_handler(conn, req));
+                let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    TestUpstream { addr, accepts }
+}
+
+/// A plain HTTP/1.1 upstream (h2c too when `h2c`) whose `/upgrade` answers 101 and then echoes
+/// every byte back on the upgraded connection.
+async fn start_plain_upstream(h2c: bool) -> TestUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepts = Arc::new(AtomicUsize::new(0));
+    let counter = accepts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else { return };
+            let conn = counter.fetch_add(1, Ordering::SeqCst) + 1;
+            tokio::spawn(async move {
+                let svc = service_fn(move |mut req: Request<Incoming>| async move {
+                    if req.uri().path() != "/upgrade" {
+                        return upstream_handler(conn, req).await;
+                    }
+                    let proto = req.headers().get(header::UPGRADE).cloned();
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(up) = on.await {
+                            let mut io = TokioIo::new(up);
+                            let mut buf = [0u8; 1024];
+                            while let Ok(n) = io.read(&mut buf).await {
+                                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    });
+                    let mut r = Response::new(boxed(Empty::new()));
+                    *r.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    r.headers_mut().insert(header::CONNECTION, "upgrade".parse().unwrap());
+                    if let Some(p) = proto {
+                        r.headers_mut().insert(header::UPGRADE, p);
+                    }
+                    Ok(r)
+                });
+                if h2c {
+                    let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tcp), svc)
+                        .await;
+                } else {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), svc)
+                        .with_upgrades()
+                        .await;
+                }
+            });
+        }
+    });
+    TestUpstream { addr, accepts }
+}
+
+async fn start_upstream(pki: &Pki) -> TestUpstream {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepts = Arc::new(AtomicUsize::new(0));
@@ -168,7 +258,7 @@ async fn start_upstream(pki: &Pki) -> Upstream {
             });
         }
     });
-    Upstream { addr, accepts }
+    TestUpstream { addr, accepts }
 }
 
 /// Accepts TCP connections and never says anything: TLS handshakes to it hang.
@@ -192,19 +282,13 @@ async fn closed_port() -> SocketAddr {
 
 struct TestPolicy {
     original: Option<SocketAddr>,
-    route: Option<Route>,
+    routes: Option<Routes>,
     events: Mutex<Vec<ProxyEvent>>,
 }
 
 impl ProxyPolicy for TestPolicy {
-    fn original_dst(&self, _client: SocketAddr) -> Option<SocketAddr> {
-        self.original
-    }
-    fn route(&self, original: SocketAddr) -> Option<Route> {
-        (Some(original) == self.original).then(|| self.route.clone()).flatten()
-    }
-    fn workload(&self, _client: SocketAddr) -> String {
-        "test-app".into()
+    fn accept(&self, _client: SocketAddr) -> Option<Accepted> {
+        Some(Accepted { original: self.original?, workload: "test-app".into(), routes: self.routes.clone()? })
     }
     fn event(&self, e: ProxyEvent) {
         self.events.lock().unwrap().push(e);
@@ -225,8 +309,20 @@ fn svc(host: &str) -> ServiceLabels {
     }
 }
 
-fn originate(upstream_port: u16, tls: TlsOrigination, connect_timeout: Duration) -> Route {
-    Route::Originate { service: svc("api.test"), host: "api.test".into(), upstream_port, tls, connect_timeout }
+fn vhost(host: &str, port: u16, tls: Option<TlsOrigination>, connect_timeout: Duration) -> VirtualHost {
+    VirtualHost {
+        domains: vec![host.into(), "127.0.0.1".into()],
+        service: svc(host),
+        upstream: Upstream { port, tls, host: host.into(), connect_timeout },
+    }
+}
+
+fn http_routes(vhosts: Vec<VirtualHost>, fallback: Fallback) -> Routes {
+    Routes::Http(Arc::new(HttpRoutes { vhosts, fallback, allow_connect: false, http2: false }))
+}
+
+fn originate(upstream_port: u16, tls: TlsOrigination, connect_timeout: Duration) -> Routes {
+    http_routes(vec![vhost("api.test", upstream_port, Some(tls), connect_timeout)], Fallback::BlackHole)
 }
 
 fn with_ca(pki: &Pki) -> TlsOrigination {
@@ -242,10 +338,10 @@ struct Running {
 
 /// Starts a proxy whose every client came for `original`, routed by `route`. For Originate the
 /// original's port is arbitrary (80): the upstream is original.ip():upstream_port.
-async fn start_proxy(original: Option<SocketAddr>, route: Option<Route>) -> Running {
+async fn start_proxy(original: Option<SocketAddr>, routes: Option<Routes>) -> Running {
     init_tracing();
-    let policy = Arc::new(TestPolicy { original, route, events: Mutex::default() });
-    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: Some(0x4e) };
+    let policy = Arc::new(TestPolicy { original, routes, events: Mutex::default() });
+    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: Some(0x4e), threads: 1 };
     let proxy = Proxy::bind(cfg, policy.clone()).await.unwrap();
     let addr = proxy.local_addr();
     let metrics = proxy.metrics();
@@ -271,7 +367,7 @@ async fn http_conn(addr: SocketAddr) -> Sender {
 
 struct Got {
     status: StatusCode,
-    headers: http::HeaderMap,
+    headers: ::http::HeaderMap,
     len: u64,
     body: Vec<u8>,
 }
@@ -605,11 +701,11 @@ fn client_tls(pki: &Pki) -> TlsConnector {
     TlsConnector::from(Arc::new(cfg))
 }
 
-fn sni_route(port: u16) -> Route {
-    Route::SniCheck {
-        port,
+fn sni_route(_port: u16) -> Routes {
+    Routes::Tls(Arc::new(SniRoutes {
         allowed: vec![("api.test".into(), svc("api.test")), ("*.wild.test".into(), svc("*.wild.test"))],
-    }
+        fallback: Fallback::BlackHole,
+    }))
 }
 
 #[tokio::test]
@@ -686,6 +782,230 @@ async fn mismatched_protocols_are_refused() {
     assert_eq!(up.accepts.load(Ordering::SeqCst), 0);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Routing by Host
+
+#[tokio::test]
+async fn requests_are_routed_by_host_each_with_its_own_tls() {
+    // Two services on one address, each with its own certificate, CA and upstream port.
+    let (pa, pb) = (pki(&["a.test"]), pki(&["b.test"]));
+    let (ua, ub) = (start_upstream(&pa).await, start_upstream(&pb).await);
+    let routes = http_routes(
+        vec![
+            vhost("a.test", ua.addr.port(), Some(with_ca(&pa)), Duration::from_secs(5)),
+            VirtualHost {
+                domains: vec!["*.b.test".into(), "b.test".into()],
+                ..vhost("b.test", ub.addr.port(), Some(with_ca(&pb)), Duration::from_secs(5))
+            },
+        ],
+        Fallback::BlackHole,
+    );
+    let p = start_proxy(Some(port80()), Some(routes)).await;
+    let mut s = http_conn(p.addr).await;
+    // Upstream connections are pooled per service and Host (the HTTP/2 :authority).
+    for (host, upstream, n) in [("a.test", &ua, 1), ("B.test:80", &ub, 1), ("x.b.test", &ub, 2), ("a.test", &ua, 1)] {
+        let req = Request::builder().uri("/status/200").header(header::HOST, host).body(boxed(Empty::new())).unwrap();
+        s.ready().await.unwrap();
+        let resp = s.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{host}");
+        assert_eq!(resp.headers()["x-seen-host"], host, "{host}");
+        let _ = resp.into_body().collect().await;
+        assert_eq!(upstream.accepts.load(Ordering::SeqCst), n, "{host} went to its own upstream");
+    }
+    // A Host the address does not list: Istio's REGISTRY_ONLY catch-all answers 502.
+    let req = Request::builder().uri("/").header(header::HOST, "other.test").body(boxed(Empty::new())).unwrap();
+    s.ready().await.unwrap();
+    let resp = s.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("other.test"), "{body:?}");
+    let events = p.policy.events();
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].kind, ProxyEventKind::HostDenied { host: Some("other.test".into()) });
+    let line = "istio_requests_total{reporter=\"source\",source_workload=\"test-app\",destination_service=\"BlackHoleCluster\",destination_service_name=\"BlackHoleCluster\",destination_service_namespace=\"\",request_protocol=\"http\",response_code=\"502\",response_flags=\"NR\",connection_security_policy=\"unknown\"} 1";
+    let text = wait_metric(&p.metrics, line).await;
+    assert!(text.contains(line), "{text}");
+    assert!(text.contains("enforcer_proxy_refusals_total{reason=\"host_not_in_registry\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn allow_any_passes_other_hosts_through_unchanged() {
+    let plain = start_plain_upstream(false).await;
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    // The original destination is the plain server: passthrough goes there, as sent.
+    let routes = http_routes(
+        vec![vhost("api.test", up.addr.port(), Some(with_ca(&pki)), Duration::from_secs(5))],
+        Fallback::Passthrough,
+    );
+    let p = start_proxy(Some(plain.addr), Some(routes)).await;
+    let mut s = http_conn(p.addr).await;
+    let req =
+        Request::builder().uri("/status/201").header(header::HOST, "unlisted.test").body(boxed(Empty::new())).unwrap();
+    s.ready().await.unwrap();
+    let resp = s.send_request(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(resp.headers()["x-seen-host"], "unlisted.test");
+    assert_eq!(plain.accepts.load(Ordering::SeqCst), 1);
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 0);
+    let line = "destination_service=\"PassthroughCluster\",destination_service_name=\"PassthroughCluster\",destination_service_namespace=\"\",request_protocol=\"http\",response_code=\"201\",response_flags=\"-\"";
+    let text = wait_metric(&p.metrics, line).await;
+    assert!(text.contains(line), "{text}");
+    assert!(p.policy.events().is_empty());
+}
+
+#[tokio::test]
+async fn connect_is_refused_with_405_unless_declared() {
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(b"CONNECT evil.test:443 HTTP/1.1\r\nHost: evil.test:443\r\n\r\n").await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut out)).await.unwrap().unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 405"), "{out}");
+    assert!(out.contains("HTTP_PROXY"), "{out}");
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 0, "nothing went upstream");
+    let events = p.policy.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, ProxyEventKind::ConnectRefused);
+    assert_eq!(events[0].detail, "evil.test:443");
+    let text = scrape(&p.metrics);
+    assert!(text.contains("enforcer_proxy_refusals_total{reason=\"connect_not_allowed\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn connect_is_tunnelled_on_an_http_proxy_port() {
+    // The "upstream proxy" answers CONNECT with 200 and then echoes (its /upgrade handler is
+    // reached for any CONNECT since the path is empty: use a dedicated echo behind 200).
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else { return };
+        let svc = service_fn(|mut req: Request<Incoming>| async move {
+            assert_eq!(req.method(), Method::CONNECT);
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(up) = on.await {
+                    let mut io = TokioIo::new(up);
+                    let mut buf = [0u8; 64];
+                    if let Ok(n) = io.read(&mut buf).await {
+                        let _ = io.write_all(&buf[..n]).await;
+                    }
+                }
+            });
+            Ok::<_, Infallible>(Response::new(boxed(Empty::new())))
+        });
+        let _ =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), svc).with_upgrades().await;
+    });
+    let routes = Routes::Http(Arc::new(HttpRoutes {
+        vhosts: vec![vhost("proxy.test", addr.port(), None, Duration::from_secs(5))],
+        fallback: Fallback::BlackHole,
+        allow_connect: true,
+        http2: false,
+    }));
+    let p = start_proxy(Some(addr), Some(routes)).await;
+    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(b"CONNECT far.test:443 HTTP/1.1\r\nHost: far.test:443\r\n\r\n").await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    tcp.write_all(b"ping").await.unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf[..n], b"ping");
+}
+
+#[tokio::test]
+async fn upgrades_are_tunnelled_both_ways() {
+    let up = start_plain_upstream(false).await;
+    let routes = http_routes(vec![vhost("ws.test", up.addr.port(), None, Duration::from_secs(5))], Fallback::BlackHole);
+    let p = start_proxy(Some(up.addr), Some(routes)).await;
+    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(
+        b"GET /upgrade HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf)).await.unwrap().unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in [&b"hello"[..], &[0x81, 0x05, 1, 2, 3, 4, 5][..]] {
+        tcp.write_all(msg).await.unwrap();
+        let mut got = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(got, msg);
+    }
+    let line = "response_code=\"101\"";
+    let text = wait_metric(&p.metrics, line).await;
+    assert!(text.contains(line), "{text}");
+}
+
+#[tokio::test]
+async fn h2c_from_the_app_goes_out_as_http2_when_the_upstream_offers_it() {
+    let pki = pki(&["api.test"]);
+    let up = start_h2_upstream(&pki).await;
+    let routes = Routes::Http(Arc::new(HttpRoutes {
+        vhosts: vec![vhost("api.test", up.addr.port(), Some(with_ca(&pki)), Duration::from_secs(5))],
+        fallback: Fallback::BlackHole,
+        allow_connect: false,
+        http2: true,
+    }));
+    let p = start_proxy(Some(port80()), Some(routes)).await;
+    // h2c with prior knowledge to the proxy.
+    let tcp = TcpStream::connect(p.addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    for _ in 0..3 {
+        let req = Request::builder().uri("http://api.test/status/200").body(boxed(Empty::new())).unwrap();
+        let resp = h2.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert_eq!(resp.version(), ::http::Version::HTTP_2);
+        assert_eq!(resp.headers()["x-version"], "HTTP/2.0", "ALPN h2 to the upstream");
+        assert_eq!(resp.headers()["x-seen-host"], "api.test");
+    }
+    // HTTP/1.1 on the same port still works (and also goes out over h2).
+    let got = get(p.addr, "/status/204").await;
+    assert_eq!(got.status.as_u16(), 204);
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 1, "one multiplexed upstream connection");
+}
+
+#[tokio::test]
+async fn h2c_on_an_http1_port_gets_a_clear_status() {
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    let tcp = TcpStream::connect(p.addr).await.unwrap();
+    let (mut h2, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tcp)).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::builder().uri("http://api.test/status/200").body(boxed(Empty::new())).unwrap();
+    let resp = h2.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::HTTP_VERSION_NOT_SUPPORTED);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(String::from_utf8_lossy(&body).contains("not declared HTTP2 or GRPC"), "{body:?}");
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn plaintext_on_a_tls_port_is_an_event_and_a_counter() {
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(up.addr), Some(sni_route(up.addr.port()))).await;
+    assert_eq!(get(p.addr, "/").await.status, StatusCode::BAD_REQUEST);
+    let events = p.policy.events();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].kind, ProxyEventKind::PlaintextOnTlsPort);
+    let text = scrape(&p.metrics);
+    assert!(text.contains("enforcer_proxy_refusals_total{reason=\"plaintext_on_tls_port\"} 1"), "{text}");
+}
+
 #[test]
 fn wildcards_match_on_label_boundaries() {
     assert!(sni_matches("api.example.com", "API.example.com"));
@@ -709,10 +1029,10 @@ async fn shutdown_closes_idle_connections_and_returns() {
     let up = start_upstream(&pki).await;
     let policy = Arc::new(TestPolicy {
         original: Some(port80()),
-        route: Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5))),
+        routes: Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5))),
         events: Mutex::default(),
     });
-    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: None };
+    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: None, threads: 1 };
     let proxy = Proxy::bind(cfg, policy).await.unwrap();
     let addr = proxy.local_addr();
     let (tx, rx) = oneshot::channel::<()>();

@@ -60,7 +60,7 @@ fn load_ca_file(path: &Path) -> Result<Arc<RootCertStore>, String> {
 
 /// A client config for one TlsOrigination. Err: the configuration itself is unusable (e.g. the
 /// CA file is missing); the text is meant for the 503 body and the log.
-pub(crate) fn client_config(tls: &TlsOrigination) -> Result<Arc<ClientConfig>, String> {
+pub(crate) fn client_config(tls: &TlsOrigination, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, String> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = if tls.insecure_skip_verify {
         Arc::new(InsecureVerifier { algs: provider.signature_verification_algorithms })
@@ -95,7 +95,7 @@ pub(crate) fn client_config(tls: &TlsOrigination) -> Result<Arc<ClientConfig>, S
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(cfg))
 }
 

@@ -1,0 +1,588 @@
+//! Plain HTTP in: hyper's server on the redirected connection (HTTP/1.1; also h2c on ports
+//! declared HTTP2/GRPC), every request routed by its Host ([`HttpRoutes::select`]) to its
+//! service's upstream through hyper-util's pooled client ([`super::upstream`]), or to the
+//! fallback. Bodies stream both ways; byte counts and durations are recorded when the response
+//! body ends. `Upgrade` (WebSocket, ...) and allowed CONNECT requests become a tunnel once the
+//! upstream agrees (101 / 2xx): both sides' upgraded connections are spliced.
+
+use std::{
+    convert::Infallible,
+    error::Error as StdError,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
+use hyper::{body::Incoming, server::conn::http1, service::service_fn, upgrade::OnUpgrade};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::{net::TcpStream, sync::watch};
+use tracing::{debug, warn};
+
+use super::{
+    ConnInfo, Fallback, HttpRoutes, ProxyEventKind, ServiceLabels, Shared, Upstream,
+    metrics::{RequestSeries, SeriesCache},
+    route::normalize_host,
+    tls,
+    upstream::{ConnectError, Proto, UpClient},
+};
+
+const RESET_BEFORE_HEADERS: &str = "upstream connect error or disconnect/reset before headers. reset reason: ";
+/// Passthrough (ALLOW_ANY) connects within this.
+const PASSTHROUGH_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+type BoxError = Box<dyn StdError + Send + Sync>;
+type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+// ---------------------------------------------------------------------------------------------
+// Bodies
+
+/// The request body, counted as it streams upstream.
+pub(crate) struct CountingBody {
+    inner: Incoming,
+    count: Arc<AtomicU64>,
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.count.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// One request's metrics, recorded once when its response ends (or is abandoned).
+struct Recording {
+    series: RequestSeries,
+    start: Instant,
+    req_bytes: Arc<AtomicU64>,
+}
+
+impl Recording {
+    fn finish(self, resp_bytes: u64, flags: &'static str) {
+        let ms = self.start.elapsed().as_secs_f64() * 1000.0;
+        self.series.record(flags, ms, self.req_bytes.load(Ordering::Relaxed), resp_bytes);
+    }
+}
+
+/// The upstream's response body on its way to the client, counted; records the request at its
+/// end. Dropped before its end: the client went away (flag "DC").
+struct RecordingBody {
+    inner: Incoming,
+    bytes: u64,
+    rec: Option<Recording>,
+}
+
+impl RecordingBody {
+    fn finish(&mut self, flags: &'static str) {
+        if let Some(rec) = self.rec.take() {
+            rec.finish(self.bytes, flags);
+        }
+    }
+}
+
+impl Body for RecordingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.finish("-");
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.bytes += data.len() as u64;
+                }
+                if this.inner.is_end_stream() {
+                    this.finish("-");
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                debug!(error = %e, "proxy: upstream response body failed");
+                // Envoy: upstream connection termination after the headers.
+                this.finish("UC");
+                Poll::Ready(Some(Err(e.into())))
+            }
+        }
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for RecordingBody {
+    fn drop(&mut self) {
+        let flags = if self.inner.is_end_stream() { "-" } else { "DC" };
+        self.finish(flags);
+    }
+}
+
+fn full(body: impl Into<Bytes>) -> RespBody {
+    Full::new(body.into()).map_err(|never| match never {}).boxed_unsync()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Headers
+
+/// Does a Connection header name `token`?
+fn connection_has(headers: &HeaderMap, token: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The protocol a request asks to upgrade to (`Connection: upgrade` + `Upgrade: X`). `h2c` is
+/// not one: the upstream connection is not the client's to switch (it is dropped, as Envoy does).
+fn upgrade_requested(headers: &HeaderMap) -> bool {
+    match headers.get(header::UPGRADE).and_then(|v| v.to_str().ok()) {
+        Some(p) => !p.trim().eq_ignore_ascii_case("h2c") && connection_has(headers, "upgrade"),
+        None => false,
+    }
+}
+
+/// Headers that belong to one hop (RFC 9110 7.6.1), plus those the Connection header names.
+/// `keep_upgrade`: an upgrade is being forwarded, so `Upgrade` and `Connection: upgrade` stay.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<String> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !(s.is_empty() || (keep_upgrade && s == "upgrade")))
+            .collect();
+        for name in named {
+            headers.remove(name.as_str());
+        }
+        headers.remove(header::CONNECTION);
+    }
+    // TE: only "trailers" may cross (gRPC needs it on HTTP/2).
+    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
+        headers.remove(header::TE);
+    }
+    for name in [
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        // hyper answers 100-continue itself when the body is first read.
+        header::EXPECT,
+    ] {
+        headers.remove(name);
+    }
+    if keep_upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(header::UPGRADE);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Downstream
+
+/// A routing decision for one request.
+#[derive(Clone, Copy)]
+enum Target {
+    VHost(usize),
+    Passthrough,
+}
+
+struct ConnCtx {
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    routes: Arc<HttpRoutes>,
+    labels: Vec<Arc<ServiceLabels>>,
+    /// Upstream clients, made on first use: per virtual host (then passthrough), per [`Proto`].
+    clients: Vec<[OnceLock<Result<UpClient, String>>; 3]>,
+    passthrough: Upstream,
+    series: Arc<SeriesCache>,
+    /// The original destination's address, as a Host to match.
+    original_ip: String,
+}
+
+impl ConnCtx {
+    fn upstream(&self, t: Target) -> &Upstream {
+        match t {
+            Target::VHost(i) => &self.routes.vhosts[i].upstream,
+            Target::Passthrough => &self.passthrough,
+        }
+    }
+
+    fn labels(&self, t: Target) -> Arc<ServiceLabels> {
+        match t {
+            Target::VHost(i) => self.labels[i].clone(),
+            Target::Passthrough => ServiceLabels::passthrough(),
+        }
+    }
+
+    fn client(&self, t: Target, proto: Proto) -> &Result<UpClient, String> {
+        let i = match t {
+            Target::VHost(i) => i,
+            Target::Passthrough => self.routes.vhosts.len(),
+        };
+        let slot = match proto {
+            Proto::Auto => 0,
+            Proto::Http1 => 1,
+            Proto::H2c => 2,
+        };
+        self.clients[i][slot].get_or_init(|| {
+            let c = self.shared.pools.client(self.conn.original.ip(), self.upstream(t), proto, self.shared.mark);
+            if let Err(e) = &c {
+                warn!(client = %self.conn.client, original = %self.conn.original, error = %e,
+                    "proxy: cannot originate TLS for this destination");
+            }
+            c
+        })
+    }
+
+    fn series(&self, service: &Arc<ServiceLabels>, code: u16) -> RequestSeries {
+        RequestSeries::new(&self.series, service, code)
+    }
+
+    fn event(&self, kind: ProxyEventKind, detail: String) {
+        self.shared.event(&self.conn, kind, detail);
+    }
+
+    /// An Envoy-style local reply, recorded at once.
+    fn local_reply(
+        &self,
+        service: &Arc<ServiceLabels>,
+        start: Instant,
+        status: StatusCode,
+        flags: &'static str,
+        body: String,
+    ) -> Response<RespBody> {
+        let len = body.len() as u64;
+        Recording { series: self.series(service, status.as_u16()), start, req_bytes: Arc::default() }
+            .finish(len, flags);
+        let mut resp = Response::new(full(body));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        resp
+    }
+}
+
+/// Serves one redirected plain-HTTP connection until it closes (or shutdown is asked).
+pub(crate) async fn serve(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    conn: ConnInfo,
+    routes: Arc<HttpRoutes>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let peer = conn.client;
+    let passthrough = Upstream {
+        port: conn.original.port(),
+        tls: None,
+        host: conn.original.ip().to_string(),
+        connect_timeout: PASSTHROUGH_CONNECT_TIMEOUT,
+    };
+    let ctx = Arc::new(ConnCtx {
+        series: SeriesCache::new(shared.metrics.clone(), conn.workload.clone()),
+        original_ip: conn.original.ip().to_string(),
+        labels: routes.vhosts.iter().map(|v| Arc::new(v.service.clone())).collect(),
+        clients: (0..=routes.vhosts.len()).map(|_| Default::default()).collect(),
+        shared,
+        conn,
+        routes: routes.clone(),
+        passthrough,
+    });
+    let svc = service_fn(move |req| {
+        let ctx = ctx.clone();
+        async move { Ok::<_, Infallible>(proxy_request(ctx, req).await) }
+    });
+    // HTTP/1 and h2c (prior knowledge) are told apart by the preface; h2c is served only on
+    // ports declared HTTP2/GRPC (elsewhere its requests get 505).
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(e) = r {
+            debug!(%peer, error = %e, "proxy: client connection ended with an error");
+        },
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+/// The authority a request names: its URI's (absolute form, HTTP/2 `:authority`), else Host.
+fn request_authority(req: &Request<Incoming>) -> Option<&str> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
+        .filter(|s| !s.is_empty())
+}
+
+async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<RespBody> {
+    let start = Instant::now();
+    let is_connect = req.method() == Method::CONNECT;
+    let original_ip = &ctx.original_ip;
+    let authority = request_authority(&req).map(str::to_owned);
+
+    // Route: CONNECT only where the port is declared for it (to the address's own service);
+    // everything else by Host.
+    let target = if is_connect {
+        if !ctx.routes.allow_connect {
+            let what = authority.clone().unwrap_or_default();
+            ctx.event(ProxyEventKind::ConnectRefused, what);
+            let labels = ctx.routes.select(original_ip).map(|i| ctx.labels[i].clone());
+            let labels = labels.unwrap_or_else(ServiceLabels::blackhole);
+            let mut resp = ctx.local_reply(
+                &labels,
+                start,
+                StatusCode::METHOD_NOT_ALLOWED,
+                "-",
+                format!(
+                    "CONNECT is not allowed to {}: the port is not declared HTTP_PROXY in the registry\n",
+                    ctx.conn.original
+                ),
+            );
+            resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
+        match ctx.routes.select(original_ip) {
+            Some(i) => Target::VHost(i),
+            None => Target::Passthrough,
+        }
+    } else {
+        let host = authority.as_deref().map(normalize_host).unwrap_or_else(|| original_ip.clone());
+        match ctx.routes.select(&host) {
+            Some(i) => Target::VHost(i),
+            None if ctx.routes.fallback == Fallback::Passthrough => Target::Passthrough,
+            None => {
+                let shown = authority.clone();
+                debug!(client = %ctx.conn.client, original = %ctx.conn.original, host = ?shown,
+                    "proxy: Host not in the registry for this address; 502 (BlackHoleCluster)");
+                ctx.event(
+                    ProxyEventKind::HostDenied { host: shown.clone() },
+                    format!(
+                        "Host {} is not a registry host of {}",
+                        shown.as_deref().unwrap_or("(none)"),
+                        ctx.conn.original
+                    ),
+                );
+                // Istio's REGISTRY_ONLY catch-all virtual host (`block_all`) answers 502.
+                return ctx.local_reply(
+                    &ServiceLabels::blackhole(),
+                    start,
+                    StatusCode::BAD_GATEWAY,
+                    "NR",
+                    format!(
+                        "no route: Host {} is not in the registry for {}\n",
+                        shown.as_deref().unwrap_or("(none)"),
+                        ctx.conn.original
+                    ),
+                );
+            }
+        }
+    };
+    let labels = ctx.labels(target);
+    if req.version() == Version::HTTP_2 && !ctx.routes.http2 {
+        ctx.shared.metrics.refusal("http2_not_declared");
+        let body = format!(
+            "HTTP/2 is not accepted on port {}: its ServiceEntry port is not declared HTTP2 or GRPC (use HTTP/1.1)\n",
+            ctx.conn.original.port()
+        );
+        return ctx.local_reply(&labels, start, StatusCode::HTTP_VERSION_NOT_SUPPORTED, "-", body);
+    }
+    let upstream = ctx.upstream(target);
+    let tunnel = is_connect || upgrade_requested(req.headers());
+    let proto = if tunnel {
+        Proto::Http1
+    } else if req.version() == Version::HTTP_2 && upstream.tls.is_none() {
+        Proto::H2c
+    } else {
+        Proto::Auto
+    };
+    let client = match ctx.client(target, proto) {
+        Ok(c) => c.clone(),
+        Err(e) => {
+            let detail = format!("TLS error: {e}");
+            ctx.event(ProxyEventKind::TlsVerifyFailed, detail.clone());
+            let body = format!("{RESET_BEFORE_HEADERS}connection failure, transport failure reason: {detail}");
+            return ctx.local_reply(&labels, start, StatusCode::SERVICE_UNAVAILABLE, "UF", body);
+        }
+    };
+
+    let downstream_upgrade: Option<OnUpgrade> = tunnel.then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
+    let scheme = if upstream.tls.is_some() { "https" } else { "http" };
+    let up_addr = SocketAddr::new(ctx.conn.original.ip(), upstream.port);
+    let uri_authority = authority.clone().unwrap_or_else(|| up_addr.to_string());
+    let uri = if is_connect {
+        Uri::builder().authority(uri_authority.as_str()).build()
+    } else {
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        Uri::builder().scheme(scheme).authority(uri_authority.as_str()).path_and_query(path).build()
+    };
+    let uri = match uri {
+        Ok(u) => u,
+        Err(e) => {
+            let body = format!("bad request target: {e}\n");
+            return ctx.local_reply(&labels, start, StatusCode::BAD_REQUEST, "-", body);
+        }
+    };
+    // The Host travels as the URI's authority: hyper-util writes it as `Host` on HTTP/1.1 and
+    // as `:authority` on HTTP/2 (whichever the upstream negotiated; nginx refuses both at once).
+    if authority.is_some() {
+        parts.headers.remove(header::HOST);
+    } else if let Ok(v) = HeaderValue::from_str(&upstream.host) {
+        parts.headers.insert(header::HOST, v);
+    }
+    strip_hop_by_hop(&mut parts.headers, tunnel && !is_connect);
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.extensions = Default::default();
+    let req_bytes = Arc::new(AtomicU64::new(0));
+    let up_req = Request::from_parts(parts, CountingBody { inner: body, count: req_bytes.clone() });
+
+    match client.request(up_req).await {
+        Ok(mut resp) => {
+            let switched =
+                resp.status() == StatusCode::SWITCHING_PROTOCOLS || (is_connect && resp.status().is_success());
+            if let (Some(down), true) = (downstream_upgrade, switched) {
+                let up = hyper::upgrade::on(&mut resp);
+                spawn_tunnel(ctx.conn.clone(), down, up);
+            }
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers, switched && !is_connect);
+            let rec = Recording { series: ctx.series(&labels, parts.status.as_u16()), start, req_bytes };
+            let body = RecordingBody { inner: body, bytes: 0, rec: Some(rec) };
+            Response::from_parts(parts, body.boxed_unsync())
+        }
+        Err(e) => upstream_failure(&ctx, &labels, up_addr, start, &e),
+    }
+}
+
+/// Splices the client's upgraded connection with the upstream's, once both are handed over.
+fn spawn_tunnel(conn: ConnInfo, down: OnUpgrade, up: OnUpgrade) {
+    tokio::spawn(async move {
+        let (down, up) = match tokio::try_join!(down, up) {
+            Ok(pair) => pair,
+            Err(e) => {
+                debug!(client = %conn.client, original = %conn.original, error = %e, "proxy: upgrade failed");
+                return;
+            }
+        };
+        let (mut down, mut up) = (TokioIo::new(down), TokioIo::new(up));
+        match tokio::io::copy_bidirectional(&mut down, &mut up).await {
+            Ok((a, b)) => {
+                debug!(client = %conn.client, original = %conn.original, up = a, down = b, "proxy: tunnel closed")
+            }
+            Err(e) => debug!(client = %conn.client, original = %conn.original, error = %e, "proxy: tunnel failed"),
+        }
+    });
+}
+
+fn find_connect_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a ConnectError> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(c) = err.downcast_ref::<ConnectError>() {
+            return Some(c);
+        }
+        cur = err.source();
+    }
+    None
+}
+
+fn upstream_failure(
+    ctx: &ConnCtx,
+    labels: &Arc<ServiceLabels>,
+    upstream: SocketAddr,
+    start: Instant,
+    e: &hyper_util::client::legacy::Error,
+) -> Response<RespBody> {
+    let (kind, reason, flags) = match find_connect_error(e) {
+        Some(ConnectError::Timeout) => (Some(ProxyEventKind::UpstreamTimeout), "connection timeout".to_owned(), "UF"),
+        Some(ConnectError::Tcp(_)) | Some(ConnectError::Handshake(_)) => {
+            (Some(ProxyEventKind::UpstreamConnectFailed), "connection failure".to_owned(), "UF")
+        }
+        Some(ConnectError::Tls(te)) => {
+            let kind = if tls::is_verify_error(te) {
+                ProxyEventKind::TlsVerifyFailed
+            } else {
+                ProxyEventKind::UpstreamConnectFailed
+            };
+            let reason = format!("connection failure, transport failure reason: TLS error: {te}");
+            (Some(kind), reason, "UF")
+        }
+        // Connected, then the upstream closed or reset before the response headers.
+        None if e.is_connect() => (Some(ProxyEventKind::UpstreamConnectFailed), "connection failure".to_owned(), "UF"),
+        None => (None, "connection termination".to_owned(), "UC"),
+    };
+    let detail = match find_connect_error(e) {
+        Some(c) => c.to_string(),
+        None => error_chain(e),
+    };
+    warn!(client = %ctx.conn.client, original = %ctx.conn.original, %upstream,
+        error = %detail, flags, "proxy: upstream request failed");
+    if let Some(kind) = kind {
+        ctx.event(kind, detail);
+    }
+    let body = format!("{RESET_BEFORE_HEADERS}{reason}");
+    ctx.local_reply(labels, start, StatusCode::SERVICE_UNAVAILABLE, flags, body)
+}
+
+fn error_chain(e: &(dyn StdError + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
+
+/// Answers every request on the connection with 400 and closes it (plain HTTP where TLS was
+/// expected).
+pub(crate) async fn serve_bad_request(stream: TcpStream, message: &'static str) {
+    let svc = service_fn(move |_req: Request<Incoming>| async move {
+        let mut resp = Response::new(Full::new(Bytes::from_static(message.as_bytes())));
+        *resp.status_mut() = StatusCode::BAD_REQUEST;
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        Ok::<_, Infallible>(resp)
+    });
+    let conn = http1::Builder::new().keep_alive(false).serve_connection(TokioIo::new(stream), svc);
+    let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+}

@@ -1,0 +1,94 @@
+//! Which virtual host (or SNI entry) a name selects: THE matching of the proxy, for the Host
+//! header and the TLS SNI alike. An exact name wins, else the longest `*.suffix` pattern that
+//! covers the name (Envoy's virtual host domain order: exact, then the longest suffix wildcard).
+
+use super::{HttpRoutes, VirtualHost, sni_matches};
+
+/// A Host header or `:authority` as a name to match: lower case, without the port (a bracketed
+/// IPv6 literal loses its brackets) and without a trailing dot.
+pub fn normalize_host(host: &str) -> String {
+    let h = host.trim();
+    let h = if let Some(rest) = h.strip_prefix('[') {
+        rest.split_once(']').map(|(a, _)| a).unwrap_or(rest)
+    } else {
+        match h.rsplit_once(':') {
+            // One colon: name:port. More: an unbracketed IPv6 literal, kept whole.
+            Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => h,
+        }
+    };
+    h.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Does `pattern` (an exact name or `*.suffix`) cover `name` (normalized)?
+pub fn host_matches(pattern: &str, name: &str) -> bool {
+    sni_matches(pattern, name)
+}
+
+/// The entry whose pattern selects `name`: exact first, else the longest wildcard.
+pub(crate) fn best_match<'a, T: Copy>(entries: impl Iterator<Item = (&'a str, T)> + Clone, name: &str) -> Option<T> {
+    let name = name.trim_end_matches('.');
+    if name.is_empty() {
+        return None;
+    }
+    if let Some((_, t)) =
+        entries.clone().find(|(p, _)| !p.starts_with('*') && p.trim_end_matches('.').eq_ignore_ascii_case(name))
+    {
+        return Some(t);
+    }
+    entries.filter(|(p, _)| p.starts_with("*.") && sni_matches(p, name)).max_by_key(|(p, _)| p.len()).map(|(_, t)| t)
+}
+
+impl HttpRoutes {
+    /// The virtual host a request's (normalized) Host selects, by index.
+    pub(crate) fn select(&self, host: &str) -> Option<usize> {
+        let entries = self
+            .vhosts
+            .iter()
+            .enumerate()
+            .flat_map(|(i, v): (usize, &VirtualHost)| v.domains.iter().map(move |d| (d.as_str(), i)));
+        best_match(entries, host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::proxy::{Fallback, ServiceLabels, Upstream};
+
+    #[test]
+    fn hosts_are_normalized() {
+        assert_eq!(normalize_host("API.Test:8080"), "api.test");
+        assert_eq!(normalize_host("api.test."), "api.test");
+        assert_eq!(normalize_host("[2001:db8::1]:80"), "2001:db8::1");
+        assert_eq!(normalize_host("2001:db8::1"), "2001:db8::1");
+        assert_eq!(normalize_host("10.0.0.1:80"), "10.0.0.1");
+    }
+
+    fn vh(domains: &[&str]) -> VirtualHost {
+        VirtualHost {
+            domains: domains.iter().map(|s| s.to_string()).collect(),
+            service: ServiceLabels::named(domains[0]),
+            upstream: Upstream { port: 1, tls: None, host: domains[0].into(), connect_timeout: Duration::from_secs(1) },
+        }
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_longer_wildcards_win() {
+        let r = HttpRoutes {
+            vhosts: vec![vh(&["*.example.com"]), vh(&["*.api.example.com"]), vh(&["x.api.example.com", "10.0.0.1"])],
+            fallback: Fallback::BlackHole,
+            allow_connect: false,
+            http2: false,
+        };
+        assert_eq!(r.select("a.example.com"), Some(0));
+        assert_eq!(r.select("a.api.example.com"), Some(1));
+        assert_eq!(r.select("x.api.example.com"), Some(2));
+        assert_eq!(r.select("10.0.0.1"), Some(2));
+        assert_eq!(r.select("example.com"), None);
+        assert_eq!(r.select("other.test"), None);
+        assert_eq!(r.select(""), None);
+    }
+}
