@@ -364,7 +364,14 @@ mod tests {
             se_index: None,
             port_rules: protos
                 .iter()
-                .map(|p| PortRule { name: String::new(), number: 53, target: None, proto: *p, proxied: false })
+                .map(|p| PortRule {
+                    name: String::new(),
+                    number: 53,
+                    target: None,
+                    proto: *p,
+                    proxied: false,
+                    target_proxied: false,
+                })
                 .collect(),
         }
     }
