@@ -152,6 +152,19 @@ impl Agent {
         cfg: LoadedConfig,
         default_dns_port: u16,
     ) -> anyhow::Result<Started> {
+        Self::start_with_workloads(config, dp, cfg, default_dns_port, Vec::new()).await
+    }
+
+    /// [`Agent::start`] with the first workload policies in the same first apply: what a
+    /// previous daemon left in the maps goes straight to this state (no lapse to the default
+    /// policy in between, e.g. on a restart under Kubernetes).
+    pub async fn start_with_workloads(
+        config: AgentConfig,
+        dp: Dataplane,
+        cfg: LoadedConfig,
+        default_dns_port: u16,
+        workloads: Vec<WorkloadPolicy>,
+    ) -> anyhow::Result<Started> {
         let lookup =
             HickoryLookup::new(&config.dns.upstreams, config.dns.timeout).context("setting up the DNS resolver")?;
         let refresher = Refresher::new(
@@ -167,13 +180,14 @@ impl Agent {
         let maps = MapState::adopt(dp).context("reading the kernel maps")?;
         let mut control = Control {
             cfg,
-            specs: Vec::new(),
+            specs: workloads,
             policy_ids: Default::default(),
             service_ids: Default::default(),
             plan: Plan::default(),
         };
         refresher.set_names(&all_names(&control.cfg, &control.specs)).await;
-        let (plan, view) = compile_all(&mut control, &refresher.snapshot(), &BTreeMap::new())?;
+        let cgroups = workload_cgroups(&control.specs);
+        let (plan, view) = compile_all(&mut control, &refresher.snapshot(), &cgroups)?;
         let inner = Arc::new(Inner {
             config,
             control: tokio::sync::Mutex::new(control),
@@ -387,7 +401,9 @@ impl Agent {
         let mut names = Vec::new();
         for w in specs {
             for dir in crate::workload::expand_cgroups(&w.cgroups) {
-                names.push((dir, w.name.clone()));
+                // A cgroup's own workload identity (Kubernetes: the pod's owner), else the policy.
+                let name = w.workloads.get(&dir).map(|n| n.name.clone()).unwrap_or_else(|| w.name.clone());
+                names.push((dir, name));
             }
         }
         if let Some(w) = self.inner.names.lock().expect("names lock").as_mut() {

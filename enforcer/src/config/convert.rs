@@ -81,6 +81,11 @@ impl<'a> FileLoader<'a> {
         }
     }
 
+    /// Load one object given as a tree (see [`Node::from_json`]), as document 1.
+    pub fn load_node(&mut self, node: &Node) {
+        self.document(&Ctx { doc: 1, prefix: String::new(), object: None }, node);
+    }
+
     fn document(&mut self, ctx: &Ctx, node: &Node) {
         match &node.value {
             Yaml::Null => {}

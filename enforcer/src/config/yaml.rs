@@ -92,6 +92,30 @@ impl Node {
     }
 }
 
+impl Node {
+    /// The same tree from a JSON value (Kubernetes objects from the API server): the node adapter
+    /// through which cluster objects enter the loader without being re-serialized. Lines are 0
+    /// (unknown); diagnostics then name the object and field instead.
+    pub fn from_json(v: &serde_json::Value) -> Node {
+        use serde_json::Value as J;
+        let value = match v {
+            J::Null => Yaml::Null,
+            J::Bool(b) => Yaml::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Int(i as i128),
+                None => match n.as_u64() {
+                    Some(u) => Yaml::Int(u as i128),
+                    None => Yaml::Float(n.as_f64().unwrap_or(0.0)),
+                },
+            },
+            J::String(s) => Yaml::Str(s.clone()),
+            J::Array(a) => Yaml::Seq(a.iter().map(Node::from_json).collect()),
+            J::Object(m) => Yaml::Map(m.iter().map(|(k, v)| (k.clone(), 0, Node::from_json(v))).collect()),
+        };
+        Node { value, line: 0 }
+    }
+}
+
 // --- Deserialization -------------------------------------------------------
 
 /// Raw value as produced by serde; children are `Spanned` so we learn lines.
