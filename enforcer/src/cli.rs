@@ -254,6 +254,11 @@ pub struct DaemonArgs {
     /// Admin HTTP listener (/debug/registryz, /metrics, /healthz, /readyz). Loopback by default.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
     pub admin: std::net::SocketAddr,
+    /// A second, public listener with only /metrics, /healthz and /readyz (and /debug/registryz
+    /// without services); /debug/* with events and destinations stays on `--admin`. For a pod
+    /// port that Prometheus and the kubelet's probes reach while `--admin` stays on loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Write the daemon's pid here once enforcement is in place.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,

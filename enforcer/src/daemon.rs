@@ -150,7 +150,11 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     let upkeep = agent.spawn_upkeep();
     let _watch = run::spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, false)?;
     let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
-    servers.admin(args.admin, source).await?;
+    servers.admin(args.admin, source.clone()).await?;
+    if let Some(addr) = args.metrics_addr {
+        let public = servers.admin(addr, Arc::new(PublicAdmin(source))).await?;
+        tracing::info!(addr = %public, "public metrics and health listener (no events, no destinations)");
+    }
     {
         let v = agent.view();
         tracing::info!(
@@ -249,6 +253,24 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         pin_dir.display()
     );
     Ok(0)
+}
+
+/// What the public `--metrics-addr` listener shows: metrics and health, no destinations, no
+/// events (those carry pids and addresses).
+struct PublicAdmin(Arc<dyn admin::AdminSource>);
+
+impl admin::AdminSource for PublicAdmin {
+    fn registryz(&self) -> admin::Registryz {
+        let mut r = self.0.registryz();
+        r.services.clear();
+        r
+    }
+    fn metrics(&self) -> String {
+        self.0.metrics()
+    }
+    fn ready(&self) -> bool {
+        self.0.ready()
+    }
 }
 
 /// Delivers the Kubernetes controller's policies to the agent.

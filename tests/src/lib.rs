@@ -23,7 +23,9 @@
 //! - `files`, `registry`: [`TempDir`], ServiceEntry YAML, `--report-file` rows;
 //! - `netns`, `cgroup`, `servers`: [`Netns`], [`Cgroup`], [`Server`] and the Python servers;
 //! - `daemon`: [`PinDir`], [`Daemon`]; `workload`: [`Workload`] (a long-running `enforcer run`);
-//! - `dns`: [`Dnsmasq`] and a DNS client; `tls`: [`Pki`]; `http`, `metrics`: the admin API.
+//! - `dns`: [`Dnsmasq`] and a DNS client; `tls`: [`Pki`]; `http`, `metrics`: the admin API;
+//! - `kube_api`: [`FakeApi`], a fake Kubernetes API server; `kube`: [`KubeNode`] (kubelet-shaped
+//!   cgroups, pods in a test netns) and [`KubeDaemon`].
 //!
 //! The Python programs the tests run live in `tests/helpers/*.py` (embedded with `include_str!`,
 //! passed to `python3 -c`, so the test binaries are self-contained); `cargo xtask lint` runs
@@ -37,6 +39,8 @@ mod enforcer;
 mod env;
 mod files;
 mod http;
+mod kube;
+mod kube_api;
 mod metrics;
 mod netns;
 mod process;
@@ -53,6 +57,8 @@ pub use enforcer::*;
 pub use env::*;
 pub use files::*;
 pub use http::*;
+pub use kube::*;
+pub use kube_api::*;
 pub use metrics::*;
 pub use netns::*;
 pub use process::*;
