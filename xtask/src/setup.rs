@@ -17,7 +17,9 @@ const PEER_PKGS: &[&str] =
 const VM_PKGS: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils"];
 /// `cargo xtask lint`: Debian's clippy for the eBPF crate (the same version as `rustc-web`), and
 /// pyflakes for the tests' Python helpers.
-const LINT_PKGS: &[&str] = &["rust-web-clippy", "pyflakes3"];
+const LINT_PKGS: &[&str] = &["rust-web-clippy", "pyflakes3", "python3-yaml", "python3-pip"];
+/// The Kubernetes schema validator tests/tests/deploy.rs runs over deploy/ (PyPI).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const LLVM_FEATURE: &str = "llvm-22";
 pub const RUSTUP_TOOLCHAIN: &str = "debian";
@@ -81,6 +83,7 @@ pub fn main(check: bool) -> Result<ExitCode> {
             line(!s.missing_pkgs.contains(&p), format!("apt package {p}"));
         }
         line(s.bpf_linker, "bpf-linker on PATH".into());
+        line(which::which("kubernetes-validate").is_ok(), format!("{KUBERNETES_VALIDATE} (pip) on PATH"));
         line(s.rustup.is_some(), "rustup on PATH".into());
         line(s.debian_toolchain, format!("rustup toolchain `{RUSTUP_TOOLCHAIN}` (linked to /usr)"));
         match util::cgroup2_mount() {
@@ -151,6 +154,18 @@ pub fn ensure() -> Result<bool> {
         c.args(["toolchain", "link", RUSTUP_TOOLCHAIN, "/usr"]);
         util::run_quiet(&mut c)?;
         println!("setup: linked rustup toolchain `{RUSTUP_TOOLCHAIN}` to /usr (Debian's rustc-web)");
+        did = true;
+    }
+    if which::which("kubernetes-validate").is_err() {
+        require_root_to_install(KUBERNETES_VALIDATE)?;
+        let pip = |extra: &[&str]| {
+            let mut c = Command::new("python3");
+            c.args(["-m", "pip", "install", "-q"]).args(extra).arg(KUBERNETES_VALIDATE);
+            util::run_quiet(&mut c)
+        };
+        // Debian's python3 refuses system-wide pip installs without the flag (PEP 668).
+        pip(&[]).or_else(|_| pip(&["--break-system-packages"])).context("pip install kubernetes-validate failed")?;
+        println!("setup: installed {KUBERNETES_VALIDATE} (pip)");
         did = true;
     }
     util::cgroup2_mount()?;
