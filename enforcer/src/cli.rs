@@ -115,6 +115,16 @@ pub struct PolicyArgs {
     /// How denied/audited connections are printed on stderr: human lines or JSON objects.
     #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
     pub event_format: ReportFormat,
+    /// The address the DNS forwarder and the L7 proxy listen on and the connect hooks steer to
+    /// (default 127.0.0.1). Under Kubernetes: a node-local address every pod's network
+    /// namespace reaches, e.g. 169.254.20.11 on a dummy interface of the node (NodeLocal
+    /// DNSCache's way); the address must be local already.
+    #[arg(long, value_name = "IPV4")]
+    pub local_address: Option<std::net::Ipv4Addr>,
+    /// The DNS forwarder's IPv6 address (default ::1 with the default --local-address, else
+    /// none: IPv6 resolvers are then not steered).
+    #[arg(long, value_name = "IPV6")]
+    pub local_address_v6: Option<std::net::Ipv6Addr>,
     #[command(flatten)]
     pub dns: DnsArgs,
     /// Do not watch the registry paths for changes (reload only on SIGHUP).
@@ -246,7 +256,7 @@ pub struct DaemonArgs {
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
     #[command(flatten)]
-    pub kube: KubeArgs,
+    pub kube: Box<KubeArgs>,
     /// Per-workload policies: a YAML file mapping cgroup paths/globs (e.g. system.slice/nginx.service)
     /// to their own registries and modes (see README). Reloaded with the registry.
     #[arg(long, value_name = "FILE")]
@@ -286,6 +296,11 @@ pub struct KubeArgs {
     /// Also govern pods that run an Istio sidecar (istio-proxy).
     #[arg(long)]
     pub kube_sidecar_pods: bool,
+    /// Steer pods' DNS to the forwarder on --local-address (learns wildcard hosts). The kernel
+    /// steers every process under the kubelet's tree today, ungoverned pods included: see README
+    /// before turning it on.
+    #[arg(long, requires = "local_address")]
+    pub kube_dns_steer: bool,
     /// Non-DNS UDP from governed pods: `judge` (only registry UDP ports) or `allow` (Istio's
     /// sidecars do not capture UDP).
     #[arg(long, value_enum, default_value = "judge", value_name = "HOW")]

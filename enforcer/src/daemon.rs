@@ -65,11 +65,16 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     if args.kubernetes {
         // The node default judges every pod that is not governed: they must be untouched.
         config.mode = Some(crate::config::Mode::AllowAny);
-        if config.dns.steer {
+        if config.dns.steer && !args.kube.kube_dns_steer {
             tracing::info!(
-                "Kubernetes mode: DNS steering is off (the forwarder listens on the node's loopback, which pods' network namespaces cannot reach; see README)"
+                "Kubernetes mode: DNS steering is off (turn it on with --local-address and --kube-dns-steer; see README)"
             );
             config.dns.steer = false;
+        } else if config.dns.steer {
+            tracing::warn!(
+                "--kube-dns-steer: port-53 traffic of EVERY process under the kubelet's tree (ungoverned pods included) goes to the forwarder on {}; make sure --dns-upstream is not itself a pod under this tree",
+                config.local_v4
+            );
         }
     }
     let cfg = match load::load_config(&config) {
@@ -117,6 +122,16 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     let mut started = Agent::start_with_workloads(config, dp, cfg, DEFAULT_DNS_PORT, initial.clone()).await?;
     let agent = started.agent.clone();
     agent.desired().warnings.iter().for_each(|w| tracing::warn!("{w}"));
+    if args.kubernetes && config_is_loopback(&args) {
+        // Steering a pod's connection to the node's loopback lands in the pod's own loopback:
+        // DestinationRule TLS origination and --sni-check need --local-address under Kubernetes.
+        if started.proxy.take().is_some() {
+            tracing::warn!(
+                "Kubernetes mode without --local-address: the L7 proxy is off (DestinationRule TLS origination and --sni-check are not applied to pods)"
+            );
+        }
+        started.agent.stop_steering()?;
+    }
     let mut servers = Servers::start_for(&mut started);
     let (steering, proxying) = (servers.steering, servers.proxying);
     let attached = agent
@@ -298,6 +313,11 @@ impl crate::workload::PolicySink for KubeSink {
         let agent = self.agent.clone();
         Box::pin(async move { agent.sync_workload_cgroups().await.map_err(|e| format!("{e:#}")) })
     }
+}
+
+/// Is the forwarder/proxy address loopback (unreachable from pods' network namespaces)?
+fn config_is_loopback(args: &DaemonArgs) -> bool {
+    args.policy.local_address.is_none_or(|a| a.is_loopback())
 }
 
 /// The controller's settings from the command line.

@@ -135,3 +135,36 @@ fn kube_restart_keeps_pinned_policies_while_the_api_server_is_unreachable() {
     );
     assert!(res["rounds"].as_u64().unwrap() > 100, "{res}");
 }
+
+/// DestinationRule TLS origination for a pod in its own network namespace: the proxy listens on
+/// `--local-address` (here the node side of the pod network's veth, an address of the node that
+/// the pod reaches), not on the node's loopback, which the pod's netns does not share.
+#[test]
+fn kube_tls_origination_from_a_pod_netns_through_the_local_address() {
+    let (node, governed, _ungoverned, _server) = cluster();
+    let n = &node.net;
+    let pki = Pki::new(&node.dir, "api", &["api.test"]);
+    let api = n.v4(6);
+    let _https = https_server(n, &api, 8443, &pki);
+    node.api.put(
+        "ServiceEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"hosts": ["api.test"], "location": "MESH_EXTERNAL", "resolution": "STATIC",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8443}],
+                     "endpoints": [{"address": api}]}}),
+    );
+    node.api.put(
+        "DestinationRule",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"host": "api.test", "trafficPolicy": {"portLevelSettings": [
+                {"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCertificates": pki.ca.display().to_string()}}]}}}),
+    );
+    let pins = PinDir::new();
+    let d = KubeDaemon::start(&node, &pins, &["--local-address", &n.v4(1)]);
+    let r = node.client(&governed, &[op("tcp", &api, 80)]);
+    assert!(r.res[0].ok, "plain HTTP to api.test:80 from the pod: {:?}\n{}", r.res[0], d.log());
+    let reply = r.res[0].reply.clone().unwrap_or_default();
+    assert!(reply.contains("sni=api.test"), "the proxy originated TLS to the server: {reply}\n{}", d.log());
+}

@@ -14,13 +14,14 @@ use enforcer_common::{SETTINGS_F_PROXY, ServiceId};
 use super::{AGENT_MARK, Agent, admin::service_labels};
 use crate::{config::TlsMode, policy, proxy};
 
-/// Bind the proxy on 127.0.0.1 and point the kernel's proxy steering at it.
+/// Bind the proxy on the local address (127.0.0.1 by default) and point the kernel's proxy
+/// steering at it.
 pub(super) async fn start_proxy(agent: &Agent) -> anyhow::Result<proxy::Proxy> {
     let policy =
         Arc::new(AgentProxy { agent: agent.clone(), by_client: Mutex::default(), by_original: Mutex::default() });
     let p = proxy::Proxy::bind(
         proxy::ProxyConfig {
-            listen: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
+            listen: SocketAddr::new(IpAddr::V4(agent.inner.config.local_v4), 0),
             upstream_mark: Some(AGENT_MARK),
         },
         policy,
@@ -29,7 +30,7 @@ pub(super) async fn start_proxy(agent: &Agent) -> anyhow::Result<proxy::Proxy> {
     .context("binding the L7 proxy")?;
     let port = p.local_addr().port();
     agent.update_settings(|s| {
-        s.local_v4 = [127, 0, 0, 1];
+        s.local_v4 = agent.inner.config.local_v4.octets();
         s.proxy_port = port;
         s.agent_mark = AGENT_MARK;
         s.flags |= SETTINGS_F_PROXY;

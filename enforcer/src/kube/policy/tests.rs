@@ -497,3 +497,53 @@ fn invalid_object_is_skipped_with_a_diagnostic_naming_it() {
     );
     let _ = Path::new("");
 }
+
+/// The sizing target: 1,000 pods on a node and a 10,000-host registry. Pods share their scope's
+/// policy, so the kernel holds one copy of the registry per scope, not per pod.
+#[test]
+fn a_thousand_pods_and_ten_thousand_hosts_fit_the_kernel_maps() {
+    let mut st = ClusterState::default();
+    for i in 0..10_000u32 {
+        let mut e = se("ext", &format!("h{i}"), &format!("h{i}.example.com"), None, "", 443);
+        e.entry.resolution = crate::config::Resolution::Static;
+        e.entry.addresses =
+            vec![ipnet::IpNet::from(std::net::IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]))];
+        st.services.push(e);
+    }
+    for i in 0..1000u32 {
+        st.pods.push(pod(&format!("ns{}", i % 10), &format!("p{i}"), &[]));
+        st.pods.last_mut().unwrap().uid = format!("d0000000-0000-4000-8000-{i:012}");
+    }
+    let t = std::time::Instant::now();
+    let c = compute(&st, &opts(), &[]);
+    let took = t.elapsed();
+    assert_eq!(c.policies.len(), 10, "one policy per namespace scope");
+    assert_eq!(c.placements.len(), 1000);
+    let mut ids = crate::policy::ServiceIds::default();
+    let resolved = std::collections::HashMap::new();
+    let mut entries = 0;
+    for (n, p) in c.policies.iter().enumerate() {
+        let (d, _) = crate::policy::compile(
+            &crate::policy::Inputs {
+                registry: &p.registry,
+                resolved: &resolved,
+                cli: &[],
+                dns_servers: &[],
+                policy_id: enforcer_common::PolicyId::new(n as u32 + 1).unwrap(),
+                sni_check: false,
+                scope: &p.name,
+            },
+            &mut ids,
+        );
+        entries += d.allow.len();
+    }
+    let cap = enforcer_common::ALLOW_MAX_ENTRIES as usize;
+    eprintln!(
+        "1,000 pods x 10,000 hosts: {} policies, {entries} ALLOW entries of {cap} ({:.0}%), computed in {took:?}",
+        c.policies.len(),
+        100.0 * entries as f64 / cap as f64
+    );
+    assert!(entries <= cap, "{entries} > {cap}");
+    // One policy per pod would have needed 1,000 x 10,000 entries.
+    assert!(1000 * 10_000 > cap);
+}
