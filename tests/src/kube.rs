@@ -117,6 +117,15 @@ impl KubeNode {
         c.spawn().expect("spawning the pod's verdict loop")
     }
 
+    /// Run the worker (tests/helpers/worker.py) one-shot in the pod: one JSON result per request.
+    pub fn worker(&self, cg: &PodCgroup, reqs: &[Value]) -> Vec<Value> {
+        let mut c = self.net.command(python());
+        c.arg("-c").arg(crate::WORKER_PY).args(reqs.iter().map(|r| r.to_string()));
+        cg.enter_on_exec(&mut c);
+        let out = crate::output_with_timeout(&mut c, Duration::from_secs(60));
+        crate::parse_worker(&out, reqs.len())
+    }
+
     /// Run the connect client (tests/helpers/client.py) in the pod.
     pub fn client(&self, cg: &PodCgroup, ops: &[String]) -> crate::ClientRun {
         let mut c = self.net.command(python());

@@ -168,3 +168,44 @@ fn kube_tls_origination_from_a_pod_netns_through_the_local_address() {
     let reply = r.res[0].reply.clone().unwrap_or_default();
     assert!(reply.contains("sni=api.test"), "the proxy originated TLS to the server: {reply}\n{}", d.log());
 }
+
+/// A wildcard ServiceEntry learns its addresses from the pod's own lookups: the pod's DNS (in
+/// its netns) is steered to the forwarder on `--local-address` with `--kube-dns-steer`.
+#[test]
+fn kube_wildcard_hosts_are_learned_from_a_pod_netns() {
+    let (node, governed, _ungoverned, _server) = cluster();
+    let n = &node.net;
+    let dns = Dnsmasq::start(n, &n.v4(7), &[("a.wild.test", &n.v4(2))], 30, &[]);
+    node.api.put(
+        "ServiceEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "wild", "namespace": "shop"},
+            "spec": {"hosts": ["*.wild.test"], "location": "MESH_EXTERNAL", "resolution": "NONE",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}}),
+    );
+    let pins = PinDir::new();
+    let upstream = n.v4(7);
+    let d = KubeDaemon::start(
+        &node,
+        &pins,
+        &["--local-address", &n.v4(1), "--kube-dns-steer", "--dns-upstream", &upstream, "--dns-port", "0"],
+    );
+    let target = n.v4(2);
+    let r = node.worker(
+        &governed,
+        &[
+            serde_json::json!({"op": "connect", "addr": target, "port": 80}),
+            serde_json::json!({"op": "query", "server": dns.addr.ip().to_string(), "name": "a.wild.test"}),
+            serde_json::json!({"op": "connect", "addr": target, "port": 80}),
+        ],
+    );
+    assert_eq!(r[0]["errno"], libc::EPERM, "not learned yet: {}\n{}", r[0], d.log());
+    assert_eq!(
+        r[1]["addrs"][0][0],
+        target,
+        "the pod's lookup was answered (through the forwarder): {}\n{}",
+        r[1],
+        d.log()
+    );
+    assert_eq!(r[2]["ok"], true, "learned from the pod's lookup: {}\n{}", r[2], d.log());
+}
