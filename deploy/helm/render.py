@@ -1,7 +1,7 @@
 """Render the enforcer Helm chart with its default values, without helm (tests/tests/deploy.rs).
 
 Supports exactly the template language the chart uses (keep the templates within it):
-`{{ .Values.a.b }}`, `{{- ... }}` / `{{ ... -}}` whitespace trimming, `{{- if .Values.a }}` ...
+`{{ .Values.a.b }}`, `{{- ... }}` / `{{ ... -}}` whitespace trimming, `{{- if .Values.a }}` / `{{- if not .Values.a }}` ...
 `{{- end }}` (no else, no nesting of ifs inside ifs is needed but works), and
 `{{- toYaml .Values.a | nindent N }}`.
 
@@ -45,6 +45,9 @@ def render(text, values):
                 out.append(lead)
         pos = m.end()
         pending_trim = bool(rtrim)
+        if expr.startswith('if not '):
+            stack.append(all(stack) and not bool(lookup(values, expr[7:].strip())))
+            continue
         if expr.startswith('if '):
             stack.append(all(stack) and bool(lookup(values, expr[3:].strip())))
             continue

@@ -42,7 +42,15 @@ fn plain_manifests_are_the_chart_rendered_with_defaults() {
 
 #[test]
 fn manifests_validate_against_the_supported_kubernetes_versions() {
-    let files = [workspace().join("deploy/daemonset.yaml"), workspace().join("deploy/rbac.yaml")];
+    // The defaults (= deploy/*.yaml) and the variant with a node-local address (hostNetwork, the
+    // dummy-interface init container, DNS steering).
+    let dir = enforcer_tests::TempDir::new("deploy");
+    let variant = dir.write(
+        "daemonset-local-address.yaml",
+        &render("daemonset.yaml", &["--set", "localAddress=169.254.20.11", "--set", "dnsSteer=true"]),
+    );
+    assert!(std::fs::read_to_string(&variant).unwrap().contains("hostNetwork: true"));
+    let files = [workspace().join("deploy/daemonset.yaml"), workspace().join("deploy/rbac.yaml"), variant];
     for v in VERSIONS {
         let out = Command::new("kubernetes-validate")
             .args(["--strict", "--quiet", "-k", v])
