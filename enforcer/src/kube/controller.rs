@@ -413,7 +413,7 @@ impl Controller {
         let mut degraded = false;
         let mut rescan = tokio::time::interval(self.cfg.rescan);
         rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut retry = tokio::time::interval(Duration::from_secs(30));
+        let mut retry = tokio::time::interval_at(Instant::now() + RETRY, RETRY);
         retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let cfg_deadline =
@@ -521,6 +521,9 @@ impl Controller {
         }
     }
 }
+
+/// How often a set that did not fit is tried again.
+const RETRY: Duration = Duration::from_secs(30);
 
 fn source_of(i: usize) -> Source {
     [

@@ -296,6 +296,8 @@ impl FakeApi {
 struct RecordingSink {
     tx: tokio::sync::watch::Sender<Vec<Vec<WorkloadPolicy>>>,
     syncs: std::sync::atomic::AtomicUsize,
+    /// Refuse this many applies (as a full kernel map would), recording nothing.
+    refuse: std::sync::atomic::AtomicUsize,
 }
 
 impl PolicySink for RecordingSink {
@@ -303,6 +305,10 @@ impl PolicySink for RecordingSink {
         &self,
         policies: Vec<WorkloadPolicy>,
     ) -> futures::future::BoxFuture<'static, Result<crate::workload::MapUse, String>> {
+        if self.refuse.load(Ordering::SeqCst) > 0 {
+            self.refuse.fetch_sub(1, Ordering::SeqCst);
+            return Box::pin(async { Err("ALLOW: 300000 entries wanted, capacity 262144".to_string()) });
+        }
         self.tx.send_modify(|v| v.push(policies));
         Box::pin(async { Ok(crate::workload::MapUse::default()) })
     }
@@ -416,7 +422,7 @@ fn start(istio_versions: &[&'static str], with_cgroups: bool, before: impl FnOnc
 
     let ready = Arc::new(AtomicBool::new(false));
     let (tx, rx) = tokio::sync::watch::channel(Vec::new());
-    let sink = Arc::new(RecordingSink { tx, syncs: Default::default() });
+    let sink = Arc::new(RecordingSink { tx, syncs: Default::default(), refuse: Default::default() });
     let root = crate::kube::cgroup::KubeletRoot::at(cgroups.0.join("kubepods.slice"));
     let mut cfg = ControllerConfig::new(NODE, root);
     cfg.options.default_mode = Mode::AllowAny;
@@ -585,6 +591,42 @@ async fn pod_cgroups_are_enrolled_and_unknown_ones_denied() {
     let ps =
         h.wait_for("late pod placed", |p| !p.iter().any(|w| w.name == crate::kube::policy::UNRESOLVED_POLICY)).await;
     assert!(ps.iter().find(|w| w.name == "kube:default").unwrap().cgroups.contains(&stray));
+}
+
+#[tokio::test]
+async fn a_set_that_does_not_fit_denies_the_changed_scopes() {
+    let mut h = start(&["v1"], true, |_| {});
+    h.wait_for("initial", |p| p.len() == 4).await;
+    // The next apply "overflows": the scope that changed (default gets a new entry) is denied,
+    // the others keep their policies.
+    h.sink.refuse.store(1, Ordering::SeqCst);
+    let mut se = fixture_items(include_str!("../../../tests/fixtures/kube/serviceentries.json"))[0].clone();
+    se["spec"]["hosts"] = json!(["api.dropboxapi.com", "www.googleapis.com", "api.github.com"]);
+    h.api.put("ServiceEntry", se, false);
+    let ps =
+        h.wait_for("fail-closed set", |p| p.iter().any(|w| w.name == crate::kube::policy::UNRESOLVED_POLICY)).await;
+    let denied = ps.iter().find(|w| w.name == crate::kube::policy::UNRESOLVED_POLICY).unwrap();
+    assert!(
+        denied.cgroups.iter().any(|c| c.to_string_lossy().contains("a1a1a1a1_0000_4000_8000_000000000001")),
+        "default's pod is denied: {:?}",
+        denied.cgroups
+    );
+    assert!(!names(&ps).contains(&"kube:default"), "{:?}", names(&ps));
+    assert!(names(&ps).contains(&"kube:team-a"), "unchanged scopes keep their policy");
+    // team-b's view changed too (it imports default/*): denied as well.
+    assert!(!names(&ps).contains(&"kube:team-b"));
+    // The retry (every 30 s, or the next change) applies the full set once it fits.
+    h.api.put(
+        "Namespace",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other", "labels": {}}}),
+        false,
+    );
+    let ps = h
+        .wait_for("full set again", |p| {
+            p.len() == 4 && !p.iter().any(|w| w.name == crate::kube::policy::UNRESOLVED_POLICY)
+        })
+        .await;
+    assert!(hosts_of(&ps, "kube:default").contains(&"api.github.com".to_string()));
 }
 
 #[tokio::test]
