@@ -196,6 +196,9 @@ pub struct Controller {
     unresolved: BTreeMap<PathBuf, String>,
     last: Computed,
     reported: BTreeSet<String>,
+    /// Counts configuration changes (every event but pods'): the scope cache's key.
+    config_gen: u64,
+    cache: policy::ScopeCache,
 }
 
 impl Controller {
@@ -282,6 +285,8 @@ impl Controller {
             unresolved: BTreeMap::new(),
             last: Computed::default(),
             reported: BTreeSet::new(),
+            config_gen: 0,
+            cache: policy::ScopeCache::default(),
         }
     }
 
@@ -296,8 +301,9 @@ impl Controller {
                 Ok(Some((source, Ok(true)))) => {
                     tracing::debug!(?source, "initial list complete");
                     self.synced[source as usize] = true;
+                    self.config_gen += 1;
                 }
-                Ok(Some((_, Ok(false)))) => {}
+                Ok(Some((_, Ok(false)))) => self.config_gen += 1,
                 Ok(Some((source, Err(e)))) => tracing::warn!(?source, "watch failed: {e}; retrying with backoff"),
                 Err(_) => {
                     let missing: Vec<String> =
@@ -361,7 +367,7 @@ impl Controller {
         }
         self.unresolved.retain(|dir, uid| !known.contains(uid) && dir.is_dir());
         let unresolved: Vec<PathBuf> = self.unresolved.keys().cloned().collect();
-        let mut c = policy::compute(&st, &self.cfg.options, &unresolved);
+        let mut c = policy::compute_cached(&st, &self.cfg.options, &unresolved, &mut self.cache, self.config_gen);
         diags.append(&mut c.diagnostics);
         diags.sort();
         diags.dedup();
@@ -430,6 +436,7 @@ impl Controller {
                         pod_change.get_or_insert_with(|| Instant::now() + self.cfg.pod_debounce);
                     }
                     Some((_, Ok(_))) => {
+                        self.config_gen += 1;
                         let now = Instant::now();
                         change = Some((change.map_or(now, |(first, _)| first), now));
                     }

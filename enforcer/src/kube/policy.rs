@@ -398,40 +398,40 @@ impl ScopeKey {
     }
 }
 
+/// Scope registries of an earlier [`compute_cached`], valid while the configuration (everything
+/// but the pods) is unchanged: pod churn then only regroups cgroups, nothing is rebuilt.
+#[derive(Debug, Default)]
+pub struct ScopeCache {
+    generation: Option<u64>,
+    scopes: BTreeMap<ScopeKey, (Registry, Mode)>,
+    diagnostics: Vec<String>,
+}
+
 /// Compute the policies. `unresolved` are cgroup directories of pods that must be denied until
 /// they can be placed (the controller's enrolment watcher decides).
 pub fn compute(state: &ClusterState, opts: &Options, unresolved: &[PathBuf]) -> Computed {
+    compute_cached(state, opts, unresolved, &mut ScopeCache::default(), 0)
+}
+
+/// [`compute`], reusing the registries of `cache` when `generation` (the caller's count of
+/// configuration changes: Istio objects, Services, EndpointSlices, Namespaces, mesh config)
+/// is the one they were built for.
+pub fn compute_cached(
+    state: &ClusterState,
+    opts: &Options,
+    unresolved: &[PathBuf],
+    cache: &mut ScopeCache,
+    generation: u64,
+) -> Computed {
+    if cache.generation != Some(generation) {
+        *cache = ScopeCache { generation: Some(generation), ..Default::default() };
+    }
     let mut out = Computed::default();
     let mesh = &state.mesh;
-    let mut services: Vec<ClusterSe> = state.services.clone();
-    // Oldest first everywhere Istio says "the oldest wins"; Kubernetes Services before entries.
-    services.sort_by(|a, b| {
-        (!a.from_kubernetes, &a.created, &a.namespace, &a.entry.name).cmp(&(
-            !b.from_kubernetes,
-            &b.created,
-            &b.namespace,
-            &b.entry.name,
-        ))
-    });
-    for se in services.iter().filter(|s| s.workload_selector.is_some()) {
-        out.diagnostics.push(format!(
-            "warning: ServiceEntry {}/{}: workloadSelector endpoints (the selected pods) are not resolved by enforcer (pods of other nodes are not watched); only its addresses are allowed",
-            se.namespace, se.entry.name
-        ));
-    }
     let mut drs: Vec<ClusterDr> = state.destination_rules.clone();
     drs.sort_by(|a, b| (&a.created, &a.namespace, &a.rule.name).cmp(&(&b.created, &b.namespace, &b.rule.name)));
     let mut sidecars: Vec<Sidecar> = state.sidecars.clone();
     sidecars.sort_by(|a, b| (&a.created, &a.namespace, &a.name).cmp(&(&b.created, &b.namespace, &b.name)));
-
-    let always: Vec<usize> = services
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| {
-            s.from_kubernetes && opts.always_services.contains(&format!("{}/{}", s.namespace, s.entry.name))
-        })
-        .map(|(i, _)| i)
-        .collect();
     let default_resolvers: BTreeSet<IpAddr> = opts.node_local_dns.iter().copied().collect();
 
     // Pods -> scopes.
@@ -459,11 +459,83 @@ pub fn compute(state: &ClusterState, opts: &Options, unresolved: &[PathBuf]) -> 
         scopes.entry(key).or_default().push(pod);
     }
 
+    if scopes.keys().any(|k| !cache.scopes.contains_key(k)) {
+        let built =
+            build_scopes(state, opts, &drs, &sidecars, scopes.iter().filter(|(k, _)| !cache.scopes.contains_key(k)));
+        cache.scopes.extend(built.0);
+        cache.diagnostics = built.1;
+    }
+    out.diagnostics = cache.diagnostics.clone();
     for (key, pods) in &scopes {
+        let (registry, mode) = cache.scopes[key].clone();
         let name = key.name(&default_resolvers, &mesh.root_namespace);
+        let mut policy = WorkloadPolicy { name, registry, mode, cgroups: vec![], workloads: BTreeMap::new() };
+        for p in pods {
+            for dir in opts.kubelet_root.pod_dirs(&p.uid) {
+                policy.workloads.insert(dir.clone(), p.workload.clone());
+                policy.cgroups.push(dir);
+            }
+            out.placements.push(Placement { pod: p.key(), uid: p.uid.clone(), scope: policy.name.clone() });
+        }
+        out.policies.push(policy);
+    }
+    out.policies.sort_by(|a, b| a.name.cmp(&b.name));
+    if !unresolved.is_empty() {
+        out.policies.push(WorkloadPolicy {
+            name: UNRESOLVED_POLICY.into(),
+            registry: Registry::default(),
+            mode: Mode::RegistryOnly,
+            cgroups: unresolved.to_vec(),
+            workloads: BTreeMap::new(),
+        });
+    }
+    out.placements.sort_by(|a, b| a.pod.cmp(&b.pod));
+    out.diagnostics.sort();
+    out.diagnostics.dedup();
+    out
+}
+
+/// The registry and mode of each scope in `wanted` (keyed like the pods' scopes), and the
+/// diagnostics about the configuration.
+#[allow(clippy::type_complexity)]
+fn build_scopes<'a>(
+    state: &ClusterState,
+    opts: &Options,
+    drs: &[ClusterDr],
+    sidecars: &[Sidecar],
+    wanted: impl Iterator<Item = (&'a ScopeKey, &'a Vec<&'a PodInfo>)>,
+) -> (BTreeMap<ScopeKey, (Registry, Mode)>, Vec<String>) {
+    let mut out: BTreeMap<ScopeKey, (Registry, Mode)> = BTreeMap::new();
+    let mut diagnostics = Vec::new();
+    let mesh = &state.mesh;
+    let mut services: Vec<ClusterSe> = state.services.clone();
+    // Oldest first everywhere Istio says "the oldest wins"; Kubernetes Services before entries.
+    services.sort_by(|a, b| {
+        (!a.from_kubernetes, &a.created, &a.namespace, &a.entry.name).cmp(&(
+            !b.from_kubernetes,
+            &b.created,
+            &b.namespace,
+            &b.entry.name,
+        ))
+    });
+    for se in services.iter().filter(|s| s.workload_selector.is_some()) {
+        diagnostics.push(format!(
+            "warning: ServiceEntry {}/{}: workloadSelector endpoints (the selected pods) are not resolved by enforcer (pods of other nodes are not watched); only its addresses are allowed",
+            se.namespace, se.entry.name
+        ));
+    }
+    let always: Vec<usize> = services
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.from_kubernetes && opts.always_services.contains(&format!("{}/{}", s.namespace, s.entry.name))
+        })
+        .map(|(i, _)| i)
+        .collect();
+    for (key, pods) in wanted {
         let ns = key.namespace.as_str();
         let first = pods[0];
-        let sidecar = sidecar_for(&sidecars, first, &mesh.root_namespace);
+        let sidecar = sidecar_for(sidecars, first, &mesh.root_namespace);
         let visible: Vec<usize> = (0..services.len())
             .filter(|&i| {
                 exported_to(&services[i].export_to, &mesh.default_service_export_to, &services[i].namespace, ns)
@@ -511,7 +583,7 @@ pub fn compute(state: &ClusterState, opts: &Options, unresolved: &[PathBuf]) -> 
                 entry.ports.retain(|p| keep.contains(&p.number));
             }
             for h in hosts {
-                if let Some(dr) = destination_rule(&drs, h, &src.namespace, ns, &first.labels, mesh) {
+                if let Some(dr) = destination_rule(drs, h, &src.namespace, ns, &first.labels, mesh) {
                     let mut rule = dr.rule.clone();
                     // Named after the host it was chosen for: the lookup by host finds exactly it.
                     rule.host = h.to_string();
@@ -540,30 +612,9 @@ pub fn compute(state: &ClusterState, opts: &Options, unresolved: &[PathBuf]) -> 
             ));
         }
         let mode = sidecar.and_then(|s| s.mode).or(mesh.mode).unwrap_or(opts.default_mode);
-        let mut policy = WorkloadPolicy { name, registry, mode, cgroups: vec![], workloads: BTreeMap::new() };
-        for p in pods {
-            for dir in opts.kubelet_root.pod_dirs(&p.uid) {
-                policy.workloads.insert(dir.clone(), p.workload.clone());
-                policy.cgroups.push(dir);
-            }
-            out.placements.push(Placement { pod: p.key(), uid: p.uid.clone(), scope: policy.name.clone() });
-        }
-        out.policies.push(policy);
+        out.insert(key.clone(), (registry, mode));
     }
-    out.policies.sort_by(|a, b| a.name.cmp(&b.name));
-    if !unresolved.is_empty() {
-        out.policies.push(WorkloadPolicy {
-            name: UNRESOLVED_POLICY.into(),
-            registry: Registry::default(),
-            mode: Mode::RegistryOnly,
-            cgroups: unresolved.to_vec(),
-            workloads: BTreeMap::new(),
-        });
-    }
-    out.placements.sort_by(|a, b| a.pod.cmp(&b.pod));
-    out.diagnostics.sort();
-    out.diagnostics.dedup();
-    out
+    (out, diagnostics)
 }
 
 #[cfg(test)]

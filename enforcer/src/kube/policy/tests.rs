@@ -544,6 +544,17 @@ fn a_thousand_pods_and_ten_thousand_hosts_fit_the_kernel_maps() {
         100.0 * entries as f64 / cap as f64
     );
     assert!(entries <= cap, "{entries} > {cap}");
+    // Pod churn with an unchanged configuration reuses the scope registries.
+    let mut cache = ScopeCache::default();
+    let first = compute_cached(&st, &opts(), &[], &mut cache, 7);
+    st.pods.pop();
+    let t = std::time::Instant::now();
+    let again = compute_cached(&st, &opts(), &[], &mut cache, 7);
+    let cached = t.elapsed();
+    eprintln!("recompute after a pod change, configuration unchanged: {cached:?} (full: {took:?})");
+    assert_eq!(again.placements.len(), 999);
+    assert_eq!(again.policies[0].registry, first.policies[0].registry);
+    assert!(cached < took, "the cache saves the rebuild");
     // One policy per pod would have needed 1,000 x 10,000 entries.
     assert!(1000 * 10_000 > cap);
 }
