@@ -84,6 +84,11 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
     if !pkt.source_route && is_local(&pkt.dest) {
         return PASS;
     }
+    if !pkt.source_route && is_agent(&pkt.dest) {
+        // The agent's own listeners (DNS forwarder, L7 proxy) on a node-local address (Kubernetes
+        // `--local-address`): where the connect/sendmsg hooks steer to.
+        return PASS;
+    }
     // SAFETY: as above; `sk` may be null.
     let sk = unsafe { (*skb).__bindgen_anon_2.sk };
     if sk.is_null() {
@@ -441,4 +446,18 @@ fn parse_v6(ctx: &SkBuffContext) -> Result<Packet, i64> {
     }
     let (port, syn) = ports(ctx, nh, off, first_fragment)?;
     Ok(Packet { dest: Dest { family: FAMILY_V6, addr, port, proto: nh }, source_route, syn })
+}
+
+/// The DNS forwarder's or the L7 proxy's address and port, as SETTINGS gives them.
+#[inline(always)]
+fn is_agent(dest: &Dest) -> bool {
+    let s = settings();
+    if dest.port == 0 || (dest.port != s.dns_port && dest.port != s.proxy_port) {
+        return false;
+    }
+    if dest.family == FAMILY_V4 {
+        s.local_v4 != [0; 4] && dest.addr[0..4] == s.local_v4
+    } else {
+        s.local_v6 != [0; 16] && dest.addr == s.local_v6
+    }
 }

@@ -129,6 +129,16 @@ pub struct PolicyArgs {
     /// How denied/audited connections are printed on stderr: human lines or JSON objects.
     #[arg(long, value_enum, default_value = "text", value_name = "FORMAT")]
     pub event_format: ReportFormat,
+    /// The address the DNS forwarder and the L7 proxy listen on and the connect hooks steer to
+    /// (default 127.0.0.1). Under Kubernetes: a node-local address every pod's network
+    /// namespace reaches, e.g. 169.254.20.11 on a dummy interface of the node (NodeLocal
+    /// DNSCache's way); the address must be local already.
+    #[arg(long, value_name = "IPV4")]
+    pub local_address: Option<std::net::Ipv4Addr>,
+    /// The DNS forwarder's IPv6 address (default ::1 with the default --local-address, else
+    /// none: IPv6 resolvers are then not steered).
+    #[arg(long, value_name = "IPV6")]
+    pub local_address_v6: Option<std::net::Ipv6Addr>,
     #[command(flatten)]
     pub dns: DnsArgs,
     /// Do not watch the registry paths for changes (reload only on SIGHUP).
@@ -282,8 +292,10 @@ pub struct DaemonArgs {
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// cgroup to enforce on (absolute, or relative to the cgroup2 mount); its descendants too.
-    #[arg(long, value_name = "PATH")]
-    pub cgroup: PathBuf,
+    /// With `--kubernetes`: where to look for the kubelet's pod tree (default: the cgroup2 mount;
+    /// kubepods.slice, kubelet.slice/kubelet-kubepods.slice and kubepods/ are detected).
+    #[arg(long, value_name = "PATH", required_unless_present = "kubernetes")]
+    pub cgroup: Option<PathBuf>,
     /// bpffs directory for pinned maps and links (default: /sys/fs/bpf/enforcer/cg<cgroup id>).
     #[arg(long, value_name = "DIR")]
     pub pin_dir: Option<PathBuf>,
@@ -295,6 +307,8 @@ pub struct DaemonArgs {
     /// This node's name for `--kubernetes` (default: $NODE_NAME, else the hostname).
     #[arg(long, value_name = "NAME")]
     pub node_name: Option<String>,
+    #[command(flatten)]
+    pub kube: Box<KubeArgs>,
     /// Per-workload policies: a YAML file mapping cgroup paths/globs (e.g. system.slice/nginx.service)
     /// to their own registries and modes (see README). Reloaded with the registry.
     #[arg(long, value_name = "FILE")]
@@ -302,9 +316,82 @@ pub struct DaemonArgs {
     /// Admin HTTP listener (/debug/registryz, /metrics, /healthz, /readyz). Loopback by default.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:15000")]
     pub admin: std::net::SocketAddr,
+    /// A second, public listener with only /metrics, /healthz and /readyz (and /debug/registryz
+    /// without services); /debug/* with events and destinations stays on `--admin`. For a pod
+    /// port that Prometheus and the kubelet's probes reach while `--admin` stays on loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Write the daemon's pid here once enforcement is in place.
     #[arg(long, value_name = "FILE")]
     pub pid_file: Option<PathBuf>,
+}
+
+/// Settings of `daemon --kubernetes`.
+#[derive(Args, Debug, Clone)]
+pub struct KubeArgs {
+    /// kubeconfig to use (default: in-cluster config, else $KUBECONFIG / ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The opt-in label, on a namespace or a pod (Istio ambient's key). A pod labelled with the
+    /// key and `none` opts out.
+    #[arg(long, value_name = "KEY=VALUE", default_value = "istio.io/dataplane-mode=enforcer")]
+    pub kube_label: String,
+    /// Govern every pod, labelled or not (the exclusions below still apply).
+    #[arg(long)]
+    pub kube_govern_all: bool,
+    /// Also govern pods of kube-system, kube-public and kube-node-lease.
+    #[arg(long)]
+    pub kube_system_namespaces: bool,
+    /// Also govern hostNetwork pods.
+    #[arg(long)]
+    pub kube_host_network: bool,
+    /// Also govern pods that run an Istio sidecar (istio-proxy).
+    #[arg(long)]
+    pub kube_sidecar_pods: bool,
+    /// Steer pods' DNS to the forwarder on --local-address (learns wildcard hosts). The kernel
+    /// steers every process under the kubelet's tree today, ungoverned pods included: see README
+    /// before turning it on.
+    #[arg(long, requires = "local_address")]
+    pub kube_dns_steer: bool,
+    /// Non-DNS UDP from governed pods: `judge` (only registry UDP ports) or `allow` (Istio's
+    /// sidecars do not capture UDP).
+    #[arg(long, value_enum, default_value = "judge", value_name = "HOW")]
+    pub kube_udp: KubeUdpArg,
+    /// A pod cgroup of no pod known on this node: `deny` until the pod is known, or `allow`.
+    #[arg(long, value_enum, default_value = "deny", value_name = "HOW")]
+    pub kube_unknown_pods: KubeUnknownArg,
+    /// Namespace of the mesh ConfigMap.
+    #[arg(long, value_name = "NS", default_value = "istio-system")]
+    pub kube_istio_namespace: String,
+    /// Name of the mesh ConfigMap (`istio-<revision>` for a revisioned install).
+    #[arg(long, value_name = "NAME", default_value = "istio")]
+    pub kube_mesh_config: String,
+    /// The cluster's DNS domain.
+    #[arg(long, value_name = "DOMAIN", default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// Services every governed pod may always reach (repeatable; replaces the default
+    /// default/kubernetes and kube-system/kube-dns).
+    #[arg(long = "kube-always-allow", value_name = "NS/NAME")]
+    pub kube_always_allow: Vec<String>,
+    /// Resolver addresses of ClusterFirst pods besides the cluster DNS Service (repeatable;
+    /// default 169.254.20.10, NodeLocal DNSCache).
+    #[arg(long = "kube-node-local-dns", value_name = "IP")]
+    pub kube_node_local_dns: Vec<std::net::IpAddr>,
+    /// The node's resolv.conf (resolvers of dnsPolicy Default pods).
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    pub kube_node_resolv_conf: PathBuf,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KubeUdpArg {
+    Judge,
+    Allow,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum KubeUnknownArg {
+    Deny,
+    Allow,
 }
 
 #[derive(Args, Debug)]

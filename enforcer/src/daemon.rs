@@ -33,7 +33,28 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mount = cgroup::cgroup2_mount()?;
-    let cg = cgroup::resolve(&mount, &args.cgroup)?;
+    let kubelet_root = if args.kubernetes {
+        let base = match &args.cgroup {
+            Some(c) => cgroup::resolve(&mount, c)?,
+            None => mount.clone(),
+        };
+        let root = crate::kube::cgroup::detect_root(&base).with_context(|| {
+            format!(
+                "no kubelet pod cgroup tree under {} (looked for {} and a kubepods directory up to three levels down); pass --cgroup with the kubelet's cgroup root",
+                base.display(),
+                crate::kube::cgroup::ROOT_CANDIDATES.join(", ")
+            )
+        })?;
+        tracing::info!(root = %root.dir.display(), driver = ?root.driver, "kubelet pod cgroups");
+        Some(root)
+    } else {
+        None
+    };
+    let cg = match (&kubelet_root, &args.cgroup) {
+        (Some(r), _) => r.dir.clone(),
+        (None, Some(c)) => cgroup::resolve(&mount, c)?,
+        (None, None) => anyhow::bail!("--cgroup PATH is required (or --kubernetes)"),
+    };
     let pin_dir = match &args.pin_dir {
         Some(d) => d.clone(),
         None => default_pin_dir(cgroup::cgroup_id(&cg)?),
@@ -43,7 +64,22 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     // running daemon's SETTINGS, modes or entries.
     let _lock = lock_pin_dir(&pin_dir)?;
 
-    let config = AgentConfig::from_args(&args.policy);
+    let mut config = AgentConfig::from_args(&args.policy);
+    if args.kubernetes {
+        // The node default judges every pod that is not governed: they must be untouched.
+        config.mode = Some(crate::config::Mode::AllowAny);
+        if config.dns.steer && !args.kube.kube_dns_steer {
+            tracing::info!(
+                "Kubernetes mode: DNS steering is off (turn it on with --local-address and --kube-dns-steer; see README)"
+            );
+            config.dns.steer = false;
+        } else if config.dns.steer {
+            tracing::warn!(
+                "--kube-dns-steer: port-53 traffic of EVERY process under the kubelet's tree (ungoverned pods included) goes to the forwarder on {}; make sure --dns-upstream is not itself a pod under this tree",
+                config.local_v4
+            );
+        }
+    }
     let cfg = match load::load_config(&config) {
         Ok(c) => c,
         Err(e) if pin_dir.join("ALLOW").exists() => {
@@ -61,9 +97,44 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     for n in notes {
         tracing::warn!("{n}");
     }
-    let mut started = Agent::start(config, dp, cfg, DEFAULT_DNS_PORT).await?;
+    // Kubernetes: the first policy set is computed from a full sync before the agent writes
+    // anything, and applied in the agent's first apply: a restarted daemon keeps the previous
+    // one's pinned policies until then (also while the API server is unreachable).
+    let mut kube = None;
+    let mut initial = Vec::new();
+    if let Some(root) = &kubelet_root {
+        let ccfg = kube_config(&args, root.clone(), args.policy.mode)?;
+        let client = kube_client(&args).await?;
+        tracing::info!(node = %ccfg.node_name, "following the Kubernetes cluster");
+        let sync = async {
+            let mut ctl = crate::kube::Controller::start(client, ccfg).await;
+            let first = ctl.initial_sync().await?;
+            Ok::<_, crate::kube::KubeError>((ctl, first))
+        };
+        let (ctl, first) = tokio::select! {
+            r = sync => r?,
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM before the first Kubernetes sync; the pinned enforcement stays");
+                return Ok(0);
+            }
+            _ = sigint.recv() => return Ok(0),
+        };
+        initial = first.policies.clone();
+        kube = Some((ctl, first));
+    }
+    let mut started = Agent::start_with_workloads(config, dp, cfg, DEFAULT_DNS_PORT, initial.clone()).await?;
     let agent = started.agent.clone();
     agent.desired().warnings.iter().for_each(|w| tracing::warn!("{w}"));
+    if args.kubernetes && config_is_loopback(&args) {
+        // Steering a pod's connection to the node's loopback lands in the pod's own loopback:
+        // DestinationRule TLS origination and --sni-check need --local-address under Kubernetes.
+        if started.proxy.take().is_some() {
+            tracing::warn!(
+                "Kubernetes mode without --local-address: the L7 proxy is off (DestinationRule TLS origination and --sni-check are not applied to pods)"
+            );
+        }
+        started.agent.stop_steering()?;
+    }
     let mut servers = Servers::start_for(&mut started);
     let (steering, proxying) = (servers.steering, servers.proxying);
     let attached = agent
@@ -86,7 +157,19 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             .with_dataplane(|dp| dp.attach_tc(iface))
             .with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
-    agent.set_names(crate::workloads::Workloads::for_daemon(&cg, &mount));
+    let mut names = crate::workloads::Workloads::for_daemon(&cg, &mount);
+    names.set_overrides(
+        initial
+            .iter()
+            .flat_map(|w| {
+                crate::workload::expand_cgroups(&w.cgroups).into_iter().map(|d| {
+                    let n = w.workloads.get(&d).map(|n| n.name.clone()).unwrap_or_else(|| w.name.clone());
+                    (d, n)
+                })
+            })
+            .collect(),
+    );
+    agent.set_names(names);
     if args.workloads.is_none() && !args.kubernetes {
         // No workload policies in this configuration: what a previous daemon had goes now.
         agent.set_workload_policies(Vec::new()).await?;
@@ -100,7 +183,11 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     let upkeep = agent.spawn_upkeep();
     let _watch = run::spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, false)?;
     let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
-    servers.admin(args.admin, source).await?;
+    servers.admin(args.admin, source.clone()).await?;
+    if let Some(addr) = args.metrics_addr {
+        let public = servers.admin(addr, Arc::new(PublicAdmin(source))).await?;
+        tracing::info!(addr = %public, "public metrics and health listener (no events, no destinations)");
+    }
     {
         let v = agent.view();
         tracing::info!(
@@ -116,23 +203,11 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         );
     }
     let kube_ready = Arc::new(std::sync::atomic::AtomicBool::new(!args.kubernetes));
-    if args.kubernetes {
-        let node = match args.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()) {
-            Some(n) => n,
-            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .context("no --node-name / NODE_NAME and no hostname")?,
-        };
-        let client = ::kube::Client::try_default()
-            .await
-            .context("connecting to the Kubernetes API (in-cluster config or KUBECONFIG)")?;
-        let sink: Arc<dyn crate::workload::PolicySink> =
-            Arc::new(KubeSink { agent: agent.clone(), handle: tokio::runtime::Handle::current() });
+    if let Some((ctl, first)) = kube {
+        let sink: Arc<dyn crate::workload::PolicySink> = Arc::new(KubeSink { agent: agent.clone() });
         let ready = kube_ready.clone();
-        let root = mount.clone();
-        tracing::info!(node = %node, "following the Kubernetes cluster");
         tokio::spawn(async move {
-            if let Err(e) = crate::kube::run(client, node, root, sink, ready).await {
+            if let Err(e) = ctl.run(sink, first, ready).await {
                 tracing::error!("Kubernetes controller stopped: {e:#}");
             }
         });
@@ -230,22 +305,125 @@ fn lock_pin_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// Delivers the Kubernetes controller's per-pod policies to the agent.
+/// What the public `--metrics-addr` listener shows: metrics and health, no destinations, no
+/// events (those carry pids and addresses).
+struct PublicAdmin(Arc<dyn admin::AdminSource>);
+
+impl admin::AdminSource for PublicAdmin {
+    fn registryz(&self) -> admin::Registryz {
+        let mut r = self.0.registryz();
+        r.services.clear();
+        r
+    }
+    fn metrics(&self, format: crate::metrics::Format) -> String {
+        self.0.metrics(format)
+    }
+    fn ready(&self) -> bool {
+        self.0.ready()
+    }
+}
+
+/// Delivers the Kubernetes controller's policies to the agent.
 struct KubeSink {
     agent: Agent,
-    handle: tokio::runtime::Handle,
 }
 
 impl crate::workload::PolicySink for KubeSink {
-    fn apply(&self, policies: Vec<crate::workload::WorkloadPolicy>) {
+    fn apply(
+        &self,
+        policies: Vec<crate::workload::WorkloadPolicy>,
+    ) -> futures::future::BoxFuture<'static, Result<crate::workload::MapUse, String>> {
         let agent = self.agent.clone();
-        let n = policies.len();
-        self.handle.spawn(async move {
-            match agent.set_workload_policies(policies).await {
-                Ok(s) => tracing::info!(pods = n, added = s.upserts, removed = s.removals, "pod policies applied"),
-                Err(e) => tracing::error!("applying pod policies failed: {e:#}"),
-            }
-        });
+        Box::pin(async move {
+            let s = agent.set_workload_policies(policies).await.map_err(|e| format!("{e:#}"))?;
+            tracing::debug!(added = s.upserts, removed = s.removals, "workload policies written");
+            Ok(crate::workload::MapUse {
+                allow_entries: s.total,
+                allow_capacity: enforcer_common::ALLOW_MAX_ENTRIES as usize,
+            })
+        })
     }
+
+    fn sync_cgroups(&self) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        let agent = self.agent.clone();
+        Box::pin(async move { agent.sync_workload_cgroups().await.map_err(|e| format!("{e:#}")) })
+    }
+}
+
+/// Is the forwarder/proxy address loopback (unreachable from pods' network namespaces)?
+fn config_is_loopback(args: &DaemonArgs) -> bool {
+    args.policy.local_address.is_none_or(|a| a.is_loopback())
+}
+
+/// The controller's settings from the command line.
+fn kube_config(
+    args: &DaemonArgs,
+    root: crate::kube::cgroup::KubeletRoot,
+    mode: Option<crate::config::Mode>,
+) -> anyhow::Result<crate::kube::ControllerConfig> {
+    use crate::cli::{KubeUdpArg, KubeUnknownArg};
+    use crate::kube::policy::UdpPolicy;
+    let node = match args.node_name.clone().or_else(|| std::env::var("NODE_NAME").ok()).filter(|n| !n.is_empty()) {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .context("no --node-name / NODE_NAME and no hostname")?,
+    };
+    let k = &args.kube;
+    let mut c = crate::kube::ControllerConfig::new(node, root);
+    let (key, value) = k.kube_label.split_once('=').with_context(|| {
+        format!("--kube-label {:?}: expected KEY=VALUE, e.g. istio.io/dataplane-mode=enforcer", k.kube_label)
+    })?;
+    let g = &mut c.options.governance;
+    g.label_key = key.to_string();
+    g.label_value = value.to_string();
+    g.govern_all = k.kube_govern_all;
+    g.allow_system_namespaces = k.kube_system_namespaces;
+    g.govern_host_network = k.kube_host_network;
+    g.govern_sidecar_pods = k.kube_sidecar_pods;
+    // The daemon's own namespace (downward API `POD_NAMESPACE`): its pods are not workloads.
+    if let Ok(ns) = std::env::var("POD_NAMESPACE")
+        && !ns.is_empty()
+    {
+        g.excluded_namespaces.insert(ns);
+    }
+    c.options.default_mode = mode.unwrap_or(crate::config::Mode::AllowAny);
+    c.options.udp = match k.kube_udp {
+        KubeUdpArg::Judge => UdpPolicy::Judge,
+        KubeUdpArg::Allow => UdpPolicy::Allow,
+    };
+    if !k.kube_always_allow.is_empty() {
+        c.options.always_services = k.kube_always_allow.clone();
+    }
+    if !k.kube_node_local_dns.is_empty() {
+        c.options.node_local_dns = k.kube_node_local_dns.clone();
+    }
+    c.options.node_resolvers =
+        crate::policy::parse_resolv_conf(&std::fs::read_to_string(&k.kube_node_resolv_conf).unwrap_or_default());
+    c.unknown_pods = match k.kube_unknown_pods {
+        KubeUnknownArg::Deny => crate::kube::UnknownPods::Deny,
+        KubeUnknownArg::Allow => crate::kube::UnknownPods::Allow,
+    };
+    c.istio_namespace = k.kube_istio_namespace.clone();
+    c.mesh_config_map = k.kube_mesh_config.clone();
+    c.cluster_domain = k.cluster_domain.clone();
+    Ok(c)
+}
+
+async fn kube_client(args: &DaemonArgs) -> anyhow::Result<::kube::Client> {
+    let config = match &args.kube.kubeconfig {
+        Some(path) => {
+            let kc = ::kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading the kubeconfig {}", path.display()))?;
+            ::kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .with_context(|| format!("using the kubeconfig {}", path.display()))?
+        }
+        None => ::kube::Config::infer()
+            .await
+            .context("finding the Kubernetes API (in-cluster service account, or KUBECONFIG / ~/.kube/config)")?,
+    };
+    ::kube::Client::try_from(config).context("building the Kubernetes client")
 }
 
 pub fn unpin(args: UnpinArgs) -> anyhow::Result<i32> {

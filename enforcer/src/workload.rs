@@ -2,15 +2,27 @@
 //! local `--workloads` file or by the Kubernetes controller, applied by the agent (each gets its
 //! own policy id in the kernel maps; cgroups with no policy get the node default).
 
-use std::path::PathBuf;
+use std::{collections::BTreeMap, path::PathBuf};
+
+use futures::future::BoxFuture;
 
 use crate::config::{Mode, Registry};
 
-/// One workload's egress policy.
+/// Istio's identity of the workload behind a cgroup: `source_workload` (the owning Deployment,
+/// StatefulSet, DaemonSet, CronJob, ... or the pod) and `source_workload_namespace`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadName {
+    pub name: String,
+    pub namespace: String,
+}
+
+/// One policy: a registry and mode, and the cgroups it judges. Under Kubernetes one policy serves
+/// every pod of a scope (a namespace and its Sidecar), named after the scope.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WorkloadPolicy {
-    /// The workload's name: the `source_workload` label and the name in events (e.g.
-    /// "nginx", or "namespace/pod" under Kubernetes).
+    /// The policy's name, which keeps its policy id stable for as long as it exists (e.g.
+    /// "nginx" from a workloads file, or a scope such as "kube:team-a" under Kubernetes). Also the
+    /// workload name in events and metrics for cgroups not listed in `workloads`.
     pub name: String,
     /// The ServiceEntries (and DestinationRules) this workload may use.
     pub registry: Registry,
@@ -19,12 +31,28 @@ pub struct WorkloadPolicy {
     /// The cgroup directories (absolute paths under the cgroup2 mount) whose processes — and
     /// descendants — this policy judges.
     pub cgroups: Vec<PathBuf>,
+    /// The workload identity of each cgroup directory in `cgroups` (Kubernetes: the pod's owner;
+    /// empty for workloads files, whose cgroups are named after the policy). For the
+    /// `source_workload` / `source_workload_namespace` labels and events.
+    pub workloads: BTreeMap<PathBuf, WorkloadName>,
+}
+
+/// How much of the kernel's policy maps an apply used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapUse {
+    /// ALLOW entries in the kernel after the apply, and the map's capacity.
+    pub allow_entries: usize,
+    pub allow_capacity: usize,
 }
 
 /// Where per-workload policies are delivered (the agent).
 pub trait PolicySink: Send + Sync + 'static {
-    /// Replace the whole set of workload policies. Called whenever the set changes.
-    fn apply(&self, policies: Vec<WorkloadPolicy>);
+    /// Replace the whole set of workload policies (one ordered apply); resolves once the kernel
+    /// holds them. `Err` (e.g. a full map) leaves the previous set in place.
+    fn apply(&self, policies: Vec<WorkloadPolicy>) -> BoxFuture<'static, Result<MapUse, String>>;
+    /// Map cgroup directories that appeared since the last apply to their policies (nothing is
+    /// recompiled): the fast path when a pod's cgroup is created.
+    fn sync_cgroups(&self) -> BoxFuture<'static, Result<(), String>>;
 }
 
 /// The local form (`enforcer daemon --workloads FILE`): several services on one host, each with
@@ -112,7 +140,7 @@ pub fn load_file(
             }
         };
         let cgroups = w.cgroups.iter().map(|c| mount.join(c.trim_start_matches('/'))).collect();
-        out.push(WorkloadPolicy { name: w.name, registry, mode, cgroups });
+        out.push(WorkloadPolicy { name: w.name, registry, mode, cgroups, workloads: BTreeMap::new() });
     }
     if !errors.is_empty() {
         anyhow::bail!("{}", errors.join("\n"));

@@ -26,6 +26,8 @@
 //! - `dns`: [`Dnsmasq`] and a DNS client; `tls`: [`Pki`]; `http`, `metrics`: the admin API;
 //! - `prometheus`: a real [`Prometheus`] scraping the agent, and known traffic (traffic.py).
 //! - `proxy`: the L7 proxy's client script under `enforcer run` ([`ProxyRun`]) and its YAML.
+//! - `kube_api`: [`FakeApi`], a fake Kubernetes API server; `kube`: [`KubeNode`] (kubelet-shaped
+//!   cgroups, pods in a test netns) and [`KubeDaemon`].
 //!
 //! The Python programs the tests run live in `tests/helpers/*.py` (embedded with `include_str!`,
 //! passed to `python3 -c`, so the test binaries are self-contained); `cargo xtask lint` runs
@@ -39,6 +41,8 @@ mod enforcer;
 mod env;
 mod files;
 mod http;
+mod kube;
+mod kube_api;
 mod metrics;
 mod netns;
 mod process;
@@ -57,6 +61,8 @@ pub use enforcer::*;
 pub use env::*;
 pub use files::*;
 pub use http::*;
+pub use kube::*;
+pub use kube_api::*;
 pub use metrics::*;
 pub use netns::*;
 pub use process::*;

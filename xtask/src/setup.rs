@@ -32,7 +32,9 @@ const PEER_PKGS: &[&str] = &[
 const VM_PKGS: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils"];
 /// `cargo xtask lint`: Debian's clippy for the eBPF crate (the same version as `rustc-web`), and
 /// pyflakes for the tests' Python helpers.
-const LINT_PKGS: &[&str] = &["rust-web-clippy", "pyflakes3"];
+const LINT_PKGS: &[&str] = &["rust-web-clippy", "pyflakes3", "python3-yaml", "python3-pip"];
+/// The Kubernetes schema validator tests/tests/deploy.rs runs over deploy/ (PyPI).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 /// The live view's browser tests (tests/tests/ui.rs): Debian's chromium, driven headless by
 /// playwright-core (npm, `npm ci` in [`UI_HELPER_DIR`]; it never downloads a browser).
 const UI_PKGS: &[&str] = &["chromium", "nodejs"];
@@ -105,6 +107,7 @@ pub fn main(check: bool) -> Result<ExitCode> {
         }
         line(s.ui_modules, format!("{UI_HELPER_DIR}/node_modules as package-lock.json pins it (npm ci)"));
         line(s.bpf_linker, "bpf-linker on PATH".into());
+        line(which::which("kubernetes-validate").is_ok(), format!("{KUBERNETES_VALIDATE} (pip) on PATH"));
         line(s.rustup.is_some(), "rustup on PATH".into());
         line(s.debian_toolchain, format!("rustup toolchain `{RUSTUP_TOOLCHAIN}` (linked to /usr)"));
         match util::cgroup2_mount() {
@@ -196,6 +199,17 @@ pub fn ensure() -> Result<bool> {
         util::run_quiet(&mut c)
             .with_context(|| format!("`npm ci` in {UI_HELPER_DIR} failed (it needs the npm registry)"))?;
         println!("setup: installed {UI_HELPER_DIR}/node_modules (npm ci)");
+    }
+    if which::which("kubernetes-validate").is_err() {
+        require_root_to_install(KUBERNETES_VALIDATE)?;
+        let pip = |extra: &[&str]| {
+            let mut c = Command::new("python3");
+            c.args(["-m", "pip", "install", "-q"]).args(extra).arg(KUBERNETES_VALIDATE);
+            util::run_quiet(&mut c)
+        };
+        // Debian's python3 refuses system-wide pip installs without the flag (PEP 668).
+        pip(&[]).or_else(|_| pip(&["--break-system-packages"])).context("pip install kubernetes-validate failed")?;
+        println!("setup: installed {KUBERNETES_VALIDATE} (pip)");
         did = true;
     }
     util::cgroup2_mount()?;

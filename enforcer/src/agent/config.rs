@@ -1,7 +1,11 @@
 //! The agent's configuration, typed and built once from the command line. The agent never reads
 //! clap structs at run time.
 
-use std::{net::SocketAddr, path::PathBuf, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    time::Duration,
+};
 
 use crate::{
     cli::{PolicyArgs, ReportFormat, UnknownNamesArg},
@@ -28,6 +32,12 @@ pub struct AgentConfig {
     pub event_format: ReportFormat,
     /// `--proxy-threads`: the L7 proxy's worker threads (0: one per CPU).
     pub proxy_threads: usize,
+    /// Where the DNS forwarder and the L7 proxy listen, and what the connect hooks steer to:
+    /// loopback for `run` and a host daemon; a node-local address every pod can reach under
+    /// Kubernetes (pods have their own network namespace, and their loopback is their own).
+    pub local_v4: Ipv4Addr,
+    /// The forwarder's IPv6 listener (`None`: IPv6 resolvers are not steered).
+    pub local_v6: Option<Ipv6Addr>,
     pub dns: DnsConfig,
 }
 
@@ -61,6 +71,12 @@ impl AgentConfig {
             quiet: false,
             event_format: a.event_format,
             proxy_threads: a.proxy_threads,
+            local_v4: a.local_address.unwrap_or(Ipv4Addr::LOCALHOST),
+            local_v6: match (a.local_address, a.local_address_v6) {
+                (_, Some(v6)) => Some(v6),
+                (None, None) => Some(Ipv6Addr::LOCALHOST),
+                (Some(_), None) => None,
+            },
             dns: DnsConfig {
                 upstreams: a.dns.upstreams.clone(),
                 steer: !a.dns.no_dns_steer,

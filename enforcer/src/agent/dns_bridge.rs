@@ -17,7 +17,8 @@ use crate::{
     policy::{DestEntry, entries_for, normalize},
 };
 
-/// Bind the forwarder on 127.0.0.1/::1:`port` and point the kernel's DNS steering at it.
+/// Bind the forwarder on the local address (127.0.0.1/::1 by default):`port` and point the
+/// kernel's DNS steering at it.
 pub(super) async fn start_forwarder(agent: &Agent, port: u16) -> anyhow::Result<dns::Forwarder> {
     let cfg_dns = &agent.inner.config.dns;
     let upstreams: Vec<SocketAddr> = if cfg_dns.upstreams.is_empty() {
@@ -27,10 +28,9 @@ pub(super) async fn start_forwarder(agent: &Agent, port: u16) -> anyhow::Result<
     };
     anyhow::ensure!(!upstreams.is_empty(), "no upstream resolver (none in /etc/resolv.conf; pass --dns-upstream)");
     let cfg = dns::Config {
-        listen: vec![
-            SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), port),
-            SocketAddr::new(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST), port),
-        ],
+        listen: std::iter::once(SocketAddr::new(IpAddr::V4(agent.inner.config.local_v4), port))
+            .chain(agent.inner.config.local_v6.map(|a| SocketAddr::new(IpAddr::V6(a), port)))
+            .collect(),
         upstreams,
         timeout: cfg_dns.timeout,
         unknown_names: cfg_dns.unknown_names,

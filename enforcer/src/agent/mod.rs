@@ -168,6 +168,19 @@ impl Agent {
         cfg: LoadedConfig,
         default_dns_port: u16,
     ) -> anyhow::Result<Started> {
+        Self::start_with_workloads(config, dp, cfg, default_dns_port, Vec::new()).await
+    }
+
+    /// [`Agent::start`] with the first workload policies in the same first apply: what a
+    /// previous daemon left in the maps goes straight to this state (no lapse to the default
+    /// policy in between, e.g. on a restart under Kubernetes).
+    pub async fn start_with_workloads(
+        config: AgentConfig,
+        dp: Dataplane,
+        cfg: LoadedConfig,
+        default_dns_port: u16,
+        workloads: Vec<WorkloadPolicy>,
+    ) -> anyhow::Result<Started> {
         let lookup =
             HickoryLookup::new(&config.dns.upstreams, config.dns.timeout).context("setting up the DNS resolver")?;
         let refresher = Refresher::new(
@@ -196,16 +209,26 @@ impl Agent {
             services: maps.allow().in_map().map(|(k, v)| (k.policy_id, v.service_id)).collect(),
             workloads: maps.workloads().clone(),
         };
+        let given = !workloads.is_empty();
         let mut control = Control {
             cfg,
-            specs: Vec::new(),
+            specs: workloads,
             policy_ids: Default::default(),
             service_ids: Default::default(),
             plan: Plan::default(),
-            adopted: Some(adopted),
+            // Workload policies given at start replace what a previous daemon left; none given:
+            // it stays until they are.
+            adopted: (!given).then_some(adopted),
         };
+        // Each workload keeps the policy id its cgroups already have in the kernel.
+        for (cg, name) in workload_cgroups(&control.specs) {
+            if let Some(id) = maps.workloads().get(&cg) {
+                control.policy_ids.prefer(&name, *id);
+            }
+        }
         refresher.set_names(&all_names(&control.cfg, &control.specs)).await;
-        let (plan, view) = compile_all(&mut control, &refresher.snapshot(), &BTreeMap::new())?;
+        let cgroups = workload_cgroups(&control.specs);
+        let (plan, view) = compile_all(&mut control, &refresher.snapshot(), &cgroups)?;
         let inner = Arc::new(Inner {
             config,
             control: tokio::sync::Mutex::new(control),
@@ -436,7 +459,9 @@ impl Agent {
         let mut names = Vec::new();
         for w in specs {
             for dir in crate::workload::expand_cgroups(&w.cgroups) {
-                names.push((dir, w.name.clone()));
+                // A cgroup's own workload identity (Kubernetes: the pod's owner), else the policy.
+                let name = w.workloads.get(&dir).map(|n| n.name.clone()).unwrap_or_else(|| w.name.clone());
+                names.push((dir, name));
             }
         }
         if let Some(w) = self.inner.names.lock().expect("names lock").as_mut() {

@@ -34,12 +34,13 @@ const ROUTES_TTL: Duration = Duration::from_secs(2);
 const MAX_CACHED_ROUTES: usize = 4096;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Bind the proxy on 127.0.0.1 and point the kernel's proxy steering at it.
+/// Bind the proxy on the local address (127.0.0.1 by default) and point the kernel's proxy
+/// steering at it.
 pub(super) async fn start_proxy(agent: &Agent) -> anyhow::Result<proxy::Proxy> {
     let policy = Arc::new(AgentProxy { agent: agent.clone(), cache: Mutex::default() });
     let p = proxy::Proxy::bind(
         proxy::ProxyConfig {
-            listen: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 0),
+            listen: SocketAddr::new(IpAddr::V4(agent.inner.config.local_v4), 0),
             upstream_mark: Some(AGENT_MARK),
             threads: agent.inner.config.proxy_threads,
         },
@@ -49,7 +50,7 @@ pub(super) async fn start_proxy(agent: &Agent) -> anyhow::Result<proxy::Proxy> {
     .context("binding the L7 proxy")?;
     let port = p.local_addr().port();
     agent.update_settings(|s| {
-        s.local_v4 = [127, 0, 0, 1];
+        s.local_v4 = agent.inner.config.local_v4.octets();
         s.proxy_port = port;
         s.agent_mark = AGENT_MARK;
         s.flags |= SETTINGS_F_PROXY;

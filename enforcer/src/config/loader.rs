@@ -127,6 +127,11 @@ impl<'a> FileLoader<'a> {
         }
     }
 
+    /// Load one object given as a tree (see [`Node::from_json`]), as document 1.
+    pub fn load_node(&mut self, node: &Node<'_>) {
+        self.document(&Ctx { doc: 1, prefix: String::new(), object: None, namespace: "default".into() }, node);
+    }
+
     pub fn document(&mut self, ctx: &Ctx, node: &Node<'_>) {
         match &node.value {
             Yaml::Null => {}

@@ -146,6 +146,15 @@ fn load_str_inner(text: &str, file: &Path) -> (Registry, Vec<Diagnostic>) {
     (registry, errors)
 }
 
+/// Load one object given as a JSON value (a Kubernetes object as the API server sent it) through
+/// the same validation as a file, without serializing it back to text. `file` names it in
+/// diagnostics (e.g. `kubernetes:ServiceEntry/ns/name`).
+pub fn load_json(value: &serde_json::Value, file: &Path) -> Result<Registry, ConfigError> {
+    let mut loader = loader::FileLoader::new(file, "");
+    loader.load_node(&yaml::Node::from_json(value));
+    if loader.errors.is_empty() { Ok(loader.registry) } else { Err(ConfigError::Invalid { errors: loader.errors }) }
+}
+
 /// Load files and directories. A directory is searched recursively for
 /// `*.yaml` / `*.yml` files (sorted by path for determinism); a file given
 /// explicitly is read whatever its extension (JSON is YAML too).

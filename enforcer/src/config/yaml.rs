@@ -74,6 +74,34 @@ pub(crate) enum Yaml<'a> {
     Map(Vec<Entry<'a>>),
 }
 
+impl Node<'static> {
+    /// The same tree from a JSON value (Kubernetes objects from the API server): the node adapter
+    /// through which cluster objects enter the loader without being re-serialized. Lines are 0
+    /// (unknown); diagnostics then name the object and field instead.
+    pub fn from_json(v: &serde_json::Value) -> Node<'static> {
+        use serde_json::Value as J;
+        let value = match v {
+            J::Null => Yaml::Null,
+            J::Bool(b) => Yaml::Bool(*b),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Yaml::Int(i as i128),
+                None => match n.as_u64() {
+                    Some(u) => Yaml::Int(u as i128),
+                    None => Yaml::Float(n.as_f64().unwrap_or(0.0)),
+                },
+            },
+            J::String(s) => Yaml::Str(Cow::Owned(s.clone())),
+            J::Array(a) => Yaml::Seq(a.iter().map(Node::from_json).collect()),
+            J::Object(m) => Yaml::Map(
+                m.iter()
+                    .map(|(k, v)| Entry { key: Cow::Owned(k.clone()), line: 0, value: Node::from_json(v) })
+                    .collect(),
+            ),
+        };
+        Node { value, line: 0 }
+    }
+}
+
 impl Yaml<'_> {
     /// Short human description of the node type, used in "expected X, got Y".
     pub fn describe(&self) -> String {

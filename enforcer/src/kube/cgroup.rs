@@ -129,6 +129,148 @@ fn ends_with_pod(name: &str, pod_token: &str) -> bool {
     stem == pod_token || stem.ends_with(&format!("-{pod_token}"))
 }
 
+/// The kubelet's cgroup driver, which decides how pod directories are named.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// `<prefix>-burstable.slice/<prefix>-burstable-pod<uid_>.slice`.
+    Systemd,
+    /// `burstable/pod<uid>`.
+    Cgroupfs,
+}
+
+/// Where the kubelet keeps its pods: the directory holding the pod (and QoS) cgroups.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KubeletRoot {
+    pub dir: PathBuf,
+    pub driver: Driver,
+}
+
+/// The layouts tried by [`detect_root`], in order, relative to the search base.
+pub const ROOT_CANDIDATES: [&str; 5] = [
+    "kubepods.slice",
+    "kubelet.slice/kubelet-kubepods.slice",
+    "kubepods",
+    "kubelet/kubepods",
+    "kubelet.slice/kubepods.slice",
+];
+
+impl KubeletRoot {
+    /// A known directory: the driver follows from its name (`*.slice`: systemd).
+    pub fn at(dir: impl Into<PathBuf>) -> KubeletRoot {
+        let dir = dir.into();
+        let driver = if dir.extension().is_some_and(|e| e == "slice") { Driver::Systemd } else { Driver::Cgroupfs };
+        KubeletRoot { dir, driver }
+    }
+
+    /// systemd slice prefix: `kubepods` for `kubepods.slice`, `kubelet-kubepods` for kind's.
+    fn prefix(&self) -> String {
+        self.dir.file_stem().and_then(|n| n.to_str()).unwrap_or("kubepods").to_string()
+    }
+
+    /// The pod directories a pod with `uid` can have (one per QoS class): the paths a policy
+    /// names before the kubelet creates the directory, so enrolment needs no recompute.
+    pub fn pod_dirs(&self, uid: &str) -> Vec<PathBuf> {
+        let dashed = uid.replace('_', "-");
+        match self.driver {
+            Driver::Systemd => {
+                let p = self.prefix();
+                let under = dashed.replace('-', "_");
+                vec![
+                    self.dir.join(format!("{p}-pod{under}.slice")),
+                    self.dir.join(format!("{p}-burstable.slice")).join(format!("{p}-burstable-pod{under}.slice")),
+                    self.dir.join(format!("{p}-besteffort.slice")).join(format!("{p}-besteffort-pod{under}.slice")),
+                ]
+            }
+            Driver::Cgroupfs => vec![
+                self.dir.join(format!("pod{dashed}")),
+                self.dir.join("burstable").join(format!("pod{dashed}")),
+                self.dir.join("besteffort").join(format!("pod{dashed}")),
+            ],
+        }
+    }
+
+    /// The QoS directories pod directories appear in (the root itself, burstable, besteffort).
+    pub fn parent_dirs(&self) -> Vec<PathBuf> {
+        match self.driver {
+            Driver::Systemd => {
+                let p = self.prefix();
+                vec![
+                    self.dir.clone(),
+                    self.dir.join(format!("{p}-burstable.slice")),
+                    self.dir.join(format!("{p}-besteffort.slice")),
+                ]
+            }
+            Driver::Cgroupfs => vec![self.dir.clone(), self.dir.join("burstable"), self.dir.join("besteffort")],
+        }
+    }
+
+    /// Every pod directory that exists now, with its pod UID (dashed form).
+    pub fn scan(&self) -> Vec<(String, PathBuf)> {
+        let mut out = Vec::new();
+        for parent in self.parent_dirs() {
+            let Ok(rd) = fs::read_dir(&parent) else { continue };
+            for e in rd.flatten() {
+                if let Some(uid) = e.file_name().to_str().and_then(pod_uid_of)
+                    && e.file_type().is_ok_and(|t| t.is_dir())
+                {
+                    out.push((uid, e.path()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+/// The pod UID (dashed) a pod-level cgroup directory name carries: `kubepods-pod<uid_>.slice`,
+/// `kubepods-burstable-pod<uid_>.slice`, `kubelet-kubepods-besteffort-pod<uid_>.slice`,
+/// `pod<uid>`; `None` for QoS slices, container scopes and anything else.
+pub fn pod_uid_of(name: &str) -> Option<String> {
+    let stem = name.strip_suffix(".slice").unwrap_or(name);
+    let idx = if stem.starts_with("pod") { 0 } else { stem.rfind("-pod")? + 1 };
+    let uid = stem[idx + 3..].replace('_', "-");
+    // A UID: 32 hex digits in 8-4-4-4-12 groups.
+    let ok = uid.len() == 36
+        && uid.split('-').map(str::len).eq([8, 4, 4, 4, 12])
+        && uid.chars().all(|c| c == '-' || c.is_ascii_hexdigit());
+    ok.then(|| uid.to_ascii_lowercase())
+}
+
+/// Find the kubelet's pod tree below `base` (the cgroup2 mount, or a test's own tree): the first
+/// of [`ROOT_CANDIDATES`] that exists, else the shallowest directory (at most three levels down)
+/// named `kubepods`, `*-kubepods.slice` or `kubepods.slice`. `base` itself is accepted when it is
+/// such a directory.
+pub fn detect_root(base: &Path) -> Option<KubeletRoot> {
+    let is_root_name = |n: &str| n == "kubepods" || n == "kubepods.slice" || n.ends_with("-kubepods.slice");
+    if base.file_name().and_then(|n| n.to_str()).is_some_and(is_root_name) && base.is_dir() {
+        return Some(KubeletRoot::at(base));
+    }
+    if let Some(c) = ROOT_CANDIDATES.iter().map(|c| base.join(c)).find(|p| p.is_dir()) {
+        return Some(KubeletRoot::at(c));
+    }
+    let mut level = vec![base.to_path_buf()];
+    for _ in 0..3 {
+        let mut next = Vec::new();
+        for dir in &level {
+            let Ok(rd) = fs::read_dir(dir) else { continue };
+            let mut names: Vec<(String, PathBuf)> = rd
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+                .collect();
+            names.sort();
+            for (name, path) in names {
+                if is_root_name(&name) {
+                    return Some(KubeletRoot::at(path));
+                }
+                next.push(path);
+            }
+        }
+        level = next;
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,6 +412,47 @@ mod tests {
         assert_eq!(find_pod_cgroup(&t.0, UID, QosClass::Burstable), None);
         assert_eq!(find_pod_cgroup(&t.0, "", QosClass::Burstable), None);
         assert_eq!(find_pod_cgroup(&t.0.join("does-not-exist"), UID, QosClass::Burstable), None);
+    }
+
+    #[test]
+    fn kubelet_root_detection_and_pod_dirs() {
+        let t = TempDir::new("detect");
+        t.mk("system.slice/containerd.service");
+        // kind: kubelet.slice/kubelet-kubepods.slice
+        let kind = t.mk("kubelet.slice/kubelet-kubepods.slice/kubelet-kubepods-besteffort.slice");
+        let root = detect_root(&t.0).unwrap();
+        assert_eq!(root, KubeletRoot { dir: kind.parent().unwrap().to_path_buf(), driver: Driver::Systemd });
+        let dirs = root.pod_dirs(UID);
+        assert_eq!(
+            dirs[2],
+            root.dir.join(format!("kubelet-kubepods-besteffort.slice/kubelet-kubepods-besteffort-pod{UID_}.slice"))
+        );
+        fs::create_dir_all(&dirs[2]).unwrap();
+        assert_eq!(root.scan(), vec![(UID.to_string(), dirs[2].clone())]);
+        // systemd wins over a stray cgroupfs tree; cgroupfs when it is the only one.
+        t.mk("kubepods.slice");
+        assert_eq!(detect_root(&t.0).unwrap().dir, t.0.join("kubepods.slice"));
+        let t2 = TempDir::new("detect2");
+        t2.mk("kubepods/burstable");
+        let r = detect_root(&t2.0).unwrap();
+        assert_eq!(r.driver, Driver::Cgroupfs);
+        assert_eq!(r.pod_dirs(UID_)[1], t2.0.join(format!("kubepods/burstable/pod{UID}")));
+        // Deeper custom roots are found by the bounded search; nothing at all is None.
+        let t3 = TempDir::new("detect3");
+        let deep = t3.mk("custom/nodes/kubepods.slice");
+        assert_eq!(detect_root(&t3.0).unwrap().dir, deep);
+        assert_eq!(detect_root(&TempDir::new("detect4").0), None);
+    }
+
+    #[test]
+    fn pod_uids_from_directory_names() {
+        assert_eq!(pod_uid_of(&format!("kubepods-burstable-pod{UID_}.slice")).as_deref(), Some(UID));
+        assert_eq!(pod_uid_of(&format!("kubepods-pod{UID_}.slice")).as_deref(), Some(UID));
+        assert_eq!(pod_uid_of(&format!("kubelet-kubepods-besteffort-pod{UID_}.slice")).as_deref(), Some(UID));
+        assert_eq!(pod_uid_of(&format!("pod{UID}")).as_deref(), Some(UID));
+        assert_eq!(pod_uid_of("kubepods-burstable.slice"), None);
+        assert_eq!(pod_uid_of("cri-containerd-0123abcd.scope"), None);
+        assert_eq!(pod_uid_of("podcast"), None);
     }
 
     #[test]

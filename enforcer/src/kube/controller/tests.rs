@@ -126,10 +126,17 @@ impl FakeApi {
                 watchers: vec![],
             },
         );
-        c.collections.insert(
-            "/api/v1/pods".into(),
-            Collection { list_kind: "PodList", api_version: "v1".into(), items: BTreeMap::new(), watchers: vec![] },
-        );
+        for (path, kind, av) in [
+            ("/api/v1/pods", "PodList", "v1"),
+            ("/api/v1/namespaces", "NamespaceList", "v1"),
+            ("/api/v1/services", "ServiceList", "v1"),
+            ("/apis/discovery.k8s.io/v1/endpointslices", "EndpointSliceList", "discovery.k8s.io/v1"),
+        ] {
+            c.collections.insert(
+                path.into(),
+                Collection { list_kind: kind, api_version: av.into(), items: BTreeMap::new(), watchers: vec![] },
+            );
+        }
         FakeApi(Arc::new(Mutex::new(c)))
     }
 
@@ -142,6 +149,9 @@ impl FakeApi {
             "Sidecar" => format!("/apis/networking.istio.io/{v}/sidecars"),
             "ConfigMap" => "/api/v1/namespaces/istio-system/configmaps".into(),
             "Pod" => "/api/v1/pods".into(),
+            "Namespace" => "/api/v1/namespaces".into(),
+            "Service" => "/api/v1/services".into(),
+            "EndpointSlice" => "/apis/discovery.k8s.io/v1/endpointslices".into(),
             k => panic!("kind {k}"),
         }
     }
@@ -285,14 +295,26 @@ impl FakeApi {
 /// The sink: every applied set, and whether `ready` was already set when it was applied.
 struct RecordingSink {
     tx: tokio::sync::watch::Sender<Vec<Vec<WorkloadPolicy>>>,
-    ready: Arc<AtomicBool>,
-    ready_at_apply: Mutex<Vec<bool>>,
+    syncs: std::sync::atomic::AtomicUsize,
+    /// Refuse this many applies (as a full kernel map would), recording nothing.
+    refuse: std::sync::atomic::AtomicUsize,
 }
 
 impl PolicySink for RecordingSink {
-    fn apply(&self, policies: Vec<WorkloadPolicy>) {
-        self.ready_at_apply.lock().unwrap().push(self.ready.load(Ordering::SeqCst));
+    fn apply(
+        &self,
+        policies: Vec<WorkloadPolicy>,
+    ) -> futures::future::BoxFuture<'static, Result<crate::workload::MapUse, String>> {
+        if self.refuse.load(Ordering::SeqCst) > 0 {
+            self.refuse.fetch_sub(1, Ordering::SeqCst);
+            return Box::pin(async { Err("ALLOW: 300000 entries wanted, capacity 262144".to_string()) });
+        }
         self.tx.send_modify(|v| v.push(policies));
+        Box::pin(async { Ok(crate::workload::MapUse::default()) })
+    }
+    fn sync_cgroups(&self) -> futures::future::BoxFuture<'static, Result<(), String>> {
+        self.syncs.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(()) })
     }
 }
 
@@ -337,6 +359,7 @@ struct Harness {
     api: FakeApi,
     cgroups: TempDir,
     rx: tokio::sync::watch::Receiver<Vec<Vec<WorkloadPolicy>>>,
+    first: Arc<Mutex<Option<Vec<WorkloadPolicy>>>>,
     sink: Arc<RecordingSink>,
     ready: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<Result<(), KubeError>>,
@@ -353,6 +376,8 @@ impl Drop for Harness {
 fn start(istio_versions: &[&'static str], with_cgroups: bool, before: impl FnOnce(&FakeApi)) -> Harness {
     let api = FakeApi::new(istio_versions);
     let cgroups = TempDir::new("root");
+    fs::create_dir_all(cgroups.0.join("kubepods.slice/kubepods-burstable.slice")).unwrap();
+    fs::create_dir_all(cgroups.0.join("kubepods.slice/kubepods-besteffort.slice")).unwrap();
     let istio = if istio_versions.is_empty() {
         vec![]
     } else {
@@ -366,6 +391,9 @@ fn start(istio_versions: &[&'static str], with_cgroups: bool, before: impl FnOnc
         for obj in fixture_items(text) {
             api.put(kind, obj, true);
         }
+    }
+    for obj in fixture_items(include_str!("../../../tests/fixtures/kube/namespaces.json")) {
+        api.put("Namespace", obj, true);
     }
     api.put(
         "ConfigMap",
@@ -394,12 +422,21 @@ fn start(istio_versions: &[&'static str], with_cgroups: bool, before: impl FnOnc
 
     let ready = Arc::new(AtomicBool::new(false));
     let (tx, rx) = tokio::sync::watch::channel(Vec::new());
-    let sink = Arc::new(RecordingSink { tx, ready: ready.clone(), ready_at_apply: Mutex::new(vec![]) });
-    let mut cfg = ControllerConfig::new(NODE, cgroups.0.clone());
+    let sink = Arc::new(RecordingSink { tx, syncs: Default::default(), refuse: Default::default() });
+    let root = crate::kube::cgroup::KubeletRoot::at(cgroups.0.join("kubepods.slice"));
+    let mut cfg = ControllerConfig::new(NODE, root);
     cfg.options.default_mode = Mode::AllowAny;
-    cfg.cgroup_recheck = Duration::from_millis(200);
-    let task = tokio::spawn(run_with(api.client(), cfg, sink.clone() as Arc<dyn PolicySink>, ready.clone()));
-    Harness { api, cgroups, rx, sink, ready, task }
+    cfg.rescan = Duration::from_millis(200);
+    let first: Arc<Mutex<Option<Vec<WorkloadPolicy>>>> = Arc::default();
+    let (client, s2, r2, f2) = (api.client(), sink.clone(), ready.clone(), first.clone());
+    let task = tokio::spawn(async move {
+        let mut ctl = Controller::start(client, cfg).await;
+        let c = ctl.initial_sync().await?;
+        *f2.lock().unwrap() = Some(c.policies.clone());
+        s2.tx.send_modify(|v| v.push(c.policies.clone()));
+        ctl.run(s2 as Arc<dyn PolicySink>, c, r2).await
+    });
+    Harness { api, cgroups, rx, first, sink, ready, task }
 }
 
 impl Harness {
@@ -414,7 +451,10 @@ impl Harness {
             }
             match tokio::time::timeout_at(deadline, self.rx.changed()).await {
                 Ok(Ok(())) => {}
-                _ => panic!("timed out waiting for {what}; last applied: {:#?}", self.rx.borrow().last()),
+                _ => panic!(
+                    "timed out waiting for {what}; last applied: {:#?}",
+                    self.rx.borrow().last().map(|l| names(l))
+                ),
             }
         }
     }
@@ -429,51 +469,44 @@ fn names(ps: &[WorkloadPolicy]) -> Vec<&str> {
 }
 
 fn hosts_of(ps: &[WorkloadPolicy], pod: &str) -> Vec<String> {
-    let p = ps.iter().find(|p| p.name == pod).unwrap_or_else(|| panic!("no policy for {pod}"));
-    let mut v: Vec<String> = p.registry.services.iter().flat_map(|s| s.hosts.iter().map(|h| h.to_string())).collect();
+    let p = ps.iter().find(|p| p.name == pod).unwrap_or_else(|| panic!("no policy {pod}: {:?}", names(ps)));
+    let mut v: Vec<String> = p
+        .registry
+        .services
+        .iter()
+        .filter(|s| s.namespace != "default" || !["kubernetes"].contains(&s.name.as_str()))
+        .flat_map(|s| s.hosts.iter().map(|h| h.to_string()))
+        .collect();
     v.sort();
     v
 }
 
-const ALL_FOUR: [&str; 4] = [
-    "default/sleep-7b9f8c6d5-x2k4p",
-    "team-a/productpage-v1-6f9d8c7b5-abcde",
-    "team-a/ratings-v1-5d7f8b9c4-fghij",
-    "team-b/reviews-v2-7c8d9e6f5-klmno",
-];
+const SCOPES: [&str; 4] = ["kube:default", "kube:team-a", "kube:team-a sidecar=team-a/ratings", "kube:team-b"];
 
 #[tokio::test]
-async fn initial_sync_applies_the_istio_view_and_then_sets_ready() {
+async fn initial_sync_computes_the_scopes_before_anything_is_applied() {
     let mut h = start(&["v1", "v1beta1"], true, |_| {});
     let ps = h.wait_for("the initial policies", |p| !p.is_empty()).await;
-    assert_eq!(names(&ps), ALL_FOUR, "node-2's pod, kube-system, hostNetwork and inject=false pods get none");
+    assert_eq!(names(&ps), SCOPES, "node-2's pod, kube-system, hostNetwork, sidecar and opted-out pods get none");
+    assert_eq!(h.first.lock().unwrap().as_ref().map(|f| names(f).len()), Some(4), "the set the agent starts with");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(h.ready.load(Ordering::SeqCst));
-    assert!(!h.sink.ready_at_apply.lock().unwrap()[0], "ready is set only after the first apply");
-    assert_eq!(h.applies(), 1, "one apply for the whole initial sync");
-
-    let sleep = &ps[0];
+    assert_eq!(h.applies(), 1, "nothing re-applied when nothing changed");
+    let d = &ps[0];
     assert_eq!(
-        hosts_of(&ps, &sleep.name),
-        ["api.dropboxapi.com", "foo.bar.com", "mymongodb.somedomain", "www.googleapis.com"]
+        hosts_of(&ps, "kube:default"),
+        ["api.dropboxapi.com", "dns-resolvers.enforcer.local", "mymongodb.somedomain", "www.googleapis.com"]
     );
-    assert_eq!(sleep.mode, Mode::RegistryOnly, "from the istio ConfigMap");
-    assert_eq!(
-        sleep.cgroups,
-        vec![h.cgroups.0.join(
-            "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-poda1a1a1a1_0000_4000_8000_000000000001.slice"
-        )]
-    );
-    assert_eq!(hosts_of(&ps, "team-a/ratings-v1-5d7f8b9c4-fghij"), ["en.wikipedia.org"]);
+    assert_eq!(d.mode, Mode::RegistryOnly, "from the istio ConfigMap");
+    assert!(d.cgroups.contains(&h.cgroups.0.join(
+        "kubepods.slice/kubepods-burstable.slice/kubepods-burstable-poda1a1a1a1_0000_4000_8000_000000000001.slice"
+    )));
     assert_eq!(ps[2].mode, Mode::AllowAny, "the ratings Sidecar's outboundTrafficPolicy");
-    assert_eq!(
-        ps[3].cgroups,
-        vec![h.cgroups.0.join("kubepods.slice/kubepods-poda1a1a1a1_0000_4000_8000_000000000004.slice")],
-        "Guaranteed pod directly under kubepods.slice"
-    );
     // v1 was preferred; v1beta1 never read.
     assert_eq!(h.api.count("ServiceEntry", "list"), 1);
     let v1beta1 = ("/apis/networking.istio.io/v1beta1/serviceentries".to_string(), "list");
     assert!(!h.api.0.lock().unwrap().requests.contains_key(&v1beta1));
+    assert!(h.api.count("Service", "list") == 1 && h.api.count("EndpointSlice", "list") == 1);
 }
 
 #[tokio::test]
@@ -485,17 +518,19 @@ async fn modified_and_deleted_objects_reach_the_sink() {
     se["spec"]["hosts"] = json!(["api.dropboxapi.com", "www.googleapis.com", "api.github.com"]);
     h.api.put("ServiceEntry", se, false);
     let ps = h
-        .wait_for("api.github.com added", |p| {
-            hosts_of(p, "default/sleep-7b9f8c6d5-x2k4p").contains(&"api.github.com".to_string())
-        })
+        .wait_for("api.github.com added", |p| hosts_of(p, "kube:default").contains(&"api.github.com".to_string()))
         .await;
-    assert!(hosts_of(&ps, "team-b/reviews-v2-7c8d9e6f5-klmno").contains(&"api.github.com".to_string()));
-    assert!(
-        !hosts_of(&ps, "team-a/productpage-v1-6f9d8c7b5-abcde").contains(&"api.github.com".to_string()),
-        "team-a's Sidecar hides default/*"
-    );
+    assert!(hosts_of(&ps, "kube:team-b").contains(&"api.github.com".to_string()));
+    assert!(!hosts_of(&ps, "kube:team-a").contains(&"api.github.com".to_string()), "team-a's Sidecar hides default/*");
 
-    // The mesh mode flips: every pod without its own Sidecar mode follows.
+    // A Service appears in team-a: in-cluster destinations are part of the registry.
+    h.api.put("Service", json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "web", "namespace": "team-a", "uid": "s1"},
+        "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}), false);
+    h.wait_for("web service", |p| hosts_of(p, "kube:team-a").contains(&"web.team-a.svc.cluster.local".to_string()))
+        .await;
+
+    // The mesh mode flips.
     let mut cm: Value =
         serde_json::from_str(include_str!("../../../tests/fixtures/kube/configmap-istio.json")).unwrap();
     cm["data"]["mesh"] = json!("outboundTrafficPolicy:\n  mode: ALLOW_ANY\nrootNamespace: istio-system\n");
@@ -503,41 +538,95 @@ async fn modified_and_deleted_objects_reach_the_sink() {
     let ps = h.wait_for("mesh mode ALLOW_ANY", |p| p[0].mode == Mode::AllowAny).await;
     assert_eq!(ps[1].mode, Mode::RegistryOnly, "team-a's Sidecar still says REGISTRY_ONLY");
 
-    h.api.delete("ServiceEntry", "istio-system", "external-svc-dns", false);
-    h.wait_for("foo.bar.com gone", |p| {
-        p.iter().all(|w| !w.registry.services.iter().any(|s| s.name == "external-svc-dns"))
-    })
-    .await;
-
-    // A pod deleted from the node loses its policy.
+    // A pod deleted from the node: its scope goes with it.
+    // Its cgroup directory is still there (the kubelet has not removed it yet): it belongs to no
+    // pod any more, so it is denied; once it is gone, so is the deny entry.
     h.api.delete("Pod", "team-b", "reviews-v2-7c8d9e6f5-klmno", false);
-    let ps = h.wait_for("reviews gone", |p| p.len() == 3).await;
-    assert_eq!(names(&ps), &ALL_FOUR[..3]);
+    let ps = h.wait_for("reviews gone", |p| !names(p).contains(&"kube:team-b")).await;
+    assert_eq!(names(&ps), [SCOPES[0], SCOPES[1], SCOPES[2], crate::kube::policy::UNRESOLVED_POLICY]);
+    let dir = h.cgroups.0.join("kubepods.slice/kubepods-poda1a1a1a1_0000_4000_8000_000000000004.slice");
+    assert_eq!(ps[3].cgroups, vec![dir.clone()]);
+    fs::remove_dir_all(&dir).unwrap();
+    let ps = h.wait_for("deny entry gone", |p| p.len() == 3).await;
+    assert_eq!(names(&ps), &SCOPES[..3]);
+    // A namespace opts out: its scopes go.
+    h.api.put(
+        "Namespace",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "team-a", "labels": {}}}),
+        false,
+    );
+    let ps = h.wait_for("team-a opted out", |p| p.len() == 1).await;
+    assert_eq!(names(&ps), ["kube:default"]);
 }
 
 #[tokio::test]
-async fn a_pod_is_applied_once_its_cgroup_appears() {
+async fn pod_cgroups_are_enrolled_and_unknown_ones_denied() {
     let mut h = start(&["v1"], false, |_| {});
-    let ps = h.wait_for("initial sync", |_| true).await;
-    assert!(ps.is_empty(), "no cgroups yet: {ps:#?}");
-    assert!(h.ready.load(Ordering::SeqCst), "ready even with every pod pending");
-
-    // A new pod is scheduled; its cgroup appears a little later (the kubelet starts the sandbox).
-    let pod = json!({"metadata": {"name": "httpbin-0", "namespace": "default", "uid": "c3c3c3c3-0000-4000-8000-000000000001", "labels": {"app": "httpbin"}},
-        "spec": {"nodeName": NODE, "containers": [{"name": "httpbin", "image": "kennethreitz/httpbin"}]},
-        "status": {"phase": "Pending", "qosClass": "BestEffort"}});
-    h.api.put("Pod", pod.clone(), false);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(h.rx.borrow().last().unwrap().is_empty(), "nothing applied without a cgroup");
-    let dir = mk_pod_cgroup(&h.cgroups.0, &pod);
-    let ps = h.wait_for("httpbin applied", |p| names(p) == ["default/httpbin-0"]).await;
-    assert_eq!(ps[0].cgroups, vec![dir]);
-
-    // The fixture pods' cgroups appear too (no watch event: found by the re-check).
-    for pod in fixture_items(include_str!("../../../tests/fixtures/kube/pods.json")) {
-        mk_pod_cgroup(&h.cgroups.0, &pod);
+    h.wait_for("initial sync", |p| p.len() == 4).await;
+    // A known pod's directory appears: only a cgroup sync, no new policy set.
+    let before = h.applies();
+    let pod = fixture_items(include_str!("../../../tests/fixtures/kube/pods.json"))[0].clone();
+    mk_pod_cgroup(&h.cgroups.0, &pod);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while h.sink.syncs.load(Ordering::SeqCst) == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "no cgroup sync after the pod directory appeared");
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    h.wait_for("all five", |p| p.len() == 5).await;
+    assert_eq!(h.applies(), before, "enrolment needs no recompute");
+    // A directory of no known pod: denied.
+    let stray = h.cgroups.0.join(
+        "kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-podd4d4d4d4_0000_4000_8000_000000000001.slice",
+    );
+    fs::create_dir_all(&stray).unwrap();
+    let ps = h.wait_for("stray denied", |p| p.iter().any(|w| w.name == crate::kube::policy::UNRESOLVED_POLICY)).await;
+    assert_eq!(ps.last().unwrap().cgroups, vec![stray.clone()]);
+    // Its pod shows up: it leaves the deny list (and gets a scope: default is opted in).
+    h.api.put(
+        "Pod",
+        json!({"metadata": {"name": "late-0", "namespace": "default", "uid": "d4d4d4d4-0000-4000-8000-000000000001"},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}]},
+        "status": {"phase": "Pending", "qosClass": "BestEffort"}}),
+        false,
+    );
+    let ps =
+        h.wait_for("late pod placed", |p| !p.iter().any(|w| w.name == crate::kube::policy::UNRESOLVED_POLICY)).await;
+    assert!(ps.iter().find(|w| w.name == "kube:default").unwrap().cgroups.contains(&stray));
+}
+
+#[tokio::test]
+async fn a_set_that_does_not_fit_denies_the_changed_scopes() {
+    let mut h = start(&["v1"], true, |_| {});
+    h.wait_for("initial", |p| p.len() == 4).await;
+    // The next apply "overflows": the scope that changed (default gets a new entry) is denied,
+    // the others keep their policies.
+    h.sink.refuse.store(1, Ordering::SeqCst);
+    let mut se = fixture_items(include_str!("../../../tests/fixtures/kube/serviceentries.json"))[0].clone();
+    se["spec"]["hosts"] = json!(["api.dropboxapi.com", "www.googleapis.com", "api.github.com"]);
+    h.api.put("ServiceEntry", se, false);
+    let ps =
+        h.wait_for("fail-closed set", |p| p.iter().any(|w| w.name == crate::kube::policy::UNRESOLVED_POLICY)).await;
+    let denied = ps.iter().find(|w| w.name == crate::kube::policy::UNRESOLVED_POLICY).unwrap();
+    assert!(
+        denied.cgroups.iter().any(|c| c.to_string_lossy().contains("a1a1a1a1_0000_4000_8000_000000000001")),
+        "default's pod is denied: {:?}",
+        denied.cgroups
+    );
+    assert!(!names(&ps).contains(&"kube:default"), "{:?}", names(&ps));
+    assert!(names(&ps).contains(&"kube:team-a"), "unchanged scopes keep their policy");
+    // team-b's view changed too (it imports default/*): denied as well.
+    assert!(!names(&ps).contains(&"kube:team-b"));
+    // The retry (every 30 s, or the next change) applies the full set once it fits.
+    h.api.put(
+        "Namespace",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "other", "labels": {}}}),
+        false,
+    );
+    let ps = h
+        .wait_for("full set again", |p| {
+            p.len() == 4 && !p.iter().any(|w| w.name == crate::kube::policy::UNRESOLVED_POLICY)
+        })
+        .await;
+    assert!(hosts_of(&ps, "kube:default").contains(&"api.github.com".to_string()));
 }
 
 #[tokio::test]
@@ -545,9 +634,6 @@ async fn watches_resume_after_disconnects_and_relist_after_410() {
     let mut h = start(&["v1"], true, |_| {});
     h.wait_for("initial", |p| p.len() == 4).await;
     assert_eq!((h.api.count("ServiceEntry", "list"), h.api.count("ServiceEntry", "watch")), (1, 1));
-
-    // The API server closes every watch: the watcher resumes from its resourceVersion (no
-    // re-list), and later events still arrive.
     h.api.close_watches();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while h.api.count("ServiceEntry", "watch") < 2 || h.api.count("Pod", "watch") < 2 {
@@ -555,65 +641,63 @@ async fn watches_resume_after_disconnects_and_relist_after_410() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(h.api.count("ServiceEntry", "list"), 1, "resumed without re-listing");
-    let mut se = fixture_items(include_str!("../../../tests/fixtures/kube/serviceentries.json"))[0].clone();
-    se["spec"]["hosts"] = json!(["api.dropboxapi.com"]);
-    h.api.put("ServiceEntry", se, false);
-    h.wait_for("after resume", |p| {
-        hosts_of(p, "default/sleep-7b9f8c6d5-x2k4p") == ["api.dropboxapi.com", "foo.bar.com", "mymongodb.somedomain"]
-    })
-    .await;
-
-    // Changes happen while the watches are down and history is compacted: resuming gets
-    // 410 Gone, the watcher re-lists (after its backoff) and the state is right again.
     h.api.close_watches();
     h.api.delete("ServiceEntry", "default", "external-svc-mongocluster", true);
-    h.api.put("ServiceEntry", json!({
-        "apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-        "metadata": {"name": "httpbin-ext", "namespace": "default", "uid": "new-1"},
-        "spec": {"hosts": ["httpbin.org"], "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}], "resolution": "DNS"}
-    }), true);
     h.api.compact();
     let ps = h
-        .wait_for("state after relist", |p| {
-            hosts_of(p, "default/sleep-7b9f8c6d5-x2k4p") == ["api.dropboxapi.com", "foo.bar.com", "httpbin.org"]
-        })
+        .wait_for("state after relist", |p| !hosts_of(p, "kube:default").contains(&"mymongodb.somedomain".to_string()))
         .await;
-    assert_eq!(names(&ps), ALL_FOUR);
+    assert_eq!(names(&ps), SCOPES);
     assert!(h.api.count("ServiceEntry", "list") >= 2, "re-listed after 410");
-    assert!(h.ready.load(Ordering::SeqCst));
-}
-
-#[tokio::test]
-async fn failed_initial_list_is_retried_and_ready_waits_for_it() {
-    let mut h = start(&["v1"], true, |api| {
-        let path = api.path_for("Sidecar");
-        api.0.lock().unwrap().fail_next_list.push(path);
-    });
-    let ps = h.wait_for("policies after the retry", |p| p.len() == 4).await;
-    assert_eq!(h.api.count("Sidecar", "list"), 2, "the failed list was retried");
-    assert!(!h.sink.ready_at_apply.lock().unwrap()[0]);
-    // The Sidecars were applied in the first set (no partial state before the full sync).
-    assert_eq!(hosts_of(&ps, "team-a/ratings-v1-5d7f8b9c4-fghij"), ["en.wikipedia.org"]);
-    assert_eq!(h.applies(), 1);
 }
 
 #[tokio::test]
 async fn falls_back_to_v1beta1_when_v1_is_not_served() {
     let mut h = start(&["v1beta1"], true, |_| {});
-    let ps = h.wait_for("policies", |p| p.len() == 4).await;
-    assert_eq!(hosts_of(&ps, "team-a/ratings-v1-5d7f8b9c4-fghij"), ["en.wikipedia.org"]);
+    h.wait_for("policies", |p| p.len() == 4).await;
     let c = h.api.0.lock().unwrap();
     assert!(c.requests.contains_key(&("/apis/networking.istio.io/v1beta1/serviceentries".to_string(), "list")));
     assert!(!c.requests.keys().any(|(p, _)| p.starts_with("/apis/networking.istio.io/v1/")));
 }
 
 #[tokio::test]
-async fn not_ready_while_istio_is_not_installed() {
+async fn nothing_is_applied_while_istio_is_not_installed() {
     let h = start(&[], true, |_| {});
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!h.ready.load(Ordering::SeqCst));
     assert_eq!(h.applies(), 0);
     assert!(!h.task.is_finished(), "keeps retrying discovery");
+}
+
+#[test]
+fn fail_closed_denies_only_what_changed() {
+    let p = |name: &str, host: &str, cg: &str| WorkloadPolicy {
+        name: name.into(),
+        registry: crate::config::Registry {
+            services: vec![],
+            destination_rules: vec![],
+            sidecars: vec![],
+            mode: None,
+            warnings: vec![crate::config::Diagnostic {
+                source: crate::config::SourceRef { file: host.into(), document: 1, line: 1 },
+                object: None,
+                field: String::new(),
+                message: String::new(),
+                fix: None,
+                severity: crate::config::Severity::Warning,
+            }],
+        },
+        mode: Mode::RegistryOnly,
+        cgroups: vec![PathBuf::from(cg)],
+        workloads: BTreeMap::new(),
+    };
+    let last = vec![p("a", "x", "/a1"), p("b", "y", "/b1")];
+    let wanted = vec![p("a", "x", "/a2"), p("b", "changed", "/b2"), p("c", "new", "/c1")];
+    let f = fail_closed(&wanted, &last);
+    assert_eq!(f.len(), 2);
+    assert_eq!((f[0].name.as_str(), f[0].cgroups.clone()), ("a", vec![PathBuf::from("/a2")]));
+    assert_eq!(f[1].name, crate::kube::policy::UNRESOLVED_POLICY);
+    assert_eq!(f[1].cgroups, vec![PathBuf::from("/b2"), PathBuf::from("/c1")]);
 }
 
 #[test]
