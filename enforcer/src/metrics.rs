@@ -63,6 +63,11 @@ pub struct TcpSeries {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeniedLabel {
     source_workload: String,
     verdict: String,
@@ -97,6 +102,10 @@ pub struct DnsSnapshot {
     pub upstream_timeouts: u64,
     pub rebinding_dropped: u64,
     pub learn_failures: u64,
+    /// (reason label, count) of queries answered by the forwarder itself.
+    pub refused: Vec<(&'static str, u64)>,
+    pub audit_would_refuse: u64,
+    pub stripped: u64,
 }
 
 pub fn load(a: &AtomicU64) -> u64 {
@@ -222,6 +231,27 @@ pub fn render(s: &Snapshot, proxy: Option<&crate::proxy::ProxyMetrics>) -> Strin
             "enforcer_dns_learn_failures",
             "Answers whose addresses could not be put into the map",
             d.learn_failures,
+        );
+        let refused = Family::<ReasonLabel, Counter>::default();
+        for (reason, n) in &d.refused {
+            refused.get_or_create(&ReasonLabel { reason: (*reason).into() }).inc_by(*n);
+        }
+        reg.register(
+            "enforcer_dns_refused",
+            "Queries the DNS forwarder answered itself (REFUSED/NXDOMAIN), by reason",
+            refused,
+        );
+        counter(
+            &mut reg,
+            "enforcer_dns_audit_would_refuse",
+            "AUDIT: queries forwarded that REGISTRY_ONLY would have refused",
+            d.audit_would_refuse,
+        );
+        counter(
+            &mut reg,
+            "enforcer_dns_stripped",
+            "EDNS options and query records not forwarded upstream (REGISTRY_ONLY)",
+            d.stripped,
         );
     }
     let mut out = String::new();

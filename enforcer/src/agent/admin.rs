@@ -140,6 +140,18 @@ impl crate::admin::AdminSource for Agent {
                 upstream_timeouts: load(&d.upstream_timeouts),
                 rebinding_dropped: load(&d.rebinding_dropped),
                 learn_failures: load(&d.learn_failures),
+                refused: [
+                    crate::dns::BlockReason::NotInRegistry,
+                    crate::dns::BlockReason::SearchExpansion,
+                    crate::dns::BlockReason::MultiQuestion,
+                    crate::dns::BlockReason::Opcode,
+                    crate::dns::BlockReason::SearchMiss,
+                ]
+                .into_iter()
+                .map(|r| (r.label(), load(d.refused(r))))
+                .collect(),
+                audit_would_refuse: load(&d.audit_would_refuse),
+                stripped: load(&d.stripped),
             }),
         };
         self.fill_istio(&mut s, &v.desired, &flows, &conns, &traffic);
