@@ -244,22 +244,8 @@ impl BenchPolicy {
     }
 }
 
-impl DnsPolicy for BenchPolicy {
-    fn match_name(&self, qname: &str) -> Option<ServiceId> {
-        // `n<i>.svc.test` is the one exception: the "not in the registry" control of (b').
-        (qname.ends_with(".svc.test") && !qname.starts_with('n')).then_some(SERVICE_ID)
-    }
-
-    fn explicitly_listed(&self, _ip: IpAddr) -> bool {
-        false
-    }
-
-    fn enforcing(&self) -> bool {
-        true
-    }
-
-    fn learn(&self, service_id: ServiceId, _name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
-        let t = Instant::now();
+impl BenchPolicy {
+    fn entries(service_id: ServiceId, addrs: &[IpAddr]) -> (Vec<(AllowEntry, AllowValue)>, Vec<(DestEntry, AllowValue)>) {
         let value = AllowValue { service_id, flags: 0 };
         let mut allow = Vec::with_capacity(addrs.len());
         let mut dests = Vec::with_capacity(addrs.len());
@@ -268,16 +254,61 @@ impl DnsPolicy for BenchPolicy {
             dests.push((DestEntry { net }, value));
             allow.push((AllowEntry { policy_id: PolicyId::DEFAULT, net, port: SERVICE_PORT, proto: PROTO_TCP }, value));
         }
-        let r = self
-            .dp
-            .lock()
-            .map_err(|e| e.to_string())?
-            .learn(allow, dests, Instant::now() + ttl)
-            .map_err(|e| e.to_string());
+        (allow, dests)
+    }
+
+    fn write(
+        &self,
+        t: Instant,
+        mut maps: std::sync::MutexGuard<'_, enforcer::agent::state::MapState<Dataplane>>,
+        service_id: ServiceId,
+        addrs: &[IpAddr],
+        life: Duration,
+    ) -> Result<Instant, String> {
+        let (allow, dests) = Self::entries(service_id, addrs);
+        let until = Instant::now() + life;
+        let r = maps.learn(allow, dests, until).map_err(|e| e.to_string());
+        drop(maps);
         let ns = t.elapsed().as_nanos() as u64;
         self.learn_ns.lock().map_err(|e| e.to_string())?.push(ns);
         self.learned.fetch_add(addrs.len() as u64, Ordering::Relaxed);
-        r
+        r.map(|()| until)
+    }
+}
+
+/// The agent's bridge in miniature: the same inline-or-blocking-pool learning path.
+impl DnsPolicy for BenchPolicy {
+    fn match_name(&self, qname: &str) -> Option<dns::NameMatch> {
+        // `n<i>.svc.test` is the one exception: the "not in the registry" control of (b').
+        (qname.ends_with(".svc.test") && !qname.starts_with('n'))
+            .then_some(dns::NameMatch { service: SERVICE_ID, exact: false })
+    }
+
+    fn explicitly_listed(&self, _ip: IpAddr) -> bool {
+        false
+    }
+
+    fn mode(&self) -> dns::PolicyMode {
+        // ALLOW_ANY-like for the control names (forwarded) but sanitizing like REGISTRY_ONLY.
+        dns::PolicyMode::Enforce
+    }
+
+    fn learn(&self, service_id: ServiceId, _name: &str, addrs: &[IpAddr], life: Duration) -> Result<Instant, String> {
+        let t = Instant::now();
+        let maps = self.dp.lock().map_err(|e| e.to_string())?;
+        self.write(t, maps, service_id, addrs, life)
+    }
+
+    fn try_learn(
+        &self,
+        service_id: ServiceId,
+        _name: &str,
+        addrs: &[IpAddr],
+        life: Duration,
+    ) -> Option<Result<Instant, String>> {
+        let t = Instant::now();
+        let maps = self.dp.try_lock().ok()?;
+        Some(self.write(t, maps, service_id, addrs, life))
     }
 }
 
@@ -523,6 +554,8 @@ async fn run(args: Args) -> Result<()> {
         listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
         upstreams: vec![upstream.addr],
         timeout: Duration::from_secs(2),
+        // (b') forwards names outside the policy, as `--unknown-names answer` does.
+        unknown_names: dns::UnknownNames::AnswerNoAllow,
         ..dns::Config::default()
     };
     let fwd = Forwarder::bind(cfg, policy.clone()).await.context("binding the forwarder")?;

@@ -5,7 +5,7 @@ use std::{
     collections::HashSet,
     net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context as _;
@@ -130,27 +130,39 @@ impl dns::DnsPolicy for AgentDns {
         }
     }
 
-    fn learn(&self, _service_id: ServiceId, name: &str, addrs: &[IpAddr], until: Instant) -> Result<(), String> {
+    fn learn(&self, _service_id: ServiceId, name: &str, addrs: &[IpAddr], life: Duration) -> Result<Instant, String> {
         // Every policy whose registry has this name learns it, under its own policy id, with the
         // same translation the static compile uses.
         let (allow, dests) = self.entries(name, addrs)?;
-        self.agent.maps().learn(allow, dests, until).map_err(|e| e.to_string())?;
+        let mut maps = self.agent.maps();
+        // The lifetime starts now that the maps are ours (a big apply may have held them).
+        let until = Instant::now() + life;
+        maps.learn(allow, dests, until).map_err(|e| e.to_string())?;
+        drop(maps);
         self.learned(name, addrs, until);
-        Ok(())
+        Ok(until)
     }
 
-    fn try_learn(&self, _service_id: ServiceId, name: &str, addrs: &[IpAddr], until: Instant) -> Option<Result<(), String>> {
+    fn try_learn(
+        &self,
+        _service_id: ServiceId,
+        name: &str,
+        addrs: &[IpAddr],
+        life: Duration,
+    ) -> Option<Result<Instant, String>> {
         // Inline unless a big apply holds the maps (then the blocking pool waits for it).
-        let mut maps = self.agent.try_maps()?;
-        let r = match self.entries(name, addrs) {
-            Ok((allow, dests)) => maps.learn(allow, dests, until).map_err(|e| e.to_string()),
-            Err(e) => Err(e),
+        let (allow, dests) = match self.entries(name, addrs) {
+            Ok(e) => e,
+            Err(e) => return Some(Err(e)),
         };
+        let mut maps = self.agent.try_maps()?;
+        let until = Instant::now() + life;
+        let r = maps.learn(allow, dests, until).map_err(|e| e.to_string());
         drop(maps);
         if r.is_ok() {
             self.learned(name, addrs, until);
         }
-        Some(r)
+        Some(r.map(|()| until))
     }
 
     fn report(&self, r: &dns::Refusal) {

@@ -9,6 +9,10 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record};
 
 use super::{Config, DnsPolicy};
 
+/// The least grace added to a lifetime, and to a renewed one: the answer is released within
+/// this of the write.
+pub(crate) const RELEASE_SLACK: Duration = Duration::from_millis(100);
+
 /// Most CNAME hops followed from the query name.
 pub(crate) const MAX_CNAME_HOPS: usize = 16;
 
@@ -97,12 +101,14 @@ fn is_rebinding_v6(ip: Ipv6Addr) -> bool {
 }
 
 /// Map lifetime for an answer whose used records' minimum TTL is `ttl_secs`:
-/// clamp(ttl, min_ttl, max_ttl) + grace, never under [`super::MIN_TTL_FLOOR`] + grace. Never
+/// clamp(ttl, min_ttl, max_ttl) + max(grace, 100 ms), never under [`super::MIN_TTL_FLOOR`] + grace. Never
 /// panics on a misconfigured min > max (max wins).
 pub(crate) fn lifetime(ttl_secs: u32, cfg: &Config) -> Duration {
     let ttl = Duration::from_secs(u64::from(ttl_secs));
     let floor = cfg.min_ttl.max(super::MIN_TTL_FLOOR);
-    ttl.max(floor).min(cfg.max_ttl.max(super::MIN_TTL_FLOOR)) + cfg.grace
+    // At least RELEASE_SLACK of grace: the answer leaves a few µs after the write, and the entry
+    // must still have the floor then.
+    ttl.max(floor).min(cfg.max_ttl.max(super::MIN_TTL_FLOOR)) + cfg.grace.max(RELEASE_SLACK)
 }
 
 /// Result of processing a matched name's answer.

@@ -101,8 +101,9 @@ pub trait DnsPolicy: Send + Sync + 'static {
     fn explicitly_listed(&self, ip: IpAddr) -> bool;
     /// The mode queries are judged under.
     fn mode(&self) -> PolicyMode;
-    /// Put these addresses into the kernel allow map for `service_id` until `until`. Returns only
-    /// once the map holds them. Err => the client gets SERVFAIL.
+    /// Put these addresses into the kernel allow map for `service_id` for `life`, counted from
+    /// the moment of the write (after any wait for a lock). Returns the expiry written, only once
+    /// the map holds them. Err => the client gets SERVFAIL.
     ///
     /// Called from a blocking-pool thread (`spawn_blocking`), so it may block.
     fn learn(
@@ -110,8 +111,8 @@ pub trait DnsPolicy: Send + Sync + 'static {
         service_id: enforcer_common::ServiceId,
         name: &str,
         addrs: &[IpAddr],
-        until: Instant,
-    ) -> Result<(), String>;
+        life: Duration,
+    ) -> Result<Instant, String>;
     /// [`DnsPolicy::learn`] if it can be done at once without waiting for a lock (None: it
     /// cannot; the forwarder then calls `learn` on the blocking pool). Default: None.
     fn try_learn(
@@ -119,8 +120,8 @@ pub trait DnsPolicy: Send + Sync + 'static {
         _service_id: enforcer_common::ServiceId,
         _name: &str,
         _addrs: &[IpAddr],
-        _until: Instant,
-    ) -> Option<Result<(), String>> {
+        _life: Duration,
+    ) -> Option<Result<Instant, String>> {
         None
     }
     /// An unregistered name was answered with these addresses (nothing was allowed). Default: ignore.

@@ -35,8 +35,8 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 const LOG_LIMITER_MAX: usize = 8192;
 /// EDNS payload size advertised in synthesized responses.
 const EDNS_PAYLOAD: u16 = 1232;
-/// Added to a renewed entry's lifetime: the answer is released within this of the renewal.
-const RELEASE_SLACK: Duration = Duration::from_millis(100);
+/// Renewals of one entry before giving up with SERVFAIL.
+const MAX_RENEWALS: u32 = 3;
 
 /// The DNS forwarder: bound sockets plus shared state. [`Forwarder::run`] serves them.
 pub struct Forwarder {
@@ -533,26 +533,38 @@ impl Inner {
             }
             let qname = name_key(q.name());
             let life = answer::lifetime(min_ttl.unwrap_or(0), &self.cfg);
-            let until = Instant::now() + life;
-            if let Err(e) = self.learn(service, &qname, &addrs, until).await {
-                Stats::inc(&self.stats.learn_failures);
-                tracing::warn!(name = qname, service = service.get(), error = %e, "dns: learning addresses failed, answering SERVFAIL");
-                return self.servfail(query);
-            }
+            let until = match self.learn(service, &qname, &addrs, life).await {
+                Ok(u) => u,
+                Err(e) => {
+                    Stats::inc(&self.stats.learn_failures);
+                    tracing::warn!(name = qname, service = service.get(), error = %e, "dns: learning addresses failed, answering SERVFAIL");
+                    return self.servfail(query);
+                }
+            };
             Stats::add(&self.stats.learned_addrs, addrs.len() as u64);
             tracing::debug!(name = qname, service = service.get(), ?addrs, ?life, "dns: learned");
             learned.push((service, qname, addrs, until, life));
         }
         // The guarantee: each entry outlives the release (now) by the floor, however long the
-        // learns took (a slow map under a big apply, a grace of 0).
-        for (service, qname, addrs, until, life) in learned {
-            let now = Instant::now();
-            if until < now + floor {
-                Stats::inc(&self.stats.relearned);
-                if let Err(e) = self.learn(service, &qname, &addrs, now + life.max(floor) + RELEASE_SLACK).await {
+        // learns took (a slow map write, several questions, a grace of 0). Renewals are rare: a
+        // lifetime is floor + grace from the moment of its write.
+        for (service, qname, addrs, mut until, life) in learned {
+            let mut tries = 0;
+            while until < Instant::now() + floor {
+                tries += 1;
+                if tries > MAX_RENEWALS {
                     Stats::inc(&self.stats.learn_failures);
-                    tracing::warn!(name = qname, error = %e, "dns: renewing learned addresses failed, answering SERVFAIL");
+                    tracing::warn!(name = qname, "dns: learned addresses keep expiring before the answer can be released (map writes slower than the TTL floor), answering SERVFAIL");
                     return self.servfail(query);
+                }
+                Stats::inc(&self.stats.relearned);
+                match self.learn(service, &qname, &addrs, life.max(floor) + answer::RELEASE_SLACK).await {
+                    Ok(u) => until = u,
+                    Err(e) => {
+                        Stats::inc(&self.stats.learn_failures);
+                        tracing::warn!(name = qname, error = %e, "dns: renewing learned addresses failed, answering SERVFAIL");
+                        return self.servfail(query);
+                    }
                 }
             }
         }
@@ -572,21 +584,21 @@ impl Inner {
     }
 
     /// `DnsPolicy::learn`: inline when the policy can do it without waiting (the common case),
-    /// else on the blocking pool, bounded by the overall answer budget.
+    /// else on the blocking pool, bounded by the overall answer budget. Returns the expiry.
     async fn learn(
         &self,
         service: enforcer_common::ServiceId,
         qname: &str,
         addrs: &[std::net::IpAddr],
-        until: Instant,
-    ) -> Result<(), String> {
-        if let Some(r) = self.policy.try_learn(service, qname, addrs, until) {
+        life: Duration,
+    ) -> Result<Instant, String> {
+        if let Some(r) = self.policy.try_learn(service, qname, addrs, life) {
             return r;
         }
         let policy = self.policy.clone();
         let name = qname.to_owned();
         let addrs = addrs.to_vec();
-        let task = tokio::task::spawn_blocking(move || policy.learn(service, &name, &addrs, until));
+        let task = tokio::task::spawn_blocking(move || policy.learn(service, &name, &addrs, life));
         let budget =
             self.cfg.timeout.saturating_mul(u32::try_from(self.cfg.upstreams.len().max(1)).unwrap_or(u32::MAX));
         match tokio::time::timeout(budget, task).await {
