@@ -23,7 +23,9 @@
 //! - `files`, `registry`: [`TempDir`], ServiceEntry YAML, `--report-file` rows;
 //! - `netns`, `cgroup`, `servers`: [`Netns`], [`Cgroup`], [`Server`] and the Python servers;
 //! - `daemon`: [`PinDir`], [`Daemon`]; `workload`: [`Workload`] (a long-running `enforcer run`);
-//! - `dns`: [`Dnsmasq`] and a DNS client; `tls`: [`Pki`]; `http`, `metrics`: the admin API.
+//! - `dns`: [`Dnsmasq`] and a DNS client; `tls`: [`Pki`]; `http`, `metrics`: the admin API;
+//! - `resolvers`: [`ResolverHost`] (a private mount namespace with nscd / unbound from Debian's
+//!   packages), musl and Go clients, raw DNS messages and a recording upstream ([`CaptureDns`]).
 //!
 //! The Python programs the tests run live in `tests/helpers/*.py` (embedded with `include_str!`,
 //! passed to `python3 -c`, so the test binaries are self-contained); `cargo xtask lint` runs
@@ -41,6 +43,7 @@ mod metrics;
 mod netns;
 mod process;
 mod registry;
+mod resolvers;
 mod servers;
 mod tls;
 mod workload;
@@ -57,6 +60,7 @@ pub use metrics::*;
 pub use netns::*;
 pub use process::*;
 pub use registry::*;
+pub use resolvers::*;
 pub use servers::*;
 pub use tls::*;
 pub use workload::*;
