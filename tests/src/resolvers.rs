@@ -140,7 +140,7 @@ impl ResolverHost {
     /// unbound on `listen` (port 53) inside, forwarding everything to `upstream`.
     pub fn start_unbound(&mut self, unbound: &Path, listen: &[&str], upstream: &str) {
         let mut conf = String::from(
-            "server:\n  verbosity: 1\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"/\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  port: 53\n  do-ip6: no\n  module-config: \"iterator\"\n  access-control: 0.0.0.0/0 allow\n  cache-max-ttl: 0\n  cache-max-negative-ttl: 0\n  qname-minimisation: no\n  harden-referral-path: no\n  auto-trust-anchor-file: \"\"\n  trust-anchor-file: \"\"\n",
+            "server:\n  verbosity: 1\n  do-daemonize: no\n  username: \"\"\n  chroot: \"\"\n  directory: \"/\"\n  pidfile: \"\"\n  use-syslog: no\n  logfile: \"\"\n  port: 53\n  do-ip6: no\n  module-config: \"iterator\"\n  access-control: 0.0.0.0/0 allow\n  cache-max-ttl: 0\n  cache-max-negative-ttl: 0\n  qname-minimisation: no\n  harden-referral-path: no\n  local-zone: \"test.\" nodefault\n  domain-insecure: \"test.\"\n  auto-trust-anchor-file: \"\"\n  trust-anchor-file: \"\"\n",
         );
         for l in listen {
             conf.push_str(&format!("  interface: {l}\n"));
