@@ -10,8 +10,26 @@ use crate::util;
 /// Debian's Rust with a prebuilt core for bpfel-unknown-none, and the LLVM bpf-linker links with.
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// What enforcer runs next to, and what the tests, demo and bench talk to.
-const PEER_PKGS: &[&str] =
-    &["curl", "iproute2", "nftables", "dnsmasq", "python3", "iperf3", "wrk", "openssl", "nginx-light"];
+/// The resolver paths of tests/tests/dns_resolvers.rs: nscd and unbound (run by the tests in a
+/// private mount namespace and netns; where a package's postinst starts the service on the host,
+/// nothing depends on it), musl-gcc (a static musl client) and Go (a pure-Go-resolver client).
+/// A test whose program is missing says SKIP.
+const PEER_PKGS: &[&str] = &[
+    "curl",
+    "iproute2",
+    "nftables",
+    "dnsmasq",
+    "python3",
+    "iperf3",
+    "wrk",
+    "openssl",
+    "nginx-light",
+    "nscd",
+    "unbound",
+    "musl-tools",
+    "golang-go",
+    "linux-perf",
+];
 /// `cargo xtask vm-test`: QEMU (TCG), busybox for the guest's initramfs, depmod/modprobe and xz
 /// for the guest kernels' modules.
 const VM_PKGS: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "xz-utils"];
