@@ -245,7 +245,10 @@ impl BenchPolicy {
 }
 
 impl BenchPolicy {
-    fn entries(service_id: ServiceId, addrs: &[IpAddr]) -> (Vec<(AllowEntry, AllowValue)>, Vec<(DestEntry, AllowValue)>) {
+    fn entries(
+        service_id: ServiceId,
+        addrs: &[IpAddr],
+    ) -> (Vec<(AllowEntry, AllowValue)>, Vec<(DestEntry, AllowValue)>) {
         let value = AllowValue { service_id, flags: 0 };
         let mut allow = Vec::with_capacity(addrs.len());
         let mut dests = Vec::with_capacity(addrs.len());

@@ -107,7 +107,11 @@ impl ResolverHost {
             if let Some(st) = child.try_wait().unwrap() {
                 panic!("{what} exited ({st})\n{}", fs::read_to_string(&log).unwrap_or_default());
             }
-            assert!(Instant::now() < deadline, "{what} not ready in 15 s\n{}", fs::read_to_string(&log).unwrap_or_default());
+            assert!(
+                Instant::now() < deadline,
+                "{what} not ready in 15 s\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
             thread::sleep(Duration::from_millis(50));
         }
         self.daemons.push((what.to_string(), child));
@@ -181,7 +185,10 @@ impl Drop for ResolverHost {
             let _ = c.kill();
             let _ = c.wait();
             if thread::panicking() {
-                eprintln!("--- {what} log\n{}", fs::read_to_string(self.dir.join(&format!("{what}.log"))).unwrap_or_default());
+                eprintln!(
+                    "--- {what} log\n{}",
+                    fs::read_to_string(self.dir.join(&format!("{what}.log"))).unwrap_or_default()
+                );
             }
         }
         let _ = self.holder.kill();
@@ -329,7 +336,8 @@ pub fn opt_options(m: &[u8]) -> (u16, Vec<(u16, Vec<u8>)>) {
         if t == 41 {
             let mut j = 0;
             while j + 4 <= rd.len() {
-                let (c, l) = (u16::from_be_bytes([rd[j], rd[j + 1]]), u16::from_be_bytes([rd[j + 2], rd[j + 3]]) as usize);
+                let (c, l) =
+                    (u16::from_be_bytes([rd[j], rd[j + 1]]), u16::from_be_bytes([rd[j + 2], rd[j + 3]]) as usize);
                 out.push((c, rd[j + 4..j + 4 + l].to_vec()));
                 j += 4 + l;
             }

@@ -143,7 +143,9 @@ fn nsswitch_hosts_sources_other_than_files_dns_are_rewritten_for_the_command() {
     // nss-resolve itself (systemd-resolved over varlink) needs systemd-resolved running, which
     // Debian's package only does by taking over the host's /etc/resolv.conf: not run here.
     if find_program(&["systemd-resolved"]).is_none() {
-        eprintln!("SKIP (part): systemd-resolved not installed; the nsswitch rewrite and the varlink socket hiding are covered");
+        eprintln!(
+            "SKIP (part): systemd-resolved not installed; the nsswitch rewrite and the varlink socket hiding are covered"
+        );
     }
 }
 

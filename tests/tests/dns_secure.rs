@@ -65,7 +65,8 @@ fn unknown_names_are_refused_by_default_and_reported_once() {
     assert_eq!(upstream_queries(&dns, "other.test.corp.test"), 0);
     let metrics = w.admin_get("/metrics").1;
     let refused = metric_samples(&metrics, "enforcer_dns_refused_total");
-    let by = |reason: &str| refused.iter().find(|(l, _)| l.get("reason").map(String::as_str) == Some(reason)).map(|x| x.1);
+    let by =
+        |reason: &str| refused.iter().find(|(l, _)| l.get("reason").map(String::as_str) == Some(reason)).map(|x| x.1);
     assert!(by("not_in_registry").unwrap_or(0.0) >= 4.0, "{metrics}");
     assert_eq!(by("search_expansion"), Some(1.0), "{metrics}");
     assert_eq!(by("search_miss"), Some(1.0), "{metrics}");
@@ -94,7 +95,11 @@ fn audit_answers_and_reports_what_it_would_refuse() {
     assert_eq!(r["connect"]["ok"], true, "{r}");
     assert_eq!(w.metric("enforcer_dns_audit_would_refuse_total"), Some(1.0));
     let (_, log) = w.finish();
-    assert_eq!(log.lines().filter(|l| l.starts_with("enforcer: audit: would refuse dns other.test")).count(), 1, "{log}");
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("enforcer: audit: would refuse dns other.test")).count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
@@ -171,4 +176,48 @@ fn ttl_floor_has_a_minimum_and_ttl_zero_names_neither_hot_loop_nor_race() {
     std::thread::sleep(Duration::from_secs(5));
     let n = upstream_queries(&dns, "api.test") - before;
     assert!(n <= 12, "{n} queries for api.test in 5 s (A+AAAA once a second at most)\n{}", dns.log());
+}
+
+/// Inline client for the zombie test: resolve, hold a connection open across the TTL, reconnect
+/// while it is open, close it, wait, reconnect. Prints one JSON object.
+const HOLD_PY: &str = r#"
+import json, socket, sys, time
+name, port = sys.argv[1], int(sys.argv[2])
+addr = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
+def dial():
+    s = socket.socket(); s.settimeout(5)
+    try:
+        s.connect((addr, port)); return s, 0
+    except OSError as e:
+        s.close(); return None, e.errno
+held, e0 = dial()
+time.sleep(float(sys.argv[3]))
+again, e1 = dial()
+if again: again.close()
+if held: held.close()
+time.sleep(float(sys.argv[4]))
+late, e2 = dial()
+if late: late.close()
+print(json.dumps({"addr": addr, "first": e0, "while_open": e1, "after_close": e2}))
+"#;
+
+#[test]
+fn learned_addresses_live_while_connections_to_them_are_open() {
+    let ns = Netns::new();
+    let addr = ns.v4(2);
+    let _srv = silent_listener(&ns, &addr, PORT);
+    // TTL 1 s, floor 1 s, no grace: without the zombie keeper the entry is gone after ~1.1 s.
+    let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("long.svc.test", &addr)], 1, &[]);
+    let dir = TempDir::new("dns-zombie");
+    let reg = dir.write("registry.yaml", &se_wild());
+    let pol = policy(&reg, &dns.addr.ip().to_string(), &["--dns-ttl-floor", "1s", "--dns-grace", "0s"]);
+    let out = enforcer_run(
+        &pol,
+        &[python().display().to_string().as_str(), "-c", HOLD_PY, "long.svc.test", "8080", "5", "8"],
+    );
+    out.assert_status(0);
+    let r: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    assert_eq!(r["first"], 0, "{out}");
+    assert_eq!(r["while_open"], 0, "5 s after a 1 s TTL the address is kept: a connection to it is open\n{out}");
+    assert_eq!(r["after_close"], libc::EPERM, "8 s after the last connection closed it is gone\n{out}");
 }

@@ -43,9 +43,7 @@ pub(super) async fn start_forwarder(agent: &Agent, port: u16) -> anyhow::Result<
         upstream_mark: Some(AGENT_MARK),
     };
     let policy = AgentDns { agent: agent.clone(), reported: Mutex::default() };
-    let fwd = dns::Forwarder::bind(cfg, Arc::new(policy))
-        .await
-        .context("binding the DNS forwarder")?;
+    let fwd = dns::Forwarder::bind(cfg, Arc::new(policy)).await.context("binding the DNS forwarder")?;
     let (mut v4, mut v6, mut dns_port) = ([0u8; 4], [0u8; 16], 0);
     for a in fwd.local_addrs() {
         dns_port = a.port();

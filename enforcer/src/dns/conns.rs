@@ -1,6 +1,6 @@
 //! Open connections, for keeping learned addresses alive while they are in use (Cilium's
-//! "zombies"): the remote ends of TCP sockets that are not listening or closed and of connected
-//! UDP sockets, read from `/proc/net/{tcp,tcp6,udp,udp6}` of the agent's network namespace.
+//! "zombies"): the remote ends of TCP connections the application holds and of connected UDP
+//! sockets, read from `/proc/net/{tcp,tcp6,udp,udp6}` of the agent's network namespace.
 //!
 //! That covers `enforcer run` and host daemons (the workloads share the agent's namespace); a
 //! workload in its own network namespace (a pod) is not seen here, and its learned addresses
@@ -16,10 +16,11 @@ use enforcer_common::{PROTO_TCP, PROTO_UDP};
 /// A remote end: address, port, protocol.
 pub type Remote = (IpAddr, u16, u8);
 
-/// TCP states in /proc/net/tcp (include/net/tcp_states.h) that have no peer in use.
-const TCP_CLOSE: u8 = 0x07;
-const TCP_LISTEN: u8 = 0x0a;
-const TCP_TIME_WAIT: u8 = 0x06;
+/// TCP states in /proc/net/tcp (include/net/tcp_states.h) of a connection the application still
+/// holds: ESTABLISHED, SYN_SENT, SYN_RECV and CLOSE_WAIT (the peer closed, the app has not).
+/// FIN_WAIT*, CLOSING, LAST_ACK and TIME_WAIT are closed by the application (an orphan can sit in
+/// FIN_WAIT2 for a minute), LISTEN and CLOSE have no peer.
+const TCP_IN_USE: [u8; 4] = [0x01, 0x02, 0x03, 0x08];
 /// A connected UDP socket shows as ESTABLISHED.
 const UDP_ESTABLISHED: u8 = 0x01;
 
@@ -52,7 +53,7 @@ pub fn parse_table(text: &str, tcp: bool) -> Vec<Remote> {
             continue;
         };
         let Ok(state) = u8::from_str_radix(state, 16) else { continue };
-        let in_use = if tcp { !matches!(state, TCP_CLOSE | TCP_LISTEN | TCP_TIME_WAIT) } else { state == UDP_ESTABLISHED };
+        let in_use = if tcp { TCP_IN_USE.contains(&state) } else { state == UDP_ESTABLISHED };
         if !in_use {
             continue;
         }
@@ -94,8 +95,14 @@ mod tests {
         let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
    0: 0100007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 1 1 0 100 0 0 10 0\n\
    1: 0200A8C0:D431 0B0012C6:1F90 01 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1\n\
-   2: 0200A8C0:D432 0C0012C6:1F90 06 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1\n";
-        assert_eq!(parse_table(tcp, true), vec![("198.18.0.11".parse().unwrap(), 8080, PROTO_TCP)]);
+   2: 0200A8C0:D432 0C0012C6:1F90 06 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1\n\
+   3: 0200A8C0:D433 0D0012C6:1F90 05 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1\n\
+   4: 0200A8C0:D434 0E0012C6:1F90 08 00000000:00000000 00:00000000 00000000     0        0 0 1 0 20 4 30 10 -1\n";
+        assert_eq!(
+            parse_table(tcp, true),
+            vec![("198.18.0.11".parse().unwrap(), 8080, PROTO_TCP), ("198.18.0.14".parse().unwrap(), 8080, PROTO_TCP)],
+            "ESTABLISHED and CLOSE_WAIT; not LISTEN, TIME_WAIT or FIN_WAIT2"
+        );
         let tcp6 = "  sl  local_address                         remote_address                        st\n\
    0: 00000000000000000000000001000000:9C40 0000000000000000FFFF00000B0012C6:01BB 01 0 0 0\n\
    1: 00000000000000000000000001000000:9C41 B80D0120000000000000000001000000:01BB 02 0 0 0\n";

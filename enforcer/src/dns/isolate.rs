@@ -243,7 +243,9 @@ mod tests {
         let generated = root.join("gen");
         let iso = Isolation::prepare(&root, &generated).unwrap();
         assert_eq!(iso.ops.len(), 3, "{iso:?}");
-        assert!(std::fs::read_to_string(generated.join("nsswitch.conf")).unwrap().contains("hosts:          files dns"));
+        assert!(
+            std::fs::read_to_string(generated.join("nsswitch.conf")).unwrap().contains("hosts:          files dns")
+        );
         drop(iso);
         assert!(!generated.exists(), "the generated files go with the plan");
 

@@ -37,10 +37,8 @@ pub(crate) fn sanitize(query: &Message, keep_ecs: bool, id: u16) -> Result<Sanit
     header.set_id(id);
     m.set_header(header);
     m.add_queries(query.queries().iter().cloned());
-    let mut stripped = query.answers().len()
-        + query.name_servers().len()
-        + query.additionals().len()
-        + query.signature().len();
+    let mut stripped =
+        query.answers().len() + query.name_servers().len() + query.additionals().len() + query.signature().len();
     if let Some(edns) = query.extensions() {
         let mut out = Edns::new();
         out.set_max_payload(edns.max_payload());

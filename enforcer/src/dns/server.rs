@@ -554,7 +554,10 @@ impl Inner {
                 tries += 1;
                 if tries > MAX_RENEWALS {
                     Stats::inc(&self.stats.learn_failures);
-                    tracing::warn!(name = qname, "dns: learned addresses keep expiring before the answer can be released (map writes slower than the TTL floor), answering SERVFAIL");
+                    tracing::warn!(
+                        name = qname,
+                        "dns: learned addresses keep expiring before the answer can be released (map writes slower than the TTL floor), answering SERVFAIL"
+                    );
                     return self.servfail(query);
                 }
                 Stats::inc(&self.stats.relearned);
@@ -628,6 +631,12 @@ impl Inner {
             }
             seen.insert(r.queried.clone(), now);
         }
-        tracing::info!(name = r.name, queried = r.queried, qtype = r.qtype, action = r.action.label(), "dns: name not in the registry");
+        tracing::info!(
+            name = r.name,
+            queried = r.queried,
+            qtype = r.qtype,
+            action = r.action.label(),
+            "dns: name not in the registry"
+        );
     }
 }

@@ -119,22 +119,22 @@ fn build_answer(zone: &Zone, query: &Message, udp: bool) -> Option<Vec<u8>> {
         resp.set_response_code(ResponseCode::NXDomain);
     } else {
         for q in query.queries() {
-        let mut current = q.name().clone();
-        for _ in 0..20 {
-            let mut next = None;
-            for r in zone.records.iter().filter(|r| r.name() == &current) {
-                if r.record_type() == q.query_type() || q.query_type() == RecordType::ANY {
-                    resp.add_answer(r.clone());
-                } else if let RData::CNAME(c) = r.data() {
-                    resp.add_answer(r.clone());
-                    next = Some(c.0.clone());
+            let mut current = q.name().clone();
+            for _ in 0..20 {
+                let mut next = None;
+                for r in zone.records.iter().filter(|r| r.name() == &current) {
+                    if r.record_type() == q.query_type() || q.query_type() == RecordType::ANY {
+                        resp.add_answer(r.clone());
+                    } else if let RData::CNAME(c) = r.data() {
+                        resp.add_answer(r.clone());
+                        next = Some(c.0.clone());
+                    }
+                }
+                match next {
+                    Some(t) => current = t,
+                    None => break,
                 }
             }
-            match next {
-                Some(t) => current = t,
-                None => break,
-            }
-        }
         }
     }
     if zone.wrong_id.contains(&key) {

@@ -110,7 +110,10 @@ fn every_question_is_judged() {
     // The opt-out forwards, learns the registered question, and reports the other.
     assert_eq!(
         decide(&mixed, &enforce, UnknownNames::AnswerNoAllow),
-        Decision::Forward { learn: vec![(0, sid(1))], unregistered: vec![(1, "exfil.evil.com".into(), Why::NotInRegistry)] }
+        Decision::Forward {
+            learn: vec![(0, sid(1))],
+            unregistered: vec![(1, "exfil.evil.com".into(), Why::NotInRegistry)]
+        }
     );
     let search_miss = msg(&[("api.test.corp.example.", RecordType::A)]);
     assert!(matches!(
@@ -154,18 +157,18 @@ impl TestPolicy {
 #[test]
 fn embedded_ipv4_forms_are_judged_by_the_embedded_address() {
     let bad = [
-        "64:ff9b::a00:1",          // NAT64 WKP, 10.0.0.1
-        "64:ff9b::7f00:1",         // 127.0.0.1
-        "64:ff9b::a9fe:a9fe",      // 169.254.169.254
-        "64:ff9b:1:a00:0:100::",   // local-use /48 layout, 10.0.0.1
-        "64:ff9b:1:0:a9:fea9:fe00:0", // /64 layout: byte 8 zero, 169.254.169.254 at bytes 9..12
-        "64:ff9b:1:1234:5678:9abc:a00:1", // /96 layout, 10.0.0.1
-        "2002:c0a8:101::1",         // 6to4 of 192.168.1.1
-        "2002:7f00:1::",            // 6to4 of 127.0.0.1
+        "64:ff9b::a00:1",                       // NAT64 WKP, 10.0.0.1
+        "64:ff9b::7f00:1",                      // 127.0.0.1
+        "64:ff9b::a9fe:a9fe",                   // 169.254.169.254
+        "64:ff9b:1:a00:0:100::",                // local-use /48 layout, 10.0.0.1
+        "64:ff9b:1:0:a9:fea9:fe00:0",           // /64 layout: byte 8 zero, 169.254.169.254 at bytes 9..12
+        "64:ff9b:1:1234:5678:9abc:a00:1",       // /96 layout, 10.0.0.1
+        "2002:c0a8:101::1",                     // 6to4 of 192.168.1.1
+        "2002:7f00:1::",                        // 6to4 of 127.0.0.1
         "2001:0:4136:e378:8000:63bf:f5ff:fffe", // Teredo, client 10.0.0.1
         "2001:0:a00:1:8000:63bf:3fff:fdd2",     // Teredo, server 10.0.0.1
-        "::a00:1",                  // IPv4-compatible 10.0.0.1
-        "::ffff:a9fe:a9fe",         // IPv4-mapped metadata address
+        "::a00:1",                              // IPv4-compatible 10.0.0.1
+        "::ffff:a9fe:a9fe",                     // IPv4-mapped metadata address
     ];
     for a in bad {
         assert!(is_rebinding_addr(a.parse().unwrap()), "{a} embeds a private/loopback/metadata address");
@@ -204,7 +207,10 @@ fn search_domains_come_from_resolv_conf() {
 // Through the forwarder
 // ---------------------------------------------------------------------------------------------
 
-async fn enforcing(unknown: UnknownNames, extra: impl FnOnce(&mut Config)) -> (super::tests::TestUpstream, Arc<TestPolicy>, Running) {
+async fn enforcing(
+    unknown: UnknownNames,
+    extra: impl FnOnce(&mut Config),
+) -> (super::tests::TestUpstream, Arc<TestPolicy>, Running) {
     let up = start_upstream(zone()).await;
     let policy = Arc::new(TestPolicy { enforcing: true, ..TestPolicy::registry() });
     let mut cfg = config(vec![up.addr]);
