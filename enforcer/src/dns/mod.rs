@@ -216,6 +216,8 @@ pub struct Stats {
     pub audit_would_refuse: AtomicU64,
     /// EDNS options and query records not forwarded (sanitized queries).
     pub stripped: AtomicU64,
+    /// From an upstream answer's arrival to its addresses being in the map (answers that learned).
+    pub learn_delay: Histogram,
     /// A learned entry had to be renewed before its answer was released (the learn took longer
     /// than the grace): the entry still outlives the release by the floor.
     pub relearned: AtomicU64,
@@ -273,4 +275,89 @@ pub fn search_domains(resolv_conf: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// A lock-free latency histogram: 10 µs buckets up to 1 ms, 1 ms buckets up to 100 ms, one
+/// overflow bucket. Quantiles are bucket upper bounds (10 µs / 1 ms resolution).
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: Vec<AtomicU64>,
+}
+
+const FINE_BUCKETS: usize = 100; // 10 µs each, up to 1 ms
+const COARSE_BUCKETS: usize = 99; // 1 ms each, 1..100 ms
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self { buckets: (0..FINE_BUCKETS + COARSE_BUCKETS + 1).map(|_| AtomicU64::new(0)).collect() }
+    }
+}
+
+impl Histogram {
+    fn bucket(d: Duration) -> usize {
+        let us = d.as_micros() as usize;
+        if us < 1000 { us / 10 } else { (FINE_BUCKETS + us / 1000 - 1).min(FINE_BUCKETS + COARSE_BUCKETS) }
+    }
+
+    fn upper(i: usize) -> Duration {
+        if i < FINE_BUCKETS {
+            Duration::from_micros(10 * (i as u64 + 1))
+        } else if i < FINE_BUCKETS + COARSE_BUCKETS {
+            Duration::from_millis((i - FINE_BUCKETS) as u64 + 2)
+        } else {
+            Duration::MAX
+        }
+    }
+
+    pub fn record(&self, d: Duration) {
+        self.buckets[Self::bucket(d)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    /// The upper bound of the bucket holding quantile `q` (0..=1); None when empty.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, c) in counts.iter().enumerate() {
+            seen += c;
+            if seen >= rank {
+                return Some(Self::upper(i));
+            }
+        }
+        None
+    }
+
+    /// Forget everything recorded (benchmarks, between phases).
+    pub fn reset(&self) {
+        for b in &self.buckets {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod histogram_tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_are_bucket_upper_bounds() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile(0.5), None);
+        for us in [5u64, 15, 25, 35, 2500] {
+            h.record(Duration::from_micros(us));
+        }
+        assert_eq!(h.count(), 5);
+        assert_eq!(h.quantile(0.5), Some(Duration::from_micros(30)));
+        assert_eq!(h.quantile(0.99), Some(Duration::from_millis(3)));
+        h.record(Duration::from_secs(1));
+        assert_eq!(h.quantile(1.0), Some(Duration::MAX));
+    }
 }

@@ -418,13 +418,14 @@ impl Inner {
         let Ok((mut resp, header)) = self.forward(out, id, &query, transport).await else {
             return Some(self.servfail(&query));
         };
+        let answered_at = Instant::now();
         resp[..2].copy_from_slice(&query.id().to_be_bytes());
         if learn.is_empty() {
             Stats::inc(&self.stats.answered);
             self.observe_unregistered(&query, &resp);
             return Some(resp);
         }
-        Some(self.answer_matched(resp, header, &query, &learn).await)
+        Some(self.answer_matched(resp, header, &query, &learn, answered_at).await)
     }
 
     /// Tell the policy which addresses an unregistered name had (nothing is allowed; `enforcer
@@ -498,6 +499,7 @@ impl Inner {
         header: Header,
         query: &Message,
         learn: &[(usize, enforcer_common::ServiceId)],
+        answered_at: Instant,
     ) -> Vec<u8> {
         let qname0 = name_key(query.queries()[learn[0].0].name());
         // Truncated (the client retries over TCP) or negative answers: pass through unchanged,
@@ -544,6 +546,9 @@ impl Inner {
             Stats::add(&self.stats.learned_addrs, addrs.len() as u64);
             tracing::debug!(name = qname, service = service.get(), ?addrs, ?life, "dns: learned");
             learned.push((service, qname, addrs, until, life));
+        }
+        if !learned.is_empty() {
+            self.stats.learn_delay.record(answered_at.elapsed());
         }
         // The guarantee: each entry outlives the release (now) by the floor, however long the
         // learns took (a slow map write, several questions, a grace of 0). Renewals are rare: a
