@@ -252,11 +252,11 @@ impl BenchPolicy {
     }
 }
 
+/// ALLOW and DESTS entries of one answer.
+type Entries = (Vec<(AllowEntry, AllowValue)>, Vec<(DestEntry, AllowValue)>);
+
 impl BenchPolicy {
-    fn entries(
-        service_id: ServiceId,
-        addrs: &[IpAddr],
-    ) -> (Vec<(AllowEntry, AllowValue)>, Vec<(DestEntry, AllowValue)>) {
+    fn entries(service_id: ServiceId, addrs: &[IpAddr]) -> Entries {
         let value = AllowValue { service_id, flags: 0 };
         let mut allow = Vec::with_capacity(addrs.len());
         let mut dests = Vec::with_capacity(addrs.len());

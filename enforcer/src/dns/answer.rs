@@ -111,18 +111,6 @@ pub(crate) fn lifetime(ttl_secs: u32, cfg: &Config) -> Duration {
     ttl.max(floor).min(cfg.max_ttl.max(super::MIN_TTL_FLOOR)) + cfg.grace.max(RELEASE_SLACK)
 }
 
-/// Result of processing a matched name's answer.
-#[cfg(test)]
-#[derive(Debug, Default, PartialEq, Eq)]
-pub(crate) struct Processed {
-    /// Addresses reachable from the query name (deduplicated, answer order), after filtering.
-    pub addrs: Vec<IpAddr>,
-    /// Minimum TTL of the records used to reach `addrs` (CNAMEs and address records).
-    pub min_ttl: Option<u32>,
-    /// Address records removed from the answer section by the rebinding filter.
-    pub dropped: usize,
-}
-
 fn note_ttl(t: u32, min_ttl: &mut Option<u32>) {
     *min_ttl = Some(min_ttl.map_or(t, |m| m.min(t)));
 }
@@ -133,16 +121,6 @@ fn record_addr(rec: &Record) -> Option<IpAddr> {
         RData::AAAA(aaaa) => Some(IpAddr::V6(aaaa.0)),
         _ => None,
     }
-}
-
-/// Filter the answer section of `msg` (rebinding protection, unless the registry lists the
-/// address), then collect the A/AAAA addresses reachable from `qname` through CNAME chains.
-/// `msg` is modified only when something was dropped (`dropped > 0`).
-#[cfg(test)]
-pub(crate) fn process_matched(msg: &mut Message, qname: &Name, policy: &dyn DnsPolicy) -> Processed {
-    let dropped = filter_rebinding(msg, policy);
-    let (addrs, min_ttl) = collect(msg, qname);
-    Processed { addrs, min_ttl, dropped }
 }
 
 /// Drop answer-section address records a public name must not have (unless the registry lists
