@@ -8,9 +8,10 @@
 //!   when `db.eu.corp.example` is registered). Answered NXDOMAIN by the forwarder itself, so the
 //!   resolver goes on with its search list, and nothing reaches the upstream;
 //! - **unregistered**: anything else. A search-domain expansion of a multi-label unregistered
-//!   name (`evil.com.corp.example`, the resolver trying `evil.com` with `search corp.example`) is
-//!   judged as that name, even when a wildcard such as `*.corp.example` covers it (an exact host
-//!   still wins), and is reported under it.
+//!   name (`evil.com.corp.example`, the resolver trying `evil.com` with `search corp.example`) gets
+//!   the same answer as that name and is reported under it. (An expansion the registry covers,
+//!   e.g. by a wildcard `*.corp.example`, is a registry name: the query cannot tell it from the
+//!   name itself, and the registry allows that name.)
 //!
 //! Under REGISTRY_ONLY with `--unknown-names refused` (the default) or `nxdomain`, a query with
 //! any unregistered question (multi-question queries included) is answered REFUSED/NXDOMAIN
@@ -98,28 +99,21 @@ fn strip_domain<'a>(q: &'a str, suffix: &str) -> Option<&'a str> {
 
 /// The class of `q` (lowercase, no trailing dot) without looking at its own search expansions.
 fn classify_direct(q: &str, policy: &dyn DnsPolicy, search: &[String]) -> Class {
-    let m = policy.match_name(q);
-    if let Some(NameMatch { service, exact: true }) = m {
+    // A registry name (an exact host, or one a wildcard covers: the registry allows it, whether
+    // or not it is also some name plus a search domain) is forwarded.
+    if let Some(NameMatch { service, .. }) = policy.match_name(q) {
         return Class::Registered(service);
     }
     // Every search domain `q` ends with, longest first: the shortest base is the name the
     // resolver was asked for.
     let mut bases: Vec<&str> = search.iter().filter_map(|s| strip_domain(q, s)).collect();
     bases.sort_by_key(|b| b.len());
-    let registered_base = bases.iter().any(|b| policy.match_name(b).is_some());
-    let multi_label_base = bases.iter().find(|b| b.contains('.'));
-    match m {
-        Some(NameMatch { service, .. }) => match multi_label_base {
-            Some(base) if !registered_base => {
-                Class::Unregistered { report: (*base).to_string(), why: Why::SearchExpansion }
-            }
-            _ => Class::Registered(service),
-        },
-        None if registered_base => Class::SearchMiss,
-        None => match multi_label_base {
-            Some(base) => Class::Unregistered { report: (*base).to_string(), why: Why::SearchExpansion },
-            None => Class::Unregistered { report: q.to_string(), why: Why::NotInRegistry },
-        },
+    if bases.iter().any(|b| policy.match_name(b).is_some()) {
+        return Class::SearchMiss;
+    }
+    match bases.iter().find(|b| b.contains('.')) {
+        Some(base) => Class::Unregistered { report: (*base).to_string(), why: Why::SearchExpansion },
+        None => Class::Unregistered { report: q.to_string(), why: Why::NotInRegistry },
     }
 }
 

@@ -55,23 +55,20 @@ fn names_are_classified_with_the_search_list() {
 }
 
 #[test]
-fn wildcards_do_not_cover_expansions_of_refused_names_but_exact_hosts_win() {
+fn registry_names_win_over_search_expansions() {
     let mut p = TestPolicy::registry();
     p.wildcard.push(("corp.example".into(), sid(200)));
     p.exact.push(("db.eu.corp.example".into(), sid(201)));
     let s = search();
-    // `*.corp.example` covers it, but it is `evil.com` with the search domain appended.
-    assert_eq!(
-        judge::classify("evil.com.corp.example", &p, &s),
-        Class::Unregistered { report: "evil.com".into(), why: Why::SearchExpansion }
-    );
-    // A plain single-label expansion is a name of the wildcard.
+    // `*.corp.example` covers it: the registry allows that name (the query cannot tell it from
+    // `evil.com` plus the search domain).
+    assert_eq!(judge::classify("evil.com.corp.example", &p, &s), Class::Registered(sid(200)));
     assert_eq!(judge::classify("printer.corp.example", &p, &s), Class::Registered(sid(200)));
-    // An exact host wins, and its bare form gets NXDOMAIN so that the search reaches it.
+    // An exact host, and its bare form gets NXDOMAIN so that the search reaches it.
     assert_eq!(judge::classify("db.eu.corp.example", &p, &s), Class::Registered(sid(201)));
     assert_eq!(judge::classify("db.eu", &p, &s), Class::SearchMiss);
-    // An expansion of a registered name covered by the wildcard: forwarded (in policy).
-    assert_eq!(judge::classify("api.test.corp.example", &p, &s), Class::Registered(sid(200)));
+    // Without the wildcard, `db.eu` alone (nothing registered under corp.example) is refused.
+    assert_eq!(classify("db.eu"), Class::Unregistered { report: "db.eu".into(), why: Why::NotInRegistry });
 }
 
 fn msg(questions: &[(&str, RecordType)]) -> Message {
