@@ -160,12 +160,27 @@ pub struct DnsArgs {
     /// for `daemon`, so a restarted daemon takes over the same address).
     #[arg(long, value_name = "PORT")]
     pub dns_port: Option<u16>,
-    /// Answer for names outside the registry under REGISTRY_ONLY: `answer` (answer, allow
-    /// nothing), `nxdomain` or `refused`.
-    #[arg(long, value_enum, default_value = "answer", value_name = "HOW")]
+    /// Answer for names outside the registry (and `--allow` hosts) under REGISTRY_ONLY:
+    /// `refused` (the default: the query never leaves the host), `nxdomain`, or `answer`
+    /// (forward and answer, allow nothing: the name reaches the upstream). AUDIT and ALLOW_ANY
+    /// always answer (AUDIT reports the names it would refuse).
+    #[arg(long, value_enum, default_value = "refused", value_name = "HOW")]
     pub unknown_names: UnknownNamesArg,
-    /// Shortest re-resolution interval / map lifetime for a DNS answer (TTL 0 gets this).
-    #[arg(long, default_value = "5s", value_parser = parse_duration, value_name = "DURATION")]
+    /// Also treat DOMAIN as a search domain of the workloads' resolvers (resolv.conf's `search`
+    /// list is always used): expansions of refused names are refused too (repeatable).
+    #[arg(long = "dns-search", value_name = "DOMAIN")]
+    pub dns_search: Vec<String>,
+    /// Forward EDNS CLIENT-SUBNET options of the workloads' queries (default: stripped, like
+    /// every EDNS option but COOKIE and PADDING, under REGISTRY_ONLY).
+    #[arg(long)]
+    pub dns_forward_ecs: bool,
+    /// `run`: leave the command the host's nsswitch.conf, nscd and systemd-resolved sockets (names
+    /// resolved through nscd or nss-resolve are then not learned, and their connects fail).
+    #[arg(long)]
+    pub no_dns_isolation: bool,
+    /// Shortest re-resolution interval / map lifetime for a DNS answer (TTL 0 gets this); at least
+    /// 1s (shorter would re-resolve TTL-0 names in a loop).
+    #[arg(long, default_value = "5s", value_parser = parse_ttl_floor, value_name = "DURATION")]
     pub dns_ttl_floor: std::time::Duration,
     /// Longest re-resolution interval / map lifetime for a DNS answer.
     #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
@@ -213,6 +228,18 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
         _ => return Err(format!("`{s}`: unknown unit `{unit}` (use ms, s, m or h)")),
     };
     Ok(std::time::Duration::from_secs_f64(secs))
+}
+
+/// `--dns-ttl-floor`: a duration of at least [`crate::dns::MIN_TTL_FLOOR`].
+fn parse_ttl_floor(s: &str) -> Result<std::time::Duration, String> {
+    let d = parse_duration(s)?;
+    if d < crate::dns::MIN_TTL_FLOOR {
+        return Err(format!(
+            "`{s}` is below the minimum of {}s: a shorter floor re-resolves TTL-0 names in a loop and can expire a learned address before the workload connects; use 1s or more",
+            crate::dns::MIN_TTL_FLOOR.as_secs()
+        ));
+    }
+    Ok(d)
 }
 
 fn parse_mode(s: &str) -> Result<Mode, String> {
@@ -460,6 +487,22 @@ mod tests {
         };
         assert_eq!(r.user.as_deref(), Some("nobody"));
         assert!(Cli::try_parse_from(["enforcer", "unpin", "--stale", "--pin-dir", "/x"]).is_err());
+    }
+
+    #[test]
+    fn ttl_floor_has_a_minimum() {
+        assert_eq!(parse_ttl_floor("1s").unwrap(), std::time::Duration::from_secs(1));
+        let e = parse_ttl_floor("0s").unwrap_err();
+        assert!(e.contains("below the minimum of 1s"), "{e}");
+        assert!(parse_ttl_floor("500ms").is_err());
+    }
+
+    #[test]
+    fn unknown_names_default_is_refused() {
+        let cli = Cli::try_parse_from(["enforcer", "run", "--", "true"]).unwrap();
+        let Command::Run(r) = cli.command else { panic!() };
+        assert_eq!(r.policy.dns.unknown_names, UnknownNamesArg::Refused);
+        assert!(Cli::try_parse_from(["enforcer", "run", "--dns-ttl-floor", "0s", "--", "true"]).is_err());
     }
 
     #[test]

@@ -101,6 +101,62 @@ pub fn format_event(ev: &Event, desired: &Desired) -> String {
     )
 }
 
+/// One line for a name the DNS forwarder refused (or answered without allowing, or in AUDIT
+/// would have refused): `denied dns evil.example (A): not in registry; answered REFUSED; ...`.
+pub fn format_dns_refusal(r: &crate::dns::Refusal) -> String {
+    use crate::dns::{Action, Why};
+    let queried = if r.queried != r.name { format!(" (queried as {})", r.queried) } else { String::new() };
+    let why = match r.why {
+        Why::NotInRegistry => "not in registry",
+        Why::SearchExpansion => "not in registry (a search-domain expansion of it)",
+    };
+    let fix = format!("allow it with --allow {} or a ServiceEntry", r.name);
+    match r.action {
+        Action::Refused => format!("denied dns {} ({}){queried}: {why}; answered REFUSED; {fix}", r.name, r.qtype),
+        Action::Nxdomain => format!("denied dns {} ({}){queried}: {why}; answered NXDOMAIN; {fix}", r.name, r.qtype),
+        Action::Answered => format!(
+            "denied dns {} ({}){queried}: {why}; answered (--unknown-names answer), nothing allowed; {fix}",
+            r.name, r.qtype
+        ),
+        Action::AuditWouldRefuse => {
+            format!("audit: would refuse dns {} ({}){queried}: {why}; answered; {fix}", r.name, r.qtype)
+        }
+    }
+}
+
+/// The JSON form of a DNS refusal (`hook: "dns"`, `host`: the name, no address or port).
+pub fn dns_event_json(r: &crate::dns::Refusal) -> EventJson {
+    use crate::dns::{Action, Why};
+    EventJson {
+        time: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0),
+        verdict: if r.action == Action::AuditWouldRefuse { "audit" } else { "denied" }.into(),
+        hook: "dns".into(),
+        destination: r.name.clone(),
+        protocol: "dns".into(),
+        reason: match r.why {
+            Why::NotInRegistry => "not_in_registry",
+            Why::SearchExpansion => "search_expansion",
+        }
+        .into(),
+        message: r.action.label().into(),
+        host: Some(r.name.clone()),
+        line: format_dns_refusal(r),
+        ..Default::default()
+    }
+}
+
+/// A DNS refusal as a JSON object on stderr (`--event-format json`).
+pub fn print_dns_json(r: &crate::dns::Refusal) {
+    use std::io::Write as _;
+    if let Ok(mut s) = serde_json::to_string(&dns_event_json(r)) {
+        s.push('\n');
+        let _ = std::io::stderr().lock().write_all(s.as_bytes());
+    }
+}
+
 #[derive(Serialize, serde::Deserialize, Debug, Clone, Default)]
 pub struct EventJson {
     /// Seconds since the Unix epoch when the agent read the event.
@@ -403,7 +459,14 @@ impl EventHub {
         j
     }
 
-    /// Say (and count) that the kernel dropped events (ring buffer full).
+    /// A name the DNS forwarder refused (each name once per run; see `dns_bridge`).
+    pub fn publish_dns(&self, r: &crate::dns::Refusal) {
+        if let Ok(s) = serde_json::to_string(&dns_event_json(r)) {
+            self.push(s);
+        }
+    }
+
+    /// Say that the kernel dropped events (ring buffer full).
     pub fn publish_drops(&self, n: u64) {
         self.drops.ring_buffer.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         self.push(format!(

@@ -737,6 +737,11 @@ impl HostIndex {
         None
     }
 
+    /// `qname` is an exact host (or an `--allow` host), not only covered by a wildcard.
+    pub fn is_exact_host(&self, qname: &str) -> bool {
+        self.exact.contains_key(&qname.trim_end_matches('.').to_ascii_lowercase())
+    }
+
     pub fn explicitly_listed(&self, ip: IpAddr) -> bool {
         let ip = match ip {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),

@@ -270,8 +270,12 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    /// The refresh interval for an answer's TTL: never under [`crate::dns::MIN_TTL_FLOOR`]
+    /// whatever the configuration (no hot loop on TTL 0), the floor winning over a smaller
+    /// ceiling.
     fn clamp(&self, ttl: Duration) -> Duration {
-        ttl.clamp(self.cfg.floor, self.cfg.ceiling)
+        let floor = self.cfg.floor.max(crate::dns::MIN_TTL_FLOOR);
+        ttl.max(floor).min(self.cfg.ceiling.max(floor))
     }
 
     /// One lookup; updates the table; returns when to look again.
@@ -504,6 +508,22 @@ mod tests {
         assert!((3..=5).contains(&n), "lookups {n}");
         tokio::time::sleep(Duration::from_secs(6)).await;
         assert!(usable(&r, "b.test").is_empty(), "grace over");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_zero_floor_still_asks_at_most_once_a_second() {
+        let s = Scripted {
+            answers: Mutex::new(HashMap::from([(
+                "z.test".to_string(),
+                vec![Ok((vec![ip("198.51.100.9")], Duration::ZERO))],
+            )])),
+        };
+        let cfg = RefreshConfig { floor: Duration::ZERO, ceiling: Duration::ZERO, ..cfg() };
+        let r = Refresher::new(cfg, Arc::new(s));
+        r.set_names(&BTreeSet::from(["z.test".to_string()])).await;
+        tokio::time::sleep(Duration::from_millis(10_500)).await;
+        let n = r.stats().lookups.load(Ordering::Relaxed);
+        assert!((10..=12).contains(&n), "TTL 0 with floor 0: {n} lookups in 10.5 s (bounded by the 1 s minimum)");
     }
 
     #[tokio::test(start_paused = true)]

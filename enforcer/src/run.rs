@@ -35,7 +35,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
     let mut sigquit = signal(SignalKind::quit())?;
-    let config = AgentConfig { quiet: args.quiet, ..AgentConfig::from_args(&args.policy) };
+    let mut config = AgentConfig { quiet: args.quiet, ..AgentConfig::from_args(&args.policy) };
+    // Each name the DNS forwarder refuses gets one deny line, like a denied connect.
+    config.dns.print_refusals = !args.quiet;
     let cfg = load::load_config(&config)?;
     let quiet = args.quiet;
     let warn = |w: &str| {
@@ -112,8 +114,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let mut events = agent.with_dataplane(|dp| dp.take_events()).context("opening the event ring buffer")?;
 
+    // Every resolver path of CMD ends in port-53 queries the kernel steers to the forwarder (the
+    // resolver view of dns::isolate; applied to --privileged runs, see README's limits).
     let (mut cmd, mut init) = match &plan {
-        Plan::Privileged => (spawn_in_cgroup(&args.command, &child)?, None),
+        Plan::Privileged => {
+            let isolation = crate::dns::isolate::for_run(steering && agent.dns_isolation(), std::process::id())?;
+            (spawn_in_cgroup(&args.command, &child, isolation)?, None)
+        }
         Plan::Confined { identity } => {
             let (c, link) = confine::spawn(&args.command, &child.procs_file(), identity.as_ref())?;
             (c, Some(link))
@@ -257,7 +264,11 @@ fn forward(pid: Option<i32>, sig: i32) {
 
 /// Spawn `argv` exactly as given, moved into `cg` before it execs (so its very first connect is
 /// judged).
-fn spawn_in_cgroup(argv: &[OsString], cg: &ChildCgroup) -> anyhow::Result<tokio::process::Child> {
+fn spawn_in_cgroup(
+    argv: &[OsString],
+    cg: &ChildCgroup,
+    isolation: Option<Arc<crate::dns::isolate::Isolation>>,
+) -> anyhow::Result<tokio::process::Child> {
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .open(cg.procs_file())
@@ -271,6 +282,11 @@ fn spawn_in_cgroup(argv: &[OsString], cg: &ChildCgroup) -> anyhow::Result<tokio:
             // "0" moves the writing process.
             if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // The resolver view (dns::isolate): a mount namespace, while CMD still has the
+            // capabilities for it.
+            if let Some(iso) = &isolation {
+                iso.enter()?;
             }
             Ok(())
         });

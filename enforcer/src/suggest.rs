@@ -89,6 +89,18 @@ pub fn draft(events: &[EventJson], namespace: &str, live: Option<&Registryz>) ->
         if e.verdict != "denied" && e.verdict != "audit" {
             continue;
         }
+        // A refused DNS name: the host is drafted; its ports come from connections, if any.
+        if e.hook == "dns" {
+            if let Some(h) = &e.host {
+                let d = by_host.entry(h.clone()).or_default();
+                if let Some(w) = &e.workload {
+                    d.workloads.insert(w.clone());
+                }
+                d.count += 1;
+            }
+            continue;
+        }
+        // Traffic to a registered service on an unlisted port still needs its port added.
         // Traffic to a registered service on an unlisted port (or protocol) needs its port added,
         // not a new entry.
         if let Some(svc) =
@@ -182,6 +194,10 @@ fn entry(name: &str, hosts: &[String], d: &Draft, namespace: &str, resolution: &
         s.push_str(&format!("  - {h}\n"));
     }
     s.push_str("  location: MESH_EXTERNAL\n  ports:\n");
+    if d.ports.is_empty() {
+        // Only DNS lookups of the name were seen (they were refused, so nothing connected).
+        s.push_str("  - number: 443 # only DNS lookups were seen: set the port(s) it uses\n    name: tcp-443\n    protocol: TCP\n");
+    }
     for (port, proto) in &d.ports {
         let p = if proto == "udp" { "UDP" } else { "TCP" };
         s.push_str(&format!("  - number: {port}\n    name: {}-{port}\n    protocol: {p}\n", p.to_ascii_lowercase()));
@@ -246,6 +262,23 @@ mod tests {
         assert_eq!(ntp.ports[0].number, 123);
         assert!(ntp.ports[0].protocol.is_udp());
         assert_eq!(ntp.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn refused_dns_names_are_drafted_without_a_port_zero() {
+        let mut dns = ev("denied", "", 0, "dns", Some("api.example.com"));
+        dns.hook = "dns".into();
+        let mut other = ev("denied", "", 0, "dns", Some("cdn.example.net"));
+        other.hook = "dns".into();
+        let evs = vec![dns, other, ev("denied", "203.0.113.7", 8443, "tcp", Some("api.example.com"))];
+        let yaml = draft(&evs, "egress", None);
+        let reg = crate::config::load_str(&yaml, std::path::Path::new("suggest.yaml")).expect("valid registry");
+        assert_eq!(reg.services.len(), 2, "{yaml}");
+        let api = reg.services.iter().find(|s| s.name == "api-example-com").unwrap();
+        assert_eq!(api.ports.iter().map(|p| p.number).collect::<Vec<_>>(), [8443], "{yaml}");
+        let cdn = reg.services.iter().find(|s| s.name == "cdn-example-net").unwrap();
+        assert_eq!(cdn.ports[0].number, 443, "a placeholder port, said so in a comment: {yaml}");
+        assert!(!yaml.contains("number: 0"), "{yaml}");
     }
 
     #[test]

@@ -4,7 +4,8 @@ Requests are JSON objects, one per line on stdin (or one per argv argument: then
 and exits); each gets one JSON line on stdout. Interactive mode prints `"ready"` first.
 
 - `{"op":"resolve","name":N,"port":P}` -> `{ok, addrs, gai_errno, error}` (getaddrinfo,
-  AF_INET, SOCK_STREAM: the system resolver, i.e. the host's resolv.conf)
+  AF_INET, SOCK_STREAM: the system resolver, i.e. the host's resolv.conf); `"family":"any"`
+  asks AF_UNSPEC (A and AAAA)
 - `{"op":"connect","addr":A,"port":P}` -> `{ok, errno, error, reply}` (TCP + HTTP GET)
 - `{"op":"resolve_connect","name":N,"port":P}` -> resolve, then connect to the first address
 - `{"op":"query","server":S,"port":53,"name":N,"qtype":1,"transport":"udp|udpconnect|tcp"}`
@@ -55,10 +56,10 @@ def parse(b):
 def addr_of(a):
     return [a[0], a[1]] if a else None
 
-def resolve(name, port):
+def resolve(name, port, family=socket.AF_INET):
     r = {'ok': False, 'addrs': [], 'gai_errno': None, 'error': None}
     try:
-        infos = socket.getaddrinfo(name, port, socket.AF_INET, socket.SOCK_STREAM)
+        infos = socket.getaddrinfo(name, port, family, socket.SOCK_STREAM)
         seen = []
         for i in infos:
             if i[4][0] not in seen:
@@ -184,7 +185,8 @@ def race(req):
 def handle(req):
     op = req['op']
     if op == 'resolve':
-        return resolve(req['name'], req['port'])
+        fam = socket.AF_UNSPEC if req.get('family') == 'any' else socket.AF_INET
+        return resolve(req['name'], req['port'], fam)
     if op == 'connect':
         return connect(req['addr'], req['port'])
     if op == 'resolve_connect':

@@ -28,6 +28,8 @@
 //! - `proxy`: the L7 proxy's client script under `enforcer run` ([`ProxyRun`]) and its YAML.
 //! - `kube_api`: [`FakeApi`], a fake Kubernetes API server; `kube`: [`KubeNode`] (kubelet-shaped
 //!   cgroups, pods in a test netns) and [`KubeDaemon`].
+//! - `resolvers`: [`ResolverHost`] (a private mount namespace with nscd / unbound from Debian's
+//!   packages), musl and Go clients, raw DNS messages and a recording upstream ([`CaptureDns`]).
 //!
 //! The Python programs the tests run live in `tests/helpers/*.py` (embedded with `include_str!`,
 //! passed to `python3 -c`, so the test binaries are self-contained); `cargo xtask lint` runs
@@ -49,6 +51,7 @@ mod process;
 mod prometheus;
 mod proxy;
 mod registry;
+mod resolvers;
 mod servers;
 mod tls;
 mod workload;
@@ -69,6 +72,7 @@ pub use process::*;
 pub use prometheus::*;
 pub use proxy::*;
 pub use registry::*;
+pub use resolvers::*;
 pub use servers::*;
 pub use tls::*;
 pub use workload::*;

@@ -13,6 +13,10 @@ const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev
 /// `promtool`, and the server the metrics tests scrape the daemon with).
 /// (python3-websockets: the proxy's WebSocket test, with /usr/bin/python3; linux-perf: the
 /// proxy bench's profile.)
+/// The resolver paths of tests/tests/dns_resolvers.rs: nscd and unbound (run by the tests in a
+/// private mount namespace and netns; where a package's postinst starts the service on the host,
+/// nothing depends on it), musl-gcc (a static musl client) and Go (a pure-Go-resolver client).
+/// A test whose program is missing says SKIP.
 const PEER_PKGS: &[&str] = &[
     "curl",
     "iproute2",
@@ -24,6 +28,10 @@ const PEER_PKGS: &[&str] = &[
     "wrk",
     "openssl",
     "nginx-light",
+    "nscd",
+    "unbound",
+    "musl-tools",
+    "golang-go",
     "linux-perf",
     "prometheus",
 ];

@@ -51,6 +51,17 @@ pub struct DnsConfig {
     /// The forwarder's port (`None`: the caller's default).
     pub port: Option<u16>,
     pub unknown_names: crate::dns::UnknownNames,
+    /// The workloads' resolver search list: resolv.conf's plus `--dns-search`.
+    pub search: Vec<String>,
+    /// `--dns-forward-ecs`.
+    pub forward_ecs: bool,
+    /// `run`: give the command a mount namespace that routes every resolver path to the
+    /// forwarder (`--no-dns-isolation` turns it off).
+    pub isolation: bool,
+    /// Print each refused name once on stderr (`run`, unless `--quiet`).
+    pub print_refusals: bool,
+    /// ... as a JSON object (`--event-format json`).
+    pub print_json: bool,
     pub ttl_floor: Duration,
     pub ttl_ceiling: Duration,
     pub grace: Duration,
@@ -86,8 +97,24 @@ impl AgentConfig {
                     UnknownNamesArg::Nxdomain => crate::dns::UnknownNames::Nxdomain,
                     UnknownNamesArg::Refused => crate::dns::UnknownNames::Refused,
                 },
-                ttl_floor: a.dns.dns_ttl_floor,
-                ttl_ceiling: a.dns.dns_ttl_ceiling,
+                search: {
+                    let mut s =
+                        crate::dns::search_domains(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+                    for d in &a.dns.dns_search {
+                        let d = d.trim_end_matches('.').to_ascii_lowercase();
+                        if !d.is_empty() && !s.contains(&d) {
+                            s.push(d);
+                        }
+                    }
+                    s
+                },
+                forward_ecs: a.dns.dns_forward_ecs,
+                isolation: !a.dns.no_dns_isolation,
+                print_refusals: false,
+                print_json: a.event_format == crate::cli::ReportFormat::Json,
+                ttl_floor: a.dns.dns_ttl_floor.max(crate::dns::MIN_TTL_FLOOR),
+                // A ceiling under the floor would make every lifetime the ceiling: the floor wins.
+                ttl_ceiling: a.dns.dns_ttl_ceiling.max(a.dns.dns_ttl_floor).max(crate::dns::MIN_TTL_FLOOR),
                 grace: a.dns.dns_grace,
                 failure_grace: a.dns.dns_failure_grace,
                 timeout: a.dns.dns_timeout,

@@ -2,8 +2,9 @@
 //! answer's addresses into the kernel *before* the answer is released.
 
 use std::{
+    collections::HashSet,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -14,7 +15,7 @@ use super::{AGENT_MARK, Agent};
 use crate::{
     config::Mode,
     dns,
-    policy::{DestEntry, entries_for, normalize},
+    policy::{AllowEntry, DestEntry, entries_for, normalize},
 };
 
 /// Bind the forwarder on the local address (127.0.0.1/::1 by default):`port` and point the
@@ -34,14 +35,15 @@ pub(super) async fn start_forwarder(agent: &Agent, port: u16) -> anyhow::Result<
         upstreams,
         timeout: cfg_dns.timeout,
         unknown_names: cfg_dns.unknown_names,
+        search: cfg_dns.search.clone(),
+        forward_ecs: cfg_dns.forward_ecs,
         min_ttl: cfg_dns.ttl_floor,
         grace: cfg_dns.grace,
         max_ttl: cfg_dns.ttl_ceiling,
         upstream_mark: Some(AGENT_MARK),
     };
-    let fwd = dns::Forwarder::bind(cfg, Arc::new(AgentDns { agent: agent.clone() }))
-        .await
-        .context("binding the DNS forwarder")?;
+    let policy = AgentDns { agent: agent.clone(), reported: Mutex::default() };
+    let fwd = dns::Forwarder::bind(cfg, Arc::new(policy)).await.context("binding the DNS forwarder")?;
     let (mut v4, mut v6, mut dns_port) = ([0u8; 4], [0u8; 16], 0);
     for a in fwd.local_addrs() {
         dns_port = a.port();
@@ -64,31 +66,23 @@ pub(super) async fn start_forwarder(agent: &Agent, port: u16) -> anyhow::Result<
     Ok(fwd)
 }
 
+/// ALLOW and DESTS entries learned from one answer.
+type Learned = (Vec<(AllowEntry, AllowValue)>, Vec<(DestEntry, AllowValue)>);
+
+/// Distinct names reported per run; beyond this, refusals are still answered and counted, and
+/// logged at info, but no longer printed or published.
+const MAX_REPORTED: usize = 10_000;
+
 /// The forwarder's view of the registry, writing learned addresses through the maps.
 struct AgentDns {
     agent: Agent,
+    /// (name, action) already reported: each refused name is reported once per run.
+    reported: Mutex<HashSet<(String, dns::Action)>>,
 }
 
-impl dns::DnsPolicy for AgentDns {
-    fn observe(&self, name: &str, addrs: &[IpAddr]) {
-        self.agent.hub().observe_name(name, addrs);
-    }
-
-    fn match_name(&self, qname: &str) -> Option<ServiceId> {
-        self.agent.view().policies.iter().find_map(|p| p.index.match_name(qname))
-    }
-
-    fn explicitly_listed(&self, ip: IpAddr) -> bool {
-        self.agent.view().policies.iter().any(|p| p.index.explicitly_listed(ip))
-    }
-
-    fn enforcing(&self) -> bool {
-        self.agent.view().cfg.mode == Mode::RegistryOnly
-    }
-
-    fn learn(&self, _service_id: ServiceId, name: &str, addrs: &[IpAddr], ttl: Duration) -> Result<(), String> {
-        // Every policy whose registry has this name learns it, under its own policy id, with the
-        // same translation the static compile uses.
+impl AgentDns {
+    /// The ALLOW and DESTS entries for `addrs` of every policy whose registry has `name`.
+    fn entries(&self, name: &str, addrs: &[IpAddr]) -> Result<Learned, String> {
         let view = self.agent.view();
         let mut allow = Vec::new();
         let mut dests = Vec::new();
@@ -101,9 +95,126 @@ impl dns::DnsPolicy for AgentDns {
                 entries_for(p.id, service_id, &info.port_rules, net, None, |e, v| allow.push((e, v)));
             }
         }
-        tracing::debug!(name, addrs = ?addrs, ttl = ?ttl, "learned from DNS");
+        Ok((allow, dests))
+    }
+
+    fn learned(&self, name: &str, addrs: &[IpAddr], until: Instant) {
+        tracing::debug!(name, addrs = ?addrs, until = ?until.saturating_duration_since(Instant::now()), "learned from DNS");
         self.agent.hub().observe_name(name, addrs);
         self.agent.remember_names(name, addrs);
-        self.agent.maps().learn(allow, dests, Instant::now() + ttl).map_err(|e| e.to_string())
     }
+}
+
+impl dns::DnsPolicy for AgentDns {
+    fn observe(&self, name: &str, addrs: &[IpAddr]) {
+        self.agent.hub().observe_name(name, addrs);
+    }
+
+    fn match_name(&self, qname: &str) -> Option<dns::NameMatch> {
+        let view = self.agent.view();
+        let service = view.policies.iter().find_map(|p| p.index.match_name(qname))?;
+        let exact = view.policies.iter().any(|p| p.index.is_exact_host(qname));
+        Some(dns::NameMatch { service, exact })
+    }
+
+    fn explicitly_listed(&self, ip: IpAddr) -> bool {
+        self.agent.view().policies.iter().any(|p| p.index.explicitly_listed(ip))
+    }
+
+    fn mode(&self) -> dns::PolicyMode {
+        match self.agent.view().cfg.mode {
+            Mode::RegistryOnly => dns::PolicyMode::Enforce,
+            Mode::Audit => dns::PolicyMode::Audit,
+            Mode::AllowAny => dns::PolicyMode::Open,
+        }
+    }
+
+    fn learn(&self, _service_id: ServiceId, name: &str, addrs: &[IpAddr], life: Duration) -> Result<Instant, String> {
+        // Every policy whose registry has this name learns it, under its own policy id, with the
+        // same translation the static compile uses.
+        let (allow, dests) = self.entries(name, addrs)?;
+        let mut maps = self.agent.maps();
+        // The lifetime starts now that the maps are ours (a big apply may have held them).
+        let until = Instant::now() + life;
+        maps.learn(allow, dests, until).map_err(|e| e.to_string())?;
+        drop(maps);
+        self.learned(name, addrs, until);
+        Ok(until)
+    }
+
+    fn try_learn(
+        &self,
+        _service_id: ServiceId,
+        name: &str,
+        addrs: &[IpAddr],
+        life: Duration,
+    ) -> Option<Result<Instant, String>> {
+        // Inline unless a big apply holds the maps (then the blocking pool waits for it).
+        let (allow, dests) = match self.entries(name, addrs) {
+            Ok(e) => e,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut maps = self.agent.try_maps()?;
+        let until = Instant::now() + life;
+        let r = maps.learn(allow, dests, until).map_err(|e| e.to_string());
+        drop(maps);
+        if r.is_ok() {
+            self.learned(name, addrs, until);
+        }
+        Some(r.map(|()| until))
+    }
+
+    fn report(&self, r: &dns::Refusal) {
+        {
+            let mut seen = self.reported.lock().expect("reported lock");
+            if seen.len() >= MAX_REPORTED || !seen.insert((r.name.clone(), r.action)) {
+                return;
+            }
+        }
+        let cfg = &self.agent.inner.config.dns;
+        let line = crate::events::format_dns_refusal(r);
+        if cfg.print_refusals {
+            if cfg.print_json {
+                crate::events::print_dns_json(r);
+            } else {
+                crate::events::print_line(&line);
+            }
+        }
+        self.agent.hub().publish_dns(r);
+    }
+}
+
+/// Learned entries that expire within this are checked for open connections each upkeep tick.
+const ZOMBIE_HORIZON: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Keep learned addresses alive while connections to them are open (Cilium's "zombies"): an
+/// entry about to expire whose address, port and protocol has an open socket in this network
+/// namespace lives on until `--dns-grace` (at least the horizon) after the last check that saw
+/// it in use, so established flows and their reconnects within the grace are not cut. Called
+/// by the upkeep every second; reads /proc/net only when some entry is about to expire.
+pub(super) fn keep_zombies(agent: &Agent) -> usize {
+    let now = Instant::now();
+    let soon: Vec<AllowEntry> = {
+        let maps = agent.maps();
+        maps.allow().learned().iter().filter(|(_, (_, t))| *t <= now + ZOMBIE_HORIZON).map(|(k, _)| *k).collect()
+    };
+    if soon.is_empty() {
+        return 0;
+    }
+    let open = dns::conns::open_remotes();
+    let in_use = |k: &AllowEntry| {
+        open.iter().any(|(ip, port, proto)| {
+            k.proto == *proto && (k.port == enforcer_common::ANY_PORT || k.port == *port) && k.net.contains(ip)
+        })
+    };
+    let keep: std::collections::BTreeSet<AllowEntry> = soon.into_iter().filter(|k| in_use(k)).collect();
+    if keep.is_empty() {
+        return 0;
+    }
+    let until = now + agent.inner.config.dns.grace.max(ZOMBIE_HORIZON) + std::time::Duration::from_secs(1);
+    match agent.maps().extend_learned(|k| keep.contains(k), until) {
+        Ok(()) => tracing::debug!(entries = keep.len(), "learned addresses kept alive: connections to them are open"),
+        Err(e) => tracing::warn!("keeping learned addresses of open connections failed: {e:#}"),
+    }
+    keep.len()
 }

@@ -287,6 +287,12 @@ impl Agent {
         Ok(Started { agent, forwarder, proxy })
     }
 
+    /// `run` gives the command its own resolver view (`dns::isolate`; off with
+    /// `--no-dns-isolation`).
+    pub fn dns_isolation(&self) -> bool {
+        self.inner.config.dns.isolation
+    }
+
     /// The current snapshot.
     pub fn view(&self) -> Arc<View> {
         self.inner.view.read().expect("view lock").clone()
@@ -574,6 +580,11 @@ pub fn tracked_names(cfg: &LoadedConfig) -> BTreeSet<String> {
 impl Agent {
     fn maps(&self) -> std::sync::MutexGuard<'_, MapState<Dataplane>> {
         self.inner.maps.lock().expect("maps lock")
+    }
+
+    /// The maps if nobody holds them (None: an apply or sweep does; wait with [`Agent::maps`]).
+    fn try_maps(&self) -> Option<std::sync::MutexGuard<'_, MapState<Dataplane>>> {
+        self.inner.maps.try_lock().ok()
     }
 
     fn remember_names(&self, name: &str, addrs: &[IpAddr]) {

@@ -31,6 +31,7 @@ pub(super) fn spawn(agent: Agent) -> tokio::task::JoinHandle<()> {
                     if let Err(e) = agent.sync_workload_cgroups().await {
                         tracing::error!("mapping workload cgroups failed: {e:#}");
                     }
+                    super::dns_bridge::keep_zombies(&agent);
                     let r = agent.maps().sweep(Instant::now());
                     match r {
                         Ok(n) if n > 0 => tracing::debug!(expired = n, "learned DNS entries expired"),

@@ -50,6 +50,27 @@ impl Stats {
                 "Answers whose addresses could not be put into the map",
                 s(|s| load(&s.learn_failures)),
             )
+            .counters("refused", "Queries the DNS forwarder answered itself (REFUSED/NXDOMAIN), by reason", {
+                let st = Arc::clone(self);
+                move || {
+                    vec![
+                        (vec![("reason", "not_in_registry".to_string())], load(&st.refused_not_in_registry)),
+                        (vec![("reason", "search_expansion".to_string())], load(&st.refused_search_expansion)),
+                        (vec![("reason", "multi_question".to_string())], load(&st.refused_multi_question)),
+                        (vec![("reason", "opcode".to_string())], load(&st.refused_opcode)),
+                    ]
+                }
+            })
+            .counter(
+                "audit_would_refuse",
+                "AUDIT: queries forwarded that REGISTRY_ONLY would have refused",
+                s(|s| load(&s.audit_would_refuse)),
+            )
+            .counter(
+                "stripped",
+                "EDNS options and query records not forwarded upstream (REGISTRY_ONLY)",
+                s(|s| load(&s.stripped)),
+            )
             .counter("formerr", "FORMERR answers to malformed queries", s(|s| load(&s.formerr)))
             .counter(
                 "overloaded",

@@ -17,8 +17,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
 use super::answer::{self, name_key};
+use super::judge::{self, Decision};
+use super::sanitize;
 use super::upstream::{Expect, MAX_MESSAGE, Transport, Upstream, UpstreamError};
-use super::{Config, DnsPolicy, Stats, UnknownNames};
+use super::{Action, Config, DnsPolicy, PolicyMode, Refusal, Stats};
 
 /// Queries handled concurrently; beyond this, SERVFAIL (counted in `overloaded`).
 const MAX_INFLIGHT: usize = 4096;
@@ -33,6 +35,8 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 const LOG_LIMITER_MAX: usize = 8192;
 /// EDNS payload size advertised in synthesized responses.
 const EDNS_PAYLOAD: u16 = 1232;
+/// Renewals of one entry before giving up with SERVFAIL.
+const MAX_RENEWALS: u32 = 3;
 
 /// The DNS forwarder: bound sockets plus shared state. [`Forwarder::run`] serves them.
 pub struct Forwarder {
@@ -64,7 +68,15 @@ impl std::fmt::Debug for Forwarder {
 impl Forwarder {
     /// Bind UDP and TCP on every `cfg.listen` address. Port 0 picks a free port for the first
     /// address (the same for UDP and TCP); later port-0 addresses reuse it when they can.
-    pub async fn bind(cfg: Config, policy: Arc<dyn DnsPolicy>) -> io::Result<Forwarder> {
+    pub async fn bind(mut cfg: Config, policy: Arc<dyn DnsPolicy>) -> io::Result<Forwarder> {
+        if cfg.min_ttl < super::MIN_TTL_FLOOR {
+            tracing::warn!(
+                floor = ?cfg.min_ttl,
+                minimum = ?super::MIN_TTL_FLOOR,
+                "dns: TTL floor raised to the minimum (a shorter one would re-resolve TTL-0 names in a loop)"
+            );
+            cfg.min_ttl = super::MIN_TTL_FLOOR;
+        }
         if cfg.listen.is_empty() {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "dns: no listen address"));
         }
@@ -357,61 +369,102 @@ impl Inner {
         if query.message_type() != MessageType::Query {
             return None;
         }
-        let Some(question) = query.queries().first() else {
+        if query.queries().is_empty() {
             Stats::inc(&self.stats.formerr);
             return Some(synthesize(&query, ResponseCode::FormErr));
-        };
-        let qname = name_key(question.name());
-        if let Some(service) = self.policy.match_name(&qname) {
-            return Some(self.answer_matched(bytes, &query, transport, service, &qname).await);
         }
-        if self.policy.enforcing() {
-            match self.cfg.unknown_names {
-                UnknownNames::Nxdomain => {
-                    self.log_unknown(&qname, question.query_type(), "nxdomain");
+        let mode = self.policy.mode();
+        let (learn, unregistered) =
+            match judge::decide(&query, self.policy.as_ref(), self.cfg.unknown_names, &self.cfg.search) {
+                Decision::Block { rcode, reason, report } => {
                     Stats::inc(&self.stats.blocked);
-                    return Some(synthesize(&query, ResponseCode::NXDomain));
-                }
-                UnknownNames::Refused => {
-                    self.log_unknown(&qname, question.query_type(), "refused");
-                    Stats::inc(&self.stats.blocked);
-                    return Some(synthesize(&query, ResponseCode::Refused));
-                }
-                UnknownNames::AnswerNoAllow => {
-                    self.log_unknown(&qname, question.query_type(), "answered-not-allowed");
-                }
-            }
-        }
-        Some(match self.forward(bytes, &query, transport).await {
-            Ok((resp, _)) => {
-                Stats::inc(&self.stats.answered);
-                // Tell the policy which addresses this unregistered name had (nothing is allowed;
-                // `enforcer suggest` uses it to name the destinations it drafts entries for).
-                if let Ok(m) = Message::from_vec(&resp) {
-                    let addrs: Vec<std::net::IpAddr> = m
-                        .answers()
-                        .iter()
-                        .filter_map(|r| match r.data() {
-                            hickory_proto::rr::RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
-                            hickory_proto::rr::RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
-                            _ => None,
-                        })
-                        .collect();
-                    if !addrs.is_empty() {
-                        self.policy.observe(&qname, &addrs);
+                    Stats::inc(self.stats.refused(reason));
+                    let action = if rcode == ResponseCode::NXDomain { Action::Nxdomain } else { Action::Refused };
+                    for (i, name, why) in report {
+                        self.report(&query, i, name, why, action);
                     }
+                    return Some(synthesize(&query, rcode));
                 }
-                resp
+                Decision::Forward { learn, unregistered } => (learn, unregistered),
+            };
+        if !unregistered.is_empty() && mode == PolicyMode::Audit {
+            Stats::inc(&self.stats.audit_would_refuse);
+        }
+        let action = if mode == PolicyMode::Audit { Action::AuditWouldRefuse } else { Action::Answered };
+        for (i, name, why) in unregistered {
+            self.report(&query, i, name, why, action);
+        }
+        // Under REGISTRY_ONLY the upstream gets the query as understood (allowed EDNS options
+        // only) with an id of our own; otherwise the client's bytes.
+        let sanitized;
+        let (out, id): (&[u8], u16) = if mode == PolicyMode::Enforce {
+            let id = rand::random::<u16>();
+            sanitized = match sanitize::sanitize(&query, self.cfg.forward_ecs, id) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "dns: cannot re-encode the query");
+                    Stats::inc(&self.stats.formerr);
+                    return Some(synthesize(&query, ResponseCode::FormErr));
+                }
+            };
+            if sanitized.stripped > 0 {
+                Stats::add(&self.stats.stripped, sanitized.stripped as u64);
+                tracing::debug!(stripped = sanitized.stripped, "dns: query records/EDNS options not forwarded");
             }
-            Err(()) => self.servfail(&query),
-        })
+            (&sanitized.bytes, id)
+        } else {
+            (bytes, query.id())
+        };
+        let Ok((mut resp, header)) = self.forward(out, id, &query, transport).await else {
+            return Some(self.servfail(&query));
+        };
+        let answered_at = Instant::now();
+        resp[..2].copy_from_slice(&query.id().to_be_bytes());
+        if learn.is_empty() {
+            Stats::inc(&self.stats.answered);
+            self.observe_unregistered(&query, &resp);
+            return Some(resp);
+        }
+        Some(self.answer_matched(resp, header, &query, &learn, answered_at).await)
     }
 
-    /// Forward to the upstreams in order. A timeout, error, mismatching answer, SERVFAIL or
-    /// REFUSED moves to the next; if none gives a good answer, the last SERVFAIL/REFUSED answer is
-    /// returned, else Err.
-    async fn forward(&self, bytes: &[u8], query: &Message, transport: Transport) -> Result<(Vec<u8>, Header), ()> {
-        let expect = Expect::of(query);
+    /// Tell the policy which addresses an unregistered name had (nothing is allowed; `enforcer
+    /// suggest` uses it to name the destinations it drafts entries for).
+    fn observe_unregistered(&self, query: &Message, resp: &[u8]) {
+        let Ok(m) = Message::from_vec(resp) else { return };
+        let addrs: Vec<std::net::IpAddr> = m
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                hickory_proto::rr::RData::A(a) => Some(std::net::IpAddr::V4(a.0)),
+                hickory_proto::rr::RData::AAAA(a) => Some(std::net::IpAddr::V6(a.0)),
+                _ => None,
+            })
+            .collect();
+        if !addrs.is_empty() {
+            self.policy.observe(&name_key(query.queries()[0].name()), &addrs);
+        }
+    }
+
+    fn report(&self, query: &Message, i: usize, name: String, why: judge::Why, action: Action) {
+        let q = &query.queries()[i];
+        let r = Refusal { queried: name_key(q.name()), name, qtype: q.query_type().to_string(), action, why };
+        self.log_unknown(&r);
+        self.policy.report(&r);
+    }
+
+    /// Forward to the upstreams in order (`bytes` carries id `id`). A timeout, error, mismatching
+    /// answer, SERVFAIL or REFUSED moves to the next; if none gives a good answer, the last
+    /// SERVFAIL/REFUSED answer is returned, else Err.
+    async fn forward(
+        &self,
+        bytes: &[u8],
+        id: u16,
+        query: &Message,
+        transport: Transport,
+    ) -> Result<(Vec<u8>, Header), ()> {
+        let mut expect = Expect::of(query);
+        expect.id = id;
         let mut fallback = None;
         for &server in &self.cfg.upstreams {
             let attempt = self.upstream.exchange(transport, server, bytes, &expect);
@@ -438,18 +491,17 @@ impl Inner {
         fallback.ok_or(())
     }
 
-    /// A registry name: forward, filter, learn, and only then answer.
+    /// Registered questions: filter the answer, learn each question's addresses, and only then
+    /// answer. Every learned entry outlives the release of the answer by at least the floor.
     async fn answer_matched(
         &self,
-        bytes: &[u8],
+        resp: Vec<u8>,
+        header: Header,
         query: &Message,
-        transport: Transport,
-        service: enforcer_common::ServiceId,
-        qname: &str,
+        learn: &[(usize, enforcer_common::ServiceId)],
+        answered_at: Instant,
     ) -> Vec<u8> {
-        let Ok((resp, header)) = self.forward(bytes, query, transport).await else {
-            return self.servfail(query);
-        };
+        let qname0 = name_key(query.queries()[learn[0].0].name());
         // Truncated (the client retries over TCP) or negative answers: pass through unchanged,
         // learn nothing. A truncated answer's addresses are not learned, so a client using them
         // anyway is still decided by the kernel.
@@ -460,37 +512,75 @@ impl Inner {
         let mut msg = match Message::from_vec(&resp) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(name = qname, error = %e, "dns: cannot parse upstream answer for a registry name");
+                tracing::warn!(name = qname0, error = %e, "dns: cannot parse upstream answer for a registry name");
                 return self.servfail(query);
             }
         };
-        let Some(question) = query.queries().first() else {
-            return self.servfail(query);
-        };
-        let processed = answer::process_matched(&mut msg, question.name(), self.policy.as_ref());
-        if processed.dropped > 0 {
-            Stats::add(&self.stats.rebinding_dropped, processed.dropped as u64);
+        let dropped = answer::filter_rebinding(&mut msg, self.policy.as_ref());
+        if dropped > 0 {
+            Stats::add(&self.stats.rebinding_dropped, dropped as u64);
             tracing::warn!(
-                name = qname,
-                dropped = processed.dropped,
+                name = qname0,
+                dropped,
                 "dns: dropped private/loopback/link-local addresses from a registry name's answer (rebinding protection)"
             );
         }
-        if !processed.addrs.is_empty() {
-            let ttl = answer::lifetime(processed.min_ttl.unwrap_or(0), &self.cfg);
-            if let Err(e) = self.learn(service, qname, processed.addrs.clone(), ttl).await {
-                Stats::inc(&self.stats.learn_failures);
-                tracing::warn!(name = qname, service = service.get(), error = %e, "dns: learning addresses failed, answering SERVFAIL");
-                return self.servfail(query);
+        let floor = self.cfg.min_ttl.max(super::MIN_TTL_FLOOR);
+        let mut learned = Vec::with_capacity(learn.len());
+        for &(i, service) in learn {
+            let q = &query.queries()[i];
+            let (addrs, min_ttl) = answer::collect(&msg, q.name());
+            if addrs.is_empty() {
+                continue;
             }
-            Stats::add(&self.stats.learned_addrs, processed.addrs.len() as u64);
-            tracing::debug!(name = qname, service = service.get(), addrs = ?processed.addrs, ?ttl, "dns: learned");
+            let qname = name_key(q.name());
+            let life = answer::lifetime(min_ttl.unwrap_or(0), &self.cfg);
+            let until = match self.learn(service, &qname, &addrs, life).await {
+                Ok(u) => u,
+                Err(e) => {
+                    Stats::inc(&self.stats.learn_failures);
+                    tracing::warn!(name = qname, service = service.get(), error = %e, "dns: learning addresses failed, answering SERVFAIL");
+                    return self.servfail(query);
+                }
+            };
+            Stats::add(&self.stats.learned_addrs, addrs.len() as u64);
+            tracing::debug!(name = qname, service = service.get(), ?addrs, ?life, "dns: learned");
+            learned.push((service, qname, addrs, until, life));
         }
-        let out = if processed.dropped > 0 {
+        if !learned.is_empty() {
+            self.stats.learn_delay.record(answered_at.elapsed());
+        }
+        // The guarantee: each entry outlives the release (now) by the floor, however long the
+        // learns took (a slow map write, several questions, a grace of 0). Renewals are rare: a
+        // lifetime is floor + grace from the moment of its write.
+        for (service, qname, addrs, mut until, life) in learned {
+            let mut tries = 0;
+            while until < Instant::now() + floor {
+                tries += 1;
+                if tries > MAX_RENEWALS {
+                    Stats::inc(&self.stats.learn_failures);
+                    tracing::warn!(
+                        name = qname,
+                        "dns: learned addresses keep expiring before the answer can be released (map writes slower than the TTL floor), answering SERVFAIL"
+                    );
+                    return self.servfail(query);
+                }
+                Stats::inc(&self.stats.relearned);
+                match self.learn(service, &qname, &addrs, life.max(floor) + answer::RELEASE_SLACK).await {
+                    Ok(u) => until = u,
+                    Err(e) => {
+                        Stats::inc(&self.stats.learn_failures);
+                        tracing::warn!(name = qname, error = %e, "dns: renewing learned addresses failed, answering SERVFAIL");
+                        return self.servfail(query);
+                    }
+                }
+            }
+        }
+        let out = if dropped > 0 {
             match msg.to_vec() {
                 Ok(v) => v,
                 Err(e) => {
-                    tracing::warn!(name = qname, error = %e, "dns: cannot re-encode filtered answer");
+                    tracing::warn!(name = qname0, error = %e, "dns: cannot re-encode filtered answer");
                     return self.servfail(query);
                 }
             }
@@ -501,17 +591,22 @@ impl Inner {
         out
     }
 
-    /// `DnsPolicy::learn` on the blocking pool, bounded by the overall answer budget.
+    /// `DnsPolicy::learn`: inline when the policy can do it without waiting (the common case),
+    /// else on the blocking pool, bounded by the overall answer budget. Returns the expiry.
     async fn learn(
         &self,
         service: enforcer_common::ServiceId,
         qname: &str,
-        addrs: Vec<std::net::IpAddr>,
-        ttl: Duration,
-    ) -> Result<(), String> {
+        addrs: &[std::net::IpAddr],
+        life: Duration,
+    ) -> Result<Instant, String> {
+        if let Some(r) = self.policy.try_learn(service, qname, addrs, life) {
+            return r;
+        }
         let policy = self.policy.clone();
         let name = qname.to_owned();
-        let task = tokio::task::spawn_blocking(move || policy.learn(service, &name, &addrs, ttl));
+        let addrs = addrs.to_vec();
+        let task = tokio::task::spawn_blocking(move || policy.learn(service, &name, &addrs, life));
         let budget =
             self.cfg.timeout.saturating_mul(u32::try_from(self.cfg.upstreams.len().max(1)).unwrap_or(u32::MAX));
         match tokio::time::timeout(budget, task).await {
@@ -521,14 +616,14 @@ impl Inner {
         }
     }
 
-    /// Info log for an unknown name under enforcement, at most once per name per LOG_INTERVAL.
-    fn log_unknown(&self, qname: &str, qtype: hickory_proto::rr::RecordType, action: &'static str) {
+    /// Info log for a name outside the registry, at most once per name per LOG_INTERVAL.
+    fn log_unknown(&self, r: &Refusal) {
         let now = Instant::now();
         {
             let Ok(mut seen) = self.log_limiter.lock() else {
                 return;
             };
-            if let Some(t) = seen.get(qname)
+            if let Some(t) = seen.get(&r.queried)
                 && now.duration_since(*t) < LOG_INTERVAL
             {
                 return;
@@ -539,8 +634,14 @@ impl Inner {
                     seen.clear();
                 }
             }
-            seen.insert(qname.to_owned(), now);
+            seen.insert(r.queried.clone(), now);
         }
-        tracing::info!(name = qname, %qtype, action, "dns: name not in the registry");
+        tracing::info!(
+            name = r.name,
+            queried = r.queried,
+            qtype = r.qtype,
+            action = r.action.label(),
+            "dns: name not in the registry"
+        );
     }
 }

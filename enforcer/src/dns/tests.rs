@@ -20,23 +20,23 @@ use super::{Config, DnsPolicy, Forwarder, Stats, UnknownNames, is_rebinding_addr
 
 const LOCAL: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-fn n(s: &str) -> Name {
+pub(super) fn n(s: &str) -> Name {
     Name::from_ascii(s).expect("name")
 }
 
-fn sid(raw: u32) -> enforcer_common::ServiceId {
+pub(super) fn sid(raw: u32) -> enforcer_common::ServiceId {
     enforcer_common::ServiceId::new(raw).expect("non-zero")
 }
 
-fn rec_a(owner: &str, ttl: u32, ip: &str) -> Record {
+pub(super) fn rec_a(owner: &str, ttl: u32, ip: &str) -> Record {
     Record::from_rdata(n(owner), ttl, RData::A(A(Ipv4Addr::from_str(ip).expect("v4"))))
 }
 
-fn rec_aaaa(owner: &str, ttl: u32, ip: &str) -> Record {
+pub(super) fn rec_aaaa(owner: &str, ttl: u32, ip: &str) -> Record {
     Record::from_rdata(n(owner), ttl, RData::AAAA(AAAA(Ipv6Addr::from_str(ip).expect("v6"))))
 }
 
-fn rec_cname(owner: &str, ttl: u32, target: &str) -> Record {
+pub(super) fn rec_cname(owner: &str, ttl: u32, target: &str) -> Record {
     Record::from_rdata(n(owner), ttl, RData::CNAME(CNAME(n(target))))
 }
 
@@ -45,19 +45,19 @@ fn rec_cname(owner: &str, ttl: u32, target: &str) -> Record {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Default, Clone)]
-struct Zone {
-    records: Vec<Record>,
+pub(super) struct Zone {
+    pub records: Vec<Record>,
     /// Names answered with TC (header + question only) over UDP; full answer over TCP.
-    truncate_udp: HashSet<String>,
+    pub truncate_udp: HashSet<String>,
     /// Names answered SERVFAIL.
-    servfail: HashSet<String>,
+    pub servfail: HashSet<String>,
     /// Names answered with a wrong message id.
-    wrong_id: HashSet<String>,
+    pub wrong_id: HashSet<String>,
     /// Names answered after a delay.
-    delay: HashMap<String, Duration>,
+    pub delay: HashMap<String, Duration>,
 }
 
-fn zone() -> Zone {
+pub(super) fn zone() -> Zone {
     let mut records = vec![
         rec_a("api.test.", 300, "93.184.216.34"),
         rec_a("api.test.", 120, "93.184.216.35"),
@@ -105,7 +105,7 @@ fn build_answer(zone: &Zone, query: &Message, udp: bool) -> Option<Vec<u8>> {
         .set_op_code(OpCode::Query)
         .set_recursion_desired(query.recursion_desired())
         .set_recursion_available(true);
-    resp.add_query(q.clone());
+    resp.add_queries(query.queries().iter().cloned());
     if query.extensions().is_some() {
         let mut edns = Edns::new();
         edns.set_max_payload(1232);
@@ -118,20 +118,22 @@ fn build_answer(zone: &Zone, query: &Message, udp: bool) -> Option<Vec<u8>> {
     } else if !zone.records.iter().any(|r| r.name() == q.name()) {
         resp.set_response_code(ResponseCode::NXDomain);
     } else {
-        let mut current = q.name().clone();
-        for _ in 0..20 {
-            let mut next = None;
-            for r in zone.records.iter().filter(|r| r.name() == &current) {
-                if r.record_type() == q.query_type() || q.query_type() == RecordType::ANY {
-                    resp.add_answer(r.clone());
-                } else if let RData::CNAME(c) = r.data() {
-                    resp.add_answer(r.clone());
-                    next = Some(c.0.clone());
+        for q in query.queries() {
+            let mut current = q.name().clone();
+            for _ in 0..20 {
+                let mut next = None;
+                for r in zone.records.iter().filter(|r| r.name() == &current) {
+                    if r.record_type() == q.query_type() || q.query_type() == RecordType::ANY {
+                        resp.add_answer(r.clone());
+                    } else if let RData::CNAME(c) = r.data() {
+                        resp.add_answer(r.clone());
+                        next = Some(c.0.clone());
+                    }
                 }
-            }
-            match next {
-                Some(t) => current = t,
-                None => break,
+                match next {
+                    Some(t) => current = t,
+                    None => break,
+                }
             }
         }
     }
@@ -141,12 +143,12 @@ fn build_answer(zone: &Zone, query: &Message, udp: bool) -> Option<Vec<u8>> {
     resp.to_vec().ok()
 }
 
-struct TestUpstream {
-    addr: SocketAddr,
-    hits: Arc<AtomicUsize>,
-    drop_all: Arc<AtomicBool>,
-    last_query: Arc<Mutex<Option<Message>>>,
-    tasks: Vec<JoinHandle<()>>,
+pub(super) struct TestUpstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    pub drop_all: Arc<AtomicBool>,
+    pub last_query: Arc<Mutex<Option<Message>>>,
+    pub tasks: Vec<JoinHandle<()>>,
 }
 
 impl Drop for TestUpstream {
@@ -157,7 +159,7 @@ impl Drop for TestUpstream {
     }
 }
 
-async fn start_upstream(zone: Zone) -> TestUpstream {
+pub(super) async fn start_upstream(zone: Zone) -> TestUpstream {
     // UDP and TCP on the same port.
     let (udp, tcp) = loop {
         let udp = UdpSocket::bind((LOCAL, 0)).await.expect("udp bind");
@@ -235,7 +237,7 @@ async fn start_upstream(zone: Zone) -> TestUpstream {
 }
 
 /// An address where nothing listens (UDP: ICMP port unreachable; TCP: RST).
-async fn dead_addr() -> SocketAddr {
+pub(super) async fn dead_addr() -> SocketAddr {
     let s = UdpSocket::bind((LOCAL, 0)).await.expect("bind");
     s.local_addr().expect("addr")
 }
@@ -245,29 +247,38 @@ async fn dead_addr() -> SocketAddr {
 // ---------------------------------------------------------------------------------------------
 
 #[derive(Debug, Clone)]
-struct Learned {
-    service: enforcer_common::ServiceId,
-    name: String,
-    addrs: Vec<IpAddr>,
-    ttl: Duration,
-    done: Instant,
+pub(super) struct Learned {
+    pub service: enforcer_common::ServiceId,
+    pub name: String,
+    pub addrs: Vec<IpAddr>,
+    /// The lifetime asked for.
+    pub ttl: Duration,
+    pub until: Instant,
+    pub done: Instant,
 }
 
 #[derive(Default)]
-struct TestPolicy {
-    exact: Vec<(String, enforcer_common::ServiceId)>,
-    wildcard: Vec<(String, enforcer_common::ServiceId)>,
-    listed: Vec<IpAddr>,
-    enforcing: bool,
-    fail_learn: bool,
-    learned: Mutex<Vec<Learned>>,
+pub(super) struct TestPolicy {
+    pub exact: Vec<(String, enforcer_common::ServiceId)>,
+    pub wildcard: Vec<(String, enforcer_common::ServiceId)>,
+    pub listed: Vec<IpAddr>,
+    pub enforcing: bool,
+    /// AUDIT (when not enforcing).
+    pub audit: bool,
+    pub fail_learn: bool,
+    /// learn() sleeps this long first (waiting for the map).
+    pub learn_delay: Duration,
+    /// The next learn() writes an expiry that has passed by the time it returns.
+    pub stale_write: AtomicBool,
+    pub learned: Mutex<Vec<Learned>>,
+    pub reports: Mutex<Vec<super::Refusal>>,
     /// When set, learn blocks until the test sends on the paired channel.
-    gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
-    entered: AtomicBool,
+    pub gate: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    pub entered: AtomicBool,
 }
 
 impl TestPolicy {
-    fn registry() -> Self {
+    pub(super) fn registry() -> Self {
         let exact = [
             ("api.test", 1),
             ("www.api.test", 2),
@@ -288,28 +299,36 @@ impl TestPolicy {
         }
     }
 
-    fn learned(&self) -> Vec<Learned> {
+    pub(super) fn learned(&self) -> Vec<Learned> {
         self.learned.lock().expect("lock").clone()
+    }
+
+    pub(super) fn reports(&self) -> Vec<super::Refusal> {
+        self.reports.lock().expect("lock").clone()
     }
 }
 
 impl DnsPolicy for TestPolicy {
-    fn match_name(&self, qname: &str) -> Option<enforcer_common::ServiceId> {
+    fn match_name(&self, qname: &str) -> Option<super::NameMatch> {
         if let Some((_, id)) = self.exact.iter().find(|(h, _)| h == qname) {
-            return Some(*id);
+            return Some(super::NameMatch { service: *id, exact: true });
         }
         self.wildcard
             .iter()
             .find(|(suffix, _)| qname.strip_suffix(suffix.as_str()).is_some_and(|p| p.ends_with('.') && p.len() > 1))
-            .map(|(_, id)| *id)
+            .map(|(_, id)| super::NameMatch { service: *id, exact: false })
     }
 
     fn explicitly_listed(&self, ip: IpAddr) -> bool {
         self.listed.contains(&ip)
     }
 
-    fn enforcing(&self) -> bool {
-        self.enforcing
+    fn mode(&self) -> super::PolicyMode {
+        match (self.enforcing, self.audit) {
+            (true, _) => super::PolicyMode::Enforce,
+            (false, true) => super::PolicyMode::Audit,
+            (false, false) => super::PolicyMode::Open,
+        }
     }
 
     fn learn(
@@ -317,23 +336,41 @@ impl DnsPolicy for TestPolicy {
         service_id: enforcer_common::ServiceId,
         name: &str,
         addrs: &[IpAddr],
-        ttl: Duration,
-    ) -> Result<(), String> {
+        life: Duration,
+    ) -> Result<Instant, String> {
+        let called = Instant::now();
         self.entered.store(true, Ordering::SeqCst);
         if let Some(rx) = self.gate.lock().expect("lock").take() {
             let _ = rx.recv();
         }
+        if !self.learn_delay.is_zero() {
+            std::thread::sleep(self.learn_delay);
+        }
         if self.fail_learn {
             return Err("map full".to_owned());
         }
+        // A write that took `stale_write` after its expiry was computed (once).
+        let until = if self.stale_write.swap(false, Ordering::SeqCst) {
+            let u = Instant::now() + life;
+            std::thread::sleep(life + Duration::from_millis(50));
+            u
+        } else {
+            Instant::now() + life
+        };
         self.learned.lock().expect("lock").push(Learned {
             service: service_id,
             name: name.to_owned(),
             addrs: addrs.to_vec(),
-            ttl,
+            ttl: life,
+            until,
             done: Instant::now(),
         });
-        Ok(())
+        let _ = called;
+        Ok(until)
+    }
+
+    fn report(&self, r: &super::Refusal) {
+        self.reports.lock().expect("lock").push(r.clone());
     }
 }
 
@@ -341,12 +378,14 @@ impl DnsPolicy for TestPolicy {
 // Harness and client helpers
 // ---------------------------------------------------------------------------------------------
 
-fn config(upstreams: Vec<SocketAddr>) -> Config {
+pub(super) fn config(upstreams: Vec<SocketAddr>) -> Config {
     Config {
         listen: vec![SocketAddr::new(LOCAL, 0)],
         upstreams,
         timeout: Duration::from_millis(300),
         unknown_names: UnknownNames::AnswerNoAllow,
+        search: Vec::new(),
+        forward_ecs: false,
         min_ttl: Duration::from_secs(5),
         grace: Duration::from_secs(5),
         max_ttl: Duration::from_secs(3600),
@@ -354,16 +393,16 @@ fn config(upstreams: Vec<SocketAddr>) -> Config {
     }
 }
 
-struct Running {
-    addr: SocketAddr,
-    addrs: Vec<SocketAddr>,
-    stats: Arc<Stats>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+pub(super) struct Running {
+    pub addr: SocketAddr,
+    pub addrs: Vec<SocketAddr>,
+    pub stats: Arc<Stats>,
+    pub stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<()>>,
 }
 
 impl Running {
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         if let Some(tx) = self.stop.take() {
             let _ = tx.send(());
         }
@@ -376,7 +415,7 @@ impl Running {
     }
 }
 
-async fn serve(cfg: Config, policy: Arc<TestPolicy>) -> Running {
+pub(super) async fn serve(cfg: Config, policy: Arc<TestPolicy>) -> Running {
     let fwd = Forwarder::bind(cfg, policy).await.expect("bind");
     let addrs = fwd.local_addrs();
     let stats = fwd.stats();
@@ -387,21 +426,21 @@ async fn serve(cfg: Config, policy: Arc<TestPolicy>) -> Running {
     Running { addr: addrs[0], addrs, stats, stop: Some(tx), task: Some(task) }
 }
 
-fn query(name: &str, rtype: RecordType, id: u16) -> Message {
+pub(super) fn query(name: &str, rtype: RecordType, id: u16) -> Message {
     let mut m = Message::new();
     m.set_id(id).set_message_type(MessageType::Query).set_op_code(OpCode::Query).set_recursion_desired(true);
     m.add_query(Query::query(n(name), rtype));
     m
 }
 
-async fn udp_send(server: SocketAddr, bytes: &[u8]) -> UdpSocket {
+pub(super) async fn udp_send(server: SocketAddr, bytes: &[u8]) -> UdpSocket {
     let bind: SocketAddr = if server.is_ipv6() { "[::1]:0".parse().expect("addr") } else { (LOCAL, 0).into() };
     let s = UdpSocket::bind(bind).await.expect("bind");
     s.send_to(bytes, server).await.expect("send");
     s
 }
 
-async fn udp_recv(s: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
+pub(super) async fn udp_recv(s: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
     let mut buf = vec![0u8; 65535];
     match tokio::time::timeout(wait, s.recv_from(&mut buf)).await {
         Ok(Ok((len, _))) => Some(buf[..len].to_vec()),
@@ -409,7 +448,7 @@ async fn udp_recv(s: &UdpSocket, wait: Duration) -> Option<Vec<u8>> {
     }
 }
 
-async fn udp_ask(server: SocketAddr, q: &Message) -> Message {
+pub(super) async fn udp_ask(server: SocketAddr, q: &Message) -> Message {
     let s = udp_send(server, &q.to_vec().expect("encode")).await;
     let raw = udp_recv(&s, Duration::from_secs(3)).await.expect("udp answer");
     let m = Message::from_vec(&raw).expect("decode answer");
@@ -419,7 +458,7 @@ async fn udp_ask(server: SocketAddr, q: &Message) -> Message {
     m
 }
 
-async fn tcp_ask(server: SocketAddr, qs: &[Message]) -> Vec<Message> {
+pub(super) async fn tcp_ask(server: SocketAddr, qs: &[Message]) -> Vec<Message> {
     let mut s = TcpStream::connect(server).await.expect("connect");
     let mut out = Vec::new();
     for q in qs {
@@ -443,7 +482,7 @@ async fn tcp_ask(server: SocketAddr, qs: &[Message]) -> Vec<Message> {
     answers
 }
 
-fn addrs_of(m: &Message) -> Vec<IpAddr> {
+pub(super) fn addrs_of(m: &Message) -> Vec<IpAddr> {
     m.answers()
         .iter()
         .filter_map(|r| match r.data() {
@@ -454,11 +493,11 @@ fn addrs_of(m: &Message) -> Vec<IpAddr> {
         .collect()
 }
 
-fn ip(s: &str) -> IpAddr {
+pub(super) fn ip(s: &str) -> IpAddr {
     s.parse().expect("ip")
 }
 
-fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
+pub(super) fn get(c: &std::sync::atomic::AtomicU64) -> u64 {
     c.load(Ordering::SeqCst)
 }
 

@@ -112,12 +112,15 @@ impl Upstream {
         self.apply_mark(socket2::SockRef::from(&sock))?;
         sock.connect(server).await?;
         sock.send(query).await?;
-        let mut buf = vec![0u8; MAX_MESSAGE];
+        // Room for the largest datagram, not zeroed (memset of 64 KiB per query showed in perf).
+        let mut buf = Vec::with_capacity(MAX_MESSAGE);
         loop {
-            let n = sock.recv(&mut buf).await?;
+            buf.clear();
+            let n = sock.recv_buf(&mut buf).await?;
             match expect.validate(&buf[..n]) {
                 Ok(header) => {
                     buf.truncate(n);
+                    buf.shrink_to_fit();
                     return Ok((buf, header));
                 }
                 Err(e) => {
