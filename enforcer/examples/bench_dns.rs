@@ -257,7 +257,7 @@ type Entries = (Vec<(AllowEntry, AllowValue)>, Vec<(DestEntry, AllowValue)>);
 
 impl BenchPolicy {
     fn entries(service_id: ServiceId, addrs: &[IpAddr]) -> Entries {
-        let value = AllowValue { service_id, flags: 0 };
+        let value = AllowValue::new(service_id, 0);
         let mut allow = Vec::with_capacity(addrs.len());
         let mut dests = Vec::with_capacity(addrs.len());
         for a in addrs {
