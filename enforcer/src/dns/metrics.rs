@@ -58,6 +58,7 @@ impl Stats {
                         (vec![("reason", "search_expansion".to_string())], load(&st.refused_search_expansion)),
                         (vec![("reason", "multi_question".to_string())], load(&st.refused_multi_question)),
                         (vec![("reason", "opcode".to_string())], load(&st.refused_opcode)),
+                        (vec![("reason", "search_miss".to_string())], load(&st.search_miss)),
                     ]
                 }
             })
