@@ -92,8 +92,11 @@ pub const SETTINGS_F_TRIE: u16 = 1 << 3;
 pub const SETTINGS_F_ICMP: u16 = 1 << 4;
 /// `Settings::flags`: TCP connection accounting (`CONNS`) is on. Kept by the dataplane.
 pub const SETTINGS_F_ACCOUNTING: u16 = 1 << 5;
+/// `Settings::flags`: the cgroup_skb backstop is attached, so a UDP connect() to a denied
+/// destination can be judged at its first send; without it, connect() itself is refused.
+pub const SETTINGS_F_BACKSTOP: u16 = 1 << 6;
 /// The `Settings::flags` bits the dataplane owns (merged into whatever the agent writes).
-pub const SETTINGS_DATAPLANE_FLAGS: u16 = SETTINGS_F_TRIE | SETTINGS_F_ACCOUNTING;
+pub const SETTINGS_DATAPLANE_FLAGS: u16 = SETTINGS_F_TRIE | SETTINGS_F_ACCOUNTING | SETTINGS_F_BACKSTOP;
 
 /// `AllowValue::flags`: the entry allows the host's DNS resolver (port 53), not a registry service.
 pub const ALLOW_F_DNS: u32 = 1 << 0;

@@ -16,9 +16,9 @@ use enforcer_common::{
     ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey, HOOK_CONNECT4,
     HOOK_CONNECT6, MAX_CGROUP_DEPTH, Mode, OrigDest, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE,
     PolicyId, ProxyDest, REASON_NOT_IN_REGISTRY, REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SETTINGS_F_ACCOUNTING,
-    SETTINGS_F_DNS_STEER, SETTINGS_F_ICMP, SETTINGS_F_PROXY, SETTINGS_F_TRIE, SETTINGS_F_WORKLOADS, SOCK_F_ACCOUNT,
-    SOCK_F_PROXIED, SOCK_F_REPORTED, ServiceId, Settings, SockState, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
-    ip6_bytes, ip6_mapped_words, ip6_words, v4_from_mapped,
+    SETTINGS_F_BACKSTOP, SETTINGS_F_DNS_STEER, SETTINGS_F_ICMP, SETTINGS_F_PROXY, SETTINGS_F_TRIE,
+    SETTINGS_F_WORKLOADS, SOCK_F_ACCOUNT, SOCK_F_PROXIED, SOCK_F_REPORTED, ServiceId, Settings, SockState,
+    VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED, ip6_bytes, ip6_mapped_words, ip6_words, v4_from_mapped,
 };
 
 use crate::maps::{
@@ -142,7 +142,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     let (reason, service_id) = explain(s.flags, policy_id, &dest);
     let audit = mode == Mode::Audit.raw();
     let verdict = if audit { VERDICT_AUDIT } else { VERDICT_DENIED };
-    if udp && connect {
+    if udp && connect && s.flags & SETTINGS_F_BACKSTOP != 0 {
         // A UDP connect() sends nothing (glibc connects one to each address getaddrinfo returns,
         // to sort them, RFC 6724): no event, no flow. The verdict is kept on the socket and the
         // backstop reports it, and refuses with EPERM, at the first datagram actually sent.

@@ -78,7 +78,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
 
     let (dp, notes) = Dataplane::load(&LoadOptions { pin_dir: Some(pin_dir), ebpf_log: args.policy.ebpf_log })
         .context("loading the BPF programs")?;
-    notes.iter().for_each(|n| tracing::debug!("{n}"));
+    notes.iter().for_each(|n| if n.contains("backstop") { warn(n) } else { tracing::debug!("{n}") });
     let mut started = Agent::start(config, dp, cfg, 0).await?;
     let agent = started.agent.clone();
     agent.desired().warnings.iter().for_each(|w| warn(w));

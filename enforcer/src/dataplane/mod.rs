@@ -159,6 +159,8 @@ pub struct Dataplane {
     /// TC attachments made by this process (interface, direction), for explicit detach.
     tc_links: Vec<(String, &'static str)>,
     pins: Option<PinDir>,
+    /// Whether this kernel took the cgroup_skb backstop (see `load`).
+    backstop_loaded: bool,
     /// Whether an ALLOW entry steering to the proxy was written (or found at load).
     proxy_entries: bool,
     /// The cgroup sock_ops is to be attached to once a proxy entry is written (no accounting).
@@ -225,6 +227,7 @@ impl Dataplane {
         }
         let workloads_in_map = workloads.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.policy_id)).collect();
 
+        let mut backstop_loaded = true;
         for p in PROGRAMS {
             let name = p.name;
             let r = match p.kind {
@@ -233,7 +236,18 @@ impl Dataplane {
                 ProgKind::CgroupSkb => program::<CgroupSkb>(&mut ebpf, name)?.load(),
                 ProgKind::SchedClassifier => program::<SchedClassifier>(&mut ebpf, name)?.load(),
             };
-            verified(name, r)?;
+            match (p.kind, verified(name, r)) {
+                (_, Ok(())) => {}
+                // Older kernels (seen: 6.12) refuse the per-packet backstop; the connect/sendmsg
+                // hooks still judge every connection. Said loudly, never silently.
+                (ProgKind::CgroupSkb, Err(e)) => {
+                    backstop_loaded = false;
+                    notes.push(format!(
+                        "the per-packet backstop does not load on this kernel, so packets are judged only at connect()/sendmsg() (routing headers, NAT, raw and ping sockets are not caught): {e}"
+                    ));
+                }
+                (_, Err(e)) => return Err(e),
+            }
         }
 
         // Start from what the maps hold (non-empty when adopting pinned maps), so the first apply
@@ -264,6 +278,7 @@ impl Dataplane {
             own_flags: agent_settings.flags & SETTINGS_DATAPLANE_FLAGS,
             tc_links: Vec::new(),
             pins,
+            backstop_loaded,
             proxy_entries: false,
             sock_ops_pending: None,
             _logger: logger,
@@ -323,7 +338,7 @@ impl Dataplane {
                 ProgKind::SchedClassifier => continue,
                 ProgKind::CgroupSockAddr => prog_names::ALL.contains(&p.name) || want.dns_restore,
                 ProgKind::SockOps => sock_ops_now,
-                ProgKind::CgroupSkb => want.backstop,
+                ProgKind::CgroupSkb => want.backstop && self.backstop_loaded,
             };
             let link_path = self.pins.as_ref().map(|d| d.link(p.name));
             if !wanted {
@@ -374,7 +389,10 @@ impl Dataplane {
             ProgKind::CgroupSkb => {
                 let prog = program::<CgroupSkb>(&mut self.ebpf, name)?;
                 let id = prog.attach(cg, CgroupSkbAttachType::Egress, CgroupAttachMode::Single).map_err(attach_err)?;
-                if pin { Some(prog.take_link(id).map_err(take_err)?.try_into()) } else { None }
+                let fd = if pin { Some(prog.take_link(id).map_err(take_err)?.try_into()) } else { None };
+                self.own_flags |= enforcer_common::SETTINGS_F_BACKSTOP;
+                self.write_settings()?;
+                fd
             }
             ProgKind::SchedClassifier => {
                 return Err(DataplaneError::Link {
