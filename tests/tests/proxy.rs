@@ -104,11 +104,6 @@ while True:
 print(json.dumps({'ppid': ppid, 'results': res, 'metrics': m, 'events': ev}), flush=True)
 "#;
 
-/// The workload name `enforcer run` gives the command: its argv[0]'s basename.
-fn py_name() -> String {
-    python().file_name().unwrap().to_string_lossy().into_owned()
-}
-
 /// What one [`PROXY_PY`] run produced.
 struct Run {
     out: Outcome,
@@ -181,27 +176,6 @@ impl Run {
     }
 }
 
-/// `curl -sS --noproxy * --max-time 30 -w '\n%{http_code} %{size_download} %{time_total}' ARGS`.
-fn curl_op(args: &[&str]) -> Value {
-    let mut a: Vec<String> =
-        ["-sS", "--noproxy", "*", "--max-time", "30", "-w", "\n%{http_code} %{size_download} %{time_total}"]
-            .map(String::from)
-            .to_vec();
-    a.extend(args.iter().map(|s| s.to_string()));
-    json!({"kind": "curl", "args": a})
-}
-
-/// A curl result split into (body, http_code, size_download, time_total) from the `-w` trailer.
-fn curl_parts(r: &Value) -> (String, u16, u64, f64) {
-    let out = r["stdout"].as_str().unwrap();
-    let (body, trailer) = out.rsplit_once('\n').unwrap_or(("", out));
-    let mut it = trailer.split_whitespace();
-    let code = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let size = it.next().and_then(|s| s.parse().ok()).unwrap_or(0);
-    let time = it.next().and_then(|s| s.parse().ok()).unwrap_or(-1.0);
-    (body.to_string(), code, size, time)
-}
-
 /// A STATIC ServiceEntry `name` (namespace default) for `hosts` at `addr`; ports are
 /// (number, protocol, targetPort).
 fn service_entry_at(name: &str, hosts: &[&str], addr: &str, ports: &[(u16, &str, Option<u16>)]) -> String {
@@ -242,10 +216,6 @@ fn api_registry(addr: &str, ca: &std::path::Path) -> Vec<String> {
         service_entry_at("api", &["api.test"], addr, &[(80, "HTTP", Some(8443))]),
         destination_rule("api", "api.test", &simple_tls_on(80, ca)),
     ]
-}
-
-fn resolve(host: &str, port: u16, addr: &str) -> String {
-    format!("{host}:{port}:{addr}")
 }
 
 const RESET: &str = "upstream connect error or disconnect/reset before headers. reset reason: ";
@@ -292,11 +262,6 @@ fn originates_tls_and_getpeername_shows_the_original_destination() {
 
     assert_eq!(run.metric("istio_requests_total", &[("response_code", "200")]), 2.0, "{d}");
     assert!(!run.out.stderr.contains("enforcer: error") && !run.out.stderr.contains("enforcer: denied"), "{d}");
-}
-
-/// `peer=ADDR:PORT` from a [`HTTPS_SERVER_PY`] body.
-fn body_peer(body: &str) -> String {
-    body.split("peer=").nth(1).map(|s| s.split_whitespace().next().unwrap_or("").to_string()).unwrap_or_default()
 }
 
 /// 200/404/500 from the upstream are counted exactly, per code, with the destination and source
