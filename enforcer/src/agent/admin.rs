@@ -76,12 +76,9 @@ enum L4 {
     Udp,
 }
 
-/// What the hooks saw a (cgroup, service) pair use, from FLOWS: (TCP seen, UDP seen).
-type ProtosSeen = BTreeMap<(u64, ServiceId), (bool, bool)>;
-
 /// THE TCP/UDP split of TRAFFIC (TC counters): None for traffic reported nowhere (traffic of no
 /// socket, cgroup 0: neighbour discovery, kernel replies; protocols other than TCP and UDP).
-fn traffic_l4(k: &TrafficKey, _seen: &ProtosSeen, _desired: &Desired) -> Option<L4> {
+fn traffic_l4(k: &TrafficKey) -> Option<L4> {
     if k.cgroup_id == 0 {
         return None;
     }
@@ -130,12 +127,8 @@ fn kernel_snapshot(agent: &Agent, own_cgroup: u64) -> KernelSnapshot {
     let mut udp: BTreeMap<(Source, Destination), UdpSeries> = BTreeMap::new();
     let mut denied: BTreeMap<DeniedLabels, u64> = BTreeMap::new();
     let mut flows: BTreeMap<FlowLabels, u64> = BTreeMap::new();
-    let mut seen = ProtosSeen::new();
     for (k, n) in &r.flows {
         let src = source(k.cgroup_id);
-        let e = seen.entry((k.cgroup_id, k.service_id)).or_default();
-        e.0 |= k.proto == PROTO_TCP;
-        e.1 |= k.proto == PROTO_UDP;
         let verdict = match k.verdict {
             VERDICT_ALLOWED => "allowed",
             VERDICT_DENIED => "denied",
@@ -182,7 +175,7 @@ fn kernel_snapshot(agent: &Agent, own_cgroup: u64) -> KernelSnapshot {
             continue;
         }
         let request = k.direction == DIR_EGRESS;
-        match traffic_l4(k, &seen, desired) {
+        match traffic_l4(k) {
             None => {}
             Some(L4::Tcp) => {
                 if http.contains(&k.service_id) {
@@ -402,7 +395,6 @@ mod tests {
 
     #[test]
     fn traffic_is_split_by_the_packets_l4_protocol() {
-        let d = desired();
         let key = |cg: u64, proto: u8| TrafficKey {
             cgroup_id: cg,
             service_id: ServiceId::new(1).unwrap(),
@@ -411,10 +403,9 @@ mod tests {
             proto,
             _pad: 0,
         };
-        let seen = ProtosSeen::new();
-        assert_eq!(traffic_l4(&key(0, PROTO_TCP), &seen, &d), None, "no socket: neighbour discovery");
-        assert_eq!(traffic_l4(&key(7, PROTO_TCP), &seen, &d), Some(L4::Tcp));
-        assert_eq!(traffic_l4(&key(7, PROTO_UDP), &seen, &d), Some(L4::Udp));
-        assert_eq!(traffic_l4(&key(7, 1), &seen, &d), None, "ICMP is in neither");
+        assert_eq!(traffic_l4(&key(0, PROTO_TCP)), None, "no socket: neighbour discovery");
+        assert_eq!(traffic_l4(&key(7, PROTO_TCP)), Some(L4::Tcp));
+        assert_eq!(traffic_l4(&key(7, PROTO_UDP)), Some(L4::Udp));
+        assert_eq!(traffic_l4(&key(7, 1)), None, "ICMP is in neither");
     }
 }
