@@ -1,10 +1,13 @@
 //! BPF run-time statistics (`kernel.bpf_stats_enabled`): the time the kernel spent in *our*
 //! programs, per program, which is stable on a noisy machine where wall-clock ratios are not.
 //!
-//! `bench-client --bpf-stats` snapshots the programs effectively attached to its own cgroup
-//! (`BPF_PROG_QUERY` with `BPF_F_QUERY_EFFECTIVE`, so only the programs that judge *this* client,
-//! never another test's) before and after its timed loop and prints the deltas. The orchestrator
-//! keeps statistics enabled with a `BPF_ENABLE_STATS` fd for the length of the benchmark.
+//! Snapshots cover the programs effectively attached to one cgroup (`BPF_PROG_QUERY` with
+//! `BPF_F_QUERY_EFFECTIVE`, so only the programs that judge *that* client, never another test's).
+//! An unconfined client (`bench-client --bpf-stats`) snapshots its own cgroup before and after its
+//! timed loop. A client confined by `enforcer run` can do neither (its cgroup namespace shows "/",
+//! its capabilities exclude BPF), so the orchestrator snapshots the run's cgroup from outside,
+//! around the timed loop, on the client's `--handshake` (see `bench.rs`). The orchestrator keeps
+//! statistics enabled with a `BPF_ENABLE_STATS` fd for the length of the benchmark.
 
 use std::{
     collections::BTreeMap,
@@ -20,8 +23,10 @@ const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_F_QUERY_EFFECTIVE: u32 = 1;
 
 /// (attach type number, what it is) of the cgroup hooks enforcer can attach.
-const ATTACH_TYPES: [(u32, &str); 10] = [
+const ATTACH_TYPES: [(u32, &str); 13] = [
+    (0, "cgroup_skb/ingress"),
     (1, "cgroup_skb/egress"),
+    (2, "sock_create"),
     (3, "sock_ops"),
     (10, "connect4"),
     (11, "connect6"),
@@ -31,6 +36,7 @@ const ATTACH_TYPES: [(u32, &str); 10] = [
     (20, "recvmsg6"),
     (29, "getpeername4"),
     (30, "getpeername6"),
+    (34, "sock_release"),
 ];
 
 fn sys_bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> io::Result<i64> {
@@ -160,7 +166,25 @@ fn own_cgroup() -> io::Result<std::path::PathBuf> {
 
 /// Counters of every program effectively attached to this process's cgroup, by program id.
 pub fn snapshot() -> io::Result<BTreeMap<u32, ProgStats>> {
-    let cg = std::fs::File::open(own_cgroup()?)?;
+    snapshot_at(&own_cgroup()?)
+}
+
+/// Counters of every program effectively attached to each cgroup directly below `parent` (an
+/// `enforcer run --cgroup-parent` directory: the run's own cgroup), by program id.
+pub fn snapshot_children(parent: &Path) -> io::Result<BTreeMap<u32, ProgStats>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(parent)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            out.extend(snapshot_at(&e.path())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Counters of every program effectively attached to the cgroup at `dir`, by program id.
+pub fn snapshot_at(dir: &Path) -> io::Result<BTreeMap<u32, ProgStats>> {
+    let cg = std::fs::File::open(dir)?;
     let mut out = BTreeMap::new();
     for (at, hook) in ATTACH_TYPES {
         let Ok(ids) = query(&cg, at) else { continue };
