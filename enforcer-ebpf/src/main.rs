@@ -5,6 +5,7 @@
 #![no_main]
 
 mod backstop;
+mod conn;
 mod maps;
 mod sock_addr;
 mod sock_ops;
