@@ -33,7 +33,6 @@ pub mod map_names {
     pub const TRAFFIC: &str = "TRAFFIC";
     pub const FLOW_OWNER: &str = "FLOW_OWNER";
     pub const CONNS: &str = "CONNS";
-    pub const CONN_SOCKS: &str = "CONN_SOCKS";
     pub const SOCK_STATE: &str = "SOCK_STATE";
     pub const PROXY_ORIG: &str = "PROXY_ORIG";
     pub const PROXY_PEERS: &str = "PROXY_PEERS";

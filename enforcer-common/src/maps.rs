@@ -65,8 +65,7 @@ const fn spec(name: &'static str, kind: MapKind, key_size: u32, value_size: u32,
 /// pinned state deliberately and says so.
 /// 3: `ALLOW_EXACT`, `AllowValue::expires_ns`, `SOCK_STATE` (replaces `SOCKS`), `ProxyDest::cookie`,
 ///    `TrafficKey::proto`, the backstop.
-/// 4: `CONN_SOCKS` (accounted TCP sockets by cookie, instead of socket storage).
-pub const PIN_LAYOUT_VERSION: u32 = 4;
+pub const PIN_LAYOUT_VERSION: u32 = 3;
 
 /// Every map of `enforcer-ebpf`, in declaration order.
 pub const MAPS: &[MapSpec] = &[
@@ -89,7 +88,6 @@ pub const MAPS: &[MapSpec] = &[
     // Socket-local storage: key is a socket fd (int), no capacity (one value per socket, freed
     // with it). A BTF map (`.maps`): the kernel needs BTF for local storage.
     spec(map_names::SOCK_STATE, MapKind::SkStorage, 4, sz::<SockState>(), 0),
-    spec(map_names::CONN_SOCKS, MapKind::LruHash, 8, sz::<ConnKey>(), CONN_SOCKS_MAX_ENTRIES),
 ];
 
 /// Program types used (`bpf_prog_type`), with the cgroup attach point where there is one.

@@ -60,10 +60,6 @@ pub const DNS_ORIG_MAX_ENTRIES: u32 = 65_536;
 /// which Prometheus sees as a counter reset) and `FLOW_OWNER` (LRU hash).
 pub const TRAFFIC_MAX_ENTRIES: u32 = 65_536;
 pub const CONNS_MAX_ENTRIES: u32 = 65_536;
-/// Capacity of `CONN_SOCKS` (LRU hash): TCP sockets being accounted, by socket cookie. An entry
-/// lives from connect() to the connection's close; one whose connection never became established
-/// (refused, timed out) is never removed and ages out, least recently used first.
-pub const CONN_SOCKS_MAX_ENTRIES: u32 = 65_536;
 pub const FLOW_OWNER_MAX_ENTRIES: u32 = 262_144;
 
 /// `TrafficKey::direction`: which way the packets went, seen from the workload.

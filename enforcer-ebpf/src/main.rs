@@ -5,7 +5,6 @@
 #![no_main]
 
 mod backstop;
-mod conn;
 mod maps;
 mod sock_addr;
 mod sock_ops;

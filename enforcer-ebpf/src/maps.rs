@@ -11,11 +11,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray, RingBuf},
 };
 use enforcer_common::{
-    ALLOW_EXACT_MAX_ENTRIES, ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONN_SOCKS_MAX_ENTRIES, CONNS_MAX_ENTRIES,
-    ConnCounters, ConnKey, DESTS_MAX_ENTRIES, DNS_ORIG_MAX_ENTRIES, DestKey, DestValue, EVENTS_RING_BYTES,
-    FLOW_OWNER_MAX_ENTRIES, FLOWS_MAX_ENTRIES, FlowKey, FlowOwnerKey, MAX_POLICIES, OrigDest, PROXY_MAX_ENTRIES,
-    ProxyDest, Settings, SockState, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES,
-    WorkloadValue,
+    ALLOW_EXACT_MAX_ENTRIES, ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey,
+    DESTS_MAX_ENTRIES, DNS_ORIG_MAX_ENTRIES, DestKey, DestValue, EVENTS_RING_BYTES, FLOW_OWNER_MAX_ENTRIES,
+    FLOWS_MAX_ENTRIES, FlowKey, FlowOwnerKey, MAX_POLICIES, OrigDest, PROXY_MAX_ENTRIES, ProxyDest, Settings,
+    SockState, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, WorkloadValue,
 };
 
 /// Allowed destinations that need a longest-prefix match: CIDRs, `ANY_PORT` entries, and exact
@@ -104,11 +103,3 @@ pub static PROXY_ORIG: LruHashMap<u64, ProxyDest> = LruHashMap::with_max_entries
 /// read by the proxy on accept. LRU hash, `PROXY_MAX_ENTRIES`.
 #[map]
 pub static PROXY_PEERS: LruHashMap<OrigDest, ProxyDest> = LruHashMap::with_max_entries(PROXY_MAX_ENTRIES, 0);
-
-/// Socket cookie -> (cgroup, service) of an allowed TCP connection being accounted: written by
-/// connect4/6, read by sock_ops when the connection is established and taken when it closes. A
-/// hash insert costs a fraction of creating socket storage (the dominant cost of accounting
-/// before); sockets that need more than accounting (audited, proxied, a UDP verdict) still get
-/// `SOCK_STATE`. LRU hash, `CONN_SOCKS_MAX_ENTRIES` (65,536).
-#[map]
-pub static CONN_SOCKS: LruHashMap<u64, ConnKey> = LruHashMap::with_max_entries(CONN_SOCKS_MAX_ENTRIES, 0);

@@ -112,13 +112,9 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
                 flags |= SOCK_F_PROXIED;
             }
         }
-        // Socket storage costs an allocation (~320 ns here): a connection that is only accounted
-        // is filed by cookie instead (`conn`); only those sock_ops must also file for the proxy
-        // get storage. The backstop needs none for an allowed TCP socket (it judges its SYN) nor
-        // for allowed UDP (it judges each datagram).
-        if flags == SOCK_F_ACCOUNT && crate::conn::track(ctx, cgroup_id, v.service_id) {
-            return ALLOW_CALL;
-        }
+        // Socket storage costs an allocation (~300 ns here): only TCP connections that sock_ops
+        // must account or file for the proxy get one. The backstop needs none for an allowed TCP
+        // socket (it judges its SYN) nor for allowed UDP (it judges each datagram).
         if flags != 0 {
             let j = Judged { policy_id, service_id: v.service_id, mode, verdict: VERDICT_ALLOWED, reason: 0, flags };
             let _ = record(ctx, hook, cgroup_id, &j, &dest);
@@ -128,11 +124,7 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
     if mode == Mode::AllowAny.raw() {
         // Passthrough: counted with no service.
         count_flow(hook, cgroup_id, policy_id, ServiceId::NONE, VERDICT_ALLOWED, &dest);
-        if connect
-            && proto == PROTO_TCP
-            && s.flags & SETTINGS_F_ACCOUNTING != 0
-            && !crate::conn::track(ctx, cgroup_id, ServiceId::NONE)
-        {
+        if connect && proto == PROTO_TCP && s.flags & SETTINGS_F_ACCOUNTING != 0 {
             let j = Judged {
                 policy_id,
                 service_id: ServiceId::NONE,

@@ -1,8 +1,7 @@
 //! TCP connection accounting and proxy filings (cgroup sock_ops). A connection counts as opened
 //! when it reaches ESTABLISHED and as closed when it reaches CLOSE, with the payload bytes it
-//! carried, per (cgroup, service); connect4/6 left the (cgroup, service) pair, in task context,
-//! under the socket's cookie in `CONN_SOCKS` (see `conn.rs`), or in the socket's storage when the
-//! socket needed storage anyway (audited, proxied).
+//! carried, per (cgroup, service); connect4/6 left the (cgroup, service) pair in the socket's
+//! storage, in task context.
 //!
 //! The kernel calls sock_ops ~6 times per connection (timeout/rwnd init, ECN, connect,
 //! established, ...); every callback this program does not need returns before any lookup, and
@@ -23,7 +22,7 @@ use enforcer_common::{
 };
 
 use crate::{
-    maps::{CONN_SOCKS, CONNS, PROXY_ORIG, PROXY_PEERS, SOCK_STATE},
+    maps::{CONNS, PROXY_ORIG, PROXY_PEERS, SOCK_STATE},
     sock_addr::settings,
 };
 
@@ -43,9 +42,6 @@ pub fn handle(ctx: &SockOpsContext) -> u32 {
     }
     if op == BPF_SOCK_OPS_TCP_CONNECT_CB && settings().flags & SETTINGS_F_PROXY == 0 {
         // Only proxy filings are made at connect.
-        return 1;
-    }
-    if op != BPF_SOCK_OPS_TCP_CONNECT_CB && account_by_cookie(ctx, op) {
         return 1;
     }
     // SAFETY: the context is a valid bpf_sock_ops; `sk` may be null (not a full socket).
@@ -93,29 +89,6 @@ pub fn handle(ctx: &SockOpsContext) -> u32 {
         }
     }
     1
-}
-
-/// A connection filed by connect4/6 in `CONN_SOCKS` (the common case: accounted, nothing else):
-/// opened at ESTABLISHED, closed with its payload bytes at CLOSE, when its entry goes. False when
-/// the socket has no entry (socket storage decides, if it has any).
-#[inline(always)]
-fn account_by_cookie(ctx: &SockOpsContext, op: u32) -> bool {
-    // SAFETY: helper valid for sock_ops programs.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    // SAFETY: read-only lookup; the key is copied out at once.
-    let Some(key) = (unsafe { CONN_SOCKS.get(cookie) }).copied() else { return false };
-    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        // Ask for state callbacks on this socket so its close is seen.
-        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
-        bump(&key, 1, 0, 0, 0);
-    } else {
-        // The close: only an established socket asked for state callbacks.
-        // SAFETY: the context is a valid bpf_sock_ops; reads of these fields are allowed.
-        let (sent, received) = unsafe { ((*ctx.ops).bytes_acked, (*ctx.ops).bytes_received) };
-        let _ = CONN_SOCKS.remove(cookie);
-        bump(&key, 0, 1, sent, received);
-    }
-    true
 }
 
 /// The client's local address, as the proxy sees it on accept.

@@ -142,8 +142,6 @@ pub struct Dataplane {
     proxy_peers: aya::maps::HashMap<MapData, OrigDest, ProxyDest>,
     proxy_orig: aya::maps::HashMap<MapData, u64, ProxyDest>,
     dns_orig: aya::maps::HashMap<MapData, u64, OrigDest>,
-    /// Accounted TCP sockets by cookie (only counted, for `enforcer_map_entries`).
-    conn_socks: aya::maps::HashMap<MapData, u64, ConnKey>,
     flow_owner: aya::maps::HashMap<MapData, FlowOwnerKey, u64>,
     workloads: aya::maps::HashMap<MapData, u64, WorkloadValue>,
     /// What WORKLOADS holds: cgroup id -> policy id.
@@ -221,7 +219,6 @@ impl Dataplane {
         let proxy_peers = open!(Hash, map_names::PROXY_PEERS);
         let proxy_orig = open!(Hash, map_names::PROXY_ORIG);
         let dns_orig = open!(Hash, map_names::DNS_ORIG);
-        let conn_socks = open!(Hash, map_names::CONN_SOCKS);
         let flow_owner = open!(Hash, map_names::FLOW_OWNER);
         let workloads: Hash<MapData, u64, WorkloadValue> = open!(Hash, map_names::WORKLOADS);
         let mut layout: Array<MapData, u32> = open!(Array, map_names::PIN_LAYOUT);
@@ -271,7 +268,6 @@ impl Dataplane {
             proxy_peers,
             proxy_orig,
             dns_orig,
-            conn_socks,
             flow_owner,
             workloads,
             workloads_in_map,
@@ -575,7 +571,6 @@ impl Dataplane {
                     map_names::PROXY_PEERS => self.proxy_peers.keys().count(),
                     map_names::PROXY_ORIG => self.proxy_orig.keys().count(),
                     map_names::DNS_ORIG => self.dns_orig.keys().count(),
-                    map_names::CONN_SOCKS => self.conn_socks.keys().count(),
                     map_names::FLOW_OWNER => self.flow_owner.keys().count(),
                     _ => return None,
                 };
