@@ -165,7 +165,7 @@ pub fn client(a: ClientArgs) -> ExitCode {
         }
     }
     let before = if a.bpf_stats { crate::bpf_stats::snapshot().ok() } else { None };
-    if a.handshake && !handshake("ready") {
+    if a.handshake && !crate::bpf_stats::handshake("ready") {
         return ExitCode::from(4);
     }
     let t = Instant::now();
@@ -176,7 +176,7 @@ pub fn client(a: ClientArgs) -> ExitCode {
         }
     }
     let ns = t.elapsed().as_nanos() as f64;
-    if a.handshake && !handshake("done") {
+    if a.handshake && !crate::bpf_stats::handshake("done") {
         return ExitCode::from(4);
     }
     let bpf: Vec<serde_json::Value> = match (before, a.bpf_stats.then(crate::bpf_stats::snapshot)) {
@@ -196,24 +196,6 @@ pub fn client(a: ClientArgs) -> ExitCode {
         })
     );
     ExitCode::SUCCESS
-}
-
-/// Print `{"<what>":true}` and wait for the caller's line on stdin.
-fn handshake(what: &str) -> bool {
-    use std::io::{BufRead as _, Write as _};
-    let mut out = std::io::stdout().lock();
-    if writeln!(out, "{}", serde_json::json!({ what: true })).and_then(|()| out.flush()).is_err() {
-        eprintln!("bench-client: --handshake: stdout closed");
-        return false;
-    }
-    let mut line = String::new();
-    match std::io::stdin().lock().read_line(&mut line) {
-        Ok(n) if n > 0 => true,
-        _ => {
-            eprintln!("bench-client: --handshake: no reply on stdin after {what}");
-            false
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -446,61 +428,15 @@ fn measure(cmd: &mut Command, what: &str) -> Result<Measured> {
     })
 }
 
-/// Runs a client with `--handshake` under `enforcer run --cgroup-parent parent`, snapshotting the
-/// BPF statistics of the programs effectively attached to the run's cgroup (the one directory
-/// below `parent`) just before and just after the client's timed loop.
+/// Runs a client with `--handshake` under `enforcer run --cgroup-parent parent`, with the BPF
+/// statistics of the run's cgroup over its timed loop (`bpf_stats::run_confined`).
 fn measure_confined(cmd: &mut Command, what: &str, parent: &Path) -> Result<Measured> {
-    use std::io::{BufRead as _, Read as _, Write as _};
-    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().with_context(|| format!("could not start the {what} client"))?;
-    let mut stdin = child.stdin.take().context("client stdin")?;
-    let stdout = child.stdout.take().context("client stdout")?;
-    let mut stderr = child.stderr.take().context("client stderr")?;
-    let err_thread = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let (mut before, mut after, mut lines) = (None, None, String::new());
-    for line in std::io::BufReader::new(stdout).lines() {
-        let line = line.context("reading the client's output")?;
-        let t = line.trim();
-        if t == r#"{"ready":true}"# {
-            before = Some(crate::bpf_stats::snapshot_children(parent));
-            let _ = stdin.write_all(b"go\n").and_then(|()| stdin.flush());
-        } else if t == r#"{"done":true}"# {
-            after = Some(crate::bpf_stats::snapshot_children(parent));
-            let _ = stdin.write_all(b"go\n").and_then(|()| stdin.flush());
-        } else {
-            lines.push_str(&line);
-            lines.push('\n');
-        }
-    }
-    drop(stdin);
-    let status = child.wait()?;
-    let stderr = err_thread.join().unwrap_or_default();
-    if !status.success() {
-        bail!("{what} run failed ({status}): `{}`\n{lines}{stderr}", util::display_cmd(cmd));
-    }
+    let (lines, bpf) = crate::bpf_stats::run_confined(cmd, what, parent)?;
     let v: serde_json::Value = lines
         .lines()
         .filter(|l| l.contains("\"ns_per_op\""))
         .find_map(|l| serde_json::from_str(l.trim()).ok())
         .with_context(|| format!("{what}: no result line from bench-client in: {lines}"))?;
-    let mut bpf = BTreeMap::new();
-    match (before, after) {
-        (Some(Ok(b)), Some(Ok(a))) => {
-            for p in crate::bpf_stats::delta(&b, &a) {
-                let e = bpf.entry(p.name).or_insert((0, 0));
-                e.0 += p.run_time_ns;
-                e.1 += p.run_cnt;
-            }
-        }
-        (Some(Err(e)), _) | (_, Some(Err(e))) => {
-            eprintln!("xtask: warning: reading BPF statistics of the run's cgroup below {}: {e}", parent.display())
-        }
-        _ => eprintln!("xtask: warning: the {what} client did not hand shake; no BPF figures"),
-    }
     Ok(Measured {
         per_op: v["ns_per_op"].as_f64().unwrap_or(f64::NAN),
         total: v["total_ns"].as_f64().unwrap_or(0.0),
