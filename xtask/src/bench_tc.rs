@@ -273,7 +273,6 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
 
     println!("\nthroughput (Gbit/s):");
     let (mut base, mut tc, mut enf, mut per_run) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let stats_file = dir.path.join("bpf-stats.json");
     // With statistics on (for as long as this fd lives): the backstop's BPF ns per run.
     let _stats = crate::bpf_stats::enable().ok();
     for round in 0..args.rounds {
@@ -294,21 +293,20 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
                 _ => {
                     // REGISTRY_ONLY with the server registered, no TC counters: the connect hook
                     // once and the backstop on every skb the client sends.
-                    let mut wrapped = vec![
-                        xtask.display().to_string(),
-                        "bench-bpf-wrap".into(),
-                        "--out".into(),
-                        stats_file.display().to_string(),
-                        "--".into(),
-                    ];
+                    // The wrapper is confined by `enforcer run` (no BPF statistics readable
+                    // inside): it hands shake around iperf3 and this process reads them from
+                    // the run's cgroup.
+                    let mut wrapped =
+                        vec![xtask.display().to_string(), "bench-bpf-wrap".into(), "--handshake".into(), "--".into()];
                     wrapped.extend(iperf_args(args.duration, None));
-                    let out = run_out(
+                    let (out, bpf) = crate::bpf_stats::run_confined(
                         &mut env.client.enforcer_cmd(&["--mode", "REGISTRY_ONLY"], &wrapped),
                         "enforcer (backstop) iperf3",
+                        &env.client.enforced.path,
                     )?;
                     enf.push(iperf_result(&out, "enforcer (backstop)")?.0);
-                    if let Some((ns, runs)) = crate::bpf_stats::read_wrapped(&stats_file, "backstop") {
-                        per_run.push((ns as f64 / runs.max(1) as f64, runs as f64));
+                    if let Some((ns, runs)) = bpf.get("backstop") {
+                        per_run.push((*ns as f64 / (*runs).max(1) as f64, *runs as f64));
                     }
                 }
             }
