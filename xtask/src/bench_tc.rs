@@ -13,7 +13,8 @@
 //!   (c3) the same with `--no-conn-accounting`; ns/op medians and c2/c3.
 //!
 //! Before measuring, one sanity run checks that the TC counters really count: an iperf3 run under
-//! `enforcer run --admin` whose `istio_tcp_sent_bytes_total` must be at least the bytes iperf3
+//! `enforcer run --admin` whose `istio_tcp_received_bytes_total` (Istio's name for the bytes the
+//! client sent: "received" by the destination) must be at least the bytes iperf3
 //! says it sent.
 
 use std::{
@@ -244,7 +245,8 @@ pub fn main(args: TcArgs) -> Result<ExitCode> {
     let tc_sent: f64 = metrics
         .lines()
         .filter(|l| {
-            l.starts_with("istio_tcp_sent_bytes_total{") && l.contains("destination_service=\"bench-tc.internal\"")
+            // Istio names the upload (client -> destination) `received`, the response `sent`.
+            l.starts_with("istio_tcp_received_bytes_total{") && l.contains("destination_service=\"bench-tc.internal\"")
         })
         .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
         .sum();
