@@ -54,7 +54,14 @@ pub fn normalize(name: &str) -> Cow<'_, str> {
 
 /// Does `name` (a concrete DNS name) end in `.suffix` on a label boundary? Both normalized.
 pub(crate) fn in_suffix(name: &str, suffix: &str) -> bool {
-    name.len() > suffix.len() + 1 && name.ends_with(suffix) && name.as_bytes()[name.len() - suffix.len() - 1] == b'.'
+    strip_domain(name, suffix).is_some()
+}
+
+/// The labels of `name` before `.domain` when `name` ends in `.domain` on a label boundary
+/// (`a.b` for `a.b.example.com` in `example.com`; `None` for `example.com` itself or
+/// `evilexample.com`). Both normalized. Also how a search-domain expansion is undone.
+pub fn strip_domain<'a>(name: &'a str, domain: &str) -> Option<&'a str> {
+    name.strip_suffix(domain)?.strip_suffix('.').filter(|base| !base.is_empty())
 }
 
 impl HostPattern {
@@ -399,6 +406,15 @@ mod tests {
         assert_eq!(p("*.wikipedia.org").intersection(&p("en.wikipedia.org")), Some(p("en.wikipedia.org")));
         assert_eq!(p("*.com").intersection(&p("*.a.com")), Some(p("*.a.com")));
         assert_eq!(p("a.com").intersection(&p("b.com")), None);
+    }
+
+    #[test]
+    fn strip_domain_on_label_boundaries() {
+        assert_eq!(strip_domain("a.b.example.com", "example.com"), Some("a.b"));
+        assert_eq!(strip_domain("example.com", "example.com"), None);
+        assert_eq!(strip_domain(".example.com", "example.com"), None);
+        assert_eq!(strip_domain("evilexample.com", "example.com"), None);
+        assert!(in_suffix("a.example.com", "example.com") && !in_suffix("com", "example.com"));
     }
 
     #[test]
