@@ -10,8 +10,8 @@ use std::{
 };
 
 use enforcer_common::{
-    ConnCounters, ConnKey, DIR_EGRESS, FlowKey, HOOK_CONNECT4, HOOK_CONNECT6, MAPS, PROTO_TCP, PROTO_UDP, ServiceId,
-    TrafficKey, TrafficValue, VERDICT_ALLOWED, VERDICT_DENIED, map_names,
+    ConnCounters, ConnKey, DIR_EGRESS, FlowKey, HOOK_CONNECT4, HOOK_CONNECT6, MAPS, MapKind, PROTO_TCP, PROTO_UDP,
+    ServiceId, TrafficKey, TrafficValue, VERDICT_ALLOWED, VERDICT_DENIED, map_names,
 };
 use prometheus_client::registry::Registry;
 
@@ -96,9 +96,8 @@ struct Read {
     flows: Vec<(FlowKey, u64)>,
     conns: Vec<(ConnKey, ConnCounters)>,
     traffic: Vec<(TrafficKey, TrafficValue)>,
-    allow: usize,
-    dests: usize,
-    workloads: usize,
+    /// [`Dataplane::map_entries`](crate::dataplane::Dataplane::map_entries): the hashes and tries.
+    entries: Vec<(&'static str, usize)>,
 }
 
 /// Every kernel counter, labelled. `own_cgroup`: the agent's cgroup (its proxy's upstream
@@ -108,14 +107,7 @@ fn kernel_snapshot(agent: &Agent, own_cgroup: u64) -> KernelSnapshot {
     let r = {
         let m = agent.maps();
         let dp = m.maps();
-        Read {
-            flows: dp.flows(),
-            conns: dp.conns(),
-            traffic: dp.traffic(),
-            allow: m.allow().len(),
-            dests: m.dests().len(),
-            workloads: m.workloads().len(),
-        }
+        Read { flows: dp.flows(), conns: dp.conns(), traffic: dp.traffic(), entries: dp.map_entries() }
     };
     let desired = &v.desired;
     let http = http_services(&v);
@@ -197,25 +189,7 @@ fn kernel_snapshot(agent: &Agent, own_cgroup: u64) -> KernelSnapshot {
         }
     }
 
-    let maps = MAPS
-        .iter()
-        .map(|m| {
-            let entries = match m.name {
-                map_names::ALLOW => Some(r.allow),
-                map_names::DESTS => Some(r.dests),
-                map_names::WORKLOADS => Some(r.workloads),
-                map_names::MODES => Some(v.policies.len()),
-                map_names::SETTINGS | map_names::EVENT_DROPS => Some(1),
-                // Per-CPU LRU maps: walked for their counters anyway.
-                map_names::FLOWS => Some(r.flows.len()),
-                map_names::TRAFFIC => Some(r.traffic.len()),
-                map_names::CONNS => Some(r.conns.len()),
-                // The ring buffer and the plain LRU hashes: not counted (see README).
-                _ => None,
-            };
-            MapCount { name: m.name, entries: entries.map(|n| n as u64), capacity: u64::from(m.max_entries) }
-        })
-        .collect();
+    let maps = map_counts(&r.entries, v.policies.len());
     KernelSnapshot {
         tcp: tcp.into_iter().map(|((s, d, flags), v)| (IstioLabels::new(&s, &d, "tcp", flags), v)).collect(),
         udp: udp.into_iter().map(|((s, d), v)| (IstioLabels::new(&s, &d, "udp", "-"), v)).collect(),
@@ -223,6 +197,26 @@ fn kernel_snapshot(agent: &Agent, own_cgroup: u64) -> KernelSnapshot {
         flows: flows.into_iter().collect(),
         maps,
     }
+}
+
+/// Entries and capacity of every map of [`MAPS`], for `enforcer_map_entries` and
+/// `enforcer_map_capacity`. `counted`: the dataplane's counts of its hashes and tries; an array
+/// always holds `max_entries` values (MODES: the policies in use); a ring buffer (bytes, not
+/// entries) and socket-local storage (one value per socket, not countable) have no count.
+fn map_counts(counted: &[(&'static str, usize)], policies: usize) -> Vec<MapCount> {
+    MAPS.iter()
+        .map(|m| {
+            let entries = match m.kind {
+                MapKind::RingBuf | MapKind::SkStorage => None,
+                _ if m.name == map_names::MODES => Some(policies as u64),
+                MapKind::Array | MapKind::PerCpuArray => Some(u64::from(m.max_entries)),
+                MapKind::Hash | MapKind::LruHash | MapKind::LruPerCpuHash | MapKind::LpmTrie => {
+                    counted.iter().find(|(name, _)| *name == m.name).map(|(_, n)| *n as u64)
+                }
+            };
+            MapCount { name: m.name, entries, capacity: u64::from(m.max_entries) }
+        })
+        .collect()
 }
 
 /// The kernel collector's view of the agent (weak: the registry lives in the agent).
