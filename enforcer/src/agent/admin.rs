@@ -6,7 +6,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, OnceLock, Weak, atomic::Ordering},
+    sync::{Arc, Mutex, OnceLock, Weak, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use enforcer_common::{
@@ -102,13 +103,21 @@ struct Read {
 
 /// Every kernel counter, labelled. `own_cgroup`: the agent's cgroup (its proxy's upstream
 /// sockets).
-fn kernel_snapshot(agent: &Agent, own_cgroup: u64) -> KernelSnapshot {
+fn kernel_snapshot(agent: &Agent, own_cgroup: u64, kernel_only: &KernelOnlyCounts) -> KernelSnapshot {
     let v = agent.view();
-    let r = {
+    let mut r = {
         let m = agent.maps();
         let dp = m.maps();
+        kernel_only.open_once(dp);
         Read { flows: dp.flows(), conns: dp.conns(), traffic: dp.traffic(), entries: dp.map_entries() }
     };
+    // Counted outside the maps lock (DNS learning waits for it).
+    r.entries.extend([
+        (map_names::FLOWS, r.flows.len()),
+        (map_names::CONNS, r.conns.len()),
+        (map_names::TRAFFIC, r.traffic.len()),
+    ]);
+    r.entries.extend(kernel_only.counts());
     let desired = &v.desired;
     let http = http_services(&v);
     let proxied = proxied_services(desired);
@@ -219,10 +228,42 @@ fn map_counts(counted: &[(&'static str, usize)], policies: usize) -> Vec<MapCoun
         .collect()
 }
 
+/// Entry counts of the maps only the kernel fills, read through their own handles (never under
+/// the maps lock) and at most every [`KERNEL_ONLY_EVERY`]: a full `FLOW_OWNER` takes ~1 s to walk.
+#[derive(Default)]
+struct KernelOnlyCounts {
+    maps: OnceLock<Option<crate::dataplane::KernelOnlyMaps>>,
+    last: Mutex<Option<(Instant, Vec<(&'static str, usize)>)>>,
+}
+
+const KERNEL_ONLY_EVERY: Duration = Duration::from_secs(30);
+
+impl KernelOnlyCounts {
+    fn open_once(&self, dp: &crate::dataplane::Dataplane) {
+        self.maps.get_or_init(|| {
+            dp.kernel_only_maps().inspect_err(|e| tracing::warn!(error = %e, "counting the kernel-only maps")).ok()
+        });
+    }
+
+    fn counts(&self) -> Vec<(&'static str, usize)> {
+        let Some(Some(maps)) = self.maps.get() else { return Vec::new() };
+        let mut last = self.last.lock().expect("kernel-only counts lock");
+        match &*last {
+            Some((at, c)) if at.elapsed() < KERNEL_ONLY_EVERY => c.clone(),
+            _ => {
+                let c = maps.counts();
+                *last = Some((Instant::now(), c.clone()));
+                c
+            }
+        }
+    }
+}
+
 /// The kernel collector's view of the agent (weak: the registry lives in the agent).
 struct AgentKernel {
     agent: Weak<Inner>,
     own_cgroup: OnceLock<u64>,
+    kernel_only: KernelOnlyCounts,
 }
 
 impl KernelSource for AgentKernel {
@@ -236,7 +277,7 @@ impl KernelSource for AgentKernel {
                 })
                 .unwrap_or(0)
         });
-        Some(kernel_snapshot(&agent, own))
+        Some(kernel_snapshot(&agent, own, &self.kernel_only))
     }
 }
 
@@ -275,7 +316,11 @@ impl Agent {
                 "Failed registry host lookups",
                 stat(|i| load(&i.refresher.stats().failures)),
             );
-        let kernel = KernelCollector(Box::new(AgentKernel { agent: weak, own_cgroup: OnceLock::new() }));
+        let kernel = KernelCollector(Box::new(AgentKernel {
+            agent: weak,
+            own_cgroup: OnceLock::new(),
+            kernel_only: KernelOnlyCounts::default(),
+        }));
         self.register_metrics(|reg| {
             reg.sub_registry_with_prefix("enforcer").register_collector(Box::new(agent));
             reg.register_collector(Box::new(kernel));
