@@ -233,8 +233,10 @@ fn map_counts(counted: &[(&'static str, usize)], policies: usize) -> Vec<MapCoun
 #[derive(Default)]
 struct KernelOnlyCounts {
     maps: OnceLock<Option<crate::dataplane::KernelOnlyMaps>>,
-    last: Mutex<Option<(Instant, Vec<(&'static str, usize)>)>>,
+    last: Mutex<Option<(Instant, Counted)>>,
 }
+
+type Counted = Vec<(&'static str, usize)>;
 
 const KERNEL_ONLY_EVERY: Duration = Duration::from_secs(30);
 

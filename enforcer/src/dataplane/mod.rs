@@ -1023,6 +1023,26 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
     }
 }
 
+/// See [`Dataplane::kernel_only_maps`].
+pub struct KernelOnlyMaps {
+    proxy_peers: aya::maps::HashMap<MapData, OrigDest, ProxyDest>,
+    proxy_orig: aya::maps::HashMap<MapData, u64, ProxyDest>,
+    dns_orig: aya::maps::HashMap<MapData, u64, OrigDest>,
+    flow_owner: aya::maps::HashMap<MapData, FlowOwnerKey, u64>,
+}
+
+impl KernelOnlyMaps {
+    /// Their entries now (one `get_next_key` per entry: ~4 µs each here).
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            (map_names::PROXY_PEERS, self.proxy_peers.keys().count()),
+            (map_names::PROXY_ORIG, self.proxy_orig.keys().count()),
+            (map_names::DNS_ORIG, self.dns_orig.keys().count()),
+            (map_names::FLOW_OWNER, self.flow_owner.keys().count()),
+        ]
+    }
+}
+
 #[cfg(test)]
 mod object_tests {
     //! The embedded eBPF object against the table in enforcer-common (cilium's alignchecker
@@ -1091,25 +1111,5 @@ mod object_tests {
         assert_eq!((k.expires_ns, k.flags & ALLOW_F_LEARNED != 0), (77, true));
         assert_eq!(super::agent_value(k), (v, Some(super::BootNs(77))));
         assert_eq!(super::agent_value(super::kernel_value(v, None)), (v, None));
-    }
-}
-
-/// See [`Dataplane::kernel_only_maps`].
-pub struct KernelOnlyMaps {
-    proxy_peers: aya::maps::HashMap<MapData, OrigDest, ProxyDest>,
-    proxy_orig: aya::maps::HashMap<MapData, u64, ProxyDest>,
-    dns_orig: aya::maps::HashMap<MapData, u64, OrigDest>,
-    flow_owner: aya::maps::HashMap<MapData, FlowOwnerKey, u64>,
-}
-
-impl KernelOnlyMaps {
-    /// Their entries now (one `get_next_key` per entry: ~4 µs each here).
-    pub fn counts(&self) -> Vec<(&'static str, usize)> {
-        vec![
-            (map_names::PROXY_PEERS, self.proxy_peers.keys().count()),
-            (map_names::PROXY_ORIG, self.proxy_orig.keys().count()),
-            (map_names::DNS_ORIG, self.dns_orig.keys().count()),
-            (map_names::FLOW_OWNER, self.flow_owner.keys().count()),
-        ]
     }
 }
