@@ -67,7 +67,6 @@ pub use files::*;
 pub use http::*;
 pub use kube::*;
 pub use kube_api::*;
-pub use kube_pods::*;
 pub use metrics::*;
 pub use netns::*;
 pub use process::*;
