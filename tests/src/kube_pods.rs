@@ -1,6 +1,6 @@
 //! Pods of real workload kinds for the Kubernetes tests: a Deployment's pod (ReplicaSet owner,
 //! `pod-template-hash`), a static pod's mirror (the kubelet's cgroup named after the manifest
-//! hash), and the daemon's admin endpoints.
+//! hash), pods of other nodes, and the daemon's admin endpoints.
 
 use std::net::SocketAddr;
 
@@ -40,6 +40,18 @@ impl KubeNode {
                                 "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": NODE, "uid": "node-uid", "controller": true}]},
                    "spec": {"nodeName": NODE, "containers": [{"name": name, "image": "busybox"}]},
                    "status": {"phase": "Running", "qosClass": "BestEffort"}}),
+        );
+    }
+
+    /// A running pod of another node (`node-2`) with pod IP `ip` and `labels` (never governed
+    /// here: only the daemon's ServiceEntry `workloadSelector` watch sees it).
+    pub fn remote_pod(&self, ns: &str, name: &str, ip: &str, labels: Value) {
+        self.api.put(
+            "Pod",
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "namespace": ns, "uid": format!("remote-{ns}-{name}"), "labels": labels},
+                   "spec": {"nodeName": "node-2", "containers": [{"name": "app", "image": "busybox"}]},
+                   "status": {"phase": "Running", "qosClass": "BestEffort", "podIP": ip, "podIPs": [{"ip": ip}]}}),
         );
     }
 }

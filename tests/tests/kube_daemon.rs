@@ -334,3 +334,50 @@ fn kube_static_pods_are_enrolled_by_their_manifest_hash() {
     }
     assert!(d.log().contains("pod cgroup of no pod known on this node"), "{}", d.log());
 }
+
+/// Wait (≤ 10 s) until a TCP connect from `cg` to `addr:80` succeeds (`allowed`) or gets EPERM.
+fn wait_verdict(node: &KubeNode, cg: &PodCgroup, addr: &str, allowed: bool, d: &KubeDaemon) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = node.client(cg, &[op("tcp", addr, 80)]);
+        let denied = r.res[0].errno == Some(libc::EPERM as i64);
+        if r.res[0].ok == allowed && denied != allowed {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr}:80 never became allowed={allowed}: {:?}\n{}", r.res[0], d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A MESH_INTERNAL ServiceEntry with a `workloadSelector`: as in Istio, its endpoints are the
+/// pod IPs of the matching pods in its namespace — on any node — and follow them as pods are
+/// relabelled and deleted.
+#[test]
+fn kube_workload_selector_entries_follow_the_selected_pods() {
+    let (node, governed, _ungoverned, _server) = cluster();
+    let n = &node.net;
+    node.api.put(
+        "ServiceEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "vms", "namespace": "shop"},
+            "spec": {"hosts": ["vms.shop.internal"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                     "workloadSelector": {"labels": {"app": "vm"}}}}),
+    );
+    node.remote_pod("shop", "vm-a", &n.v4(6), serde_json::json!({"app": "vm"}));
+    node.remote_pod("shop", "web-b", &n.v4(7), serde_json::json!({"app": "web"}));
+    // The same label in another namespace is not the entry's.
+    node.remote_pod("other", "vm-c", &n.v4(2), serde_json::json!({"app": "vm"}));
+    let pins = PinDir::new();
+    let d = KubeDaemon::start(&node, &pins, &[]);
+    let r = node.client(&governed, &[op("tcp", n.v4(6), 80), op("tcp", n.v4(7), 80), op("tcp", n.v4(2), 80)]);
+    assert!(r.res[0].ok, "the selected pod is the entry's endpoint: {:?}\n{}", r.res[0], d.log());
+    r.res[1].assert_eperm();
+    r.res[2].assert_eperm();
+    assert!(d.log().contains("watching the pods of every node"), "{}", d.log());
+    // Relabelled into the selection, then the first pod goes away.
+    node.remote_pod("shop", "web-b", &n.v4(7), serde_json::json!({"app": "vm"}));
+    wait_verdict(&node, &governed, &n.v4(7), true, &d);
+    node.api.delete("Pod", "shop", "vm-a");
+    wait_verdict(&node, &governed, &n.v4(6), false, &d);
+}

@@ -149,6 +149,38 @@ pub fn workload_identity(name: String, namespace: String, labels: &BTreeMap<Stri
     }
 }
 
+/// A pod anywhere in the cluster, as a possible endpoint of a ServiceEntry with a
+/// `workloadSelector`: only what the selection needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshPod {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// `status.podIPs` (else `status.podIP`).
+    pub ips: Vec<IpAddr>,
+}
+
+impl MeshPod {
+    /// From a Pod; `None` for a pod with no IP yet, a finished or a deleting pod (Istio's
+    /// endpoints are the running pods').
+    pub fn from_pod(pod: &Pod) -> Option<MeshPod> {
+        let status = pod.status.as_ref()?;
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) || pod.metadata.deletion_timestamp.is_some()
+        {
+            return None;
+        }
+        let mut ips: Vec<IpAddr> =
+            status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect::<Vec<IpAddr>>();
+        if ips.is_empty() {
+            ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+        }
+        (!ips.is_empty()).then(|| MeshPod {
+            namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips,
+        })
+    }
+}
+
 /// A namespace: its labels decide governance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NamespaceInfo {
