@@ -62,6 +62,15 @@ impl KubeDaemon {
         admin_addr_from_log(&self.log()).unwrap_or_else(|| panic!("no admin address in the log\n{}", self.log()))
     }
 
+    /// The public listener (`--metrics-addr`: metrics and health, what Prometheus scrapes).
+    pub fn public(&self) -> SocketAddr {
+        let log = self.log();
+        log.lines()
+            .find(|l| l.contains("public metrics and health listener"))
+            .and_then(|l| l.split("addr=").nth(1)?.split_whitespace().next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no public listener in the log\n{log}"))
+    }
+
     /// GET `path` from the admin listener.
     pub fn admin_get(&self, path: &str) -> (u16, String) {
         http_get(self.admin(), path)

@@ -241,7 +241,7 @@ fn kube_source_labels_are_the_pods_workload_identity() {
                 {"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCertificates": pki.ca.display().to_string()}}]}}}),
     );
     let pins = PinDir::new();
-    let d = KubeDaemon::start(&node, &pins, &["--local-address", &n.v4(1)]);
+    let d = KubeDaemon::start(&node, &pins, &["--local-address", &n.v4(1), "--metrics-addr", "127.0.0.1:0"]);
     let r = node.client(&web, &[op("tcp", n.v4(3), 80), op("tcp", n.v4(2), 80), op("tcp", &api, 80)]);
     r.res[0].assert_ok("hello from");
     r.res[1].assert_eperm();
@@ -272,9 +272,10 @@ fn kube_source_labels_are_the_pods_workload_identity() {
                 && l.get("destination_service").map(String::as_str) == Some(dst)
         })
     };
+    // Scraped where Prometheus scrapes: the public listener.
     let deadline = Instant::now() + Duration::from_secs(15);
     let text = loop {
-        let (code, text) = d.admin_get("/metrics");
+        let (code, text) = http_get(d.public(), "/metrics");
         assert_eq!(code, 200, "{text}");
         let tcp = metric_samples(&text, "istio_tcp_connections_opened_total");
         let http = metric_samples(&text, "istio_requests_total");
@@ -300,6 +301,12 @@ fn kube_source_labels_are_the_pods_workload_identity() {
         events.lines().any(|l| l.contains("\"workload\":\"shop/web\"") && l.contains(&n.v4(2))),
         "no event of shop/web's denied connect:\n{events}"
     );
+    // The public listener shows no events (pids, destinations) and no registry services.
+    let (_, public_events) = http_get(d.public(), "/debug/events");
+    assert!(!public_events.contains("shop/web") && !public_events.contains(&n.v4(2)), "{public_events}");
+    let (_, registryz) = http_get(d.public(), "/debug/registryz");
+    assert!(!registryz.contains("api.test"), "{registryz}");
+    assert!(d.admin_get("/debug/registryz").1.contains("api.test"), "the loopback admin has the registry");
 }
 
 /// A static pod (a kubelet manifest): its API object is the mirror pod, whose `metadata.uid` is
