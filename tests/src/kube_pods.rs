@@ -43,6 +43,18 @@ impl KubeNode {
         );
     }
 
+    /// A BestEffort pod with `dnsPolicy: None` and `dnsConfig.nameservers` (its own resolvers).
+    pub fn dns_pod(&self, ns: &str, name: &str, uid: &str, nameservers: &[&str]) {
+        self.api.put(
+            "Pod",
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "namespace": ns, "uid": uid},
+                   "spec": {"nodeName": NODE, "containers": [{"name": "app", "image": "busybox"}],
+                            "dnsPolicy": "None", "dnsConfig": {"nameservers": nameservers}},
+                   "status": {"phase": "Running", "qosClass": "BestEffort"}}),
+        );
+    }
+
     /// A running pod of another node (`node-2`) with pod IP `ip` and `labels` (never governed
     /// here: only the daemon's ServiceEntry `workloadSelector` watch sees it).
     pub fn remote_pod(&self, ns: &str, name: &str, ip: &str, labels: Value) {

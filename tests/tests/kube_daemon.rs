@@ -388,3 +388,38 @@ fn kube_workload_selector_entries_follow_the_selected_pods() {
     node.api.delete("Pod", "shop", "vm-a");
     wait_verdict(&node, &governed, &n.v4(6), false, &d);
 }
+
+/// A pod reaches its own resolvers (here `dnsPolicy: None` with `dnsConfig.nameservers`), over
+/// UDP and TCP, and no other; another pod's resolvers are not its own. Non-DNS UDP is judged by
+/// default; `--kube-udp allow` lets every UDP destination through (Istio does not capture UDP)
+/// while TCP stays judged.
+#[test]
+fn kube_pods_reach_their_own_resolvers_and_udp_is_a_setting() {
+    let (node, governed, _ungoverned, _server) = cluster();
+    let n = &node.net;
+    let own = Dnsmasq::start(n, &n.v4(7), &[("a.test", &n.v4(2))], 30, &[]);
+    let other = Dnsmasq::start(n, &n.v4(6), &[("a.test", &n.v4(2))], 30, &[]);
+    const DNS_POD: &str = "a1a1a1a1-0000-4000-8000-000000000004";
+    node.dns_pod("shop", "resolver-pod", DNS_POD, &[&n.v4(7)]);
+    let dns_pod = node.sandbox(DNS_POD);
+    let pins = PinDir::new();
+    let d = KubeDaemon::start(&node, &pins, &[]);
+    let q = |server: &std::net::SocketAddr, transport: &str| {
+        serde_json::json!({"op": "query", "server": server.ip().to_string(), "port": server.port(),
+                           "name": "a.test", "transport": transport, "timeout": 2})
+    };
+    let r = node.worker(&dns_pod, &[q(&own.addr, "udp"), q(&own.addr, "tcp"), q(&other.addr, "udp")]);
+    assert_eq!(r[0]["addrs"][0][0], n.v4(2), "its own resolver over UDP: {}\n{}", r[0], d.log());
+    assert_eq!(r[1]["addrs"][0][0], n.v4(2), "... and TCP: {}\n{}", r[1], d.log());
+    assert_eq!(r[2]["errno"], libc::EPERM, "not its resolver: {}\n{}", r[2], d.log());
+    // The ClusterFirst pod's resolvers are the cluster's, not the other pod's.
+    let r = node.worker(&governed, &[q(&own.addr, "udp")]);
+    assert_eq!(r[0]["errno"], libc::EPERM, "{}\n{}", r[0], d.log());
+    drop(d.stop());
+
+    let d = KubeDaemon::start(&node, &pins, &["--kube-udp", "allow"]);
+    let r = node.worker(&governed, &[q(&other.addr, "udp")]);
+    assert_eq!(r[0]["addrs"][0][0], n.v4(2), "--kube-udp allow: {}\n{}", r[0], d.log());
+    let r = node.client(&governed, &[op("tcp", n.v4(2), 80)]);
+    r.res[0].assert_eperm();
+}
