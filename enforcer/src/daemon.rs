@@ -157,7 +157,11 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             .with_dataplane(|dp| dp.attach_tc(iface))
             .with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
-    let mut names = crate::workloads::Workloads::for_daemon(&cg, &mount);
+    let mut names = if args.kubernetes {
+        crate::workloads::Workloads::for_kubernetes(&cg)
+    } else {
+        crate::workloads::Workloads::for_daemon(&cg, &mount)
+    };
     let (overrides, identities) = crate::workloads::Workloads::overrides_of(&initial);
     names.set_overrides(overrides, identities);
     agent.set_names(names);

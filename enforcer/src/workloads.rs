@@ -77,6 +77,22 @@ impl Workloads {
         w
     }
 
+    /// Under `daemon --kubernetes`: only the cgroups of governed pods (named by their policies'
+    /// workload identities) are workloads; everything else under the kubelet tree — ungoverned
+    /// pods, unknown pod directories — is `unknown`, never its cgroup path (a label value per pod
+    /// would grow without bound with pod churn).
+    pub fn for_kubernetes(cgroup: &Path) -> Self {
+        Self {
+            root: cgroup.to_owned(),
+            root_name: UNKNOWN.into(),
+            relative_to: None,
+            names: HashMap::new(),
+            last_scan: None,
+            overrides: Vec::new(),
+            identities: HashMap::new(),
+        }
+    }
+
     /// Name the cgroups of workload policies after the policy, or their own workload (rescans).
     /// `identities`: the full source labels of some of those names (Kubernetes: the owner's
     /// name, the pod's namespace, its `app`/`version` and canonical-service labels); the other
@@ -215,6 +231,12 @@ mod tests {
         );
         assert_eq!(s.canonical_revision, "latest");
         assert_eq!(w.source(ino(&b)).workload, "kube:shop");
+        // Under Kubernetes a cgroup of no policy is unknown, not its path.
+        let mut k = Workloads::for_kubernetes(&dir);
+        std::fs::create_dir_all(dir.join("pod-c")).unwrap();
+        k.set_overrides(vec![(a.clone(), "shop/web".into())], HashMap::new());
+        assert_eq!(k.source(ino(&dir.join("pod-c"))), Source::unknown());
+        assert_eq!(k.source(ino(&a)).workload, "web");
         // A later set replaces the identities.
         w.set_overrides(vec![(a.clone(), "shop/web".into())], HashMap::new());
         assert_eq!(w.source(ino(&a)).app, "unknown");

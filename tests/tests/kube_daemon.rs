@@ -218,7 +218,7 @@ const WEB: &str = "a1a1a1a1-0000-4000-8000-000000000003";
 /// `istio_requests_total` (TLS origination) and in the events (`shop/web`).
 #[test]
 fn kube_source_labels_are_the_pods_workload_identity() {
-    let (node, governed, _ungoverned, _server) = cluster();
+    let (node, governed, ungoverned, _server) = cluster();
     let n = &node.net;
     node.deployment_pod("shop", "web", WEB, serde_json::json!({"app": "web-app", "version": "v3"}));
     let web = node.sandbox(WEB);
@@ -248,6 +248,8 @@ fn kube_source_labels_are_the_pods_workload_identity() {
     assert!(r.res[2].ok, "HTTP to api.test through the proxy: {:?}\n{}", r.res[2], d.log());
     // The StatefulSet pod without labels: Istio's fallbacks.
     node.client(&governed, &[op("tcp", n.v4(3), 80)]).res[0].assert_ok("hello from");
+    // An ungoverned pod's traffic is no workload's: never a series named after its cgroup.
+    node.client(&ungoverned, &[op("tcp", n.v4(3), 80)]).res[0].assert_ok("hello from");
 
     let want_web = [
         ("source_workload", "web"),
