@@ -425,3 +425,46 @@ fn kube_pods_reach_their_own_resolvers_and_udp_is_a_setting() {
     let r = node.client(&governed, &[op("tcp", n.v4(2), 80)]);
     r.res[0].assert_eperm();
 }
+
+/// A DestinationRule with a `workloadSelector` applies to the selected pods of its namespace
+/// only (Istio's SidecarScope): the labelled pod's HTTP is originated as TLS by the proxy, the
+/// other pod of the namespace goes to the destination as it asked (no rule for it).
+#[test]
+fn kube_destination_rule_workload_selector_applies_to_the_selected_pods_only() {
+    let (node, governed, _ungoverned, _server) = cluster();
+    let n = &node.net;
+    node.deployment_pod("shop", "tls-client", WEB, serde_json::json!({"app": "tls-client"}));
+    let selected = node.sandbox(WEB);
+    let pki = Pki::new(&node.dir, "api", &["api.test"]);
+    let api = n.v4(6);
+    let _https = https_server(n, &api, 8443, &pki);
+    node.api.put(
+        "ServiceEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"hosts": ["api.test"], "location": "MESH_EXTERNAL", "resolution": "STATIC",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8443}],
+                     "endpoints": [{"address": api}]}}),
+    );
+    node.api.put(
+        "DestinationRule",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "api-tls", "namespace": "shop"},
+            "spec": {"host": "api.test", "exportTo": ["."], "workloadSelector": {"matchLabels": {"app": "tls-client"}},
+                     "trafficPolicy": {"portLevelSettings": [
+                {"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCertificates": pki.ca.display().to_string()}}]}}}),
+    );
+    let pins = PinDir::new();
+    let d = KubeDaemon::start(&node, &pins, &["--local-address", &n.v4(1)]);
+    let r = node.client(&selected, &[op("tcp", &api, 80)]);
+    let reply = r.res[0].reply.clone().unwrap_or_default();
+    assert!(
+        reply.contains("sni=api.test"),
+        "the selected pod's request was originated as TLS: {:?}\n{}",
+        r.res[0],
+        d.log()
+    );
+    let r = node.client(&governed, &[op("tcp", &api, 80)]);
+    r.res[0].assert_ok("hello from");
+    assert!(!r.res[0].reply.clone().unwrap_or_default().contains("sni="), "{:?}", r.res[0]);
+}
