@@ -570,8 +570,11 @@ fn workload_selector_entries_take_the_selected_pods_as_endpoints() {
                      "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8080}],
                      "workloadSelector": {"labels": {"app": "vm"}}}});
         let out = adapter::service_entries("networking.istio.io/v1", &dynamic(v), &mut d);
-        assert!(!d.iter().any(|d| d.contains("workloadSelector")), "{d:?}");
-        out.into_iter().next().unwrap()
+        // No advice to change a MESH_INTERNAL entry of a cluster.
+        assert!(d.is_empty(), "{d:?}");
+        let se = out.into_iter().next().unwrap();
+        assert_eq!(se.entry.location, crate::config::Location::MeshInternal);
+        se
     };
     let mesh_pod = |ns: &str, app: &str, ip: &str| crate::kube::model::MeshPod {
         namespace: ns.into(),
