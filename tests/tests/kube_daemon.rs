@@ -359,8 +359,8 @@ fn wait_verdict(node: &KubeNode, cg: &PodCgroup, addr: &str, allowed: bool, d: &
 }
 
 /// A MESH_INTERNAL ServiceEntry with a `workloadSelector`: as in Istio, its endpoints are the
-/// pod IPs of the matching pods in its namespace — on any node — and follow them as pods are
-/// relabelled and deleted.
+/// pod IPs of the matching pods in its namespace — on any node — and its matching
+/// WorkloadEntries, and follow them as pods are relabelled and deleted.
 #[test]
 fn kube_workload_selector_entries_follow_the_selected_pods() {
     let (node, governed, _ungoverned, _server) = cluster();
@@ -389,6 +389,17 @@ fn kube_workload_selector_entries_follow_the_selected_pods() {
     wait_verdict(&node, &governed, &n.v4(7), true, &d);
     node.api.delete("Pod", "shop", "vm-a");
     wait_verdict(&node, &governed, &n.v4(6), false, &d);
+    // A WorkloadEntry (a VM) of the namespace with the labels is an endpoint too (N.2, denied
+    // so far: the other namespace's pod there is not the entry's).
+    node.api.put(
+        "WorkloadEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": "vm-1", "namespace": "shop"},
+            "spec": {"address": n.v4(2), "labels": {"app": "vm"}}}),
+    );
+    wait_verdict(&node, &governed, &n.v4(2), true, &d);
+    node.api.delete("WorkloadEntry", "shop", "vm-1");
+    wait_verdict(&node, &governed, &n.v4(2), false, &d);
 }
 
 /// A pod reaches its own resolvers (here `dnsPolicy: None` with `dnsConfig.nameservers`), over

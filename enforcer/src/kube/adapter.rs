@@ -146,6 +146,32 @@ pub fn service_entries(api_version: &str, o: &DynamicObject, diagnostics: &mut V
         .collect()
 }
 
+/// A WorkloadEntry object -> the endpoint it offers ServiceEntry `workloadSelector`s: its
+/// namespace, `spec.labels`, `spec.address` (an IP; a hostname address is skipped with a
+/// diagnostic) and `spec.ports`.
+pub fn workload_entry(o: &DynamicObject, diagnostics: &mut Vec<String>) -> Option<super::model::MeshPod> {
+    let spec = o.data.get("spec")?;
+    let address = spec.get("address").and_then(Value::as_str).unwrap_or("");
+    let Ok(ip) = address.parse::<std::net::IpAddr>() else {
+        diagnostics.push(format!(
+            "warning: {}: address {address:?} is not an IP address; it is no ServiceEntry endpoint (hostname addresses are not resolved)",
+            label("WorkloadEntry", o)
+        ));
+        return None;
+    };
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), u16::try_from(v.as_u64()?).ok()?))).collect())
+        .unwrap_or_default();
+    Some(super::model::MeshPod {
+        namespace: namespace(o),
+        labels: labels(spec.get("labels")).unwrap_or_default(),
+        ips: vec![ip],
+        ports,
+    })
+}
+
 /// A DestinationRule object -> its rule.
 pub fn destination_rules(api_version: &str, o: &DynamicObject, diagnostics: &mut Vec<String>) -> Vec<ClusterDr> {
     let spec = o.data.get("spec");

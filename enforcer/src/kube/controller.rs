@@ -7,7 +7,7 @@
 //!
 //! | what | API |
 //! | --- | --- |
-//! | ServiceEntry, DestinationRule, Sidecar | `networking.istio.io/v1` (Istio >= 1.22), else `v1beta1`, chosen per kind by discovery, all namespaces |
+//! | ServiceEntry, DestinationRule, Sidecar (WorkloadEntry if served) | `networking.istio.io/v1` (Istio >= 1.22), else `v1beta1`, chosen per kind by discovery, all namespaces |
 //! | the mesh config | ConfigMap `istio` (or `istio-<revision>`) in `istio-system`, by field selector |
 //! | pods on this node | `/api/v1/pods?fieldSelector=spec.nodeName=<node>` |
 //! | Namespaces, Services, EndpointSlices | all (governance labels; in-cluster destinations) |
@@ -125,8 +125,9 @@ enum Source {
     EndpointSlice = 7,
     /// Pods of every node (ServiceEntry `workloadSelector` endpoints), started on demand.
     MeshPod = 8,
+    WorkloadEntry = 9,
 }
-const SOURCES: usize = 9;
+const SOURCES: usize = 10;
 
 /// `Ok(true)`: an initial list completed; `Ok(false)`: some other change.
 type Signal = (Source, Result<bool, String>);
@@ -145,8 +146,11 @@ where
 }
 
 /// Find the served version of each Istio kind: `v1`, else `v1beta1`. `Err` names what is missing.
-async fn discover(client: &kube::Client) -> Result<Vec<ApiResource>, String> {
+/// WorkloadEntry is optional (the endpoints ServiceEntry `workloadSelector`s select besides pods):
+/// `None` when not served in the versions listed.
+async fn discover(client: &kube::Client) -> Result<(Vec<ApiResource>, Option<ApiResource>), String> {
     let mut found: Vec<Option<ApiResource>> = vec![None; ISTIO_KINDS.len()];
+    let mut workload_entry: Option<ApiResource> = None;
     let mut errors = Vec::new();
     for version in ISTIO_VERSIONS {
         let gv = format!("{ISTIO_GROUP}/{version}");
@@ -163,6 +167,15 @@ async fn discover(client: &kube::Client) -> Result<Vec<ApiResource>, String> {
                         });
                     }
                 }
+                if workload_entry.is_none() && list.resources.iter().any(|r| r.name == "workloadentries") {
+                    workload_entry = Some(ApiResource {
+                        group: ISTIO_GROUP.into(),
+                        version: version.into(),
+                        api_version: gv.clone(),
+                        kind: "WorkloadEntry".into(),
+                        plural: "workloadentries".into(),
+                    });
+                }
             }
             Err(kube::Error::Api(s)) if s.code == 404 => errors.push(format!("{gv} is not served")),
             Err(e) => errors.push(format!("{gv}: {e}")),
@@ -174,7 +187,7 @@ async fn discover(client: &kube::Client) -> Result<Vec<ApiResource>, String> {
     let missing: Vec<&str> =
         ISTIO_KINDS.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|((k, _), _)| *k).collect();
     if missing.is_empty() {
-        Ok(found.into_iter().flatten().collect())
+        Ok((found.into_iter().flatten().collect(), workload_entry))
     } else {
         Err(format!(
             "Istio API not found for {} ({}); expected the CRDs serviceentries, destinationrules and sidecars.{ISTIO_GROUP} serving v1 (Istio >= 1.22) or v1beta1: install Istio's CRDs (istioctl install, or the istio/base Helm chart)",
@@ -212,7 +225,7 @@ pub struct Controller {
 impl Controller {
     /// Discover the Istio API (retrying while it is not served) and start every watch.
     pub async fn start(client: kube::Client, cfg: ControllerConfig) -> Controller {
-        let resources = loop {
+        let (resources, workload_entry) = loop {
             match discover(&client).await {
                 Ok(r) => break r,
                 Err(e) => {
@@ -233,6 +246,24 @@ impl Controller {
                 .default_backoff()
                 .reflect(writer);
             streams.push(signals(source, stream));
+        }
+        let mut synced = [false; SOURCES];
+        match workload_entry {
+            Some(ar) => {
+                tracing::info!(kind = %ar.kind, api_version = %ar.api_version, "watching Istio resource");
+                let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+                istio.push((ar.clone(), writer.as_reader()));
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+                let stream = watcher(api, watcher::Config::default())
+                    .modify(|o| o.managed_fields_mut().clear())
+                    .default_backoff()
+                    .reflect(writer);
+                streams.push(signals(Source::WorkloadEntry, stream));
+            }
+            None => {
+                tracing::info!("WorkloadEntry is not served: ServiceEntry workloadSelectors select pods only");
+                synced[Source::WorkloadEntry as usize] = true;
+            }
         }
         let (mesh, w) = reflector::store::<ConfigMap>();
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), &cfg.istio_namespace);
@@ -280,7 +311,6 @@ impl Controller {
                 .default_backoff()
                 .reflect(w),
         ));
-        let mut synced = [false; SOURCES];
         // Not watched until needed: nothing to wait for.
         synced[Source::MeshPod as usize] = true;
         Controller {
@@ -382,9 +412,11 @@ impl Controller {
     fn state(&self) -> (ClusterState, Vec<String>) {
         let mut d = Vec::new();
         let mut st = ClusterState::default();
+        let mut endpoints: Vec<MeshPod> = Vec::new();
         for (ar, store) in &self.istio {
             for o in store.state() {
                 match ar.kind.as_str() {
+                    "WorkloadEntry" => endpoints.extend(adapter::workload_entry(&o, &mut d)),
                     "ServiceEntry" => st.services.extend(adapter::service_entries(&ar.api_version, &o, &mut d)),
                     "DestinationRule" => {
                         st.destination_rules.extend(adapter::destination_rules(&ar.api_version, &o, &mut d))
@@ -408,9 +440,9 @@ impl Controller {
             self.services.state().iter().filter_map(|s| KubeService::from_service(s)).collect();
         let slices: Vec<SliceInfo> = self.slices.state().iter().filter_map(|s| SliceInfo::from_slice(s)).collect();
         if let Some(store) = &self.mesh_pods {
-            let pods: Vec<MeshPod> = store.state().iter().filter_map(|p| MeshPod::from_pod(p)).collect();
-            services::select_endpoints(&mut st.services, &pods);
+            endpoints.extend(store.state().iter().filter_map(|p| MeshPod::from_pod(p)));
         }
+        services::select_endpoints(&mut st.services, &endpoints);
         st.services.extend(services::service_entries(&svcs, &slices, &self.cfg.cluster_domain));
         (st, d)
     }
@@ -627,6 +659,7 @@ fn source_of(i: usize) -> Source {
         Source::Service,
         Source::EndpointSlice,
         Source::MeshPod,
+        Source::WorkloadEntry,
     ][i]
 }
 

@@ -149,14 +149,16 @@ pub fn workload_identity(name: String, namespace: String, labels: &BTreeMap<Stri
     }
 }
 
-/// A pod anywhere in the cluster, as a possible endpoint of a ServiceEntry with a
-/// `workloadSelector`: only what the selection needs.
+/// A pod anywhere in the cluster (or a WorkloadEntry), as a possible endpoint of a ServiceEntry
+/// with a `workloadSelector`: only what the selection needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MeshPod {
     pub namespace: String,
     pub labels: BTreeMap<String, String>,
-    /// `status.podIPs` (else `status.podIP`).
+    /// `status.podIPs` (else `status.podIP`); a WorkloadEntry's `address`.
     pub ips: Vec<IpAddr>,
+    /// A WorkloadEntry's `ports` (port name -> number); empty for pods (the entry's ports).
+    pub ports: BTreeMap<String, u16>,
 }
 
 impl MeshPod {
@@ -177,6 +179,7 @@ impl MeshPod {
             namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
             labels: pod.metadata.labels.clone().unwrap_or_default(),
             ips,
+            ports: BTreeMap::new(),
         })
     }
 }

@@ -34,10 +34,11 @@
 //! are added for every policy), port 53 UDP+TCP. Non-DNS UDP is judged unless
 //! [`UdpPolicy::Allow`] (Istio itself does not capture UDP).
 //!
-//! ServiceEntries with a `workloadSelector` select mesh pods as endpoints: the controller fills
-//! [`crate::config::ServiceEntry::endpoints`] with the IPs of the selected pods of the entry's
-//! namespace (on every node; see [`super::services::select_endpoints`]) before this runs.
-//! WorkloadEntries are not watched: an entry selecting none warns and allows only its addresses.
+//! ServiceEntries with a `workloadSelector` select mesh workloads as endpoints: before this runs
+//! the controller fills [`crate::config::ServiceEntry::endpoints`] with the IPs of the selected
+//! pods (on every node) and WorkloadEntries of the entry's namespace (see
+//! [`super::services::select_endpoints`]); an entry selecting none warns and allows only its
+//! addresses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -524,7 +525,7 @@ fn build_scopes<'a>(
     });
     for se in services.iter().filter(|s| s.workload_selector.is_some() && s.entry.endpoints.is_empty()) {
         diagnostics.push(format!(
-            "warning: ServiceEntry {}/{}: its workloadSelector selects no running pod with an IP in {} (WorkloadEntries are not watched); only its addresses are allowed",
+            "warning: ServiceEntry {}/{}: its workloadSelector selects no running pod with an IP and no WorkloadEntry in {}; only its addresses are allowed",
             se.namespace, se.entry.name, se.namespace
         ));
     }

@@ -8,9 +8,9 @@
 //! have nothing else) are STATIC endpoints with the slices' port numbers (named targetPorts
 //! resolved). `ExternalName` services resolve their external name (DNS).
 //!
-//! A ServiceEntry with a `workloadSelector` gets the selected pods as its endpoints, as Istio
-//! does: the running pods of the entry's namespace whose labels include the selector's, with
-//! their pod IPs and the entry's ports ([`select_endpoints`]).
+//! A ServiceEntry with a `workloadSelector` gets the selected workloads as its endpoints, as
+//! Istio does: the running pods and the WorkloadEntries of the entry's namespace whose labels
+//! include the selector's, with their IPs (and a WorkloadEntry's port map) ([`select_endpoints`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -34,15 +34,17 @@ fn protocol(p: &str) -> Protocol {
 pub fn select_endpoints(services: &mut [ClusterSe], pods: &[MeshPod]) {
     for se in services.iter_mut().filter(|s| !s.from_kubernetes) {
         let Some(sel) = &se.workload_selector else { continue };
-        let mut ips: Vec<std::net::IpAddr> = pods
+        let mut eps: Vec<(std::net::IpAddr, &BTreeMap<String, u16>)> = pods
             .iter()
             .filter(|p| p.namespace == se.namespace && sel.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
-            .flat_map(|p| p.ips.iter().copied())
+            .flat_map(|p| p.ips.iter().map(move |ip| (*ip, &p.ports)))
             .collect();
-        ips.sort();
-        ips.dedup();
-        se.entry.endpoints =
-            ips.into_iter().map(|ip| Endpoint { address: EndpointAddress::Ip(ip), ports: BTreeMap::new() }).collect();
+        eps.sort();
+        eps.dedup_by_key(|(ip, _)| *ip);
+        se.entry.endpoints = eps
+            .into_iter()
+            .map(|(ip, ports)| Endpoint { address: EndpointAddress::Ip(ip), ports: ports.clone() })
+            .collect();
     }
 }
 

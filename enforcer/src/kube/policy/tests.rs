@@ -580,6 +580,7 @@ fn workload_selector_entries_take_the_selected_pods_as_endpoints() {
         namespace: ns.into(),
         labels: [("app".to_string(), app.to_string()), ("tier".to_string(), "x".to_string())].into_iter().collect(),
         ips: vec![ip.parse().unwrap()],
+        ports: BTreeMap::new(),
     };
     let mut st = ClusterState { services: vec![entry("team-a")], ..Default::default() };
     st.pods.push(pod("team-a", "client", &[]));
@@ -606,4 +607,25 @@ fn workload_selector_entries_take_the_selected_pods_as_endpoints() {
         "{:?}",
         c.diagnostics
     );
+}
+
+#[test]
+fn workload_entries_are_endpoints_with_their_ports() {
+    let we = |name: &str, address: &str| {
+        dynamic(json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": name, "namespace": "team-a"},
+            "spec": {"address": address, "labels": {"app": "vm"}, "ports": {"http": 8080}}}))
+    };
+    let mut d = Vec::new();
+    let e = adapter::workload_entry(&we("vm-1", "10.9.0.1"), &mut d).unwrap();
+    assert_eq!((e.namespace.as_str(), e.ips[0].to_string(), e.ports["http"]), ("team-a", "10.9.0.1".into(), 8080));
+    assert_eq!(e.labels["app"], "vm");
+    assert!(d.is_empty(), "{d:?}");
+    assert!(adapter::workload_entry(&we("vm-2", "vm.example.com"), &mut d).is_none());
+    assert!(d[0].contains("WorkloadEntry team-a/vm-2") && d[0].contains("not an IP"), "{d:?}");
+    let mut svcs = vec![se("team-a", "vms", "vms.internal", None, "", 80)];
+    svcs[0].workload_selector = Some([("app".to_string(), "vm".to_string())].into_iter().collect());
+    services::select_endpoints(&mut svcs, &[e]);
+    assert_eq!(svcs[0].entry.endpoints.len(), 1);
+    assert_eq!(svcs[0].entry.endpoints[0].ports["http"], 8080);
 }
