@@ -157,18 +157,13 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             .with_dataplane(|dp| dp.attach_tc(iface))
             .with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
-    let mut names = crate::workloads::Workloads::for_daemon(&cg, &mount);
-    names.set_overrides(
-        initial
-            .iter()
-            .flat_map(|w| {
-                crate::workload::expand_cgroups(&w.cgroups).into_iter().map(|d| {
-                    let n = w.workloads.get(&d).map(|n| n.name.clone()).unwrap_or_else(|| w.name.clone());
-                    (d, n)
-                })
-            })
-            .collect(),
-    );
+    let mut names = if args.kubernetes {
+        crate::workloads::Workloads::for_kubernetes(&cg)
+    } else {
+        crate::workloads::Workloads::for_daemon(&cg, &mount)
+    };
+    let (overrides, identities) = crate::workloads::Workloads::overrides_of(&initial);
+    names.set_overrides(overrides, identities);
     agent.set_names(names);
     if args.workloads.is_none() && !args.kubernetes {
         // No workload policies in this configuration: what a previous daemon had goes now.

@@ -7,13 +7,60 @@ use std::{collections::BTreeMap, path::PathBuf};
 use futures::future::BoxFuture;
 
 use crate::config::{Mode, Registry};
+use crate::metrics::{Source, UNKNOWN};
 
 /// Istio's identity of the workload behind a cgroup: `source_workload` (the owning Deployment,
-/// StatefulSet, DaemonSet, CronJob, ... or the pod) and `source_workload_namespace`.
+/// StatefulSet, DaemonSet, CronJob, ... or the pod), `source_workload_namespace`, and the
+/// pod's labels Istio reports (`source_app`, `source_version`, the canonical service and
+/// revision).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkloadName {
     pub name: String,
     pub namespace: String,
+    /// The `app` label (`source_app`), if set.
+    pub app: Option<String>,
+    /// The `version` label (`source_version`), if set.
+    pub version: Option<String>,
+    /// `source_canonical_service`: `service.istio.io/canonical-name`, else
+    /// `app.kubernetes.io/name`, else `app`, else the workload name.
+    pub canonical_service: String,
+    /// `source_canonical_revision`: `service.istio.io/canonical-revision`, else
+    /// `app.kubernetes.io/version`, else `version`, else `latest`.
+    pub canonical_revision: String,
+}
+
+impl WorkloadName {
+    /// A workload known by name and namespace only: Istio's fallbacks for the rest.
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> WorkloadName {
+        let name = name.into();
+        WorkloadName {
+            canonical_service: name.clone(),
+            name,
+            namespace: namespace.into(),
+            app: None,
+            version: None,
+            canonical_revision: "latest".into(),
+        }
+    }
+
+    /// The name its cgroups carry in events and the workload table: `namespace/name` (two
+    /// workloads of one name in different namespaces stay apart).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Its `source_*` metric labels.
+    pub fn source(&self) -> Source {
+        Source {
+            workload: self.name.clone(),
+            namespace: self.namespace.clone(),
+            app: self.app.clone().unwrap_or_else(|| UNKNOWN.into()),
+            version: self.version.clone().unwrap_or_else(|| UNKNOWN.into()),
+            canonical_service: self.canonical_service.clone(),
+            canonical_revision: self.canonical_revision.clone(),
+            ..Source::unknown()
+        }
+    }
 }
 
 /// One policy: a registry and mode, and the cgroups it judges. Under Kubernetes one policy serves

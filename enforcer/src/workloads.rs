@@ -4,9 +4,10 @@
 //! which keeps label cardinality bounded.
 //!
 //! A workload's Istio source labels ([`Source`]): a workload policy named `namespace/name` (the
-//! Kubernetes controller's `namespace/pod`, or a `--workloads` entry written that way) is workload
+//! Kubernetes controller's `namespace/workload`, or a `--workloads` entry written that way) is workload
 //! `name` in namespace `namespace`; any other name is the workload, namespace `unknown`. Metadata
-//! given with [`Workloads::set_identity`] (app, version, canonical service, ...) replaces that.
+//! given with [`Workloads::set_overrides`] (Kubernetes: app, version, canonical service, ...)
+//! replaces that.
 
 use std::{
     collections::HashMap,
@@ -76,21 +77,54 @@ impl Workloads {
         w
     }
 
-    /// Name the cgroups of workload policies after the policy (rescans).
-    pub fn set_overrides(&mut self, overrides: Vec<(PathBuf, String)>) {
-        let explicit: HashMap<String, Source> =
-            self.identities.drain().filter(|(n, s)| *s != policy_source(n)).collect();
+    /// Under `daemon --kubernetes`: only the cgroups of governed pods (named by their policies'
+    /// workload identities) are workloads; everything else under the kubelet tree — ungoverned
+    /// pods, unknown pod directories — is `unknown`, never its cgroup path (a label value per pod
+    /// would grow without bound with pod churn).
+    pub fn for_kubernetes(cgroup: &Path) -> Self {
+        Self {
+            root: cgroup.to_owned(),
+            root_name: UNKNOWN.into(),
+            relative_to: None,
+            names: HashMap::new(),
+            last_scan: None,
+            overrides: Vec::new(),
+            identities: HashMap::new(),
+        }
+    }
+
+    /// Name the cgroups of workload policies after the policy, or their own workload (rescans).
+    /// `identities`: the full source labels of some of those names (Kubernetes: the owner's
+    /// name, the pod's namespace, its `app`/`version` and canonical-service labels); the other
+    /// names get [`policy_source`]'s. Replaces the previous set.
+    pub fn set_overrides(&mut self, overrides: Vec<(PathBuf, String)>, identities: HashMap<String, Source>) {
         self.identities = overrides.iter().map(|(_, n)| (n.clone(), policy_source(n))).collect();
-        self.identities.extend(explicit);
+        self.identities.extend(identities);
         self.overrides = overrides;
         self.names.clear();
         self.scan();
     }
 
-    /// The full source labels of the workload called `name` (e.g. from Kubernetes: the owner's
-    /// name, the pod's namespace, its `app`/`version` and canonical-service labels).
-    pub fn set_identity(&mut self, name: &str, source: Source) {
-        self.identities.insert(name.to_string(), source);
+    /// The overrides and identities of a set of workload policies: a cgroup with a workload
+    /// identity (Kubernetes) is named `namespace/workload` and carries its full labels; any
+    /// other is named after its policy.
+    pub fn overrides_of(
+        specs: &[crate::workload::WorkloadPolicy],
+    ) -> (Vec<(PathBuf, String)>, HashMap<String, Source>) {
+        let mut names = Vec::new();
+        let mut identities = HashMap::new();
+        for w in specs {
+            for dir in crate::workload::expand_cgroups(&w.cgroups) {
+                match w.workloads.get(&dir) {
+                    Some(id) => {
+                        identities.insert(id.key(), id.source());
+                        names.push((dir, id.key()));
+                    }
+                    None => names.push((dir, w.name.clone())),
+                }
+            }
+        }
+        (names, identities)
     }
 
     /// The source labels of a cgroup's traffic.
@@ -165,5 +199,47 @@ mod tests {
         assert_eq!((s.workload.as_str(), s.namespace.as_str()), ("nginx", "unknown"));
         assert_eq!(policy_source("system.slice/a/b").workload, "system.slice/a/b");
         assert_eq!(policy_source("unknown"), Source::unknown());
+    }
+
+    #[test]
+    fn kubernetes_identities_name_cgroups_and_carry_their_labels() {
+        use crate::workload::{WorkloadName, WorkloadPolicy};
+        let dir = std::env::temp_dir().join(format!("enf-wl-id-{}", std::process::id()));
+        let (a, b) = (dir.join("pod-a"), dir.join("pod-b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let mut id = WorkloadName::new("web", "shop");
+        id.app = Some("shopfront".into());
+        id.canonical_service = "shopfront".into();
+        let policy = WorkloadPolicy {
+            name: "kube:shop".into(),
+            registry: Default::default(),
+            mode: crate::config::Mode::RegistryOnly,
+            cgroups: vec![a.clone(), b.clone()],
+            workloads: [(a.clone(), id)].into_iter().collect(),
+        };
+        let (names, ids) = Workloads::overrides_of(&[policy]);
+        assert_eq!(names, vec![(a.clone(), "shop/web".to_string()), (b.clone(), "kube:shop".to_string())]);
+        let mut w = Workloads::for_daemon(&dir, &std::env::temp_dir());
+        w.set_overrides(names, ids);
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let s = w.source(ino(&a));
+        assert_eq!((s.workload.as_str(), s.namespace.as_str()), ("web", "shop"));
+        assert_eq!(
+            (s.app.as_str(), s.canonical_service.as_str(), s.version.as_str()),
+            ("shopfront", "shopfront", "unknown")
+        );
+        assert_eq!(s.canonical_revision, "latest");
+        assert_eq!(w.source(ino(&b)).workload, "kube:shop");
+        // Under Kubernetes a cgroup of no policy is unknown, not its path.
+        let mut k = Workloads::for_kubernetes(&dir);
+        std::fs::create_dir_all(dir.join("pod-c")).unwrap();
+        k.set_overrides(vec![(a.clone(), "shop/web".into())], HashMap::new());
+        assert_eq!(k.source(ino(&dir.join("pod-c"))), Source::unknown());
+        assert_eq!(k.source(ino(&a)).workload, "web");
+        // A later set replaces the identities.
+        w.set_overrides(vec![(a.clone(), "shop/web".into())], HashMap::new());
+        assert_eq!(w.source(ino(&a)).app, "unknown");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -11,7 +11,7 @@
 //!   server that cannot be reached).
 //!
 //! Collections: pods, namespaces, services, endpointslices, configmaps (istio-system), and the
-//! three Istio kinds. [`FakeApi::kubeconfig`] writes a kubeconfig pointing at it.
+//! Istio kinds ServiceEntry, DestinationRule, Sidecar, WorkloadEntry. [`FakeApi::kubeconfig`] writes a kubeconfig pointing at it.
 
 use std::{
     collections::BTreeMap,
@@ -66,6 +66,7 @@ fn collection_path(kind: &str) -> &'static str {
         "ServiceEntry" => "/apis/networking.istio.io/v1/serviceentries",
         "DestinationRule" => "/apis/networking.istio.io/v1/destinationrules",
         "Sidecar" => "/apis/networking.istio.io/v1/sidecars",
+        "WorkloadEntry" => "/apis/networking.istio.io/v1/workloadentries",
         k => panic!("the fake API server has no collection for {k}"),
     }
 }
@@ -122,6 +123,7 @@ impl FakeApi {
             ("ServiceEntry", "ServiceEntryList", "networking.istio.io/v1"),
             ("DestinationRule", "DestinationRuleList", "networking.istio.io/v1"),
             ("Sidecar", "SidecarList", "networking.istio.io/v1"),
+            ("WorkloadEntry", "WorkloadEntryList", "networking.istio.io/v1"),
         ] {
             st.collections.insert(
                 collection_path(kind).to_string(),
@@ -227,7 +229,7 @@ fn respond(state: &Arc<Mutex<State>>, req: &Request<hyper::body::Incoming>) -> R
         return full(
             StatusCode::OK,
             json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "networking.istio.io/v1",
-                   "resources": [res("serviceentries", "ServiceEntry"), res("destinationrules", "DestinationRule"), res("sidecars", "Sidecar")]}),
+                   "resources": [res("serviceentries", "ServiceEntry"), res("destinationrules", "DestinationRule"), res("sidecars", "Sidecar"), res("workloadentries", "WorkloadEntry")]}),
         );
     }
     let rv = st.rv;

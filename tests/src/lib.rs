@@ -45,6 +45,7 @@ mod files;
 mod http;
 mod kube;
 mod kube_api;
+mod kube_pods;
 mod metrics;
 mod netns;
 mod process;

@@ -209,3 +209,273 @@ fn kube_wildcard_hosts_are_learned_from_a_pod_netns() {
     );
     assert_eq!(r[2]["ok"], true, "learned from the pod's lookup: {}\n{}", r[2], d.log());
 }
+
+const WEB: &str = "a1a1a1a1-0000-4000-8000-000000000003";
+
+/// The `source_*` labels of a pod's traffic are Istio's workload identity: Deployment `web`
+/// (its pod's ReplicaSet owner) in namespace `shop`, canonical service and revision from the
+/// pod's `app`/`version` labels — on the kernel's TCP counters, on the proxy's
+/// `istio_requests_total` (TLS origination) and in the events (`shop/web`).
+#[test]
+fn kube_source_labels_are_the_pods_workload_identity() {
+    let (node, governed, ungoverned, _server) = cluster();
+    let n = &node.net;
+    node.deployment_pod("shop", "web", WEB, serde_json::json!({"app": "web-app", "version": "v3"}));
+    let web = node.sandbox(WEB);
+    let pki = Pki::new(&node.dir, "api", &["api.test"]);
+    let api = n.v4(6);
+    let _https = https_server(n, &api, 8443, &pki);
+    node.api.put(
+        "ServiceEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"hosts": ["api.test"], "location": "MESH_EXTERNAL", "resolution": "STATIC",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8443}],
+                     "endpoints": [{"address": api}]}}),
+    );
+    node.api.put(
+        "DestinationRule",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"host": "api.test", "trafficPolicy": {"portLevelSettings": [
+                {"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCertificates": pki.ca.display().to_string()}}]}}}),
+    );
+    let pins = PinDir::new();
+    let d = KubeDaemon::start(&node, &pins, &["--local-address", &n.v4(1), "--metrics-addr", "127.0.0.1:0"]);
+    let r = node.client(&web, &[op("tcp", n.v4(3), 80), op("tcp", n.v4(2), 80), op("tcp", &api, 80)]);
+    r.res[0].assert_ok("hello from");
+    r.res[1].assert_eperm();
+    assert!(r.res[2].ok, "HTTP to api.test through the proxy: {:?}\n{}", r.res[2], d.log());
+    // The StatefulSet pod without labels: Istio's fallbacks.
+    node.client(&governed, &[op("tcp", n.v4(3), 80)]).res[0].assert_ok("hello from");
+    // An ungoverned pod's traffic is no workload's: never a series named after its cgroup.
+    node.client(&ungoverned, &[op("tcp", n.v4(3), 80)]).res[0].assert_ok("hello from");
+
+    let want_web = [
+        ("source_workload", "web"),
+        ("source_workload_namespace", "shop"),
+        ("source_canonical_service", "web-app"),
+        ("source_canonical_revision", "v3"),
+        ("source_app", "web-app"),
+        ("source_version", "v3"),
+    ];
+    let want_app = [
+        ("source_workload", "app"),
+        ("source_workload_namespace", "shop"),
+        ("source_canonical_service", "app"),
+        ("source_canonical_revision", "latest"),
+        ("source_app", "unknown"),
+        ("source_version", "unknown"),
+    ];
+    let has = |samples: &[(std::collections::BTreeMap<String, String>, f64)], want: &[(&str, &str)], dst: &str| {
+        samples.iter().any(|(l, v)| {
+            *v > 0.0
+                && want.iter().all(|(k, x)| l.get(*k).map(String::as_str) == Some(*x))
+                && l.get("destination_service").map(String::as_str) == Some(dst)
+        })
+    };
+    // Scraped where Prometheus scrapes: the public listener.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let (code, text) = http_get(d.public(), "/metrics");
+        assert_eq!(code, 200, "{text}");
+        let tcp = metric_samples(&text, "istio_tcp_connections_opened_total");
+        let http = metric_samples(&text, "istio_requests_total");
+        let svc = "web.shop.svc.cluster.local";
+        if has(&tcp, &want_web, svc) && has(&tcp, &want_app, svc) && has(&http, &want_web, "api.test") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no series with the pods' workload identity\n{}\n--- log\n{}",
+            text.lines().filter(|l| l.starts_with("istio_")).collect::<Vec<_>>().join("\n"),
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // No series is named after the pod or its cgroup.
+    for l in text.lines().filter(|l| l.contains("source_workload=")) {
+        assert!(!l.contains("x2k4p") && !l.contains("kubepods"), "{l}");
+    }
+    // The denied connect's event names the workload with its namespace.
+    let (_, events) = d.admin_get("/debug/events");
+    assert!(
+        events.lines().any(|l| l.contains("\"workload\":\"shop/web\"") && l.contains(&n.v4(2))),
+        "no event of shop/web's denied connect:\n{events}"
+    );
+    // The public listener shows no events (pids, destinations) and no registry services.
+    let (_, public_events) = http_get(d.public(), "/debug/events");
+    assert!(!public_events.contains("shop/web") && !public_events.contains(&n.v4(2)), "{public_events}");
+    let (_, registryz) = http_get(d.public(), "/debug/registryz");
+    assert!(!registryz.contains("api.test"), "{registryz}");
+    assert!(d.admin_get("/debug/registryz").1.contains("api.test"), "the loopback admin has the registry");
+}
+
+/// A static pod (a kubelet manifest): its API object is the mirror pod, whose `metadata.uid` is
+/// not the cgroup's name — the kubelet names the pod cgroup after the static pod's UID, the
+/// manifest hash (32 hex digits, `kubernetes.io/config.mirror`). Enrolled on its cgroup's
+/// creation like any pod; a hash-named pod cgroup of no known pod is denied (fail closed).
+#[test]
+fn kube_static_pods_are_enrolled_by_their_manifest_hash() {
+    let (node, _governed, _ungoverned, _server) = cluster();
+    let n = &node.net;
+    let hash = "6b1f0e8b2a7c4d9e8f00112233445566";
+    node.mirror_pod("shop", "probe", "d4d4d4d4-0000-4000-8000-000000000001", hash);
+    let pins = PinDir::new();
+    let d = KubeDaemon::start(&node, &pins, &[]);
+    // The kubelet creates the cgroup after the daemon runs: the inotify path enrols it.
+    let cg = node.sandbox(hash);
+    let r = loop_result(node.spawn_loop(&cg, 0.05, &[format!("{}:80:deny", n.v4(2))]));
+    assert_eq!(r["allowed_before_first_eperm"], 0, "the static pod connected before it was enrolled: {r}\n{}", d.log());
+    let r = node.client(&cg, &[op("tcp", n.v4(3), 80), op("tcp", n.v4(2), 80)]);
+    r.res[0].assert_ok("hello from");
+    r.res[1].assert_eperm();
+    // A static pod whose mirror is not (yet) in the API: its cgroup is denied everything.
+    let unknown = node.sandbox("0123456789abcdef0123456789abcdef");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = node.client(&unknown, &[op("tcp", n.v4(3), 80)]);
+        if r.res[0].errno == Some(libc::EPERM as i64) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the unknown static pod's cgroup was not denied\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(d.log().contains("pod cgroup of no pod known on this node"), "{}", d.log());
+}
+
+/// Wait (≤ 10 s) until a TCP connect from `cg` to `addr:80` succeeds (`allowed`) or gets EPERM.
+fn wait_verdict(node: &KubeNode, cg: &PodCgroup, addr: &str, allowed: bool, d: &KubeDaemon) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = node.client(cg, &[op("tcp", addr, 80)]);
+        let denied = r.res[0].errno == Some(libc::EPERM as i64);
+        if r.res[0].ok == allowed && denied != allowed {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{addr}:80 never became allowed={allowed}: {:?}\n{}", r.res[0], d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A MESH_INTERNAL ServiceEntry with a `workloadSelector`: as in Istio, its endpoints are the
+/// pod IPs of the matching pods in its namespace — on any node — and its matching
+/// WorkloadEntries, and follow them as pods are relabelled and deleted.
+#[test]
+fn kube_workload_selector_entries_follow_the_selected_pods() {
+    let (node, governed, _ungoverned, _server) = cluster();
+    let n = &node.net;
+    node.api.put(
+        "ServiceEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "vms", "namespace": "shop"},
+            "spec": {"hosts": ["vms.shop.internal"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}],
+                     "workloadSelector": {"labels": {"app": "vm"}}}}),
+    );
+    node.remote_pod("shop", "vm-a", &n.v4(6), serde_json::json!({"app": "vm"}));
+    node.remote_pod("shop", "web-b", &n.v4(7), serde_json::json!({"app": "web"}));
+    // The same label in another namespace is not the entry's.
+    node.remote_pod("other", "vm-c", &n.v4(2), serde_json::json!({"app": "vm"}));
+    let pins = PinDir::new();
+    let d = KubeDaemon::start(&node, &pins, &[]);
+    let r = node.client(&governed, &[op("tcp", n.v4(6), 80), op("tcp", n.v4(7), 80), op("tcp", n.v4(2), 80)]);
+    assert!(r.res[0].ok, "the selected pod is the entry's endpoint: {:?}\n{}", r.res[0], d.log());
+    r.res[1].assert_eperm();
+    r.res[2].assert_eperm();
+    assert!(d.log().contains("watching the pods of every node"), "{}", d.log());
+    // Relabelled into the selection, then the first pod goes away.
+    node.remote_pod("shop", "web-b", &n.v4(7), serde_json::json!({"app": "vm"}));
+    wait_verdict(&node, &governed, &n.v4(7), true, &d);
+    node.api.delete("Pod", "shop", "vm-a");
+    wait_verdict(&node, &governed, &n.v4(6), false, &d);
+    // A WorkloadEntry (a VM) of the namespace with the labels is an endpoint too (N.2, denied
+    // so far: the other namespace's pod there is not the entry's).
+    node.api.put(
+        "WorkloadEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": "vm-1", "namespace": "shop"},
+            "spec": {"address": n.v4(2), "labels": {"app": "vm"}}}),
+    );
+    wait_verdict(&node, &governed, &n.v4(2), true, &d);
+    node.api.delete("WorkloadEntry", "shop", "vm-1");
+    wait_verdict(&node, &governed, &n.v4(2), false, &d);
+}
+
+/// A pod reaches its own resolvers (here `dnsPolicy: None` with `dnsConfig.nameservers`), over
+/// UDP and TCP, and no other; another pod's resolvers are not its own. Non-DNS UDP is judged by
+/// default; `--kube-udp allow` lets every UDP destination through (Istio does not capture UDP)
+/// while TCP stays judged.
+#[test]
+fn kube_pods_reach_their_own_resolvers_and_udp_is_a_setting() {
+    let (node, governed, _ungoverned, _server) = cluster();
+    let n = &node.net;
+    let own = Dnsmasq::start(n, &n.v4(7), &[("a.test", &n.v4(2))], 30, &[]);
+    let other = Dnsmasq::start(n, &n.v4(6), &[("a.test", &n.v4(2))], 30, &[]);
+    const DNS_POD: &str = "a1a1a1a1-0000-4000-8000-000000000004";
+    node.dns_pod("shop", "resolver-pod", DNS_POD, &[&n.v4(7)]);
+    let dns_pod = node.sandbox(DNS_POD);
+    let pins = PinDir::new();
+    let d = KubeDaemon::start(&node, &pins, &[]);
+    let q = |server: &std::net::SocketAddr, transport: &str| {
+        serde_json::json!({"op": "query", "server": server.ip().to_string(), "port": server.port(),
+                           "name": "a.test", "transport": transport, "timeout": 2})
+    };
+    let r = node.worker(&dns_pod, &[q(&own.addr, "udp"), q(&own.addr, "tcp"), q(&other.addr, "udp")]);
+    assert_eq!(r[0]["addrs"][0][0], n.v4(2), "its own resolver over UDP: {}\n{}", r[0], d.log());
+    assert_eq!(r[1]["addrs"][0][0], n.v4(2), "... and TCP: {}\n{}", r[1], d.log());
+    assert_eq!(r[2]["errno"], libc::EPERM, "not its resolver: {}\n{}", r[2], d.log());
+    // The ClusterFirst pod's resolvers are the cluster's, not the other pod's.
+    let r = node.worker(&governed, &[q(&own.addr, "udp")]);
+    assert_eq!(r[0]["errno"], libc::EPERM, "{}\n{}", r[0], d.log());
+    drop(d.stop());
+
+    let d = KubeDaemon::start(&node, &pins, &["--kube-udp", "allow"]);
+    let r = node.worker(&governed, &[q(&other.addr, "udp")]);
+    assert_eq!(r[0]["addrs"][0][0], n.v4(2), "--kube-udp allow: {}\n{}", r[0], d.log());
+    let r = node.client(&governed, &[op("tcp", n.v4(2), 80)]);
+    r.res[0].assert_eperm();
+}
+
+/// A DestinationRule with a `workloadSelector` applies to the selected pods of its namespace
+/// only (Istio's SidecarScope): the labelled pod's HTTP is originated as TLS by the proxy, the
+/// other pod of the namespace goes to the destination as it asked (no rule for it).
+#[test]
+fn kube_destination_rule_workload_selector_applies_to_the_selected_pods_only() {
+    let (node, governed, _ungoverned, _server) = cluster();
+    let n = &node.net;
+    node.deployment_pod("shop", "tls-client", WEB, serde_json::json!({"app": "tls-client"}));
+    let selected = node.sandbox(WEB);
+    let pki = Pki::new(&node.dir, "api", &["api.test"]);
+    let api = n.v4(6);
+    let _https = https_server(n, &api, 8443, &pki);
+    node.api.put(
+        "ServiceEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"hosts": ["api.test"], "location": "MESH_EXTERNAL", "resolution": "STATIC",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8443}],
+                     "endpoints": [{"address": api}]}}),
+    );
+    node.api.put(
+        "DestinationRule",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "api-tls", "namespace": "shop"},
+            "spec": {"host": "api.test", "exportTo": ["."], "workloadSelector": {"matchLabels": {"app": "tls-client"}},
+                     "trafficPolicy": {"portLevelSettings": [
+                {"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCertificates": pki.ca.display().to_string()}}]}}}),
+    );
+    let pins = PinDir::new();
+    let d = KubeDaemon::start(&node, &pins, &["--local-address", &n.v4(1)]);
+    let r = node.client(&selected, &[op("tcp", &api, 80)]);
+    let reply = r.res[0].reply.clone().unwrap_or_default();
+    assert!(
+        reply.contains("sni=api.test"),
+        "the selected pod's request was originated as TLS: {:?}\n{}",
+        r.res[0],
+        d.log()
+    );
+    let r = node.client(&governed, &[op("tcp", &api, 80)]);
+    r.res[0].assert_ok("hello from");
+    assert!(!r.res[0].reply.clone().unwrap_or_default().contains("sni="), "{:?}", r.res[0]);
+}

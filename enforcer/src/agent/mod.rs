@@ -462,16 +462,10 @@ impl Agent {
     }
 
     fn set_cgroup_names(&self, specs: &[WorkloadPolicy]) {
-        let mut names = Vec::new();
-        for w in specs {
-            for dir in crate::workload::expand_cgroups(&w.cgroups) {
-                // A cgroup's own workload identity (Kubernetes: the pod's owner), else the policy.
-                let name = w.workloads.get(&dir).map(|n| n.name.clone()).unwrap_or_else(|| w.name.clone());
-                names.push((dir, name));
-            }
-        }
+        // A cgroup's own workload identity (Kubernetes: the pod's owner), else the policy.
+        let (names, identities) = Workloads::overrides_of(specs);
         if let Some(w) = self.inner.names.lock().expect("names lock").as_mut() {
-            w.set_overrides(names);
+            w.set_overrides(names, identities);
         }
     }
 

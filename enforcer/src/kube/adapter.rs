@@ -93,6 +93,11 @@ fn loader_value(api_version: &str, kind: &str, o: &DynamicObject) -> Value {
     if let Some(s) = spec.as_object_mut() {
         s.remove("exportTo");
         s.remove("workloadSelector");
+        // In a cluster MESH_INTERNAL is ordinary (in-mesh services, workloadSelector entries):
+        // no "use MESH_EXTERNAL" advice; the location is restored after loading.
+        if kind == "ServiceEntry" && s.get("location").and_then(Value::as_str) == Some("MESH_INTERNAL") {
+            s.remove("location");
+        }
     }
     serde_json::json!({
         "apiVersion": api_version,
@@ -121,8 +126,15 @@ fn load(api_version: &str, kind: &str, o: &DynamicObject, diagnostics: &mut Vec<
 pub fn service_entries(api_version: &str, o: &DynamicObject, diagnostics: &mut Vec<String>) -> Vec<ClusterSe> {
     let spec = o.data.get("spec");
     let Some(reg) = load(api_version, "ServiceEntry", o, diagnostics) else { return vec![] };
+    let internal = spec.and_then(|s| s.get("location")).and_then(Value::as_str) == Some("MESH_INTERNAL");
     reg.services
         .into_iter()
+        .map(|mut entry| {
+            if internal {
+                entry.location = config::Location::MeshInternal;
+            }
+            entry
+        })
         .map(|entry| ClusterSe {
             namespace: namespace(o),
             export_to: strings(spec.and_then(|s| s.get("exportTo"))),
@@ -132,6 +144,32 @@ pub fn service_entries(api_version: &str, o: &DynamicObject, diagnostics: &mut V
             entry,
         })
         .collect()
+}
+
+/// A WorkloadEntry object -> the endpoint it offers ServiceEntry `workloadSelector`s: its
+/// namespace, `spec.labels`, `spec.address` (an IP; a hostname address is skipped with a
+/// diagnostic) and `spec.ports`.
+pub fn workload_entry(o: &DynamicObject, diagnostics: &mut Vec<String>) -> Option<super::model::MeshPod> {
+    let spec = o.data.get("spec")?;
+    let address = spec.get("address").and_then(Value::as_str).unwrap_or("");
+    let Ok(ip) = address.parse::<std::net::IpAddr>() else {
+        diagnostics.push(format!(
+            "warning: {}: address {address:?} is not an IP address; it is no ServiceEntry endpoint (hostname addresses are not resolved)",
+            label("WorkloadEntry", o)
+        ));
+        return None;
+    };
+    let ports = spec
+        .get("ports")
+        .and_then(Value::as_object)
+        .map(|m| m.iter().filter_map(|(k, v)| Some((k.clone(), u16::try_from(v.as_u64()?).ok()?))).collect())
+        .unwrap_or_default();
+    Some(super::model::MeshPod {
+        namespace: namespace(o),
+        labels: labels(spec.get("labels")).unwrap_or_default(),
+        ips: vec![ip],
+        ports,
+    })
 }
 
 /// A DestinationRule object -> its rule.

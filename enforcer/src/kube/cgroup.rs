@@ -224,15 +224,17 @@ impl KubeletRoot {
 
 /// The pod UID (dashed) a pod-level cgroup directory name carries: `kubepods-pod<uid_>.slice`,
 /// `kubepods-burstable-pod<uid_>.slice`, `kubelet-kubepods-besteffort-pod<uid_>.slice`,
-/// `pod<uid>`; `None` for QoS slices, container scopes and anything else.
+/// `pod<uid>`, also with a static pod's 32-hex-digit UID; `None` for QoS slices, container
+/// scopes and anything else.
 pub fn pod_uid_of(name: &str) -> Option<String> {
     let stem = name.strip_suffix(".slice").unwrap_or(name);
     let idx = if stem.starts_with("pod") { 0 } else { stem.rfind("-pod")? + 1 };
     let uid = stem[idx + 3..].replace('_', "-");
-    // A UID: 32 hex digits in 8-4-4-4-12 groups.
-    let ok = uid.len() == 36
-        && uid.split('-').map(str::len).eq([8, 4, 4, 4, 12])
-        && uid.chars().all(|c| c == '-' || c.is_ascii_hexdigit());
+    // An API server UID: 32 hex digits in 8-4-4-4-12 groups; a static pod's (the kubelet's hash
+    // of its manifest, `kubernetes.io/config.hash`): 32 hex digits.
+    let hex = |s: &str| s.chars().all(|c| c.is_ascii_hexdigit());
+    let ok = (uid.len() == 36 && uid.split('-').map(str::len).eq([8, 4, 4, 4, 12]) && hex(&uid.replace('-', "")))
+        || (uid.len() == 32 && hex(&uid));
     ok.then(|| uid.to_ascii_lowercase())
 }
 
@@ -453,6 +455,12 @@ mod tests {
         assert_eq!(pod_uid_of("kubepods-burstable.slice"), None);
         assert_eq!(pod_uid_of("cri-containerd-0123abcd.scope"), None);
         assert_eq!(pod_uid_of("podcast"), None);
+        // A static pod: the manifest hash is its UID.
+        let hash = "6b1f0e8b2a7c4d9e8f00112233445566";
+        assert_eq!(pod_uid_of(&format!("kubepods-besteffort-pod{hash}.slice")).as_deref(), Some(hash));
+        assert_eq!(pod_uid_of(&format!("pod{}", hash.to_uppercase())).as_deref(), Some(hash));
+        assert_eq!(pod_uid_of(&format!("pod{hash}0")), None);
+        assert_eq!(pod_uid_of("pod6b1f0e8b2a7c4d9e8f0011223344556g"), None);
     }
 
     #[test]

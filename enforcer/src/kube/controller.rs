@@ -7,10 +7,11 @@
 //!
 //! | what | API |
 //! | --- | --- |
-//! | ServiceEntry, DestinationRule, Sidecar | `networking.istio.io/v1` (Istio >= 1.22), else `v1beta1`, chosen per kind by discovery, all namespaces |
+//! | ServiceEntry, DestinationRule, Sidecar (WorkloadEntry if served) | `networking.istio.io/v1` (Istio >= 1.22), else `v1beta1`, chosen per kind by discovery, all namespaces |
 //! | the mesh config | ConfigMap `istio` (or `istio-<revision>`) in `istio-system`, by field selector |
 //! | pods on this node | `/api/v1/pods?fieldSelector=spec.nodeName=<node>` |
 //! | Namespaces, Services, EndpointSlices | all (governance labels; in-cluster destinations) |
+//! | pods of every node | `/api/v1/pods`, only while a ServiceEntry has a `workloadSelector` (its endpoints are the selected pods); started when the first such entry appears |
 //!
 //! Lifecycle ([`Controller::start`], [`Controller::initial_sync`], [`Controller::run`]): the daemon
 //! starts the watches, waits for every initial list (while the API server is unreachable this
@@ -41,7 +42,7 @@ use tokio::time::Instant;
 use super::adapter;
 use super::cgroup::KubeletRoot;
 use super::enrol::{self, CgroupEvent};
-use super::model::{KubeService, NamespaceInfo, PodInfo, SliceInfo};
+use super::model::{KubeService, MeshPod, NamespaceInfo, PodInfo, SliceInfo};
 use super::policy::{self, ClusterState, Computed, Options, UNRESOLVED_POLICY};
 use super::services;
 use crate::workload::{PolicySink, WorkloadPolicy};
@@ -122,8 +123,11 @@ enum Source {
     Namespace = 5,
     Service = 6,
     EndpointSlice = 7,
+    /// Pods of every node (ServiceEntry `workloadSelector` endpoints), started on demand.
+    MeshPod = 8,
+    WorkloadEntry = 9,
 }
-const SOURCES: usize = 8;
+const SOURCES: usize = 10;
 
 /// `Ok(true)`: an initial list completed; `Ok(false)`: some other change.
 type Signal = (Source, Result<bool, String>);
@@ -142,8 +146,11 @@ where
 }
 
 /// Find the served version of each Istio kind: `v1`, else `v1beta1`. `Err` names what is missing.
-async fn discover(client: &kube::Client) -> Result<Vec<ApiResource>, String> {
+/// WorkloadEntry is optional (the endpoints ServiceEntry `workloadSelector`s select besides pods):
+/// `None` when not served in the versions listed.
+async fn discover(client: &kube::Client) -> Result<(Vec<ApiResource>, Option<ApiResource>), String> {
     let mut found: Vec<Option<ApiResource>> = vec![None; ISTIO_KINDS.len()];
+    let mut workload_entry: Option<ApiResource> = None;
     let mut errors = Vec::new();
     for version in ISTIO_VERSIONS {
         let gv = format!("{ISTIO_GROUP}/{version}");
@@ -160,6 +167,15 @@ async fn discover(client: &kube::Client) -> Result<Vec<ApiResource>, String> {
                         });
                     }
                 }
+                if workload_entry.is_none() && list.resources.iter().any(|r| r.name == "workloadentries") {
+                    workload_entry = Some(ApiResource {
+                        group: ISTIO_GROUP.into(),
+                        version: version.into(),
+                        api_version: gv.clone(),
+                        kind: "WorkloadEntry".into(),
+                        plural: "workloadentries".into(),
+                    });
+                }
             }
             Err(kube::Error::Api(s)) if s.code == 404 => errors.push(format!("{gv} is not served")),
             Err(e) => errors.push(format!("{gv}: {e}")),
@@ -171,7 +187,7 @@ async fn discover(client: &kube::Client) -> Result<Vec<ApiResource>, String> {
     let missing: Vec<&str> =
         ISTIO_KINDS.iter().zip(&found).filter(|(_, f)| f.is_none()).map(|((k, _), _)| *k).collect();
     if missing.is_empty() {
-        Ok(found.into_iter().flatten().collect())
+        Ok((found.into_iter().flatten().collect(), workload_entry))
     } else {
         Err(format!(
             "Istio API not found for {} ({}); expected the CRDs serviceentries, destinationrules and sidecars.{ISTIO_GROUP} serving v1 (Istio >= 1.22) or v1beta1: install Istio's CRDs (istioctl install, or the istio/base Helm chart)",
@@ -191,6 +207,11 @@ pub struct Controller {
     namespaces: Store<Namespace>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
+    /// Every pod of the cluster, once a ServiceEntry with a `workloadSelector` needs them.
+    mesh_pods: Option<Store<Pod>>,
+    /// The endpoints each workloadSelector selected at the last computation.
+    selection: Vec<(String, String, Vec<crate::config::Endpoint>)>,
+    client: kube::Client,
     synced: [bool; SOURCES],
     /// Unknown pod directories (denied), with when they were seen.
     unresolved: BTreeMap<PathBuf, String>,
@@ -204,7 +225,7 @@ pub struct Controller {
 impl Controller {
     /// Discover the Istio API (retrying while it is not served) and start every watch.
     pub async fn start(client: kube::Client, cfg: ControllerConfig) -> Controller {
-        let resources = loop {
+        let (resources, workload_entry) = loop {
             match discover(&client).await {
                 Ok(r) => break r,
                 Err(e) => {
@@ -225,6 +246,24 @@ impl Controller {
                 .default_backoff()
                 .reflect(writer);
             streams.push(signals(source, stream));
+        }
+        let mut synced = [false; SOURCES];
+        match workload_entry {
+            Some(ar) => {
+                tracing::info!(kind = %ar.kind, api_version = %ar.api_version, "watching Istio resource");
+                let writer = reflector::store::Writer::<DynamicObject>::new(ar.clone());
+                istio.push((ar.clone(), writer.as_reader()));
+                let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+                let stream = watcher(api, watcher::Config::default())
+                    .modify(|o| o.managed_fields_mut().clear())
+                    .default_backoff()
+                    .reflect(writer);
+                streams.push(signals(Source::WorkloadEntry, stream));
+            }
+            None => {
+                tracing::info!("WorkloadEntry is not served: ServiceEntry workloadSelectors select pods only");
+                synced[Source::WorkloadEntry as usize] = true;
+            }
         }
         let (mesh, w) = reflector::store::<ConfigMap>();
         let api: Api<ConfigMap> = Api::namespaced(client.clone(), &cfg.istio_namespace);
@@ -272,6 +311,8 @@ impl Controller {
                 .default_backoff()
                 .reflect(w),
         ));
+        // Not watched until needed: nothing to wait for.
+        synced[Source::MeshPod as usize] = true;
         Controller {
             cfg,
             events: futures::stream::select_all(streams),
@@ -281,7 +322,10 @@ impl Controller {
             namespaces,
             services,
             slices,
-            synced: [false; SOURCES],
+            mesh_pods: None,
+            selection: Vec::new(),
+            client,
+            synced,
             unresolved: BTreeMap::new(),
             last: Computed::default(),
             reported: BTreeSet::new(),
@@ -294,6 +338,22 @@ impl Controller {
     /// [`crate::agent::Agent`]'s start). While the API server cannot be reached this waits.
     pub async fn initial_sync(&mut self) -> Result<Computed, KubeError> {
         let started = Instant::now();
+        loop {
+            self.wait_synced(started).await?;
+            // ServiceEntries with a workloadSelector: their endpoints (the pods of every node)
+            // are part of the first set too.
+            if self.mesh_pods.is_none() && self.state().0.services.iter().any(|s| s.workload_selector.is_some()) {
+                self.watch_mesh_pods();
+                continue;
+            }
+            break;
+        }
+        // Pod directories that exist but belong to no pod here.
+        let c = self.compute_now();
+        Ok(c)
+    }
+
+    async fn wait_synced(&mut self, started: Instant) -> Result<(), KubeError> {
         while !self.synced.iter().all(|s| *s) {
             let next = tokio::time::timeout(Duration::from_secs(10), self.events.next()).await;
             match next {
@@ -316,17 +376,47 @@ impl Controller {
                 }
             }
         }
-        // Pod directories that exist but belong to no pod here.
-        let c = self.compute_now();
-        Ok(c)
+        Ok(())
+    }
+
+    /// Start watching every pod of the cluster (once): the endpoints of ServiceEntries with a
+    /// `workloadSelector`. Only labels, namespace and pod IPs are kept.
+    fn watch_mesh_pods(&mut self) {
+        if self.mesh_pods.is_some() {
+            return;
+        }
+        tracing::info!("a ServiceEntry has a workloadSelector: watching the pods of every node for its endpoints");
+        let (store, w) = reflector::store::<Pod>();
+        let stream = watcher(Api::<Pod>::all(self.client.clone()), watcher::Config::default())
+            .modify(|p| {
+                p.managed_fields_mut().clear();
+                p.metadata.annotations = None;
+                p.metadata.owner_references = None;
+                p.spec = None;
+                if let Some(st) = p.status.as_mut() {
+                    *st = k8s_openapi::api::core::v1::PodStatus {
+                        phase: st.phase.take(),
+                        pod_ip: st.pod_ip.take(),
+                        pod_ips: st.pod_ips.take(),
+                        ..Default::default()
+                    };
+                }
+            })
+            .default_backoff()
+            .reflect(w);
+        self.events.push(signals(Source::MeshPod, stream));
+        self.mesh_pods = Some(store);
+        self.synced[Source::MeshPod as usize] = false;
     }
 
     fn state(&self) -> (ClusterState, Vec<String>) {
         let mut d = Vec::new();
         let mut st = ClusterState::default();
+        let mut endpoints: Vec<MeshPod> = Vec::new();
         for (ar, store) in &self.istio {
             for o in store.state() {
                 match ar.kind.as_str() {
+                    "WorkloadEntry" => endpoints.extend(adapter::workload_entry(&o, &mut d)),
                     "ServiceEntry" => st.services.extend(adapter::service_entries(&ar.api_version, &o, &mut d)),
                     "DestinationRule" => {
                         st.destination_rules.extend(adapter::destination_rules(&ar.api_version, &o, &mut d))
@@ -349,13 +439,33 @@ impl Controller {
         let svcs: Vec<KubeService> =
             self.services.state().iter().filter_map(|s| KubeService::from_service(s)).collect();
         let slices: Vec<SliceInfo> = self.slices.state().iter().filter_map(|s| SliceInfo::from_slice(s)).collect();
+        if let Some(store) = &self.mesh_pods {
+            endpoints.extend(store.state().iter().filter_map(|p| MeshPod::from_pod(p)));
+        }
+        services::select_endpoints(&mut st.services, &endpoints);
         st.services.extend(services::service_entries(&svcs, &slices, &self.cfg.cluster_domain));
         (st, d)
     }
 
     /// Recompute from the stores (and the unresolved directories still unknown).
     fn compute_now(&mut self) -> Computed {
-        let (st, mut diags) = self.state();
+        let (mut st, mut diags) = self.state();
+        if self.mesh_pods.is_none() && st.services.iter().any(|s| s.workload_selector.is_some()) {
+            self.watch_mesh_pods();
+            (st, diags) = self.state();
+        }
+        // Pods of other nodes come and go without touching the configuration, unless they change
+        // what a workloadSelector selects.
+        let selection: Vec<(String, String, Vec<crate::config::Endpoint>)> = st
+            .services
+            .iter()
+            .filter(|s| s.workload_selector.is_some())
+            .map(|s| (s.namespace.clone(), s.entry.name.clone(), s.entry.endpoints.clone()))
+            .collect();
+        if selection != self.selection {
+            self.selection = selection;
+            self.config_gen += 1;
+        }
         let known: BTreeSet<String> = st.pods.iter().map(|p| p.uid.clone()).collect();
         // Directories present now whose UID is unknown.
         if self.cfg.unknown_pods == UnknownPods::Deny {
@@ -434,6 +544,12 @@ impl Controller {
                     None => return Err(KubeError::WatchesEnded),
                     Some((Source::Pod, Ok(_))) => {
                         pod_change.get_or_insert_with(|| Instant::now() + self.cfg.pod_debounce);
+                    }
+                    // A pod somewhere in the cluster: a configuration change only if it changes
+                    // a workloadSelector's endpoints (compute_now compares them).
+                    Some((Source::MeshPod, Ok(_))) => {
+                        let now = Instant::now();
+                        change = Some((change.map_or(now, |(first, _)| first), now));
                     }
                     Some((_, Ok(_))) => {
                         self.config_gen += 1;
@@ -542,6 +658,8 @@ fn source_of(i: usize) -> Source {
         Source::Namespace,
         Source::Service,
         Source::EndpointSlice,
+        Source::MeshPod,
+        Source::WorkloadEntry,
     ][i]
 }
 

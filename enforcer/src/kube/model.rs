@@ -45,8 +45,13 @@ impl PodInfo {
         let name = md.name.clone()?;
         let annotations = md.annotations.clone().unwrap_or_default();
         let labels = md.labels.clone().unwrap_or_default();
-        let uid = annotations
-            .get("kubernetes.io/config.mirror")
+        // A static pod's mirror: the kubelet names the cgroup after the static pod's UID, which
+        // is the manifest's hash (`kubernetes.io/config.mirror` = `kubernetes.io/config.hash`),
+        // not the mirror's own `metadata.uid`.
+        let uid = ["kubernetes.io/config.mirror", "kubernetes.io/config.hash"]
+            .iter()
+            .filter_map(|k| annotations.get(*k))
+            .find(|h| !h.is_empty())
             .cloned()
             .or_else(|| md.uid.clone())
             .filter(|u| !u.is_empty())?;
@@ -56,10 +61,11 @@ impl PodInfo {
             .flatten()
             .find(|r| r.controller == Some(true))
             .map(|r| (r.kind.as_str(), r.name.as_str()));
-        let workload = WorkloadName {
-            name: workload_name(&name, md.generate_name.as_deref(), owner, &labels),
-            namespace: namespace.clone(),
-        };
+        let workload = workload_identity(
+            workload_name(&name, md.generate_name.as_deref(), owner, &labels),
+            namespace.clone(),
+            &labels,
+        );
         Some(PodInfo {
             uid: uid.to_ascii_lowercase(),
             qos: status.and_then(|s| s.qos_class.as_deref()).and_then(QosClass::parse),
@@ -118,6 +124,64 @@ pub fn workload_name(
         }
     }
     if name.is_empty() { pod.to_string() } else { name }
+}
+
+/// The label keys Istio reads a canonical service name from, in order (istio/istio
+/// `pkg/kube/labels`: `nameLabels`).
+pub const CANONICAL_NAME_LABELS: [&str; 3] = ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"];
+/// ... and the canonical revision (`revisionLabels`; none set: `latest`).
+pub const CANONICAL_REVISION_LABELS: [&str; 3] =
+    ["service.istio.io/canonical-revision", "app.kubernetes.io/version", "version"];
+
+/// Istio's metric identity of a pod of workload `name` in `namespace` with `labels`: the
+/// canonical service and revision by Istio's label order (`CanonicalService`), `source_app` and
+/// `source_version` from the `app` and `version` labels (`unknown` without them, as Istio's
+/// stats report).
+pub fn workload_identity(name: String, namespace: String, labels: &BTreeMap<String, String>) -> WorkloadName {
+    let first = |keys: &[&str]| keys.iter().find_map(|k| labels.get(*k)).cloned();
+    WorkloadName {
+        canonical_service: first(&CANONICAL_NAME_LABELS).unwrap_or_else(|| name.clone()),
+        canonical_revision: first(&CANONICAL_REVISION_LABELS).unwrap_or_else(|| "latest".into()),
+        app: labels.get("app").cloned(),
+        version: labels.get("version").cloned(),
+        name,
+        namespace,
+    }
+}
+
+/// A pod anywhere in the cluster (or a WorkloadEntry), as a possible endpoint of a ServiceEntry
+/// with a `workloadSelector`: only what the selection needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshPod {
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    /// `status.podIPs` (else `status.podIP`); a WorkloadEntry's `address`.
+    pub ips: Vec<IpAddr>,
+    /// A WorkloadEntry's `ports` (port name -> number); empty for pods (the entry's ports).
+    pub ports: BTreeMap<String, u16>,
+}
+
+impl MeshPod {
+    /// From a Pod; `None` for a pod with no IP yet, a finished or a deleting pod (Istio's
+    /// endpoints are the running pods').
+    pub fn from_pod(pod: &Pod) -> Option<MeshPod> {
+        let status = pod.status.as_ref()?;
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) || pod.metadata.deletion_timestamp.is_some()
+        {
+            return None;
+        }
+        let mut ips: Vec<IpAddr> =
+            status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect::<Vec<IpAddr>>();
+        if ips.is_empty() {
+            ips.extend(status.pod_ip.as_deref().and_then(|ip| ip.parse::<IpAddr>().ok()));
+        }
+        (!ips.is_empty()).then(|| MeshPod {
+            namespace: pod.metadata.namespace.clone().unwrap_or_else(|| "default".into()),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips,
+            ports: BTreeMap::new(),
+        })
+    }
 }
 
 /// A namespace: its labels decide governance.
@@ -274,7 +338,53 @@ mod tests {
         assert_eq!(workload_name("standalone", None, Some(("ReplicaSet", "x")), &BTreeMap::new()), "standalone");
         let o = labels(&[("service.istio.io/workload-name", "custom")]);
         assert_eq!(workload_name("p-1", Some("p-"), Some(("ReplicaSet", "p")), &o), "custom");
+        // A static pod's owner is its Node: not a workload, the pod's own name.
+        assert_eq!(workload_name("etcd-node-1", None, Some(("Node", "node-1")), &BTreeMap::new()), "etcd-node-1");
         // A ReplicaSet without the hash label keeps its own name.
         assert_eq!(workload_name("rs-abc", Some("rs-"), Some(("ReplicaSet", "rs")), &BTreeMap::new()), "rs");
+    }
+
+    #[test]
+    fn canonical_service_and_revision_follow_istios_label_order() {
+        let w = workload_identity("web".into(), "shop".into(), &BTreeMap::new());
+        assert_eq!((w.canonical_service.as_str(), w.canonical_revision.as_str()), ("web", "latest"));
+        assert_eq!((w.app.as_deref(), w.version.as_deref()), (None, None));
+        let s = w.source();
+        assert_eq!((s.app.as_str(), s.version.as_str(), s.namespace.as_str()), ("unknown", "unknown", "shop"));
+        let l = labels(&[("app", "shopfront"), ("version", "v2")]);
+        let w = workload_identity("web".into(), "shop".into(), &l);
+        assert_eq!((w.canonical_service.as_str(), w.canonical_revision.as_str()), ("shopfront", "v2"));
+        assert_eq!((w.app.as_deref(), w.version.as_deref()), (Some("shopfront"), Some("v2")));
+        let l = labels(&[
+            ("app", "a"),
+            ("version", "v"),
+            ("app.kubernetes.io/name", "k8s-name"),
+            ("app.kubernetes.io/version", "1.2.3"),
+        ]);
+        let w = workload_identity("web".into(), "shop".into(), &l);
+        assert_eq!((w.canonical_service.as_str(), w.canonical_revision.as_str()), ("k8s-name", "1.2.3"));
+        let mut l = l;
+        l.insert("service.istio.io/canonical-name".into(), "canon".into());
+        l.insert("service.istio.io/canonical-revision".into(), "r7".into());
+        let w = workload_identity("web".into(), "shop".into(), &l);
+        assert_eq!((w.canonical_service.as_str(), w.canonical_revision.as_str()), ("canon", "r7"));
+        assert_eq!((w.app.as_deref(), w.version.as_deref()), (Some("a"), Some("v")));
+        assert_eq!(w.key(), "shop/web");
+    }
+
+    #[test]
+    fn a_static_pods_mirror_is_known_by_the_static_pods_uid() {
+        let pod: Pod = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "probe-node-1", "namespace": "shop", "uid": "0b7c3a4e-1111-4222-8333-944445555666",
+                         "annotations": {"kubernetes.io/config.hash": "6b1f0e8b2a7c4d9e8f00112233445566",
+                                         "kubernetes.io/config.mirror": "6B1F0E8B2A7C4D9E8F00112233445566",
+                                         "kubernetes.io/config.source": "file"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "node-1", "uid": "n", "controller": true}]},
+            "spec": {"containers": [{"name": "probe", "image": "busybox"}]}
+        }))
+        .unwrap();
+        let p = PodInfo::from_pod(&pod).unwrap();
+        assert_eq!(p.uid, "6b1f0e8b2a7c4d9e8f00112233445566");
+        assert_eq!(p.workload.key(), "shop/probe-node-1");
     }
 }

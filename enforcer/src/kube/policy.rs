@@ -34,8 +34,11 @@
 //! are added for every policy), port 53 UDP+TCP. Non-DNS UDP is judged unless
 //! [`UdpPolicy::Allow`] (Istio itself does not capture UDP).
 //!
-//! ServiceEntries with a `workloadSelector` select mesh pods as endpoints: enforcer does not
-//! watch pods of other nodes, so only such an entry's addresses are allowed (a warning says so).
+//! ServiceEntries with a `workloadSelector` select mesh workloads as endpoints: before this runs
+//! the controller fills [`crate::config::ServiceEntry::endpoints`] with the IPs of the selected
+//! pods (on every node) and WorkloadEntries of the entry's namespace (see
+//! [`super::services::select_endpoints`]); an entry selecting none warns and allows only its
+//! addresses.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -512,10 +515,10 @@ fn build_scopes<'a>(
             &b.entry.name,
         ))
     });
-    for se in services.iter().filter(|s| s.workload_selector.is_some()) {
+    for se in services.iter().filter(|s| s.workload_selector.is_some() && s.entry.endpoints.is_empty()) {
         diagnostics.push(format!(
-            "warning: ServiceEntry {}/{}: workloadSelector endpoints (the selected pods) are not resolved by enforcer (pods of other nodes are not watched); only its addresses are allowed",
-            se.namespace, se.entry.name
+            "warning: ServiceEntry {}/{}: its workloadSelector selects no running pod with an IP and no WorkloadEntry in {}; only its addresses are allowed",
+            se.namespace, se.entry.name, se.namespace
         ));
     }
     let always: Vec<usize> = services

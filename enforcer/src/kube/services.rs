@@ -7,12 +7,16 @@
 //! later) and its ports; the ready endpoint addresses of its EndpointSlices (headless services
 //! have nothing else) are STATIC endpoints with the slices' port numbers (named targetPorts
 //! resolved). `ExternalName` services resolve their external name (DNS).
+//!
+//! A ServiceEntry with a `workloadSelector` gets the selected workloads as its endpoints, as
+//! Istio does: the running pods and the WorkloadEntries of the entry's namespace whose labels
+//! include the selector's, with their IPs (and a WorkloadEntry's port map) ([`select_endpoints`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use super::adapter::ClusterSe;
-use super::model::{KubeService, SliceInfo};
+use super::model::{KubeService, MeshPod, SliceInfo};
 use crate::config::{Endpoint, EndpointAddress, Location, Port, Protocol, Resolution, ServiceEntry, SourceRef};
 
 /// `name.ns.svc.<domain>`.
@@ -22,6 +26,26 @@ pub fn service_host(ns: &str, name: &str, domain: &str) -> String {
 
 fn protocol(p: &str) -> Protocol {
     if p.eq_ignore_ascii_case("UDP") { Protocol::Udp } else { Protocol::Tcp }
+}
+
+/// Fill the endpoints of every ServiceEntry with a `workloadSelector` from `pods` (cluster-wide):
+/// the pods of the entry's namespace whose labels include every selector label, each pod IP once,
+/// sorted (so an unchanged selection compiles to an unchanged policy).
+pub fn select_endpoints(services: &mut [ClusterSe], pods: &[MeshPod]) {
+    for se in services.iter_mut().filter(|s| !s.from_kubernetes) {
+        let Some(sel) = &se.workload_selector else { continue };
+        let mut eps: Vec<(std::net::IpAddr, &BTreeMap<String, u16>)> = pods
+            .iter()
+            .filter(|p| p.namespace == se.namespace && sel.iter().all(|(k, v)| p.labels.get(k) == Some(v)))
+            .flat_map(|p| p.ips.iter().map(move |ip| (*ip, &p.ports)))
+            .collect();
+        eps.sort();
+        eps.dedup_by_key(|(ip, _)| *ip);
+        se.entry.endpoints = eps
+            .into_iter()
+            .map(|(ip, ports)| Endpoint { address: EndpointAddress::Ip(ip), ports: ports.clone() })
+            .collect();
+    }
 }
 
 /// The registry entry of one Service with the slices that belong to it.

@@ -559,3 +559,73 @@ fn a_thousand_pods_and_ten_thousand_hosts_fit_the_kernel_maps() {
     // One policy per pod would have needed 1,000 x 10,000 entries.
     assert!(1000 * 10_000 > cap);
 }
+
+#[test]
+fn workload_selector_entries_take_the_selected_pods_as_endpoints() {
+    let entry = |ns: &str| {
+        let mut d = Vec::new();
+        let v = json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "vms", "namespace": ns},
+            "spec": {"hosts": ["vms.internal"], "location": "MESH_INTERNAL", "resolution": "STATIC",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8080}],
+                     "workloadSelector": {"labels": {"app": "vm"}}}});
+        let out = adapter::service_entries("networking.istio.io/v1", &dynamic(v), &mut d);
+        // No advice to change a MESH_INTERNAL entry of a cluster.
+        assert!(d.is_empty(), "{d:?}");
+        let se = out.into_iter().next().unwrap();
+        assert_eq!(se.entry.location, crate::config::Location::MeshInternal);
+        se
+    };
+    let mesh_pod = |ns: &str, app: &str, ip: &str| crate::kube::model::MeshPod {
+        namespace: ns.into(),
+        labels: [("app".to_string(), app.to_string()), ("tier".to_string(), "x".to_string())].into_iter().collect(),
+        ips: vec![ip.parse().unwrap()],
+        ports: BTreeMap::new(),
+    };
+    let mut st = ClusterState { services: vec![entry("team-a")], ..Default::default() };
+    st.pods.push(pod("team-a", "client", &[]));
+    // Matching pods of the entry's namespace (any node); not other namespaces, not other labels.
+    let pods = [
+        mesh_pod("team-a", "vm", "10.1.0.7"),
+        mesh_pod("team-a", "vm", "10.1.0.5"),
+        mesh_pod("team-a", "web", "10.1.0.9"),
+        mesh_pod("team-b", "vm", "10.2.0.1"),
+    ];
+    services::select_endpoints(&mut st.services, &pods);
+    let eps: Vec<String> = st.services[0].entry.endpoints.iter().map(|e| e.address.to_string()).collect();
+    assert_eq!(eps, ["10.1.0.5", "10.1.0.7"]);
+    let c = compute(&st, &opts(), &[]);
+    let p = policy(&c, "kube:team-a");
+    let se = p.registry.services.iter().find(|s| s.name == "vms").unwrap();
+    assert_eq!(se.endpoints.len(), 2);
+    assert!(!c.diagnostics.iter().any(|d| d.contains("workloadSelector")), "{:?}", c.diagnostics);
+    // None selected: a warning naming the entry.
+    services::select_endpoints(&mut st.services, &pods[2..]);
+    let c = compute(&st, &opts(), &[]);
+    assert!(
+        c.diagnostics.iter().any(|d| d.contains("team-a/vms") && d.contains("selects no running pod")),
+        "{:?}",
+        c.diagnostics
+    );
+}
+
+#[test]
+fn workload_entries_are_endpoints_with_their_ports() {
+    let we = |name: &str, address: &str| {
+        dynamic(json!({"apiVersion": "networking.istio.io/v1", "kind": "WorkloadEntry",
+            "metadata": {"name": name, "namespace": "team-a"},
+            "spec": {"address": address, "labels": {"app": "vm"}, "ports": {"http": 8080}}}))
+    };
+    let mut d = Vec::new();
+    let e = adapter::workload_entry(&we("vm-1", "10.9.0.1"), &mut d).unwrap();
+    assert_eq!((e.namespace.as_str(), e.ips[0].to_string(), e.ports["http"]), ("team-a", "10.9.0.1".into(), 8080));
+    assert_eq!(e.labels["app"], "vm");
+    assert!(d.is_empty(), "{d:?}");
+    assert!(adapter::workload_entry(&we("vm-2", "vm.example.com"), &mut d).is_none());
+    assert!(d[0].contains("WorkloadEntry team-a/vm-2") && d[0].contains("not an IP"), "{d:?}");
+    let mut svcs = vec![se("team-a", "vms", "vms.internal", None, "", 80)];
+    svcs[0].workload_selector = Some([("app".to_string(), "vm".to_string())].into_iter().collect());
+    services::select_endpoints(&mut svcs, &[e]);
+    assert_eq!(svcs[0].entry.endpoints.len(), 1);
+    assert_eq!(svcs[0].entry.endpoints[0].ports["http"], 8080);
+}
