@@ -54,6 +54,10 @@ impl Maps for Judged {
         let r = self.inner.remove_workload(cg);
         self.after(r)
     }
+    fn set_policy_flags(&mut self, p: PolicyId, f: u32) -> Result<(), DataplaneError> {
+        let r = self.inner.set_policy_flags(p, f);
+        self.after(r)
+    }
     fn set_settings(&mut self, s: &Settings) -> Result<(), DataplaneError> {
         self.inner.set_settings(s)
     }
