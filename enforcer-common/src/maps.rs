@@ -94,13 +94,7 @@ pub const MAPS: &[MapSpec] = &[
     spec(map_names::POLICY_FLAGS, MapKind::Array, 4, 4, MAX_POLICIES),
     // The caller's own cgroup id -> the policy its ancestor walk found (one lookup instead of one
     // per cgroup level), valid for one `Settings::workloads_gen`.
-    spec(
-        map_names::POLICY_CACHE,
-        MapKind::LruHash,
-        8,
-        sz::<PolicyCacheValue>(),
-        POLICY_CACHE_MAX_ENTRIES,
-    ),
+    spec(map_names::POLICY_CACHE, MapKind::LruHash, 8, sz::<PolicyCacheValue>(), POLICY_CACHE_MAX_ENTRIES),
     // The DNS forwarder's heartbeat (boot-clock ns, 0: stopped), written every second without
     // the agent's map lock; steering follows it (`DNS_HEARTBEAT_TIMEOUT_NS`).
     spec(map_names::DNS_ALIVE, MapKind::Array, 4, 8, 1),

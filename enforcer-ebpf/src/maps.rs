@@ -14,8 +14,8 @@ use enforcer_common::{
     ALLOW_EXACT_MAX_ENTRIES, ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey,
     DESTS_MAX_ENTRIES, DNS_ORIG_MAX_ENTRIES, DestKey, DestValue, EVENTS_RING_BYTES, FLOW_OWNER_MAX_ENTRIES,
     FLOWS_MAX_ENTRIES, FlowKey, FlowOwnerKey, MAX_POLICIES, OrigDest, POLICY_CACHE_MAX_ENTRIES, PROXY_MAX_ENTRIES,
-    PolicyCacheValue, ProxyDest, Settings,
-    SockState, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, WorkloadValue,
+    PolicyCacheValue, ProxyDest, Settings, SockState, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue,
+    WORKLOADS_MAX_ENTRIES, WorkloadValue,
 };
 
 /// Allowed destinations that need a longest-prefix match: CIDRs, `ANY_PORT` entries, and exact
@@ -115,8 +115,7 @@ pub static POLICY_FLAGS: Array<u32> = Array::with_max_entries(MAX_POLICIES, 0);
 /// instead of one per cgroup level for every caller, governed or not. LRU hash,
 /// `POLICY_CACHE_MAX_ENTRIES` (16,384).
 #[map]
-pub static POLICY_CACHE: LruHashMap<u64, PolicyCacheValue> =
-    LruHashMap::with_max_entries(POLICY_CACHE_MAX_ENTRIES, 0);
+pub static POLICY_CACHE: LruHashMap<u64, PolicyCacheValue> = LruHashMap::with_max_entries(POLICY_CACHE_MAX_ENTRIES, 0);
 
 /// The DNS forwarder's heartbeat: boot-clock ns of its last beat (0: stopped), written every
 /// second by the agent; port-53 calls are steered only while it is fresh. Array of 1.

@@ -822,9 +822,7 @@ impl Maps for Dataplane {
     }
 
     fn set_policy_flags(&mut self, policy: PolicyId, flags: u32) -> Result<()> {
-        self.policy_flags
-            .set(policy.get(), flags, 0)
-            .map_err(map_err(map_names::POLICY_FLAGS, format!("set {policy}")))
+        self.policy_flags.set(policy.get(), flags, 0).map_err(map_err(map_names::POLICY_FLAGS, format!("set {policy}")))
     }
 
     fn set_settings(&mut self, s: &Settings) -> Result<()> {
