@@ -351,7 +351,8 @@ fn policy_flags_follow_the_plan_and_a_gone_policys_flags_are_reset() {
     // Adopted as they are by a restarted daemon.
     let restarted = MapState::adopt(st.maps().clone()).unwrap();
     assert_eq!(restarted.policy_flags(pid(2)), POLICY_F_DNS_STEER);
-    // The default becomes governed (stricter): its flags change after its entries and mode.
+    // The default becomes governed (stricter): its flags change at the end of its transition,
+    // and cgroup 7 moves to it only once it is complete.
     st.maps_mut().log.clear();
     let governed = Plan {
         modes: [(PolicyId::DEFAULT, Mode::RegistryOnly)].into(),
@@ -362,7 +363,7 @@ fn policy_flags_follow_the_plan_and_a_gone_policys_flags_are_reset() {
     let log = &st.maps().log;
     let flags = log.iter().position(|l| l == "flags policy 0 0x1").unwrap_or_else(|| panic!("{log:?}"));
     let unmap = log.iter().position(|l| l == "workload 7 removed").unwrap();
-    assert!(unmap < flags, "{log:?}");
+    assert!(flags < unmap, "{log:?}");
     assert_eq!(st.policy_flags(pid(2)), 0, "a gone policy's flags are reset: {log:?}");
     assert!(log.contains(&"flags policy 2 0x0".to_string()), "{log:?}");
 }
