@@ -137,3 +137,20 @@ fn dns_fallback_refuse_refuses_allow_any_workloads_too() {
     assert!(took <= Duration::from_millis(4500), "fallback took {took:?}: {r}");
     let _ = (&s.dns, &s.dir);
 }
+
+#[test]
+fn a_stopped_daemon_clears_its_heartbeat_so_the_fallback_applies_at_once() {
+    let (s, args) = setup("fb-term", None);
+    let resolver = s.ns.v4(7);
+    let d = Daemon::start(&s.cg, PinDir::new(), &args);
+    d.wait_log("enforcing");
+    let r = run(&s.cg, &[query(&resolver, "other.test", 3.0)]);
+    assert_eq!(r[0]["rcode"], 5, "steered: {}\n{}", r[0], d.log());
+    let (status, log, _pins) = d.stop();
+    assert_eq!(status, 0, "{log}");
+    let t0 = Instant::now();
+    let r = run(&s.cg, &[query(&resolver, "other.test", 3.0)]);
+    assert_eq!(r[0]["errno"], libc::EPERM, "refused right after SIGTERM: {}\n{log}", r[0]);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    let _ = (&s.dns, &s.dir);
+}
