@@ -23,6 +23,9 @@ pub const REASON_PROTOCOL: u8 = 3;
 /// The packet carries a source route (an IPv6 routing header, an IPv4 LSRR/SSRR option): it would
 /// be delivered via addresses no hook judged.
 pub const REASON_SOURCE_ROUTE: u8 = 4;
+/// A port-53 call of a steered policy while the DNS forwarder is not running (its heartbeat is
+/// stale), refused by `Settings::dns_fallback`.
+pub const REASON_DNS_FORWARDER_DOWN: u8 = 5;
 
 /// `Event::verdict` / `FlowKey::verdict`.
 /// The connection was allowed (flows only; never sent as an event).

@@ -37,6 +37,9 @@ pub mod map_names {
     pub const PROXY_ORIG: &str = "PROXY_ORIG";
     pub const PROXY_PEERS: &str = "PROXY_PEERS";
     pub const PIN_LAYOUT: &str = "PIN_LAYOUT";
+    pub const POLICY_FLAGS: &str = "POLICY_FLAGS";
+    pub const POLICY_CACHE: &str = "POLICY_CACHE";
+    pub const DNS_ALIVE: &str = "DNS_ALIVE";
 }
 
 /// Program names (the function names in `enforcer-ebpf`), one per hook.
@@ -153,7 +156,11 @@ mod layout_tests {
 
     #[test]
     fn settings_and_orig_have_no_padding() {
-        assert_eq!(size_of::<Settings>(), 32);
+        assert_eq!(size_of::<Settings>(), 40);
+        assert_eq!(offset_of!(Settings, dns_fallback), 30);
+        assert_eq!(offset_of!(Settings, workloads_gen), 32);
+        assert_eq!(size_of::<PolicyCacheValue>(), 8);
+        assert_eq!(offset_of!(PolicyCacheValue, gen_), 4);
         assert_eq!(offset_of!(Settings, local_v6), 0);
         assert_eq!(offset_of!(Settings, local_v4), 16);
         assert_eq!(offset_of!(Settings, dns_port), 20);

@@ -65,7 +65,9 @@ const fn spec(name: &'static str, kind: MapKind, key_size: u32, value_size: u32,
 /// pinned state deliberately and says so.
 /// 3: `ALLOW_EXACT`, `AllowValue::expires_ns`, `SOCK_STATE` (replaces `SOCKS`), `ProxyDest::cookie`,
 ///    `TrafficKey::proto`, the backstop.
-pub const PIN_LAYOUT_VERSION: u32 = 3;
+/// 4: `Settings` grows to 40 bytes (`dns_fallback`, `workloads_gen`); `POLICY_FLAGS`,
+///    `POLICY_CACHE`, `DNS_ALIVE`.
+pub const PIN_LAYOUT_VERSION: u32 = 4;
 
 /// Every map of `enforcer-ebpf`, in declaration order.
 pub const MAPS: &[MapSpec] = &[
@@ -88,6 +90,14 @@ pub const MAPS: &[MapSpec] = &[
     // Socket-local storage: key is a socket fd (int), no capacity (one value per socket, freed
     // with it). A BTF map (`.maps`): the kernel needs BTF for local storage.
     spec(map_names::SOCK_STATE, MapKind::SkStorage, 4, sz::<SockState>(), 0),
+    // Per policy id, next to MODES: `POLICY_F_*` (DNS steering, ungoverned).
+    spec(map_names::POLICY_FLAGS, MapKind::Array, 4, 4, MAX_POLICIES),
+    // The caller's own cgroup id -> the policy its ancestor walk found (one lookup instead of one
+    // per cgroup level), valid for one `Settings::workloads_gen`.
+    spec(map_names::POLICY_CACHE, MapKind::LruHash, 8, sz::<PolicyCacheValue>(), POLICY_CACHE_MAX_ENTRIES),
+    // The DNS forwarder's heartbeat (boot-clock ns, 0: stopped), written every second without
+    // the agent's map lock; steering follows it (`DNS_HEARTBEAT_TIMEOUT_NS`).
+    spec(map_names::DNS_ALIVE, MapKind::Array, 4, 8, 1),
 ];
 
 /// Program types used (`bpf_prog_type`), with the cgroup attach point where there is one.

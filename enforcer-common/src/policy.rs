@@ -271,7 +271,48 @@ pub struct Settings {
     pub agent_mark: u32,
     /// The L7 proxy's port on `local_v4` (host byte order); 0: no proxy.
     pub proxy_port: u16,
-    pub _pad: u16,
+    /// `DNS_FALLBACK_*`: what a steered port-53 call does while the forwarder is not running
+    /// (its heartbeat in `DNS_ALIVE` is older than `DNS_HEARTBEAT_TIMEOUT_NS`).
+    pub dns_fallback: u8,
+    pub _pad: u8,
+    /// Bumped by the dataplane after every `WORKLOADS` write: `POLICY_CACHE` entries of another
+    /// generation are stale (the caller's cgroup ancestors are walked again). Kept by the
+    /// dataplane, not the agent.
+    pub workloads_gen: u32,
+    pub _pad2: u32,
+}
+
+/// `Settings::dns_fallback`: REGISTRY_ONLY policies refuse port-53 calls at once (EPERM and a deny
+/// event, `REASON_DNS_FORWARDER_DOWN`); ALLOW_ANY and AUDIT policies go to the resolver they
+/// asked, judged like any destination.
+pub const DNS_FALLBACK_AUTO: u8 = 0;
+/// `Settings::dns_fallback`: every policy goes to the resolver it asked, judged like any
+/// destination (REGISTRY_ONLY: allowed only if the resolver is in the policy's ALLOW entries).
+pub const DNS_FALLBACK_DIRECT: u8 = 1;
+/// `Settings::dns_fallback`: every steered policy refuses port-53 calls (EPERM + deny event).
+pub const DNS_FALLBACK_REFUSE: u8 = 2;
+/// How old (boot-clock ns) the forwarder's heartbeat in `DNS_ALIVE` may be for the kernel to
+/// steer to it; the agent writes it every `DNS_HEARTBEAT_INTERVAL_MS`.
+pub const DNS_HEARTBEAT_TIMEOUT_NS: u64 = 3_000_000_000;
+pub const DNS_HEARTBEAT_INTERVAL_MS: u64 = 1_000;
+
+/// `POLICY_FLAGS` (per policy id, next to `MODES`): port-53 calls of this policy's cgroups are
+/// steered to the DNS forwarder (while `SETTINGS_F_DNS_STEER` is on and the forwarder is alive).
+pub const POLICY_F_DNS_STEER: u32 = 1 << 0;
+/// `POLICY_FLAGS`: the policy's cgroups are not governed (Kubernetes' node default): their
+/// connect/sendmsg calls pass at once, with no lookup, flow count, event or accounting.
+pub const POLICY_F_UNGOVERNED: u32 = 1 << 1;
+
+/// Capacity of `POLICY_CACHE` (LRU hash: the caller's own cgroup id -> its policy).
+pub const POLICY_CACHE_MAX_ENTRIES: u32 = 16_384;
+
+/// Value of `POLICY_CACHE` (key: the caller's own cgroup id): the policy its ancestor walk found,
+/// valid while `Settings::workloads_gen` equals `gen`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyCacheValue {
+    pub policy_id: PolicyId,
+    pub gen_: u32,
 }
 
 /// Value of `PROXY_ORIG` (key: socket cookie) and `PROXY_PEERS` (key: the client's local
@@ -430,4 +471,5 @@ mod pod {
     unsafe impl aya::Pod for super::AllowValue {}
     unsafe impl aya::Pod for super::DestKey {}
     unsafe impl aya::Pod for super::WorkloadValue {}
+    unsafe impl aya::Pod for super::PolicyCacheValue {}
 }

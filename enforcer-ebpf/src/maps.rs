@@ -13,8 +13,9 @@ use aya_ebpf::{
 use enforcer_common::{
     ALLOW_EXACT_MAX_ENTRIES, ALLOW_MAX_ENTRIES, AllowKey, AllowValue, CONNS_MAX_ENTRIES, ConnCounters, ConnKey,
     DESTS_MAX_ENTRIES, DNS_ORIG_MAX_ENTRIES, DestKey, DestValue, EVENTS_RING_BYTES, FLOW_OWNER_MAX_ENTRIES,
-    FLOWS_MAX_ENTRIES, FlowKey, FlowOwnerKey, MAX_POLICIES, OrigDest, PROXY_MAX_ENTRIES, ProxyDest, Settings,
-    SockState, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue, WORKLOADS_MAX_ENTRIES, WorkloadValue,
+    FLOWS_MAX_ENTRIES, FlowKey, FlowOwnerKey, MAX_POLICIES, OrigDest, POLICY_CACHE_MAX_ENTRIES, PROXY_MAX_ENTRIES,
+    PolicyCacheValue, ProxyDest, Settings, SockState, TRAFFIC_MAX_ENTRIES, TrafficKey, TrafficValue,
+    WORKLOADS_MAX_ENTRIES, WorkloadValue,
 };
 
 /// Allowed destinations that need a longest-prefix match: CIDRs, `ANY_PORT` entries, and exact
@@ -103,3 +104,20 @@ pub static PROXY_ORIG: LruHashMap<u64, ProxyDest> = LruHashMap::with_max_entries
 /// read by the proxy on accept. LRU hash, `PROXY_MAX_ENTRIES`.
 #[map]
 pub static PROXY_PEERS: LruHashMap<OrigDest, ProxyDest> = LruHashMap::with_max_entries(PROXY_MAX_ENTRIES, 0);
+
+/// `POLICY_F_*` of each policy, indexed by policy id like `MODES`: DNS steering per policy, and
+/// the ungoverned fast exit. `MAX_POLICIES` entries.
+#[map]
+pub static POLICY_FLAGS: Array<u32> = Array::with_max_entries(MAX_POLICIES, 0);
+
+/// The caller's own cgroup id -> the policy the ancestor walk found for it, tagged with the
+/// `Settings::workloads_gen` it was found under (another generation: walk again). One hash lookup
+/// instead of one per cgroup level for every caller, governed or not. LRU hash,
+/// `POLICY_CACHE_MAX_ENTRIES` (16,384).
+#[map]
+pub static POLICY_CACHE: LruHashMap<u64, PolicyCacheValue> = LruHashMap::with_max_entries(POLICY_CACHE_MAX_ENTRIES, 0);
+
+/// The DNS forwarder's heartbeat: boot-clock ns of its last beat (0: stopped), written every
+/// second by the agent; port-53 calls are steered only while it is fresh. Array of 1.
+#[map]
+pub static DNS_ALIVE: Array<u64> = Array::with_max_entries(1, 0);

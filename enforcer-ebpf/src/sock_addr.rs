@@ -13,16 +13,19 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use enforcer_common::{
-    ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey, HOOK_CONNECT4,
-    HOOK_CONNECT6, MAX_CGROUP_DEPTH, Mode, OrigDest, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE,
-    PolicyId, ProxyDest, REASON_NOT_IN_REGISTRY, REASON_PORT_NOT_LISTED, REASON_PROTOCOL, SETTINGS_F_ACCOUNTING,
-    SETTINGS_F_BACKSTOP, SETTINGS_F_DNS_STEER, SETTINGS_F_ICMP, SETTINGS_F_PROXY, SETTINGS_F_TRIE,
-    SETTINGS_F_WORKLOADS, SOCK_F_ACCOUNT, SOCK_F_PROXIED, SOCK_F_REPORTED, ServiceId, Settings, SockState,
-    VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED, ip6_bytes, ip6_mapped_words, ip6_words, v4_from_mapped,
+    ALLOW_F_PROXY, ANY_PORT, AllowKey, AllowValue, DNS_FALLBACK_DIRECT, DNS_FALLBACK_REFUSE, DNS_HEARTBEAT_TIMEOUT_NS,
+    DestKey, Event, FAMILY_V4, FAMILY_V6, FlowKey, HOOK_CONNECT4, HOOK_CONNECT6, MAX_CGROUP_DEPTH, Mode, OrigDest,
+    POLICY_F_DNS_STEER, POLICY_F_UNGOVERNED, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE,
+    PolicyCacheValue, PolicyId, ProxyDest, REASON_DNS_FORWARDER_DOWN, REASON_NOT_IN_REGISTRY, REASON_PORT_NOT_LISTED,
+    REASON_PROTOCOL, SETTINGS_F_ACCOUNTING, SETTINGS_F_BACKSTOP, SETTINGS_F_DNS_STEER, SETTINGS_F_ICMP,
+    SETTINGS_F_PROXY, SETTINGS_F_TRIE, SETTINGS_F_WORKLOADS, SOCK_F_ACCOUNT, SOCK_F_PROXIED, SOCK_F_REPORTED,
+    ServiceId, Settings, SockState, VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED, ip6_bytes, ip6_mapped_words,
+    ip6_words, v4_from_mapped,
 };
 
 use crate::maps::{
-    ALLOW, ALLOW_EXACT, DESTS, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, PROXY_ORIG, SETTINGS, SOCK_STATE, WORKLOADS,
+    ALLOW, ALLOW_EXACT, DESTS, DNS_ALIVE, DNS_ORIG, EVENT_DROPS, EVENTS, FLOWS, MODES, POLICY_CACHE, POLICY_FLAGS,
+    PROXY_ORIG, SETTINGS, SOCK_STATE, WORKLOADS,
 };
 
 /// Return values of cgroup sock_addr programs: 1 lets the call proceed, 0 fails it with EPERM.
@@ -45,8 +48,18 @@ pub struct Dest {
 /// steering.
 #[inline(always)]
 pub fn settings() -> &'static Settings {
-    static ZERO: Settings =
-        Settings { local_v6: [0; 16], local_v4: [0; 4], dns_port: 0, flags: 0, agent_mark: 0, proxy_port: 0, _pad: 0 };
+    static ZERO: Settings = Settings {
+        local_v6: [0; 16],
+        local_v4: [0; 4],
+        dns_port: 0,
+        flags: 0,
+        agent_mark: 0,
+        proxy_port: 0,
+        dns_fallback: 0,
+        _pad: 0,
+        workloads_gen: 0,
+        _pad2: 0,
+    };
     SETTINGS.get(0).unwrap_or(&ZERO)
 }
 
@@ -85,20 +98,50 @@ pub fn judge(ctx: &SockAddrContext, hook: u8, v6: bool) -> i32 {
         dest.addr[0..4].copy_from_slice(&sa.user_ip4.to_ne_bytes());
     }
     let s = settings();
-    // Port-53 traffic goes to the agent's DNS forwarder (whatever resolver it was aimed at, even a
-    // loopback one), which puts registry answers into ALLOW before the app sees them. The
-    // forwarder speaks UDP and TCP only: UDP-Lite to port 53 is judged like any destination.
-    if dest.port == DNS_PORT && proto != PROTO_UDPLITE && steer_dns(ctx, s, &dest, v6) {
-        return ALLOW_CALL;
-    }
-    if is_local(&dest) {
+    // The forwarder speaks UDP and TCP only: UDP-Lite to port 53 is judged like any destination.
+    let dns = dest.port == DNS_PORT && proto != PROTO_UDPLITE;
+    if !dns && is_local(&dest) {
         return ALLOW_CALL;
     }
 
     // SAFETY: helper without preconditions.
     let cgroup_id = unsafe { bpf_get_current_cgroup_id() };
-    let policy_id = policy_of_caller(s.flags);
+    let policy_id = policy_of_caller(s, cgroup_id);
+    let pflags = policy_flags(policy_id);
+    if pflags & POLICY_F_UNGOVERNED != 0 {
+        // Not governed (Kubernetes' node default): untouched, at the cost of the policy lookup.
+        return ALLOW_CALL;
+    }
     let mode = mode_of(policy_id);
+    if dns {
+        // Port-53 traffic of a steered policy goes to the agent's DNS forwarder (whatever resolver
+        // it was aimed at, even a loopback one), which puts registry answers into ALLOW before the
+        // app sees them; while the forwarder is not running, `Settings::dns_fallback` decides.
+        match steer_dns(ctx, s, pflags, mode, &dest, v6) {
+            Steer::Steered => return ALLOW_CALL,
+            Steer::Refuse => {
+                count_flow(hook, cgroup_id, policy_id, ServiceId::NONE, VERDICT_DENIED, &dest);
+                let comm = bpf_get_current_comm().unwrap_or([0u8; 16]);
+                emit(
+                    hook,
+                    cgroup_id,
+                    bpf_get_current_pid_tgid(),
+                    &comm,
+                    policy_id,
+                    ServiceId::NONE,
+                    mode,
+                    REASON_DNS_FORWARDER_DOWN,
+                    VERDICT_DENIED,
+                    &dest,
+                );
+                return DENY_CALL;
+            }
+            Steer::Direct => {}
+        }
+        if is_local(&dest) {
+            return ALLOW_CALL;
+        }
+    }
     let connect = hook == HOOK_CONNECT4 || hook == HOOK_CONNECT6;
     // The lookup runs in every mode so ALLOW_ANY still attributes traffic to registry services.
     if let Some(v) = lookup(s.flags, policy_id, &dest) {
@@ -229,12 +272,23 @@ fn record(ctx: &SockAddrContext, hook: u8, cgroup_id: u64, j: &Judged, dest: &De
 const DNS_PORT: u16 = 53;
 
 /// The policy judging the caller: the deepest of its cgroup ancestors (itself included) that has
-/// a `WORKLOADS` entry, else the default policy. The walk runs only when per-workload policies
-/// exist (SETTINGS_F_WORKLOADS) and is bounded by MAX_CGROUP_DEPTH levels.
+/// a `WORKLOADS` entry, else the default policy. Only when per-workload policies exist
+/// (SETTINGS_F_WORKLOADS): first `POLICY_CACHE` (one lookup by the caller's own cgroup id, valid
+/// for the current `Settings::workloads_gen`), else the walk, bounded by MAX_CGROUP_DEPTH levels,
+/// whose answer is cached. The generation is read before the walk, and the dataplane bumps it
+/// after every WORKLOADS write, so a walk that raced a write is cached as already stale.
 #[inline(always)]
-fn policy_of_caller(flags: u16) -> PolicyId {
-    if flags & SETTINGS_F_WORKLOADS == 0 {
+pub fn policy_of_caller(s: &Settings, cgroup_id: u64) -> PolicyId {
+    if s.flags & SETTINGS_F_WORKLOADS == 0 {
         return PolicyId::DEFAULT;
+    }
+    // SAFETY: a plain read of a field of the map value; volatile so it stays before the walk.
+    let gen_ = unsafe { core::ptr::read_volatile(&s.workloads_gen) };
+    // SAFETY: read-only lookup of a value owned by the map.
+    if let Some(c) = unsafe { POLICY_CACHE.get(cgroup_id) }
+        && c.gen_ == gen_
+    {
+        return c.policy_id;
     }
     let mut policy_id = PolicyId::DEFAULT;
     let mut level = 1;
@@ -250,7 +304,29 @@ fn policy_of_caller(flags: u16) -> PolicyId {
         }
         level += 1;
     }
+    // A failed insert only costs the next call another walk.
+    let _ = POLICY_CACHE.insert(cgroup_id, PolicyCacheValue { policy_id, gen_ }, 0);
     policy_id
+}
+
+/// `POLICY_F_*` of `policy_id` (0 when never written).
+#[inline(always)]
+pub fn policy_flags(policy_id: PolicyId) -> u32 {
+    match POLICY_FLAGS.get(policy_id.get()) {
+        Some(f) => *f,
+        None => 0,
+    }
+}
+
+/// Whether the DNS forwarder's heartbeat is fresh (the agent beats every second).
+#[inline(always)]
+fn forwarder_alive() -> bool {
+    let beat = match DNS_ALIVE.get(0) {
+        Some(b) => *b,
+        None => 0,
+    };
+    // SAFETY: helper without preconditions.
+    beat != 0 && unsafe { bpf_ktime_get_boot_ns() } <= beat.saturating_add(DNS_HEARTBEAT_TIMEOUT_NS)
 }
 
 /// Whether a learned entry is still alive (registry entries never expire). The clock is read
@@ -330,25 +406,45 @@ pub fn explain(settings_flags: u16, policy_id: PolicyId, dest: &Dest) -> (u8, Se
     }
 }
 
+/// What a port-53 call does.
+enum Steer {
+    /// Rewritten to the forwarder.
+    Steered,
+    /// Judged like any destination (steering off for this policy or socket, or the fallback).
+    Direct,
+    /// Refused: the forwarder is not running and the fallback says so.
+    Refuse,
+}
+
 /// Rewrite a port-53 destination to the forwarder and remember the original by socket cookie.
-/// Returns false (judge normally) when steering is off, the socket is the forwarder's own (marked),
-/// or the destination already is the forwarder.
+/// Direct (judge normally) when steering is off globally or for the caller's policy, or the
+/// socket is the forwarder's own (marked). While the forwarder's heartbeat is stale: the fallback
+/// (`Settings::dns_fallback`; auto refuses for REGISTRY_ONLY, goes direct for ALLOW_ANY / AUDIT).
 #[inline(always)]
-fn steer_dns(ctx: &SockAddrContext, s: &Settings, dest: &Dest, v6: bool) -> bool {
-    if s.flags & SETTINGS_F_DNS_STEER == 0 {
-        return false;
+fn steer_dns(ctx: &SockAddrContext, s: &Settings, pflags: u32, mode: u32, dest: &Dest, v6: bool) -> Steer {
+    if s.flags & SETTINGS_F_DNS_STEER == 0 || pflags & POLICY_F_DNS_STEER == 0 {
+        return Steer::Direct;
     }
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands sock_addr programs a valid context whose `sk` is a full socket.
     let sk = unsafe { (*sa).__bindgen_anon_1.sk };
     if !sk.is_null() && s.agent_mark != 0 && unsafe { (*sk).mark } == s.agent_mark {
-        return false;
+        return Steer::Direct;
+    }
+    if !forwarder_alive() {
+        let open = mode == Mode::AllowAny.raw() || mode == Mode::Audit.raw();
+        return match s.dns_fallback {
+            DNS_FALLBACK_DIRECT => Steer::Direct,
+            DNS_FALLBACK_REFUSE => Steer::Refuse,
+            _ if open => Steer::Direct,
+            _ => Steer::Refuse,
+        };
     }
     // SAFETY: helper valid for sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let orig = OrigDest { addr: dest.addr, port: dest.port, family: dest.family, _pad: [0; 5] };
     if DNS_ORIG.insert(cookie, orig, 0).is_err() {
-        return false;
+        return Steer::Direct;
     }
     // SAFETY: connect/sendmsg programs may write the user address and port.
     unsafe {
@@ -362,7 +458,7 @@ fn steer_dns(ctx: &SockAddrContext, s: &Settings, dest: &Dest, v6: bool) -> bool
         }
         (*sa).user_port = u32::from(s.dns_port.to_be());
     }
-    true
+    Steer::Steered
 }
 
 /// Rewrite a TCP connect to the L7 proxy (127.0.0.1:proxy_port) and remember the original by

@@ -160,6 +160,14 @@ pub struct DnsArgs {
     /// for `daemon`, so a restarted daemon takes over the same address).
     #[arg(long, value_name = "PORT")]
     pub dns_port: Option<u16>,
+    /// What steered port-53 calls do while the DNS forwarder is not running (the agent was
+    /// killed or stopped; the kernel sees its heartbeat go stale within 3 s): `auto` (the
+    /// default: REGISTRY_ONLY workloads are refused at once with EPERM and a deny event "DNS
+    /// forwarder not running", ALLOW_ANY and AUDIT ones reach the resolver they asked),
+    /// `direct` (every workload reaches the resolver it asked, judged like any destination) or
+    /// `refuse` (every steered workload is refused).
+    #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
+    pub dns_fallback: DnsFallbackArg,
     /// Answer for names outside the registry (and `--allow` hosts) under REGISTRY_ONLY:
     /// `refused` (the default: the query never leaves the host), `nxdomain`, or `answer`
     /// (forward and answer, allow nothing: the name reaches the upstream). AUDIT and ALLOW_ANY
@@ -194,6 +202,24 @@ pub struct DnsArgs {
     /// Timeout of one upstream DNS attempt.
     #[arg(long, default_value = "2s", value_parser = parse_duration, value_name = "DURATION")]
     pub dns_timeout: std::time::Duration,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum DnsFallbackArg {
+    Auto,
+    Direct,
+    Refuse,
+}
+
+impl DnsFallbackArg {
+    /// `Settings::dns_fallback`.
+    pub fn kernel(self) -> u8 {
+        match self {
+            Self::Auto => enforcer_common::DNS_FALLBACK_AUTO,
+            Self::Direct => enforcer_common::DNS_FALLBACK_DIRECT,
+            Self::Refuse => enforcer_common::DNS_FALLBACK_REFUSE,
+        }
+    }
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -375,9 +401,9 @@ pub struct KubeArgs {
     /// Also govern pods that run an Istio sidecar (istio-proxy).
     #[arg(long)]
     pub kube_sidecar_pods: bool,
-    /// Steer pods' DNS to the forwarder on --local-address (learns wildcard hosts). The kernel
-    /// steers every process under the kubelet's tree today, ungoverned pods included: see README
-    /// before turning it on.
+    /// Steer governed pods' DNS to the forwarder on --local-address (learns wildcard hosts).
+    /// Ungoverned pods are not steered: they keep reaching their own resolvers directly
+    /// (README, Kubernetes).
     #[arg(long, requires = "local_address")]
     pub kube_dns_steer: bool,
     /// Non-DNS UDP from governed pods: `judge` (only registry UDP ports) or `allow` (Istio's

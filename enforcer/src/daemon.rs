@@ -66,16 +66,18 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
 
     let mut config = AgentConfig::from_args(&args.policy);
     if args.kubernetes {
-        // The node default judges every pod that is not governed: they must be untouched.
+        // The node default judges every pod that is not governed: they must be untouched (no
+        // judging, no steering: POLICY_F_UNGOVERNED).
         config.mode = Some(crate::config::Mode::AllowAny);
+        config.ungoverned_default = true;
         if config.dns.steer && !args.kube.kube_dns_steer {
             tracing::info!(
                 "Kubernetes mode: DNS steering is off (turn it on with --local-address and --kube-dns-steer; see README)"
             );
             config.dns.steer = false;
         } else if config.dns.steer {
-            tracing::warn!(
-                "--kube-dns-steer: port-53 traffic of EVERY process under the kubelet's tree (ungoverned pods included) goes to the forwarder on {}; make sure --dns-upstream is not itself a pod under this tree",
+            tracing::info!(
+                "--kube-dns-steer: governed pods' port-53 traffic goes to the forwarder on {} (ungoverned pods reach their own resolvers directly)",
                 config.local_v4
             );
         }
@@ -266,11 +268,12 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         }
     }
     upkeep.abort();
-    if steering {
-        // The forwarder goes away with us: let workloads reach their resolvers directly until a
-        // new daemon takes over (registry entries stay enforced; names are not learned meanwhile).
-        if let Err(e) = agent.stop_steering() {
-            tracing::warn!("could not turn DNS steering off: {e:#}");
+    if steering || proxying {
+        // The forwarder goes away with us: its heartbeat stops, so steered workloads get
+        // --dns-fallback at once (as within 3 s if we are killed) until a new daemon takes over;
+        // registry entries stay enforced, names are not learned meanwhile.
+        if let Err(e) = agent.forwarder_stopping() {
+            tracing::warn!("could not stop the DNS forwarder's heartbeat: {e:#}");
         }
     }
     servers.drain(std::time::Duration::from_secs(3)).await;

@@ -80,6 +80,10 @@ pub fn explain(ev: &Event, desired: &Desired) -> String {
             proto_name(if ev.proto == 6 { 17 } else { 6 }),
             if ev.proto == 17 { "UDP" } else { "TCP" }
         ),
+        enforcer_common::REASON_DNS_FORWARDER_DOWN => {
+            "DNS forwarder not running (the agent stopped or was killed); DNS is refused until it is back (--dns-fallback)"
+                .into()
+        }
         _ => "denied".into(),
     }
 }
@@ -194,6 +198,7 @@ pub fn reason_code(r: u8) -> &'static str {
         REASON_NOT_IN_REGISTRY => "not_in_registry",
         REASON_PORT_NOT_LISTED => "port_not_listed",
         REASON_PROTOCOL => "protocol_not_listed",
+        enforcer_common::REASON_DNS_FORWARDER_DOWN => "dns_forwarder_down",
         _ => "unknown",
     }
 }

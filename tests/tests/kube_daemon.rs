@@ -479,3 +479,40 @@ fn kube_destination_rule_workload_selector_applies_to_the_selected_pods_only() {
     r.res[0].assert_ok("hello from");
     assert!(!r.res[0].reply.clone().unwrap_or_default().contains("sni="), "{:?}", r.res[0]);
 }
+
+/// `--kube-dns-steer` steers governed pods only: a governed pod's lookup goes to the forwarder
+/// (answered from the daemon's upstream, and learned), an ungoverned pod's reaches the resolver
+/// it asked, directly.
+#[test]
+fn kube_dns_steering_is_per_policy_and_leaves_ungoverned_pods_alone() {
+    let (node, governed, ungoverned, _server) = cluster();
+    let n = &node.net;
+    netns_add_v4_hosts(n, 8..=8);
+    // The daemon's upstream and the pods' own resolver answer the same name differently.
+    let upstream = Dnsmasq::start(n, &n.v4(7), &[("x.wild.test", &n.v4(2))], 30, &[]);
+    let own = Dnsmasq::start(n, &n.v4(8), &[("x.wild.test", "192.0.2.99")], 30, &[]);
+    node.api.put(
+        "ServiceEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "wild", "namespace": "shop"},
+            "spec": {"hosts": ["*.wild.test"], "location": "MESH_EXTERNAL", "resolution": "NONE",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}}),
+    );
+    let pins = PinDir::new();
+    let up = upstream.addr.ip().to_string();
+    let d = KubeDaemon::start(
+        &node,
+        &pins,
+        &["--local-address", &n.v4(1), "--kube-dns-steer", "--dns-upstream", &up, "--dns-port", "0"],
+    );
+    let resolver = own.addr.ip().to_string();
+    let q = serde_json::json!({"op": "query", "server": resolver, "name": "x.wild.test", "timeout": 3});
+    let target = n.v4(2);
+    let r = node.worker(&governed, &[q.clone(), serde_json::json!({"op": "connect", "addr": target, "port": 80})]);
+    assert_eq!(r[0]["addrs"][0][0], target, "the governed pod's lookup went to the forwarder: {}\n{}", r[0], d.log());
+    assert_eq!(r[0]["recv_from"][0], resolver, "shown as the resolver it asked: {}", r[0]);
+    assert_eq!(r[1]["ok"], true, "learned from the governed pod's lookup: {}\n{}", r[1], d.log());
+    let r = node.worker(&ungoverned, &[q]);
+    assert_eq!(r[0]["addrs"][0][0], "192.0.2.99", "the ungoverned pod reached its own resolver: {}\n{}", r[0], d.log());
+    assert!(own.log().contains("x.wild.test"), "{}", own.log());
+}

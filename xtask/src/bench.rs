@@ -42,6 +42,9 @@ pub enum BenchCmd {
     /// wrk through enforcer's L7 proxy (HTTP in, TLS out per DestinationRule SIMPLE) vs nginx as
     /// the same TLS-originating proxy: requests/s, p99 latency, the agent's RSS under load (root).
     Proxy(crate::bench_proxy::ProxyArgs),
+    /// What an ungoverned pod pays in connect4 (BPF ns per call) in Kubernetes mode with 0 / 100
+    /// / 1,000 governed pods (root).
+    KubeCost(crate::bench_kube::KubeCostArgs),
     /// connect, sync and dns, one after the other (each with its own options).
     All(AllArgs),
 }
@@ -208,6 +211,7 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Dns(args) => crate::bench_dns::main(args),
         BenchCmd::Tc(args) => crate::bench_tc::main(args),
         BenchCmd::Proxy(args) => crate::bench_proxy::main(args),
+        BenchCmd::KubeCost(args) => crate::bench_kube::main(args),
         BenchCmd::All(a) => {
             let mut failed = Vec::new();
             type Step = Box<dyn FnOnce() -> Result<ExitCode>>;

@@ -10,12 +10,14 @@
 //! - `bench dns`         DNS forwarder latency vs dnsmasq, and answer-to-map-insertion delay
 //! - `bench all`         the three benchmarks
 //! - `bench tc`          iperf3 throughput with/without the TC counters; sock_ops accounting cost
+//! - `bench kube-cost`   connect4 BPF ns per call of an ungoverned pod with 0/100/1,000 governed
 //! - `bench proxy`       wrk through enforcer's L7 proxy (TLS origination) vs nginx doing the same
 //! - `vm-test [--kernel 6.1|6.12|all] [--filter S]... [--smoke]`  integration tests in QEMU guests
 
 mod bench;
 mod bench_dns;
 mod bench_example;
+mod bench_kube;
 mod bench_proxy;
 mod bench_sync;
 mod bench_tc;

@@ -38,6 +38,10 @@ pub struct AgentConfig {
     pub local_v4: Ipv4Addr,
     /// The forwarder's IPv6 listener (`None`: IPv6 resolvers are not steered).
     pub local_v6: Option<Ipv6Addr>,
+    /// The default policy judges cgroups nobody governs (Kubernetes: pods not opted in): they
+    /// pass untouched (`POLICY_F_UNGOVERNED`) and are never DNS-steered. Off (`run`, a host
+    /// daemon): the default policy is enforced and steered like any other.
+    pub ungoverned_default: bool,
     pub dns: DnsConfig,
 }
 
@@ -50,6 +54,9 @@ pub struct DnsConfig {
     pub steer: bool,
     /// The forwarder's port (`None`: the caller's default).
     pub port: Option<u16>,
+    /// `--dns-fallback` as `Settings::dns_fallback`: steered port-53 calls while the forwarder
+    /// is not running.
+    pub fallback: u8,
     pub unknown_names: crate::dns::UnknownNames,
     /// The workloads' resolver search list: resolv.conf's plus `--dns-search`.
     pub search: Vec<String>,
@@ -88,10 +95,12 @@ impl AgentConfig {
                 (None, None) => Some(Ipv6Addr::LOCALHOST),
                 (Some(_), None) => None,
             },
+            ungoverned_default: false,
             dns: DnsConfig {
                 upstreams: a.dns.upstreams.clone(),
                 steer: !a.dns.no_dns_steer,
                 port: a.dns.dns_port,
+                fallback: a.dns.dns_fallback.kernel(),
                 unknown_names: match a.dns.unknown_names {
                     UnknownNamesArg::Answer => crate::dns::UnknownNames::AnswerNoAllow,
                     UnknownNamesArg::Nxdomain => crate::dns::UnknownNames::Nxdomain,

@@ -9,7 +9,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use enforcer_common::{AllowValue, SETTINGS_F_DNS_STEER, ServiceId};
+use enforcer_common::{AllowValue, DNS_HEARTBEAT_INTERVAL_MS, SETTINGS_F_DNS_STEER, ServiceId};
 
 use super::{AGENT_MARK, Agent};
 use crate::{
@@ -53,17 +53,52 @@ pub(super) async fn start_forwarder(agent: &Agent, port: u16) -> anyhow::Result<
         }
     }
     anyhow::ensure!(v4 != [0; 4], "the forwarder has no IPv4 listener");
+    // The heartbeat first: the kernel steers only while it is fresh.
+    start_heartbeat(agent)?;
+    let fallback = cfg_dns.fallback;
     agent.update_settings(|s| {
         s.local_v4 = v4;
         s.local_v6 = v6;
         s.dns_port = dns_port;
         s.agent_mark = AGENT_MARK;
+        s.dns_fallback = fallback;
         s.flags |= SETTINGS_F_DNS_STEER;
     })?;
     let stats = fwd.stats();
     agent.register_metrics(|reg| stats.register(reg));
     tracing::debug!(addrs = ?fwd.local_addrs(), "DNS forwarder listening; port-53 traffic is steered to it");
     Ok(fwd)
+}
+
+/// Beat `DNS_ALIVE` now and then every `DNS_HEARTBEAT_INTERVAL_MS` from a task of the runtime
+/// the forwarder serves on, until [`Agent::forwarder_stopping`] / [`Agent::stop_steering`] take
+/// the heartbeat away (or the process dies: the kernel then sees the beat go stale).
+fn start_heartbeat(agent: &Agent) -> anyhow::Result<()> {
+    let Some(mut hb) = agent.with_dataplane(|dp| dp.take_heartbeat()) else {
+        // Already beating (a second forwarder start is not expected).
+        return Ok(());
+    };
+    hb.beat().context("writing the DNS forwarder's heartbeat")?;
+    *agent.inner.heartbeat.lock().expect("heartbeat lock") = Some(hb);
+    let slot = Arc::downgrade(&agent.inner.heartbeat);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(DNS_HEARTBEAT_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(slot) = slot.upgrade() else { return };
+            let mut g = slot.lock().expect("heartbeat lock");
+            match g.as_mut() {
+                Some(hb) => {
+                    if let Err(e) = hb.beat() {
+                        tracing::warn!("DNS forwarder heartbeat: {e}");
+                    }
+                }
+                None => return,
+            }
+        }
+    });
+    Ok(())
 }
 
 /// ALLOW and DESTS entries learned from one answer.

@@ -28,7 +28,10 @@ use std::{
 
 use anyhow::Context as _;
 pub use config::{AgentConfig, DnsConfig};
-use enforcer_common::{PolicyId, SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, SETTINGS_F_WORKLOADS, ServiceId, Settings};
+use enforcer_common::{
+    POLICY_F_DNS_STEER, POLICY_F_UNGOVERNED, PolicyId, SETTINGS_F_DNS_STEER, SETTINGS_F_PROXY, SETTINGS_F_WORKLOADS,
+    ServiceId, Settings,
+};
 pub use state::ApplyStats;
 use state::{MapState, Plan};
 
@@ -119,6 +122,8 @@ struct Control {
 #[derive(Clone, Debug, Default)]
 struct Adopted {
     modes: BTreeMap<PolicyId, enforcer_common::Mode>,
+    /// Their `POLICY_F_*` as found.
+    flags: BTreeMap<PolicyId, u32>,
     allow: BTreeMap<policy::AllowEntry, enforcer_common::AllowValue>,
     /// Every (policy, service) with an entry, learned ones included (kept until the first sync).
     services: BTreeSet<(PolicyId, ServiceId)>,
@@ -143,6 +148,10 @@ struct Inner {
     proxy_metrics: std::sync::OnceLock<crate::proxy::ProxyMetrics>,
     /// /readyz: false until the first full sync (Kubernetes).
     ready: Mutex<Option<Arc<AtomicBool>>>,
+    /// The DNS forwarder's heartbeat (`DNS_ALIVE`), beaten every second by its own task under
+    /// its own lock: a long apply holding the maps lock never makes the forwarder look dead.
+    /// `None`: no forwarder, or it stopped.
+    heartbeat: Arc<Mutex<Option<crate::dataplane::Heartbeat>>>,
 }
 
 /// A cheap handle on the running agent.
@@ -200,6 +209,11 @@ impl Agent {
                 .filter(|p| !p.is_default())
                 .filter_map(|p| Some((p, maps.mode(p)?)))
                 .collect(),
+            flags: (0..enforcer_common::MAX_POLICIES)
+                .filter_map(PolicyId::new)
+                .filter(|p| !p.is_default() && maps.policy_flags(*p) != 0)
+                .map(|p| (p, maps.policy_flags(p)))
+                .collect(),
             allow: maps
                 .allow()
                 .in_map()
@@ -228,7 +242,7 @@ impl Agent {
         }
         refresher.set_names(&all_names(&control.cfg, &control.specs)).await;
         let cgroups = workload_cgroups(&control.specs);
-        let (plan, view) = compile_all(&mut control, &refresher.snapshot(), &cgroups)?;
+        let (plan, view) = compile_all(&mut control, &refresher.snapshot(), &cgroups, config.ungoverned_default)?;
         let inner = Arc::new(Inner {
             config,
             control: tokio::sync::Mutex::new(control),
@@ -242,6 +256,7 @@ impl Agent {
             metrics: crate::metrics::Metrics::new(),
             proxy_metrics: std::sync::OnceLock::new(),
             ready: Mutex::default(),
+            heartbeat: Arc::default(),
         });
         let agent = Agent { inner };
         agent.register_own_metrics();
@@ -345,7 +360,20 @@ impl Agent {
     /// Stop steering DNS and connections to this agent's forwarder and proxy (they are going
     /// away). Enforcement stays; names are not learned until a forwarder is back.
     pub fn stop_steering(&self) -> anyhow::Result<()> {
+        if let Some(mut hb) = self.inner.heartbeat.lock().expect("heartbeat lock").take() {
+            hb.stop()?;
+        }
         self.update_settings(|s| s.flags &= !(SETTINGS_F_DNS_STEER | SETTINGS_F_PROXY))
+    }
+
+    /// The forwarder goes away (the agent exits): its heartbeat stops, so the kernel applies
+    /// `--dns-fallback` at once (as it does within the heartbeat timeout when the agent is
+    /// killed), and connections are no longer steered to this agent's proxy. Enforcement stays.
+    pub fn forwarder_stopping(&self) -> anyhow::Result<()> {
+        if let Some(mut hb) = self.inner.heartbeat.lock().expect("heartbeat lock").take() {
+            hb.stop()?;
+        }
+        self.update_settings(|s| s.flags &= !SETTINGS_F_PROXY)
     }
 
     fn update_settings(&self, f: impl FnOnce(&mut Settings)) -> anyhow::Result<()> {
@@ -383,7 +411,8 @@ impl Agent {
         // forwarder, the proxy and the admin API keep answering meanwhile.
         blocking(|| {
             let cgroups = workload_cgroups(&c.specs);
-            let (plan, view) = compile_all(c, &self.inner.refresher.snapshot(), &cgroups)?;
+            let (plan, view) =
+                compile_all(c, &self.inner.refresher.snapshot(), &cgroups, self.inner.config.ungoverned_default)?;
             let stats = self.apply_plan(c, plan)?;
             self.publish(view);
             self.set_cgroup_names(&c.specs);
@@ -524,6 +553,7 @@ fn compile_all(
     c: &mut Control,
     snapshot: &BTreeMap<String, crate::resolver::ResolvedName>,
     cgroups: &BTreeMap<u64, String>,
+    ungoverned_default: bool,
 ) -> anyhow::Result<(Plan, View)> {
     let ids = c.policy_ids.assign(c.specs.iter().map(|w| w.name.as_str()))?;
     let (mut desired, index) =
@@ -531,6 +561,9 @@ fn compile_all(
     let mut plan = Plan::default();
     plan.services.extend(desired.services.iter().map(|s| (PolicyId::DEFAULT, s.id)));
     plan.modes.insert(PolicyId::DEFAULT, load::kernel_mode(c.cfg.mode));
+    // Governed policies are DNS-steered (while steering is on and the forwarder alive); the
+    // default one only when it governs (not Kubernetes' ungoverned pods).
+    plan.flags.insert(PolicyId::DEFAULT, if ungoverned_default { POLICY_F_UNGOVERNED } else { POLICY_F_DNS_STEER });
     let mut policies =
         vec![PolicyView { id: PolicyId::DEFAULT, name: String::new(), mode: c.cfg.mode, workload: None, index }];
     for w in &c.specs {
@@ -540,6 +573,7 @@ fn compile_all(
         plan.services.extend(d.services.iter().map(|s| (id, s.id)));
         desired.merge(d);
         plan.modes.insert(id, load::kernel_mode(w.mode));
+        plan.flags.insert(id, POLICY_F_DNS_STEER);
         policies.push(PolicyView { id, name: w.name.clone(), mode: w.mode, workload: Some(w.clone()), index });
     }
     plan.allow = desired.allow.clone();
@@ -548,6 +582,7 @@ fn compile_all(
     if let Some(a) = &c.adopted {
         // Not told about workloads yet: keep what the previous daemon enforced for them.
         plan.modes.extend(a.modes.iter().map(|(p, m)| (*p, *m)));
+        plan.flags.extend(a.modes.keys().map(|p| (*p, a.flags.get(p).copied().unwrap_or(POLICY_F_DNS_STEER))));
         plan.allow.extend(a.allow.iter().map(|(k, v)| (*k, *v)));
         plan.workloads.extend(a.workloads.iter().map(|(cg, p)| (*cg, *p)));
         plan.services.extend(a.services.iter().copied());

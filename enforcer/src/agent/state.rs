@@ -5,11 +5,13 @@
 //! [`Plan`] (every live policy's mode, every entry, every cgroup mapping) handed to
 //! [`MapState::apply`], which orders the writes so that no verdict flips twice:
 //!
-//! 1. modes of new policies and modes that become more permissive;
+//! 1. modes of new policies and modes that become more permissive, and each policy's
+//!    `POLICY_F_*` word (DNS steering, ungoverned) unless it loses `POLICY_F_UNGOVERNED`;
 //! 2. ALLOW / DESTS upserts;
 //! 3. WORKLOADS upserts, then removals (a cgroup only ever points at a policy that is complete);
 //! 4. ALLOW / DESTS removals (learned entries of services or policies that are gone included);
-//! 5. modes that become stricter; removed policies' slots are reset (Unset fails closed).
+//! 5. modes that become stricter, flags that lose `POLICY_F_UNGOVERNED`; removed policies' slots
+//!    are reset (Unset fails closed, flags 0).
 //!
 //! Property (tested below with [`MemoryMaps`] judging after every single write): a destination
 //! allowed before and after a change is never denied in between, and one denied before and after
@@ -37,6 +39,8 @@ use crate::{
 pub struct Plan {
     /// Every live policy (the default one included) and its mode.
     pub modes: BTreeMap<PolicyId, Mode>,
+    /// `POLICY_F_*` of the live policies (absent: 0).
+    pub flags: BTreeMap<PolicyId, u32>,
     pub allow: BTreeMap<AllowEntry, AllowValue>,
     pub dests: BTreeMap<DestEntry, AllowValue>,
     /// cgroup id -> policy.
@@ -51,6 +55,7 @@ impl Plan {
     pub fn default_policy(desired: &crate::policy::Desired, mode: Mode) -> Self {
         Self {
             modes: [(PolicyId::DEFAULT, mode)].into(),
+            flags: [(PolicyId::DEFAULT, enforcer_common::POLICY_F_DNS_STEER)].into(),
             allow: desired.allow.clone(),
             dests: desired.dests.clone(),
             workloads: BTreeMap::new(),
@@ -131,6 +136,7 @@ pub struct MapState<M> {
     dests: Layered<DestEntry>,
     workloads: BTreeMap<u64, PolicyId>,
     modes: BTreeMap<PolicyId, Mode>,
+    flags: BTreeMap<PolicyId, u32>,
     settings: Settings,
 }
 
@@ -155,7 +161,15 @@ impl<M: Maps> MapState<M> {
             dests.base.insert(k, v);
             dests.in_map.insert(k, (v, None));
         }
-        Ok(Self { maps, allow, dests, workloads: c.workloads, modes: c.modes, settings: Settings::default() })
+        Ok(Self {
+            maps,
+            allow,
+            dests,
+            workloads: c.workloads,
+            modes: c.modes,
+            flags: c.policy_flags,
+            settings: Settings::default(),
+        })
     }
 
     pub fn maps(&self) -> &M {
@@ -176,6 +190,11 @@ impl<M: Maps> MapState<M> {
 
     pub fn mode(&self, p: PolicyId) -> Option<Mode> {
         self.modes.get(&p).copied()
+    }
+
+    /// A policy's `POLICY_F_*` as written (0: none).
+    pub fn policy_flags(&self, p: PolicyId) -> u32 {
+        self.flags.get(&p).copied().unwrap_or(0)
     }
 
     pub fn workloads(&self) -> &BTreeMap<u64, PolicyId> {
@@ -234,6 +253,7 @@ impl<M: Maps> MapState<M> {
             .modes
             .keys()
             .chain(plan.modes.keys())
+            .chain(self.flags.keys())
             .chain(ups.keys())
             .chain(rms.keys())
             .chain(movers.iter().flat_map(|(_, a, b, _)| [a, b]))
@@ -247,6 +267,7 @@ impl<M: Maps> MapState<M> {
             self.transition(
                 p,
                 plan.modes.get(&p).copied(),
+                plan.flags.get(&p).copied().unwrap_or(0),
                 ups.remove(&p).unwrap_or_default(),
                 rms.remove(&p).unwrap_or_default(),
                 &mut first_err,
@@ -289,11 +310,19 @@ impl<M: Maps> MapState<M> {
         &mut self,
         p: PolicyId,
         mode: Option<Mode>,
+        flags: u32,
         ups: Vec<Upsert<AllowEntry>>,
         rms: Vec<AllowEntry>,
         first_err: &mut Option<DataplaneError>,
     ) -> Result<(), DataplaneError> {
         let cur = self.modes.get(&p).copied();
+        // A gone policy's flags go to 0 with its mode, last.
+        let flags = if mode.is_some() { flags } else { 0 };
+        let cur_flags = self.policy_flags(p);
+        let loses_ungoverned = cur_flags & !flags & enforcer_common::POLICY_F_UNGOVERNED != 0;
+        if flags != cur_flags && !loses_ungoverned {
+            self.set_flags(p, flags)?;
+        }
         let target = mode.unwrap_or(Mode::Unset);
         let opening = cur.is_none() || target.permissiveness() > cur.unwrap_or(Mode::Unset).permissiveness();
         if mode.is_some() && opening && cur != mode {
@@ -319,6 +348,9 @@ impl<M: Maps> MapState<M> {
                 capacity: self.maps.allow_capacity() as u32,
             });
         }
+        if self.policy_flags(p) != flags {
+            self.set_flags(p, flags)?;
+        }
         match mode {
             Some(m) if self.modes.get(&p) != Some(&m) => self.set_mode(p, m)?,
             Some(_) => {}
@@ -328,6 +360,16 @@ impl<M: Maps> MapState<M> {
                     self.modes.remove(&p);
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn set_flags(&mut self, p: PolicyId, f: u32) -> Result<(), DataplaneError> {
+        self.maps.set_policy_flags(p, f)?;
+        if f == 0 {
+            self.flags.remove(&p);
+        } else {
+            self.flags.insert(p, f);
         }
         Ok(())
     }

@@ -61,6 +61,8 @@ pub struct MapContents {
     pub workloads: BTreeMap<u64, PolicyId>,
     /// Modes of the policy ids whose slot is set.
     pub modes: BTreeMap<PolicyId, Mode>,
+    /// `POLICY_F_*` of the policy ids whose flags are not 0.
+    pub policy_flags: BTreeMap<PolicyId, u32>,
 }
 
 /// Raw writes to the policy maps. Removing an entry that is not there is not an error.
@@ -75,6 +77,8 @@ pub trait Maps: Send {
     /// Map a cgroup (id) to a policy in WORKLOADS.
     fn set_workload(&mut self, cgroup: u64, policy: PolicyId) -> Result<(), DataplaneError>;
     fn remove_workload(&mut self, cgroup: u64) -> Result<(), DataplaneError>;
+    /// A policy's `POLICY_F_*` word (DNS steering, ungoverned).
+    fn set_policy_flags(&mut self, policy: PolicyId, flags: u32) -> Result<(), DataplaneError>;
     fn set_settings(&mut self, s: &Settings) -> Result<(), DataplaneError>;
     /// Everything the maps hold now.
     fn read(&self) -> Result<MapContents, DataplaneError>;
@@ -112,6 +116,9 @@ impl MemoryMaps {
         let policy =
             cgroup_chain.iter().find_map(|cg| self.contents.workloads.get(cg).copied()).unwrap_or(PolicyId::DEFAULT);
         let mode = self.contents.modes.get(&policy).copied().unwrap_or(Mode::Unset);
+        if self.contents.policy_flags.get(&policy).is_some_and(|f| f & enforcer_common::POLICY_F_UNGOVERNED != 0) {
+            return (true, enforcer_common::ServiceId::NONE);
+        }
         let now = BootNs::now();
         let hit = |e: &AllowEntry| e.policy_id == policy && e.proto == proto && e.net.contains(&addr);
         let mut best: Option<(u8, AllowValue)> = None;
@@ -203,6 +210,16 @@ impl Maps for MemoryMaps {
     fn remove_workload(&mut self, cgroup: u64) -> Result<(), DataplaneError> {
         self.log.push(format!("workload {cgroup} removed"));
         self.contents.workloads.remove(&cgroup);
+        Ok(())
+    }
+
+    fn set_policy_flags(&mut self, policy: PolicyId, flags: u32) -> Result<(), DataplaneError> {
+        self.log.push(format!("flags {policy} {flags:#x}"));
+        if flags == 0 {
+            self.contents.policy_flags.remove(&policy);
+        } else {
+            self.contents.policy_flags.insert(policy, flags);
+        }
         Ok(())
     }
 

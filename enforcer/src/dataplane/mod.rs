@@ -144,6 +144,9 @@ pub struct Dataplane {
     dns_orig: aya::maps::HashMap<MapData, u64, OrigDest>,
     flow_owner: aya::maps::HashMap<MapData, FlowOwnerKey, u64>,
     workloads: aya::maps::HashMap<MapData, u64, WorkloadValue>,
+    policy_flags: Array<MapData, u32>,
+    /// `DNS_ALIVE`, until the agent takes it for the forwarder's heartbeat.
+    heartbeat: Option<Heartbeat>,
     /// What WORKLOADS holds: cgroup id -> policy id.
     workloads_in_map: BTreeMap<u64, PolicyId>,
     /// ALLOW entries that live in the trie (CIDRs, ANY_PORT, exact entries that overflowed the
@@ -156,6 +159,9 @@ pub struct Dataplane {
     /// The settings as the agent last wrote them, and the flag bits the dataplane owns.
     agent_settings: Settings,
     own_flags: u16,
+    /// `Settings::workloads_gen`: bumped after every WORKLOADS write (and at load), so the
+    /// kernel's `POLICY_CACHE` never answers from before a change.
+    workloads_gen: u32,
     /// TC attachments made by this process (interface, direction), for explicit detach.
     tc_links: Vec<(String, &'static str)>,
     pins: Option<PinDir>,
@@ -167,6 +173,25 @@ pub struct Dataplane {
     /// The cgroup sock_ops is to be attached to once a proxy entry is written (no accounting).
     sock_ops_pending: Option<fs::File>,
     _logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// The DNS forwarder's heartbeat (`DNS_ALIVE`): the kernel steers port-53 calls to the forwarder
+/// only while the last beat is at most `DNS_HEARTBEAT_TIMEOUT_NS` old, so a killed agent's
+/// workloads get the `--dns-fallback` behaviour within that time, not a dead forwarder.
+pub struct Heartbeat {
+    map: Array<MapData, u64>,
+}
+
+impl Heartbeat {
+    /// The forwarder is serving now.
+    pub fn beat(&mut self) -> Result<()> {
+        self.map.set(0, BootNs::now().0, 0).map_err(map_err(map_names::DNS_ALIVE, "beat"))
+    }
+
+    /// The forwarder stops: the fallback applies at once.
+    pub fn stop(&mut self) -> Result<()> {
+        self.map.set(0, 0, 0).map_err(map_err(map_names::DNS_ALIVE, "stop"))
+    }
 }
 
 /// Whether an entry is kept in ALLOW_EXACT (a single address on one port) rather than the trie.
@@ -222,6 +247,8 @@ impl Dataplane {
         let dns_orig = open!(Hash, map_names::DNS_ORIG);
         let flow_owner = open!(Hash, map_names::FLOW_OWNER);
         let workloads: Hash<MapData, u64, WorkloadValue> = open!(Hash, map_names::WORKLOADS);
+        let policy_flags: Array<MapData, u32> = open!(Array, map_names::POLICY_FLAGS);
+        let heartbeat = Heartbeat { map: open!(Array, map_names::DNS_ALIVE) };
         let mut layout: Array<MapData, u32> = open!(Array, map_names::PIN_LAYOUT);
         if pins.is_some() {
             layout.set(0, PIN_LAYOUT_VERSION, 0).map_err(map_err(map_names::PIN_LAYOUT, "write the version"))?;
@@ -285,12 +312,16 @@ impl Dataplane {
             dns_orig,
             flow_owner,
             workloads,
+            policy_flags,
+            heartbeat: Some(heartbeat),
             workloads_in_map,
             in_trie: BTreeSet::new(),
             in_exact: 0,
             in_dests: 0,
             agent_settings: Settings { flags: agent_settings.flags & !SETTINGS_DATAPLANE_FLAGS, ..agent_settings },
             own_flags: agent_settings.flags & SETTINGS_DATAPLANE_FLAGS,
+            // What a previous daemon cached is stale for this one.
+            workloads_gen: agent_settings.workloads_gen.wrapping_add(1),
             tc_links: Vec::new(),
             pins,
             backstop,
@@ -627,9 +658,24 @@ impl Dataplane {
         self.modes.get(&policy_id.get(), 0).map_err(map_err(map_names::MODES, "get"))
     }
 
+    /// The forwarder's heartbeat (`DNS_ALIVE`), to be written without this dataplane's lock
+    /// (once; `None` afterwards).
+    pub fn take_heartbeat(&mut self) -> Option<Heartbeat> {
+        self.heartbeat.take()
+    }
+
     fn write_settings(&mut self) -> Result<()> {
-        let s = Settings { flags: self.agent_settings.flags | self.own_flags, ..self.agent_settings };
+        let s = Settings {
+            flags: self.agent_settings.flags | self.own_flags,
+            workloads_gen: self.workloads_gen,
+            ..self.agent_settings
+        };
         self.settings.set(0, s, 0).map_err(map_err(map_names::SETTINGS, "set"))
+    }
+
+    fn bump_workloads_gen(&mut self) -> Result<()> {
+        self.workloads_gen = self.workloads_gen.wrapping_add(1);
+        self.write_settings()
     }
 
     /// What the ALLOW maps hold now (exact and trie, registry and learned), read back.
@@ -799,7 +845,7 @@ impl Maps for Dataplane {
             .insert(cgroup, WorkloadValue { policy_id: policy, flags: 0 }, 0)
             .map_err(map_err(map_names::WORKLOADS, format!("insert cgroup {cgroup}")))?;
         self.workloads_in_map.insert(cgroup, policy);
-        Ok(())
+        self.bump_workloads_gen()
     }
 
     fn remove_workload(&mut self, cgroup: u64) -> Result<()> {
@@ -808,7 +854,11 @@ impl Maps for Dataplane {
             Err(e) => return Err(map_err(map_names::WORKLOADS, format!("remove cgroup {cgroup}"))(e)),
         }
         self.workloads_in_map.remove(&cgroup);
-        Ok(())
+        self.bump_workloads_gen()
+    }
+
+    fn set_policy_flags(&mut self, policy: PolicyId, flags: u32) -> Result<()> {
+        self.policy_flags.set(policy.get(), flags, 0).map_err(map_err(map_names::POLICY_FLAGS, format!("set {policy}")))
     }
 
     fn set_settings(&mut self, s: &Settings) -> Result<()> {
@@ -847,6 +897,12 @@ impl Maps for Dataplane {
             }
         }
         c.workloads = self.workloads_in_map.clone();
+        for i in 0..enforcer_common::MAX_POLICIES {
+            let f = self.policy_flags.get(&i, 0).map_err(map_err(map_names::POLICY_FLAGS, "read"))?;
+            if let (true, Some(p)) = (f != 0, PolicyId::new(i)) {
+                c.policy_flags.insert(p, f);
+            }
+        }
         for i in 0..enforcer_common::MAX_POLICIES {
             let raw = self.modes.get(&i, 0).map_err(map_err(map_names::MODES, "read"))?;
             if let (Ok(m), Some(p)) = (Mode::try_from(raw), PolicyId::new(i))

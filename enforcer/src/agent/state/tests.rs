@@ -54,6 +54,10 @@ impl Maps for Judged {
         let r = self.inner.remove_workload(cg);
         self.after(r)
     }
+    fn set_policy_flags(&mut self, p: PolicyId, f: u32) -> Result<(), DataplaneError> {
+        let r = self.inner.set_policy_flags(p, f);
+        self.after(r)
+    }
     fn set_settings(&mut self, s: &Settings) -> Result<(), DataplaneError> {
         self.inner.set_settings(s)
     }
@@ -326,4 +330,40 @@ fn learned_entries_of_a_wildcard_service_survive_reloads_that_keep_it() {
     let without = Plan { services: Default::default(), ..plan };
     st.apply(&without).unwrap();
     assert!(!st.maps().verdict(&[1], addr(5), 443, PROTO_TCP).0, "revoked with the service");
+}
+
+#[test]
+fn policy_flags_follow_the_plan_and_a_gone_policys_flags_are_reset() {
+    use enforcer_common::{POLICY_F_DNS_STEER, POLICY_F_UNGOVERNED};
+    let mut st = MapState::adopt(MemoryMaps::new(100)).unwrap();
+    let plan = Plan {
+        modes: [(PolicyId::DEFAULT, Mode::AllowAny), (pid(2), Mode::RegistryOnly)].into(),
+        flags: [(PolicyId::DEFAULT, POLICY_F_UNGOVERNED), (pid(2), POLICY_F_DNS_STEER)].into(),
+        workloads: [(7, pid(2))].into(),
+        ..Plan::default()
+    };
+    st.apply(&plan).unwrap();
+    assert_eq!(st.policy_flags(PolicyId::DEFAULT), POLICY_F_UNGOVERNED);
+    assert_eq!(st.policy_flags(pid(2)), POLICY_F_DNS_STEER);
+    // The ungoverned default passes whatever its entries; the governed cgroup is judged.
+    assert!(st.maps().verdict(&[9], addr(1), 80, PROTO_TCP).0);
+    assert!(!st.maps().verdict(&[7], addr(1), 80, PROTO_TCP).0);
+    // Adopted as they are by a restarted daemon.
+    let restarted = MapState::adopt(st.maps().clone()).unwrap();
+    assert_eq!(restarted.policy_flags(pid(2)), POLICY_F_DNS_STEER);
+    // The default becomes governed (stricter): its flags change at the end of its transition,
+    // and cgroup 7 moves to it only once it is complete.
+    st.maps_mut().log.clear();
+    let governed = Plan {
+        modes: [(PolicyId::DEFAULT, Mode::RegistryOnly)].into(),
+        flags: [(PolicyId::DEFAULT, POLICY_F_DNS_STEER)].into(),
+        ..Plan::default()
+    };
+    st.apply(&governed).unwrap();
+    let log = &st.maps().log;
+    let flags = log.iter().position(|l| l == "flags policy 0 0x1").unwrap_or_else(|| panic!("{log:?}"));
+    let unmap = log.iter().position(|l| l == "workload 7 removed").unwrap();
+    assert!(flags < unmap, "{log:?}");
+    assert_eq!(st.policy_flags(pid(2)), 0, "a gone policy's flags are reset: {log:?}");
+    assert!(log.contains(&"flags policy 2 0x0".to_string()), "{log:?}");
 }
