@@ -220,6 +220,7 @@ pub fn ensure() -> Result<bool> {
         println!("setup: installed {KUBERNETES_VALIDATE} (pip)");
         did = true;
     }
+    did |= fetch_resolved();
     util::cgroup2_mount()?;
     Ok(did)
 }
@@ -244,4 +245,47 @@ fn require_root_to_install(what: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where `fetch_resolved` unpacks systemd-resolved and nss-resolve (tests/tests/dns_resolvers.rs
+/// runs them from there in a private mount namespace).
+pub fn resolved_root() -> std::path::PathBuf {
+    util::target_dir().join("debs").join("systemd-resolved")
+}
+
+/// Debian's systemd-resolved and libnss-resolve, downloaded with `apt-get download` and unpacked
+/// (not installed: installing systemd-resolved takes over the host's /etc/resolv.conf). Best
+/// effort: without them the nss-resolve test says SKIP. Returns whether anything was done.
+fn fetch_resolved() -> bool {
+    let root = resolved_root();
+    if root.join("lib/systemd/systemd-resolved").exists() {
+        return false;
+    }
+    let dl = util::target_dir().join("debs").join("download");
+    let r = (|| -> Result<()> {
+        std::fs::create_dir_all(&dl)?;
+        std::fs::create_dir_all(&root)?;
+        let mut c = Command::new("apt-get");
+        c.current_dir(&dl).args(["download", "-q", "systemd-resolved", "libnss-resolve"]);
+        util::run_quiet(&mut c).context("apt-get download systemd-resolved libnss-resolve")?;
+        for e in std::fs::read_dir(&dl)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "deb") {
+                let mut x = Command::new("dpkg-deb");
+                x.arg("-x").arg(&p).arg(&root);
+                util::run_quiet(&mut x).with_context(|| format!("dpkg-deb -x {}", p.display()))?;
+            }
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => {
+            println!("setup: unpacked systemd-resolved and libnss-resolve into {}", root.display());
+            true
+        }
+        Err(e) => {
+            println!("setup: warning: could not fetch systemd-resolved ({e:#}); the nss-resolve test will SKIP");
+            false
+        }
+    }
 }
