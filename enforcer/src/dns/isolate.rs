@@ -196,10 +196,28 @@ pub fn for_run(enabled: bool, id: u32) -> io::Result<Option<std::sync::Arc<Isola
     if iso.is_empty() {
         return Ok(None);
     }
+    if !has_cap_sys_admin() {
+        tracing::warn!(
+            "dns: no CAP_SYS_ADMIN for the command's mount namespace; names it resolves through nscd or nss-resolve are not learned ({})",
+            iso.changes.join("; ")
+        );
+        return Ok(None);
+    }
     for c in &iso.changes {
         tracing::info!("dns: the command's resolver view: {c}");
     }
     Ok(Some(std::sync::Arc::new(iso)))
+}
+
+/// CAP_SYS_ADMIN (bit 21) in this process's effective set (needed for the mount namespace).
+fn has_cap_sys_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 21) != 0)
 }
 
 impl Drop for Isolation {
