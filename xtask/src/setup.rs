@@ -265,9 +265,18 @@ fn fetch_resolved() -> bool {
     let r = (|| -> Result<()> {
         std::fs::create_dir_all(&dl)?;
         std::fs::create_dir_all(&root)?;
-        let mut c = Command::new("apt-get");
-        c.current_dir(&dl).args(["download", "-q", "systemd-resolved", "libnss-resolve"]);
-        util::run_quiet(&mut c).context("apt-get download systemd-resolved libnss-resolve")?;
+        let download = || {
+            let mut c = Command::new("apt-get");
+            c.current_dir(&dl).args(["download", "-q", "systemd-resolved", "libnss-resolve"]);
+            util::run_quiet(&mut c)
+        };
+        // A machine whose packages were all there has not run `apt-get update` (no lists yet).
+        download()
+            .or_else(|_| {
+                util::run_quiet(Command::new("apt-get").args(["update", "-q"]))?;
+                download()
+            })
+            .context("apt-get download systemd-resolved libnss-resolve")?;
         for e in std::fs::read_dir(&dl)? {
             let p = e?.path();
             if p.extension().is_some_and(|x| x == "deb") {
