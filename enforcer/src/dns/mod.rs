@@ -20,6 +20,7 @@
 mod answer;
 pub mod conns;
 pub mod isolate;
+pub mod peer;
 mod judge;
 mod metrics;
 mod sanitize;
