@@ -96,7 +96,7 @@ fn audit_answers_and_reports_what_it_would_refuse() {
     assert_eq!(w.metric("enforcer_dns_audit_would_refuse_total"), Some(1.0));
     let (_, log) = w.finish();
     assert_eq!(
-        log.lines().filter(|l| l.starts_with("enforcer: audit: would refuse dns other.test")).count(),
+        log.lines().filter(|l| l.starts_with("enforcer: audit: would refuse dns python3 -> other.test")).count(),
         1,
         "{log}"
     );

@@ -77,8 +77,9 @@ const MAX_REPORTED: usize = 10_000;
 /// The forwarder's view of the registry, writing learned addresses through the maps.
 struct AgentDns {
     agent: Agent,
-    /// (name, action) already reported: each refused name is reported once per run.
-    reported: Mutex<HashSet<(String, dns::Action)>>,
+    /// (workload, name, action) already reported: each refused name is reported once per run
+    /// and workload.
+    reported: Mutex<HashSet<(String, String, dns::Action)>>,
     /// Where a learn goes while an apply holds the maps (served between the apply's writes).
     queue: Arc<super::state::LearnQueue>,
 }
@@ -189,22 +190,27 @@ impl dns::DnsPolicy for AgentDns {
     }
 
     fn report(&self, r: &dns::Refusal) {
+        // The asking socket's workload, as kernel events name theirs (one sock_diag lookup, made
+        // while the client still waits for its answer).
+        let workload = match r.client.as_ref().and_then(dns::peer::cgroup_of) {
+            Some(cg) => self.agent.workload(cg),
+            None => crate::workloads::UNKNOWN.to_string(),
+        };
         {
             let mut seen = self.reported.lock().expect("reported lock");
-            if seen.len() >= MAX_REPORTED || !seen.insert((r.name.clone(), r.action)) {
+            if seen.len() >= MAX_REPORTED || !seen.insert((workload.clone(), r.name.clone(), r.action)) {
                 return;
             }
         }
         let cfg = &self.agent.inner.config.dns;
-        let line = crate::events::format_dns_refusal(r);
         if cfg.print_refusals {
             if cfg.print_json {
-                crate::events::print_dns_json(r);
+                crate::events::print_dns_json(r, &workload);
             } else {
-                crate::events::print_line(&line);
+                crate::events::print_line(&crate::events::format_dns_refusal(r, &workload));
             }
         }
-        self.agent.hub().publish_dns(r);
+        self.agent.hub().publish_dns(r, &workload);
     }
 }
 

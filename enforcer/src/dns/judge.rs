@@ -41,6 +41,10 @@ pub enum Why {
     NotInRegistry,
     /// A search-domain expansion of an unregistered multi-label name.
     SearchExpansion,
+    /// A registered name answered with addresses the rebinding filter drops.
+    Rebinding,
+    /// A registered name whose learned addresses could not be written.
+    MapWrite,
 }
 
 /// One question's class.
