@@ -115,8 +115,12 @@ pub fn format_dns_refusal(r: &crate::dns::Refusal, workload: &str) -> String {
     let fix = format!("allow it with --allow {} or a ServiceEntry", r.name);
     let (name, qtype) = (&r.name, &r.qtype);
     match r.action {
-        Action::Refused => format!("denied dns {workload} -> {name} ({qtype}){queried}: {why}; answered REFUSED; {fix}"),
-        Action::Nxdomain => format!("denied dns {workload} -> {name} ({qtype}){queried}: {why}; answered NXDOMAIN; {fix}"),
+        Action::Refused => {
+            format!("denied dns {workload} -> {name} ({qtype}){queried}: {why}; answered REFUSED; {fix}")
+        }
+        Action::Nxdomain => {
+            format!("denied dns {workload} -> {name} ({qtype}){queried}: {why}; answered NXDOMAIN; {fix}")
+        }
         Action::Answered => format!(
             "denied dns {workload} -> {name} ({qtype}){queried}: {why}; answered (--unknown-names answer), nothing allowed; {fix}"
         ),

@@ -20,9 +20,9 @@
 mod answer;
 pub mod conns;
 pub mod isolate;
-pub mod peer;
 mod judge;
 mod metrics;
+pub mod peer;
 mod sanitize;
 mod server;
 mod upstream;

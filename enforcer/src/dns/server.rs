@@ -18,8 +18,8 @@ use tokio::task::JoinSet;
 
 use super::answer::{self, name_key};
 use super::judge::{self, Decision};
-use super::sanitize;
 use super::peer::Client;
+use super::sanitize;
 use super::upstream::{Expect, MAX_MESSAGE, Transport, Upstream, UpstreamError};
 use super::{Action, Config, DnsPolicy, PolicyMode, Refusal, Stats};
 
