@@ -190,6 +190,9 @@ impl dns::DnsPolicy for AgentDns {
     }
 
     fn report(&self, r: &dns::Refusal) {
+        if self.reported.lock().expect("reported lock").len() >= MAX_REPORTED {
+            return;
+        }
         // The asking socket's workload, as kernel events name theirs (one sock_diag lookup, made
         // while the client still waits for its answer).
         let workload = match r.client.as_ref().and_then(dns::peer::cgroup_of) {
