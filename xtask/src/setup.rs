@@ -15,7 +15,8 @@ const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev
 /// proxy bench's profile.)
 /// The resolver paths of tests/tests/dns_resolvers.rs: nscd and unbound (run by the tests in a
 /// private mount namespace and netns; where a package's postinst starts the service on the host,
-/// nothing depends on it), musl-gcc (a static musl client) and Go (a pure-Go-resolver client).
+/// nothing depends on it), musl-gcc (a static musl client) and Go (a pure-Go-resolver client);
+/// libsystemd-shared for the systemd-resolved that `fetch_resolved` unpacks (not installed).
 /// A test whose program is missing says SKIP.
 const PEER_PKGS: &[&str] = &[
     "curl",
@@ -32,6 +33,7 @@ const PEER_PKGS: &[&str] = &[
     "unbound",
     "musl-tools",
     "golang-go",
+    "libsystemd-shared",
     "linux-perf",
     "prometheus",
 ];
