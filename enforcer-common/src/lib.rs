@@ -61,6 +61,8 @@ pub mod prog_names {
     pub const TC_INGRESS: &str = "tc_ingress";
     /// The per-packet backstop (cgroup_skb egress, IPv4 and IPv6).
     pub const BACKSTOP: &str = "backstop";
+    /// `backstop` without the task helpers, for kernels that refuse them in cgroup_skb.
+    pub const BACKSTOP_COMPAT: &str = "backstop_compat";
 }
 
 #[cfg(test)]

@@ -139,6 +139,7 @@ pub const PROGRAMS: &[ProgSpec] = &[
     prog(prog_names::GETPEERNAME6, ProgKind::CgroupSockAddr),
     prog(prog_names::SOCK_OPS, ProgKind::SockOps),
     prog(prog_names::BACKSTOP, ProgKind::CgroupSkb),
+    prog(prog_names::BACKSTOP_COMPAT, ProgKind::CgroupSkb),
     prog(prog_names::TC_EGRESS, ProgKind::SchedClassifier),
     prog(prog_names::TC_INGRESS, ProgKind::SchedClassifier),
 ];

@@ -61,8 +61,11 @@ struct Packet {
     syn: bool,
 }
 
+/// `TASK`: whether this kernel lets cgroup_skb programs read the current task (pid and comm of the
+/// sender; Linux 6.10 added pid_tgid, later kernels comm). Without it a refused packet's event
+/// carries the pid and comm recorded on its socket at connect()/sendmsg(), or none.
 #[inline(always)]
-pub fn check(ctx: &SkBuffContext) -> i32 {
+pub fn check<const TASK: bool>(ctx: &SkBuffContext) -> i32 {
     let skb = ctx.skb.skb;
     // SAFETY: the kernel hands cgroup_skb programs a valid __sk_buff.
     let l3 = u16::from_be(unsafe { (*skb).protocol } as u16);
@@ -152,12 +155,12 @@ pub fn check(ctx: &SkBuffContext) -> i32 {
         // A UDP socket whose connect() was allowed (a refused one carries its verdict in storage).
         return PASS;
     }
-    judge(skb, fsk, st, hook, &pkt)
+    judge::<TASK>(skb, fsk, st, hook, &pkt)
 }
 
 /// The full judgment of a packet whose destination is not the one its socket was judged for.
 #[inline(always)]
-fn judge(skb: *mut __sk_buff, fsk: *mut bpf_sock, st: *mut SockState, hook: u8, pkt: &Packet) -> i32 {
+fn judge<const TASK: bool>(skb: *mut __sk_buff, fsk: *mut bpf_sock, st: *mut SockState, hook: u8, pkt: &Packet) -> i32 {
     let s = settings();
     // SAFETY: helper valid for cgroup_skb programs.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
@@ -196,8 +199,11 @@ fn judge(skb: *mut __sk_buff, fsk: *mut bpf_sock, st: *mut SockState, hook: u8, 
     let verdict = if mode == Mode::Audit.raw() { VERDICT_AUDIT } else { VERDICT_DENIED };
     // Datagrams and first SYNs are sent in the sender's own syscall: the current task is the
     // sender (a socket recorded at connect() has its connecting task instead).
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let (mut pid, mut comm) = ((pid_tgid >> 32) as u32, bpf_get_current_comm().unwrap_or([0u8; 16]));
+    let (mut pid, mut comm) = if TASK {
+        ((bpf_get_current_pid_tgid() >> 32) as u32, bpf_get_current_comm().unwrap_or([0u8; 16]))
+    } else {
+        (0, [0u8; 16])
+    };
     if !st.is_null() {
         // SAFETY: as in `check`.
         let c = unsafe { &mut *st };

@@ -80,7 +80,15 @@ pub fn sock_ops(ctx: SockOpsContext) -> u32 {
 /// real destination and protocol.
 #[cgroup_skb(egress)]
 pub fn backstop(ctx: SkBuffContext) -> i32 {
-    backstop::check(&ctx)
+    backstop::check::<true>(&ctx)
+}
+
+/// The same backstop for kernels whose cgroup_skb programs may not read the current task (Debian's
+/// 6.1 and 6.12: `bpf_get_current_pid_tgid` / `bpf_get_current_comm` are refused there). Loaded
+/// only when `backstop` is refused; its events name the process recorded at connect()/sendmsg().
+#[cgroup_skb(egress)]
+pub fn backstop_compat(ctx: SkBuffContext) -> i32 {
+    backstop::check::<false>(&ctx)
 }
 
 /// Traffic counters on an interface's egress (TC clsact / tcx).

@@ -13,7 +13,10 @@ use enforcer_common::{
 };
 use ipnet::IpNet;
 
-use crate::config::{EndpointAddress, Host, Registry, Resolution, ServiceEntry};
+use crate::config::{
+    EndpointAddress, Host, HostPattern, Registry, Resolution, ServiceEntry,
+    host::{self, HostMap},
+};
 
 /// A destination rule as written by the user on the command line (`--allow`, `--allow-cidr`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -617,7 +620,7 @@ pub fn compile(inp: &Inputs<'_>, ids: &mut ServiceIds) -> (Desired, HostIndex) {
                 vec![*n]
             }
             CliTarget::Host(h) => {
-                ix.exact.entry(h.clone()).or_insert(id);
+                ix.add_exact(h, id);
                 match inp.resolved.get(h) {
                     Some(ips) if !ips.is_empty() => ips.iter().map(|ip| IpNet::from(*ip)).collect(),
                     _ => {
@@ -688,14 +691,13 @@ pub fn diff<K: Ord + Copy, V: PartialEq + Copy>(old: &BTreeMap<K, V>, new: &BTre
     }
 }
 
-/// Registry names -> service, for the DNS forwarder: exact hosts and `*.suffix` wildcards matched
-/// on label boundaries (`*.example.com` matches `a.example.com` and `a.b.example.com`, never
-/// `example.com` or `evilexample.com`), plus the addresses the registry lists explicitly (exempt
-/// from the DNS-rebinding filter).
+/// Registry names -> service, for the DNS forwarder: the registry's hosts in a
+/// [`HostMap`](crate::config::host::HostMap) (exact names, `*.suffix` on label boundaries, the most
+/// specific wins), plus the addresses the registry lists explicitly (exempt from the
+/// DNS-rebinding filter).
 #[derive(Debug, Default, Clone)]
 pub struct HostIndex {
-    exact: HashMap<String, ServiceId>,
-    wildcard: HashMap<String, ServiceId>,
+    hosts: HostMap<ServiceId>,
     explicit: Vec<IpNet>,
 }
 
@@ -704,14 +706,7 @@ impl HostIndex {
     /// listing a host keeps it).
     pub fn add_service(&mut self, se: &ServiceEntry, id: ServiceId) {
         for h in &se.hosts {
-            match h {
-                Host::Exact(n) => {
-                    self.exact.entry(n.to_ascii_lowercase()).or_insert(id);
-                }
-                Host::Wildcard(suffix) => {
-                    self.wildcard.entry(suffix.to_ascii_lowercase()).or_insert(id);
-                }
-            }
+            self.hosts.insert(h.pattern(), id);
         }
         self.explicit.extend(se.addresses.iter().map(|n| normalize(*n)));
         for ep in &se.endpoints {
@@ -721,25 +716,18 @@ impl HostIndex {
         }
     }
 
+    /// Index an `--allow` host name (exact, already normalized by [`CliAllow::parse_host`]).
+    fn add_exact(&mut self, name: &str, id: ServiceId) {
+        self.hosts.insert(HostPattern::Exact(host::normalize(name).into_owned()), id);
+    }
+
     pub fn match_name(&self, qname: &str) -> Option<ServiceId> {
-        let q = qname.trim_end_matches('.').to_ascii_lowercase();
-        if let Some(id) = self.exact.get(&q) {
-            return Some(*id);
-        }
-        // Try every proper suffix at a label boundary: a.b.example.com -> b.example.com, example.com, com.
-        let mut rest = q.as_str();
-        while let Some((_, suffix)) = rest.split_once('.') {
-            if let Some(id) = self.wildcard.get(suffix) {
-                return Some(*id);
-            }
-            rest = suffix;
-        }
-        None
+        self.hosts.get(qname).copied()
     }
 
     /// `qname` is an exact host (or an `--allow` host), not only covered by a wildcard.
     pub fn is_exact_host(&self, qname: &str) -> bool {
-        self.exact.contains_key(&qname.trim_end_matches('.').to_ascii_lowercase())
+        self.hosts.get_exact(qname).is_some()
     }
 
     pub fn explicitly_listed(&self, ip: IpAddr) -> bool {
@@ -751,7 +739,7 @@ impl HostIndex {
     }
 
     pub fn hosts(&self) -> usize {
-        self.exact.len() + self.wildcard.len()
+        self.hosts.len()
     }
 }
 

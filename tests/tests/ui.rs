@@ -90,7 +90,7 @@ impl Browser {
     fn call(&mut self, cmd: Value) -> Value {
         writeln!(self.stdin, "{cmd}").expect("writing to the browser driver");
         let line =
-            self.rx.recv_timeout(Duration::from_secs(60)).unwrap_or_else(|e| panic!("browser driver: {e} ({cmd})"));
+            self.rx.recv_timeout(Duration::from_secs(120)).unwrap_or_else(|e| panic!("browser driver: {e} ({cmd})"));
         let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("browser driver said {line:?}: {e}"));
         let errors = v["page_errors"].as_array().cloned().unwrap_or_default();
         assert!(errors.is_empty(), "the page threw: {errors:#?}");

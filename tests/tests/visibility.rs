@@ -774,6 +774,21 @@ fn metrics_are_valid_openmetrics_without_ip_labels() {
     for f in ["enforcer_map_entries", "enforcer_map_capacity", "enforcer_registry_services"] {
         assert_eq!(m.types.get(f), Some(&OpenMetricsType::Gauge), "{f} is a gauge family\n{}", m.text);
     }
+    // Every map of the one table (enforcer_common::MAPS) has its capacity, and every map with a
+    // count (all but the ring buffer and socket storage) its entries.
+    for spec in enforcer_common::MAPS {
+        let map = [("map", spec.name)];
+        let capacity = m.series("enforcer_map_capacity", &map);
+        assert_eq!(capacity.len(), 1, "{}: no enforcer_map_capacity\n{}", spec.name, m.text);
+        assert_eq!(capacity[0].value, f64::from(spec.max_entries), "{}", spec.name);
+        let counted = !matches!(spec.kind, enforcer_common::MapKind::RingBuf | enforcer_common::MapKind::SkStorage);
+        let entries = m.series("enforcer_map_entries", &map);
+        assert_eq!(entries.len(), usize::from(counted), "{}: enforcer_map_entries\n{}", spec.name, m.text);
+        assert!(entries.iter().all(|e| e.value <= f64::from(spec.max_entries)), "{}: {entries:?}", spec.name);
+    }
+    let allow =
+        m.sum("enforcer_map_entries", &[("map", "ALLOW")]) + m.sum("enforcer_map_entries", &[("map", "ALLOW_EXACT")]);
+    assert!(allow >= 3.0, "vis-a's two addresses and vis-u's: {allow}\n{}", m.text);
     let istio_labels: BTreeSet<&str> = ISTIO_LABELS.into();
     let istio: Vec<&Sample> = m
         .samples

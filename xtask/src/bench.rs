@@ -87,6 +87,11 @@ pub struct ClientArgs {
     /// timed loop (needs statistics enabled: `kernel.bpf_stats_enabled` or a BPF_ENABLE_STATS fd).
     #[arg(long)]
     bpf_stats: bool,
+    /// Let the caller take BPF statistics around the timed loop: print `{"ready":true}` and wait
+    /// for a line on stdin before it, `{"done":true}` and wait again after it. For a client
+    /// confined by `enforcer run`, which can read no BPF statistics itself.
+    #[arg(long)]
+    handshake: bool,
 }
 
 #[derive(clap::Args)]
@@ -160,6 +165,9 @@ pub fn client(a: ClientArgs) -> ExitCode {
         }
     }
     let before = if a.bpf_stats { crate::bpf_stats::snapshot().ok() } else { None };
+    if a.handshake && !crate::bpf_stats::handshake("ready") {
+        return ExitCode::from(4);
+    }
     let t = Instant::now();
     for i in 0..a.iterations {
         if let Err(e) = once() {
@@ -168,6 +176,9 @@ pub fn client(a: ClientArgs) -> ExitCode {
         }
     }
     let ns = t.elapsed().as_nanos() as f64;
+    if a.handshake && !crate::bpf_stats::handshake("done") {
+        return ExitCode::from(4);
+    }
     let bpf: Vec<serde_json::Value> = match (before, a.bpf_stats.then(crate::bpf_stats::snapshot)) {
         (Some(b), Some(Ok(after))) => crate::bpf_stats::delta(&b, &after)
             .into_iter()
@@ -417,6 +428,22 @@ fn measure(cmd: &mut Command, what: &str) -> Result<Measured> {
     })
 }
 
+/// Runs a client with `--handshake` under `enforcer run --cgroup-parent parent`, with the BPF
+/// statistics of the run's cgroup over its timed loop (`bpf_stats::run_confined`).
+fn measure_confined(cmd: &mut Command, what: &str, parent: &Path) -> Result<Measured> {
+    let (lines, bpf) = crate::bpf_stats::run_confined(cmd, what, parent)?;
+    let v: serde_json::Value = lines
+        .lines()
+        .filter(|l| l.contains("\"ns_per_op\""))
+        .find_map(|l| serde_json::from_str(l.trim()).ok())
+        .with_context(|| format!("{what}: no result line from bench-client in: {lines}"))?;
+    Ok(Measured {
+        per_op: v["ns_per_op"].as_f64().unwrap_or(f64::NAN),
+        total: v["total_ns"].as_f64().unwrap_or(0.0),
+        bpf,
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     let m = v.len() / 2;
@@ -520,12 +547,15 @@ fn bench_size(
         let mut a = client_args(iterations, warmup);
         a[2] = port.to_string();
         c.args(a);
-        c.arg("--bpf-stats");
+        // Confined by `enforcer run`, the client cannot read BPF statistics: this process takes
+        // them from the run's cgroup around its timed loop.
+        c.arg("--handshake");
         c
     };
 
     // Sanity: under enforcer a port the registry does not list must be refused with EPERM.
-    let out = enforcer_cmd(1, 0, PORT + 1, true).stdin(Stdio::null()).output()?;
+    // (One warm-up call: it fails before the client's handshake.)
+    let out = enforcer_cmd(1, 1, PORT + 1, true).stdin(Stdio::null()).output()?;
     let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() || !err.contains("Operation not permitted") {
         eprintln!(
@@ -556,7 +586,7 @@ fn bench_size(
                     let accounting = matches!(c, Config::Enforcer);
                     let mut cmd = enforcer_cmd(args.iterations, 1000, PORT, accounting);
                     let t = Instant::now();
-                    let m = measure(&mut cmd, "enforcer")?;
+                    let m = measure_confined(&mut cmd, "enforcer", &enforced.path)?;
                     let (wall, stats) = if accounting {
                         overhead.push(t.elapsed().as_secs_f64() - m.total / 1e9);
                         (&mut enf, &mut bpf)

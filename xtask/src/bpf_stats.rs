@@ -1,10 +1,13 @@
 //! BPF run-time statistics (`kernel.bpf_stats_enabled`): the time the kernel spent in *our*
 //! programs, per program, which is stable on a noisy machine where wall-clock ratios are not.
 //!
-//! `bench-client --bpf-stats` snapshots the programs effectively attached to its own cgroup
-//! (`BPF_PROG_QUERY` with `BPF_F_QUERY_EFFECTIVE`, so only the programs that judge *this* client,
-//! never another test's) before and after its timed loop and prints the deltas. The orchestrator
-//! keeps statistics enabled with a `BPF_ENABLE_STATS` fd for the length of the benchmark.
+//! Snapshots cover the programs effectively attached to one cgroup (`BPF_PROG_QUERY` with
+//! `BPF_F_QUERY_EFFECTIVE`, so only the programs that judge *that* client, never another test's).
+//! An unconfined client (`bench-client --bpf-stats`) snapshots its own cgroup before and after its
+//! timed loop. A client confined by `enforcer run` can do neither (its cgroup namespace shows "/",
+//! its capabilities exclude BPF), so the orchestrator snapshots the run's cgroup from outside,
+//! around the timed loop, on the client's `--handshake` (see `bench.rs`). The orchestrator keeps
+//! statistics enabled with a `BPF_ENABLE_STATS` fd for the length of the benchmark.
 
 use std::{
     collections::BTreeMap,
@@ -20,8 +23,10 @@ const BPF_ENABLE_STATS: libc::c_long = 32;
 const BPF_F_QUERY_EFFECTIVE: u32 = 1;
 
 /// (attach type number, what it is) of the cgroup hooks enforcer can attach.
-const ATTACH_TYPES: [(u32, &str); 10] = [
+const ATTACH_TYPES: [(u32, &str); 13] = [
+    (0, "cgroup_skb/ingress"),
     (1, "cgroup_skb/egress"),
+    (2, "sock_create"),
     (3, "sock_ops"),
     (10, "connect4"),
     (11, "connect6"),
@@ -31,6 +36,7 @@ const ATTACH_TYPES: [(u32, &str); 10] = [
     (20, "recvmsg6"),
     (29, "getpeername4"),
     (30, "getpeername6"),
+    (34, "sock_release"),
 ];
 
 fn sys_bpf(cmd: libc::c_long, attr: *mut u8, size: usize) -> io::Result<i64> {
@@ -160,7 +166,25 @@ fn own_cgroup() -> io::Result<std::path::PathBuf> {
 
 /// Counters of every program effectively attached to this process's cgroup, by program id.
 pub fn snapshot() -> io::Result<BTreeMap<u32, ProgStats>> {
-    let cg = std::fs::File::open(own_cgroup()?)?;
+    snapshot_at(&own_cgroup()?)
+}
+
+/// Counters of every program effectively attached to each cgroup directly below `parent` (an
+/// `enforcer run --cgroup-parent` directory: the run's own cgroup), by program id.
+pub fn snapshot_children(parent: &Path) -> io::Result<BTreeMap<u32, ProgStats>> {
+    let mut out = BTreeMap::new();
+    for e in std::fs::read_dir(parent)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            out.extend(snapshot_at(&e.path())?);
+        }
+    }
+    Ok(out)
+}
+
+/// Counters of every program effectively attached to the cgroup at `dir`, by program id.
+pub fn snapshot_at(dir: &Path) -> io::Result<BTreeMap<u32, ProgStats>> {
+    let cg = std::fs::File::open(dir)?;
     let mut out = BTreeMap::new();
     for (at, hook) in ATTACH_TYPES {
         let Ok(ids) = query(&cg, at) else { continue };
@@ -172,6 +196,86 @@ pub fn snapshot() -> io::Result<BTreeMap<u32, ProgStats>> {
         }
     }
     Ok(out)
+}
+
+/// Print `{"<what>":true}` and wait for the caller's line on stdin.
+pub fn handshake(what: &str) -> bool {
+    use std::io::{BufRead as _, Write as _};
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{}", serde_json::json!({ what: true })).and_then(|()| out.flush()).is_err() {
+        eprintln!("--handshake: stdout closed");
+        return false;
+    }
+    let mut line = String::new();
+    match std::io::stdin().lock().read_line(&mut line) {
+        Ok(n) if n > 0 => true,
+        _ => {
+            eprintln!("--handshake: no reply on stdin after {what}");
+            false
+        }
+    }
+}
+
+/// (run_time_ns, run_cnt) per program name.
+pub type ByName = BTreeMap<String, (u64, u64)>;
+
+/// Runs `cmd` (an `enforcer run --cgroup-parent parent -- ... --handshake` command) and snapshots
+/// the BPF statistics of the programs effectively attached to the run's cgroup (the directory
+/// below `parent`) when the confined program says `{"ready":true}` and `{"done":true}`, replying
+/// to each. Returns its other stdout lines and, per program name, (run_time_ns, run_cnt) between
+/// the two (empty, with a warning, when they could not be read).
+pub fn run_confined(cmd: &mut std::process::Command, what: &str, parent: &Path) -> anyhow::Result<(String, ByName)> {
+    use std::{
+        io::{BufRead as _, Read as _, Write as _},
+        process::Stdio,
+    };
+
+    use anyhow::Context as _;
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().with_context(|| format!("could not start the {what} run"))?;
+    let mut stdin = child.stdin.take().context("child stdin")?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut stderr = child.stderr.take().context("child stderr")?;
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let (mut before, mut after, mut lines) = (None, None, String::new());
+    for line in io::BufReader::new(stdout).lines() {
+        let line = line.context("reading the run's output")?;
+        match line.trim() {
+            r#"{"ready":true}"# => before = Some(snapshot_children(parent)),
+            r#"{"done":true}"# => after = Some(snapshot_children(parent)),
+            _ => {
+                lines.push_str(&line);
+                lines.push('\n');
+                continue;
+            }
+        }
+        let _ = stdin.write_all(b"go\n").and_then(|()| stdin.flush());
+    }
+    drop(stdin);
+    let status = child.wait()?;
+    let stderr = err_thread.join().unwrap_or_default();
+    if !status.success() {
+        anyhow::bail!("{what} run failed ({status}): `{}`\n{lines}{stderr}", crate::util::display_cmd(cmd));
+    }
+    let mut bpf = BTreeMap::new();
+    match (before, after) {
+        (Some(Ok(b)), Some(Ok(a))) => {
+            for p in delta(&b, &a) {
+                let e = bpf.entry(p.name).or_insert((0, 0));
+                e.0 += p.run_time_ns;
+                e.1 += p.run_cnt;
+            }
+        }
+        (Some(Err(e)), _) | (_, Some(Err(e))) => {
+            eprintln!("xtask: warning: reading BPF statistics of the run's cgroup below {}: {e}", parent.display())
+        }
+        _ => eprintln!("xtask: warning: the {what} run did not hand shake; no BPF figures"),
+    }
+    Ok((lines, bpf))
 }
 
 /// after - before, per program (programs present in both).
@@ -195,14 +299,35 @@ pub fn delta(before: &BTreeMap<u32, ProgStats>, after: &BTreeMap<u32, ProgStats>
 #[derive(clap::Args)]
 pub struct WrapArgs {
     #[arg(long)]
-    out: std::path::PathBuf,
+    out: Option<std::path::PathBuf>,
+    /// Instead of reading the statistics itself (a program confined by `enforcer run` cannot),
+    /// hand shake around PROG's run with the caller, which reads them (`run_confined`); PROG's
+    /// stdin is then /dev/null.
+    #[arg(long, conflicts_with = "out")]
+    handshake: bool,
     #[arg(last = true, required = true)]
     prog: Vec<String>,
 }
 
 pub fn wrap(a: WrapArgs) -> std::process::ExitCode {
+    let mut prog = std::process::Command::new(&a.prog[0]);
+    prog.args(&a.prog[1..]);
+    let Some(out) = a.out else {
+        if !a.handshake {
+            eprintln!("bench-bpf-wrap: give --out FILE or --handshake");
+            return std::process::ExitCode::from(2);
+        }
+        if !handshake("ready") {
+            return std::process::ExitCode::from(4);
+        }
+        let status = prog.stdin(std::process::Stdio::null()).status();
+        if !handshake("done") {
+            return std::process::ExitCode::from(4);
+        }
+        return exit_of(status, &a.prog[0]);
+    };
     let before = snapshot().unwrap_or_default();
-    let status = std::process::Command::new(&a.prog[0]).args(&a.prog[1..]).status();
+    let status = prog.status();
     let after = snapshot().unwrap_or_default();
     let progs: Vec<serde_json::Value> = delta(&before, &after)
         .into_iter()
@@ -210,29 +335,22 @@ pub fn wrap(a: WrapArgs) -> std::process::ExitCode {
             |p| serde_json::json!({"name": p.name, "hook": p.hook, "run_time_ns": p.run_time_ns, "run_cnt": p.run_cnt}),
         )
         .collect();
-    if let Err(e) = std::fs::write(&a.out, serde_json::json!({ "bpf": progs }).to_string()) {
-        eprintln!("bench-bpf-wrap: writing {}: {e}", a.out.display());
+    if let Err(e) = std::fs::write(&out, serde_json::json!({ "bpf": progs }).to_string()) {
+        eprintln!("bench-bpf-wrap: writing {}: {e}", out.display());
         return std::process::ExitCode::FAILURE;
     }
+    exit_of(status, &a.prog[0])
+}
+
+fn exit_of(status: io::Result<std::process::ExitStatus>, prog: &str) -> std::process::ExitCode {
     match status {
         Ok(s) if s.success() => std::process::ExitCode::SUCCESS,
         Ok(_) => std::process::ExitCode::from(1),
         Err(e) => {
-            eprintln!("bench-bpf-wrap: running {}: {e}", a.prog[0]);
+            eprintln!("bench-bpf-wrap: running {prog}: {e}");
             std::process::ExitCode::from(127)
         }
     }
-}
-
-/// (run_time_ns, run_cnt) of program `name` in a `bench-bpf-wrap` output file.
-pub fn read_wrapped(path: &Path, name: &str) -> Option<(u64, u64)> {
-    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()?;
-    let mut t = (0, 0);
-    for p in v["bpf"].as_array()?.iter().filter(|p| p["name"] == name) {
-        t.0 += p["run_time_ns"].as_u64()?;
-        t.1 += p["run_cnt"].as_u64()?;
-    }
-    Some(t)
 }
 
 #[cfg(test)]

@@ -6,12 +6,13 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    sync::{Arc, OnceLock, Weak, atomic::Ordering},
+    sync::{Arc, Mutex, OnceLock, Weak, atomic::Ordering},
+    time::{Duration, Instant},
 };
 
 use enforcer_common::{
-    ConnCounters, ConnKey, DIR_EGRESS, FlowKey, HOOK_CONNECT4, HOOK_CONNECT6, MAPS, PROTO_TCP, PROTO_UDP, ServiceId,
-    TrafficKey, TrafficValue, VERDICT_ALLOWED, VERDICT_DENIED, map_names,
+    ConnCounters, ConnKey, DIR_EGRESS, FlowKey, HOOK_CONNECT4, HOOK_CONNECT6, MAPS, MapKind, PROTO_TCP, PROTO_UDP,
+    ServiceId, TrafficKey, TrafficValue, VERDICT_ALLOWED, VERDICT_DENIED, map_names,
 };
 use prometheus_client::registry::Registry;
 
@@ -96,27 +97,27 @@ struct Read {
     flows: Vec<(FlowKey, u64)>,
     conns: Vec<(ConnKey, ConnCounters)>,
     traffic: Vec<(TrafficKey, TrafficValue)>,
-    allow: usize,
-    dests: usize,
-    workloads: usize,
+    /// [`Dataplane::map_entries`](crate::dataplane::Dataplane::map_entries): the hashes and tries.
+    entries: Vec<(&'static str, usize)>,
 }
 
 /// Every kernel counter, labelled. `own_cgroup`: the agent's cgroup (its proxy's upstream
 /// sockets).
-fn kernel_snapshot(agent: &Agent, own_cgroup: u64) -> KernelSnapshot {
+fn kernel_snapshot(agent: &Agent, own_cgroup: u64, kernel_only: &KernelOnlyCounts) -> KernelSnapshot {
     let v = agent.view();
-    let r = {
+    let mut r = {
         let m = agent.maps();
         let dp = m.maps();
-        Read {
-            flows: dp.flows(),
-            conns: dp.conns(),
-            traffic: dp.traffic(),
-            allow: m.allow().len(),
-            dests: m.dests().len(),
-            workloads: m.workloads().len(),
-        }
+        kernel_only.open_once(dp);
+        Read { flows: dp.flows(), conns: dp.conns(), traffic: dp.traffic(), entries: dp.map_entries() }
     };
+    // Counted outside the maps lock (DNS learning waits for it).
+    r.entries.extend([
+        (map_names::FLOWS, r.flows.len()),
+        (map_names::CONNS, r.conns.len()),
+        (map_names::TRAFFIC, r.traffic.len()),
+    ]);
+    r.entries.extend(kernel_only.counts());
     let desired = &v.desired;
     let http = http_services(&v);
     let proxied = proxied_services(desired);
@@ -197,25 +198,7 @@ fn kernel_snapshot(agent: &Agent, own_cgroup: u64) -> KernelSnapshot {
         }
     }
 
-    let maps = MAPS
-        .iter()
-        .map(|m| {
-            let entries = match m.name {
-                map_names::ALLOW => Some(r.allow),
-                map_names::DESTS => Some(r.dests),
-                map_names::WORKLOADS => Some(r.workloads),
-                map_names::MODES => Some(v.policies.len()),
-                map_names::SETTINGS | map_names::EVENT_DROPS => Some(1),
-                // Per-CPU LRU maps: walked for their counters anyway.
-                map_names::FLOWS => Some(r.flows.len()),
-                map_names::TRAFFIC => Some(r.traffic.len()),
-                map_names::CONNS => Some(r.conns.len()),
-                // The ring buffer and the plain LRU hashes: not counted (see README).
-                _ => None,
-            };
-            MapCount { name: m.name, entries: entries.map(|n| n as u64), capacity: u64::from(m.max_entries) }
-        })
-        .collect();
+    let maps = map_counts(&r.entries, v.policies.len());
     KernelSnapshot {
         tcp: tcp.into_iter().map(|((s, d, flags), v)| (IstioLabels::new(&s, &d, "tcp", flags), v)).collect(),
         udp: udp.into_iter().map(|((s, d), v)| (IstioLabels::new(&s, &d, "udp", "-"), v)).collect(),
@@ -225,10 +208,64 @@ fn kernel_snapshot(agent: &Agent, own_cgroup: u64) -> KernelSnapshot {
     }
 }
 
+/// Entries and capacity of every map of [`MAPS`], for `enforcer_map_entries` and
+/// `enforcer_map_capacity`. `counted`: the dataplane's counts of its hashes and tries; an array
+/// always holds `max_entries` values (MODES: the policies in use); a ring buffer (bytes, not
+/// entries) and socket-local storage (one value per socket, not countable) have no count.
+fn map_counts(counted: &[(&'static str, usize)], policies: usize) -> Vec<MapCount> {
+    MAPS.iter()
+        .map(|m| {
+            let entries = match m.kind {
+                MapKind::RingBuf | MapKind::SkStorage => None,
+                _ if m.name == map_names::MODES => Some(policies as u64),
+                MapKind::Array | MapKind::PerCpuArray => Some(u64::from(m.max_entries)),
+                MapKind::Hash | MapKind::LruHash | MapKind::LruPerCpuHash | MapKind::LpmTrie => {
+                    counted.iter().find(|(name, _)| *name == m.name).map(|(_, n)| *n as u64)
+                }
+            };
+            MapCount { name: m.name, entries, capacity: u64::from(m.max_entries) }
+        })
+        .collect()
+}
+
+/// Entry counts of the maps only the kernel fills, read through their own handles (never under
+/// the maps lock) and at most every [`KERNEL_ONLY_EVERY`]: a full `FLOW_OWNER` takes ~1 s to walk.
+#[derive(Default)]
+struct KernelOnlyCounts {
+    maps: OnceLock<Option<crate::dataplane::KernelOnlyMaps>>,
+    last: Mutex<Option<(Instant, Counted)>>,
+}
+
+type Counted = Vec<(&'static str, usize)>;
+
+const KERNEL_ONLY_EVERY: Duration = Duration::from_secs(30);
+
+impl KernelOnlyCounts {
+    fn open_once(&self, dp: &crate::dataplane::Dataplane) {
+        self.maps.get_or_init(|| {
+            dp.kernel_only_maps().inspect_err(|e| tracing::warn!(error = %e, "counting the kernel-only maps")).ok()
+        });
+    }
+
+    fn counts(&self) -> Vec<(&'static str, usize)> {
+        let Some(Some(maps)) = self.maps.get() else { return Vec::new() };
+        let mut last = self.last.lock().expect("kernel-only counts lock");
+        match &*last {
+            Some((at, c)) if at.elapsed() < KERNEL_ONLY_EVERY => c.clone(),
+            _ => {
+                let c = maps.counts();
+                *last = Some((Instant::now(), c.clone()));
+                c
+            }
+        }
+    }
+}
+
 /// The kernel collector's view of the agent (weak: the registry lives in the agent).
 struct AgentKernel {
     agent: Weak<Inner>,
     own_cgroup: OnceLock<u64>,
+    kernel_only: KernelOnlyCounts,
 }
 
 impl KernelSource for AgentKernel {
@@ -242,7 +279,7 @@ impl KernelSource for AgentKernel {
                 })
                 .unwrap_or(0)
         });
-        Some(kernel_snapshot(&agent, own))
+        Some(kernel_snapshot(&agent, own, &self.kernel_only))
     }
 }
 
@@ -281,7 +318,11 @@ impl Agent {
                 "Failed registry host lookups",
                 stat(|i| load(&i.refresher.stats().failures)),
             );
-        let kernel = KernelCollector(Box::new(AgentKernel { agent: weak, own_cgroup: OnceLock::new() }));
+        let kernel = KernelCollector(Box::new(AgentKernel {
+            agent: weak,
+            own_cgroup: OnceLock::new(),
+            kernel_only: KernelOnlyCounts::default(),
+        }));
         self.register_metrics(|reg| {
             reg.sub_registry_with_prefix("enforcer").register_collector(Box::new(agent));
             reg.register_collector(Box::new(kernel));

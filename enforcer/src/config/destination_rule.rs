@@ -1,7 +1,7 @@
 //! `DestinationRule`: Istio's `ValidateDestinationRule` and the CRD schema's rules, into
 //! [`DestinationRule`]. The traffic policy itself is in `traffic_policy.rs`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 use super::field::Field;
 use super::loader::{Ctx, FileLoader};
@@ -30,7 +30,13 @@ impl FileLoader<'_> {
             None => Default::default(),
         };
         let subsets = self.dr_subsets(ctx, spec);
-        let selector = self.dr_workload_selector(ctx, spec);
+        let selector = self.workload_selector(
+            ctx,
+            spec,
+            "matchLabels",
+            "DestinationRule",
+            "workload selector specified without labels",
+        );
         let export_to = self.export_to(ctx, spec, false, selector.is_some());
         self.dr_notes(ctx, spec, host.as_deref(), &policy);
 
@@ -88,16 +94,10 @@ impl FileLoader<'_> {
         let mut names = Vec::new();
         let Some(s) = spec.get("subsets") else { return names };
         let mut seen = HashSet::new();
-        for (i, item) in self.seq_of(ctx, s, &subf).iter().enumerate() {
-            let f = subf.idx(i);
-            if item.is_null() {
-                self.error(ctx, item.line, &f, "subset may not be null", "remove the empty list item");
-                continue;
-            }
-            if !self.is_map(ctx, item, &f) {
-                continue;
-            }
-            self.known_fields(ctx, item, &f, &["name", "labels", "trafficPolicy"]);
+        let items = self.seq_of(ctx, s, &subf);
+        for (_, f, item) in
+            self.map_items(ctx, items, &subf, "subset may not be null", &["name", "labels", "trafficPolicy"])
+        {
             let nf = f.key("name");
             let name = match item.get("name").filter(|n| !n.is_null()) {
                 Some(n) => self.str_of(ctx, n, &nf).map(|s| (s.into_owned(), n.line)),
@@ -135,33 +135,6 @@ impl FileLoader<'_> {
         names
     }
 
-    /// `spec.workloadSelector.matchLabels`.
-    fn dr_workload_selector(&mut self, ctx: &Ctx, spec: &Node<'_>) -> Option<BTreeMap<String, String>> {
-        let sf = Field::ROOT.key("spec");
-        let wf = sf.key("workloadSelector");
-        let ws = self.map_child(ctx, spec, "workloadSelector", &sf)?;
-        self.known_fields(ctx, ws, &wf, &["matchLabels"]);
-        let labels = match ws.get("matchLabels") {
-            Some(l) => self.selector_labels(
-                ctx,
-                l,
-                &wf.key("matchLabels"),
-                "a DestinationRule selects workloads by exact labels",
-            ),
-            None => BTreeMap::new(),
-        };
-        if labels.is_empty() {
-            self.warn(
-                ctx,
-                ws.line,
-                &wf,
-                "workload selector specified without labels",
-                "add labels to spec.workloadSelector.matchLabels, or remove the selector",
-            );
-        }
-        Some(labels)
-    }
-
     /// What enforcer does not act on.
     fn dr_notes(&mut self, ctx: &Ctx, spec: &Node<'_>, host: Option<&str>, policy: &super::traffic_policy::PolicyOut) {
         let sf = Field::ROOT.key("spec");
@@ -185,23 +158,19 @@ impl FileLoader<'_> {
         for t in policy.port_tls.values() {
             tls_note(self, t, &tp.key("portLevelSettings"));
         }
-        if spec.get("exportTo").is_some() {
-            self.note(
-                ctx,
-                spec.key_line("exportTo"),
-                &sf.key("exportTo"),
-                "exportTo is applied in Kubernetes mode only; from files the rule applies to every workload",
-                "nothing to do for a single-namespace registry",
-            );
-        }
-        if spec.get("subsets").is_some() {
-            self.note(
-                ctx,
-                spec.key_line("subsets"),
-                &sf.key("subsets"),
-                "subsets are not used by enforcer (it does not route between versions); ignored",
-                "nothing to do",
-            );
-        }
+        self.note_if_set(
+            ctx,
+            spec,
+            "exportTo",
+            "exportTo is applied in Kubernetes mode only; from files the rule applies to every workload",
+            "nothing to do for a single-namespace registry",
+        );
+        self.note_if_set(
+            ctx,
+            spec,
+            "subsets",
+            "subsets are not used by enforcer (it does not route between versions); ignored",
+            "nothing to do",
+        );
     }
 }

@@ -364,6 +364,33 @@ impl<'a> FileLoader<'a> {
         }
     }
 
+    /// The mapping items of a list, each with its index and field. A null item is an error
+    /// (`null_msg`: Istio's words), any other non-mapping a type error, unknown keys errors
+    /// (`known`); those items are left out.
+    pub fn map_items<'n, 'y, 'f>(
+        &mut self,
+        ctx: &Ctx,
+        items: &'n [Node<'y>],
+        f: &'f Field<'_>,
+        null_msg: &str,
+        known: &[&str],
+    ) -> Vec<(usize, Field<'f>, &'n Node<'y>)> {
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let itf = f.idx(i);
+            if item.is_null() {
+                self.error(ctx, item.line, &itf, null_msg, "remove the empty list item");
+                continue;
+            }
+            if !self.is_map(ctx, item, &itf) {
+                continue;
+            }
+            self.known_fields(ctx, item, &itf, known);
+            out.push((i, itf, item));
+        }
+        out
+    }
+
     pub fn is_map(&mut self, ctx: &Ctx, n: &Node<'_>, f: &Field<'_>) -> bool {
         match &n.value {
             Yaml::Map(_) => true,
@@ -552,11 +579,54 @@ impl<'a> FileLoader<'a> {
         }
     }
 
+    /// A note on `spec.<key>` when it is set (present and not null): what enforcer does not act on.
+    pub fn note_if_set(&mut self, ctx: &Ctx, spec: &Node<'_>, key: &str, msg: &str, fix: &str) {
+        if spec.get(key).is_some_and(|n| !n.is_null()) {
+            self.note(ctx, spec.key_line(key), &Field::ROOT.key("spec").key(key), msg, fix);
+        }
+    }
+
     /// A mapping child: `None` when absent or null (null means unset, as in JSON), with a type
     /// error when it is not a mapping.
     pub fn map_child<'n, 'y>(&mut self, ctx: &Ctx, n: &'n Node<'y>, key: &str, f: &Field<'_>) -> Option<&'n Node<'y>> {
         let c = n.get(key).filter(|c| !c.is_null())?;
         if self.is_map(ctx, c, &f.key(key)) { Some(c) } else { None }
+    }
+
+    /// `spec.workloadSelector` of a `kind` (ServiceEntry, Sidecar: `labels`; DestinationRule:
+    /// `matchLabels`): `None` when absent; present without labels warns with Istio's
+    /// `no_labels` message and gives `Some` of no labels.
+    pub fn workload_selector(
+        &mut self,
+        ctx: &Ctx,
+        spec: &Node<'_>,
+        labels_key: &str,
+        kind: &str,
+        no_labels: &str,
+    ) -> Option<BTreeMap<String, String>> {
+        let sf = Field::ROOT.key("spec");
+        let wf = sf.key("workloadSelector");
+        let ws = self.map_child(ctx, spec, "workloadSelector", &sf)?;
+        self.known_fields(ctx, ws, &wf, &[labels_key]);
+        let labels = match ws.get(labels_key) {
+            Some(l) => self.selector_labels(
+                ctx,
+                l,
+                &wf.key(labels_key),
+                &format!("a {kind} selects workloads by exact labels"),
+            ),
+            None => BTreeMap::new(),
+        };
+        if labels.is_empty() {
+            self.warn(
+                ctx,
+                ws.line,
+                &wf,
+                no_labels,
+                format!("add labels to spec.workloadSelector.{labels_key}, or remove the selector"),
+            );
+        }
+        Some(labels)
     }
 
     /// Workload selector labels (Istio `ValidateAlphaWorkloadSelector` / `validateWorkloadSelector`):

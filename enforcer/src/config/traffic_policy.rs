@@ -128,16 +128,7 @@ impl FileLoader<'_> {
     fn port_level_settings(&mut self, ctx: &Ctx, pls: &Node<'_>, f: &Field<'_>) -> BTreeMap<u16, TlsSettings> {
         let mut out = BTreeMap::new();
         let items = self.seq_of(ctx, pls, f);
-        for (i, item) in items.iter().enumerate() {
-            let pf = f.idx(i);
-            if item.is_null() {
-                self.error(ctx, item.line, &pf, "traffic policy may not be null", "remove the empty list item");
-                continue;
-            }
-            if !self.is_map(ctx, item, &pf) {
-                continue;
-            }
-            self.known_fields(ctx, item, &pf, &PORT_POLICY_FIELDS);
+        for (_, pf, item) in self.map_items(ctx, items, f, "traffic policy may not be null", &PORT_POLICY_FIELDS) {
             let portf = pf.key("port");
             let number = match self.map_child(ctx, item, "port", &pf) {
                 None => {

@@ -159,8 +159,9 @@ pub struct Dataplane {
     /// TC attachments made by this process (interface, direction), for explicit detach.
     tc_links: Vec<(String, &'static str)>,
     pins: Option<PinDir>,
-    /// Whether this kernel took the cgroup_skb backstop (see `load`).
-    backstop_loaded: bool,
+    /// The cgroup_skb backstop variant this kernel took (`backstop`, else `backstop_compat`), if
+    /// any (see `load`).
+    backstop: Option<&'static str>,
     /// Whether an ALLOW entry steering to the proxy was written (or found at load).
     proxy_entries: bool,
     /// The cgroup sock_ops is to be attached to once a proxy entry is written (no accounting).
@@ -227,9 +228,13 @@ impl Dataplane {
         }
         let workloads_in_map = workloads.iter().filter_map(|r| r.ok()).map(|(k, v)| (k, v.policy_id)).collect();
 
-        let mut backstop_loaded = true;
+        let mut backstop = None;
         for p in PROGRAMS {
             let name = p.name;
+            if p.kind == ProgKind::CgroupSkb && backstop.is_some() {
+                // `backstop` loaded: its compat twin is not needed.
+                continue;
+            }
             let r = match p.kind {
                 ProgKind::CgroupSockAddr => program::<CgroupSockAddr>(&mut ebpf, name)?.load(),
                 ProgKind::SockOps => program::<SockOps>(&mut ebpf, name)?.load(),
@@ -237,14 +242,24 @@ impl Dataplane {
                 ProgKind::SchedClassifier => program::<SchedClassifier>(&mut ebpf, name)?.load(),
             };
             match (p.kind, verified(name, r)) {
+                (ProgKind::CgroupSkb, Ok(())) => {
+                    if name == prog_names::BACKSTOP_COMPAT {
+                        tracing::info!(
+                            "this kernel's cgroup_skb programs may not read the current task: the backstop's events name the process recorded at connect()/sendmsg() (none for raw and ping sockets)"
+                        );
+                    }
+                    backstop = Some(name);
+                }
                 (_, Ok(())) => {}
-                // Older kernels (seen: 6.12) refuse the per-packet backstop; the connect/sendmsg
-                // hooks still judge every connection. Said loudly, never silently.
-                (ProgKind::CgroupSkb, Err(e)) => {
-                    backstop_loaded = false;
+                // Both variants refused: the connect/sendmsg hooks still judge every connection.
+                // Said loudly, never silently.
+                (ProgKind::CgroupSkb, Err(e)) if name == prog_names::BACKSTOP_COMPAT => {
                     notes.push(format!(
                         "the per-packet backstop does not load on this kernel, so packets are judged only at connect()/sendmsg() (routing headers, NAT, raw and ping sockets are not caught): {e}"
                     ));
+                }
+                (ProgKind::CgroupSkb, Err(e)) => {
+                    tracing::debug!(error = %e, "backstop refused; trying {}", prog_names::BACKSTOP_COMPAT);
                 }
                 (_, Err(e)) => return Err(e),
             }
@@ -278,7 +293,7 @@ impl Dataplane {
             own_flags: agent_settings.flags & SETTINGS_DATAPLANE_FLAGS,
             tc_links: Vec::new(),
             pins,
-            backstop_loaded,
+            backstop,
             proxy_entries: false,
             sock_ops_pending: None,
             _logger: logger,
@@ -338,7 +353,7 @@ impl Dataplane {
                 ProgKind::SchedClassifier => continue,
                 ProgKind::CgroupSockAddr => prog_names::ALL.contains(&p.name) || want.dns_restore,
                 ProgKind::SockOps => sock_ops_now,
-                ProgKind::CgroupSkb => want.backstop && self.backstop_loaded,
+                ProgKind::CgroupSkb => want.backstop && self.backstop == Some(p.name),
             };
             let link_path = self.pins.as_ref().map(|d| d.link(p.name));
             if !wanted {
@@ -565,18 +580,39 @@ impl Dataplane {
                     map_names::ALLOW_EXACT => self.in_exact,
                     map_names::DESTS => self.in_dests,
                     map_names::WORKLOADS => self.workloads_in_map.len(),
-                    map_names::FLOWS => self.flows.keys().count(),
-                    map_names::TRAFFIC => self.traffic.keys().count(),
-                    map_names::CONNS => self.conns.keys().count(),
-                    map_names::PROXY_PEERS => self.proxy_peers.keys().count(),
-                    map_names::PROXY_ORIG => self.proxy_orig.keys().count(),
-                    map_names::DNS_ORIG => self.dns_orig.keys().count(),
-                    map_names::FLOW_OWNER => self.flow_owner.keys().count(),
+                    // FLOWS, TRAFFIC and CONNS are counted from the scrape's own read of them;
+                    // the kernel-filled LRU maps by `KernelOnlyMaps`, without the dataplane.
                     _ => return None,
                 };
                 Some((m.name, n))
             })
             .collect()
+    }
+
+    /// New handles (own file descriptors) on the maps only the kernel fills (`PROXY_PEERS`,
+    /// `PROXY_ORIG`, `DNS_ORIG`, `FLOW_OWNER`), so their keys can be counted without holding
+    /// whatever lock guards this dataplane (a full `FLOW_OWNER` walk takes ~1 s here).
+    pub fn kernel_only_maps(&self) -> Result<KernelOnlyMaps> {
+        use aya::maps::IterableMap as _;
+        fn reopen<K: aya::Pod, V: aya::Pod>(
+            name: &'static str,
+            m: &MapData,
+        ) -> Result<aya::maps::HashMap<MapData, K, V>> {
+            let id = m.info().map_err(map_err(name, "read the id"))?.id();
+            let md = MapData::from_id(id).map_err(map_err(name, "reopen"))?;
+            aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(md)).map_err(map_err(name, "reopen"))
+        }
+        macro_rules! lru {
+            ($field:ident, $name:expr) => {
+                reopen($name, self.$field.map())?
+            };
+        }
+        Ok(KernelOnlyMaps {
+            proxy_peers: lru!(proxy_peers, map_names::PROXY_PEERS),
+            proxy_orig: lru!(proxy_orig, map_names::PROXY_ORIG),
+            dns_orig: lru!(dns_orig, map_names::DNS_ORIG),
+            flow_owner: lru!(flow_owner, map_names::FLOW_OWNER),
+        })
     }
 
     pub fn set_mode(&mut self, policy_id: PolicyId, mode: Mode) -> Result<()> {
@@ -984,6 +1020,26 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
             tracing::warn!("kernel-side logging unavailable: {e}");
             None
         }
+    }
+}
+
+/// See [`Dataplane::kernel_only_maps`].
+pub struct KernelOnlyMaps {
+    proxy_peers: aya::maps::HashMap<MapData, OrigDest, ProxyDest>,
+    proxy_orig: aya::maps::HashMap<MapData, u64, ProxyDest>,
+    dns_orig: aya::maps::HashMap<MapData, u64, OrigDest>,
+    flow_owner: aya::maps::HashMap<MapData, FlowOwnerKey, u64>,
+}
+
+impl KernelOnlyMaps {
+    /// Their entries now (one `get_next_key` per entry: ~4 µs each here).
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        vec![
+            (map_names::PROXY_PEERS, self.proxy_peers.keys().count()),
+            (map_names::PROXY_ORIG, self.proxy_orig.keys().count()),
+            (map_names::DNS_ORIG, self.dns_orig.keys().count()),
+            (map_names::FLOW_OWNER, self.flow_owner.keys().count()),
+        ]
     }
 }
 

@@ -25,6 +25,7 @@ use hickory_proto::op::{Message, OpCode, ResponseCode};
 
 use super::answer::name_key;
 use super::{DnsPolicy, PolicyMode, UnknownNames};
+use crate::config::host::strip_domain;
 
 /// What the registry says about one name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,11 +96,6 @@ pub(crate) enum Decision {
     Forward { learn: Vec<(usize, ServiceId)>, unregistered: Vec<(usize, String, Why)> },
     /// Answer `rcode` without asking the upstream; `report`: (question index, name, why).
     Block { rcode: ResponseCode, reason: BlockReason, report: Vec<(usize, String, Why)> },
-}
-
-/// `q` ends with `.suffix` (on a label boundary): the part before it.
-fn strip_domain<'a>(q: &'a str, suffix: &str) -> Option<&'a str> {
-    q.strip_suffix(suffix)?.strip_suffix('.').filter(|x| !x.is_empty())
 }
 
 /// The class of `q` (lowercase, no trailing dot) without looking at its own search expansions.

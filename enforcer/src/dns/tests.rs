@@ -315,7 +315,7 @@ impl DnsPolicy for TestPolicy {
         }
         self.wildcard
             .iter()
-            .find(|(suffix, _)| qname.strip_suffix(suffix.as_str()).is_some_and(|p| p.ends_with('.') && p.len() > 1))
+            .find(|(suffix, _)| crate::config::host::strip_domain(qname, suffix).is_some())
             .map(|(_, id)| super::NameMatch { service: *id, exact: false })
     }
 

@@ -44,7 +44,7 @@ use std::path::PathBuf;
 use super::adapter::{ClusterDr, ClusterSe, MeshSettings, Sidecar};
 use super::cgroup::KubeletRoot;
 use super::model::{NamespaceInfo, PodInfo};
-use crate::config::{Host, Location, Mode, Port, Protocol, Registry, Resolution, ServiceEntry, SourceRef};
+use crate::config::{Host, HostPattern, Location, Mode, Port, Protocol, Registry, Resolution, ServiceEntry, SourceRef};
 use crate::workload::WorkloadPolicy;
 
 /// The namespaces whose pods are never governed unless `allow_system_namespaces`.
@@ -200,18 +200,10 @@ pub fn exported_to(export_to: &[String], default: &[String], obj_ns: &str, ns: &
     list.iter().any(|e| e == "*" || (e == "." && obj_ns == ns) || e == ns)
 }
 
-/// Istio's `host.Name.SubsetOf`: is every name `service` matches also matched by `import`?
+/// Istio's `host.Name.SubsetOf`: is every name `service` matches also matched by `import` (a
+/// Sidecar egress host as written)? See [`crate::config::host`].
 pub fn subset_of(service: &Host, import: &str) -> bool {
-    let import = import.trim().trim_end_matches('.').to_ascii_lowercase();
-    if import == "*" {
-        return true;
-    }
-    match (service, import.strip_prefix("*.")) {
-        (Host::Exact(h), None) => *h == import,
-        (Host::Wildcard(_), None) => false,
-        (Host::Exact(h), Some(suffix)) => h.ends_with(&format!(".{suffix}")),
-        (Host::Wildcard(s), Some(suffix)) => s == suffix || s.ends_with(&format!(".{suffix}")),
-    }
+    service.is_subset_of(&HostPattern::parse(import))
 }
 
 fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {

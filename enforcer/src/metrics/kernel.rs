@@ -63,8 +63,8 @@ struct MapLabel {
     map: &'static str,
 }
 
-/// One map of `enforcer_common::MAPS`: entries now (None when counting them is not cheap, see
-/// [`MapCount`]) and capacity.
+/// One map of `enforcer_common::MAPS`: entries now (None for a map without a count: the ring
+/// buffer, socket storage) and capacity.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MapCount {
     pub name: &'static str,
@@ -211,7 +211,7 @@ impl Collector for KernelCollector {
         gauges(
             &mut enc,
             "enforcer_map_entries",
-            "Entries in a BPF map (maps whose count is not cheap are left out, see README)",
+            "Entries in a BPF map (arrays: their size; MODES: policies in use; the ring buffer and socket storage have no count)",
             s.maps.iter().filter_map(|m| Some((MapLabel { map: m.name }, m.entries? as i64))),
         )?;
         gauges(

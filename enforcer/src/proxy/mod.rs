@@ -38,8 +38,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tracing::{debug, info, warn};
 
 pub use metrics::ProxyMetrics;
-pub use route::{host_matches, normalize_host};
-pub use sni::sni_matches;
+pub use route::normalize_host;
 
 /// How to originate TLS to the upstream (a DestinationRule's `trafficPolicy.tls`, mode SIMPLE).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

@@ -1,8 +1,8 @@
-//! Which virtual host (or SNI entry) a name selects: THE matching of the proxy, for the Host
-//! header and the TLS SNI alike. An exact name wins, else the longest `*.suffix` pattern that
-//! covers the name (Envoy's virtual host domain order: exact, then the longest suffix wildcard).
+//! Which virtual host a Host header selects. The matching is the one host matcher's
+//! ([`crate::config::host::best_match`], also used for the TLS SNI): an exact name wins, else the
+//! longest `*.suffix` pattern that covers the name (Envoy's virtual host domain order).
 
-use super::{HttpRoutes, VirtualHost, sni_matches};
+use super::{HttpRoutes, VirtualHost};
 
 /// A Host header or `:authority` as a name to match: lower case, without the port (a bracketed
 /// IPv6 literal loses its brackets) and without a trailing dot.
@@ -20,25 +20,6 @@ pub fn normalize_host(host: &str) -> String {
     h.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Does `pattern` (an exact name or `*.suffix`) cover `name` (normalized)?
-pub fn host_matches(pattern: &str, name: &str) -> bool {
-    sni_matches(pattern, name)
-}
-
-/// The entry whose pattern selects `name`: exact first, else the longest wildcard.
-pub(crate) fn best_match<'a, T: Copy>(entries: impl Iterator<Item = (&'a str, T)> + Clone, name: &str) -> Option<T> {
-    let name = name.trim_end_matches('.');
-    if name.is_empty() {
-        return None;
-    }
-    if let Some((_, t)) =
-        entries.clone().find(|(p, _)| !p.starts_with('*') && p.trim_end_matches('.').eq_ignore_ascii_case(name))
-    {
-        return Some(t);
-    }
-    entries.filter(|(p, _)| p.starts_with("*.") && sni_matches(p, name)).max_by_key(|(p, _)| p.len()).map(|(_, t)| t)
-}
-
 impl HttpRoutes {
     /// The virtual host a request's (normalized) Host selects, by index.
     pub(crate) fn select(&self, host: &str) -> Option<usize> {
@@ -47,7 +28,7 @@ impl HttpRoutes {
             .iter()
             .enumerate()
             .flat_map(|(i, v): (usize, &VirtualHost)| v.domains.iter().map(move |d| (d.as_str(), i)));
-        best_match(entries, host)
+        crate::config::host::best_match(host, entries)
     }
 }
 

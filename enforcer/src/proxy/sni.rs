@@ -22,30 +22,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// plaintext before the ServerHello).
 const ALERT_UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 112];
 
-/// Whether `sni` is covered by the registry host `pattern`: exact (case-insensitive, trailing dot
-/// ignored), or `*.suffix` matching any name that ends in `.suffix` with at least one label before
-/// it (`*.example.com` matches a.example.com and a.b.example.com, not example.com nor
-/// evilexample.com). A bare `*` matches nothing.
-pub fn sni_matches(pattern: &str, sni: &str) -> bool {
-    let pattern = pattern.trim_end_matches('.');
-    let sni = sni.trim_end_matches('.');
-    if sni.is_empty() {
-        return false;
-    }
-    match pattern.strip_prefix("*.") {
-        Some(suffix) if !suffix.is_empty() => {
-            sni.len() > suffix.len() + 1
-                && sni.as_bytes()[sni.len() - suffix.len() - 1] == b'.'
-                && sni[sni.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
-        }
-        Some(_) => false,
-        None => !pattern.starts_with('*') && pattern.eq_ignore_ascii_case(sni),
-    }
-}
-
-/// The service an SNI belongs to: an exact host first, else the longest wildcard.
+/// The service an SNI belongs to: an exact host first, else the longest wildcard (the one host
+/// matcher, [`crate::config::host::best_match`]).
 fn lookup<'a>(allowed: &'a [(String, ServiceLabels)], sni: &str) -> Option<&'a ServiceLabels> {
-    super::route::best_match(allowed.iter().map(|(p, s)| (p.as_str(), s)), sni)
+    crate::config::host::best_match(sni, allowed.iter().map(|(p, s)| (p.as_str(), s)))
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -53,7 +53,8 @@ async function handle(msg) {
   switch (msg.cmd) {
     case 'open':
       if (!context) await launch(msg.width || 1400, msg.height || 1000);
-      await page.goto(msg.url, { waitUntil: 'load', timeout: 15000 });
+      // Generous: chromium's first start on a loaded 2-core CI machine took over 15 s once.
+      await page.goto(msg.url, { waitUntil: 'load', timeout: 60000 });
       return null;
     case 'wait': {
       const h = await page.waitForFunction(msg.js, null, { timeout: msg.timeout_ms || 10000, polling: 50 });

@@ -49,16 +49,7 @@ impl FileLoader<'_> {
         }
         let port_names: HashSet<&str> = ports.iter().map(|p| p.port.name.as_str()).collect();
         let mut unix_reported = false;
-        for (i, item) in items.iter().enumerate() {
-            let f = ef.idx(i);
-            if item.is_null() {
-                self.error(ctx, item.line, &f, "endpoint cannot be nil", "remove the empty list item");
-                continue;
-            }
-            if !self.is_map(ctx, item, &f) {
-                continue;
-            }
-            self.known_fields(ctx, item, &f, &ENDPOINT_FIELDS);
+        for (_, f, item) in self.map_items(ctx, items, &ef, "endpoint cannot be nil", &ENDPOINT_FIELDS) {
             if res == Res::None || res == Res::DynamicDns {
                 // Reported once by se_resolution_rules; fields are not checked further.
                 out.push((None, item.line));

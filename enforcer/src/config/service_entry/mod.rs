@@ -1,7 +1,7 @@
 //! `ServiceEntry`: Istio's `ValidateServiceEntry` (istio/istio pkg/config/validation) and the CRD
 //! schema's rules (istio/api), one function per field group, into [`ServiceEntry`].
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 
 mod endpoints;
 
@@ -100,7 +100,13 @@ impl FileLoader<'_> {
         }
         self.known_fields(ctx, spec, &spec_f, &SPEC_FIELDS);
 
-        let selector = self.se_workload_selector(ctx, spec);
+        let selector = self.workload_selector(
+            ctx,
+            spec,
+            "labels",
+            "ServiceEntry",
+            "service entry: workload selector specified without labels, will be applied to all services in namespace",
+        );
         let res = self.se_resolution(ctx, spec);
         let location = self.se_location(ctx, spec);
         let hosts = self.se_hosts(ctx, spec, res);
@@ -147,29 +153,6 @@ impl FileLoader<'_> {
             workload_selector: selector,
             source,
         });
-    }
-
-    /// `spec.workloadSelector.labels`.
-    fn se_workload_selector(&mut self, ctx: &Ctx, spec: &Node<'_>) -> Option<BTreeMap<String, String>> {
-        let sf = SPEC.key("spec");
-        let wf = sf.key("workloadSelector");
-        let ws = self.map_child(ctx, spec, "workloadSelector", &sf)?;
-        self.known_fields(ctx, ws, &wf, &["labels"]);
-        let lf = wf.key("labels");
-        let labels = match ws.get("labels") {
-            Some(l) => self.selector_labels(ctx, l, &lf, "a ServiceEntry selects workloads by exact labels"),
-            None => BTreeMap::new(),
-        };
-        if labels.is_empty() {
-            self.warn(
-                ctx,
-                ws.line,
-                &wf,
-                "service entry: workload selector specified without labels, will be applied to all services in namespace",
-                "add labels to spec.workloadSelector.labels, or remove the selector",
-            );
-        }
-        Some(labels)
     }
 
     /// `spec.resolution` (default NONE).
@@ -351,16 +334,7 @@ impl FileLoader<'_> {
         out.reserve_exact(items.len());
         let mut names: HashSet<String> = HashSet::new();
         let mut numbers: HashSet<u16> = HashSet::new();
-        for (i, item) in items.iter().enumerate() {
-            let f = pf.idx(i);
-            if item.is_null() {
-                self.error(ctx, item.line, &f, "service entry port may not be null", "remove the empty list item");
-                continue;
-            }
-            if !self.is_map(ctx, item, &f) {
-                continue;
-            }
-            self.known_fields(ctx, item, &f, &PORT_FIELDS);
+        for (_, f, item) in self.map_items(ctx, items, &pf, "service entry port may not be null", &PORT_FIELDS) {
             let nf = f.key("number");
             let number = match item.get("number") {
                 Some(n) => self.port_of(ctx, n, &nf),
@@ -624,32 +598,16 @@ impl FileLoader<'_> {
     fn se_notes(&mut self, ctx: &Ctx, spec: &Node<'_>, res: Res, location: Location, export_to: &[String]) {
         let sf = SPEC.key("spec");
         if !export_to.is_empty() {
-            self.note(
-                ctx,
-                spec.key_line("exportTo"),
-                &sf.key("exportTo"),
-                "exportTo is applied in Kubernetes mode only; from files the entry applies to every workload the enforcer guards",
-                "remove spec.exportTo, or run a separate enforcer per namespace",
-            );
+            self.note_if_set(ctx, spec, "exportTo", "exportTo is applied in Kubernetes mode only; from files the entry applies to every workload the enforcer guards", "remove spec.exportTo, or run a separate enforcer per namespace");
         }
-        if spec.get("workloadSelector").is_some_and(|w| !w.is_null()) {
-            self.note(
-                ctx,
-                spec.key_line("workloadSelector"),
-                &sf.key("workloadSelector"),
-                "workloadSelector describes mesh workloads; enforcer ignores the selector (from files) or the whole entry (in Kubernetes mode)",
-                "list endpoints explicitly, or remove spec.workloadSelector",
-            );
-        }
-        if spec.get("subjectAltNames").is_some_and(|w| !w.is_null()) {
-            self.note(
-                ctx,
-                spec.key_line("subjectAltNames"),
-                &sf.key("subjectAltNames"),
-                "subjectAltNames is not checked by enforcer; ignored",
-                "remove spec.subjectAltNames, or set DestinationRule tls.subjectAltNames",
-            );
-        }
+        self.note_if_set(ctx, spec, "workloadSelector", "workloadSelector describes mesh workloads; enforcer ignores the selector (from files) or the whole entry (in Kubernetes mode)", "list endpoints explicitly, or remove spec.workloadSelector");
+        self.note_if_set(
+            ctx,
+            spec,
+            "subjectAltNames",
+            "subjectAltNames is not checked by enforcer; ignored",
+            "remove spec.subjectAltNames, or set DestinationRule tls.subjectAltNames",
+        );
         if spec.get("ports").is_none() {
             self.note(
                 ctx,

@@ -16,16 +16,8 @@ impl FileLoader<'_> {
         let sf = Field::ROOT.key("spec");
         let inf = sf.key("ingress");
         let mut ports = HashSet::new();
-        for (idx, l) in self.seq_of(ctx, i, &inf).iter().enumerate() {
-            let f = inf.idx(idx);
-            if l.is_null() {
-                self.error(ctx, l.line, &f, "sidecar: ingress may not be null", "remove the empty list item");
-                continue;
-            }
-            if !self.is_map(ctx, l, &f) {
-                continue;
-            }
-            self.known_fields(ctx, l, &f, &INGRESS_FIELDS);
+        let items = self.seq_of(ctx, i, &inf);
+        for (_, f, l) in self.map_items(ctx, items, &inf, "sidecar: ingress may not be null", &INGRESS_FIELDS) {
             let Some(p) = present(l, "port") else {
                 self.error(
                     ctx,

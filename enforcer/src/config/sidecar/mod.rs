@@ -1,7 +1,7 @@
 //! `Sidecar`: Istio's `ValidateSidecar` and the CRD schema's rules, into [`Sidecar`] (egress hosts,
 //! outbound mode, workload selector; ingress listeners are validated, not modelled).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 mod ingress;
 
@@ -57,7 +57,16 @@ impl FileLoader<'_> {
             return;
         }
         self.known_fields(ctx, spec, &sf, &SPEC_FIELDS);
-        let selector = self.sidecar_selector(ctx, spec);
+        // No labels: the Sidecar applies to its whole namespace.
+        let selector = self
+            .workload_selector(
+                ctx,
+                spec,
+                "labels",
+                "Sidecar",
+                "sidecar: workload selector specified without labels, will be applied to all services in namespace",
+            )
+            .filter(|labels| !labels.is_empty());
         let egress_node = present(spec, "egress");
         if !non_empty_seq(egress_node)
             && !non_empty_seq(present(spec, "ingress"))
@@ -98,29 +107,6 @@ impl FileLoader<'_> {
             outbound_mode,
             source,
         });
-    }
-
-    /// `spec.workloadSelector.labels`.
-    fn sidecar_selector(&mut self, ctx: &Ctx, spec: &Node<'_>) -> Option<BTreeMap<String, String>> {
-        let sf = Field::ROOT.key("spec");
-        let wf = sf.key("workloadSelector");
-        let ws = self.map_child(ctx, spec, "workloadSelector", &sf)?;
-        self.known_fields(ctx, ws, &wf, &["labels"]);
-        let labels = match ws.get("labels") {
-            Some(l) => self.selector_labels(ctx, l, &wf.key("labels"), "a Sidecar selects workloads by exact labels"),
-            None => BTreeMap::new(),
-        };
-        if labels.is_empty() {
-            self.warn(
-                ctx,
-                ws.line,
-                &wf,
-                "sidecar: workload selector specified without labels, will be applied to all services in namespace",
-                "add labels to spec.workloadSelector.labels, or remove the selector",
-            );
-            return None;
-        }
-        Some(labels)
     }
 
     /// A listener `port`: name optional (DNS-1123), protocol known, number 1..65535 (0 only for
@@ -199,16 +185,7 @@ impl FileLoader<'_> {
         let mut ports = HashSet::new();
         let mut uds = HashSet::new();
         let mut catch_all = false;
-        for (index, l) in items.iter().enumerate() {
-            let f = ef.idx(index);
-            if l.is_null() {
-                self.error(ctx, l.line, &f, "egress listener may not be null", "remove the empty list item");
-                continue;
-            }
-            if !self.is_map(ctx, l, &f) {
-                continue;
-            }
-            self.known_fields(ctx, l, &f, &EGRESS_FIELDS);
+        for (index, f, l) in self.map_items(ctx, items, &ef, "egress listener may not be null", &EGRESS_FIELDS) {
             let bind = present(l, "bind")
                 .and_then(|b| self.str_of(ctx, b, &f.key("bind")))
                 .map(|s| s.into_owned())
