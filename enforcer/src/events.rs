@@ -107,29 +107,41 @@ pub fn format_event(ev: &Event, desired: &Desired) -> String {
 
 /// One line for a name the DNS forwarder refused (or answered without allowing, or in AUDIT
 /// would have refused): `denied dns evil.example (A): not in registry; answered REFUSED; ...`.
-pub fn format_dns_refusal(r: &crate::dns::Refusal) -> String {
+pub fn format_dns_refusal(r: &crate::dns::Refusal, workload: &str) -> String {
     use crate::dns::{Action, Why};
     let queried = if r.queried != r.name { format!(" (queried as {})", r.queried) } else { String::new() };
     let why = match r.why {
         Why::NotInRegistry => "not in registry",
         Why::SearchExpansion => "not in registry (a search-domain expansion of it)",
+        Why::Rebinding => "the answer had private/loopback/link-local addresses",
+        Why::MapWrite => "its addresses could not be written to the kernel map",
     };
     let fix = format!("allow it with --allow {} or a ServiceEntry", r.name);
+    let (name, qtype) = (&r.name, &r.qtype);
     match r.action {
-        Action::Refused => format!("denied dns {} ({}){queried}: {why}; answered REFUSED; {fix}", r.name, r.qtype),
-        Action::Nxdomain => format!("denied dns {} ({}){queried}: {why}; answered NXDOMAIN; {fix}", r.name, r.qtype),
+        Action::Refused => {
+            format!("denied dns {workload} -> {name} ({qtype}){queried}: {why}; answered REFUSED; {fix}")
+        }
+        Action::Nxdomain => {
+            format!("denied dns {workload} -> {name} ({qtype}){queried}: {why}; answered NXDOMAIN; {fix}")
+        }
         Action::Answered => format!(
-            "denied dns {} ({}){queried}: {why}; answered (--unknown-names answer), nothing allowed; {fix}",
-            r.name, r.qtype
+            "denied dns {workload} -> {name} ({qtype}){queried}: {why}; answered (--unknown-names answer), nothing allowed; {fix}"
         ),
         Action::AuditWouldRefuse => {
-            format!("audit: would refuse dns {} ({}){queried}: {why}; answered; {fix}", r.name, r.qtype)
+            format!("audit: would refuse dns {workload} -> {name} ({qtype}){queried}: {why}; answered; {fix}")
+        }
+        Action::RebindingDropped => format!(
+            "denied dns {workload} -> {name} ({qtype}): {why}; dropped from the answer (DNS rebinding protection); list them in the ServiceEntry's endpoints or addresses to allow them"
+        ),
+        Action::LearnFailed => {
+            format!("denied dns {workload} -> {name} ({qtype}): {why}; answered SERVFAIL; see the agent log")
         }
     }
 }
 
-/// The JSON form of a DNS refusal (`hook: "dns"`, `host`: the name, no address or port).
-pub fn dns_event_json(r: &crate::dns::Refusal) -> EventJson {
+/// The JSON form of a DNS event (`hook: "dns"`, `host`: the name, no address or port).
+pub fn dns_event_json(r: &crate::dns::Refusal, workload: &str) -> EventJson {
     use crate::dns::{Action, Why};
     EventJson {
         time: std::time::SystemTime::now()
@@ -143,19 +155,22 @@ pub fn dns_event_json(r: &crate::dns::Refusal) -> EventJson {
         reason: match r.why {
             Why::NotInRegistry => "not_in_registry",
             Why::SearchExpansion => "search_expansion",
+            Why::Rebinding => "rebinding",
+            Why::MapWrite => "learn_failed",
         }
         .into(),
         message: r.action.label().into(),
+        workload: Some(workload.to_string()),
         host: Some(r.name.clone()),
-        line: format_dns_refusal(r),
+        line: format_dns_refusal(r, workload),
         ..Default::default()
     }
 }
 
 /// A DNS refusal as a JSON object on stderr (`--event-format json`).
-pub fn print_dns_json(r: &crate::dns::Refusal) {
+pub fn print_dns_json(r: &crate::dns::Refusal, workload: &str) {
     use std::io::Write as _;
-    if let Ok(mut s) = serde_json::to_string(&dns_event_json(r)) {
+    if let Ok(mut s) = serde_json::to_string(&dns_event_json(r, workload)) {
         s.push('\n');
         let _ = std::io::stderr().lock().write_all(s.as_bytes());
     }
@@ -465,8 +480,8 @@ impl EventHub {
     }
 
     /// A name the DNS forwarder refused (each name once per run; see `dns_bridge`).
-    pub fn publish_dns(&self, r: &crate::dns::Refusal) {
-        if let Ok(s) = serde_json::to_string(&dns_event_json(r)) {
+    pub fn publish_dns(&self, r: &crate::dns::Refusal, workload: &str) {
+        if let Ok(s) = serde_json::to_string(&dns_event_json(r, workload)) {
             self.push(s);
         }
     }

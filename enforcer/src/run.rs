@@ -114,15 +114,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     }
     let mut events = agent.with_dataplane(|dp| dp.take_events()).context("opening the event ring buffer")?;
 
-    // Every resolver path of CMD ends in port-53 queries the kernel steers to the forwarder (the
-    // resolver view of dns::isolate; applied to --privileged runs, see README's limits).
+    // Every resolver path of CMD ends in port-53 queries the kernel steers to the forwarder: the
+    // resolver view of dns::isolate, mounted in CMD's mount namespace (the confined init's, or one
+    // of its own under --privileged). Kept until CMD is gone (it owns the generated files).
+    let isolation = crate::dns::isolate::for_run(steering && agent.dns_isolation(), std::process::id())?;
     let (mut cmd, mut init) = match &plan {
-        Plan::Privileged => {
-            let isolation = crate::dns::isolate::for_run(steering && agent.dns_isolation(), std::process::id())?;
-            (spawn_in_cgroup(&args.command, &child, isolation)?, None)
-        }
+        Plan::Privileged => (spawn_in_cgroup(&args.command, &child, isolation.clone())?, None),
         Plan::Confined { identity } => {
-            let (c, link) = confine::spawn(&args.command, &child.procs_file(), identity.as_ref())?;
+            let view = isolation.as_ref().map(|i| i.mounts()).unwrap_or_default();
+            let (c, link) = confine::spawn(&args.command, &child.procs_file(), identity.as_ref(), view)?;
             (c, Some(link))
         }
     };
@@ -206,6 +206,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             ReportFormat::Json => eprintln!("{}", serde_json::to_string(&summary)?),
         }
     }
+    drop(isolation);
     drop(started);
     drop(agent); // the last handle to the dataplane closes its link descriptors
     drop(child); // removes the cgroup

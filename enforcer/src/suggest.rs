@@ -90,8 +90,9 @@ pub fn draft(events: &[EventJson], namespace: &str, live: Option<&Registryz>) ->
             continue;
         }
         // A refused DNS name: the host is drafted; its ports come from connections, if any.
+        // (Rebinding drops and learn failures are about names the registry already has.)
         if e.hook == "dns" {
-            if let Some(h) = &e.host {
+            if let Some(h) = e.host.as_ref().filter(|_| e.reason != "rebinding" && e.reason != "learn_failed") {
                 let d = by_host.entry(h.clone()).or_default();
                 if let Some(w) = &e.workload {
                     d.workloads.insert(w.clone());

@@ -171,6 +171,52 @@ impl ResolverHost {
         });
     }
 
+    /// systemd-resolved (Debian's, unpacked by `cargo xtask setup` under `root`; see
+    /// [`resolved_root`]) inside: its own /run/systemd (tmpfs), a `systemd-resolve` user in a
+    /// private /etc/passwd, upstreams from the namespace's resolv.conf. Ready once its varlink
+    /// socket exists. Returns false (after logging why) if it does not start.
+    pub fn start_resolved(&mut self, root: &Path) -> bool {
+        let passwd = fs::read_to_string("/etc/passwd").unwrap() + "systemd-resolve:x:990:990::/:/usr/sbin/nologin\n";
+        let group = fs::read_to_string("/etc/group").unwrap() + "systemd-resolve:x:990:\n";
+        let (p, g) = (self.dir.write("passwd", &passwd), self.dir.write("group", &group));
+        let _ = fs::create_dir_all("/run/systemd");
+        let st = self
+            .command("sh")
+            .arg("-c")
+            .arg(format!(
+                "set -e; mount -t tmpfs tmpfs /run/systemd; mount --bind {} /etc/passwd; mount --bind {} /etc/group",
+                p.display(),
+                g.display()
+            ))
+            .status()
+            .unwrap();
+        assert!(st.success(), "preparing the namespace for systemd-resolved");
+        let log = self.dir.join("systemd-resolved.log");
+        let f = fs::File::create(&log).unwrap();
+        let mut c = self.command(root.join("lib/systemd/systemd-resolved"));
+        c.env("SYSTEMD_LOG_LEVEL", "info").stdin(Stdio::null()).stdout(f.try_clone().unwrap()).stderr(f);
+        let mut child = c.spawn().expect("starting systemd-resolved");
+        let holder = self.holder.id().to_string();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let up = Command::new("nsenter")
+                .args(["-t", &holder, "-m", "--", "test", "-S", "/run/systemd/resolve/io.systemd.Resolve"])
+                .status()
+                .is_ok_and(|s| s.success());
+            if up {
+                self.daemons.push(("systemd-resolved".into(), child));
+                return true;
+            }
+            if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                eprintln!("systemd-resolved did not start:\n{}", fs::read_to_string(&log).unwrap_or_default());
+                return false;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// `enforcer run POLICY... -- CMD...` inside (60 s deadline).
     pub fn enforcer_run<P: AsRef<OsStr>, S: AsRef<OsStr>>(&self, policy: &[P], cmd: &[S]) -> Outcome {
         let mut c = self.command(enforcer_bin());
@@ -194,6 +240,15 @@ impl Drop for ResolverHost {
         let _ = self.holder.kill();
         let _ = self.holder.wait();
     }
+}
+
+/// Where `cargo xtask setup` unpacks systemd-resolved and libnss-resolve
+/// (`target/debs/systemd-resolved`; `ENFORCER_TESTS_RESOLVED_ROOT` overrides). None: not there.
+pub fn resolved_root() -> Option<PathBuf> {
+    let root = std::env::var_os("ENFORCER_TESTS_RESOLVED_ROOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debs/systemd-resolved"));
+    root.join("lib/systemd/systemd-resolved").exists().then_some(root)
 }
 
 /// A static musl client (built with `musl-gcc -static` from tests/helpers/gai_connect.c):

@@ -538,6 +538,16 @@ fn rebinding_answers_are_filtered_and_not_learned() {
     let g = endpoint(&eps, &good).unwrap_or_else(|| panic!("{good} (public part of mixed.svc.test) learned: {eps:?}"));
     assert_eq!((g["source"].as_str(), g["host"].as_str()), (Some("learned"), Some("mixed.svc.test")), "{g}");
     assert_eq!(w.metric("enforcer_dns_rebinding_dropped_total"), Some(6.0), "{}", w.admin_get("/metrics").1);
+    // Each drop is an event naming the workload that asked (the command under `run`).
+    let (_, events) = w.admin_get("/debug/events");
+    let rebinding: Vec<serde_json::Value> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["hook"] == "dns" && e["reason"] == "rebinding")
+        .collect();
+    assert_eq!(rebinding.len(), 6, "{events}");
+    assert!(rebinding.iter().all(|e| e["workload"] == "python3"), "{events}");
+    assert!(rebinding.iter().any(|e| e["destination"] == "evil.svc.test"), "{events}");
     // The learned public address connects.
     let _srv = ns.serve(&[&format!("tcp:{PORT}")]);
     w.connect(&good, PORT).assert_ok(&format!("hello from {good}:{PORT}"));

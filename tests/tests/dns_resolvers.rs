@@ -1,7 +1,7 @@
 //! A name resolved by any resolver path connects on the first try: glibc through nscd (a daemon
-//! outside the cgroup answering over a UNIX socket), a loopback stub (unbound on 127.0.0.53 and
-//! 127.0.0.1, like systemd-resolved's stub), nsswitch `resolve` rewritten, a static musl client,
-//! Go's pure resolver, dual-stack answers.
+//! outside the cgroup answering over a UNIX socket), glibc through nss-resolve and
+//! systemd-resolved (varlink), a loopback stub (unbound on 127.0.0.53 and 127.0.0.1), nsswitch
+//! `hosts:` lines rewritten, a static musl client, Go's pure resolver, dual-stack answers.
 //!
 //! Each test builds a host of its own: a netns with dnsmasq (the upstream) and a listener, and a
 //! private mount namespace ([`ResolverHost`]) with its resolv.conf / nsswitch.conf and the real
@@ -57,8 +57,9 @@ fn setup() -> Setup {
     Setup { ns, _srv: srv, dns, dir, reg }
 }
 
-/// The resolver view (dns::isolate) is applied to `--privileged` runs: the confined run's init
-/// does not apply it yet (README's limits), so the tests of that view use `--privileged`.
+/// The flags every test gives `enforcer run`; the command is confined (the default): the resolver
+/// view (dns::isolate) is mounted by its init. The nscd test also runs it `--privileged` (a mount
+/// namespace of the command's own), so both paths are covered.
 fn policy(s: &Setup, extra: &[&str]) -> Vec<String> {
     let mut v = vec![
         "--registry".to_string(),
@@ -89,18 +90,22 @@ fn glibc_through_nscd_is_learned_because_the_command_does_not_see_nscd() {
 
     // The proof that the test exercises nscd: with the host's view, getaddrinfo is answered by
     // nscd (outside the cgroup, its own sockets): the address comes back, nothing is learned.
-    let out = host.enforcer_run(&policy(&s, &["--privileged", "--no-dns-isolation"]), &worker_cmd(&[rc("a.svc.test")]));
+    let out = host.enforcer_run(&policy(&s, &["--no-dns-isolation"]), &worker_cmd(&[rc("a.svc.test")]));
     let r = one(&out);
     assert_eq!(r["addrs"], json!([a]), "{out}");
     assert_eq!(r["connect"]["errno"], libc::EPERM, "nscd answered, so the forwarder learned nothing: {r}\n{out}");
 
     // Default: the command's mount namespace hides nscd's socket; glibc resolves itself, the
     // query is steered, learned, and the first connect succeeds.
-    let out = host.enforcer_run(&policy(&s, &["--privileged"]), &worker_cmd(&[rc("b.svc.test")]));
+    let out = host.enforcer_run(&policy(&s, &[]), &worker_cmd(&[rc("b.svc.test")]));
     let r = one(&out);
     assert_eq!(r["addrs"], json!([s.ns.v4(3)]), "{out}");
     assert_eq!(r["connect"]["ok"], true, "{r}\n{out}\n--- nscd\n{}", host.daemon_log("nscd"));
     assert!(!out.stderr.contains("enforcer: denied"), "{out}");
+    // --privileged: the command gets a mount namespace of its own for the same view.
+    let out = host.enforcer_run(&policy(&s, &["--privileged"]), &worker_cmd(&[rc("a.svc.test")]));
+    let r = one(&out);
+    assert_eq!(r["connect"]["ok"], true, "--privileged: {r}\n{out}");
     // The host's nscd is untouched (still there for everything else).
     assert!(host.command("test").args(["-S", "/run/nscd/socket"]).status().unwrap().success());
 }
@@ -136,19 +141,49 @@ fn nsswitch_hosts_sources_other_than_files_dns_are_rewritten_for_the_command() {
         &format!("nameserver {}\n", s.ns.v4(7)),
         "passwd: files\nhosts: files mdns4_minimal [NOTFOUND=return] resolve [!UNAVAIL=return] dns myhostname\n",
     );
-    let out = host.enforcer_run(&policy(&s, &["--privileged"]), &["cat", "/etc/nsswitch.conf"]);
+    let out = host.enforcer_run(&policy(&s, &[]), &["cat", "/etc/nsswitch.conf"]);
     out.assert_status(0);
     assert!(out.stdout.contains("\nhosts:          files dns\n"), "{out}");
     assert!(out.stdout.starts_with("passwd: files\n"), "{out}");
-    let out = host.enforcer_run(&policy(&s, &["--privileged"]), &worker_cmd(&[rc("a.svc.test")]));
+    let out = host.enforcer_run(&policy(&s, &[]), &worker_cmd(&[rc("a.svc.test")]));
     assert_eq!(one(&out)["connect"]["ok"], true, "{out}");
-    // nss-resolve itself (systemd-resolved over varlink) needs systemd-resolved running, which
-    // Debian's package only does by taking over the host's /etc/resolv.conf: not run here.
-    if find_program(&["systemd-resolved"]).is_none() {
+}
+
+#[test]
+fn glibc_through_nss_resolve_and_systemd_resolved_is_learned() {
+    let Some(root) = resolved_root() else {
         eprintln!(
-            "SKIP (part): systemd-resolved not installed; the nsswitch rewrite and the varlink socket hiding are covered"
+            "SKIP: systemd-resolved not unpacked (`cargo xtask setup` fetches Debian's systemd-resolved and libnss-resolve into target/debs)"
         );
+        return;
+    };
+    let s = setup();
+    let mut host = ResolverHost::new(
+        &s.ns,
+        &format!("nameserver {}\n", s.ns.v4(7)),
+        "hosts: files resolve [!UNAVAIL=return] dns\n",
+    );
+    if !host.start_resolved(&root) {
+        eprintln!("SKIP: systemd-resolved does not run here (see its log above)");
+        return;
     }
+    // glibc finds libnss_resolve.so.2 in the unpacked package (it is not installed).
+    let lib = format!("LD_LIBRARY_PATH={}", root.join("usr/lib/x86_64-linux-gnu").display());
+    let cmd = |name: &str| -> Vec<String> {
+        let mut v = vec!["env".to_string(), lib.clone()];
+        v.extend(worker_cmd(&[rc(name)]));
+        v
+    };
+    // The host's view: nss-resolve asks systemd-resolved over varlink; resolved (outside the
+    // cgroup) resolves with its own sockets, so nothing is learned.
+    let out = host.enforcer_run(&policy(&s, &["--no-dns-isolation"]), &cmd("a.svc.test"));
+    let r = one(&out);
+    assert_eq!(r["addrs"], json!([s.ns.v4(2)]), "{out}");
+    assert_eq!(r["connect"]["errno"], libc::EPERM, "systemd-resolved answered: nothing learned: {r}\n{out}");
+    // Default: `hosts: files dns` and the varlink socket hidden: learned, first connect succeeds.
+    let out = host.enforcer_run(&policy(&s, &[]), &cmd("b.svc.test"));
+    let r = one(&out);
+    assert_eq!(r["connect"]["ok"], true, "{r}\n{out}\n--- resolved\n{}", host.daemon_log("systemd-resolved"));
 }
 
 #[test]

@@ -70,13 +70,20 @@ fn unknown_names_are_refused_by_default_and_reported_once() {
     assert!(by("not_in_registry").unwrap_or(0.0) >= 4.0, "{metrics}");
     assert_eq!(by("search_expansion"), Some(1.0), "{metrics}");
     assert_eq!(by("search_miss"), Some(1.0), "{metrics}");
-    // One event for the name in /debug/events (hook dns).
+    // One event for the name per asking workload in /debug/events (hook dns): the command's, and
+    // the test's own raw queries (outside the run's cgroup: no workload name).
     let (_, events) = w.admin_get("/debug/events");
-    assert_eq!(events.matches("\"hook\":\"dns\"").count(), 1, "{events}");
+    let dns_events: Vec<serde_json::Value> = events
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["hook"] == "dns")
+        .collect();
+    let by_workload = |w: &str| dns_events.iter().filter(|e| e["workload"] == w).count();
+    assert_eq!((by_workload("python3"), by_workload("unknown")), (1, 1), "{events}");
     let (st, log) = w.finish();
     assert_eq!(st, 0, "{log}");
-    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("enforcer: denied dns")).collect();
-    assert_eq!(lines.len(), 1, "each refused name once per run\n{log}");
+    let lines: Vec<&str> = log.lines().filter(|l| l.starts_with("enforcer: denied dns python3 -> ")).collect();
+    assert_eq!(lines.len(), 1, "each refused name once per run and workload\n{log}");
     assert!(
         lines[0].contains("other.test (A)") && lines[0].contains("REFUSED") && lines[0].contains("--allow other.test"),
         "{log}"
@@ -96,7 +103,7 @@ fn audit_answers_and_reports_what_it_would_refuse() {
     assert_eq!(w.metric("enforcer_dns_audit_would_refuse_total"), Some(1.0));
     let (_, log) = w.finish();
     assert_eq!(
-        log.lines().filter(|l| l.starts_with("enforcer: audit: would refuse dns other.test")).count(),
+        log.lines().filter(|l| l.starts_with("enforcer: audit: would refuse dns python3 -> other.test")).count(),
         1,
         "{log}"
     );

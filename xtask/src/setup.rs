@@ -15,7 +15,8 @@ const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev
 /// proxy bench's profile.)
 /// The resolver paths of tests/tests/dns_resolvers.rs: nscd and unbound (run by the tests in a
 /// private mount namespace and netns; where a package's postinst starts the service on the host,
-/// nothing depends on it), musl-gcc (a static musl client) and Go (a pure-Go-resolver client).
+/// nothing depends on it), musl-gcc (a static musl client) and Go (a pure-Go-resolver client);
+/// libsystemd-shared for the systemd-resolved that `fetch_resolved` unpacks (not installed).
 /// A test whose program is missing says SKIP.
 const PEER_PKGS: &[&str] = &[
     "curl",
@@ -32,6 +33,7 @@ const PEER_PKGS: &[&str] = &[
     "unbound",
     "musl-tools",
     "golang-go",
+    "libsystemd-shared",
     "linux-perf",
     "prometheus",
 ];
@@ -220,6 +222,7 @@ pub fn ensure() -> Result<bool> {
         println!("setup: installed {KUBERNETES_VALIDATE} (pip)");
         did = true;
     }
+    did |= fetch_resolved();
     util::cgroup2_mount()?;
     Ok(did)
 }
@@ -244,4 +247,56 @@ fn require_root_to_install(what: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Where `fetch_resolved` unpacks systemd-resolved and nss-resolve (tests/tests/dns_resolvers.rs
+/// runs them from there in a private mount namespace).
+pub fn resolved_root() -> std::path::PathBuf {
+    util::target_dir().join("debs").join("systemd-resolved")
+}
+
+/// Debian's systemd-resolved and libnss-resolve, downloaded with `apt-get download` and unpacked
+/// (not installed: installing systemd-resolved takes over the host's /etc/resolv.conf). Best
+/// effort: without them the nss-resolve test says SKIP. Returns whether anything was done.
+fn fetch_resolved() -> bool {
+    let root = resolved_root();
+    if root.join("lib/systemd/systemd-resolved").exists() {
+        return false;
+    }
+    let dl = util::target_dir().join("debs").join("download");
+    let r = (|| -> Result<()> {
+        std::fs::create_dir_all(&dl)?;
+        std::fs::create_dir_all(&root)?;
+        let download = || {
+            let mut c = Command::new("apt-get");
+            c.current_dir(&dl).args(["download", "-q", "systemd-resolved", "libnss-resolve"]);
+            util::run_quiet(&mut c)
+        };
+        // A machine whose packages were all there has not run `apt-get update` (no lists yet).
+        download()
+            .or_else(|_| {
+                util::run_quiet(Command::new("apt-get").args(["update", "-q"]))?;
+                download()
+            })
+            .context("apt-get download systemd-resolved libnss-resolve")?;
+        for e in std::fs::read_dir(&dl)? {
+            let p = e?.path();
+            if p.extension().is_some_and(|x| x == "deb") {
+                let mut x = Command::new("dpkg-deb");
+                x.arg("-x").arg(&p).arg(&root);
+                util::run_quiet(&mut x).with_context(|| format!("dpkg-deb -x {}", p.display()))?;
+            }
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => {
+            println!("setup: unpacked systemd-resolved and libnss-resolve into {}", root.display());
+            true
+        }
+        Err(e) => {
+            println!("setup: warning: could not fetch systemd-resolved ({e:#}); the nss-resolve test will SKIP");
+            false
+        }
+    }
 }

@@ -42,7 +42,8 @@ pub(super) async fn start_forwarder(agent: &Agent, port: u16) -> anyhow::Result<
         max_ttl: cfg_dns.ttl_ceiling,
         upstream_mark: Some(AGENT_MARK),
     };
-    let policy = AgentDns { agent: agent.clone(), reported: Mutex::default() };
+    let queue = agent.maps().learn_queue();
+    let policy = AgentDns { agent: agent.clone(), reported: Mutex::default(), queue };
     let fwd = dns::Forwarder::bind(cfg, Arc::new(policy)).await.context("binding the DNS forwarder")?;
     let (mut v4, mut v6, mut dns_port) = ([0u8; 4], [0u8; 16], 0);
     for a in fwd.local_addrs() {
@@ -111,9 +112,16 @@ const MAX_REPORTED: usize = 10_000;
 /// The forwarder's view of the registry, writing learned addresses through the maps.
 struct AgentDns {
     agent: Agent,
-    /// (name, action) already reported: each refused name is reported once per run.
-    reported: Mutex<HashSet<(String, dns::Action)>>,
+    /// (workload, name, action) already reported: each refused name is reported once per run
+    /// and workload.
+    reported: Mutex<HashSet<(String, String, dns::Action)>>,
+    /// Where a learn goes while an apply holds the maps (served between the apply's writes).
+    queue: Arc<super::state::LearnQueue>,
 }
+
+/// How long a learner retries for the maps (held by something other than an apply: a sweep, a
+/// counter read) before it waits for the lock.
+const LEARN_SPIN: Duration = Duration::from_millis(20);
 
 impl AgentDns {
     /// The ALLOW and DESTS entries for `addrs` of every policy whose registry has `name`.
@@ -168,11 +176,28 @@ impl dns::DnsPolicy for AgentDns {
         // Every policy whose registry has this name learns it, under its own policy id, with the
         // same translation the static compile uses.
         let (allow, dests) = self.entries(name, addrs)?;
-        let mut maps = self.agent.maps();
-        // The lifetime starts now that the maps are ours (a big apply may have held them).
-        let until = Instant::now() + life;
-        maps.learn(allow, dests, until).map_err(|e| e.to_string())?;
-        drop(maps);
+        let mut req = super::state::LearnRequest { allow, dests, life };
+        let start = Instant::now();
+        let until = loop {
+            // The lifetime starts once the entries are written (whoever writes them).
+            if let Some(mut maps) = self.agent.try_maps() {
+                let until = Instant::now() + life;
+                maps.learn(req.allow, req.dests, until).map_err(|e| e.to_string())?;
+                break until;
+            }
+            // An apply holds the maps: it writes these between two of its own writes.
+            match self.queue.submit(req) {
+                Ok(r) => break r.map_err(|e| e.to_string())?,
+                Err(back) => req = back,
+            }
+            if start.elapsed() > LEARN_SPIN {
+                let mut maps = self.agent.maps();
+                let until = Instant::now() + life;
+                maps.learn(req.allow, req.dests, until).map_err(|e| e.to_string())?;
+                break until;
+            }
+            std::thread::sleep(Duration::from_micros(50));
+        };
         self.learned(name, addrs, until);
         Ok(until)
     }
@@ -200,22 +225,30 @@ impl dns::DnsPolicy for AgentDns {
     }
 
     fn report(&self, r: &dns::Refusal) {
+        if self.reported.lock().expect("reported lock").len() >= MAX_REPORTED {
+            return;
+        }
+        // The asking socket's workload, as kernel events name theirs (one sock_diag lookup, made
+        // while the client still waits for its answer).
+        let workload = match r.client.as_ref().and_then(dns::peer::cgroup_of) {
+            Some(cg) => self.agent.workload(cg),
+            None => crate::workloads::UNKNOWN.to_string(),
+        };
         {
             let mut seen = self.reported.lock().expect("reported lock");
-            if seen.len() >= MAX_REPORTED || !seen.insert((r.name.clone(), r.action)) {
+            if seen.len() >= MAX_REPORTED || !seen.insert((workload.clone(), r.name.clone(), r.action)) {
                 return;
             }
         }
         let cfg = &self.agent.inner.config.dns;
-        let line = crate::events::format_dns_refusal(r);
         if cfg.print_refusals {
             if cfg.print_json {
-                crate::events::print_dns_json(r);
+                crate::events::print_dns_json(r, &workload);
             } else {
-                crate::events::print_line(&line);
+                crate::events::print_line(&crate::events::format_dns_refusal(r, &workload));
             }
         }
-        self.agent.hub().publish_dns(r);
+        self.agent.hub().publish_dns(r, &workload);
     }
 }
 

@@ -17,14 +17,26 @@
 //! allowed before and after a change is never denied in between, and one denied before and after
 //! is never allowed in between.
 //!
+//! DNS learning during a big apply: a learn that finds the maps held by an apply hands its entries
+//! to the [`LearnQueue`]; the apply serves them between two of its writes (so the answer waits for
+//! one write, not for the whole apply) and skips any of its own later writes that a served learn
+//! made obsolete (a planned removal of a key that is now learned, an upsert whose value changed).
+//! Learns of policies or services the plan removes are dropped, as the apply drops theirs. The
+//! order of the apply's own writes, and so the property above, is unchanged.
+//!
 //! Lock order in the agent: the control lock (`tokio::sync::Mutex<Control>`, held for a whole
 //! reload/recompute) -> `Mutex<MapState>` (held per apply, learn, sweep, counter read) -> the
 //! view's `RwLock` (write only to swap in a new snapshot). Nothing takes an earlier lock while
-//! holding a later one.
+//! holding a later one. The [`LearnQueue`]'s own lock is taken under `Mutex<MapState>` (by the
+//! apply) or alone (by a learner), never the other way round.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
-    time::Instant,
+    collections::{BTreeMap, BTreeSet, HashMap},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
 };
 
 use enforcer_common::{AllowValue, Mode, PolicyId, ServiceId, Settings};
@@ -129,6 +141,81 @@ impl<K: Ord + Copy> Layered<K> {
     }
 }
 
+/// Entries one DNS answer asks for (see [`LearnQueue`]).
+pub struct LearnRequest {
+    pub allow: Vec<(AllowEntry, AllowValue)>,
+    pub dests: Vec<(DestEntry, AllowValue)>,
+    /// The lifetime, counted from the moment the entries are written.
+    pub life: Duration,
+}
+
+/// What a learn served by an apply returns: the expiry written, or why it failed.
+pub type LearnResult = Result<Instant, DataplaneError>;
+
+#[derive(Default)]
+struct QueueState {
+    applying: bool,
+    next_id: u64,
+    pending: Vec<(u64, LearnRequest)>,
+    done: HashMap<u64, LearnResult>,
+}
+
+/// Learns waiting for the apply that holds the maps (see the module docs). Shared by the
+/// [`MapState`] and the DNS bridge.
+#[derive(Default)]
+pub struct LearnQueue {
+    state: Mutex<QueueState>,
+    served: Condvar,
+    /// `pending.len()`, read by the apply before each write without taking the lock.
+    waiting: AtomicUsize,
+}
+
+impl LearnQueue {
+    /// While an apply runs: queue `req`, wait until the apply served it and return the result.
+    /// `Err(req)` when no apply runs (take the maps lock instead).
+    pub fn submit(&self, req: LearnRequest) -> Result<LearnResult, LearnRequest> {
+        let mut st = self.state.lock().expect("learn queue lock");
+        if !st.applying {
+            return Err(req);
+        }
+        let id = st.next_id;
+        st.next_id += 1;
+        st.pending.push((id, req));
+        self.waiting.store(st.pending.len(), Ordering::Release);
+        loop {
+            if let Some(r) = st.done.remove(&id) {
+                return Ok(r);
+            }
+            st = self.served.wait(st).expect("learn queue lock");
+        }
+    }
+
+    fn set_applying(&self, on: bool) {
+        self.state.lock().expect("learn queue lock").applying = on;
+    }
+
+    fn take(&self) -> Vec<(u64, LearnRequest)> {
+        let mut st = self.state.lock().expect("learn queue lock");
+        self.waiting.store(0, Ordering::Release);
+        std::mem::take(&mut st.pending)
+    }
+
+    fn answer(&self, results: Vec<(u64, LearnResult)>) {
+        if results.is_empty() {
+            return;
+        }
+        self.state.lock().expect("learn queue lock").done.extend(results);
+        self.served.notify_all();
+    }
+}
+
+/// What survives the apply in progress: learns for anything else are dropped.
+struct Live {
+    modes: BTreeSet<PolicyId>,
+    services: BTreeSet<(PolicyId, ServiceId)>,
+    service_ids: BTreeSet<ServiceId>,
+}
+
 /// The agent's handle on the kernel maps, with what they hold.
 pub struct MapState<M> {
     maps: M,
@@ -138,6 +225,9 @@ pub struct MapState<M> {
     modes: BTreeMap<PolicyId, Mode>,
     flags: BTreeMap<PolicyId, u32>,
     settings: Settings,
+    queue: Arc<LearnQueue>,
+    /// Set while an apply runs: it serves queued learns between its writes.
+    live: Option<Live>,
 }
 
 impl<M: Maps> MapState<M> {
@@ -169,11 +259,53 @@ impl<M: Maps> MapState<M> {
             modes: c.modes,
             flags: c.policy_flags,
             settings: Settings::default(),
+            queue: Arc::default(),
+            live: None,
         })
     }
 
     pub fn maps(&self) -> &M {
         &self.maps
+    }
+
+    /// Where learners put their entries while an apply holds the maps.
+    pub fn learn_queue(&self) -> Arc<LearnQueue> {
+        self.queue.clone()
+    }
+
+    /// During an apply: serve the learns that are waiting (called before each write).
+    fn serve_learns(&mut self) {
+        if self.live.is_none() || self.queue.waiting.load(Ordering::Acquire) == 0 {
+            return;
+        }
+        self.serve_all();
+    }
+
+    fn serve_all(&mut self) {
+        let reqs = self.queue.take();
+        if reqs.is_empty() {
+            return;
+        }
+        let live = self.live.take();
+        let mut results = Vec::with_capacity(reqs.len());
+        for (id, mut r) in reqs {
+            if let Some(l) = &live {
+                r.allow.retain(|(k, v)| {
+                    l.modes.contains(&k.policy_id) && l.services.contains(&(k.policy_id, v.service_id))
+                });
+                r.dests.retain(|(_, v)| l.service_ids.contains(&v.service_id));
+            }
+            let until = Instant::now() + r.life;
+            results.push((id, self.learn(r.allow, r.dests, until).map(|()| until)));
+        }
+        self.live = live;
+        self.queue.answer(results);
+    }
+
+    /// The write the apply planned for `k`, if a served learn has not made it obsolete.
+    fn still_upsert<K: Ord + Copy>(layer: &Layered<K>, k: &K) -> Option<(AllowValue, Option<Instant>)> {
+        let want = layer.effective(k)?;
+        (layer.in_map.get(k) != Some(&want)).then_some(want)
     }
 
     pub fn maps_mut(&mut self) -> &mut M {
@@ -201,33 +333,67 @@ impl<M: Maps> MapState<M> {
         &self.workloads
     }
 
-    /// Bring the maps to `plan`, in the order described at the top of this module.
+    /// Bring the maps to `plan`, in the order described at the top of this module. Learns that
+    /// arrive meanwhile are served between its writes (see [`LearnQueue`]).
     pub fn apply(&mut self, plan: &Plan) -> Result<ApplyStats, DataplaneError> {
+        self.queue.set_applying(true);
+        let r = self.apply_plan(plan);
+        // No more waiters from here on (learners take the maps lock themselves again); serve the
+        // last ones.
+        self.queue.set_applying(false);
+        self.serve_all();
+        self.live = None;
+        r
+    }
+
+    fn apply_plan(&mut self, plan: &Plan) -> Result<ApplyStats, DataplaneError> {
         // Learned entries of services or policies that left: they go with the change.
         let mut live_services = plan.services.clone();
         live_services.extend(plan.allow.iter().map(|(e, v)| (e.policy_id, v.service_id)));
         let live_service_ids: BTreeSet<ServiceId> = live_services.iter().map(|(_, s)| *s).collect();
+        self.live = Some(Live {
+            modes: plan.modes.keys().copied().collect(),
+            services: live_services.clone(),
+            service_ids: live_service_ids.clone(),
+        });
         self.allow.learned.retain(|k, (v, _)| {
             plan.modes.contains_key(&k.policy_id) && live_services.contains(&(k.policy_id, v.service_id))
         });
         self.dests.learned.retain(|_, (v, _)| live_service_ids.contains(&v.service_id));
 
-        let allow_keys: BTreeSet<AllowEntry> =
-            self.allow.in_map.keys().chain(plan.allow.keys()).chain(self.allow.learned.keys()).copied().collect();
-        let wanted = allow_keys.iter().filter(|k| plan.allow.contains_key(k) || self.allow.learned.contains_key(k));
-        if wanted.count() > self.maps.allow_capacity() {
+        // Planning a big change takes a while too: waiting learns are served between its steps
+        // (what they change is re-checked at each write).
+        self.serve_learns();
+        let allow_keys = keys_to_reconcile(&self.allow, &plan.allow);
+        let wanted = plan.allow.len() + self.allow.learned.keys().filter(|k| !plan.allow.contains_key(k)).count();
+        if wanted > self.maps.allow_capacity() {
             return Err(DataplaneError::Capacity {
                 map: enforcer_common::map_names::ALLOW,
                 wanted: plan.allow.len() + self.allow.learned.len(),
                 capacity: self.maps.allow_capacity() as u32,
             });
         }
+        self.serve_learns();
         self.allow.base = plan.allow.clone();
+        self.serve_learns();
         self.dests.base = plan.dests.clone();
-        let (allow_up, allow_rm) = self.allow.reconcile(allow_keys);
-        let dest_keys: BTreeSet<DestEntry> =
-            self.dests.in_map.keys().chain(plan.dests.keys()).chain(self.dests.learned.keys()).copied().collect();
-        let (dest_up, dest_rm) = self.dests.reconcile(dest_keys);
+        let (mut allow_up, mut allow_rm) = (Vec::new(), Vec::new());
+        for chunk in allow_keys.chunks(PLAN_CHUNK) {
+            self.serve_learns();
+            let (u, r) = self.allow.reconcile(chunk.iter().copied());
+            allow_up.extend(u);
+            allow_rm.extend(r);
+        }
+        self.serve_learns();
+        let dest_keys = keys_to_reconcile(&self.dests, &plan.dests);
+        let (mut dest_up, mut dest_rm) = (Vec::new(), Vec::new());
+        for chunk in dest_keys.chunks(PLAN_CHUNK) {
+            self.serve_learns();
+            let (u, r) = self.dests.reconcile(chunk.iter().copied());
+            dest_up.extend(u);
+            dest_rm.extend(r);
+        }
+        self.serve_learns();
         let stats =
             ApplyStats { upserts: allow_up.len() + dest_up.len(), removals: allow_rm.len() + dest_rm.len(), total: 0 };
 
@@ -289,6 +455,10 @@ impl<M: Maps> MapState<M> {
             }
         }
         for k in dest_rm {
+            self.serve_learns();
+            if self.dests.effective(&k).is_some() {
+                continue; // learned meanwhile
+            }
             match self.maps.remove_dest(&k) {
                 Ok(()) => {
                     self.dests.in_map.remove(&k);
@@ -330,6 +500,10 @@ impl<M: Maps> MapState<M> {
         }
         let failed = self.write_allow_upserts(ups, first_err);
         for k in rms {
+            self.serve_learns();
+            if self.allow.effective(&k).is_some() {
+                continue; // learned meanwhile
+            }
             match self.maps.remove_allow(&k) {
                 Ok(()) => {
                     self.allow.in_map.remove(&k);
@@ -388,7 +562,9 @@ impl<M: Maps> MapState<M> {
         first_err: &mut Option<DataplaneError>,
     ) -> Vec<Upsert<AllowEntry>> {
         let mut failed = Vec::new();
-        for (k, v, t) in ups {
+        for (k, _, _) in ups {
+            self.serve_learns();
+            let Some((v, t)) = Self::still_upsert(&self.allow, &k) else { continue };
             match self.maps.upsert_allow(&k, v, t.map(BootNs::from_instant)) {
                 Ok(()) => {
                     self.allow.in_map.insert(k, (v, t));
@@ -408,7 +584,9 @@ impl<M: Maps> MapState<M> {
         first_err: &mut Option<DataplaneError>,
     ) -> Vec<Upsert<DestEntry>> {
         let mut failed = Vec::new();
-        for (k, v, t) in ups {
+        for (k, _, _) in ups {
+            self.serve_learns();
+            let Some((v, t)) = Self::still_upsert(&self.dests, &k) else { continue };
             match self.maps.upsert_dest(&k, v) {
                 Ok(()) => {
                     self.dests.in_map.insert(k, (v, t));
@@ -536,6 +714,18 @@ impl<M: Maps> MapState<M> {
     pub fn settings(&self) -> Settings {
         self.settings
     }
+}
+
+/// Keys whose planning is done between two chances for waiting learns.
+const PLAN_CHUNK: usize = 1024;
+
+/// Every key of `base`, `layer`'s map and its learned entries, once each, in order.
+fn keys_to_reconcile<K: Ord + Copy>(layer: &Layered<K>, base: &BTreeMap<K, AllowValue>) -> Vec<K> {
+    let mut keys: Vec<K> = base.keys().copied().collect();
+    keys.extend(layer.in_map.keys().filter(|k| !base.contains_key(k)).copied());
+    keys.extend(layer.learned.keys().filter(|k| !base.contains_key(k) && !layer.in_map.contains_key(k)).copied());
+    keys.sort_unstable();
+    keys
 }
 
 /// The order in which policies change: a policy that cgroups move *to* changes (completely)

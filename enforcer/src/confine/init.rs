@@ -99,6 +99,9 @@ impl Init {
         nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP | CloneFlags::CLONE_NEWNS)
             .map_err(|e| format!("creating the command's cgroup and mount namespaces: {e}"))?;
         mounts::confine().map_err(|e| format!("setting up the command's mounts: {e}"))?;
+        crate::dns::isolate::apply_view(&cfg.resolver_view).map_err(|e| {
+            format!("setting up the command's resolver view: {e} (`--no-dns-isolation` keeps the host's)")
+        })?;
 
         // An own process group: `kill(0, ...)` from the command reaches init and the namespace's
         // processes only (process groups cross PID namespaces). With the terminal when enforcer

@@ -11,7 +11,9 @@
 //!   alone does not stop a root process from migrating unless cgroup2 is mounted `nsdelegate`).
 //!   bpffs mounts are removed (a root command could otherwise open pinned links and maps by path),
 //!   `/proc` is a fresh procfs of the new PID namespace, and `/sys`, `/proc/sys`,
-//!   `/proc/sysrq-trigger` are read-only (no `core_pattern`, `uevent_helper` or sysrq).
+//!   `/proc/sysrq-trigger` are read-only (no `core_pattern`, `uevent_helper` or sysrq). The
+//!   resolver view of `dns::isolate` (nsswitch `hosts: files dns`, nscd and systemd-resolved's
+//!   varlink socket hidden) is mounted there too, so every lookup ends in a steered port-53 query.
 //! - **privileges**: `no_new_privs`, and [`DROPPED_CAPS`] removed from the bounding, permitted,
 //!   effective, inheritable and ambient sets, so a root command keeps uid 0 (and e.g.
 //!   CAP_DAC_OVERRIDE, CAP_CHOWN: `make install` works) but cannot load BPF, change nft rules or
@@ -200,6 +202,9 @@ pub struct InitConfig {
     pub identity: Option<Identity>,
     /// Enforcer is the terminal's foreground job: give the terminal to the command's process group.
     pub take_tty: bool,
+    /// The resolver view (`dns::isolate`), mounted in the command's mount namespace.
+    #[serde(default)]
+    pub resolver_view: Vec<crate::dns::isolate::ViewMount>,
 }
 
 /// What init tells enforcer, one line each on the status pipe.
@@ -343,6 +348,7 @@ pub fn spawn(
     argv: &[OsString],
     cgroup_procs: &Path,
     identity: Option<&Identity>,
+    resolver_view: &[crate::dns::isolate::ViewMount],
 ) -> anyhow::Result<(tokio::process::Child, InitLink)> {
     let procs = std::fs::OpenOptions::new()
         .write(true)
@@ -355,6 +361,7 @@ pub fn spawn(
         status_fd: status_wr.as_raw_fd(),
         identity: identity.cloned(),
         take_tty: tty.as_ref().is_some_and(|t| t.foreground),
+        resolver_view: resolver_view.to_vec(),
     };
     let mut cmd = std::process::Command::new("/proc/self/exe");
     cmd.arg0("enforcer").arg(init::INIT_ARG).arg(serde_json::to_string(&cfg)?).arg("--").args(argv);

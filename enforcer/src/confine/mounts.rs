@@ -3,12 +3,7 @@
 //! namespace, the kernel's knobs read-only and the runs' records hidden. Changes stay in this namespace (`/` is made a
 //! slave first); mounts the host makes later still propagate in.
 //!
-//! Room for the resolver paths of issue 12 (not built): this is where a generated `resolv.conf`
-//! (the upstreams, or any address: port-53 traffic is steered to the forwarder anyway) and an
-//! `nsswitch.conf` with `hosts: files dns` could be bind-mounted over the host's, and nscd's socket
-//! (`/var/run/nscd/socket`) and systemd-resolved's varlink socket
-//! (`/run/systemd/resolve/io.systemd.Resolve`) hidden, before the command drops CAP_SYS_ADMIN, so
-//! getaddrinfo in the command sends queries the steering sees whatever the host's NSS setup.
+//! The resolver view (`dns::isolate`) is mounted by init right after [`confine`].
 
 use std::path::{Path, PathBuf};
 

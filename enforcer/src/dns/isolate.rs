@@ -9,8 +9,10 @@
 //! and the first connect fails.
 //!
 //! [`Isolation::prepare`] (in `run`, before the command is spawned) finds what the host has and
-//! plans a private mount namespace for the command; [`Isolation::enter`] (between fork and exec)
-//! sets it up with async-signal-safe syscalls only:
+//! plans the mounts; a confined command's init applies them ([`apply_view`]) in the mount
+//! namespace it made for the command, before the command drops CAP_SYS_ADMIN; a `--privileged`
+//! command gets a namespace of its own for them ([`Isolation::enter`], between fork and exec,
+//! async-signal-safe syscalls only):
 //! - `/etc/nsswitch.conf`: a copy whose `hosts:` line is `files dns` (other lines untouched),
 //!   when the host's uses other sources (`resolve`, `mdns*`, `nis`, ...);
 //! - nscd's socket directories (`/run/nscd`, `/var/run/nscd`): an empty read-only tmpfs over
@@ -19,7 +21,7 @@
 //!   over it (its directory stays: /etc/resolv.conf often points into it).
 //!
 //! Mount propagation is made slave first, so nothing leaks back to the host. When the host needs
-//! none of this, no namespace is created. Not covered: a program that talks to
+//! none of this, a `--privileged` command keeps the host's mount namespace. Not covered: a program that talks to
 //! systemd-resolved over D-Bus itself (`resolvectl`, sd-bus clients) — its lookups are not
 //! learned, and its connects are denied.
 
@@ -36,17 +38,36 @@ const NSSWITCH: &str = "/etc/nsswitch.conf";
 const NSCD_DIRS: [&str; 2] = ["/run/nscd", "/var/run/nscd"];
 const RESOLVED_VARLINK: &str = "/run/systemd/resolve/io.systemd.Resolve";
 
+/// One mount of the resolver view, as the confined command's init receives it (JSON, see
+/// `confine::InitConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ViewMount {
+    /// Bind `src` over `dst`, then make it read-only.
+    Bind { src: PathBuf, dst: PathBuf },
+    /// An empty read-only tmpfs over `dst`.
+    Tmpfs { dst: PathBuf },
+}
+
+/// A [`ViewMount`] with its paths ready for the syscalls (no allocation between fork and exec).
 #[derive(Debug)]
 enum Op {
-    /// Bind `src` over `dst`, then make it read-only.
     Bind { src: CString, dst: CString },
-    /// An empty read-only tmpfs over `dst`.
     Tmpfs { dst: CString },
+}
+
+impl Op {
+    fn of(m: &ViewMount) -> io::Result<Self> {
+        Ok(match m {
+            ViewMount::Bind { src, dst } => Op::Bind { src: cstr(src)?, dst: cstr(dst)? },
+            ViewMount::Tmpfs { dst } => Op::Tmpfs { dst: cstr(dst)? },
+        })
+    }
 }
 
 /// The planned mount namespace of the command (see the module docs).
 #[derive(Debug)]
 pub struct Isolation {
+    mounts: Vec<ViewMount>,
     ops: Vec<Op>,
     /// What is changed, in words (for the agent log).
     pub changes: Vec<String>,
@@ -101,7 +122,7 @@ impl Isolation {
     /// Plan the namespace from the host's files; generated files go into `dir` (created, mode
     /// 0755, removed on drop). `root` is "/" except in tests.
     pub fn prepare(root: &Path, dir: &Path) -> io::Result<Self> {
-        let mut iso = Isolation { ops: Vec::new(), changes: Vec::new(), dir: None };
+        let mut iso = Isolation { mounts: Vec::new(), ops: Vec::new(), changes: Vec::new(), dir: None };
         let at = |p: &str| root.join(p.trim_start_matches('/'));
         let nss_path = at(NSSWITCH);
         if let Ok(text) = std::fs::read_to_string(&nss_path)
@@ -116,7 +137,7 @@ impl Isolation {
             std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644))?;
             let was = hosts_sources(&text).unwrap_or_default().join(" ");
             iso.changes.push(format!("{NSSWITCH}: `hosts: files dns` (host: `{was}`)"));
-            iso.ops.push(Op::Bind { src: cstr(&file)?, dst: cstr(&nss_path)? });
+            iso.mounts.push(ViewMount::Bind { src: file, dst: nss_path });
         }
         let mut seen: Vec<PathBuf> = Vec::new();
         for d in NSCD_DIRS {
@@ -127,13 +148,14 @@ impl Isolation {
             }
             seen.push(real.clone());
             iso.changes.push(format!("{}: hidden (nscd)", real.display()));
-            iso.ops.push(Op::Tmpfs { dst: cstr(&real)? });
+            iso.mounts.push(ViewMount::Tmpfs { dst: real });
         }
         let varlink = at(RESOLVED_VARLINK);
         if std::fs::symlink_metadata(&varlink).is_ok() {
             iso.changes.push(format!("{RESOLVED_VARLINK}: hidden (systemd-resolved)"));
-            iso.ops.push(Op::Bind { src: cstr(Path::new("/dev/null"))?, dst: cstr(&varlink)? });
+            iso.mounts.push(ViewMount::Bind { src: PathBuf::from("/dev/null"), dst: varlink });
         }
+        iso.ops = iso.mounts.iter().map(Op::of).collect::<io::Result<_>>()?;
         Ok(iso)
     }
 
@@ -142,8 +164,14 @@ impl Isolation {
         self.ops.is_empty()
     }
 
-    /// Enter a new mount namespace and apply the plan. Called in the child between fork and exec
-    /// (before capabilities are dropped): only async-signal-safe syscalls, no allocation.
+    /// The mounts, for the confined command's init ([`apply_view`]).
+    pub fn mounts(&self) -> &[ViewMount] {
+        &self.mounts
+    }
+
+    /// Enter a new mount namespace and apply the plan (`--privileged` runs; confined runs apply
+    /// [`Self::mounts`] in their init's namespace instead). Called in the child between fork and
+    /// exec (before capabilities are dropped): only async-signal-safe syscalls, no allocation.
     ///
     /// # Safety
     /// Call only in a single-threaded child (e.g. from `Command::pre_exec`).
@@ -151,38 +179,72 @@ impl Isolation {
         if self.ops.is_empty() {
             return Ok(());
         }
-        let ok = |r: libc::c_int| if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
         let null = std::ptr::null::<libc::c_char>();
-        // SAFETY: plain syscalls with valid NUL-terminated strings owned by `self`.
+        // SAFETY: plain syscalls with valid NUL-terminated strings.
         unsafe {
             ok(libc::unshare(libc::CLONE_NEWNS))?;
             ok(libc::mount(null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_SLAVE, std::ptr::null()))?;
-            for op in &self.ops {
-                match op {
-                    Op::Bind { src, dst } => {
-                        ok(libc::mount(src.as_ptr(), dst.as_ptr(), null, libc::MS_BIND, std::ptr::null()))?;
-                        ok(libc::mount(
-                            null,
-                            dst.as_ptr(),
-                            null,
-                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
-                            std::ptr::null(),
-                        ))?;
-                    }
-                    Op::Tmpfs { dst } => {
-                        ok(libc::mount(
-                            c"tmpfs".as_ptr(),
-                            dst.as_ptr(),
-                            c"tmpfs".as_ptr(),
-                            libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-                            c"size=4k,mode=755".as_ptr().cast(),
-                        ))?;
-                    }
+            apply_ops(&self.ops)
+        }
+    }
+}
+
+fn ok(r: libc::c_int) -> io::Result<()> {
+    if r == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// Apply `ops` in the current mount namespace (which must be one of the command's own, with
+/// slave propagation).
+///
+/// # Safety
+/// Plain syscalls; async-signal-safe.
+unsafe fn apply_ops(ops: &[Op]) -> io::Result<()> {
+    let null = std::ptr::null::<libc::c_char>();
+    for op in ops {
+        // SAFETY: valid NUL-terminated strings owned by `ops`.
+        unsafe {
+            match op {
+                Op::Bind { src, dst } => {
+                    ok(libc::mount(src.as_ptr(), dst.as_ptr(), null, libc::MS_BIND, std::ptr::null()))?;
+                    ok(libc::mount(
+                        null,
+                        dst.as_ptr(),
+                        null,
+                        libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY,
+                        std::ptr::null(),
+                    ))?;
+                }
+                Op::Tmpfs { dst } => {
+                    ok(libc::mount(
+                        c"tmpfs".as_ptr(),
+                        dst.as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                        c"size=4k,mode=755".as_ptr().cast(),
+                    ))?;
                 }
             }
         }
-        Ok(())
     }
+    Ok(())
+}
+
+/// The confined command's init: apply the resolver view in its mount namespace (already its own,
+/// propagation slave: see `confine::mounts`), before the command drops CAP_SYS_ADMIN. An error
+/// names the mount that failed.
+pub fn apply_view(mounts: &[ViewMount]) -> io::Result<()> {
+    for m in mounts {
+        let op = Op::of(m)?;
+        // SAFETY: plain syscalls on strings we own; init is single-threaded.
+        unsafe { apply_ops(std::slice::from_ref(&op)) }.map_err(|e| {
+            let what = match m {
+                ViewMount::Bind { src, dst } => format!("binding {} over {}", src.display(), dst.display()),
+                ViewMount::Tmpfs { dst } => format!("hiding {} (tmpfs)", dst.display()),
+            };
+            io::Error::new(e.kind(), format!("{what}: {e}"))
+        })?;
+    }
+    Ok(())
 }
 
 /// The isolation `enforcer run` gives its command (None: `enabled` is false, or the host needs
@@ -196,10 +258,28 @@ pub fn for_run(enabled: bool, id: u32) -> io::Result<Option<std::sync::Arc<Isola
     if iso.is_empty() {
         return Ok(None);
     }
+    if !has_cap_sys_admin() {
+        tracing::warn!(
+            "dns: no CAP_SYS_ADMIN for the command's mount namespace; names it resolves through nscd or nss-resolve are not learned ({})",
+            iso.changes.join("; ")
+        );
+        return Ok(None);
+    }
     for c in &iso.changes {
         tracing::info!("dns: the command's resolver view: {c}");
     }
     Ok(Some(std::sync::Arc::new(iso)))
+}
+
+/// CAP_SYS_ADMIN (bit 21) in this process's effective set (needed for the mount namespace).
+fn has_cap_sys_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 21) != 0)
 }
 
 impl Drop for Isolation {
@@ -243,6 +323,7 @@ mod tests {
         let generated = root.join("gen");
         let iso = Isolation::prepare(&root, &generated).unwrap();
         assert_eq!(iso.ops.len(), 3, "{iso:?}");
+        assert_eq!(iso.mounts().len(), 3);
         assert!(
             std::fs::read_to_string(generated.join("nsswitch.conf")).unwrap().contains("hosts:          files dns")
         );

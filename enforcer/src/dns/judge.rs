@@ -4,8 +4,9 @@
 //! - **registered**: a registry host (exact, or `*.suffix` on a label boundary) or an `--allow`
 //!   host — forwarded, and its answer learned;
 //! - **a search miss**: a search-domain expansion of a registered name (`api.example.com.corp.example`
-//!   for a registered `api.example.com`), or the bare form of a registered expansion (`db.eu`
-//!   when `db.eu.corp.example` is registered). Answered NXDOMAIN by the forwarder itself, so the
+//!   for a registered `api.example.com`, also with labels between the name and the search domain:
+//!   `api.example.com.default.svc.cluster.local` for `cluster.local`), or the bare form of a
+//!   registered expansion (`db.eu` when `db.eu.corp.example` is registered). Answered NXDOMAIN by the forwarder itself, so the
 //!   resolver goes on with its search list, and nothing reaches the upstream;
 //! - **unregistered**: anything else. A search-domain expansion of a multi-label unregistered
 //!   name (`evil.com.corp.example`, the resolver trying `evil.com` with `search corp.example`) gets
@@ -41,6 +42,10 @@ pub enum Why {
     NotInRegistry,
     /// A search-domain expansion of an unregistered multi-label name.
     SearchExpansion,
+    /// A registered name answered with addresses the rebinding filter drops.
+    Rebinding,
+    /// A registered name whose learned addresses could not be written.
+    MapWrite,
 }
 
 /// One question's class.
@@ -104,7 +109,22 @@ fn classify_direct(q: &str, policy: &dyn DnsPolicy, search: &[String]) -> Class 
     // resolver was asked for.
     let mut bases: Vec<&str> = search.iter().filter_map(|s| strip_domain(q, s)).collect();
     bases.sort_by_key(|b| b.len());
-    if bases.iter().any(|b| policy.match_name(b).is_some()) {
+    // A registered name with search-domain labels appended, directly or under the search domain
+    // (`api.example.com.default.svc.cluster.local` for `cluster.local`: Kubernetes' ndots:5
+    // resolvers try `<name>.<ns>.svc.cluster.local` first).
+    let registered_prefix = |base: &str| {
+        let mut p = base;
+        loop {
+            if policy.match_name(p).is_some() {
+                return true;
+            }
+            match p.rsplit_once('.') {
+                Some((head, _)) => p = head,
+                None => return false,
+            }
+        }
+    };
+    if bases.iter().any(|b| registered_prefix(b)) {
         return Class::SearchMiss;
     }
     match bases.iter().find(|b| b.contains('.')) {

@@ -22,6 +22,7 @@ pub mod conns;
 pub mod isolate;
 mod judge;
 mod metrics;
+pub mod peer;
 mod sanitize;
 mod server;
 mod upstream;
@@ -65,6 +66,10 @@ pub enum Action {
     Answered,
     /// AUDIT: forwarded and answered; REGISTRY_ONLY would have refused it.
     AuditWouldRefuse,
+    /// A registered name's answer had private/loopback/link-local addresses: dropped from it.
+    RebindingDropped,
+    /// A registered name's addresses could not be written to the kernel map: SERVFAIL.
+    LearnFailed,
 }
 
 impl Action {
@@ -74,6 +79,8 @@ impl Action {
             Action::Nxdomain => "nxdomain",
             Action::Answered => "answered-not-allowed",
             Action::AuditWouldRefuse => "audit-would-refuse",
+            Action::RebindingDropped => "rebinding-dropped",
+            Action::LearnFailed => "learn-failed",
         }
     }
 }
@@ -88,6 +95,8 @@ pub struct Refusal {
     pub qtype: String,
     pub action: Action,
     pub why: Why,
+    /// The socket that asked (to name its workload); None in tests.
+    pub client: Option<peer::Client>,
 }
 
 /// What the forwarder asks of the registry/dataplane. Implemented by the agent; tests use an

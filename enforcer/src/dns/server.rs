@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 
 use super::answer::{self, name_key};
 use super::judge::{self, Decision};
+use super::peer::Client;
 use super::sanitize;
 use super::upstream::{Expect, MAX_MESSAGE, Transport, Upstream, UpstreamError};
 use super::{Action, Config, DnsPolicy, PolicyMode, Refusal, Stats};
@@ -196,6 +197,7 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 
 async fn udp_loop(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
+    let local = sock.local_addr().ok();
     loop {
         let (n, peer) = match sock.recv_from(&mut buf).await {
             Ok(v) => v,
@@ -216,7 +218,8 @@ async fn udp_loop(inner: Arc<Inner>, sock: Arc<UdpSocket>) {
         let inner = inner.clone();
         let sock = sock.clone();
         tokio::spawn(async move {
-            if let Some(resp) = inner.handle(&bytes, Transport::Udp).await
+            let client = local.map(|server| Client { addr: peer, server, tcp: false });
+            if let Some(resp) = inner.handle(&bytes, Transport::Udp, client).await
                 && let Err(e) = sock.send_to(&resp, peer).await
             {
                 tracing::debug!(%peer, error = %e, "dns: udp send");
@@ -251,6 +254,10 @@ async fn tcp_accept_loop(inner: Arc<Inner>, listener: TcpListener, stop: watch::
 
 async fn tcp_conn(inner: Arc<Inner>, stream: TcpStream, mut stop: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
+    let client = match (stream.peer_addr(), stream.local_addr()) {
+        (Ok(addr), Ok(server)) => Some(Client { addr, server, tcp: true }),
+        _ => None,
+    };
     let (mut rd, wr) = stream.into_split();
     let wr = Arc::new(tokio::sync::Mutex::new(wr));
     let pipeline = Arc::new(Semaphore::new(MAX_TCP_PIPELINE));
@@ -282,7 +289,7 @@ async fn tcp_conn(inner: Arc<Inner>, stream: TcpStream, mut stop: watch::Receive
         let inner = inner.clone();
         let wr = wr.clone();
         tokio::spawn(async move {
-            if let Some(resp) = inner.handle(&bytes, Transport::Tcp).await {
+            if let Some(resp) = inner.handle(&bytes, Transport::Tcp, client).await {
                 write_frame(&wr, &resp).await;
             }
             drop(permit);
@@ -356,7 +363,7 @@ impl Inner {
     }
 
     /// The response to one client message (None: send nothing).
-    async fn handle(&self, bytes: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    async fn handle(&self, bytes: &[u8], transport: Transport, client: Option<Client>) -> Option<Vec<u8>> {
         let query = match Message::from_vec(bytes) {
             Ok(q) => q,
             Err(e) => {
@@ -381,7 +388,7 @@ impl Inner {
                     Stats::inc(self.stats.refused(reason));
                     let action = if rcode == ResponseCode::NXDomain { Action::Nxdomain } else { Action::Refused };
                     for (i, name, why) in report {
-                        self.report(&query, i, name, why, action);
+                        self.report(&query, i, name, why, action, client);
                     }
                     return Some(synthesize(&query, rcode));
                 }
@@ -392,7 +399,7 @@ impl Inner {
         }
         let action = if mode == PolicyMode::Audit { Action::AuditWouldRefuse } else { Action::Answered };
         for (i, name, why) in unregistered {
-            self.report(&query, i, name, why, action);
+            self.report(&query, i, name, why, action, client);
         }
         // Under REGISTRY_ONLY the upstream gets the query as understood (allowed EDNS options
         // only) with an id of our own; otherwise the client's bytes.
@@ -425,7 +432,7 @@ impl Inner {
             self.observe_unregistered(&query, &resp);
             return Some(resp);
         }
-        Some(self.answer_matched(resp, header, &query, &learn, answered_at).await)
+        Some(self.answer_matched(resp, header, &query, &learn, answered_at, client).await)
     }
 
     /// Tell the policy which addresses an unregistered name had (nothing is allowed; `enforcer
@@ -446,10 +453,12 @@ impl Inner {
         }
     }
 
-    fn report(&self, query: &Message, i: usize, name: String, why: judge::Why, action: Action) {
+    fn report(&self, query: &Message, i: usize, name: String, why: judge::Why, action: Action, client: Option<Client>) {
         let q = &query.queries()[i];
-        let r = Refusal { queried: name_key(q.name()), name, qtype: q.query_type().to_string(), action, why };
-        self.log_unknown(&r);
+        let r = Refusal { queried: name_key(q.name()), name, qtype: q.query_type().to_string(), action, why, client };
+        if matches!(why, judge::Why::NotInRegistry | judge::Why::SearchExpansion) {
+            self.log_unknown(&r);
+        }
         self.policy.report(&r);
     }
 
@@ -500,6 +509,7 @@ impl Inner {
         query: &Message,
         learn: &[(usize, enforcer_common::ServiceId)],
         answered_at: Instant,
+        client: Option<Client>,
     ) -> Vec<u8> {
         let qname0 = name_key(query.queries()[learn[0].0].name());
         // Truncated (the client retries over TCP) or negative answers: pass through unchanged,
@@ -524,6 +534,7 @@ impl Inner {
                 dropped,
                 "dns: dropped private/loopback/link-local addresses from a registry name's answer (rebinding protection)"
             );
+            self.report(query, learn[0].0, qname0.clone(), judge::Why::Rebinding, Action::RebindingDropped, client);
         }
         let floor = self.cfg.min_ttl.max(super::MIN_TTL_FLOOR);
         let mut learned = Vec::with_capacity(learn.len());
@@ -540,12 +551,13 @@ impl Inner {
                 Err(e) => {
                     Stats::inc(&self.stats.learn_failures);
                     tracing::warn!(name = qname, service = service.get(), error = %e, "dns: learning addresses failed, answering SERVFAIL");
+                    self.report(query, i, qname, judge::Why::MapWrite, Action::LearnFailed, client);
                     return self.servfail(query);
                 }
             };
             Stats::add(&self.stats.learned_addrs, addrs.len() as u64);
             tracing::debug!(name = qname, service = service.get(), ?addrs, ?life, "dns: learned");
-            learned.push((service, qname, addrs, until, life));
+            learned.push((i, service, qname, addrs, until, life));
         }
         if !learned.is_empty() {
             self.stats.learn_delay.record(answered_at.elapsed());
@@ -553,7 +565,7 @@ impl Inner {
         // The guarantee: each entry outlives the release (now) by the floor, however long the
         // learns took (a slow map write, several questions, a grace of 0). Renewals are rare: a
         // lifetime is floor + grace from the moment of its write.
-        for (service, qname, addrs, mut until, life) in learned {
+        for (i, service, qname, addrs, mut until, life) in learned {
             let mut tries = 0;
             while until < Instant::now() + floor {
                 tries += 1;
@@ -563,6 +575,7 @@ impl Inner {
                         name = qname,
                         "dns: learned addresses keep expiring before the answer can be released (map writes slower than the TTL floor), answering SERVFAIL"
                     );
+                    self.report(query, i, qname, judge::Why::MapWrite, Action::LearnFailed, client);
                     return self.servfail(query);
                 }
                 Stats::inc(&self.stats.relearned);
@@ -571,6 +584,7 @@ impl Inner {
                     Err(e) => {
                         Stats::inc(&self.stats.learn_failures);
                         tracing::warn!(name = qname, error = %e, "dns: renewing learned addresses failed, answering SERVFAIL");
+                        self.report(query, i, qname, judge::Why::MapWrite, Action::LearnFailed, client);
                         return self.servfail(query);
                     }
                 }

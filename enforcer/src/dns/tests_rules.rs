@@ -47,6 +47,15 @@ fn names_are_classified_with_the_search_list() {
     );
     // An expansion of a registered name: NXDOMAIN locally, so the resolver goes on to the name.
     assert_eq!(classify("api.test.corp.example"), Class::SearchMiss);
+    // Kubernetes-style: labels between the registered name and the search domain.
+    let k8s = vec!["cluster.local".to_string()];
+    let p = TestPolicy::registry();
+    assert_eq!(judge::classify("api.test.default.svc.cluster.local", &p, &k8s), Class::SearchMiss);
+    assert_eq!(judge::classify("foo.svc.test.default.svc.cluster.local", &p, &k8s), Class::SearchMiss);
+    assert_eq!(
+        judge::classify("myservice.default.svc.cluster.local", &p, &k8s),
+        Class::Unregistered { report: "myservice.default.svc".into(), why: Why::SearchExpansion }
+    );
     // A single label with a search domain is just that expanded name.
     assert_eq!(
         classify("printer.corp.example"),

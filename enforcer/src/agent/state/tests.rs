@@ -367,3 +367,113 @@ fn policy_flags_follow_the_plan_and_a_gone_policys_flags_are_reset() {
     assert_eq!(st.policy_flags(pid(2)), 0, "a gone policy's flags are reset: {log:?}");
     assert!(log.contains(&"flags policy 2 0x0".to_string()), "{log:?}");
 }
+
+/// MemoryMaps whose first ALLOW upsert waits until a learner has queued its request, so the
+/// learn is served in the middle of the apply.
+struct WaitsForLearner {
+    inner: MemoryMaps,
+    queue: std::sync::Arc<std::sync::OnceLock<std::sync::Arc<super::LearnQueue>>>,
+    waited: bool,
+}
+
+impl Maps for WaitsForLearner {
+    fn upsert_allow(&mut self, e: &AllowEntry, v: AllowValue, t: Option<BootNs>) -> Result<(), DataplaneError> {
+        if !self.waited && t.is_none() {
+            self.waited = true;
+            let q = self.queue.get().expect("queue set");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while q.waiting.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                assert!(Instant::now() < deadline, "the learner never queued");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        self.inner.upsert_allow(e, v, t)
+    }
+    fn remove_allow(&mut self, e: &AllowEntry) -> Result<(), DataplaneError> {
+        self.inner.remove_allow(e)
+    }
+    fn upsert_dest(&mut self, e: &DestEntry, v: AllowValue) -> Result<(), DataplaneError> {
+        self.inner.upsert_dest(e, v)
+    }
+    fn remove_dest(&mut self, e: &DestEntry) -> Result<(), DataplaneError> {
+        self.inner.remove_dest(e)
+    }
+    fn set_mode(&mut self, p: PolicyId, m: Mode) -> Result<(), DataplaneError> {
+        self.inner.set_mode(p, m)
+    }
+    fn set_workload(&mut self, cg: u64, p: PolicyId) -> Result<(), DataplaneError> {
+        self.inner.set_workload(cg, p)
+    }
+    fn remove_workload(&mut self, cg: u64) -> Result<(), DataplaneError> {
+        self.inner.remove_workload(cg)
+    }
+    fn set_policy_flags(&mut self, p: PolicyId, f: u32) -> Result<(), DataplaneError> {
+        self.inner.set_policy_flags(p, f)
+    }
+    fn set_settings(&mut self, s: &Settings) -> Result<(), DataplaneError> {
+        self.inner.set_settings(s)
+    }
+    fn read(&self) -> Result<MapContents, DataplaneError> {
+        self.inner.read()
+    }
+    fn allow_capacity(&self) -> usize {
+        self.inner.allow_capacity()
+    }
+}
+
+#[test]
+fn a_learn_during_an_apply_is_served_between_its_writes_and_not_undone_by_it() {
+    let queue = std::sync::Arc::new(std::sync::OnceLock::new());
+    let maps = WaitsForLearner { inner: MemoryMaps::new(1000), queue: queue.clone(), waited: true };
+    let mut st = MapState::adopt(maps).unwrap();
+    queue.set(st.learn_queue()).ok().unwrap();
+    let e = |p: PolicyId, a: u8| AllowEntry { policy_id: p, net: addr(a).into(), port: 443, proto: PROTO_TCP };
+    // Before: address 1 listed statically (service 1); wildcard service 2; policy 2 with service 3.
+    let mut before = Plan {
+        modes: [(PolicyId::DEFAULT, Mode::RegistryOnly), (pid(2), Mode::RegistryOnly)].into(),
+        services: [(PolicyId::DEFAULT, sid(2)), (pid(2), sid(3))].into(),
+        ..Plan::default()
+    };
+    before.allow.insert(e(PolicyId::DEFAULT, 1), AllowValue::new(sid(1), 0));
+    st.apply(&before).unwrap();
+    // After: address 1 no longer listed (a planned removal), 100 new entries, policy 2 gone.
+    let mut after = Plan {
+        modes: [(PolicyId::DEFAULT, Mode::RegistryOnly)].into(),
+        services: [(PolicyId::DEFAULT, sid(2))].into(),
+        ..Plan::default()
+    };
+    for a in 100..200u8 {
+        after.allow.insert(e(PolicyId::DEFAULT, a), AllowValue::new(sid(1), 0));
+    }
+    st.maps_mut().waited = false;
+    let q = st.learn_queue();
+    let learner = std::thread::spawn(move || {
+        // The wildcard service's name now resolves to address 1; policy 2 learns it too.
+        let mut req = super::LearnRequest {
+            allow: vec![
+                (e(PolicyId::DEFAULT, 1), AllowValue::new(sid(2), 0)),
+                (e(pid(2), 1), AllowValue::new(sid(3), 0)),
+            ],
+            dests: vec![],
+            life: Duration::from_secs(60),
+        };
+        loop {
+            match q.submit(req) {
+                Ok(r) => return r,
+                Err(back) => req = back,
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+    let t0 = Instant::now();
+    st.apply(&after).unwrap();
+    let until = learner.join().unwrap().expect("served");
+    assert!(until > t0 + Duration::from_secs(59), "the lifetime starts when written");
+    let m = &st.maps().inner;
+    assert!(m.verdict(&[1], addr(1), 443, PROTO_TCP).0, "the learned address survived the planned removal");
+    assert!(!st.allow().in_map().any(|(k, _)| k.policy_id == pid(2)), "the removed policy learns nothing");
+    for a in 100..200u8 {
+        assert!(m.verdict(&[1], addr(a), 443, PROTO_TCP).0, "the plan is complete: {a}");
+    }
+    assert_eq!(st.allow().learned().len(), 1, "{:?}", st.allow().learned());
+}
