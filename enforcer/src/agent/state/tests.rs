@@ -382,7 +382,10 @@ impl Maps for WaitsForLearner {
             self.waited = true;
             let q = self.queue.get().expect("queue set");
             let deadline = Instant::now() + Duration::from_secs(10);
-            while q.waiting.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            // Queued now, or already queued and served by an earlier step of this apply.
+            while q.waiting.load(std::sync::atomic::Ordering::Acquire) == 0
+                && q.state.lock().expect("learn queue lock").next_id == 0
+            {
                 assert!(Instant::now() < deadline, "the learner never queued");
                 std::thread::sleep(Duration::from_millis(1));
             }
