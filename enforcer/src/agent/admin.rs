@@ -217,7 +217,7 @@ fn map_counts(counted: &[(&'static str, usize)], policies: usize) -> Vec<MapCoun
         .map(|m| {
             let entries = match m.kind {
                 MapKind::RingBuf | MapKind::SkStorage => None,
-                _ if m.name == map_names::MODES => Some(policies as u64),
+                _ if m.name == map_names::MODES || m.name == map_names::POLICY_FLAGS => Some(policies as u64),
                 MapKind::Array | MapKind::PerCpuArray => Some(u64::from(m.max_entries)),
                 MapKind::Hash | MapKind::LruHash | MapKind::LruPerCpuHash | MapKind::LpmTrie => {
                     counted.iter().find(|(name, _)| *name == m.name).map(|(_, n)| *n as u64)

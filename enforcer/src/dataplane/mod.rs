@@ -620,8 +620,8 @@ impl Dataplane {
             .collect()
     }
 
-    /// New handles (own file descriptors) on the maps only the kernel fills (`PROXY_PEERS`,
-    /// `PROXY_ORIG`, `DNS_ORIG`, `FLOW_OWNER`), so their keys can be counted without holding
+    /// New handles (own file descriptors) on the maps only the kernel fills (`POLICY_CACHE`,
+    /// `PROXY_PEERS`, `PROXY_ORIG`, `DNS_ORIG`, `FLOW_OWNER`), so their keys can be counted without holding
     /// whatever lock guards this dataplane (a full `FLOW_OWNER` walk takes ~1 s here).
     pub fn kernel_only_maps(&self) -> Result<KernelOnlyMaps> {
         use aya::maps::IterableMap as _;
@@ -638,7 +638,18 @@ impl Dataplane {
                 reopen($name, self.$field.map())?
             };
         }
+        let policy_cache = match self.ebpf.map(map_names::POLICY_CACHE) {
+            Some(aya::maps::Map::LruHashMap(md)) => reopen(map_names::POLICY_CACHE, md)?,
+            _ => {
+                return Err(DataplaneError::Map {
+                    map: map_names::POLICY_CACHE,
+                    action: "find in the object".into(),
+                    source: aya::maps::MapError::InvalidName { name: map_names::POLICY_CACHE.into() },
+                });
+            }
+        };
         Ok(KernelOnlyMaps {
+            policy_cache,
             proxy_peers: lru!(proxy_peers, map_names::PROXY_PEERS),
             proxy_orig: lru!(proxy_orig, map_names::PROXY_ORIG),
             dns_orig: lru!(dns_orig, map_names::DNS_ORIG),
@@ -1081,6 +1092,7 @@ fn start_ebpf_logger(ebpf: &mut Ebpf) -> Option<tokio::task::JoinHandle<()>> {
 
 /// See [`Dataplane::kernel_only_maps`].
 pub struct KernelOnlyMaps {
+    policy_cache: aya::maps::HashMap<MapData, u64, enforcer_common::PolicyCacheValue>,
     proxy_peers: aya::maps::HashMap<MapData, OrigDest, ProxyDest>,
     proxy_orig: aya::maps::HashMap<MapData, u64, ProxyDest>,
     dns_orig: aya::maps::HashMap<MapData, u64, OrigDest>,
@@ -1091,6 +1103,7 @@ impl KernelOnlyMaps {
     /// Their entries now (one `get_next_key` per entry: ~4 µs each here).
     pub fn counts(&self) -> Vec<(&'static str, usize)> {
         vec![
+            (map_names::POLICY_CACHE, self.policy_cache.keys().count()),
             (map_names::PROXY_PEERS, self.proxy_peers.keys().count()),
             (map_names::PROXY_ORIG, self.proxy_orig.keys().count()),
             (map_names::DNS_ORIG, self.dns_orig.keys().count()),
