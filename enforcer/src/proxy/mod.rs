@@ -363,7 +363,8 @@ impl Proxy {
             });
             let stop = stop_rx.clone();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let spawned = std::thread::Builder::new().name(format!("enforcer-proxy-{i}")).spawn(move || {
+            // 15 characters at most: the kernel's comm (ps, perf) keeps no more.
+            let spawned = std::thread::Builder::new().name(format!("enforcer-px-{i}")).spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
