@@ -265,7 +265,9 @@ fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64, (f64,
     let mut max = 0;
     let mut pid = None;
     let spawned = Instant::now();
-    let (mut first, mut last): (Option<(Instant, u64, u64)>, Option<(Instant, u64, u64)>) = (None, None);
+    // (when, CPU ticks, context switches)
+    type Sample = (Instant, u64, u64);
+    let (mut first, mut last): (Option<Sample>, Option<Sample>) = (None, None);
     let status = loop {
         if let Some(st) = child.try_wait()? {
             break st;
