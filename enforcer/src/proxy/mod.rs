@@ -261,8 +261,8 @@ pub struct ProxyConfig {
     pub upstream_mark: Option<u32>,
     /// Worker threads, each with its own single-threaded runtime and upstream pools, so a
     /// request never hops threads (nginx's worker model). Worker 0 accepts and hands the
-    /// connections out round-robin (an even split; SO_REUSEPORT's hash split left one worker
-    /// with most of a few dozen keep-alive connections). 0: one per CPU.
+    /// connections out round-robin (an even split, where SO_REUSEPORT's is a hash). 0: one per
+    /// CPU.
     pub threads: usize,
 }
 
