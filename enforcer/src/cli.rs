@@ -118,8 +118,8 @@ pub struct PolicyArgs {
     /// upstream port.
     #[arg(long)]
     pub sni_check_target_ports: bool,
-    /// The L7 proxy's worker threads, each serving its own connections on its own socket
-    /// (SO_REUSEPORT) with its own upstream pools. 0: one per CPU.
+    /// The L7 proxy's worker threads, each serving its own connections on its own runtime
+    /// with its own upstream pools (connections handed out round-robin). 0: one per CPU.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub proxy_threads: usize,
     /// Do not attach the TCP connection accounting (sock_ops): no istio_tcp_connections_* for

@@ -418,17 +418,68 @@ pub struct Inputs<'a> {
     pub scope: &'a str,
 }
 
-/// The TLS settings a DestinationRule gives `port` of a ServiceEntry (port-level first), if any
-/// DestinationRule names one of its hosts.
+/// Istio's default `rootNamespace`: its DestinationRules apply mesh-wide (the third choice).
+pub const ROOT_NAMESPACE: &str = "istio-system";
+
+/// The namespace of a workload policy, when its name (or its service-key scope, the name and a
+/// NUL) says: Kubernetes policies are named `namespace/pod`. Registry files: none.
+pub fn workload_namespace(policy_name: &str) -> Option<&str> {
+    policy_name.trim_end_matches('\0').split_once('/').map(|(ns, _)| ns).filter(|ns| !ns.is_empty())
+}
+
+/// THE DestinationRule of a ServiceEntry for a client in `client_ns`: what the kernel's steering
+/// ([`tls_for`], ALLOW_F_PROXY) and the proxy's upstream (agent/proxy_bridge.rs) both use, so
+/// they cannot disagree. Istio's precedence: a rule in the client's namespace, else in the
+/// service's namespace, else in the root namespace; without a client namespace (registry files)
+/// a rule in any other namespace comes last. Within one namespace the rule whose `host` covers a
+/// host of the entry most specifically (the one host matcher: exact, then the longest wildcard;
+/// ties: the first listed). `exportTo` and `workloadSelector` were applied when a Kubernetes
+/// pod's registry was built (kube/policy.rs keeps only the rules visible to and selecting the
+/// pod); registry files carry neither workload labels nor namespaces (those fields are warned
+/// about as unused).
+pub fn destination_rule<'a>(
+    registry: &'a Registry,
+    se: &ServiceEntry,
+    client_ns: Option<&str>,
+) -> Option<&'a crate::config::DestinationRule> {
+    let rank = |dr: &crate::config::DestinationRule| -> Option<u8> {
+        if Some(dr.namespace.as_str()) == client_ns {
+            Some(0)
+        } else if dr.namespace == se.namespace {
+            Some(1)
+        } else if dr.namespace == ROOT_NAMESPACE {
+            Some(2)
+        } else if client_ns.is_none() {
+            Some(3)
+        } else {
+            None
+        }
+    };
+    (0..=3u8).find_map(|tier| {
+        se.hosts.iter().find_map(|h| {
+            let host = crate::config::host::HostPattern::parse(&h.to_string());
+            let candidates =
+                registry.destination_rules.iter().filter(|dr| rank(dr) == Some(tier)).map(|dr| (dr.host_pattern(), dr));
+            crate::config::host::most_specific(&host, candidates)
+        })
+    })
+}
+
+/// The TLS settings [`destination_rule`] gives `port` of a ServiceEntry (port-level first), if
+/// any, for a client in `client_ns`.
 pub fn tls_for<'a>(
     registry: &'a Registry,
     se: &ServiceEntry,
     port: u16,
+    client_ns: Option<&str>,
 ) -> Option<(&'a crate::config::DestinationRule, &'a crate::config::TlsSettings)> {
-    se.hosts.iter().find_map(|h| {
-        let dr = registry.destination_rule_for(&h.to_string())?;
-        dr.port_tls.get(&port).or(dr.tls.as_ref()).map(|t| (dr, t))
-    })
+    let dr = destination_rule(registry, se, client_ns)?;
+    dr.port_tls.get(&port).or(dr.tls.as_ref()).map(|t| (dr, t))
+}
+
+/// Does `port` of `se` originate TLS (`tls.mode: SIMPLE`) for a client in `client_ns`?
+pub fn originates_tls(registry: &Registry, se: &ServiceEntry, port: u16, client_ns: Option<&str>) -> bool {
+    tls_for(registry, se, port, client_ns).is_some_and(|(_, t)| t.mode == crate::config::TlsMode::Simple)
 }
 
 /// Is this port's traffic steered to the L7 proxy?
@@ -436,7 +487,7 @@ fn proxied(inp: &Inputs<'_>, se: &ServiceEntry, p: &crate::config::Port) -> bool
     if p.protocol.is_udp() {
         return false;
     }
-    let simple = tls_for(inp.registry, se, p.number).is_some_and(|(_, t)| t.mode == crate::config::TlsMode::Simple);
+    let simple = originates_tls(inp.registry, se, p.number, workload_namespace(inp.scope));
     (simple && !p.protocol.is_tls()) || (inp.sni_check && p.protocol.is_tls())
 }
 
@@ -445,8 +496,7 @@ fn target_proxied(inp: &Inputs<'_>, se: &ServiceEntry, p: &crate::config::Port) 
     if !inp.sni_check_target_ports || p.target_port.is_none() || p.protocol.is_udp() {
         return false;
     }
-    p.protocol.is_tls()
-        || tls_for(inp.registry, se, p.number).is_some_and(|(_, t)| t.mode == crate::config::TlsMode::Simple)
+    p.protocol.is_tls() || originates_tls(inp.registry, se, p.number, workload_namespace(inp.scope))
 }
 
 /// Names the registry and the command line need resolved before `compile`.

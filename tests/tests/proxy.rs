@@ -5,216 +5,22 @@
 //! Setup per test: a [`Netns`] whose namespace side (`198.18.S.2`) runs the upstream servers
 //! ([`HTTPS_SERVER_PY`]: TLS with a certificate from a [`Pki`] made with openssl at test time, or
 //! plain), a registry + DestinationRule file, and `enforcer run --admin 127.0.0.1:PORT -- python3
-//! -c PROXY_PY SPEC`. The confined command ([`PROXY_PY`]) runs every client (curl, or a python
-//! socket when getpeername matters), samples the agent's VmRSS (the agent is the command's parent
-//! process), then scrapes `/metrics` and `/debug/events` itself (the agent lives only as long as
+//! -c PROXY_CLIENT_PY SPEC` ([`ProxyRun`]). The confined command (tests/helpers/proxy_client.py)
+//! runs every client (curl, or a python socket when getpeername matters), samples the agent's
+//! VmRSS (the agent is the command's parent process), then scrapes `/metrics` and `/debug/events` itself (the agent lives only as long as
 //! the command) and prints one JSON line.
 //!
 //! All counts asserted are exact: every request is one the test made.
 
-use std::collections::BTreeMap;
-
 use enforcer_tests::*;
-use serde_json::{Value, json};
-
-/// The confined command. One argument, a JSON spec `{"admin": A, "ops": [OP...], "requests": N,
-/// "events": M}`:
-/// - `{"kind": "curl", "args": [...], "rss": bool}`: runs `curl ARGS`; captures `rc`, `stdout`,
-///   `stderr`, wall `elapsed` (s); with `rss`, samples the parent's (the agent's) VmRSS every
-///   20 ms while curl runs: `rss_before_kib`, `rss_max_kib`, `rss_samples`;
-/// - `{"kind": "peer", "addr": A, "port": P, "host": H, "path": Q}`: a python TCP client:
-///   connect, `peer` = getpeername(), `sock` = getsockname(), one HTTP/1.1 GET (Connection:
-///   close), `response` = everything read to EOF.
-///
-/// Then polls `/metrics` and `/debug/events` until the `istio_requests_total` samples add up to
-/// at least `requests`, at least `events` events are listed, and two scrapes 200 ms apart are
-/// identical (≤ 15 s), and prints `{ppid, results, metrics, events}`.
-const PROXY_PY: &str = r#"
-import json, os, socket, subprocess, sys, time, urllib.request
-spec = json.loads(sys.argv[1])
-admin = spec['admin']
-ppid = os.getppid()
-opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-def get(path):
-    with opener.open('http://%s%s' % (admin, path), timeout=10) as r:
-        return r.read().decode()
-def rss(pid):
-    try:
-        with open('/proc/%d/status' % pid) as f:
-            for l in f:
-                if l.startswith('VmRSS:'):
-                    return int(l.split()[1])
-    except OSError:
-        pass
-    return None
-def curl(op):
-    r = {}
-    if op.get('rss'):
-        r['rss_before_kib'] = rss(ppid)
-    t0 = time.monotonic()
-    p = subprocess.Popen(['curl'] + op['args'], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if op.get('rss'):
-        samples = []
-        while p.poll() is None:
-            v = rss(ppid)
-            if v is not None:
-                samples.append(v)
-            time.sleep(0.02)
-        r['rss_samples'] = len(samples)
-        r['rss_max_kib'] = max(samples) if samples else None
-    out, err = p.communicate(timeout=120)
-    r.update(rc=p.returncode, stdout=out.decode(errors='replace'), stderr=err.decode(errors='replace'),
-             elapsed=time.monotonic() - t0)
-    return r
-def peer(op):
-    s = socket.socket(socket.AF_INET6 if ':' in op['addr'] else socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(15)
-    s.connect((op['addr'], op['port']))
-    r = {'peer': list(s.getpeername()[:2]), 'sock': list(s.getsockname()[:2])}
-    s.sendall(('GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n' % (op['path'], op['host'])).encode())
-    data = b''
-    while True:
-        c = s.recv(65536)
-        if not c:
-            break
-        data += c
-    s.close()
-    r['response'] = data.decode(errors='replace')
-    return r
-res = [curl(op) if op['kind'] == 'curl' else peer(op) for op in spec['ops']]
-def n_requests(m):
-    n = 0
-    for l in m.splitlines():
-        if l.startswith('istio_requests_total{'):
-            n += float(l.rsplit(' ', 1)[1])
-    return n
-def n_events(ev):
-    return len([l for l in ev.splitlines() if l.strip()])
-deadline = time.monotonic() + 15
-prev = None
-while True:
-    m = get('/metrics')
-    ev = get('/debug/events')
-    if (m, ev) == prev and n_requests(m) >= spec.get('requests', 0) and n_events(ev) >= spec.get('events', 0):
-        break
-    if time.monotonic() > deadline:
-        break
-    prev = (m, ev)
-    time.sleep(0.2)
-print(json.dumps({'ppid': ppid, 'results': res, 'metrics': m, 'events': ev}), flush=True)
-"#;
-
-/// What one [`PROXY_PY`] run produced.
-struct Run {
-    out: Outcome,
-    ppid: u32,
-    results: Vec<Value>,
-    metrics: String,
-    events: Vec<Value>,
-}
-
-impl Run {
-    /// `enforcer run --registry REG --no-host-dns --admin 127.0.0.1:PORT EXTRA... -- python3 -c
-    /// PROXY_PY SPEC`; the command must exit 0.
-    fn go(dir: &TempDir, docs: &[String], extra: &[&str], mut spec: Value) -> Run {
-        let reg = dir.write("registry.yaml", &docs.join("---\n"));
-        let admin = format!("127.0.0.1:{}", free_tcp_port());
-        spec["admin"] = json!(admin);
-        let mut policy =
-            vec!["--registry".to_string(), reg.display().to_string(), "--no-host-dns".into(), "--admin".into(), admin];
-        policy.extend(extra.iter().map(|s| s.to_string()));
-        let cmd = vec![python().display().to_string(), "-c".into(), PROXY_PY.into(), spec.to_string()];
-        let out = enforcer_run(&policy, &cmd);
-        assert_eq!(out.status, 0, "enforcer run of the client script failed\n{out}");
-        let line = out.stdout.lines().last().unwrap_or_else(|| panic!("the script printed nothing\n{out}"));
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("script output is not JSON ({e})\n{out}"));
-        let events = v["events"]
-            .as_str()
-            .unwrap()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
-            .collect();
-        Run {
-            ppid: v["ppid"].as_u64().unwrap() as u32,
-            results: v["results"].as_array().unwrap().clone(),
-            metrics: v["metrics"].as_str().unwrap().to_string(),
-            events,
-            out,
-        }
-    }
-
-    /// Sum of the samples `name` whose labels include all of `want`.
-    fn metric(&self, name: &str, want: &[(&str, &str)]) -> f64 {
-        self.series(name, want).iter().map(|(_, v)| v).sum()
-    }
-
-    fn series(&self, name: &str, want: &[(&str, &str)]) -> Vec<(BTreeMap<String, String>, f64)> {
-        metric_samples(&self.metrics, name)
-            .into_iter()
-            .filter(|(l, _)| want.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
-            .collect()
-    }
-
-    fn events_with(&self, reason: &str) -> Vec<&Value> {
-        self.events.iter().filter(|e| e["reason"] == reason).collect()
-    }
-
-    /// Context for assertion messages.
-    fn dump(&self) -> String {
-        format!(
-            "{}\n--- results\n{}\n--- metrics (istio_*/enforcer_sni_*)\n{}\n--- events\n{}",
-            self.out,
-            serde_json::to_string_pretty(&self.results).unwrap(),
-            self.metrics
-                .lines()
-                .filter(|l| l.starts_with("istio_request") || l.starts_with("enforcer_sni"))
-                .collect::<Vec<_>>()
-                .join("\n"),
-            self.events.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
-        )
-    }
-}
-
-/// A STATIC ServiceEntry `name` (namespace default) for `hosts` at `addr`; ports are
-/// (number, protocol, targetPort).
-fn service_entry_at(name: &str, hosts: &[&str], addr: &str, ports: &[(u16, &str, Option<u16>)]) -> String {
-    let ports: Vec<String> = ports
-        .iter()
-        .map(|(n, p, t)| {
-            let t = t.map(|t| format!(", targetPort: {t}")).unwrap_or_default();
-            format!("{{number: {n}, name: {}-{n}, protocol: {p}{t}}}", p.to_ascii_lowercase())
-        })
-        .collect();
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  hosts: [{}]\n  ports: [{}]\n  resolution: STATIC\n  endpoints: [{{address: \"{addr}\"}}]\n",
-        hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", "),
-        ports.join(", ")
-    )
-}
-
-/// A DestinationRule for `host` with `trafficPolicy` given as YAML (indented under it).
-fn destination_rule(name: &str, host: &str, traffic_policy: &str) -> String {
-    let tp: String = traffic_policy.lines().map(|l| format!("    {l}\n")).collect();
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  host: {host}\n  trafficPolicy:\n{tp}"
-    )
-}
-
-/// portLevelSettings: `port` originates TLS, verified against `ca`.
-fn simple_tls_on(port: u16, ca: &std::path::Path) -> String {
-    format!(
-        "portLevelSettings:\n- port: {{number: {port}}}\n  tls: {{mode: SIMPLE, caCertificates: \"{}\"}}\n",
-        ca.display()
-    )
-}
+use serde_json::json;
 
 /// The standard setup: `api.test` port 80 (HTTP, targetPort 8443) at `198.18.S.2`, SIMPLE TLS on
 /// port 80 verified against `ca`.
 fn api_registry(addr: &str, ca: &std::path::Path) -> Vec<String> {
     vec![
-        service_entry_at("api", &["api.test"], addr, &[(80, "HTTP", Some(8443))]),
-        destination_rule("api", "api.test", &simple_tls_on(80, ca)),
+        se_at("default", "api", &["api.test"], addr, &[(80, "HTTP", Some(8443))]),
+        dr("default", "api", "api.test", &simple_tls_on(80, ca, None)),
     ]
 }
 
@@ -232,7 +38,7 @@ fn originates_tls_and_getpeername_shows_the_original_destination() {
     let pki = Pki::new(&dir, "api", &["api.test"]);
     let addr = ns.v4(2);
     let _srv = https_server(&ns, &addr, 8443, &pki);
-    let run = Run::go(
+    let run = ProxyRun::go(
         &dir,
         &api_registry(&addr, &pki.ca),
         &[],
@@ -278,7 +84,7 @@ fn request_metrics_count_status_codes_exactly() {
     let urls = ["200", "200", "200", "404", "404", "500"].map(|c| format!("http://api.test/status/{c}"));
     let mut args = vec!["--resolve", r.as_str()];
     args.extend(urls.iter().map(String::as_str));
-    let run = Run::go(&dir, &api_registry(&addr, &pki.ca), &[], json!({"ops": [curl_op(&args)], "requests": 6}));
+    let run = ProxyRun::go(&dir, &api_registry(&addr, &pki.ca), &[], json!({"ops": [curl_op(&args)], "requests": 6}));
     let d = run.dump();
     let out = run.results[0]["stdout"].as_str().unwrap();
     assert_eq!(out.matches("status 200").count(), 3, "{d}");
@@ -323,7 +129,7 @@ fn wrong_ca_gives_503_uf_and_a_tls_verify_failed_event() {
     let other = Pki::new(&dir, "other", &["api.test"]);
     let addr = ns.v4(2);
     let _srv = https_server(&ns, &addr, 8443, &pki);
-    let run = Run::go(
+    let run = ProxyRun::go(
         &dir,
         &api_registry(&addr, &other.ca),
         &[],
@@ -370,10 +176,10 @@ fn unreachable_upstream_fails_within_connect_timeout() {
         pki.ca.display()
     );
     let docs = vec![
-        service_entry_at("api", &["api.test"], &addr, &[(81, "HTTP", Some(9)), (82, "HTTP", Some(8444))]),
-        destination_rule("api", "api.test", &tp),
+        se_at("default", "api", &["api.test"], &addr, &[(81, "HTTP", Some(9)), (82, "HTTP", Some(8444))]),
+        dr("default", "api", "api.test", &tp),
     ];
-    let run = Run::go(
+    let run = ProxyRun::go(
         &dir,
         &docs,
         &[],
@@ -425,7 +231,7 @@ fn large_response_streams_with_bounded_agent_memory() {
     ]);
     op["rss"] = json!(true);
     op["args"][4] = json!("120"); // --max-time: a debug build is slow
-    let run = Run::go(&dir, &api_registry(&addr, &pki.ca), &[], json!({"ops": [op], "requests": 1}));
+    let run = ProxyRun::go(&dir, &api_registry(&addr, &pki.ca), &[], json!({"ops": [op], "requests": 1}));
     let d = run.dump();
     let r = &run.results[0];
     let (_, code, size, t) = curl_parts(r);
@@ -454,13 +260,13 @@ fn sni_check_lets_only_registry_names_through() {
     let addr = ns.v4(2);
     let _srv = https_server(&ns, &addr, 443, &pki);
     let docs = vec![
-        service_entry_at("allowed", &["allowed.test"], &addr, &[(443, "TLS", None)]),
-        service_entry_at("wild", &["*.wild.test"], &addr, &[(443, "TLS", None)]),
+        se_at("default", "allowed", &["allowed.test"], &addr, &[(443, "TLS", None)]),
+        se_at("default", "wild", &["*.wild.test"], &addr, &[(443, "TLS", None)]),
     ];
     let ca = pki.ca.display().to_string();
     let get =
         |host: &str| curl_op(&["--cacert", &ca, "--resolve", &resolve(host, 443, &addr), &format!("https://{host}/")]);
-    let run = Run::go(
+    let run = ProxyRun::go(
         &dir,
         &docs,
         &["--sni-check"],
@@ -510,12 +316,12 @@ fn ports_without_simple_tls_are_not_proxied() {
     let _p1 = plain_http_server(&ns, &addr, 8080);
     let _p2 = plain_http_server(&ns, &addr, 8081);
     let docs = vec![
-        service_entry_at("api", &["api.test"], &addr, &[(80, "HTTP", Some(8443)), (8080, "HTTP", None)]),
-        destination_rule("api", "api.test", &simple_tls_on(80, &pki.ca)),
-        service_entry_at("nodr", &["nodr.test"], &addr, &[(8081, "HTTP", None)]),
+        se_at("default", "api", &["api.test"], &addr, &[(80, "HTTP", Some(8443)), (8080, "HTTP", None)]),
+        dr("default", "api", "api.test", &simple_tls_on(80, &pki.ca, None)),
+        se_at("default", "nodr", &["nodr.test"], &addr, &[(8081, "HTTP", None)]),
     ];
     let peer = |port: u16, host: &str| json!({"kind": "peer", "addr": addr, "port": port, "host": host, "path": "/"});
-    let run = Run::go(
+    let run = ProxyRun::go(
         &dir,
         &docs,
         &[],

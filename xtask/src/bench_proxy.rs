@@ -16,8 +16,12 @@
 //! Both proxies run in the client netns, both verify the upstream certificate, both reuse
 //! upstream connections.
 //!
-//! Reported: requests/s (medians, b/a, target >= 1.0), p99 latency (medians, b/a), and the agent's
-//! VmRSS under load (sampled from /proc every 100 ms during each enforcer run). A sanity run first
+//! Reported: requests/s (medians, b/a, target >= 1.0), p99 latency (medians, b/a), the agent's
+//! VmRSS under load (sampled from /proc every 100 ms during each enforcer run), and what each
+//! proxy spends per request: CPU time and context switches (/proc stat and status of the nginx
+//! proxy's master + workers around its wrk run; of the agent's threads over its run). On the
+//! 2-core machine wrk, both nginx and the proxy share the CPUs, so CPU per request is the
+//! efficiency figure; requests/s follows it. A sanity run first
 //! checks that each path really works (status 200 and the file's content; for enforcer, that
 //! `istio_requests_total{response_code="200"}` counted the request, i.e. it went through the
 //! proxy). Any non-2xx/3xx response or socket error in a measured run fails the benchmark.
@@ -169,6 +173,62 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
     s.lines().find_map(|l| l.strip_prefix("VmRSS:")?.split_whitespace().next()?.parse().ok())
 }
 
+/// (CPU time in clock ticks, user + system, of every thread; context switches, voluntary +
+/// involuntary, summed over the threads) of `pid`, plus those of its children with `children`.
+fn cpu_and_switches(pid: u32, children: bool) -> (u64, u64) {
+    let one = |pid: u32| -> (u64, u64) {
+        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                let f: Vec<u64> = s.rsplit_once(')')?.1.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+                // After the comm: state (not a number), ppid, ... utime is field 14, stime 15.
+                Some(f.get(10)? + f.get(11)?)
+            })
+            .unwrap_or(0);
+        let mut cs = 0;
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let st = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+                cs += st
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:")
+                    })
+                    .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                    .sum::<u64>();
+            }
+        }
+        (cpu, cs)
+    };
+    let (mut cpu, mut cs) = one(pid);
+    if children {
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for k in kids.split_whitespace().filter_map(|p| p.parse().ok()) {
+            let (c, s) = one(k);
+            cpu += c;
+            cs += s;
+        }
+    }
+    (cpu, cs)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; Linux: 100).
+const CLK_TCK: f64 = 100.0;
+
+/// What a proxy spent per request: CPU (µs) and context switches.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cost {
+    cpu_us: f64,
+    switches: f64,
+}
+
+impl Cost {
+    /// From counter deltas over `requests` requests.
+    fn per_request(d_cpu_ticks: u64, d_switches: u64, requests: f64) -> Self {
+        Cost { cpu_us: d_cpu_ticks as f64 / CLK_TCK * 1e6 / requests, switches: d_switches as f64 / requests }
+    }
+}
+
 fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
 }
@@ -183,9 +243,11 @@ fn enforcer_pid(spawned: u32) -> Option<u32> {
     children.split_whitespace().filter_map(|p| p.parse().ok()).find(|p| comm(*p) == "enforcer")
 }
 
-/// Runs `cmd` (an `enforcer run`), sampling the enforcer process's VmRSS every 100 ms.
-/// Returns (stdout, max VmRSS KiB).
-fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64)> {
+/// Runs `cmd` (an `enforcer run`), sampling the enforcer process's VmRSS every 100 ms, and its
+/// CPU time and context switches from 1 s after the start (the agent is up and wrk running) to
+/// the last sample. Returns (stdout, max VmRSS KiB, (seconds, CPU ticks, switches) between
+/// those samples).
+fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64, (f64, u64, u64))> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("could not start the {what} run"))?;
     let mut so = child.stdout.take().unwrap();
@@ -202,6 +264,10 @@ fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64)> {
     });
     let mut max = 0;
     let mut pid = None;
+    let spawned = Instant::now();
+    // (when, CPU ticks, context switches)
+    type Sample = (Instant, u64, u64);
+    let (mut first, mut last): (Option<Sample>, Option<Sample>) = (None, None);
     let status = loop {
         if let Some(st) = child.try_wait()? {
             break st;
@@ -213,8 +279,21 @@ fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64)> {
             && let Some(r) = vm_rss_kib(p)
         {
             max = max.max(r);
+            if spawned.elapsed() >= Duration::from_secs(1) {
+                let (cpu, cs) = cpu_and_switches(p, false);
+                let sample = (Instant::now(), cpu, cs);
+                if first.is_none() {
+                    first = Some(sample);
+                } else {
+                    last = Some(sample);
+                }
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
+    };
+    let window = match (first, last) {
+        (Some(a), Some(b)) => ((b.0 - a.0).as_secs_f64(), b.1.saturating_sub(a.1), b.2.saturating_sub(a.2)),
+        _ => (0.0, 0, 0),
     };
     let (stdout, stderr) = (t1.join().unwrap_or_default(), t2.join().unwrap_or_default());
     if !status.success() {
@@ -223,7 +302,7 @@ fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64)> {
     if pid.is_none() || max == 0 {
         bail!("{what}: could not find the enforcer process to sample its VmRSS");
     }
-    Ok((stdout, max))
+    Ok((stdout, max, window))
 }
 
 /// One more enforcer run with `perf record -g` attached to the agent for most of it; returns
@@ -283,7 +362,12 @@ fn profile_run(cmd: &mut Command, dir: &Path, duration: u32) -> Result<String> {
             .collect();
         Ok(top.join("\n"))
     };
-    Ok(format!("by object:\n{}\ntop symbols:\n{}", report("dso", "1", 8)?, report("symbol", "0.7", 30)?))
+    Ok(format!(
+        "by thread:\n{}\nby object:\n{}\ntop symbols:\n{}",
+        report("comm", "1", 8)?,
+        report("dso", "1", 8)?,
+        report("symbol", "0.7", 30)?
+    ))
 }
 
 /// CA + server certificate for `api.test` (ECDSA P-256), with the openssl CLI.
@@ -563,28 +647,39 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     });
     println!("\nrounds:");
     let (mut ng, mut en, mut rss) = (Vec::<Wrk>::new(), Vec::<Wrk>::new(), Vec::<u64>::new());
+    let (mut ng_cost, mut en_cost) = (Vec::<Cost>::new(), Vec::<Cost>::new());
+    let nginx_pid = nginx_proxy.child.id();
     let (mut ot, mut ot_rss) = (Vec::<Wrk>::new(), Vec::<u64>::new());
     for round in 0..args.rounds {
         for k in 0..2 {
             if (round as usize + k).is_multiple_of(2) {
+                let before = cpu_and_switches(nginx_pid, true);
                 let out = run_out(&mut env.baseline_cmd(&wrk_args(&args, args.duration, &nginx_url)), "nginx wrk")?;
+                let after = cpu_and_switches(nginx_pid, true);
                 let w = parse_wrk(&out)?;
                 check_clean(&w, "nginx", &out)?;
+                ng_cost.push(Cost::per_request(
+                    after.0.saturating_sub(before.0),
+                    after.1.saturating_sub(before.1),
+                    w.requests as f64,
+                ));
                 ng.push(w);
             } else {
                 let extra: Vec<&str> = args.enforcer_args.iter().map(String::as_str).collect();
-                let (out, r) = run_sampling_rss(
+                let (out, r, (secs, cpu, cs)) = run_sampling_rss(
                     &mut env.enforcer_cmd(&extra, &wrk_args(&args, args.duration, &enf_url)),
                     "enforcer wrk",
                 )?;
                 let w = parse_wrk(&out)?;
                 check_clean(&w, "enforcer", &out)?;
+                // Requests in the sampled window, at the run's average rate.
+                en_cost.push(Cost::per_request(cpu, cs, (w.rps * secs).max(1.0)));
                 en.push(w);
                 rss.push(r);
             }
         }
         if let Some(e2) = &env_other {
-            let (out, r) =
+            let (out, r, _) =
                 run_sampling_rss(&mut e2.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)), "compare wrk")?;
             let w = parse_wrk(&out)?;
             check_clean(&w, "compare", &out)?;
@@ -598,13 +693,18 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
             }
             _ => String::new(),
         };
+        let (nc, ec) = (ng_cost.last().unwrap(), en_cost.last().unwrap());
         println!(
-            "  round {}: nginx {:.0} req/s p99 {:.2} ms | enforcer {:.0} req/s p99 {:.2} ms, agent VmRSS max {:.1} MiB{extra}",
+            "  round {}: nginx {:.0} req/s p99 {:.2} ms ({:.1} µs CPU, {:.2} switches /req) | enforcer {:.0} req/s p99 {:.2} ms ({:.1} µs CPU, {:.2} switches /req), agent VmRSS max {:.1} MiB{extra}",
             round + 1,
             n.rps,
             n.p99_ms,
+            nc.cpu_us,
+            nc.switches,
             e.rps,
             e.p99_ms,
+            ec.cpu_us,
+            ec.switches,
             *rss.last().unwrap() as f64 / 1024.0
         );
         upstream.check_running("the upstream nginx")?;
@@ -628,6 +728,19 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
         if e_rps / n_rps >= 1.0 { "met" } else { "NOT met" }
     );
     let _ = writeln!(out, "agent VmRSS under load: max {rss_max:.1} MiB (median of per-run maxima {rss_med:.1} MiB)");
+    let med = |v: &[Cost], f: fn(&Cost) -> f64| median(v.iter().map(f).collect());
+    let _ = writeln!(
+        out,
+        "per request (medians): nginx proxy {:.1} µs CPU, {:.2} context switches; enforcer agent {:.1} µs CPU, {:.2} context switches (min..max requests/s: nginx {:.0}..{:.0}, enforcer {:.0}..{:.0})",
+        med(&ng_cost, |c| c.cpu_us),
+        med(&ng_cost, |c| c.switches),
+        med(&en_cost, |c| c.cpu_us),
+        med(&en_cost, |c| c.switches),
+        ng.iter().map(|w| w.rps).fold(f64::INFINITY, f64::min),
+        ng.iter().map(|w| w.rps).fold(0.0, f64::max),
+        en.iter().map(|w| w.rps).fold(f64::INFINITY, f64::min),
+        en.iter().map(|w| w.rps).fold(0.0, f64::max),
+    );
     if !ot.is_empty() {
         let o_rps = median(ot.iter().map(|w| w.rps).collect());
         let o_p99 = median(ot.iter().map(|w| w.p99_ms).collect());

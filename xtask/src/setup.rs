@@ -11,8 +11,8 @@ use crate::util;
 const TOOLCHAIN_PKGS: &[&str] = &["rustc-web", "cargo-web", "libstd-rust-web-dev-bpf", "llvm-22-dev"];
 /// What enforcer runs next to, and what the tests, demo and bench talk to (`prometheus` ships
 /// `promtool`, and the server the metrics tests scrape the daemon with).
-/// (python3-websockets: the proxy's WebSocket test, with /usr/bin/python3; linux-perf: the
-/// proxy bench's profile.)
+/// (python3-websockets / python3-grpcio: the proxy's WebSocket and gRPC tests, with
+/// /usr/bin/python3; linux-perf: the proxy bench's profile.)
 /// The resolver paths of tests/tests/dns_resolvers.rs: nscd and unbound (run by the tests in a
 /// private mount namespace and netns; where a package's postinst starts the service on the host,
 /// nothing depends on it), musl-gcc (a static musl client) and Go (a pure-Go-resolver client);
@@ -25,6 +25,7 @@ const PEER_PKGS: &[&str] = &[
     "dnsmasq",
     "python3",
     "python3-websockets",
+    "python3-grpcio",
     "iperf3",
     "wrk",
     "openssl",

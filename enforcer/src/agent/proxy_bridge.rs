@@ -26,8 +26,6 @@ use crate::{
     events, policy, proxy,
 };
 
-/// Istio's default `rootNamespace`: its DestinationRules apply mesh-wide (the third choice).
-const ROOT_NAMESPACE: &str = "istio-system";
 /// How long computed routes are reused for one (policy, original destination) of one view.
 const ROUTES_TTL: Duration = Duration::from_secs(2);
 /// Above this many cached destinations the cache is reset.
@@ -140,45 +138,6 @@ fn proxy_labels(desired: &policy::Desired, id: ServiceId) -> proxy::ServiceLabel
     proxy::ServiceLabels { destination_service: a, destination_service_name: b, destination_service_namespace: c }
 }
 
-/// The namespace of a workload policy, when its name says (Kubernetes: `namespace/pod`).
-fn workload_namespace(policy_name: &str) -> Option<&str> {
-    policy_name.split_once('/').map(|(ns, _)| ns).filter(|ns| !ns.is_empty())
-}
-
-/// THE DestinationRule of a ServiceEntry for a client, with Istio's precedence: a rule in the
-/// client's namespace, else in the service's namespace, else in the root namespace; within
-/// one namespace the first one listed. Visibility (`exportTo`) was applied when the policy's
-/// registry was built (Kubernetes); without a client namespace (registry files) a rule in any
-/// other namespace applies last. Host matching: `Registry::destination_rule_for`'s (exact host,
-/// case-insensitive) — to move to the one host matcher with it.
-pub(crate) fn destination_rule<'a>(
-    registry: &'a Registry,
-    se: &ServiceEntry,
-    client_ns: Option<&str>,
-) -> Option<&'a DestinationRule> {
-    let rank = |dr: &DestinationRule| -> Option<u8> {
-        if Some(dr.namespace.as_str()) == client_ns {
-            Some(0)
-        } else if dr.namespace == se.namespace {
-            Some(1)
-        } else if dr.namespace == ROOT_NAMESPACE {
-            Some(2)
-        } else if client_ns.is_none() {
-            Some(3)
-        } else {
-            None
-        }
-    };
-    let names_host = |dr: &DestinationRule| se.hosts.iter().any(|h| dr.host.eq_ignore_ascii_case(&h.to_string()));
-    registry
-        .destination_rules
-        .iter()
-        .filter(|dr| names_host(dr))
-        .filter_map(|dr| Some((rank(dr)?, dr)))
-        .min_by_key(|(r, _)| *r)
-        .map(|(_, dr)| dr)
-}
-
 /// Does the service answer on `ip`, as far as the agent knows? Its static addresses, endpoint
 /// and IP hosts, its hosts' resolved addresses, names learned from DNS answers for it; and,
 /// as Istio's ORIGINAL_DST clusters, any address for `resolution: NONE` without addresses.
@@ -236,8 +195,7 @@ fn originates<'a>(
     if p.protocol.is_tls() || p.protocol.is_udp() {
         return None;
     }
-    let dr = destination_rule(registry, se, client_ns)?;
-    let tls = dr.port_tls.get(&p.number).or(dr.tls.as_ref())?;
+    let (dr, tls) = policy::tls_for(registry, se, p.number, client_ns)?;
     (tls.mode == TlsMode::Simple).then_some((dr, tls))
 }
 
@@ -246,7 +204,7 @@ fn routes_for(agent: &Agent, view: &View, service: ServiceId, original: SocketAd
     let filed = view.desired.service(service)?;
     let pv = view.policy(filed.policy)?;
     let registry = view.registry(pv);
-    let client_ns = workload_namespace(&pv.name);
+    let client_ns = policy::workload_namespace(&pv.name);
     let (ip, port) = (original.ip(), original.port());
     let table = agent.refresher().snapshot();
     let resolved = ResolvedIndex { table: &table };
@@ -304,7 +262,7 @@ fn routes_for(agent: &Agent, view: &View, service: ServiceId, original: SocketAd
                 port: p.number,
                 tls: None,
                 host,
-                connect_timeout: destination_rule(registry, se, client_ns)
+                connect_timeout: policy::destination_rule(registry, se, client_ns)
                     .and_then(|dr| dr.connect_timeout)
                     .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             },
@@ -361,22 +319,103 @@ spec: {host: api.test, trafficPolicy: {tls: {mode: SIMPLE, sni: client}}}
     fn destination_rules_follow_istio_precedence() {
         let r = reg(DRS);
         let se = &r.services[0];
-        let name = |ns| destination_rule(&r, se, ns).map(|d| d.name.as_str());
+        let name = |ns| policy::destination_rule(&r, se, ns).map(|d| d.name.as_str());
         assert_eq!(name(Some("app")), Some("client"), "the client's namespace first");
         assert_eq!(name(Some("other-app")), Some("service"), "then the service's");
         assert_eq!(name(None), Some("service"));
         let mut r2 = r.clone();
         r2.destination_rules.retain(|d| d.name != "service" && d.name != "client");
-        let se = &r2.services[0];
-        assert_eq!(destination_rule(&r2, se, Some("x")).map(|d| d.name.as_str()), Some("root"), "then the root's");
+        let dr = |r: &Registry, ns| policy::destination_rule(r, &r.services[0], ns).map(|d| d.name.clone());
+        assert_eq!(dr(&r2, Some("x")).as_deref(), Some("root"), "then the root's");
         r2.destination_rules.retain(|d| d.name != "root");
-        assert_eq!(destination_rule(&r2, se, Some("x")), None, "another namespace's rule does not apply to a client");
-        assert_eq!(destination_rule(&r2, se, None).map(|d| d.name.as_str()), Some("other"), "registry files: it does");
+        assert_eq!(dr(&r2, Some("x")), None, "another namespace's rule does not apply to a client");
+        assert_eq!(dr(&r2, None).as_deref(), Some("other"), "registry files: it does");
     }
 
     #[test]
     fn workload_namespaces_come_from_kubernetes_names() {
-        assert_eq!(workload_namespace("shop/web-1"), Some("shop"));
-        assert_eq!(workload_namespace("nginx"), None);
+        assert_eq!(policy::workload_namespace("shop/web-1"), Some("shop"));
+        assert_eq!(policy::workload_namespace("shop/web-1\u{0}"), Some("shop"), "a service-key scope");
+        assert_eq!(policy::workload_namespace("nginx"), None);
+        assert_eq!(policy::workload_namespace(""), None);
+    }
+
+    /// Is port 80 steered to the proxy (the kernel's ALLOW_F_PROXY, from `policy::compile` for
+    /// the policy `name`), and does the proxy originate TLS on it (its upstream choice)?
+    fn steered_and_originated(r: &Registry, name: &str) -> (bool, bool) {
+        let scope = if name.is_empty() { String::new() } else { format!("{name}\u{0}") };
+        let (d, _) = policy::compile(
+            &policy::Inputs {
+                registry: r,
+                resolved: &HashMap::new(),
+                cli: &[],
+                dns_servers: &[],
+                policy_id: if name.is_empty() { PolicyId::DEFAULT } else { PolicyId::new(3).unwrap() },
+                sni_check: false,
+                sni_check_target_ports: false,
+                scope: &scope,
+            },
+            &mut policy::ServiceIds::default(),
+        );
+        let steered = d
+            .allow
+            .iter()
+            .find(|(e, _)| e.port == 80)
+            .is_some_and(|(_, v)| v.flags & enforcer_common::ALLOW_F_PROXY != 0);
+        let se = &r.services[0];
+        let p = se.ports.iter().find(|p| p.number == 80).unwrap();
+        let originated = originates(r, se, p, policy::workload_namespace(name)).is_some();
+        (steered, originated)
+    }
+
+    const API_SE: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: api, namespace: svc}
+spec:
+  hosts: [api.test]
+  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 443}]
+  resolution: STATIC
+  endpoints: [{address: 10.0.0.1}]
+";
+
+    fn dr_doc(name: &str, ns: &str, host: &str, mode: &str) -> String {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {ns}}}\nspec: {{host: \"{host}\", trafficPolicy: {{tls: {{mode: {mode}}}}}}}\n"
+        )
+    }
+
+    /// Registries where `policy::tls_for` (first rule naming the host, any namespace, wildcards)
+    /// and the proxy's choice (namespace precedence, exact hosts) used to disagree: the kernel
+    /// steered connections the proxy then sent in plain text, or the proxy would have originated
+    /// TLS on connections the kernel never steered. Both now ask `policy::destination_rule`.
+    #[test]
+    fn kernel_steering_and_proxy_upstream_use_the_same_destination_rule() {
+        // A wildcard rule: tls_for matched it, the proxy's exact-host lookup did not.
+        let r = reg(&format!("{API_SE}{}", dr_doc("wild", "svc", "*.test", "SIMPLE")));
+        assert_eq!(steered_and_originated(&r, ""), (true, true));
+        // The first-listed rule is in another namespace: tls_for took it (SIMPLE: steered), the
+        // proxy the service's own (DISABLE: plain). The service's namespace wins for both.
+        let r = reg(&format!(
+            "{API_SE}{}{}",
+            dr_doc("other", "elsewhere", "api.test", "SIMPLE"),
+            dr_doc("own", "svc", "api.test", "DISABLE")
+        ));
+        assert_eq!(steered_and_originated(&r, ""), (false, false));
+        // A Kubernetes workload in `app`: its namespace's rule (SIMPLE) wins over the service's
+        // (DISABLE, listed first) for the steering too.
+        let r = reg(&format!(
+            "{API_SE}{}{}",
+            dr_doc("own", "svc", "api.test", "DISABLE"),
+            dr_doc("client", "app", "api.test", "SIMPLE")
+        ));
+        assert_eq!(steered_and_originated(&r, "app/web-1"), (true, true));
+        assert_eq!(steered_and_originated(&r, ""), (false, false), "no client namespace: the service's rule");
+        // A more specific rule in the same namespace beats a wildcard listed before it.
+        let r = reg(&format!(
+            "{API_SE}{}{}",
+            dr_doc("wild", "svc", "*.test", "SIMPLE"),
+            dr_doc("exact", "svc", "api.test", "DISABLE")
+        ));
+        assert_eq!(steered_and_originated(&r, ""), (false, false));
     }
 }

@@ -81,24 +81,39 @@ struct Recording {
 }
 
 impl Recording {
-    fn finish(self, resp_bytes: u64, flags: &'static str) {
+    fn finish(self, resp_bytes: u64, flags: &'static str, grpc_status: Option<u32>) {
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        self.series.record(flags, ms, self.req_bytes.load(Ordering::Relaxed), resp_bytes);
+        self.series.record(flags, grpc_status, ms, self.req_bytes.load(Ordering::Relaxed), resp_bytes);
     }
 }
 
+/// A `grpc-status` header's value.
+fn grpc_status(headers: &HeaderMap) -> Option<u32> {
+    headers.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Is this a gRPC request (`content-type: application/grpc[+proto|;...]`)?
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.get(..16).is_some_and(|p| p.eq_ignore_ascii_case("application/grpc")))
+}
+
 /// The upstream's response body on its way to the client, counted; records the request at its
-/// end. Dropped before its end: the client went away (flag "DC").
+/// end (with the gRPC status of its headers or trailers). Dropped before its end: the client
+/// went away (flag "DC").
 struct RecordingBody {
     inner: Incoming,
     bytes: u64,
+    grpc_status: Option<u32>,
     rec: Option<Recording>,
 }
 
 impl RecordingBody {
     fn finish(&mut self, flags: &'static str) {
         if let Some(rec) = self.rec.take() {
-            rec.finish(self.bytes, flags);
+            rec.finish(self.bytes, flags, self.grpc_status);
         }
     }
 }
@@ -118,6 +133,10 @@ impl Body for RecordingBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.bytes += data.len() as u64;
+                } else if let Some(t) = frame.trailers_ref()
+                    && let Some(status) = grpc_status(t)
+                {
+                    this.grpc_status = Some(status);
                 }
                 if this.inner.is_end_stream() {
                     this.finish("-");
@@ -271,8 +290,8 @@ impl ConnCtx {
         })
     }
 
-    fn series(&self, service: &Arc<ServiceLabels>, code: u16) -> RequestSeries {
-        RequestSeries::new(&self.series, service, code)
+    fn series(&self, service: &Arc<ServiceLabels>, code: u16, grpc: bool) -> RequestSeries {
+        RequestSeries::new(&self.series, service, code, grpc)
     }
 
     fn event(&self, kind: ProxyEventKind, detail: String) {
@@ -282,6 +301,7 @@ impl ConnCtx {
     /// An Envoy-style local reply, recorded at once.
     fn local_reply(
         &self,
+        grpc: bool,
         service: &Arc<ServiceLabels>,
         start: Instant,
         status: StatusCode,
@@ -289,8 +309,8 @@ impl ConnCtx {
         body: String,
     ) -> Response<RespBody> {
         let len = body.len() as u64;
-        Recording { series: self.series(service, status.as_u16()), start, req_bytes: Arc::default() }
-            .finish(len, flags);
+        Recording { series: self.series(service, status.as_u16(), grpc), start, req_bytes: Arc::default() }
+            .finish(len, flags, None);
         let mut resp = Response::new(full(body));
         *resp.status_mut() = status;
         resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
@@ -355,6 +375,7 @@ fn request_authority(req: &Request<Incoming>) -> Option<&str> {
 async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<RespBody> {
     let start = Instant::now();
     let is_connect = req.method() == Method::CONNECT;
+    let grpc = is_grpc(req.headers());
     let original_ip = &ctx.original_ip;
     let authority = request_authority(&req).map(str::to_owned);
 
@@ -367,6 +388,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
             let labels = ctx.routes.select(original_ip).map(|i| ctx.labels[i].clone());
             let labels = labels.unwrap_or_else(ServiceLabels::blackhole);
             let mut resp = ctx.local_reply(
+                grpc,
                 &labels,
                 start,
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -402,6 +424,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
                 );
                 // Istio's REGISTRY_ONLY catch-all virtual host (`block_all`) answers 502.
                 return ctx.local_reply(
+                    grpc,
                     &ServiceLabels::blackhole(),
                     start,
                     StatusCode::BAD_GATEWAY,
@@ -422,7 +445,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
             "HTTP/2 is not accepted on port {}: its ServiceEntry port is not declared HTTP2 or GRPC (use HTTP/1.1)\n",
             ctx.conn.original.port()
         );
-        return ctx.local_reply(&labels, start, StatusCode::HTTP_VERSION_NOT_SUPPORTED, "-", body);
+        return ctx.local_reply(grpc, &labels, start, StatusCode::HTTP_VERSION_NOT_SUPPORTED, "-", body);
     }
     let upstream = ctx.upstream(target);
     let tunnel = is_connect || upgrade_requested(req.headers());
@@ -439,7 +462,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
             let detail = format!("TLS error: {e}");
             ctx.event(ProxyEventKind::TlsVerifyFailed, detail.clone());
             let body = format!("{RESET_BEFORE_HEADERS}connection failure, transport failure reason: {detail}");
-            return ctx.local_reply(&labels, start, StatusCode::SERVICE_UNAVAILABLE, "UF", body);
+            return ctx.local_reply(grpc, &labels, start, StatusCode::SERVICE_UNAVAILABLE, "UF", body);
         }
     };
 
@@ -458,7 +481,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
         Ok(u) => u,
         Err(e) => {
             let body = format!("bad request target: {e}\n");
-            return ctx.local_reply(&labels, start, StatusCode::BAD_REQUEST, "-", body);
+            return ctx.local_reply(grpc, &labels, start, StatusCode::BAD_REQUEST, "-", body);
         }
     };
     // The Host travels as the URI's authority: hyper-util writes it as `Host` on HTTP/1.1 and
@@ -485,11 +508,13 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
             }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, switched && !is_connect);
-            let rec = Recording { series: ctx.series(&labels, parts.status.as_u16()), start, req_bytes };
-            let body = RecordingBody { inner: body, bytes: 0, rec: Some(rec) };
+            let rec = Recording { series: ctx.series(&labels, parts.status.as_u16(), grpc), start, req_bytes };
+            // A trailers-only gRPC response carries its status in the headers.
+            let grpc_status = if grpc { grpc_status(&parts.headers) } else { None };
+            let body = RecordingBody { inner: body, bytes: 0, grpc_status, rec: Some(rec) };
             Response::from_parts(parts, body.boxed_unsync())
         }
-        Err(e) => upstream_failure(&ctx, &labels, up_addr, start, &e),
+        Err(e) => upstream_failure(&ctx, grpc, &labels, up_addr, start, &e),
     }
 }
 
@@ -526,6 +551,7 @@ fn find_connect_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a Connect
 
 fn upstream_failure(
     ctx: &ConnCtx,
+    grpc: bool,
     labels: &Arc<ServiceLabels>,
     upstream: SocketAddr,
     start: Instant,
@@ -559,7 +585,7 @@ fn upstream_failure(
         ctx.event(kind, detail);
     }
     let body = format!("{RESET_BEFORE_HEADERS}{reason}");
-    ctx.local_reply(labels, start, StatusCode::SERVICE_UNAVAILABLE, flags, body)
+    ctx.local_reply(grpc, labels, start, StatusCode::SERVICE_UNAVAILABLE, flags, body)
 }
 
 fn error_chain(e: &(dyn StdError + 'static)) -> String {

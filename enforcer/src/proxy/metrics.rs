@@ -25,18 +25,21 @@ pub(crate) const DURATION_BUCKETS_MS: [f64; 19] = [
 pub(crate) const SIZE_BUCKETS: [f64; 10] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 
 /// What one finished request is counted under, before the agent's workload metadata is added:
-/// the workload's name, the destination service, the status code and the response flags.
+/// the workload's name, the destination service, the status code, the response flags and, for a
+/// gRPC request, its gRPC status.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub(crate) struct IstioHttpLabels {
     pub workload: String,
     pub service: ServiceLabels,
     pub code: u16,
     pub flags: String,
+    /// `Some`: a gRPC request (`request_protocol="grpc"`) and its status.
+    pub grpc: Option<u32>,
 }
 
 impl IstioHttpLabels {
-    pub fn new(workload: &str, service: &ServiceLabels, code: u16, flags: &str) -> Self {
-        Self { workload: workload.into(), service: service.clone(), code, flags: flags.into() }
+    pub fn new(workload: &str, service: &ServiceLabels, code: u16, flags: &str, grpc: Option<u32>) -> Self {
+        Self { workload: workload.into(), service: service.clone(), code, flags: flags.into(), grpc }
     }
 
     /// Istio's full label set (the same as the agent's TCP series carry).
@@ -46,7 +49,13 @@ impl IstioHttpLabels {
             service_name: self.service.destination_service_name.clone(),
             service_namespace: self.service.destination_service_namespace.clone(),
         };
-        RequestLabels::new(source, &dst, self.code, &self.flags)
+        let mut labels = RequestLabels::new(source, &dst, self.code, &self.flags);
+        if let Some(status) = self.grpc {
+            // Envoy's grpc_response_status: the numeric status; request_protocol "grpc".
+            labels.istio.request_protocol = "grpc".into();
+            labels.grpc_response_status = status.to_string();
+        }
+        labels
     }
 }
 
@@ -153,8 +162,8 @@ struct Handles {
     response_bytes: Histogram,
 }
 
-/// (service Arc address, response code, flags) -> handles.
-type SeriesEntry = (usize, u16, &'static str, Arc<Handles>);
+/// (service Arc address, response code, flags, gRPC status) -> handles.
+type SeriesEntry = (usize, u16, &'static str, Option<u32>, Arc<Handles>);
 
 /// One connection's series, by (service, response code, flags): the label set is built and
 /// hashed into the families once per connection and series, not once per request.
@@ -169,13 +178,15 @@ impl SeriesCache {
         Arc::new(Self { metrics, workload, entries: Mutex::default() })
     }
 
-    fn handles(&self, service: &Arc<ServiceLabels>, code: u16, flags: &'static str) -> Arc<Handles> {
+    fn handles(&self, service: &Arc<ServiceLabels>, code: u16, flags: &'static str, grpc: Option<u32>) -> Arc<Handles> {
         let key = Arc::as_ptr(service) as usize;
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, _, _, h)) = entries.iter().find(|(k, c, f, _)| *k == key && *c == code && *f == flags) {
+        if let Some((_, _, _, _, h)) =
+            entries.iter().find(|(k, c, f, g, _)| *k == key && *c == code && *f == flags && *g == grpc)
+        {
             return h.clone();
         }
-        let labels = IstioHttpLabels::new(&self.workload, service, code, flags);
+        let labels = IstioHttpLabels::new(&self.workload, service, code, flags, grpc);
         let m = &self.metrics;
         let source = match m.source.get() {
             Some(f) => f(&labels.workload),
@@ -192,7 +203,7 @@ impl SeriesCache {
         if entries.len() >= 64 {
             entries.clear();
         }
-        entries.push((key, code, flags, h.clone()));
+        entries.push((key, code, flags, grpc, h.clone()));
         h
     }
 }
@@ -203,18 +214,60 @@ pub(crate) struct RequestSeries {
     cache: Arc<SeriesCache>,
     service: Arc<ServiceLabels>,
     code: u16,
+    /// A gRPC request (`content-type: application/grpc...`).
+    grpc: bool,
+}
+
+/// The gRPC status a response without `grpc-status` stands for (the HTTP-to-gRPC status
+/// mapping of gRPC's doc/http-grpc-status-mapping.md; a 200 without one: UNKNOWN).
+pub(crate) fn grpc_status_of_http(code: u16) -> u32 {
+    match code {
+        400 => 13,                   // INTERNAL
+        401 => 16,                   // UNAUTHENTICATED
+        403 => 7,                    // PERMISSION_DENIED
+        404 => 12,                   // UNIMPLEMENTED
+        429 | 502 | 503 | 504 => 14, // UNAVAILABLE
+        _ => 2,                      // UNKNOWN
+    }
 }
 
 impl RequestSeries {
-    pub(crate) fn new(cache: &Arc<SeriesCache>, service: &Arc<ServiceLabels>, code: u16) -> Self {
-        Self { cache: cache.clone(), service: service.clone(), code }
+    pub(crate) fn new(cache: &Arc<SeriesCache>, service: &Arc<ServiceLabels>, code: u16, grpc: bool) -> Self {
+        Self { cache: cache.clone(), service: service.clone(), code, grpc }
     }
 
-    pub(crate) fn record(&self, flags: &'static str, duration_ms: f64, req_bytes: u64, resp_bytes: u64) {
-        let h = self.cache.handles(&self.service, self.code, flags);
+    /// `grpc_status`: the response's `grpc-status` (headers or trailers), if it had one.
+    pub(crate) fn record(
+        &self,
+        flags: &'static str,
+        grpc_status: Option<u32>,
+        duration_ms: f64,
+        req_bytes: u64,
+        resp_bytes: u64,
+    ) {
+        let grpc = self.grpc.then(|| grpc_status.unwrap_or_else(|| grpc_status_of_http(self.code)));
+        let h = self.cache.handles(&self.service, self.code, flags, grpc);
         h.requests.inc();
         h.duration.observe(duration_ms);
         h.request_bytes.observe(req_bytes as f64);
         h.response_bytes.observe(resp_bytes as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_requests_get_their_status_and_protocol() {
+        let svc = ServiceLabels::named("api.test");
+        let src = Source::named("app", None);
+        let http = IstioHttpLabels::new("app", &svc, 200, "-", None).full(&src);
+        assert_eq!((http.istio.request_protocol.as_str(), http.grpc_response_status.as_str()), ("http", ""));
+        let grpc = IstioHttpLabels::new("app", &svc, 200, "-", Some(5)).full(&src);
+        assert_eq!((grpc.istio.request_protocol.as_str(), grpc.grpc_response_status.as_str()), ("grpc", "5"));
+        assert_eq!(grpc_status_of_http(503), 14, "UNAVAILABLE");
+        assert_eq!(grpc_status_of_http(404), 12, "UNIMPLEMENTED");
+        assert_eq!(grpc_status_of_http(200), 2, "no grpc-status: UNKNOWN");
     }
 }

@@ -34,7 +34,11 @@ use std::{
     time::Duration,
 };
 
-use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{mpsc, watch},
+    task::JoinSet,
+};
 use tracing::{debug, info, warn};
 
 pub use metrics::ProxyMetrics;
@@ -254,9 +258,10 @@ pub struct ProxyConfig {
     /// SO_MARK on upstream sockets (the BPF hooks never redirect marked sockets: no loops).
     /// EPERM is ignored (logged once).
     pub upstream_mark: Option<u32>,
-    /// Worker threads, each with its own single-threaded runtime, listening socket
-    /// (SO_REUSEPORT: the kernel spreads connections) and upstream pools, so a request never
-    /// hops threads (nginx's worker model). 0: one per CPU.
+    /// Worker threads, each with its own single-threaded runtime and upstream pools, so a
+    /// request never hops threads (nginx's worker model). Worker 0 accepts and hands the
+    /// connections out round-robin (an even split, where SO_REUSEPORT's is a hash). 0: one per
+    /// CPU.
     pub threads: usize,
 }
 
@@ -298,18 +303,18 @@ pub(crate) struct ConnInfo {
 }
 
 pub struct Proxy {
-    listeners: Vec<std::net::TcpListener>,
+    listener: std::net::TcpListener,
+    threads: usize,
     local: SocketAddr,
     policy: Arc<dyn ProxyPolicy>,
     metrics: ProxyMetrics,
     mark: Option<u32>,
 }
 
-/// A listening socket on `addr` with SO_REUSEPORT (so every worker can have its own).
-fn reuseport_listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// The listening socket on `addr`.
+fn listener(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     sock.set_reuse_address(true)?;
-    sock.set_reuse_port(true)?;
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
     sock.listen(1024)?;
@@ -322,13 +327,9 @@ impl Proxy {
             0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             n => n,
         };
-        let first = reuseport_listener(cfg.listen)?;
-        let local = first.local_addr()?;
-        let mut listeners = vec![first];
-        for _ in 1..threads {
-            listeners.push(reuseport_listener(local)?);
-        }
-        Ok(Proxy { listeners, local, policy, metrics: ProxyMetrics::new(), mark: cfg.upstream_mark })
+        let listener = listener(cfg.listen)?;
+        let local = listener.local_addr()?;
+        Ok(Proxy { listener, threads, local, policy, metrics: ProxyMetrics::new(), mark: cfg.upstream_mark })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -343,11 +344,16 @@ impl Proxy {
     /// Accepts until `shutdown` completes; then stops accepting, asks HTTP connections to finish
     /// their in-flight request, and aborts whatever is still open after a few seconds.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let Proxy { listeners, local, policy, metrics, mark } = self;
-        info!(%local, workers = listeners.len(), "L7 proxy listening");
+        let Proxy { listener, threads, local, policy, metrics, mark } = self;
+        info!(%local, workers = threads, "L7 proxy listening");
         let (stop_tx, stop_rx) = watch::channel(false);
+        // Worker 0 accepts; workers 1.. get their connections through an inbox.
+        let (outboxes, inboxes): (Vec<_>, Vec<_>) = (1..threads).map(|_| mpsc::unbounded_channel::<Handoff>()).unzip();
+        let mut role = Some(Role::Acceptor { listener, outboxes });
+        let mut inboxes = inboxes.into_iter();
         let mut done = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
+        for i in 0..threads {
+            let Some(role) = role.take().or_else(|| inboxes.next().map(Role::Inbox)) else { break };
             let shared = Arc::new(Shared {
                 policy: policy.clone(),
                 metrics: metrics.clone(),
@@ -356,7 +362,8 @@ impl Proxy {
             });
             let stop = stop_rx.clone();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-            let spawned = std::thread::Builder::new().name(format!("enforcer-proxy-{i}")).spawn(move || {
+            // 15 characters at most: the kernel's comm (ps, perf) keeps no more.
+            let spawned = std::thread::Builder::new().name(format!("enforcer-px-{i}")).spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
                     Ok(rt) => rt,
                     Err(e) => {
@@ -364,12 +371,7 @@ impl Proxy {
                         return;
                     }
                 };
-                rt.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(l) => worker(l, shared, stop).await,
-                        Err(e) => warn!(error = %e, "proxy: cannot register a listener"),
-                    }
-                });
+                rt.block_on(worker(role, shared, stop));
                 drop(tx);
             });
             match spawned {
@@ -386,26 +388,77 @@ impl Proxy {
     }
 }
 
-/// One worker: accepts on its own socket and serves those connections on its own thread.
-async fn worker(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+/// An accepted connection handed to another worker (it registers it with its own reactor).
+type Handoff = (std::net::TcpStream, SocketAddr);
+
+/// What a worker gets its connections from.
+enum Role {
+    /// The listening socket, and the other workers' inboxes: connection k goes to worker
+    /// k mod N (0: this one).
+    Acceptor {
+        listener: std::net::TcpListener,
+        outboxes: Vec<mpsc::UnboundedSender<Handoff>>,
+    },
+    Inbox(mpsc::UnboundedReceiver<Handoff>),
+}
+
+/// One worker: serves its connections on its own thread until shutdown.
+async fn worker(role: Role, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     let mut tasks = JoinSet::new();
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    tasks.spawn(handle_conn(shared.clone(), stream, peer, stop.clone()));
-                }
+    match role {
+        Role::Acceptor { listener, outboxes } => {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
                 Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    warn!(error = %e, "proxy accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    warn!(error = %e, "proxy: cannot register the listener");
+                    return;
                 }
-            },
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            };
+            let mut next = 0usize;
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, peer)) => {
+                            let k = next % (outboxes.len() + 1);
+                            next = next.wrapping_add(1);
+                            let local = match k.checked_sub(1).and_then(|j| outboxes.get(j)) {
+                                Some(out) => match stream.into_std() {
+                                    Ok(s) => out.send((s, peer)).err().and_then(|e| TcpStream::from_std(e.0.0).ok()),
+                                    Err(e) => {
+                                        debug!(%peer, error = %e, "proxy: cannot hand a connection over");
+                                        None
+                                    }
+                                },
+                                None => Some(stream),
+                            };
+                            if let Some(stream) = local {
+                                tasks.spawn(handle_conn(shared.clone(), stream, peer, stop.clone()));
+                            }
+                        }
+                        Err(e) => {
+                            // EMFILE and friends: back off instead of spinning.
+                            warn!(error = %e, "proxy accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                    },
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+            }
         }
+        Role::Inbox(mut inbox) => loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                Some((s, peer)) = inbox.recv() => match TcpStream::from_std(s) {
+                    Ok(stream) => {
+                        tasks.spawn(handle_conn(shared.clone(), stream, peer, stop.clone()));
+                    }
+                    Err(e) => warn!(%peer, error = %e, "proxy: cannot register a handed-over connection"),
+                },
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            }
+        },
     }
-    drop(listener);
     let drain = async { while tasks.join_next().await.is_some() {} };
     if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
         debug!(open = tasks.len(), "aborting proxy connections still open after shutdown");
@@ -414,12 +467,7 @@ async fn worker(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rec
     }
 }
 
-async fn handle_conn(
-    shared: Arc<Shared>,
-    stream: tokio::net::TcpStream,
-    peer: SocketAddr,
-    stop: watch::Receiver<bool>,
-) {
+async fn handle_conn(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, stop: watch::Receiver<bool>) {
     let _ = stream.set_nodelay(true);
     // Ask the kernel at once: the filing belongs to this connection, whatever it sends later.
     let Some(accepted) = shared.policy.accept(peer) else {
