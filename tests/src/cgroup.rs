@@ -107,3 +107,17 @@ impl Drop for Cgroup {
         eprintln!("warning: could not remove cgroup {}", self.path.display());
     }
 }
+
+/// A `daemon --workloads` file's text: one workload per (name, cgroup, registry path), all in
+/// `mode`.
+pub fn workloads_yaml(workloads: &[(&str, &Cgroup, &std::path::Path)], mode: &str) -> String {
+    let mut s = String::from("workloads:\n");
+    for (name, cg, reg) in workloads {
+        s.push_str(&format!(
+            "- name: {name}\n  cgroups: [\"{}\"]\n  registry: [\"{}\"]\n  mode: {mode}\n",
+            cg.rel().trim_start_matches('/'),
+            reg.display()
+        ));
+    }
+    s
+}

@@ -27,14 +27,7 @@ fn dns_refusals_carry_the_workload_of_the_asking_socket() {
     let (ca, cb) = (cg.child("a"), cg.child("b"));
     let workloads = dir.write(
         "workloads.yaml",
-        &format!(
-            "workloads:\n- name: a\n  cgroups: [\"{}\"]\n  registry: [\"{}\"]\n  mode: REGISTRY_ONLY\n\
-             - name: b\n  cgroups: [\"{}\"]\n  registry: [\"{}\"]\n  mode: REGISTRY_ONLY\n",
-            ca.rel().trim_start_matches('/'),
-            reg.display(),
-            cb.rel().trim_start_matches('/'),
-            reg.display()
-        ),
+        &enforcer_tests::workloads_yaml(&[("a", &ca, &reg), ("b", &cb, &reg)], "REGISTRY_ONLY"),
     );
     let extra: Vec<String> = [
         "--registry",

@@ -15,6 +15,26 @@ use serde_json::Value;
 const GOVERNED: &str = "a1a1a1a1-0000-4000-8000-000000000001";
 const UNGOVERNED: &str = "a1a1a1a1-0000-4000-8000-000000000002";
 
+/// `api.test` (port 80, targetPort 8443 at `api`) in namespace shop, with a DestinationRule that
+/// originates TLS to it, trusting `pki`'s CA.
+fn put_api_tls(node: &KubeNode, api: &str, pki: &Pki) {
+    node.api.put(
+        "ServiceEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"hosts": ["api.test"], "location": "MESH_EXTERNAL", "resolution": "STATIC",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8443}],
+                     "endpoints": [{"address": api}]}}),
+    );
+    node.api.put(
+        "DestinationRule",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"host": "api.test", "trafficPolicy": {"portLevelSettings": [
+                {"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCertificates": pki.ca.display().to_string()}}]}}}),
+    );
+}
+
 /// The cluster of every test: namespaces shop (opted in) and other (not), REGISTRY_ONLY mesh,
 /// the two Services, a governed and an ungoverned pod with their cgroups.
 fn cluster() -> (KubeNode, PodCgroup, PodCgroup, Server) {
@@ -146,21 +166,7 @@ fn kube_tls_origination_from_a_pod_netns_through_the_local_address() {
     let pki = Pki::new(&node.dir, "api", &["api.test"]);
     let api = n.v4(6);
     let _https = https_server(n, &api, 8443, &pki);
-    node.api.put(
-        "ServiceEntry",
-        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-            "metadata": {"name": "api", "namespace": "shop"},
-            "spec": {"hosts": ["api.test"], "location": "MESH_EXTERNAL", "resolution": "STATIC",
-                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8443}],
-                     "endpoints": [{"address": api}]}}),
-    );
-    node.api.put(
-        "DestinationRule",
-        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": {"name": "api", "namespace": "shop"},
-            "spec": {"host": "api.test", "trafficPolicy": {"portLevelSettings": [
-                {"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCertificates": pki.ca.display().to_string()}}]}}}),
-    );
+    put_api_tls(&node, &api, &pki);
     let pins = PinDir::new();
     let d = KubeDaemon::start(&node, &pins, &["--local-address", &n.v4(1)]);
     let r = node.client(&governed, &[op("tcp", &api, 80)]);
@@ -225,21 +231,7 @@ fn kube_source_labels_are_the_pods_workload_identity() {
     let pki = Pki::new(&node.dir, "api", &["api.test"]);
     let api = n.v4(6);
     let _https = https_server(n, &api, 8443, &pki);
-    node.api.put(
-        "ServiceEntry",
-        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-            "metadata": {"name": "api", "namespace": "shop"},
-            "spec": {"hosts": ["api.test"], "location": "MESH_EXTERNAL", "resolution": "STATIC",
-                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8443}],
-                     "endpoints": [{"address": api}]}}),
-    );
-    node.api.put(
-        "DestinationRule",
-        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
-            "metadata": {"name": "api", "namespace": "shop"},
-            "spec": {"host": "api.test", "trafficPolicy": {"portLevelSettings": [
-                {"port": {"number": 80}, "tls": {"mode": "SIMPLE", "caCertificates": pki.ca.display().to_string()}}]}}}),
-    );
+    put_api_tls(&node, &api, &pki);
     let pins = PinDir::new();
     let d = KubeDaemon::start(&node, &pins, &["--local-address", &n.v4(1), "--metrics-addr", "127.0.0.1:0"]);
     let r = node.client(&web, &[op("tcp", n.v4(3), 80), op("tcp", n.v4(2), 80), op("tcp", &api, 80)]);

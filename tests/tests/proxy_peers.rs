@@ -63,14 +63,7 @@ fn a_port_a_proxied_client_once_used_is_never_served_as_that_client() {
     let (ca, cb) = (cg.child("a"), cg.child("b"));
     let workloads = dir.write(
         "workloads.yaml",
-        &format!(
-            "workloads:\n- name: a\n  cgroups: [\"{}\"]\n  registry: [\"{}\"]\n  mode: REGISTRY_ONLY\n\
-             - name: b\n  cgroups: [\"{}\"]\n  registry: [\"{}\"]\n  mode: REGISTRY_ONLY\n",
-            ca.rel().trim_start_matches('/'),
-            reg_a.display(),
-            cb.rel().trim_start_matches('/'),
-            reg_b.display()
-        ),
+        &enforcer_tests::workloads_yaml(&[("a", &ca, &reg_a), ("b", &cb, &reg_b)], "REGISTRY_ONLY"),
     );
     let extra: Vec<String> = [
         "--registry",
