@@ -23,14 +23,16 @@ use aya_ebpf::{
     programs::SkBuffContext,
 };
 use enforcer_common::{
-    ANY_PORT, FAMILY_V4, FAMILY_V6, HOOK_BACKSTOP4, HOOK_BACKSTOP6, MAX_CGROUP_DEPTH, Mode, PROTO_TCP, PROTO_UDP,
-    PROTO_UDPLITE, PolicyId, REASON_SOURCE_ROUTE, SETTINGS_F_WORKLOADS, SOCK_F_REPORTED, ServiceId, SockState,
-    VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED, has_ports,
+    ANY_PORT, FAMILY_V4, FAMILY_V6, HOOK_BACKSTOP4, HOOK_BACKSTOP6, Mode, PROTO_TCP, PROTO_UDP, PROTO_UDPLITE,
+    PolicyId, REASON_SOURCE_ROUTE, SOCK_F_REPORTED, ServiceId, Settings, SockState, VERDICT_ALLOWED, VERDICT_AUDIT,
+    VERDICT_DENIED, has_ports,
 };
 
 use crate::{
-    maps::{SOCK_STATE, WORKLOADS},
-    sock_addr::{Dest, count_flow, emit, explain, icmp_to_registered, is_local, lookup, mode_of, settings},
+    maps::SOCK_STATE,
+    sock_addr::{
+        Dest, cached_policy, count_flow, emit, explain, icmp_to_registered, is_local, lookup, mode_of, settings,
+    },
 };
 
 /// cgroup_skb return values: 1 passes the packet, 0 drops it (EPERM to the sender where possible).
@@ -165,7 +167,7 @@ fn judge<const TASK: bool>(skb: *mut __sk_buff, fsk: *mut bpf_sock, st: *mut Soc
     // SAFETY: helper valid for cgroup_skb programs.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let policy_id = if st.is_null() {
-        policy_of_skb(skb, s.flags)
+        policy_of_skb(skb, s, cgroup_id)
     } else {
         // SAFETY: as in `check`.
         unsafe { (*st).policy_id }
@@ -276,25 +278,9 @@ fn storage(fsk: *mut bpf_sock, create: bool) -> *mut SockState {
 
 /// The policy of the packet's socket's cgroup: as `policy_of_caller`, from the skb's cgroup.
 #[inline(always)]
-fn policy_of_skb(skb: *mut __sk_buff, flags: u16) -> PolicyId {
-    if flags & SETTINGS_F_WORKLOADS == 0 {
-        return PolicyId::DEFAULT;
-    }
-    let mut policy_id = PolicyId::DEFAULT;
-    let mut level = 1;
-    while level <= MAX_CGROUP_DEPTH {
-        // SAFETY: helper valid for cgroup_skb programs; 0 past the socket's own level.
-        let id = unsafe { bpf_skb_ancestor_cgroup_id(skb, level) };
-        if id == 0 {
-            break;
-        }
-        // SAFETY: read-only lookup of a value owned by the map.
-        if let Some(w) = unsafe { WORKLOADS.get(id) } {
-            policy_id = w.policy_id;
-        }
-        level += 1;
-    }
-    policy_id
+fn policy_of_skb(skb: *mut __sk_buff, s: &Settings, cgroup_id: u64) -> PolicyId {
+    // SAFETY: helper valid for cgroup_skb programs; 0 past the socket's own level.
+    cached_policy(s, cgroup_id, |level| unsafe { bpf_skb_ancestor_cgroup_id(skb, level) })
 }
 
 #[inline(always)]

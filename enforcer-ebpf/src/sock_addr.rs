@@ -279,6 +279,16 @@ const DNS_PORT: u16 = 53;
 /// after every WORKLOADS write, so a walk that raced a write is cached as already stale.
 #[inline(always)]
 pub fn policy_of_caller(s: &Settings, cgroup_id: u64) -> PolicyId {
+    // SAFETY: helper without preconditions; 0 past the caller's own level.
+    cached_policy(s, cgroup_id, |level| unsafe { bpf_get_current_ancestor_cgroup_id(level) })
+}
+
+/// The policy of the cgroup `cgroup_id` (the caller's, or a packet's socket's): from
+/// `POLICY_CACHE` while its generation is current, else the deepest ancestor (itself included,
+/// `ancestor(level)`; 0 past its own level) with a `WORKLOADS` entry, cached. Only when
+/// per-workload policies exist (SETTINGS_F_WORKLOADS); bounded by MAX_CGROUP_DEPTH levels.
+#[inline(always)]
+pub fn cached_policy(s: &Settings, cgroup_id: u64, ancestor: impl Fn(i32) -> u64) -> PolicyId {
     if s.flags & SETTINGS_F_WORKLOADS == 0 {
         return PolicyId::DEFAULT;
     }
@@ -293,8 +303,7 @@ pub fn policy_of_caller(s: &Settings, cgroup_id: u64) -> PolicyId {
     let mut policy_id = PolicyId::DEFAULT;
     let mut level = 1;
     while level <= MAX_CGROUP_DEPTH {
-        // SAFETY: helper without preconditions; 0 past the caller's own level.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        let id = ancestor(level);
         if id == 0 {
             break;
         }
