@@ -238,3 +238,17 @@ impl Drop for Daemon {
         // `pins` (if still ours) drops after this: unpin + remove.
     }
 }
+
+/// `daemon` arguments for a registry directory answered through the DNS forwarder: `--registry
+/// DIR --no-host-dns --dns-upstream UPSTREAM`, then `extra`.
+pub fn registry_dns_args(registry: &std::path::Path, upstream: std::net::IpAddr, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--registry".to_string(),
+        registry.display().to_string(),
+        "--no-host-dns".into(),
+        "--dns-upstream".into(),
+        upstream.to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}

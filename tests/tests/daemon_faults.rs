@@ -67,15 +67,7 @@ fn a_reload_that_removes_a_service_is_not_undone_by_the_resolver_upkeep() {
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: dyn}\nspec:\n  hosts: [dyn.svc.test]\n  ports: [{number: 8080, name: tcp, protocol: TCP}]\n  resolution: DNS\n",
     );
     dir.write("reg/gone.yaml", &service_entry("gone", &[], &[ns.v4(3)], &[(8080, "TCP")]));
-    let args = vec![
-        "--registry".into(),
-        dir.join("reg").display().to_string(),
-        "--no-host-dns".into(),
-        "--dns-upstream".into(),
-        dns.addr.ip().to_string(),
-        "--dns-ttl-floor".into(),
-        "1s".into(),
-    ];
+    let args = registry_dns_args(&dir.join("reg"), dns.addr.ip(), &["--dns-ttl-floor", "1s"]);
     let cg = Cgroup::new("race");
     let mut d = Daemon::start(&cg, PinDir::new(), &args);
     d.wait_log("enforcing");

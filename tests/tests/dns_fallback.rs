@@ -36,15 +36,7 @@ fn setup(tag: &str, mode: Option<&str>) -> (Setup, Vec<String>) {
     if let Some(m) = mode {
         dir.write("reg/mesh.yaml", &mesh_config(m));
     }
-    let args = vec![
-        "--registry".into(),
-        dir.join("reg").display().to_string(),
-        "--no-host-dns".into(),
-        "--dns-upstream".into(),
-        dns.addr.ip().to_string(),
-        "--dns-port".into(),
-        "0".into(),
-    ];
+    let args = registry_dns_args(&dir.join("reg"), dns.addr.ip(), &["--dns-port", "0"]);
     let cg = Cgroup::new(tag);
     (Setup { ns, _srv: srv, dns, dir, cg }, args)
 }

@@ -58,15 +58,7 @@ fn answers_are_learned_and_released_within_milliseconds_during_a_big_reload() {
         "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: wild}\nspec:\n  hosts: [\"*.svc.test\"]\n  ports: [{number: 8080, name: tcp, protocol: TCP}]\n  resolution: NONE\n",
     );
     let port = 20_000 + (std::process::id() % 20_000) as u16;
-    let args = vec![
-        "--registry".into(),
-        dir.join("reg").display().to_string(),
-        "--no-host-dns".into(),
-        "--dns-upstream".into(),
-        dns.addr.ip().to_string(),
-        "--dns-port".into(),
-        port.to_string(),
-    ];
+    let args = registry_dns_args(&dir.join("reg"), dns.addr.ip(), &["--dns-port", &port.to_string()]);
     let cg = Cgroup::new("dns-reload");
     let mut d = Daemon::start(&cg, PinDir::new(), &args);
     d.wait_log("enforcing");
