@@ -15,9 +15,8 @@ use serde_json::Value;
 const GOVERNED: &str = "a1a1a1a1-0000-4000-8000-000000000001";
 const UNGOVERNED: &str = "a1a1a1a1-0000-4000-8000-000000000002";
 
-/// `api.test` (port 80, targetPort 8443 at `api`) in namespace shop, with a DestinationRule that
-/// originates TLS to it, trusting `pki`'s CA.
-fn put_api_tls(node: &KubeNode, api: &str, pki: &Pki) {
+/// `api.test` (port 80, targetPort 8443 at `api`) in namespace shop.
+fn put_api(node: &KubeNode, api: &str) {
     node.api.put(
         "ServiceEntry",
         serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
@@ -26,6 +25,11 @@ fn put_api_tls(node: &KubeNode, api: &str, pki: &Pki) {
                      "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8443}],
                      "endpoints": [{"address": api}]}}),
     );
+}
+
+/// [`put_api`] with a DestinationRule that originates TLS to it, trusting `pki`'s CA.
+fn put_api_tls(node: &KubeNode, api: &str, pki: &Pki) {
+    put_api(node, api);
     node.api.put(
         "DestinationRule",
         serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
@@ -441,14 +445,7 @@ fn kube_destination_rule_workload_selector_applies_to_the_selected_pods_only() {
     let pki = Pki::new(&node.dir, "api", &["api.test"]);
     let api = n.v4(6);
     let _https = https_server(n, &api, 8443, &pki);
-    node.api.put(
-        "ServiceEntry",
-        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-            "metadata": {"name": "api", "namespace": "shop"},
-            "spec": {"hosts": ["api.test"], "location": "MESH_EXTERNAL", "resolution": "STATIC",
-                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP", "targetPort": 8443}],
-                     "endpoints": [{"address": api}]}}),
-    );
+    put_api(&node, &api);
     node.api.put(
         "DestinationRule",
         serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
