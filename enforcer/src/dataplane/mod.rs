@@ -633,11 +633,6 @@ impl Dataplane {
             let md = MapData::from_id(id).map_err(map_err(name, "reopen"))?;
             aya::maps::HashMap::try_from(aya::maps::Map::LruHashMap(md)).map_err(map_err(name, "reopen"))
         }
-        macro_rules! lru {
-            ($field:ident, $name:expr) => {
-                reopen($name, self.$field.map())?
-            };
-        }
         let policy_cache = match self.ebpf.map(map_names::POLICY_CACHE) {
             Some(aya::maps::Map::LruHashMap(md)) => reopen(map_names::POLICY_CACHE, md)?,
             _ => {
@@ -650,10 +645,10 @@ impl Dataplane {
         };
         Ok(KernelOnlyMaps {
             policy_cache,
-            proxy_peers: lru!(proxy_peers, map_names::PROXY_PEERS),
-            proxy_orig: lru!(proxy_orig, map_names::PROXY_ORIG),
-            dns_orig: lru!(dns_orig, map_names::DNS_ORIG),
-            flow_owner: lru!(flow_owner, map_names::FLOW_OWNER),
+            proxy_peers: reopen(map_names::PROXY_PEERS, self.proxy_peers.map())?,
+            proxy_orig: reopen(map_names::PROXY_ORIG, self.proxy_orig.map())?,
+            dns_orig: reopen(map_names::DNS_ORIG, self.dns_orig.map())?,
+            flow_owner: reopen(map_names::FLOW_OWNER, self.flow_owner.map())?,
         })
     }
 
