@@ -177,8 +177,8 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
         agent.set_workload_policies(policies).await?;
         tracing::info!(file = %f.display(), workloads = n, "per-workload policies applied");
     }
-    let upkeep = agent.spawn_upkeep();
-    let _watch = run::spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, false)?;
+    servers.background("upkeep", agent.upkeep());
+    let _watch = run::spawn_reloader(&agent, &mut servers, &args.policy.registry, args.policy.no_watch, false)?;
     let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
     servers.admin(args.admin, source.clone()).await?;
     if let Some(addr) = args.metrics_addr {
@@ -203,7 +203,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     if let Some((ctl, first)) = kube {
         let sink: Arc<dyn crate::workload::PolicySink> = Arc::new(KubeSink { agent: agent.clone() });
         let ready = kube_ready.clone();
-        tokio::spawn(async move {
+        servers.background("Kubernetes controller", async move {
             if let Err(e) = ctl.run(sink, first, ready).await {
                 tracing::error!("Kubernetes controller stopped: {e:#}");
             }
@@ -267,7 +267,6 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
             _ = sigint.recv() => break,
         }
     }
-    upkeep.abort();
     if steering || proxying {
         // The forwarder goes away with us: its heartbeat stops, so steered workloads get
         // --dns-fallback at once (as within 3 s if we are killed) until a new daemon takes over;

@@ -33,16 +33,20 @@ fn main() {
         .with_target(false)
         .init();
 
-    let code = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-        Ok(rt) => rt.block_on(dispatch(cli.command)).unwrap_or_else(|e| {
-            eprintln!("enforcer: error: {e:#}");
-            exit::for_error(&e)
-        }),
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
         Err(e) => {
             eprintln!("enforcer: error: starting the async runtime: {e}");
-            exit::ENFORCER_FAILED
+            std::process::exit(exit::ENFORCER_FAILED);
         }
     };
+    let code = rt.block_on(dispatch(cli.command)).unwrap_or_else(|e| {
+        eprintln!("enforcer: error: {e:#}");
+        exit::for_error(&e)
+    });
+    // Exit with the runtime still up: `dispatch` has drained what must finish (servers, upkeep,
+    // watchers); dropping the runtime would instead shut its timers down under any task still
+    // polled (a request handler, a resolver refresh), which then panics.
     std::process::exit(code);
 }
 

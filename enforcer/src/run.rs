@@ -103,8 +103,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("attaching the traffic counters to {iface}"))?;
     }
     agent.set_names(crate::workloads::Workloads::for_run(child.path(), &command_name));
-    let upkeep = agent.spawn_upkeep();
-    let _watch = spawn_reloader(&agent, &args.policy.registry, args.policy.no_watch, quiet)?;
+    servers.background("upkeep", agent.upkeep());
+    let _watch = spawn_reloader(&agent, &mut servers, &args.policy.registry, args.policy.no_watch, quiet)?;
     if let Some(addr) = args.admin.or(args.ui.then_some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))) {
         let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
         let local = servers.admin(addr, source).await?;
@@ -189,7 +189,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
         return Err(exit::CodedError { code, message }.into());
     }
     show(events.drain(), &mut printer);
-    upkeep.abort();
     servers.drain(Duration::from_secs(2)).await;
 
     let code = exit::from_status(status);
@@ -229,6 +228,7 @@ async fn next_message(init: &mut Option<confine::InitLink>) -> InitMessage {
 /// watch must be kept alive.
 pub fn spawn_reloader(
     agent: &Agent,
+    servers: &mut Servers,
     paths: &[std::path::PathBuf],
     disabled: bool,
     quiet: bool,
@@ -238,7 +238,7 @@ pub fn spawn_reloader(
     }
     let (w, mut rx) = watch::watch(paths).context("watching the registry paths")?;
     let agent = agent.clone();
-    tokio::spawn(async move {
+    servers.background("registry watcher", async move {
         while rx.recv().await.is_some() {
             // Let a burst of writes (an editor's save, a `cp` of a directory) settle.
             tokio::time::sleep(Duration::from_millis(200)).await;

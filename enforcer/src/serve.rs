@@ -83,6 +83,23 @@ impl Servers {
         Ok(local)
     }
 
+    /// Run `work` (the upkeep loop, the registry watcher, the Kubernetes controller) until the
+    /// switch: it is stopped at its next await, never inside a map write, and [`Servers::drain`]
+    /// waits for it like for a server. (A task left running while the runtime shuts down would
+    /// find its timers gone, and an apply cut short would leave the pinned maps half-written.)
+    pub fn background(&mut self, name: &'static str, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        let stop = self.shutdown.signal();
+        self.tasks.push((
+            name,
+            tokio::spawn(async move {
+                tokio::select! {
+                    () = stop => {}
+                    () = work => {}
+                }
+            }),
+        ));
+    }
+
     /// Stop every server and wait up to `grace` for each to finish its in-flight work.
     pub async fn drain(self, grace: Duration) {
         self.shutdown.trigger();

@@ -498,9 +498,9 @@ impl Agent {
         }
     }
 
-    /// Background upkeep until the returned handle is aborted.
-    pub fn spawn_upkeep(&self) -> tokio::task::JoinHandle<()> {
-        upkeep::spawn(self.clone())
+    /// The background upkeep loop (never ends; run it with [`crate::serve::Servers::background`]).
+    pub fn upkeep(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        upkeep::run(self.clone())
     }
 
     /// Resolver state for views.

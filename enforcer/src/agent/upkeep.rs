@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::Agent;
 
-pub(super) fn spawn(agent: Agent) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+pub(super) fn run(agent: Agent) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
         let mut changes = agent.refresher().subscribe();
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         loop {
@@ -41,5 +41,5 @@ pub(super) fn spawn(agent: Agent) -> tokio::task::JoinHandle<()> {
                 }
             }
         }
-    })
+    }
 }
