@@ -293,12 +293,17 @@ fn kube_source_labels_are_the_pods_workload_identity() {
     for l in text.lines().filter(|l| l.contains("source_workload=")) {
         assert!(!l.contains("x2k4p") && !l.contains("kubepods"), "{l}");
     }
-    // The denied connect's event names the workload with its namespace.
-    let (_, events) = d.admin_get("/debug/events");
-    assert!(
-        events.lines().any(|l| l.contains("\"workload\":\"shop/web\"") && l.contains(&n.v4(2))),
-        "no event of shop/web's denied connect:\n{events}"
-    );
+    // The denied connect's event names the workload with its namespace (events reach the hub
+    // from the kernel's ring buffer asynchronously, so give it a moment).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, events) = d.admin_get("/debug/events");
+        if events.lines().any(|l| l.contains("\"workload\":\"shop/web\"") && l.contains(&n.v4(2))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no event of shop/web's denied connect:\n{events}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
     // The public listener shows no events (pids, destinations) and no registry services.
     let (_, public_events) = http_get(d.public(), "/debug/events");
     assert!(!public_events.contains("shop/web") && !public_events.contains(&n.v4(2)), "{public_events}");

@@ -212,20 +212,56 @@ fn cpu_and_switches(pid: u32, children: bool) -> (u64, u64) {
     (cpu, cs)
 }
 
+/// Busy CPU time of the whole machine in clock ticks (/proc/stat's `cpu` line: everything but
+/// idle and iowait), so a run's total cost per request (wrk, proxy, upstream, softirq) shows.
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else { return 0 };
+    let f: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    f.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum()
+}
+
 /// Clock ticks per second (`getconf CLK_TCK`; Linux: 100).
 const CLK_TCK: f64 = 100.0;
 
-/// What a proxy spent per request: CPU (µs) and context switches.
+/// What a proxy spent per request: CPU (µs) and context switches; and what the whole machine
+/// and the upstream nginx spent per request over the same window.
 #[derive(Debug, Clone, Copy, Default)]
 struct Cost {
     cpu_us: f64,
     switches: f64,
+    machine_us: f64,
+    upstream_us: f64,
+}
+
+/// Counter readings at one moment: (proxy CPU ticks, proxy switches, machine busy ticks,
+/// upstream CPU ticks).
+#[derive(Debug, Clone, Copy, Default)]
+struct Reading {
+    cpu: u64,
+    switches: u64,
+    machine: u64,
+    upstream: u64,
+}
+
+impl Reading {
+    fn take(proxy: u32, proxy_children: bool, upstream: u32) -> Self {
+        let (cpu, switches) = cpu_and_switches(proxy, proxy_children);
+        Reading { cpu, switches, machine: machine_busy_ticks(), upstream: cpu_and_switches(upstream, true).0 }
+    }
 }
 
 impl Cost {
-    /// From counter deltas over `requests` requests.
-    fn per_request(d_cpu_ticks: u64, d_switches: u64, requests: f64) -> Self {
-        Cost { cpu_us: d_cpu_ticks as f64 / CLK_TCK * 1e6 / requests, switches: d_switches as f64 / requests }
+    /// From the readings before and after `requests` requests.
+    fn per_request(a: Reading, b: Reading, requests: f64) -> Self {
+        let us = |d: u64| d as f64 / CLK_TCK * 1e6 / requests;
+        Cost {
+            cpu_us: us(b.cpu.saturating_sub(a.cpu)),
+            switches: b.switches.saturating_sub(a.switches) as f64 / requests,
+            machine_us: us(b.machine.saturating_sub(a.machine)),
+            upstream_us: us(b.upstream.saturating_sub(a.upstream)),
+        }
     }
 }
 
@@ -244,10 +280,10 @@ fn enforcer_pid(spawned: u32) -> Option<u32> {
 }
 
 /// Runs `cmd` (an `enforcer run`), sampling the enforcer process's VmRSS every 100 ms, and its
-/// CPU time and context switches from 1 s after the start (the agent is up and wrk running) to
-/// the last sample. Returns (stdout, max VmRSS KiB, (seconds, CPU ticks, switches) between
-/// those samples).
-fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64, (f64, u64, u64))> {
+/// CPU time and context switches (with the machine's and the `upstream` process's CPU) from 1 s
+/// after the start (the agent is up and wrk running) to the last sample. Returns (stdout, max
+/// VmRSS KiB, (seconds, first reading, last reading) between those samples).
+fn run_sampling_rss(cmd: &mut Command, what: &str, upstream: u32) -> Result<(String, u64, (f64, Reading, Reading))> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("could not start the {what} run"))?;
     let mut so = child.stdout.take().unwrap();
@@ -265,8 +301,7 @@ fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64, (f64,
     let mut max = 0;
     let mut pid = None;
     let spawned = Instant::now();
-    // (when, CPU ticks, context switches)
-    type Sample = (Instant, u64, u64);
+    type Sample = (Instant, Reading);
     let (mut first, mut last): (Option<Sample>, Option<Sample>) = (None, None);
     let status = loop {
         if let Some(st) = child.try_wait()? {
@@ -280,8 +315,7 @@ fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64, (f64,
         {
             max = max.max(r);
             if spawned.elapsed() >= Duration::from_secs(1) {
-                let (cpu, cs) = cpu_and_switches(p, false);
-                let sample = (Instant::now(), cpu, cs);
+                let sample = (Instant::now(), Reading::take(p, false, upstream));
                 if first.is_none() {
                     first = Some(sample);
                 } else {
@@ -292,8 +326,8 @@ fn run_sampling_rss(cmd: &mut Command, what: &str) -> Result<(String, u64, (f64,
         std::thread::sleep(Duration::from_millis(100));
     };
     let window = match (first, last) {
-        (Some(a), Some(b)) => ((b.0 - a.0).as_secs_f64(), b.1.saturating_sub(a.1), b.2.saturating_sub(a.2)),
-        _ => (0.0, 0, 0),
+        (Some(a), Some(b)) => ((b.0 - a.0).as_secs_f64(), a.1, b.1),
+        _ => (0.0, Reading::default(), Reading::default()),
     };
     let (stdout, stderr) = (t1.join().unwrap_or_default(), t2.join().unwrap_or_default());
     if !status.success() {
@@ -649,38 +683,40 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     let (mut ng, mut en, mut rss) = (Vec::<Wrk>::new(), Vec::<Wrk>::new(), Vec::<u64>::new());
     let (mut ng_cost, mut en_cost) = (Vec::<Cost>::new(), Vec::<Cost>::new());
     let nginx_pid = nginx_proxy.child.id();
+    let upstream_pid = upstream.child.id();
     let (mut ot, mut ot_rss) = (Vec::<Wrk>::new(), Vec::<u64>::new());
     for round in 0..args.rounds {
         for k in 0..2 {
             if (round as usize + k).is_multiple_of(2) {
-                let before = cpu_and_switches(nginx_pid, true);
+                let before = Reading::take(nginx_pid, true, upstream_pid);
                 let out = run_out(&mut env.baseline_cmd(&wrk_args(&args, args.duration, &nginx_url)), "nginx wrk")?;
-                let after = cpu_and_switches(nginx_pid, true);
+                let after = Reading::take(nginx_pid, true, upstream_pid);
                 let w = parse_wrk(&out)?;
                 check_clean(&w, "nginx", &out)?;
-                ng_cost.push(Cost::per_request(
-                    after.0.saturating_sub(before.0),
-                    after.1.saturating_sub(before.1),
-                    w.requests as f64,
-                ));
+                ng_cost.push(Cost::per_request(before, after, w.requests as f64));
                 ng.push(w);
             } else {
                 let extra: Vec<&str> = args.enforcer_args.iter().map(String::as_str).collect();
-                let (out, r, (secs, cpu, cs)) = run_sampling_rss(
+                let (out, r, (secs, a, b)) = run_sampling_rss(
                     &mut env.enforcer_cmd(&extra, &wrk_args(&args, args.duration, &enf_url)),
                     "enforcer wrk",
+                    upstream_pid,
                 )?;
                 let w = parse_wrk(&out)?;
                 check_clean(&w, "enforcer", &out)?;
                 // Requests in the sampled window, at the run's average rate.
-                en_cost.push(Cost::per_request(cpu, cs, (w.rps * secs).max(1.0)));
+                en_cost.push(Cost::per_request(a, b, (w.rps * secs).max(1.0)));
                 en.push(w);
                 rss.push(r);
             }
         }
         if let Some(e2) = &env_other {
             let (out, r, _) =
-                run_sampling_rss(&mut e2.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)), "compare wrk")?;
+                run_sampling_rss(
+                &mut e2.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
+                "compare wrk",
+                upstream_pid,
+            )?;
             let w = parse_wrk(&out)?;
             check_clean(&w, "compare", &out)?;
             ot.push(w);
@@ -695,16 +731,20 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
         };
         let (nc, ec) = (ng_cost.last().unwrap(), en_cost.last().unwrap());
         println!(
-            "  round {}: nginx {:.0} req/s p99 {:.2} ms ({:.1} µs CPU, {:.2} switches /req) | enforcer {:.0} req/s p99 {:.2} ms ({:.1} µs CPU, {:.2} switches /req), agent VmRSS max {:.1} MiB{extra}",
+            "  round {}: nginx {:.0} req/s p99 {:.2} ms ({:.1} µs CPU, {:.2} switches /req; machine {:.1}, upstream {:.1} µs/req) | enforcer {:.0} req/s p99 {:.2} ms ({:.1} µs CPU, {:.2} switches /req; machine {:.1}, upstream {:.1} µs/req), agent VmRSS max {:.1} MiB{extra}",
             round + 1,
             n.rps,
             n.p99_ms,
             nc.cpu_us,
             nc.switches,
+            nc.machine_us,
+            nc.upstream_us,
             e.rps,
             e.p99_ms,
             ec.cpu_us,
             ec.switches,
+            ec.machine_us,
+            ec.upstream_us,
             *rss.last().unwrap() as f64 / 1024.0
         );
         upstream.check_running("the upstream nginx")?;
@@ -731,7 +771,8 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     let med = |v: &[Cost], f: fn(&Cost) -> f64| median(v.iter().map(f).collect());
     let _ = writeln!(
         out,
-        "per request (medians): nginx proxy {:.1} µs CPU, {:.2} context switches; enforcer agent {:.1} µs CPU, {:.2} context switches (min..max requests/s: nginx {:.0}..{:.0}, enforcer {:.0}..{:.0})",
+        "per request (medians): nginx proxy {:.1} µs CPU, {:.2} context switches; enforcer agent {:.1} µs CPU, {:.2} context switches (min..max requests/s: nginx {:.0}..{:.0}, enforcer {:.0}..{:.0})\n\
+         whole machine busy per request: {:.1} µs with nginx, {:.1} µs with enforcer (upstream nginx {:.1} / {:.1} µs; the rest is wrk, softirq and everything else)",
         med(&ng_cost, |c| c.cpu_us),
         med(&ng_cost, |c| c.switches),
         med(&en_cost, |c| c.cpu_us),
@@ -740,6 +781,10 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
         ng.iter().map(|w| w.rps).fold(0.0, f64::max),
         en.iter().map(|w| w.rps).fold(f64::INFINITY, f64::min),
         en.iter().map(|w| w.rps).fold(0.0, f64::max),
+        med(&ng_cost, |c| c.machine_us),
+        med(&en_cost, |c| c.machine_us),
+        med(&ng_cost, |c| c.upstream_us),
+        med(&en_cost, |c| c.upstream_us),
     );
     if !ot.is_empty() {
         let o_rps = median(ot.iter().map(|w| w.rps).collect());
