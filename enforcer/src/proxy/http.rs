@@ -32,7 +32,7 @@ use super::{
     metrics::{RequestSeries, SeriesCache},
     route::normalize_host,
     tls,
-    upstream::{ConnectError, Proto, UpClient},
+    upstream::{Affinity, AffinityError, ConnectError, Proto, UpstreamHandle},
 };
 
 const RESET_BEFORE_HEADERS: &str = "upstream connect error or disconnect/reset before headers. reset reason: ";
@@ -248,7 +248,9 @@ struct ConnCtx {
     routes: Arc<HttpRoutes>,
     labels: Vec<Arc<ServiceLabels>>,
     /// Upstream clients, made on first use: per virtual host (then passthrough), per [`Proto`].
-    clients: Vec<[OnceLock<Result<UpClient, String>>; 3]>,
+    clients: Vec<[OnceLock<Result<UpstreamHandle, String>>; 3]>,
+    /// The upstream connection this client connection keeps between its HTTP/1 requests.
+    affinity: Affinity,
     passthrough: Upstream,
     series: Arc<SeriesCache>,
     /// The original destination's address, as a Host to match.
@@ -270,7 +272,7 @@ impl ConnCtx {
         }
     }
 
-    fn client(&self, t: Target, proto: Proto) -> &Result<UpClient, String> {
+    fn client(&self, t: Target, proto: Proto) -> &Result<UpstreamHandle, String> {
         let i = match t {
             Target::VHost(i) => i,
             Target::Passthrough => self.routes.vhosts.len(),
@@ -318,6 +320,12 @@ impl ConnCtx {
     }
 }
 
+impl Drop for ConnCtx {
+    fn drop(&mut self) {
+        self.affinity.release(&self.shared.pools);
+    }
+}
+
 /// Serves one redirected plain-HTTP connection until it closes (or shutdown is asked).
 pub(crate) async fn serve(
     shared: Arc<Shared>,
@@ -338,6 +346,7 @@ pub(crate) async fn serve(
         original_ip: conn.original.ip().to_string(),
         labels: routes.vhosts.iter().map(|v| Arc::new(v.service.clone())).collect(),
         clients: (0..=routes.vhosts.len()).map(|_| Default::default()).collect(),
+        affinity: Affinity::default(),
         shared,
         conn,
         routes: routes.clone(),
@@ -376,6 +385,8 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
     let start = Instant::now();
     let is_connect = req.method() == Method::CONNECT;
     let grpc = is_grpc(req.headers());
+    // One request at a time on the client's connection: it may keep an upstream connection.
+    let sequential = req.version() <= Version::HTTP_11;
     let original_ip = &ctx.original_ip;
     let authority = request_authority(&req).map(str::to_owned);
 
@@ -456,7 +467,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
     } else {
         Proto::Auto
     };
-    let client = match ctx.client(target, proto) {
+    let handle = match ctx.client(target, proto) {
         Ok(c) => c.clone(),
         Err(e) => {
             let detail = format!("TLS error: {e}");
@@ -498,7 +509,12 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
     let req_bytes = Arc::new(AtomicU64::new(0));
     let up_req = Request::from_parts(parts, CountingBody { inner: body, count: req_bytes.clone() });
 
-    match client.request(up_req).await {
+    let sent = if proto == Proto::Auto && sequential && !handle.speaks_h2() {
+        ctx.affinity.request(&ctx.shared.pools, &handle, up_req).await.map_err(UpstreamError::Own)
+    } else {
+        handle.client.request(up_req).await.map_err(UpstreamError::Pooled)
+    };
+    match sent {
         Ok(mut resp) => {
             let switched =
                 resp.status() == StatusCode::SWITCHING_PROTOCOLS || (is_connect && resp.status().is_success());
@@ -538,6 +554,30 @@ fn spawn_tunnel(conn: ConnInfo, down: OnUpgrade, up: OnUpgrade) {
     });
 }
 
+/// A failed upstream request: through the pooled client, or the connection's own.
+enum UpstreamError {
+    Pooled(hyper_util::client::legacy::Error),
+    Own(AffinityError),
+}
+
+impl UpstreamError {
+    fn error(&self) -> &(dyn StdError + 'static) {
+        match self {
+            UpstreamError::Pooled(e) => e,
+            UpstreamError::Own(AffinityError::Connect(c)) => c,
+            UpstreamError::Own(e) => e,
+        }
+    }
+
+    /// It failed while connecting (Envoy's UF), not after (UC).
+    fn connecting(&self) -> bool {
+        match self {
+            UpstreamError::Pooled(e) => e.is_connect(),
+            UpstreamError::Own(e) => e.connecting(),
+        }
+    }
+}
+
 fn find_connect_error<'a>(e: &'a (dyn StdError + 'static)) -> Option<&'a ConnectError> {
     let mut cur: Option<&(dyn StdError + 'static)> = Some(e);
     while let Some(err) = cur {
@@ -555,8 +595,9 @@ fn upstream_failure(
     labels: &Arc<ServiceLabels>,
     upstream: SocketAddr,
     start: Instant,
-    e: &hyper_util::client::legacy::Error,
+    err: &UpstreamError,
 ) -> Response<RespBody> {
+    let e = err.error();
     let (kind, reason, flags) = match find_connect_error(e) {
         Some(ConnectError::Timeout) => (Some(ProxyEventKind::UpstreamTimeout), "connection timeout".to_owned(), "UF"),
         Some(ConnectError::Tcp(_)) | Some(ConnectError::Handshake(_)) => {
@@ -572,7 +613,9 @@ fn upstream_failure(
             (Some(kind), reason, "UF")
         }
         // Connected, then the upstream closed or reset before the response headers.
-        None if e.is_connect() => (Some(ProxyEventKind::UpstreamConnectFailed), "connection failure".to_owned(), "UF"),
+        None if err.connecting() => {
+            (Some(ProxyEventKind::UpstreamConnectFailed), "connection failure".to_owned(), "UF")
+        }
         None => (None, "connection termination".to_owned(), "UC"),
     };
     let detail = match find_connect_error(e) {

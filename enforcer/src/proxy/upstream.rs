@@ -1,7 +1,13 @@
-//! Upstream connections: hyper-util's pooled client over a connector that dials the original
-//! destination's address (SO_MARK set, so the hooks leave it alone) and, when the route
-//! originates TLS, runs the rustls handshake — both within the connect timeout. One client, so
-//! one keep-alive pool, per upstream address + TLS settings + protocol.
+//! Upstream connections: a connector that dials the original destination's address (SO_MARK
+//! set, so the hooks leave it alone) and, when the route originates TLS, runs the rustls
+//! handshake — both within the connect timeout — per upstream address + TLS settings + protocol.
+//!
+//! Plain HTTP/1 requests (nearly all of them) go over the downstream connection's own upstream
+//! connection ([`Affinity`]): an HTTP/1 connection carries one request at a time, so a client
+//! connection keeps the upstream connection it last used (no pool lookup, no hand-over between
+//! tasks per request) and gives it back to its worker's idle list ([`Pools::give_back`]) when
+//! it closes, for the next client connection to the same upstream. HTTP/2 from the app (h2c),
+//! upgrades and CONNECT go through hyper-util's pooled client instead.
 
 use std::{
     collections::HashMap,
@@ -40,6 +46,9 @@ const MAX_POOLS: usize = 1024;
 
 pub(crate) type UpClient = Client<Connector, CountingBody>;
 
+/// Idle upstream connections kept per upstream key and worker (beyond this they are closed).
+const MAX_IDLE_PER_KEY: usize = 256;
+
 /// The HTTP version(s) spoken to the upstream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Proto {
@@ -68,6 +77,9 @@ struct Target {
     tls: Option<(ServerName<'static>, Arc<ClientConfig>)>,
     timeout: Duration,
     mark: Option<u32>,
+    /// The upstream's ALPN chose h2 on the last TLS connection: its requests share the pooled
+    /// client's multiplexed connection rather than one connection per client connection.
+    h2: std::sync::atomic::AtomicBool,
 }
 
 /// hyper-util's connector: TCP (marked) + rustls handshake, both within the connect timeout.
@@ -102,6 +114,8 @@ impl tower_service::Service<Uri> for Connector {
                         None => ConnectError::Handshake(e),
                     }
                 })?;
+                let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                t.h2.store(h2, std::sync::atomic::Ordering::Relaxed);
                 Ok(TokioIo::new(UpstreamStream::Tls(Box::new(tls))))
             };
             match tokio::time::timeout(t.timeout, attempt).await {
@@ -174,7 +188,7 @@ impl AsyncWrite for UpstreamStream {
 }
 
 #[derive(Clone, PartialEq, Eq, Hash)]
-struct PoolKey {
+pub(crate) struct PoolKey {
     addr: SocketAddr,
     /// (SNI, settings, the CA file's mtime: a rewritten file gets a fresh config and pool).
     tls: Option<(String, TlsOrigination, Option<SystemTime>)>,
@@ -182,10 +196,26 @@ struct PoolKey {
     proto: Proto,
 }
 
-/// Upstream clients (each with its keep-alive pool).
+/// One upstream (address + TLS settings + protocol): its pooled client and its connector.
+#[derive(Clone)]
+pub(crate) struct UpstreamHandle {
+    pub client: UpClient,
+    connector: Connector,
+    key: Arc<PoolKey>,
+}
+
+impl UpstreamHandle {
+    /// Its upstream is known to speak HTTP/2 (see [`Target::h2`]).
+    pub(crate) fn speaks_h2(&self) -> bool {
+        self.connector.target.h2.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// Upstream clients (each with its keep-alive pool), and the idle affinity connections.
 #[derive(Default)]
 pub(crate) struct Pools {
-    map: Mutex<HashMap<PoolKey, UpClient>>,
+    map: Mutex<HashMap<PoolKey, UpstreamHandle>>,
+    idle: Mutex<HashMap<Arc<PoolKey>, Vec<(Sender, std::time::Instant)>>>,
 }
 
 impl Pools {
@@ -197,7 +227,7 @@ impl Pools {
         upstream: &Upstream,
         proto: Proto,
         mark: Option<u32>,
-    ) -> Result<UpClient, String> {
+    ) -> Result<UpstreamHandle, String> {
         let addr = SocketAddr::new(ip, upstream.port);
         let tls = upstream.tls.as_ref().map(|t| {
             let sni = t.sni.clone().unwrap_or_else(|| upstream.host.clone());
@@ -221,17 +251,195 @@ impl Pools {
                 Some((name, tls::client_config(settings, alpn)?))
             }
         };
-        let connector = Connector { target: Arc::new(Target { addr, tls, timeout: key.timeout, mark }) };
+        let connector = Connector { target: Arc::new(Target { addr, tls, timeout: key.timeout, mark, h2: Default::default() }) };
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).timer(TokioTimer::new()).set_host(true);
         if proto == Proto::H2c {
             b.http2_only(true);
         }
-        let client: UpClient = b.build(connector);
+        let client: UpClient = b.build(connector.clone());
+        let handle = UpstreamHandle { client, connector, key: Arc::new(key.clone()) };
         let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_POOLS {
             map.clear();
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
         }
-        Ok(map.entry(key).or_insert(client).clone())
+        Ok(map.entry(key).or_insert(handle).clone())
+    }
+
+    /// An idle affinity connection to `key`'s upstream, the most recently used first.
+    fn take_idle(&self, key: &Arc<PoolKey>) -> Option<Sender> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(key)?;
+        let fresh = std::time::Instant::now().checked_sub(POOL_IDLE_TIMEOUT);
+        // Oldest first: drop the expired ones.
+        list.retain(|(s, since)| !s.is_closed() && fresh.is_none_or(|f| *since > f));
+        list.pop().map(|(s, _)| s)
+    }
+
+    /// Keep a client connection's upstream connection for the next one (it closes when the
+    /// list is full, or once it has been idle for the pool's idle timeout).
+    pub(crate) fn give_back(&self, key: Arc<PoolKey>, sender: Sender) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(key).or_default();
+        if list.len() < MAX_IDLE_PER_KEY {
+            list.push((sender, std::time::Instant::now()));
+        }
+    }
+}
+
+/// A client connection's own upstream connection (HTTP/1, or HTTP/2 when the upstream's ALPN
+/// picks it).
+pub(crate) enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<CountingBody>),
+    H2(hyper::client::conn::http2::SendRequest<CountingBody>),
+}
+
+/// Why an affinity request failed: while connecting (Envoy's UF), or after (UC).
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AffinityError {
+    #[error(transparent)]
+    Connect(ConnectError),
+    #[error("handshake with the upstream failed: {0}")]
+    Handshake(hyper::Error),
+    #[error(transparent)]
+    Request(hyper::Error),
+}
+
+impl AffinityError {
+    pub(crate) fn connecting(&self) -> bool {
+        !matches!(self, AffinityError::Request(_))
+    }
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> hyper::Result<()> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    /// Dial `connector`'s upstream and speak what its ALPN chose.
+    async fn dial(connector: &mut Connector) -> Result<Sender, AffinityError> {
+        use tower_service::Service as _;
+        let io = connector.call(Uri::default()).await.map_err(AffinityError::Connect)?;
+        if io.inner().connected().is_negotiated_h2() {
+            let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await
+                .map_err(AffinityError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "proxy: upstream HTTP/2 connection ended");
+                }
+            });
+            Ok(Sender::H2(sender))
+        } else {
+            let (sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(AffinityError::Handshake)?;
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "proxy: upstream connection ended");
+                }
+            });
+            Ok(Sender::H1(sender))
+        }
+    }
+
+    /// Send `req` (absolute URI; its authority becomes Host on HTTP/1, `:authority` on HTTP/2).
+    /// Err(Some(req)): the connection could not take it (closed meanwhile), try another.
+    async fn send(
+        &mut self,
+        mut req: http::Request<CountingBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, (hyper::Error, Option<http::Request<CountingBody>>)> {
+        let sent = match self {
+            Sender::H1(s) => {
+                // Origin form and a Host header, as hyper-util's client writes HTTP/1.
+                if let Some(a) = req.uri().authority()
+                    && !req.headers().contains_key(http::header::HOST)
+                    && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+                {
+                    req.headers_mut().insert(http::header::HOST, v);
+                }
+                let path = req.uri().path_and_query().cloned();
+                *req.uri_mut() = path.map(Uri::from).unwrap_or_else(|| Uri::from_static("/"));
+                s.try_send_request(req).await
+            }
+            Sender::H2(s) => s.try_send_request(req).await,
+        };
+        sent.map_err(|mut e| {
+            let m = e.take_message();
+            (e.into_error(), m)
+        })
+    }
+}
+
+/// The upstream connection a client connection keeps between its requests.
+#[derive(Default)]
+pub(crate) struct Affinity {
+    slot: Mutex<Option<(Arc<PoolKey>, Sender)>>,
+}
+
+impl Affinity {
+    /// Send `req` to `up`'s upstream over this client connection's own connection: the one it
+    /// kept (same upstream, still open), else an idle one of the worker, else a new one. A kept
+    /// connection that turns out closed gets the request on a new one.
+    pub(crate) async fn request(
+        &self,
+        pools: &Pools,
+        up: &UpstreamHandle,
+        req: http::Request<CountingBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, AffinityError> {
+        let kept = {
+            let mut slot = self.slot.lock().unwrap_or_else(|p| p.into_inner());
+            match slot.take() {
+                Some((k, s)) if k == up.key => Some(s),
+                Some((k, s)) => {
+                    pools.give_back(k, s);
+                    None
+                }
+                None => None,
+            }
+        };
+        let mut req = req;
+        let mut reused = kept.or_else(|| pools.take_idle(&up.key));
+        loop {
+            let (mut sender, was_reused) = match reused.take() {
+                Some(mut s) => match s.ready().await {
+                    Ok(()) => (s, true),
+                    // Closed by the upstream while idle: a new one.
+                    Err(_) => continue,
+                },
+                None => (Sender::dial(&mut up.connector.clone()).await?, false),
+            };
+            match sender.send(req).await {
+                Ok(resp) => {
+                    *self.slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((up.key.clone(), sender));
+                    return Ok(resp);
+                }
+                // Not sent: the kept connection went away before it could take the request; once
+                // more on a new one.
+                Err((_, Some(back))) if was_reused => req = back,
+                Err((e, _)) => return Err(AffinityError::Request(e)),
+            }
+        }
+    }
+
+    /// The client connection closed: its upstream connection goes to the worker's idle list.
+    pub(crate) fn release(&self, pools: &Pools) {
+        if let Some((k, s)) = self.slot.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            pools.give_back(k, s);
+        }
     }
 }
