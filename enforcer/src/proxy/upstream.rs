@@ -357,26 +357,27 @@ impl Sender {
         }
     }
 
-    /// Send `req` (absolute URI; its authority becomes Host on HTTP/1, `:authority` on HTTP/2).
-    /// Err(Some(req)): the connection could not take it (closed meanwhile), try another.
+    /// Send `req` (origin form with a Host header, written as is on HTTP/1; on HTTP/2 the Host
+    /// becomes the `:authority` of an https URI). Err(Some(req)): the connection could not
+    /// take it (closed meanwhile), try another.
     async fn send(
         &mut self,
         mut req: http::Request<CountingBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, (hyper::Error, Option<http::Request<CountingBody>>)> {
         let sent = match self {
-            Sender::H1(s) => {
-                // Origin form and a Host header, as hyper-util's client writes HTTP/1.
-                if let Some(a) = req.uri().authority()
-                    && !req.headers().contains_key(http::header::HOST)
-                    && let Ok(v) = http::HeaderValue::from_str(a.as_str())
+            Sender::H1(s) => s.try_send_request(req).await,
+            Sender::H2(s) => {
+                // ALPN h2 is TLS: https.
+                if let Some(host) = req.headers_mut().remove(http::header::HOST)
+                    && let Ok(host) = host.to_str()
                 {
-                    req.headers_mut().insert(http::header::HOST, v);
+                    let pq = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                    if let Ok(u) = Uri::builder().scheme("https").authority(host).path_and_query(pq).build() {
+                        *req.uri_mut() = u;
+                    }
                 }
-                let path = req.uri().path_and_query().cloned();
-                *req.uri_mut() = path.map(Uri::from).unwrap_or_else(|| Uri::from_static("/"));
                 s.try_send_request(req).await
             }
-            Sender::H2(s) => s.try_send_request(req).await,
         };
         sent.map_err(|mut e| {
             let m = e.take_message();
