@@ -4,6 +4,11 @@ use clap::Parser as _;
 use enforcer::{admin, check, cli, confine, daemon, events::EventJson, exit, run, supervisor};
 use tracing_subscriber::EnvFilter;
 
+/// jemalloc: the proxy's small per-request allocations are cheaper than with glibc's malloc
+/// (+5.6% requests/s in `cargo xtask bench proxy`), with the RSS still bounded (~39 MiB under load).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() {
     // The processes `run` starts from this binary (the init of the command's namespaces, the
     // supervisor) take over here, before any thread or runtime exists.
