@@ -501,6 +501,23 @@ async fn missing_host_header_gets_the_route_host() {
 }
 
 #[tokio::test]
+async fn an_absolute_form_request_goes_upstream_in_origin_form_with_its_authority_as_host() {
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    // RFC 9112 3.2.2: the absolute form's authority is the Host (the header is ignored).
+    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(b"GET http://api.test/status/201 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let out = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    assert!(out.starts_with("http/1.1 201"), "the upstream's /status/201 answered: {out}");
+    assert!(out.contains("x-seen-host: api.test"), "{out}");
+}
+
+#[tokio::test]
 async fn wrong_ca_is_a_503_with_the_tls_error_and_an_event() {
     let pki_real = pki(&["api.test"]);
     let pki_other = pki(&["api.test"]);
