@@ -711,8 +711,7 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
             }
         }
         if let Some(e2) = &env_other {
-            let (out, r, _) =
-                run_sampling_rss(
+            let (out, r, _) = run_sampling_rss(
                 &mut e2.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
                 "compare wrk",
                 upstream_pid,

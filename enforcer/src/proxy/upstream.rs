@@ -211,11 +211,14 @@ impl UpstreamHandle {
     }
 }
 
+/// Idle affinity connections of one upstream, with when each became idle (oldest first).
+type IdleList = Vec<(Sender, std::time::Instant)>;
+
 /// Upstream clients (each with its keep-alive pool), and the idle affinity connections.
 #[derive(Default)]
 pub(crate) struct Pools {
     map: Mutex<HashMap<PoolKey, UpstreamHandle>>,
-    idle: Mutex<HashMap<Arc<PoolKey>, Vec<(Sender, std::time::Instant)>>>,
+    idle: Mutex<HashMap<Arc<PoolKey>, IdleList>>,
 }
 
 impl Pools {
@@ -251,7 +254,8 @@ impl Pools {
                 Some((name, tls::client_config(settings, alpn)?))
             }
         };
-        let connector = Connector { target: Arc::new(Target { addr, tls, timeout: key.timeout, mark, h2: Default::default() }) };
+        let connector =
+            Connector { target: Arc::new(Target { addr, tls, timeout: key.timeout, mark, h2: Default::default() }) };
         let mut b = Client::builder(TokioExecutor::new());
         b.pool_idle_timeout(POOL_IDLE_TIMEOUT).pool_timer(TokioTimer::new()).timer(TokioTimer::new()).set_host(true);
         if proto == Proto::H2c {
