@@ -485,34 +485,34 @@ async fn originates_tls_with_the_ca_file_and_counts_statuses() {
     assert!(p.policy.events().is_empty(), "{:?}", p.policy.events());
 }
 
-#[tokio::test]
-async fn missing_host_header_gets_the_route_host() {
+/// One raw request to the proxy of `api.test` (TLS origination); the whole answer, lowercased,
+/// once the proxy closes the connection.
+async fn raw_request_to_api_test(request: &[u8]) -> String {
     let pki = pki(&["api.test"]);
     let up = start_upstream(&pki).await;
     let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
-    // HTTP/1.0 without Host.
     let mut tcp = TcpStream::connect(p.addr).await.unwrap();
-    tcp.write_all(b"GET /status/200 HTTP/1.0\r\n\r\n").await.unwrap();
+    tcp.write_all(request).await.unwrap();
     let mut out = Vec::new();
     tcp.read_to_end(&mut out).await.unwrap();
-    let out = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    String::from_utf8_lossy(&out).to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn missing_host_header_gets_the_route_host() {
+    // HTTP/1.0 without Host.
+    let out = raw_request_to_api_test(b"GET /status/200 HTTP/1.0\r\n\r\n").await;
     assert!(out.starts_with("http/1.0 200"), "{out}");
     assert!(out.contains("x-seen-host: api.test"), "{out}");
 }
 
 #[tokio::test]
 async fn an_absolute_form_request_goes_upstream_in_origin_form_with_its_authority_as_host() {
-    let pki = pki(&["api.test"]);
-    let up = start_upstream(&pki).await;
-    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
     // RFC 9112 3.2.2: the absolute form's authority is the Host (the header is ignored).
-    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
-    tcp.write_all(b"GET http://api.test/status/201 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let mut out = Vec::new();
-    tcp.read_to_end(&mut out).await.unwrap();
-    let out = String::from_utf8_lossy(&out).to_ascii_lowercase();
+    let out = raw_request_to_api_test(
+        b"GET http://api.test/status/201 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(out.starts_with("http/1.1 201"), "the upstream's /status/201 answered: {out}");
     assert!(out.contains("x-seen-host: api.test"), "{out}");
 }
