@@ -275,9 +275,7 @@ impl Pools {
     fn take_idle(&self, key: &Arc<PoolKey>) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
-        let fresh = std::time::Instant::now().checked_sub(POOL_IDLE_TIMEOUT);
-        // Oldest first: drop the expired ones.
-        list.retain(|(s, since)| !s.is_closed() && fresh.is_none_or(|f| *since > f));
+        prune(list);
         list.pop().map(|(s, _)| s)
     }
 
@@ -289,10 +287,18 @@ impl Pools {
         }
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.entry(key).or_default();
+        prune(list);
         if list.len() < MAX_IDLE_PER_KEY {
             list.push((sender, std::time::Instant::now()));
         }
     }
+}
+
+/// Drop the idle connections the upstream closed (their tasks ended) or that have been idle for
+/// the pool's idle timeout.
+fn prune(list: &mut IdleList) {
+    let fresh = std::time::Instant::now().checked_sub(POOL_IDLE_TIMEOUT);
+    list.retain(|(s, since)| !s.is_closed() && fresh.is_none_or(|f| *since > f));
 }
 
 /// A client connection's own upstream connection (HTTP/1, or HTTP/2 when the upstream's ALPN
