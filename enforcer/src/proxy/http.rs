@@ -480,34 +480,28 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
     let downstream_upgrade: Option<OnUpgrade> = tunnel.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
     let up_addr = SocketAddr::new(ctx.conn.original.ip(), upstream.port);
-    // A plain HTTP/1 request from an HTTP/1 client: over the client connection's own upstream
-    // connection, written in origin form with its Host (as hyper-util's client would).
+    // A plain HTTP/1 request from an HTTP/1 client goes over the client connection's own
+    // upstream connection (see `upstream::Affinity`), written as is: origin form with its Host.
     let affinity = proto == Proto::Auto && sequential && !handle.speaks_h2();
-    if affinity {
-        if parts.uri.authority().is_some() {
-            // Absolute form: its authority is the Host.
-            parts.uri = parts.uri.path_and_query().cloned().map(Uri::from).unwrap_or_else(|| Uri::from_static("/"));
-            if let Some(v) = authority.as_deref().and_then(|a| HeaderValue::from_str(a).ok()) {
-                parts.headers.insert(header::HOST, v);
-            }
-        } else if authority.is_none()
-            && let Ok(v) = HeaderValue::from_str(&upstream.host)
-        {
+    let scheme = if upstream.tls.is_some() { "https" } else { "http" };
+    let uri_authority = || authority.clone().unwrap_or_else(|| up_addr.to_string());
+    let uri = if affinity {
+        // An absolute form's authority is the Host; no Host at all: the service's host.
+        let absolute = parts.uri.authority().is_some();
+        let host = if absolute { authority.as_deref() } else { authority.is_none().then_some(upstream.host.as_str()) };
+        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
             parts.headers.insert(header::HOST, v);
         }
-        strip_hop_by_hop(&mut parts.headers, false);
-        parts.version = Version::HTTP_11;
-        parts.extensions = Default::default();
-    }
-    let scheme = if upstream.tls.is_some() { "https" } else { "http" };
-    let uri_authority = authority.clone().unwrap_or_else(|| up_addr.to_string());
-    let uri = if affinity {
-        Ok(std::mem::take(&mut parts.uri))
+        Ok(match parts.uri.path_and_query() {
+            Some(pq) if absolute => Uri::from(pq.clone()),
+            None if absolute => Uri::from_static("/"),
+            _ => std::mem::take(&mut parts.uri),
+        })
     } else if is_connect {
-        Uri::builder().authority(uri_authority.as_str()).build()
+        Uri::builder().authority(uri_authority()).build()
     } else {
         let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        Uri::builder().scheme(scheme).authority(uri_authority.as_str()).path_and_query(path).build()
+        Uri::builder().scheme(scheme).authority(uri_authority()).path_and_query(path).build()
     };
     let uri = match uri {
         Ok(u) => u,
@@ -517,18 +511,18 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
         }
     };
     if !affinity {
-        // The Host travels as the URI's authority: hyper-util writes it as `Host` on HTTP/1.1
-        // and as `:authority` on HTTP/2 (whichever the upstream negotiated; nginx refuses both
-        // at once).
+        // Through hyper-util's client the Host travels as the URI's authority: it writes it as
+        // `Host` on HTTP/1.1 and as `:authority` on HTTP/2 (whichever the upstream negotiated;
+        // nginx refuses both at once).
         if authority.is_some() {
             parts.headers.remove(header::HOST);
         } else if let Ok(v) = HeaderValue::from_str(&upstream.host) {
             parts.headers.insert(header::HOST, v);
         }
-        strip_hop_by_hop(&mut parts.headers, tunnel && !is_connect);
-        parts.version = Version::HTTP_11;
-        parts.extensions = Default::default();
     }
+    strip_hop_by_hop(&mut parts.headers, tunnel && !is_connect);
+    parts.version = Version::HTTP_11;
+    parts.extensions = Default::default();
     parts.uri = uri;
     let req_bytes = Arc::new(AtomicU64::new(0));
     let up_req = Request::from_parts(parts, CountingBody { inner: body, count: req_bytes.clone() });
