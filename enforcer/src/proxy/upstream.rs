@@ -272,11 +272,14 @@ impl Pools {
     }
 
     /// An idle affinity connection to `key`'s upstream, the most recently used first.
+    /// Only one that is ready for a request now: one given back in the middle of a response
+    /// (its client went away) stays until its connection has finished or closed.
     fn take_idle(&self, key: &Arc<PoolKey>) -> Option<Sender> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(key)?;
         prune(list);
-        list.pop().map(|(s, _)| s)
+        let i = list.iter().rposition(|(s, _)| s.is_ready())?;
+        Some(list.remove(i).0)
     }
 
     /// Keep a client connection's upstream connection for the next one (it closes when the
@@ -326,6 +329,13 @@ impl AffinityError {
 }
 
 impl Sender {
+    fn is_ready(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_ready(),
+            Sender::H2(s) => s.is_ready(),
+        }
+    }
+
     fn is_closed(&self) -> bool {
         match self {
             Sender::H1(s) => s.is_closed(),
