@@ -239,9 +239,11 @@ impl Drop for Daemon {
     }
 }
 
-/// `daemon` arguments for a registry directory answered through the DNS forwarder: `--registry
-/// DIR --no-host-dns --dns-upstream UPSTREAM`, then `extra`.
-pub fn registry_dns_args(registry: &std::path::Path, upstream: std::net::IpAddr, extra: &[&str]) -> Vec<String> {
+/// `run`/`daemon` arguments for a registry (file or directory) answered through the DNS
+/// forwarder: `--registry PATH --no-host-dns --dns-upstream UPSTREAM`, then `extra`.
+/// (`--no-host-dns`: the host's resolver is not allowed either, so every answer the workload
+/// gets went through the forwarder.)
+pub fn registry_dns_args(registry: &std::path::Path, upstream: impl std::fmt::Display, extra: &[&str]) -> Vec<String> {
     let mut args = vec![
         "--registry".to_string(),
         registry.display().to_string(),

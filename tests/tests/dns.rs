@@ -9,7 +9,7 @@
 //! filter (never connected to).
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     thread,
     time::{Duration, Instant},
 };
@@ -64,20 +64,6 @@ fn se_static(name: &str, host: &str, ip: &str) -> String {
 
 fn docs(d: &[String]) -> String {
     d.join("---\n")
-}
-
-/// `--registry FILE --no-host-dns --dns-upstream DNS` + extra. (`--no-host-dns`: the host's
-/// resolver is not allowed either, so every answer the workload gets went through the forwarder.)
-fn policy(reg: &Path, upstream: &str, extra: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        "--registry".to_string(),
-        reg.display().to_string(),
-        "--no-host-dns".into(),
-        "--dns-upstream".into(),
-        upstream.to_string(),
-    ];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
 }
 
 /// The resolver the workload's getaddrinfo() asks (its queries are steered whatever it is).
@@ -165,7 +151,7 @@ fn wildcard_host_is_learned_from_the_answer_and_only_for_matching_names() {
     let dir = TempDir::new("dns-wild");
     let reg = dir.write("registry.yaml", &se_none("wild", "*.svc.test"));
     // `--unknown-names answer`: look-alike names are answered, so their addresses can be tried.
-    let pol = policy(&reg, &dns.addr.ip().to_string(), &["--unknown-names", "answer"]);
+    let pol = registry_dns_args(&reg, dns.addr.ip(), &["--unknown-names", "answer"]);
 
     // A fresh run: nothing learned yet, so the address is denied before any lookup.
     let mut w = Workload::start(&pol);
@@ -227,7 +213,7 @@ fn cname_chains_are_followed_to_the_addresses_they_end_at() {
     );
     let dir = TempDir::new("dns-cname");
     let reg = dir.write("registry.yaml", &se_none("wild", "*.svc.test"));
-    let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &[]));
+    let mut w = Workload::start(&registry_dns_args(&reg, dns.addr.ip(), &[]));
     w.connect(&target, PORT).assert_eperm();
     let q = w.query(&system_resolver(), "alias.svc.test", 1, "udp");
     assert_eq!(
@@ -262,7 +248,7 @@ fn no_first_connect_race_over_1000_lookups() {
     // lookup learns an address that is not in the map and the connect right after it is the racy
     // one (`fresh` counts them: the address was denied just before the lookup).
     let mut w =
-        Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &["--dns-ttl-floor", "1s", "--dns-grace", "0s"]));
+        Workload::start(&registry_dns_args(&reg, dns.addr.ip(), &["--dns-ttl-floor", "1s", "--dns-grace", "0s"]));
     let t0 = Instant::now();
     let r = w.call(json!({"op": "race", "names": names, "ips": ips, "port": PORT, "pace": 0.01}));
     eprintln!("race (paced): {r}");
@@ -299,7 +285,7 @@ fn dns_resolution_host_follows_a_record_change_and_the_old_address_expires_after
     let dir = TempDir::new("dns-ttl");
     let reg = dir.write("registry.yaml", &se_dns("api", "api.test"));
     let mut w =
-        Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &["--dns-ttl-floor", "1s", "--dns-grace", "2s"]));
+        Workload::start(&registry_dns_args(&reg, dns.addr.ip(), &["--dns-ttl-floor", "1s", "--dns-grace", "2s"]));
 
     w.connect(&ip1, PORT).assert_ok(&format!("hello from {ip1}:{PORT}"));
     w.connect(&ip2, PORT).assert_eperm();
@@ -374,7 +360,7 @@ fn registry_name_works(w: &mut Workload, ns: &Netns) {
 fn unknown_names_nxdomain() {
     let s = unknown_setup();
     let resolver = system_resolver();
-    let mut w = Workload::start(&policy(&s.reg, &s.dns.addr.ip().to_string(), &["--unknown-names", "nxdomain"]));
+    let mut w = Workload::start(&registry_dns_args(&s.reg, s.dns.addr.ip(), &["--unknown-names", "nxdomain"]));
     let r = w.resolve("other.test", PORT);
     assert_eq!(r["ok"], false, "{r}");
     assert_eq!(r["gai_errno"], EAI_NONAME, "getaddrinfo should fail with EAI_NONAME: {r}");
@@ -403,7 +389,7 @@ fn unknown_names_nxdomain() {
 fn unknown_names_refused() {
     let s = unknown_setup();
     let resolver = system_resolver();
-    let mut w = Workload::start(&policy(&s.reg, &s.dns.addr.ip().to_string(), &["--unknown-names", "refused"]));
+    let mut w = Workload::start(&registry_dns_args(&s.reg, s.dns.addr.ip(), &["--unknown-names", "refused"]));
     for tr in ["udp", "udpconnect", "tcp"] {
         let q = w.query(&resolver, "other.test", 1, tr);
         assert_eq!(
@@ -420,7 +406,7 @@ fn unknown_names_refused() {
 fn unknown_names_answer_allows_nothing() {
     let s = unknown_setup();
     let other = s.ns.v4(3);
-    let mut w = Workload::start(&policy(&s.reg, &s.dns.addr.ip().to_string(), &["--unknown-names", "answer"]));
+    let mut w = Workload::start(&registry_dns_args(&s.reg, s.dns.addr.ip(), &["--unknown-names", "answer"]));
     let r = w.call(json!({"op": "resolve_connect", "name": "other.test", "port": PORT}));
     assert_resolves(&r, &[&other], "other.test");
     assert_eq!(r["connect"]["errno"], libc::EPERM, "the answer is released but nothing is learned: {r}");
@@ -429,9 +415,9 @@ fn unknown_names_answer_allows_nothing() {
     assert!(endpoint(&endpoint_snapshot(&w), &other).is_none());
 
     // Not enforcing (ALLOW_ANY): unknown names pass untouched even with --unknown-names nxdomain.
-    let mut w = Workload::start(&policy(
+    let mut w = Workload::start(&registry_dns_args(
         &s.reg,
-        &s.dns.addr.ip().to_string(),
+        s.dns.addr.ip(),
         &["--mode", "ALLOW_ANY", "--unknown-names", "nxdomain"],
     ));
     let r = w.call(json!({"op": "resolve_connect", "name": "other.test", "port": PORT}));
@@ -456,7 +442,7 @@ fn upstream_down_gives_servfail_within_the_timeout() {
 
     // An upstream that never answers: SERVFAIL after --dns-timeout (1 s) (unknown names are
     // forwarded too with `--unknown-names answer`).
-    let mut w = Workload::start(&policy(&reg, &hole, &["--dns-timeout", "1s", "--unknown-names", "answer"]));
+    let mut w = Workload::start(&registry_dns_args(&reg, &hole, &["--dns-timeout", "1s", "--unknown-names", "answer"]));
     for name in ["a.svc.test", "unknown.test"] {
         let q = w.query(&resolver, name, 1, "udp");
         let el = q["elapsed"].as_f64().unwrap();
@@ -468,7 +454,7 @@ fn upstream_down_gives_servfail_within_the_timeout() {
     drop(w);
 
     // An upstream that refuses (port closed): SERVFAIL at once, no waiting for the timeout.
-    let mut w = Workload::start(&policy(&reg, &closed, &["--dns-timeout", "1s"]));
+    let mut w = Workload::start(&registry_dns_args(&reg, &closed, &["--dns-timeout", "1s"]));
     let q = w.query(&resolver, "a.svc.test", 1, "udp");
     assert_eq!((q["ok"].clone(), q["rcode"].clone()), (json!(true), json!(RCODE_SERVFAIL)), "{q}");
     assert!(q["elapsed"].as_f64().unwrap() < 3.0, "{q}");
@@ -476,7 +462,7 @@ fn upstream_down_gives_servfail_within_the_timeout() {
 
     // The dead upstream first, a live one second: the answer comes from the second after one
     // timeout, and its address is learned.
-    let mut pol = policy(&reg, &hole, &["--dns-timeout", "1s"]);
+    let mut pol = registry_dns_args(&reg, &hole, &["--dns-timeout", "1s"]);
     pol.extend(["--dns-upstream".to_string(), dns.addr.ip().to_string()]);
     let mut w = Workload::start(&pol);
     let q = w.query(&resolver, "a.svc.test", 1, "udp");
@@ -512,7 +498,7 @@ fn rebinding_answers_are_filtered_and_not_learned() {
         "registry.yaml",
         &docs(&[se_none("wild", "*.svc.test"), se_addresses("corp", "corp.test", &["10.1.2.5"])]),
     );
-    let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &[]));
+    let mut w = Workload::start(&registry_dns_args(&reg, dns.addr.ip(), &[]));
 
     // Sanity: dnsmasq itself does answer the private addresses.
     assert_eq!(dns_a(dns.addr, "evil.svc.test"), vec!["10.1.2.3".parse::<std::net::IpAddr>().unwrap()]);
@@ -565,7 +551,7 @@ fn a_broken_registry_edit_keeps_enforcement_and_the_fix_applies() {
     let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("x.svc.test", &ns.v4(4))], 60, &[]);
     let dir = TempDir::new("dns-reload");
     let reg = dir.write("registry.yaml", &se_static("api", "api.test", &a));
-    let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &[]));
+    let mut w = Workload::start(&registry_dns_args(&reg, dns.addr.ip(), &[]));
     w.connect(&a, PORT).assert_ok(&format!("hello from {a}:{PORT}"));
     w.connect(&b, PORT).assert_eperm();
     assert_eq!(w.metric("enforcer_config_reload_errors_total"), Some(0.0));
@@ -610,7 +596,7 @@ fn daemon_learns_names_for_its_cgroup_and_keeps_the_last_good_registry_on_sighup
     let dir = TempDir::new("dns-daemon");
     let reg = dir.write("registry.yaml", &se_none("wild", "*.svc.test"));
     let cg = Cgroup::new("dns");
-    let mut extra = policy(&reg, &dns.addr.ip().to_string(), &[]);
+    let mut extra = registry_dns_args(&reg, dns.addr.ip(), &[]);
     extra.extend(["--dns-port".to_string(), "0".to_string()]);
     let mut d = Daemon::start(&cg, PinDir::new(), &extra);
     let admin = wait_admin(&d);
@@ -673,7 +659,7 @@ fn registryz_and_the_registry_table_show_learned_resolved_and_static_endpoints()
         "registry.yaml",
         &docs(&[se_none("wild", "*.svc.test"), se_dns("api", "api.test"), se_static("db", "db.test", &stat)]),
     );
-    let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &[]));
+    let mut w = Workload::start(&registry_dns_args(&reg, dns.addr.ip(), &[]));
 
     // Before any lookup: nothing learned.
     let eps = endpoint_snapshot(&w);
@@ -748,7 +734,7 @@ fn steered_dns_sockets_see_the_resolver_they_asked() {
     let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("a.svc.test", &a)], 60, &[]);
     let dir = TempDir::new("dns-peer");
     let reg = dir.write("registry.yaml", &se_none("wild", "*.svc.test"));
-    let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &[]));
+    let mut w = Workload::start(&registry_dns_args(&reg, dns.addr.ip(), &[]));
 
     let mut resolvers =
         vec![system_resolver(), "192.0.2.53".to_string(), "::ffff:192.0.2.54".to_string(), "2001:db8::53".to_string()];

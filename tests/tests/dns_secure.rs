@@ -18,18 +18,6 @@ fn se_wild() -> String {
     )
 }
 
-fn policy(reg: &std::path::Path, upstream: &str, extra: &[&str]) -> Vec<String> {
-    let mut v = vec![
-        "--registry".to_string(),
-        reg.display().to_string(),
-        "--no-host-dns".into(),
-        "--dns-upstream".into(),
-        upstream.to_string(),
-    ];
-    v.extend(extra.iter().map(|s| s.to_string()));
-    v
-}
-
 fn upstream_queries(dns: &Dnsmasq, name: &str) -> usize {
     dns.log().lines().filter(|l| l.contains("query[") && l.contains(&format!("] {name} from "))).count()
 }
@@ -42,9 +30,9 @@ fn unknown_names_are_refused_by_default_and_reported_once() {
     let dir = TempDir::new("dns-refuse");
     let reg = dir.write("registry.yaml", &se_wild());
     let port = free_dns_port();
-    let mut w = Workload::start(&policy(
+    let mut w = Workload::start(&registry_dns_args(
         &reg,
-        &dns.addr.ip().to_string(),
+        dns.addr.ip(),
         &["--dns-port", &port.to_string(), "--dns-search", "corp.test"],
     ));
     for _ in 0..3 {
@@ -97,7 +85,7 @@ fn audit_answers_and_reports_what_it_would_refuse() {
     let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("other.test", &ns.v4(3))], 60, &[]);
     let dir = TempDir::new("dns-audit");
     let reg = dir.write("registry.yaml", &se_wild());
-    let mut w = Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &["--mode", "AUDIT"]));
+    let mut w = Workload::start(&registry_dns_args(&reg, dns.addr.ip(), &["--mode", "AUDIT"]));
     let r = w.call(json!({"op": "resolve_connect", "name": "other.test", "port": PORT}));
     assert_eq!(r["connect"]["ok"], true, "{r}");
     assert_eq!(w.metric("enforcer_dns_audit_would_refuse_total"), Some(1.0));
@@ -117,7 +105,7 @@ fn every_question_is_judged_and_edns_data_is_stripped() {
     let up = CaptureDns::start(&ns, &dir, &ns.v4(7), &ns.v4(2), "64:ff9b::a9fe:a9fe");
     let reg = dir.write("registry.yaml", &se_wild());
     let port = free_dns_port();
-    let w = Workload::start(&policy(&reg, &up.addr.ip().to_string(), &["--dns-port", &port.to_string()]));
+    let w = Workload::start(&registry_dns_args(&reg, up.addr.ip(), &["--dns-port", &port.to_string()]));
     let fwd = std::net::SocketAddr::from(([127, 0, 0, 1], port));
 
     // A registered first question and an unregistered second one: refused, nothing forwarded.
@@ -172,7 +160,7 @@ fn ttl_floor_has_a_minimum_and_ttl_zero_names_neither_hot_loop_nor_race() {
     );
     let reg = dir.write("registry.yaml", &(se_wild() + &api));
     let mut w =
-        Workload::start(&policy(&reg, &dns.addr.ip().to_string(), &["--dns-ttl-floor", "1s", "--dns-grace", "0s"]));
+        Workload::start(&registry_dns_args(&reg, dns.addr.ip(), &["--dns-ttl-floor", "1s", "--dns-grace", "0s"]));
     // Lookup -> connect at once, 50 TTL-0 names, twice: never EPERM.
     for round in 0..2 {
         let r = w.call(json!({"op": "race", "names": names, "ips": ips, "port": PORT}));
@@ -217,7 +205,7 @@ fn learned_addresses_live_while_connections_to_them_are_open() {
     let dns = Dnsmasq::start(&ns, &ns.v4(7), &[("long.svc.test", &addr)], 1, &[]);
     let dir = TempDir::new("dns-zombie");
     let reg = dir.write("registry.yaml", &se_wild());
-    let pol = policy(&reg, &dns.addr.ip().to_string(), &["--dns-ttl-floor", "1s", "--dns-grace", "0s"]);
+    let pol = registry_dns_args(&reg, dns.addr.ip(), &["--dns-ttl-floor", "1s", "--dns-grace", "0s"]);
     let out = enforcer_run(
         &pol,
         &[python().display().to_string().as_str(), "-c", HOLD_PY, "long.svc.test", "8080", "5", "8"],

@@ -79,15 +79,7 @@ fn kube_governed_pods_reach_in_cluster_services_and_ungoverned_pods_are_untouche
     assert!(log.contains("kubelet pod cgroups"), "{log}");
     // The Service goes away: so does its reachability (the watch, not a restart).
     node.api.delete("Service", "shop", "web");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = node.client(&governed, &[op("tcp", n.v4(3), 80)]);
-        if r.res[0].errno == Some(libc::EPERM as i64) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the deleted Service stayed allowed\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_verdict(&node, &governed, &n.v4(3), false, &d);
 }
 
 fn targets(node: &KubeNode) -> Vec<String> {
@@ -333,15 +325,7 @@ fn kube_static_pods_are_enrolled_by_their_manifest_hash() {
     r.res[1].assert_eperm();
     // A static pod whose mirror is not (yet) in the API: its cgroup is denied everything.
     let unknown = node.sandbox("0123456789abcdef0123456789abcdef");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = node.client(&unknown, &[op("tcp", n.v4(3), 80)]);
-        if r.res[0].errno == Some(libc::EPERM as i64) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the unknown static pod's cgroup was not denied\n{}", d.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_verdict(&node, &unknown, &n.v4(3), false, &d);
     assert!(d.log().contains("pod cgroup of no pod known on this node"), "{}", d.log());
 }
 

@@ -346,6 +346,23 @@ impl<M: Maps> MapState<M> {
         r
     }
 
+    /// `layer`'s reconcile of `keys`, [`PLAN_CHUNK`] keys at a time, serving the waiting learns
+    /// before each chunk.
+    fn reconcile_chunked<K: Ord + Copy>(
+        &mut self,
+        keys: &[K],
+        layer: fn(&Self) -> &Layered<K>,
+    ) -> (Vec<Upsert<K>>, Vec<K>) {
+        let (mut up, mut rm) = (Vec::new(), Vec::new());
+        for chunk in keys.chunks(PLAN_CHUNK) {
+            self.serve_learns();
+            let (u, r) = layer(self).reconcile(chunk.iter().copied());
+            up.extend(u);
+            rm.extend(r);
+        }
+        (up, rm)
+    }
+
     fn apply_plan(&mut self, plan: &Plan) -> Result<ApplyStats, DataplaneError> {
         // Learned entries of services or policies that left: they go with the change.
         let mut live_services = plan.services.clone();
@@ -377,22 +394,10 @@ impl<M: Maps> MapState<M> {
         self.allow.base = plan.allow.clone();
         self.serve_learns();
         self.dests.base = plan.dests.clone();
-        let (mut allow_up, mut allow_rm) = (Vec::new(), Vec::new());
-        for chunk in allow_keys.chunks(PLAN_CHUNK) {
-            self.serve_learns();
-            let (u, r) = self.allow.reconcile(chunk.iter().copied());
-            allow_up.extend(u);
-            allow_rm.extend(r);
-        }
+        let (allow_up, allow_rm) = self.reconcile_chunked(&allow_keys, |s| &s.allow);
         self.serve_learns();
         let dest_keys = keys_to_reconcile(&self.dests, &plan.dests);
-        let (mut dest_up, mut dest_rm) = (Vec::new(), Vec::new());
-        for chunk in dest_keys.chunks(PLAN_CHUNK) {
-            self.serve_learns();
-            let (u, r) = self.dests.reconcile(chunk.iter().copied());
-            dest_up.extend(u);
-            dest_rm.extend(r);
-        }
+        let (dest_up, dest_rm) = self.reconcile_chunked(&dest_keys, |s| &s.dests);
         self.serve_learns();
         let stats =
             ApplyStats { upserts: allow_up.len() + dest_up.len(), removals: allow_rm.len() + dest_rm.len(), total: 0 };
