@@ -27,6 +27,18 @@ fn put_api(node: &KubeNode, api: &str) {
     );
 }
 
+/// The ServiceEntry `shop/wild`: `*.wild.test` port 80 (HTTP), resolution NONE (addresses
+/// learned from DNS answers).
+fn put_wild(node: &KubeNode) {
+    node.api.put(
+        "ServiceEntry",
+        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
+            "metadata": {"name": "wild", "namespace": "shop"},
+            "spec": {"hosts": ["*.wild.test"], "location": "MESH_EXTERNAL", "resolution": "NONE",
+                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}}),
+    );
+}
+
 /// [`put_api`] with a DestinationRule that originates TLS to it, trusting `pki`'s CA.
 fn put_api_tls(node: &KubeNode, api: &str, pki: &Pki) {
     put_api(node, api);
@@ -178,13 +190,7 @@ fn kube_wildcard_hosts_are_learned_from_a_pod_netns() {
     let (node, governed, _ungoverned, _server) = cluster();
     let n = &node.net;
     let dns = Dnsmasq::start(n, &n.v4(7), &[("a.wild.test", &n.v4(2))], 30, &[]);
-    node.api.put(
-        "ServiceEntry",
-        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-            "metadata": {"name": "wild", "namespace": "shop"},
-            "spec": {"hosts": ["*.wild.test"], "location": "MESH_EXTERNAL", "resolution": "NONE",
-                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}}),
-    );
+    put_wild(&node);
     let pins = PinDir::new();
     let upstream = n.v4(7);
     let d = KubeDaemon::start(
@@ -469,13 +475,7 @@ fn kube_dns_steering_is_per_policy_and_leaves_ungoverned_pods_alone() {
     // The daemon's upstream and the pods' own resolver answer the same name differently.
     let upstream = Dnsmasq::start(n, &n.v4(7), &[("x.wild.test", &n.v4(2))], 30, &[]);
     let own = Dnsmasq::start(n, &n.v4(8), &[("x.wild.test", "192.0.2.99")], 30, &[]);
-    node.api.put(
-        "ServiceEntry",
-        serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "ServiceEntry",
-            "metadata": {"name": "wild", "namespace": "shop"},
-            "spec": {"hosts": ["*.wild.test"], "location": "MESH_EXTERNAL", "resolution": "NONE",
-                     "ports": [{"number": 80, "name": "http", "protocol": "HTTP"}]}}),
-    );
+    put_wild(&node);
     let pins = PinDir::new();
     let up = upstream.addr.ip().to_string();
     let d = KubeDaemon::start(
