@@ -192,9 +192,31 @@ fn upgrade_requested(headers: &HeaderMap) -> bool {
     }
 }
 
+/// A header [`strip_hop_by_hop`] may remove (`TE` only when it is not "trailers"; the check is
+/// done there). Any header a Connection header names makes the Connection header itself count.
+fn is_hop_by_hop(name: &header::HeaderName) -> bool {
+    [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        header::PROXY_AUTHORIZATION,
+        header::PROXY_AUTHENTICATE,
+        header::EXPECT,
+        header::UPGRADE,
+    ]
+    .contains(name)
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
 /// Headers that belong to one hop (RFC 9110 7.6.1), plus those the Connection header names.
 /// `keep_upgrade`: an upgrade is being forwarded, so `Upgrade` and `Connection: upgrade` stay.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names instead of a lookup per name.
+    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<String> = headers
             .get_all(header::CONNECTION)
@@ -373,12 +395,36 @@ pub(crate) async fn serve(
 }
 
 /// The authority a request names: its URI's (absolute form, HTTP/2 `:authority`), else Host.
-fn request_authority(req: &Request<Incoming>) -> Option<&str> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().get(header::HOST).and_then(|v| v.to_str().ok()))
-        .filter(|s| !s.is_empty())
+/// Both share the request's bytes, so keeping one costs no copy.
+#[derive(Clone)]
+enum Named {
+    Uri(http::uri::Authority),
+    Host(HeaderValue),
+}
+
+impl Named {
+    fn of(req: &Request<Incoming>) -> Option<Named> {
+        let named = match req.uri().authority() {
+            Some(a) => Named::Uri(a.clone()),
+            None => Named::Host(req.headers().get(header::HOST)?.clone()),
+        };
+        (!named.as_str().is_empty()).then_some(named)
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Named::Uri(a) => a.as_str(),
+            // Not visible ASCII: no name to route by (matches nothing).
+            Named::Host(v) => v.to_str().unwrap_or(""),
+        }
+    }
+
+    fn header_value(&self) -> Option<HeaderValue> {
+        match self {
+            Named::Uri(a) => HeaderValue::from_str(a.as_str()).ok(),
+            Named::Host(v) => Some(v.clone()),
+        }
+    }
 }
 
 async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Response<RespBody> {
@@ -388,14 +434,14 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
     // One request at a time on the client's connection: it may keep an upstream connection.
     let sequential = req.version() <= Version::HTTP_11;
     let original_ip = &ctx.original_ip;
-    let authority = request_authority(&req).map(str::to_owned);
+    let authority = Named::of(&req);
+    let shown = || authority.as_ref().map(|a| a.as_str().to_owned());
 
     // Route: CONNECT only where the port is declared for it (to the address's own service);
     // everything else by Host.
     let target = if is_connect {
         if !ctx.routes.allow_connect {
-            let what = authority.clone().unwrap_or_default();
-            ctx.event(ProxyEventKind::ConnectRefused, what);
+            ctx.event(ProxyEventKind::ConnectRefused, shown().unwrap_or_default());
             let labels = ctx.routes.select(original_ip).map(|i| ctx.labels[i].clone());
             let labels = labels.unwrap_or_else(ServiceLabels::blackhole);
             let mut resp = ctx.local_reply(
@@ -417,12 +463,12 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
             None => Target::Passthrough,
         }
     } else {
-        let host = authority.as_deref().map(normalize_host).unwrap_or_else(|| original_ip.clone());
-        match ctx.routes.select(&host) {
+        let host = authority.as_ref().map(|a| normalize_host(a.as_str()));
+        match ctx.routes.select(host.as_deref().unwrap_or(original_ip)) {
             Some(i) => Target::VHost(i),
             None if ctx.routes.fallback == Fallback::Passthrough => Target::Passthrough,
             None => {
-                let shown = authority.clone();
+                let shown = shown();
                 debug!(client = %ctx.conn.client, original = %ctx.conn.original, host = ?shown,
                     "proxy: Host not in the registry for this address; 502 (BlackHoleCluster)");
                 ctx.event(
@@ -468,7 +514,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
         Proto::Auto
     };
     let handle = match ctx.client(target, proto) {
-        Ok(c) => c.clone(),
+        Ok(c) => c,
         Err(e) => {
             let detail = format!("TLS error: {e}");
             ctx.event(ProxyEventKind::TlsVerifyFailed, detail.clone());
@@ -484,12 +530,16 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
     // upstream connection (see `upstream::Affinity`), written as is: origin form with its Host.
     let affinity = proto == Proto::Auto && sequential && !handle.speaks_h2();
     let scheme = if upstream.tls.is_some() { "https" } else { "http" };
-    let uri_authority = || authority.clone().unwrap_or_else(|| up_addr.to_string());
+    let uri_authority = || authority.as_ref().map_or_else(|| up_addr.to_string(), |a| a.as_str().to_owned());
     let uri = if affinity {
         // An absolute form's authority is the Host; no Host at all: the service's host.
         let absolute = parts.uri.authority().is_some();
-        let host = if absolute { authority.as_deref() } else { authority.is_none().then_some(upstream.host.as_str()) };
-        if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        let host = match &authority {
+            Some(a) if absolute => a.header_value(),
+            Some(_) => None,
+            None => HeaderValue::from_str(&upstream.host).ok(),
+        };
+        if let Some(v) = host {
             parts.headers.insert(header::HOST, v);
         }
         Ok(match parts.uri.path_and_query() {
@@ -528,7 +578,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
     let up_req = Request::from_parts(parts, CountingBody { inner: body, count: req_bytes.clone() });
 
     let sent = if affinity {
-        ctx.affinity.request(&ctx.shared.pools, &handle, up_req).await.map_err(UpstreamError::Own)
+        ctx.affinity.request(&ctx.shared.pools, handle, up_req).await.map_err(UpstreamError::Own)
     } else {
         handle.client.request(up_req).await.map_err(UpstreamError::Pooled)
     };

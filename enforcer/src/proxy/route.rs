@@ -2,11 +2,14 @@
 //! ([`crate::config::host::best_match`], also used for the TLS SNI): an exact name wins, else the
 //! longest `*.suffix` pattern that covers the name (Envoy's virtual host domain order).
 
+use std::borrow::Cow;
+
 use super::{HttpRoutes, VirtualHost};
 
 /// A Host header or `:authority` as a name to match: lower case, without the port (a bracketed
-/// IPv6 literal loses its brackets) and without a trailing dot.
-pub fn normalize_host(host: &str) -> String {
+/// IPv6 literal loses its brackets) and without a trailing dot. Borrowed when that is already
+/// the given text (the usual case: no allocation per request).
+pub fn normalize_host(host: &str) -> Cow<'_, str> {
     let h = host.trim();
     let h = if let Some(rest) = h.strip_prefix('[') {
         rest.split_once(']').map(|(a, _)| a).unwrap_or(rest)
@@ -17,7 +20,8 @@ pub fn normalize_host(host: &str) -> String {
             _ => h,
         }
     };
-    h.trim_end_matches('.').to_ascii_lowercase()
+    let h = h.trim_end_matches('.');
+    if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) }
 }
 
 impl HttpRoutes {
