@@ -5,7 +5,8 @@
 //! - server netns: nginx serving a small static file over TLS (certificate for `api.test` from
 //!   a CA made with openssl for this run) on `SERVER:8443`;
 //! - client netns: `wrk` (Debian), `--threads` threads / `--connections` connections,
-//!   `--duration` s per run, `--latency`, in alternating rounds:
+//!   `--duration` s per run, `--latency`, in rounds (each round's order rotated by one, so no
+//!   side always runs first or right after another):
 //!   - (a) wrk -> nginx on 127.0.0.1:18080 as a TLS-originating reverse proxy (`proxy_pass
 //!     https://`, `proxy_ssl_verify on`, `proxy_ssl_trusted_certificate`, `proxy_ssl_server_name
 //!     on`, `proxy_ssl_name api.test`, an upstream block with `keepalive`), wrk in a plain cgroup;
@@ -82,6 +83,22 @@ const SE_PORT: u16 = 80;
 const NGINX_PROXY: &str = "127.0.0.1:18080";
 const ADMIN: &str = "127.0.0.1:15997";
 const HOST: &str = "api.test";
+
+/// One measured run of a round.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Slot {
+    Nginx,
+    Enforcer,
+    Compare,
+}
+
+/// `order` started `round` places further on.
+fn rotated(order: &[Slot], round: usize) -> Vec<Slot> {
+    let mut v = order.to_vec();
+    let n = v.len().max(1);
+    v.rotate_left(round % n);
+    v
+}
 
 /// What one wrk run printed, parsed.
 #[derive(Debug, Clone, PartialEq)]
@@ -685,9 +702,15 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     let nginx_pid = nginx_proxy.child.id();
     let upstream_pid = upstream.child.id();
     let (mut ot, mut ot_rss) = (Vec::<Wrk>::new(), Vec::<u64>::new());
+    // Each round runs nginx, enforcer (and the compare binary) in an order rotated by one each
+    // round, so no side always runs first or last (a run right after another one differs).
+    let mut order = vec![Slot::Nginx, Slot::Enforcer];
+    if env_other.is_some() {
+        order.push(Slot::Compare);
+    }
     for round in 0..args.rounds {
-        for k in 0..2 {
-            if (round as usize + k).is_multiple_of(2) {
+        for slot in rotated(&order, round as usize) {
+            if slot == Slot::Nginx {
                 let before = Reading::take(nginx_pid, true, upstream_pid);
                 let out = run_out(&mut env.baseline_cmd(&wrk_args(&args, args.duration, &nginx_url)), "nginx wrk")?;
                 let after = Reading::take(nginx_pid, true, upstream_pid);
@@ -695,7 +718,7 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                 check_clean(&w, "nginx", &out)?;
                 ng_cost.push(Cost::per_request(before, after, w.requests as f64));
                 ng.push(w);
-            } else {
+            } else if slot == Slot::Enforcer {
                 let extra: Vec<&str> = args.enforcer_args.iter().map(String::as_str).collect();
                 let (out, r, (secs, a, b)) = run_sampling_rss(
                     &mut env.enforcer_cmd(&extra, &wrk_args(&args, args.duration, &enf_url)),
@@ -708,18 +731,17 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                 en_cost.push(Cost::per_request(a, b, (w.rps * secs).max(1.0)));
                 en.push(w);
                 rss.push(r);
+            } else if let Some(e2) = &env_other {
+                let (out, r, _) = run_sampling_rss(
+                    &mut e2.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
+                    "compare wrk",
+                    upstream_pid,
+                )?;
+                let w = parse_wrk(&out)?;
+                check_clean(&w, "compare", &out)?;
+                ot.push(w);
+                ot_rss.push(r);
             }
-        }
-        if let Some(e2) = &env_other {
-            let (out, r, _) = run_sampling_rss(
-                &mut e2.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
-                "compare wrk",
-                upstream_pid,
-            )?;
-            let w = parse_wrk(&out)?;
-            check_clean(&w, "compare", &out)?;
-            ot.push(w);
-            ot_rss.push(r);
         }
         let (n, e) = (ng.last().unwrap(), en.last().unwrap());
         let extra = match (ot.last(), ot_rss.last()) {

@@ -19,7 +19,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version, header};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, upgrade::OnUpgrade};
@@ -175,12 +175,7 @@ fn full(body: impl Into<Bytes>) -> RespBody {
 
 /// Does a Connection header name `token`?
 fn connection_has(headers: &HeaderMap, token: &str) -> bool {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case(token))
+    lists(&headers.get_all(header::CONNECTION), token)
 }
 
 /// The protocol a request asks to upgrade to (`Connection: upgrade` + `Upgrade: X`). `h2c` is
@@ -192,66 +187,50 @@ fn upgrade_requested(headers: &HeaderMap) -> bool {
     }
 }
 
-/// A header [`strip_hop_by_hop`] may remove (`TE` only when it is not "trailers"; the check is
-/// done there). Any header a Connection header names makes the Connection header itself count.
-fn is_hop_by_hop(name: &header::HeaderName) -> bool {
-    [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        header::EXPECT,
-        header::UPGRADE,
-    ]
-    .contains(name)
-        || name == "keep-alive"
-        || name == "proxy-connection"
+/// Does one of the Connection header values list `token` (case-insensitively)?
+fn lists(connection: &http::header::GetAll<'_, HeaderValue>, token: &str) -> bool {
+    connection
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
 /// Headers that belong to one hop (RFC 9110 7.6.1), plus those the Connection header names.
 /// `keep_upgrade`: an upgrade is being forwarded, so `Upgrade` and `Connection: upgrade` stay.
+/// `TE` crosses only as "trailers" (gRPC needs it on HTTP/2); `Expect` is dropped because hyper
+/// answers 100-continue itself when the body is first read.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none of them: one pass over the names instead of a lookup per name.
-    if !keep_upgrade && !headers.keys().any(is_hop_by_hop) {
-        return;
-    }
-    if headers.contains_key(header::CONNECTION) {
-        let named: Vec<String> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|s| s.trim().to_ascii_lowercase())
-            .filter(|s| !(s.is_empty() || (keep_upgrade && s == "upgrade")))
-            .collect();
-        for name in named {
-            headers.remove(name.as_str());
+    // One pass over the names (a message has a handful); nothing is allocated unless something
+    // has to go.
+    let connection = headers.get_all(header::CONNECTION);
+    let has_connection = connection.iter().next().is_some();
+    let listed = |name: &HeaderName| has_connection && lists(&connection, name.as_str());
+    let te_ok = || headers.get(header::TE).is_none_or(|v| v == "trailers");
+    let mut doomed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        let drop = match *name {
+            header::CONNECTION
+            | header::TRAILER
+            | header::TRANSFER_ENCODING
+            | header::PROXY_AUTHORIZATION
+            | header::PROXY_AUTHENTICATE
+            | header::EXPECT => true,
+            // (Named by "Connection: upgrade" too; kept when the upgrade is forwarded.)
+            header::UPGRADE => !keep_upgrade,
+            header::TE => !te_ok() || listed(name),
+            _ => name == "keep-alive" || name == "proxy-connection" || listed(name),
+        };
+        if drop {
+            doomed.push(name.clone());
         }
-        headers.remove(header::CONNECTION);
     }
-    // TE: only "trailers" may cross (gRPC needs it on HTTP/2).
-    if headers.get(header::TE).is_some_and(|v| v != "trailers") {
-        headers.remove(header::TE);
-    }
-    for name in [
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::PROXY_AUTHORIZATION,
-        header::PROXY_AUTHENTICATE,
-        // hyper answers 100-continue itself when the body is first read.
-        header::EXPECT,
-    ] {
+    for name in &doomed {
         headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        headers.remove(header::UPGRADE);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -722,4 +701,70 @@ pub(crate) async fn serve_bad_request(stream: TcpStream, message: &'static str) 
     });
     let conn = http1::Builder::new().keep_alive(false).serve_connection(TokioIo::new(stream), svc);
     let _ = tokio::time::timeout(Duration::from_secs(10), conn).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(list: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in list {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<String> {
+        let mut v: Vec<String> = h.keys().map(|k| k.as_str().to_owned()).collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let mut h = headers(&[
+            ("host", "api.test"),
+            ("connection", "keep-alive, X-Hop"),
+            ("connection", "x-other"),
+            ("x-hop", "1"),
+            ("x-other", "2"),
+            ("x-kept", "3"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("trailer", "x-t"),
+            ("proxy-authorization", "Basic eA=="),
+            ("expect", "100-continue"),
+            ("upgrade", "websocket"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["host", "x-kept"]);
+
+        let mut h = headers(&[("te", "trailers"), ("content-type", "application/grpc")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["content-type", "te"], "TE: trailers crosses");
+        let mut h = headers(&[("te", "trailers"), ("connection", "te")]);
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.is_empty(), "a TE the Connection header names is dropped: {h:?}");
+
+        let mut h = headers(&[("content-length", "3")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["content-length"], "nothing to drop");
+    }
+
+    #[test]
+    fn a_forwarded_upgrade_keeps_upgrade_and_says_connection_upgrade() {
+        let mut h = headers(&[
+            ("connection", "Upgrade, x-hop"),
+            ("upgrade", "websocket"),
+            ("x-hop", "1"),
+            ("sec-websocket-key", "k"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "sec-websocket-key", "upgrade"]);
+        assert_eq!(h[header::CONNECTION], "upgrade");
+        assert_eq!(h[header::UPGRADE], "websocket");
+    }
 }
