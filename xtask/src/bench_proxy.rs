@@ -47,8 +47,10 @@ pub struct ProxyArgs {
     /// Seconds per wrk run.
     #[arg(long, default_value_t = 10)]
     pub duration: u32,
-    /// Alternating rounds (each: one nginx run, one enforcer run).
-    #[arg(long, default_value_t = 3)]
+    /// Rounds (each: one nginx run, one enforcer run, and one compare run with `--compare`, in an
+    /// order rotated by one each round). Medians over 5 keep one slow round on this shared
+    /// machine from deciding the result.
+    #[arg(long, default_value_t = 5)]
     pub rounds: u32,
     /// wrk threads.
     #[arg(long, default_value_t = 2)]
