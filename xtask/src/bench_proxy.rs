@@ -415,12 +415,14 @@ fn profile_run(cmd: &mut Command, dir: &Path, duration: u32) -> Result<String> {
             .collect();
         Ok(top.join("\n"))
     };
-    Ok(format!(
-        "by thread:\n{}\nby object:\n{}\ntop symbols:\n{}",
-        report("comm", "1", 8)?,
-        report("dso", "1", 8)?,
-        report("symbol", "0.7", 30)?
-    ))
+    let (threads, objects, symbols) = (report("comm", "1", 8)?, report("dso", "1", 8)?, report("symbol", "0.7", 30)?);
+    if threads.is_empty() {
+        bail!(
+            "perf report shows no samples for the agent (pid {pid}; perf record said: {})",
+            String::from_utf8_lossy(&rec.stderr).trim()
+        );
+    }
+    Ok(format!("by thread:\n{threads}\nby object:\n{objects}\ntop symbols:\n{symbols}"))
 }
 
 /// CA + server certificate for `api.test` (ECDSA P-256), with the openssl CLI.
