@@ -86,16 +86,16 @@ const NGINX_PROXY: &str = "127.0.0.1:18080";
 const ADMIN: &str = "127.0.0.1:15997";
 const HOST: &str = "api.test";
 
-/// One measured run of a round.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Slot {
+/// One measured run of a round: nginx, enforcer, or the `--compare` binary (its client).
+#[derive(Clone, Copy)]
+enum Slot<'a> {
     Nginx,
     Enforcer,
-    Compare,
+    Compare(&'a BenchClient<'a>),
 }
 
 /// `order` started `round` places further on.
-fn rotated(order: &[Slot], round: usize) -> Vec<Slot> {
+fn rotated<'a>(order: &[Slot<'a>], round: usize) -> Vec<Slot<'a>> {
     let mut v = order.to_vec();
     let n = v.len().max(1);
     v.rotate_left(round % n);
@@ -709,42 +709,44 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     // Each round runs nginx, enforcer (and the compare binary) in an order rotated by one each
     // round, so no side always runs first or last (a run right after another one differs).
     let mut order = vec![Slot::Nginx, Slot::Enforcer];
-    if env_other.is_some() {
-        order.push(Slot::Compare);
-    }
+    order.extend(env_other.as_ref().map(Slot::Compare));
     for round in 0..args.rounds {
         for slot in rotated(&order, round as usize) {
-            if slot == Slot::Nginx {
-                let before = Reading::take(nginx_pid, true, upstream_pid);
-                let out = run_out(&mut env.baseline_cmd(&wrk_args(&args, args.duration, &nginx_url)), "nginx wrk")?;
-                let after = Reading::take(nginx_pid, true, upstream_pid);
-                let w = parse_wrk(&out)?;
-                check_clean(&w, "nginx", &out)?;
-                ng_cost.push(Cost::per_request(before, after, w.requests as f64));
-                ng.push(w);
-            } else if slot == Slot::Enforcer {
-                let extra: Vec<&str> = args.enforcer_args.iter().map(String::as_str).collect();
-                let (out, r, (secs, a, b)) = run_sampling_rss(
-                    &mut env.enforcer_cmd(&extra, &wrk_args(&args, args.duration, &enf_url)),
-                    "enforcer wrk",
-                    upstream_pid,
-                )?;
-                let w = parse_wrk(&out)?;
-                check_clean(&w, "enforcer", &out)?;
-                // Requests in the sampled window, at the run's average rate.
-                en_cost.push(Cost::per_request(a, b, (w.rps * secs).max(1.0)));
-                en.push(w);
-                rss.push(r);
-            } else if let Some(e2) = &env_other {
-                let (out, r, _) = run_sampling_rss(
-                    &mut e2.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
-                    "compare wrk",
-                    upstream_pid,
-                )?;
-                let w = parse_wrk(&out)?;
-                check_clean(&w, "compare", &out)?;
-                ot.push(w);
-                ot_rss.push(r);
+            match slot {
+                Slot::Nginx => {
+                    let before = Reading::take(nginx_pid, true, upstream_pid);
+                    let out = run_out(&mut env.baseline_cmd(&wrk_args(&args, args.duration, &nginx_url)), "nginx wrk")?;
+                    let after = Reading::take(nginx_pid, true, upstream_pid);
+                    let w = parse_wrk(&out)?;
+                    check_clean(&w, "nginx", &out)?;
+                    ng_cost.push(Cost::per_request(before, after, w.requests as f64));
+                    ng.push(w);
+                }
+                Slot::Enforcer => {
+                    let extra: Vec<&str> = args.enforcer_args.iter().map(String::as_str).collect();
+                    let (out, r, (secs, a, b)) = run_sampling_rss(
+                        &mut env.enforcer_cmd(&extra, &wrk_args(&args, args.duration, &enf_url)),
+                        "enforcer wrk",
+                        upstream_pid,
+                    )?;
+                    let w = parse_wrk(&out)?;
+                    check_clean(&w, "enforcer", &out)?;
+                    // Requests in the sampled window, at the run's average rate.
+                    en_cost.push(Cost::per_request(a, b, (w.rps * secs).max(1.0)));
+                    en.push(w);
+                    rss.push(r);
+                }
+                Slot::Compare(e2) => {
+                    let (out, r, _) = run_sampling_rss(
+                        &mut e2.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
+                        "compare wrk",
+                        upstream_pid,
+                    )?;
+                    let w = parse_wrk(&out)?;
+                    check_clean(&w, "compare", &out)?;
+                    ot.push(w);
+                    ot_rss.push(r);
+                }
             }
         }
         let (n, e) = (ng.last().unwrap(), en.last().unwrap());

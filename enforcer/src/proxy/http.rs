@@ -204,8 +204,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     // One pass over the names (a message has a handful); nothing is allocated unless something
     // has to go.
     let connection = headers.get_all(header::CONNECTION);
-    let has_connection = connection.iter().next().is_some();
-    let listed = |name: &HeaderName| has_connection && lists(&connection, name.as_str());
+    let listed = |name: &HeaderName| lists(&connection, name.as_str());
     let te_ok = || headers.get(header::TE).is_none_or(|v| v == "trailers");
     let mut doomed: Vec<HeaderName> = Vec::new();
     for name in headers.keys() {
