@@ -12,7 +12,9 @@
 //!     on`, `proxy_ssl_name api.test`, an upstream block with `keepalive`), wrk in a plain cgroup;
 //!   - (b) `enforcer run -- wrk http://SERVER:80/`: a ServiceEntry `api.test` port 80 (targetPort
 //!     8443) with a DestinationRule `tls.mode: SIMPLE` (caCertificates = the run's CA), so the
-//!     connect hook steers every wrk connection to the agent's proxy, which originates TLS.
+//!     connect hook steers every wrk connection to the agent's proxy, which originates TLS. The
+//!     measured wrk follows a 2 s wrk in the same agent, so both proxies start it warm (upstream
+//!     connections idle in their pools); `--cold` measures from the agent's start instead.
 //!
 //! Both proxies run in the client netns, both verify the upstream certificate, both reuse
 //! upstream connections.
@@ -72,6 +74,11 @@ pub struct ProxyArgs {
     /// rounds: (c) is its proxy.
     #[arg(long, value_name = "PATH")]
     pub compare: Option<PathBuf>,
+    /// Measure each enforcer run from its agent's start (cold upstream pool: 50 TLS handshakes
+    /// in the measured run) instead of after a 2 s warm-up inside the same agent, as nginx's
+    /// long-running proxy is warm.
+    #[arg(long)]
+    pub cold: bool,
     /// Extra `enforcer run` arguments for (b) only, e.g. `--enforcer-arg=--proxy-threads=1`
     /// (repeatable; with --compare, the same binary without them is an A/B of the flag).
     #[arg(long = "enforcer-arg", value_name = "ARG", allow_hyphen_values = true)]
@@ -302,7 +309,12 @@ fn enforcer_pid(spawned: u32) -> Option<u32> {
 /// CPU time and context switches (with the machine's and the `upstream` process's CPU) from 1 s
 /// after the start (the agent is up and wrk running) to the last sample. Returns (stdout, max
 /// VmRSS KiB, (seconds, first reading, last reading) between those samples).
-fn run_sampling_rss(cmd: &mut Command, what: &str, upstream: u32) -> Result<(String, u64, (f64, Reading, Reading))> {
+fn run_sampling_rss(
+    cmd: &mut Command,
+    what: &str,
+    upstream: u32,
+    skip: Duration,
+) -> Result<(String, u64, (f64, Reading, Reading))> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("could not start the {what} run"))?;
     let mut so = child.stdout.take().unwrap();
@@ -333,7 +345,7 @@ fn run_sampling_rss(cmd: &mut Command, what: &str, upstream: u32) -> Result<(Str
             && let Some(r) = vm_rss_kib(p)
         {
             max = max.max(r);
-            if spawned.elapsed() >= Duration::from_secs(1) {
+            if spawned.elapsed() >= skip {
                 let sample = (Instant::now(), Reading::take(p, false, upstream));
                 if first.is_none() {
                     first = Some(sample);
@@ -360,7 +372,7 @@ fn run_sampling_rss(cmd: &mut Command, what: &str, upstream: u32) -> Result<(Str
 
 /// One more enforcer run with `perf record -g` attached to the agent for most of it; returns
 /// the top entries of `perf report` (self time, by symbol).
-fn profile_run(cmd: &mut Command, dir: &Path, duration: u32) -> Result<String> {
+fn profile_run(cmd: &mut Command, dir: &Path, duration: u32, skip: Duration) -> Result<String> {
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = cmd.spawn().context("could not start the profiled enforcer run")?;
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -374,8 +386,8 @@ fn profile_run(cmd: &mut Command, dir: &Path, duration: u32) -> Result<String> {
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    // Let the proxy warm up (connections, pools), then record most of the run.
-    std::thread::sleep(Duration::from_millis(800));
+    // Let the proxy warm up (connections, pools), then record most of the measured wrk.
+    std::thread::sleep(skip);
     let data = dir.join("perf.data");
     let secs = duration.saturating_sub(2).max(1).to_string();
     let rec = Command::new("perf")
@@ -561,6 +573,27 @@ fn wrk_args(a: &ProxyArgs, duration: u32, url: &str) -> Vec<String> {
     ]
 }
 
+/// Seconds of wrk inside each measured `enforcer run` before the measured wrk (see `--cold`).
+const AGENT_WARM_UP: u32 = 2;
+
+/// What a measured `enforcer run` runs: the measured wrk, after a warm-up wrk in the same agent
+/// (its upstream connections are then idle in the pool, as nginx's are between its runs) unless
+/// `--cold`.
+fn enforcer_prog(a: &ProxyArgs, url: &str) -> Vec<String> {
+    let measured = wrk_args(a, a.duration, url);
+    if a.cold {
+        return measured;
+    }
+    let join = |v: Vec<String>| v.iter().map(|s| util::shell_quote(s)).collect::<Vec<_>>().join(" ");
+    let script = format!("{} > /dev/null && exec {}", join(wrk_args(a, AGENT_WARM_UP, url)), join(measured));
+    vec!["sh".into(), "-c".into(), script]
+}
+
+/// When to start sampling an enforcer run's CPU: after the agent's start and the warm-up.
+fn sampling_skip(a: &ProxyArgs) -> Duration {
+    Duration::from_secs(1 + if a.cold { 0 } else { u64::from(AGENT_WARM_UP) })
+}
+
 fn check_clean(w: &Wrk, what: &str, out: &str) -> Result<()> {
     if w.non_2xx > 0 || w.requests == 0 {
         bail!("{what}: {} non-2xx/3xx responses of {} requests:\n{out}", w.non_2xx, w.requests);
@@ -633,7 +666,7 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     println!(
         "wrk -t{} -c{} -d{}s --latency in netns {}: (a) -> nginx proxy {NGINX_PROXY} vs (b) -> enforcer's proxy (enforcer run, \
          {SERVER_ADDR}:{SE_PORT} steered); both originate TLS (verified, SNI {HOST}) to nginx at {SERVER_ADDR}:{UPSTREAM_PORT} in netns {} \
-         over veth; {} page; {} rounds; enforcer: {}",
+         over veth; {} page; {} rounds; enforcer: {}; {}",
         args.threads,
         args.connections,
         args.duration,
@@ -641,7 +674,12 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
         server_ns.name,
         page.len(),
         args.rounds,
-        enforcer.display()
+        enforcer.display(),
+        if args.cold {
+            "each enforcer run measured from its agent's start (--cold)".to_string()
+        } else {
+            format!("each enforcer run measured after a {AGENT_WARM_UP} s wrk in the same agent (nginx stays up, warm)")
+        }
     );
 
     // Sanity: both paths serve the page; enforcer's goes through its proxy.
@@ -725,9 +763,10 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                 Slot::Enforcer => {
                     let extra: Vec<&str> = args.enforcer_args.iter().map(String::as_str).collect();
                     let (out, r, (secs, a, b)) = run_sampling_rss(
-                        &mut env.enforcer_cmd(&extra, &wrk_args(&args, args.duration, &enf_url)),
+                        &mut env.enforcer_cmd(&extra, &enforcer_prog(&args, &enf_url)),
                         "enforcer wrk",
                         upstream_pid,
+                        sampling_skip(&args),
                     )?;
                     let w = parse_wrk(&out)?;
                     check_clean(&w, "enforcer", &out)?;
@@ -738,9 +777,10 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                 }
                 Slot::Compare(e2) => {
                     let (out, r, _) = run_sampling_rss(
-                        &mut e2.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
+                        &mut e2.enforcer_cmd(&[], &enforcer_prog(&args, &enf_url)),
                         "compare wrk",
                         upstream_pid,
+                        sampling_skip(&args),
                     )?;
                     let w = parse_wrk(&out)?;
                     check_clean(&w, "compare", &out)?;
@@ -830,9 +870,10 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     print!("{out}");
     if !args.no_profile && which::which("perf").is_ok() {
         match profile_run(
-            &mut env.enforcer_cmd(&[], &wrk_args(&args, args.duration, &enf_url)),
+            &mut env.enforcer_cmd(&[], &enforcer_prog(&args, &enf_url)),
             &dir.path,
             args.duration,
+            sampling_skip(&args),
         ) {
             Ok(top) => {
                 println!("\nprofile of the agent under the same load (perf record -g; self time by symbol):\n{top}")
