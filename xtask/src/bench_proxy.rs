@@ -922,4 +922,43 @@ Transfer/sec:     18.66MB
         assert_eq!(parse_latency_ms("1.50m"), Some(90_000.0));
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
     }
+
+    fn args(cold: bool) -> ProxyArgs {
+        ProxyArgs {
+            duration: 7,
+            rounds: 1,
+            threads: 2,
+            connections: 50,
+            enforcer: None,
+            debug: false,
+            no_profile: true,
+            compare: None,
+            cold,
+            enforcer_args: vec![],
+        }
+    }
+
+    /// The warm-up script, run by a real shell against a `wrk` that prints its arguments: only
+    /// the measured run's output comes out, with every argument intact (the Host header's space).
+    #[test]
+    fn warm_enforcer_run_outputs_only_the_measured_wrk() {
+        let dir = std::env::temp_dir().join(format!("xtask-bench-proxy-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fake = dir.join("wrk");
+        std::fs::write(&fake, "#!/bin/sh\nfor a in \"$@\"; do echo \"[$a]\"; done\n").unwrap();
+        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let url = "http://100.127.253.2:80/";
+        let prog = enforcer_prog(&args(false), url);
+        assert_eq!(prog[..2], ["sh".to_string(), "-c".to_string()]);
+        let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
+        let out = Command::new(&prog[0]).args(&prog[1..]).env("PATH", path).output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(out.status.success(), "{out:?}");
+        let expected: String = wrk_args(&args(false), 7, url)[1..].iter().map(|a| format!("[{a}]\n")).collect();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
+        assert!(prog[2].contains("-d 2s"), "{}", prog[2]);
+        assert_eq!(enforcer_prog(&args(true), url), wrk_args(&args(true), 7, url));
+        assert_eq!(sampling_skip(&args(true)), Duration::from_secs(1));
+        assert_eq!(sampling_skip(&args(false)), Duration::from_secs(3));
+    }
 }
