@@ -306,9 +306,9 @@ fn enforcer_pid(spawned: u32) -> Option<u32> {
 }
 
 /// Runs `cmd` (an `enforcer run`), sampling the enforcer process's VmRSS every 100 ms, and its
-/// CPU time and context switches (with the machine's and the `upstream` process's CPU) from 1 s
-/// after the start (the agent is up and wrk running) to the last sample. Returns (stdout, max
-/// VmRSS KiB, (seconds, first reading, last reading) between those samples).
+/// CPU time and context switches (with the machine's and the `upstream` process's CPU) from
+/// `skip` after the start (the agent is up and the measured wrk running) to the last sample.
+/// Returns (stdout, max VmRSS KiB, (seconds, first reading, last reading) between those samples).
 fn run_sampling_rss(
     cmd: &mut Command,
     what: &str,
