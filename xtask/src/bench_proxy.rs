@@ -74,9 +74,9 @@ pub struct ProxyArgs {
     /// rounds: (c) is its proxy.
     #[arg(long, value_name = "PATH")]
     pub compare: Option<PathBuf>,
-    /// Measure each enforcer run from its agent's start (cold upstream pool: 50 TLS handshakes
-    /// in the measured run) instead of after a 2 s warm-up inside the same agent, as nginx's
-    /// long-running proxy is warm.
+    /// Measure each enforcer run from its agent's start (cold upstream pool: a TLS handshake per
+    /// wrk connection in the measured run) instead of after a 2 s warm-up inside the same agent
+    /// (nginx's long-running proxy is warm).
     #[arg(long)]
     pub cold: bool,
     /// Extra `enforcer run` arguments for (b) only, e.g. `--enforcer-arg=--proxy-threads=1`
