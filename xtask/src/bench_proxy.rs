@@ -203,14 +203,8 @@ fn vm_rss_kib(pid: u32) -> Option<u64> {
 /// involuntary, summed over the threads) of `pid`, plus those of its children with `children`.
 fn cpu_and_switches(pid: u32, children: bool) -> (u64, u64) {
     let one = |pid: u32| -> (u64, u64) {
-        let cpu = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .ok()
-            .and_then(|s| {
-                let f: Vec<u64> = s.rsplit_once(')')?.1.split_whitespace().filter_map(|x| x.parse().ok()).collect();
-                // After the comm: state (not a number), ppid, ... utime is field 14, stime 15.
-                Some(f.get(10)? + f.get(11)?)
-            })
-            .unwrap_or(0);
+        let cpu =
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| stat_cpu_ticks(&s)).unwrap_or(0);
         let mut cs = 0;
         if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
             for t in tasks.flatten() {
@@ -236,6 +230,15 @@ fn cpu_and_switches(pid: u32, children: bool) -> (u64, u64) {
         }
     }
     (cpu, cs)
+}
+
+/// utime + stime (clock ticks) from a `/proc/PID/stat` line. The fields are counted by position
+/// after the comm: some are not numbers (state) or negative (tpgid -1 without a terminal), so
+/// none may be skipped.
+fn stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // f[0] is field 3 (state): utime is field 14, stime 15.
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
 }
 
 /// Busy CPU time of the whole machine in clock ticks (/proc/stat's `cpu` line: everything but
@@ -306,14 +309,15 @@ fn enforcer_pid(spawned: u32) -> Option<u32> {
 }
 
 /// Runs `cmd` (an `enforcer run`), sampling the enforcer process's VmRSS every 100 ms, and its
-/// CPU time and context switches (with the machine's and the `upstream` process's CPU) from
-/// `skip` after the start (the agent is up and the measured wrk running) to the last sample.
+/// CPU time and context switches (with the machine's and the `upstream` process's CPU) over
+/// `window` (from its start to its end after the spawn): inside the measured wrk, so that its
+/// rate gives the requests in it (not the agent's start or its shutdown after wrk).
 /// Returns (stdout, max VmRSS KiB, (seconds, first reading, last reading) between those samples).
 fn run_sampling_rss(
     cmd: &mut Command,
     what: &str,
     upstream: u32,
-    skip: Duration,
+    window: (Duration, Duration),
 ) -> Result<(String, u64, (f64, Reading, Reading))> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().with_context(|| format!("could not start the {what} run"))?;
@@ -345,7 +349,8 @@ fn run_sampling_rss(
             && let Some(r) = vm_rss_kib(p)
         {
             max = max.max(r);
-            if spawned.elapsed() >= skip {
+            let t = spawned.elapsed();
+            if t >= window.0 && t <= window.1 {
                 let sample = (Instant::now(), Reading::take(p, false, upstream));
                 if first.is_none() {
                     first = Some(sample);
@@ -594,6 +599,15 @@ fn sampling_skip(a: &ProxyArgs) -> Duration {
     Duration::from_secs(1 + if a.cold { 0 } else { u64::from(AGENT_WARM_UP) })
 }
 
+/// The CPU sampling window of an enforcer run (from, to after its spawn): from `sampling_skip`
+/// for the measured run's duration less 1.5 s, so it ends before wrk does even when the agent
+/// took up to 0.5 s to start (the rest of the run is not at the measured rate).
+fn sampling_window(a: &ProxyArgs) -> (Duration, Duration) {
+    let from = sampling_skip(a);
+    let len = Duration::from_secs_f64((f64::from(a.duration) - 1.5).max(0.5));
+    (from, from + len)
+}
+
 /// The target on the medians' ratios (enforcer / nginx).
 fn target_verdict(rps_ratio: f64, p99_ratio: f64) -> &'static str {
     match (rps_ratio >= 1.0, p99_ratio <= 1.0) {
@@ -800,7 +814,7 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                         &mut env.enforcer_cmd(&extra, &enforcer_prog(&args, &enf_url)),
                         "enforcer wrk",
                         upstream_pid,
-                        sampling_skip(&args),
+                        sampling_window(&args),
                     )?;
                     let w = parse_wrk(&out)?;
                     check_clean(&w, "enforcer", &out)?;
@@ -814,7 +828,7 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                         &mut e2.enforcer_cmd(&[], &enforcer_prog(&args, &enf_url)),
                         "compare wrk",
                         upstream_pid,
-                        sampling_skip(&args),
+                        sampling_window(&args),
                     )?;
                     let w = parse_wrk(&out)?;
                     check_clean(&w, "compare", &out)?;
@@ -1023,5 +1037,14 @@ Transfer/sec:     18.66MB
         assert_eq!(enforcer_prog(&args(true), url), wrk_args(&args(true), 7, url));
         assert_eq!(sampling_skip(&args(true)), Duration::from_secs(1));
         assert_eq!(sampling_skip(&args(false)), Duration::from_secs(3));
+        assert_eq!(sampling_window(&args(false)), (Duration::from_secs(3), Duration::from_millis(8500)));
+    }
+
+    /// A daemon's stat line: tpgid is -1 and the comm has a space and a parenthesis.
+    #[test]
+    fn stat_cpu_is_utime_plus_stime() {
+        let line = "7553 (nginx (x) y) S 7550 7550 7550 0 -1 4194624 4470 0 0 0 321 654 5 7 20 0 1 0 2222 1 2 3";
+        assert_eq!(stat_cpu_ticks(line), Some(321 + 654));
+        assert_eq!(stat_cpu_ticks("1 (short) S 0"), None);
     }
 }
