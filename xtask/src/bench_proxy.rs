@@ -791,7 +791,7 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     let (mut ng_cost, mut en_cost) = (Vec::<Cost>::new(), Vec::<Cost>::new());
     let nginx_pid = nginx_proxy.child.id();
     let upstream_pid = upstream.child.id();
-    let (mut ot, mut ot_rss) = (Vec::<Wrk>::new(), Vec::<u64>::new());
+    let (mut ot, mut ot_rss, mut ot_cost) = (Vec::<Wrk>::new(), Vec::<u64>::new(), Vec::<Cost>::new());
     // Each round runs nginx, enforcer (and the compare binary) in an order rotated by one each
     // round, so no side always runs first or last (a run right after another one differs).
     let mut order = vec![Slot::Nginx, Slot::Enforcer];
@@ -824,7 +824,7 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                     rss.push(r);
                 }
                 Slot::Compare(e2) => {
-                    let (out, r, _) = run_sampling_rss(
+                    let (out, r, (secs, a, b)) = run_sampling_rss(
                         &mut e2.enforcer_cmd(&[], &enforcer_prog(&args, &enf_url)),
                         "compare wrk",
                         upstream_pid,
@@ -832,16 +832,21 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                     )?;
                     let w = parse_wrk(&out)?;
                     check_clean(&w, "compare", &out)?;
+                    ot_cost.push(Cost::per_request(a, b, (w.rps * secs).max(1.0)));
                     ot.push(w);
                     ot_rss.push(r);
                 }
             }
         }
         let (n, e) = (ng.last().unwrap(), en.last().unwrap());
-        let extra = match (ot.last(), ot_rss.last()) {
-            (Some(o), Some(r)) => {
-                format!(" | compare {:.0} req/s p99 {:.2} ms, VmRSS {:.1} MiB", o.rps, o.p99_ms, *r as f64 / 1024.0)
-            }
+        let extra = match (ot.last(), ot_rss.last(), ot_cost.last()) {
+            (Some(o), Some(r), Some(c)) => format!(
+                " | compare {:.0} req/s p99 {:.2} ms ({:.1} µs CPU /req), VmRSS {:.1} MiB",
+                o.rps,
+                o.p99_ms,
+                c.cpu_us,
+                *r as f64 / 1024.0
+            ),
             _ => String::new(),
         };
         let (nc, ec) = (ng_cost.last().unwrap(), en_cost.last().unwrap());
@@ -916,12 +921,14 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
         let o_rss = ot_rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
         let _ = writeln!(
             out,
-            "{:<46} {:>14.0} {:>11.2} ms   ({:.3}x / {:.3}x nginx; VmRSS max {o_rss:.1} MiB)",
+            "{:<46} {:>14.0} {:>11.2} ms   ({:.3}x / {:.3}x nginx; {:.1} µs CPU per request against (b)'s {:.1}; VmRSS max {o_rss:.1} MiB)",
             "(c) --compare binary",
             o_rps,
             o_p99,
             o_rps / n_rps,
-            o_p99 / n_p99
+            o_p99 / n_p99,
+            med(&ot_cost, |c| c.cpu_us),
+            med(&en_cost, |c| c.cpu_us)
         );
     }
     print!("{out}");
