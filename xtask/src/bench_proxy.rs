@@ -19,10 +19,11 @@
 //! Both proxies run in the client netns, both verify the upstream certificate, both reuse
 //! upstream connections.
 //!
-//! Reported: requests/s (medians, b/a, target >= 1.0), p99 latency (medians, b/a), the agent's
-//! VmRSS under load (sampled from /proc every 100 ms during each enforcer run), and what each
-//! proxy spends per request: CPU time and context switches (/proc stat and status of the nginx
-//! proxy's master + workers around its wrk run; of the agent's threads over its run). On the
+//! Reported: requests/s and p99 latency (medians, b/a against the target >= 1.0x and <= 1.0x;
+//! the medians of the per-round ratios), the agent's VmRSS under load (sampled from /proc every
+//! 100 ms during each enforcer run), and what each proxy spends per request: CPU time (utime +
+//! stime) and context switches (/proc stat and status of the nginx proxy's master + workers
+//! around its wrk run; of the agent's threads over a window inside its measured wrk). On the
 //! 2-core machine wrk, both nginx and the proxy share the CPUs, so CPU per request is the
 //! efficiency figure; requests/s follows it. A sanity run first
 //! checks that each path really works (status 200 and the file's content; for enforcer, that
