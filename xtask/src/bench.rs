@@ -42,6 +42,9 @@ pub enum BenchCmd {
     /// wrk through enforcer's L7 proxy (HTTP in, TLS out per DestinationRule SIMPLE) vs nginx as
     /// the same TLS-originating proxy: requests/s, p99 latency, the agent's RSS under load (root).
     Proxy(crate::bench_proxy::ProxyArgs),
+    /// The L7 proxy's instructions per request under callgrind (user space, repeatable), for A/B
+    /// of proxy changes that `proxy`'s wall-clock figures are too noisy to show.
+    ProxyInstructions(crate::bench_proxy_instr::ProxyInstrArgs),
     /// What an ungoverned pod pays in connect4 (BPF ns per call) in Kubernetes mode with 0 / 100
     /// / 1,000 governed pods (root).
     KubeCost(crate::bench_kube::KubeCostArgs),
@@ -211,6 +214,7 @@ pub fn main(cmd: BenchCmd) -> Result<ExitCode> {
         BenchCmd::Dns(args) => crate::bench_dns::main(args),
         BenchCmd::Tc(args) => crate::bench_tc::main(args),
         BenchCmd::Proxy(args) => crate::bench_proxy::main(args),
+        BenchCmd::ProxyInstructions(args) => crate::bench_proxy_instr::main(args),
         BenchCmd::KubeCost(args) => crate::bench_kube::main(args),
         BenchCmd::All(a) => {
             let mut failed = Vec::new();

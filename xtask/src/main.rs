@@ -19,6 +19,7 @@ mod bench_dns;
 mod bench_example;
 mod bench_kube;
 mod bench_proxy;
+mod bench_proxy_instr;
 mod bench_sync;
 mod bench_tc;
 mod bpf_stats;

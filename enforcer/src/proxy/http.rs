@@ -201,12 +201,12 @@ fn lists(connection: &http::header::GetAll<'_, HeaderValue>, token: &str) -> boo
 /// `TE` crosses only as "trailers" (gRPC needs it on HTTP/2); `Expect` is dropped because hyper
 /// answers 100-continue itself when the body is first read.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the names (a message has a handful); nothing is allocated unless something
-    // has to go.
-    let connection = headers.get_all(header::CONNECTION);
-    let listed = |name: &HeaderName| lists(&connection, name.as_str());
+    // One pass over the names (a message has a handful) against the Connection tokens parsed
+    // once; nothing is allocated unless more than FEW headers go.
+    let listed = ConnectionTokens::of(headers);
     let te_ok = || headers.get(header::TE).is_none_or(|v| v == "trailers");
-    let mut doomed: Vec<HeaderName> = Vec::new();
+    let mut doomed: [Option<HeaderName>; FEW] = Default::default();
+    let (mut n, mut more) = (0, Vec::new());
     for name in headers.keys() {
         let drop = match *name {
             header::CONNECTION
@@ -217,18 +217,59 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
             | header::EXPECT => true,
             // (Named by "Connection: upgrade" too; kept when the upgrade is forwarded.)
             header::UPGRADE => !keep_upgrade,
-            header::TE => !te_ok() || listed(name),
-            _ => name == "keep-alive" || name == "proxy-connection" || listed(name),
+            header::TE => !te_ok() || listed.names(name),
+            _ => name == "keep-alive" || name == "proxy-connection" || listed.names(name),
         };
         if drop {
-            doomed.push(name.clone());
+            match doomed.get_mut(n) {
+                Some(slot) => *slot = Some(name.clone()),
+                None => more.push(name.clone()),
+            }
+            n += 1;
         }
     }
-    for name in &doomed {
+    for name in doomed.iter().flatten().chain(&more) {
         headers.remove(name);
     }
     if keep_upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// How many Connection tokens (and doomed names) are kept inline; a message with more is
+/// handled all the same, through the slow path.
+const FEW: usize = 8;
+
+/// The comma-separated tokens of a message's Connection header(s), trimmed, parsed once: the
+/// first [`FEW`] inline, the rest looked up in the header itself.
+struct ConnectionTokens<'a> {
+    few: [&'a str; FEW],
+    n: usize,
+    /// More than FEW tokens: `names` also searches the header values.
+    overflow: Option<http::header::GetAll<'a, HeaderValue>>,
+}
+
+impl<'a> ConnectionTokens<'a> {
+    fn of(headers: &'a HeaderMap) -> Self {
+        let all = headers.get_all(header::CONNECTION);
+        let (mut few, mut n, mut overflow) = ([""; FEW], 0, None);
+        let tokens = all.iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim);
+        for t in tokens.filter(|t| !t.is_empty()) {
+            if n == FEW {
+                overflow = Some(all);
+                break;
+            }
+            few[n] = t;
+            n += 1;
+        }
+        ConnectionTokens { few, n, overflow }
+    }
+
+    /// Do the tokens name this header (case-insensitively)?
+    fn names(&self, name: &HeaderName) -> bool {
+        let name = name.as_str();
+        self.few[..self.n].iter().any(|t| t.eq_ignore_ascii_case(name))
+            || self.overflow.as_ref().is_some_and(|all| lists(all, name))
     }
 }
 
@@ -751,6 +792,30 @@ mod tests {
         let mut h = headers(&[("content-length", "3")]);
         strip_hop_by_hop(&mut h, false);
         assert_eq!(names(&h), ["content-length"], "nothing to drop");
+    }
+
+    /// More Connection tokens, and more headers to drop, than are kept inline.
+    #[test]
+    fn many_connection_tokens_and_many_dropped_headers_take_the_slow_path_alike() {
+        let listed: Vec<String> = (0..12).map(|i| format!("X-H{i}")).collect();
+        let mut pairs: Vec<(String, String)> = vec![("connection".into(), listed.join(" ,"))];
+        pairs.extend((0..12).map(|i| (format!("x-h{i}"), "1".to_string())));
+        pairs.extend(
+            [("x-kept", "3"), ("keep-alive", "5"), ("te", "gzip"), (",", "x")].map(|(k, v)| (k.into(), v.into())),
+        );
+        let mut h = HeaderMap::new();
+        for (k, v) in &pairs {
+            if let Ok(name) = HeaderName::from_bytes(k.as_bytes()) {
+                h.append(name, HeaderValue::from_str(v).unwrap());
+            }
+        }
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["x-kept"], "{h:?}");
+
+        // Empty tokens (",, ,") name nothing.
+        let mut h = headers(&[("connection", ",, ,"), ("x-kept", "1")]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["x-kept"]);
     }
 
     #[test]

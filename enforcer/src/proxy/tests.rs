@@ -1091,3 +1091,24 @@ async fn shutdown_closes_idle_connections_and_returns() {
     tokio::time::timeout(Duration::from_secs(2), running).await.expect("run returns promptly").unwrap();
     assert!(TcpStream::connect(addr).await.is_err(), "the listener is closed");
 }
+
+/// Not a check but a measurement: `cargo xtask bench proxy-instructions` runs it under
+/// callgrind twice, with two request counts, and reads the proxy's instructions per request
+/// from the difference. Requests go one after another over one keep-alive connection, TLS
+/// originated to an in-process upstream; every answer is checked, so a broken proxy is not
+/// measured.
+#[tokio::test]
+#[ignore = "a measurement, run by `cargo xtask bench proxy-instructions`"]
+async fn requests_for_instruction_counts() {
+    let n: u32 = std::env::var("ENFORCER_PROXY_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    let mut s = http_conn(p.addr).await;
+    for _ in 0..n {
+        let got = send(&mut s, "GET", "/status/200", boxed(Empty::new())).await;
+        assert_eq!(got.status, StatusCode::OK);
+        assert_eq!(got.body, b"status 200");
+    }
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 1, "one upstream connection for all the requests");
+}
