@@ -800,14 +800,10 @@ mod tests {
         let listed: Vec<String> = (0..12).map(|i| format!("X-H{i}")).collect();
         let mut pairs: Vec<(String, String)> = vec![("connection".into(), listed.join(" ,"))];
         pairs.extend((0..12).map(|i| (format!("x-h{i}"), "1".to_string())));
-        pairs.extend(
-            [("x-kept", "3"), ("keep-alive", "5"), ("te", "gzip"), (",", "x")].map(|(k, v)| (k.into(), v.into())),
-        );
+        pairs.extend([("x-kept", "3"), ("keep-alive", "5"), ("te", "gzip")].map(|(k, v)| (k.into(), v.into())));
         let mut h = HeaderMap::new();
         for (k, v) in &pairs {
-            if let Ok(name) = HeaderName::from_bytes(k.as_bytes()) {
-                h.append(name, HeaderValue::from_str(v).unwrap());
-            }
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
         }
         strip_hop_by_hop(&mut h, false);
         assert_eq!(names(&h), ["x-kept"], "{h:?}");
