@@ -643,6 +643,29 @@ impl Paired {
     }
 }
 
+/// One measured `enforcer run` of `client`'s binary (with `extra` arguments): what wrk saw, the
+/// agent's max VmRSS (KiB) and its cost per request over the sampled window (the requests in it
+/// at the run's average rate).
+fn measure_enforcer(
+    client: &BenchClient,
+    extra: &[&str],
+    args: &ProxyArgs,
+    url: &str,
+    what: &str,
+    upstream: u32,
+) -> Result<(Wrk, u64, Cost)> {
+    let (out, rss, (secs, a, b)) = run_sampling_rss(
+        &mut client.enforcer_cmd(extra, &enforcer_prog(args, url)),
+        &format!("{what} wrk"),
+        upstream,
+        sampling_window(args),
+    )?;
+    let w = parse_wrk(&out)?;
+    check_clean(&w, what, &out)?;
+    let cost = Cost::per_request(a, b, (w.rps * secs).max(1.0));
+    Ok((w, rss, cost))
+}
+
 fn check_clean(w: &Wrk, what: &str, out: &str) -> Result<()> {
     if w.non_2xx > 0 || w.requests == 0 {
         bail!("{what}: {} non-2xx/3xx responses of {} requests:\n{out}", w.non_2xx, w.requests);
@@ -811,29 +834,14 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
                 }
                 Slot::Enforcer => {
                     let extra: Vec<&str> = args.enforcer_args.iter().map(String::as_str).collect();
-                    let (out, r, (secs, a, b)) = run_sampling_rss(
-                        &mut env.enforcer_cmd(&extra, &enforcer_prog(&args, &enf_url)),
-                        "enforcer wrk",
-                        upstream_pid,
-                        sampling_window(&args),
-                    )?;
-                    let w = parse_wrk(&out)?;
-                    check_clean(&w, "enforcer", &out)?;
-                    // Requests in the sampled window, at the run's average rate.
-                    en_cost.push(Cost::per_request(a, b, (w.rps * secs).max(1.0)));
+                    let (w, r, c) = measure_enforcer(&env, &extra, &args, &enf_url, "enforcer", upstream_pid)?;
+                    en_cost.push(c);
                     en.push(w);
                     rss.push(r);
                 }
                 Slot::Compare(e2) => {
-                    let (out, r, (secs, a, b)) = run_sampling_rss(
-                        &mut e2.enforcer_cmd(&[], &enforcer_prog(&args, &enf_url)),
-                        "compare wrk",
-                        upstream_pid,
-                        sampling_window(&args),
-                    )?;
-                    let w = parse_wrk(&out)?;
-                    check_clean(&w, "compare", &out)?;
-                    ot_cost.push(Cost::per_request(a, b, (w.rps * secs).max(1.0)));
+                    let (w, r, c) = measure_enforcer(e2, &[], &args, &enf_url, "compare", upstream_pid)?;
+                    ot_cost.push(c);
                     ot.push(w);
                     ot_rss.push(r);
                 }
@@ -1027,8 +1035,8 @@ Transfer/sec:     18.66MB
     /// the measured run's output comes out, with every argument intact (the Host header's space).
     #[test]
     fn warm_enforcer_run_outputs_only_the_measured_wrk() {
-        let dir = std::env::temp_dir().join(format!("xtask-bench-proxy-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = util::TempDir::new("xtask-bench-proxy-test").unwrap();
+        let dir = &tmp.path;
         let fake = dir.join("wrk");
         std::fs::write(&fake, "#!/bin/sh\nfor a in \"$@\"; do echo \"[$a]\"; done\n").unwrap();
         std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -1037,7 +1045,6 @@ Transfer/sec:     18.66MB
         assert_eq!(prog[..2], ["sh".to_string(), "-c".to_string()]);
         let path = format!("{}:{}", dir.display(), std::env::var("PATH").unwrap_or_default());
         let out = Command::new(&prog[0]).args(&prog[1..]).env("PATH", path).output().unwrap();
-        let _ = std::fs::remove_dir_all(&dir);
         assert!(out.status.success(), "{out:?}");
         let expected: String = wrk_args(&args(false), 7, url)[1..].iter().map(|a| format!("[{a}]\n")).collect();
         assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
