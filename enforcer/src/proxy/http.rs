@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 use super::{
     ConnInfo, Fallback, HttpRoutes, ProxyEventKind, ServiceLabels, Shared, Upstream,
     metrics::{RequestSeries, SeriesCache},
-    route::normalize_host,
+    route::{host_port, normalize_host},
     tls,
     upstream::{Affinity, AffinityError, ConnectError, Proto, UpstreamHandle},
 };
@@ -482,18 +482,27 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
             None => Target::Passthrough,
         }
     } else {
-        let host = authority.as_ref().map(|a| normalize_host(a.as_str()));
-        match ctx.routes.select(host.as_deref().unwrap_or(original_ip)) {
+        // Istio's virtual host domains are a service's names bare and with the port the
+        // connection is for: a Host naming another port matches none of them.
+        let port = ctx.conn.original.port();
+        let other_port = authority.as_ref().and_then(|a| host_port(a.as_str())).is_some_and(|p| p != Some(port));
+        let selected = match &authority {
+            _ if other_port => None,
+            Some(a) => ctx.routes.select(&normalize_host(a.as_str())),
+            None => ctx.routes.select(original_ip),
+        };
+        match selected {
             Some(i) => Target::VHost(i),
             None if ctx.routes.fallback == Fallback::Passthrough => Target::Passthrough,
             None => {
                 let shown = shown();
                 debug!(client = %ctx.conn.client, original = %ctx.conn.original, host = ?shown,
                     "proxy: Host not in the registry for this address; 502 (BlackHoleCluster)");
+                let why = if other_port { format!(" (it names a port other than {port})") } else { String::new() };
                 ctx.event(
                     ProxyEventKind::HostDenied { host: shown.clone() },
                     format!(
-                        "Host {} is not a registry host of {}",
+                        "Host {} is not a registry host of {}{why}",
                         shown.as_deref().unwrap_or("(none)"),
                         ctx.conn.original
                     ),
@@ -506,7 +515,7 @@ async fn proxy_request(ctx: Arc<ConnCtx>, mut req: Request<Incoming>) -> Respons
                     StatusCode::BAD_GATEWAY,
                     "NR",
                     format!(
-                        "no route: Host {} is not in the registry for {}\n",
+                        "no route: Host {} is not in the registry for {}{why}\n",
                         shown.as_deref().unwrap_or("(none)"),
                         ctx.conn.original
                     ),

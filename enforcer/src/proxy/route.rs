@@ -24,6 +24,22 @@ pub fn normalize_host(host: &str) -> Cow<'_, str> {
     if h.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(h.to_ascii_lowercase()) } else { Cow::Borrowed(h) }
 }
 
+/// The port a Host header or `:authority` names, if it names one (`api.test:8080`,
+/// `[2001:db8::1]:443`; not an unbracketed IPv6 literal). `Some(None)`: a port that is not a
+/// number (`api.test:x`), which names no port of the connection.
+pub fn host_port(host: &str) -> Option<Option<u16>> {
+    let h = host.trim();
+    let port = if let Some(rest) = h.strip_prefix('[') {
+        rest.split_once(']')?.1.strip_prefix(':')?
+    } else {
+        match h.rsplit_once(':') {
+            Some((name, port)) if !name.contains(':') => port,
+            _ => return None,
+        }
+    };
+    Some(port.parse().ok())
+}
+
 impl HttpRoutes {
     /// The virtual host a request's (normalized) Host selects, by index.
     pub(crate) fn select(&self, host: &str) -> Option<usize> {
@@ -50,6 +66,19 @@ mod tests {
         assert_eq!(normalize_host("[2001:db8::1]:80"), "2001:db8::1");
         assert_eq!(normalize_host("2001:db8::1"), "2001:db8::1");
         assert_eq!(normalize_host("10.0.0.1:80"), "10.0.0.1");
+    }
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(host_port("api.test:8080"), Some(Some(8080)));
+        assert_eq!(host_port(" api.test:80 "), Some(Some(80)));
+        assert_eq!(host_port("api.test"), None);
+        assert_eq!(host_port("[2001:db8::1]:443"), Some(Some(443)));
+        assert_eq!(host_port("[2001:db8::1]"), None);
+        assert_eq!(host_port("2001:db8::1"), None);
+        assert_eq!(host_port("api.test:"), Some(None));
+        assert_eq!(host_port("api.test:x"), Some(None));
+        assert_eq!(host_port("api.test:99999"), Some(None));
     }
 
     fn vh(domains: &[&str]) -> VirtualHost {

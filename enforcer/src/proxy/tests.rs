@@ -884,6 +884,48 @@ async fn requests_are_routed_by_host_each_with_its_own_tls() {
 }
 
 #[tokio::test]
+async fn a_host_naming_another_port_gets_no_route() {
+    // Istio's domains for port 80 are `api.test` and `api.test:80`: `api.test:9999` on a
+    // connection to port 80 is not the service (REGISTRY_ONLY: 502 NR; ALLOW_ANY: passthrough).
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let p = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    let mut s = http_conn(p.addr).await;
+    for (host, code) in [("api.test:9999", 502), ("api.test:", 502), ("API.test:80", 200), ("api.test", 200)] {
+        let req = Request::builder().uri("/status/200").header(header::HOST, host).body(boxed(Empty::new())).unwrap();
+        s.ready().await.unwrap();
+        let resp = s.send_request(req).await.unwrap();
+        assert_eq!(resp.status().as_u16(), code, "{host}");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        if code == 502 {
+            assert!(String::from_utf8_lossy(&body).contains("a port other than 80"), "{host}: {body:?}");
+        }
+    }
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 1, "only the matching Hosts went upstream");
+    let events = p.policy.events();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(events[0].kind, ProxyEventKind::HostDenied { host: Some("api.test:9999".into()) });
+    assert!(events[0].detail.contains("a port other than 80"), "{}", events[0].detail);
+
+    // ALLOW_ANY: to the original destination, unchanged.
+    let plain = start_plain_upstream(false).await;
+    let routes = http_routes(
+        vec![vhost("api.test", up.addr.port(), Some(with_ca(&pki)), Duration::from_secs(5))],
+        Fallback::Passthrough,
+    );
+    let p = start_proxy(Some(plain.addr), Some(routes)).await;
+    let mut s = http_conn(p.addr).await;
+    let req =
+        Request::builder().uri("/status/201").header(header::HOST, "api.test:9999").body(boxed(Empty::new())).unwrap();
+    s.ready().await.unwrap();
+    let resp = s.send_request(req).await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    assert_eq!(resp.headers()["x-seen-host"], "api.test:9999");
+    assert_eq!(plain.accepts.load(Ordering::SeqCst), 1);
+    assert_eq!(up.accepts.load(Ordering::SeqCst), 1, "not to the service");
+}
+
+#[tokio::test]
 async fn allow_any_passes_other_hosts_through_unchanged() {
     let plain = start_plain_upstream(false).await;
     let pki = pki(&["api.test"]);
