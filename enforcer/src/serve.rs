@@ -67,16 +67,22 @@ impl Servers {
         Self::start(started.forwarder.take(), started.proxy.take())
     }
 
-    /// Serve the admin API on `addr`; returns the bound address (port 0 picks a free one).
-    pub async fn admin(&mut self, addr: SocketAddr, source: Arc<dyn admin::AdminSource>) -> anyhow::Result<SocketAddr> {
+    /// Serve the admin API on `addr` as the listener `name` (`admin`, `public`: its log lines
+    /// say which); returns the bound address (port 0 picks a free one).
+    pub async fn admin(
+        &mut self,
+        name: &'static str,
+        addr: SocketAddr,
+        source: Arc<dyn admin::AdminSource>,
+    ) -> anyhow::Result<SocketAddr> {
         let listener = admin::bind(addr).await?;
         let local = listener.local_addr()?;
         let shutdown = self.shutdown.signal();
         self.tasks.push((
-            "admin listener",
+            if name == "public" { "public listener" } else { "admin listener" },
             tokio::spawn(async move {
-                if let Err(e) = admin::serve(listener, source, shutdown).await {
-                    tracing::error!("admin listener failed: {e}");
+                if let Err(e) = admin::serve(name, listener, source, shutdown).await {
+                    tracing::error!("{name} listener failed: {e}");
                 }
             }),
         ));
