@@ -907,44 +907,37 @@ async fn a_host_naming_another_port_gets_no_route() {
     assert_eq!(events[0].kind, ProxyEventKind::HostDenied { host: Some("api.test:9999".into()) });
     assert!(events[0].detail.contains("a port other than 80"), "{}", events[0].detail);
 
-    // ALLOW_ANY: to the original destination, unchanged.
+    // ALLOW_ANY: to the original destination, unchanged (the service saw only the first ones).
+    passes_through("api.test:9999", &pki, &up, 1).await;
+}
+
+/// Under ALLOW_ANY with the one service `api.test` (at `up`), a request with Host `host` goes to
+/// the original destination (a plain server), unchanged, and not to the service, which has had
+/// `up_before` connections; returns the proxy.
+async fn passes_through(host: &str, pki: &Pki, up: &TestUpstream, up_before: usize) -> Running {
     let plain = start_plain_upstream(false).await;
     let routes = http_routes(
-        vec![vhost("api.test", up.addr.port(), Some(with_ca(&pki)), Duration::from_secs(5))],
+        vec![vhost("api.test", up.addr.port(), Some(with_ca(pki)), Duration::from_secs(5))],
         Fallback::Passthrough,
     );
     let p = start_proxy(Some(plain.addr), Some(routes)).await;
     let mut s = http_conn(p.addr).await;
-    let req =
-        Request::builder().uri("/status/201").header(header::HOST, "api.test:9999").body(boxed(Empty::new())).unwrap();
+    let req = Request::builder().uri("/status/201").header(header::HOST, host).body(boxed(Empty::new())).unwrap();
     s.ready().await.unwrap();
     let resp = s.send_request(req).await.unwrap();
     assert_eq!(resp.status().as_u16(), 201);
-    assert_eq!(resp.headers()["x-seen-host"], "api.test:9999");
+    assert_eq!(resp.headers()["x-seen-host"], host);
     assert_eq!(plain.accepts.load(Ordering::SeqCst), 1);
-    assert_eq!(up.accepts.load(Ordering::SeqCst), 1, "not to the service");
+    assert_eq!(up.accepts.load(Ordering::SeqCst), up_before, "not to the service");
+    p
 }
 
 #[tokio::test]
 async fn allow_any_passes_other_hosts_through_unchanged() {
-    let plain = start_plain_upstream(false).await;
     let pki = pki(&["api.test"]);
     let up = start_upstream(&pki).await;
     // The original destination is the plain server: passthrough goes there, as sent.
-    let routes = http_routes(
-        vec![vhost("api.test", up.addr.port(), Some(with_ca(&pki)), Duration::from_secs(5))],
-        Fallback::Passthrough,
-    );
-    let p = start_proxy(Some(plain.addr), Some(routes)).await;
-    let mut s = http_conn(p.addr).await;
-    let req =
-        Request::builder().uri("/status/201").header(header::HOST, "unlisted.test").body(boxed(Empty::new())).unwrap();
-    s.ready().await.unwrap();
-    let resp = s.send_request(req).await.unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-    assert_eq!(resp.headers()["x-seen-host"], "unlisted.test");
-    assert_eq!(plain.accepts.load(Ordering::SeqCst), 1);
-    assert_eq!(up.accepts.load(Ordering::SeqCst), 0);
+    let p = passes_through("unlisted.test", &pki, &up, 0).await;
     let labels = [
         ("destination_service", "PassthroughCluster"),
         ("destination_service_name", "PassthroughCluster"),
