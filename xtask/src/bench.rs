@@ -76,7 +76,7 @@ pub struct ConnectArgs {
     /// Use this enforcer binary instead of building one.
     #[arg(long, value_name = "PATH")]
     enforcer: Option<PathBuf>,
-    /// Build and use the release binary.
+    /// Build and use the shipped binary (the `dist` profile: release with fat LTO).
     #[arg(long)]
     release: bool,
 }

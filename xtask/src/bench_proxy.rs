@@ -64,7 +64,7 @@ pub struct ProxyArgs {
     /// Use this enforcer binary instead of building one.
     #[arg(long, value_name = "PATH")]
     pub enforcer: Option<PathBuf>,
-    /// Build and use the debug binary (default: release, as nginx is an optimized build).
+    /// Build and use the debug binary (default: the shipped `dist` build, as nginx is an optimized build).
     #[arg(long)]
     pub debug: bool,
     /// Skip the profiled run (`perf record -g` on the agent during one more enforcer run, whose

@@ -47,7 +47,7 @@ pub struct TcArgs {
     /// Use this enforcer binary instead of building one.
     #[arg(long, value_name = "PATH")]
     pub enforcer: Option<PathBuf>,
-    /// Build and use the release binary.
+    /// Build and use the shipped binary (the `dist` profile: release with fat LTO).
     #[arg(long)]
     pub release: bool,
 }

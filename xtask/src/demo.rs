@@ -25,7 +25,7 @@ pub struct Args {
     /// Use this enforcer binary instead of building one.
     #[arg(long, value_name = "PATH")]
     enforcer: Option<PathBuf>,
-    /// Build and run the release binary.
+    /// Build and run the shipped binary (the `dist` profile: release with fat LTO).
     #[arg(long)]
     release: bool,
 }

@@ -53,6 +53,7 @@ enum Cmd {
     },
     /// Setup, then `cargo build -p enforcer`.
     Build {
+        /// The shipped agent: the `dist` profile (release with fat LTO; target/dist/enforcer).
         #[arg(long)]
         release: bool,
     },

@@ -71,12 +71,13 @@ pub fn target_dir() -> PathBuf {
     .clone()
 }
 
-/// `cargo build -p enforcer [--release]`; returns the binary's absolute path.
+/// `cargo build -p enforcer [--profile dist]`; returns the binary's absolute path. `release`
+/// builds the shipped agent: the workspace's `dist` profile (release with fat LTO, see Cargo.toml).
 pub fn build_enforcer(release: bool) -> Result<PathBuf> {
     let mut cmd = cargo_cmd();
     cmd.args(["build", "-p", "enforcer"]);
     if release {
-        cmd.arg("--release");
+        cmd.args(["--profile", "dist"]);
     }
     cmd.current_dir(workspace_root());
     show(&cmd);
@@ -84,7 +85,7 @@ pub fn build_enforcer(release: bool) -> Result<PathBuf> {
     if !status.success() {
         bail!("`cargo build -p enforcer` failed ({status})");
     }
-    let bin = target_dir().join(if release { "release" } else { "debug" }).join("enforcer");
+    let bin = target_dir().join(if release { "dist" } else { "debug" }).join("enforcer");
     if !bin.is_file() {
         bail!("cargo built enforcer but {} does not exist", bin.display());
     }
