@@ -180,9 +180,9 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<i32> {
     servers.background("upkeep", agent.upkeep());
     let _watch = run::spawn_reloader(&agent, &mut servers, &args.policy.registry, args.policy.no_watch, false)?;
     let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
-    servers.admin("admin", args.admin, source.clone()).await?;
+    servers.admin("admin listener", args.admin, source.clone()).await?;
     if let Some(addr) = args.metrics_addr {
-        let public = servers.admin("public", addr, Arc::new(PublicAdmin(source))).await?;
+        let public = servers.admin("public listener", addr, Arc::new(PublicAdmin(source))).await?;
         tracing::info!(addr = %public, "public metrics and health listener (no events, no destinations)");
     }
     {

@@ -107,7 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let _watch = spawn_reloader(&agent, &mut servers, &args.policy.registry, args.policy.no_watch, quiet)?;
     if let Some(addr) = args.admin.or(args.ui.then_some(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))) {
         let source: Arc<dyn admin::AdminSource> = Arc::new(agent.clone());
-        let local = servers.admin("admin", addr, source).await?;
+        let local = servers.admin("admin listener", addr, source).await?;
         if args.ui {
             events::print_line(&format!("UI at http://{local}/ui"));
         }

@@ -67,8 +67,9 @@ impl Servers {
         Self::start(started.forwarder.take(), started.proxy.take())
     }
 
-    /// Serve the admin API on `addr` as the listener `name` (`admin`, `public`: its log lines
-    /// say which); returns the bound address (port 0 picks a free one).
+    /// Serve the admin API on `addr` as the listener `name` (`admin listener`, `public
+    /// listener`: its task and log lines say which); returns the bound address (port 0 picks a
+    /// free one).
     pub async fn admin(
         &mut self,
         name: &'static str,
@@ -79,10 +80,10 @@ impl Servers {
         let local = listener.local_addr()?;
         let shutdown = self.shutdown.signal();
         self.tasks.push((
-            if name == "public" { "public listener" } else { "admin listener" },
+            name,
             tokio::spawn(async move {
                 if let Err(e) = admin::serve(name, listener, source, shutdown).await {
-                    tracing::error!("{name} listener failed: {e}");
+                    tracing::error!("{name} failed: {e}");
                 }
             }),
         ));

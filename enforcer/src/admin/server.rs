@@ -91,7 +91,8 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 
 /// Serves the admin API on `listener` until `shutdown` completes, then stops
 /// accepting, lets in-flight requests finish (up to a few seconds) and returns. `name` names the
-/// listener in its log lines (`admin`, `public`): a daemon serving both says which is which.
+/// listener in its log lines (`admin listener`, `public listener`): a daemon serving both says
+/// which is which.
 pub async fn serve(
     name: &'static str,
     listener: TcpListener,
@@ -99,7 +100,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let local = listener.local_addr()?;
-    tracing::info!(addr = %local, "{name} listener serving");
+    tracing::info!(addr = %local, "{name} serving");
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
@@ -145,10 +146,10 @@ pub async fn serve(
     }
 
     drop(listener);
-    tracing::info!(addr = %local, "{name} listener shutting down");
+    tracing::info!(addr = %local, "{name} shutting down");
     let _ = stop_tx.send(true);
     if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
-        tracing::warn!("admin connections still open after {SHUTDOWN_GRACE:?}; dropping them");
+        tracing::warn!("{name} connections still open after {SHUTDOWN_GRACE:?}; dropping them");
     }
     Ok(())
 }

@@ -155,7 +155,7 @@ async fn start(ready: bool) -> Running {
     let fake = Arc::new(Fake { reg: sample(), ready: AtomicBool::new(ready) });
     let (tx, rx) = oneshot::channel::<()>();
     let source: Arc<dyn AdminSource> = fake.clone();
-    let task = tokio::spawn(server::serve("admin", listener, source, async move {
+    let task = tokio::spawn(server::serve("admin listener", listener, source, async move {
         let _ = rx.await;
     }));
     Running { addr, fake, stop: Some(tx), task }
