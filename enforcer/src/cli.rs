@@ -122,6 +122,11 @@ pub struct PolicyArgs {
     /// with its own upstream pools (connections handed out round-robin). 0: one per CPU.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub proxy_threads: usize,
+    /// How long an app's HTTP/1 connection to the L7 proxy may stay open with no request in
+    /// progress (between keep-alive requests, or while a request's headers trickle in) before
+    /// the proxy closes it: Envoy's downstream idle_timeout (1h). 0: never.
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    pub proxy_idle_timeout: std::time::Duration,
     /// Do not attach the TCP connection accounting (sock_ops): no istio_tcp_connections_* for
     /// allowed connections (for measuring its cost).
     #[arg(long)]

@@ -32,6 +32,8 @@ pub struct AgentConfig {
     pub event_format: ReportFormat,
     /// `--proxy-threads`: the L7 proxy's worker threads (0: one per CPU).
     pub proxy_threads: usize,
+    /// `--proxy-idle-timeout` (`None`: never).
+    pub proxy_idle_timeout: Option<Duration>,
     /// Where the DNS forwarder and the L7 proxy listen, and what the connect hooks steer to:
     /// loopback for `run` and a host daemon; a node-local address every pod can reach under
     /// Kubernetes (pods have their own network namespace, and their loopback is their own).
@@ -89,6 +91,7 @@ impl AgentConfig {
             quiet: false,
             event_format: a.event_format,
             proxy_threads: a.proxy_threads,
+            proxy_idle_timeout: Some(a.proxy_idle_timeout).filter(|d| !d.is_zero()),
             local_v4: a.local_address.unwrap_or(Ipv4Addr::LOCALHOST),
             local_v6: match (a.local_address, a.local_address_v6) {
                 (_, Some(v6)) => Some(v6),

@@ -41,6 +41,7 @@ pub(super) async fn start_proxy(agent: &Agent) -> anyhow::Result<proxy::Proxy> {
             listen: SocketAddr::new(IpAddr::V4(agent.inner.config.local_v4), 0),
             upstream_mark: Some(AGENT_MARK),
             threads: agent.inner.config.proxy_threads,
+            client_idle_timeout: agent.inner.config.proxy_idle_timeout,
         },
         policy,
     )

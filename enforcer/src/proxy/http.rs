@@ -23,7 +23,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{BodyExt as _, Full, combinators::UnsyncBoxBody};
 use hyper::{body::Incoming, server::conn::http1, service::service_fn, upgrade::OnUpgrade};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{net::TcpStream, sync::watch};
 use tracing::{debug, warn};
 
@@ -376,6 +376,7 @@ pub(crate) async fn serve(
     mut stop: watch::Receiver<bool>,
 ) {
     let peer = conn.client;
+    let idle_timeout = shared.client_idle_timeout;
     let passthrough = Upstream {
         port: conn.original.port(),
         tls: None,
@@ -399,7 +400,12 @@ pub(crate) async fn serve(
     });
     // HTTP/1 and h2c (prior knowledge) are told apart by the preface; h2c is served only on
     // ports declared HTTP2/GRPC (elsewhere its requests get 505).
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper's header-read timer runs from when the connection waits for a request's head until
+    // the head is read: an idle timeout between keep-alive requests and a slow-headers one.
+    if let Some(idle) = idle_timeout {
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
+    }
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     tokio::select! {

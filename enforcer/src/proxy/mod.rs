@@ -263,6 +263,10 @@ pub struct ProxyConfig {
     /// connections out round-robin (an even split, where SO_REUSEPORT's is a hash). 0: one per
     /// CPU.
     pub threads: usize,
+    /// How long an app's HTTP/1 connection may go without a request in progress (idle between
+    /// keep-alive requests, or with its request headers unfinished) before it is closed.
+    /// `None`: never.
+    pub client_idle_timeout: Option<Duration>,
 }
 
 /// How long an accepted connection may stay silent before its first byte.
@@ -276,6 +280,8 @@ pub(crate) struct Shared {
     pub metrics: ProxyMetrics,
     pub mark: Option<u32>,
     pub pools: upstream::Pools,
+    /// [`ProxyConfig::client_idle_timeout`].
+    pub client_idle_timeout: Option<Duration>,
 }
 
 impl Shared {
@@ -309,6 +315,7 @@ pub struct Proxy {
     policy: Arc<dyn ProxyPolicy>,
     metrics: ProxyMetrics,
     mark: Option<u32>,
+    client_idle_timeout: Option<Duration>,
 }
 
 /// The listening socket on `addr`.
@@ -329,7 +336,15 @@ impl Proxy {
         };
         let listener = listener(cfg.listen)?;
         let local = listener.local_addr()?;
-        Ok(Proxy { listener, threads, local, policy, metrics: ProxyMetrics::new(), mark: cfg.upstream_mark })
+        Ok(Proxy {
+            listener,
+            threads,
+            local,
+            policy,
+            metrics: ProxyMetrics::new(),
+            mark: cfg.upstream_mark,
+            client_idle_timeout: cfg.client_idle_timeout,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -344,7 +359,7 @@ impl Proxy {
     /// Accepts until `shutdown` completes; then stops accepting, asks HTTP connections to finish
     /// their in-flight request, and aborts whatever is still open after a few seconds.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) {
-        let Proxy { listener, threads, local, policy, metrics, mark } = self;
+        let Proxy { listener, threads, local, policy, metrics, mark, client_idle_timeout } = self;
         info!(%local, workers = threads, "L7 proxy listening");
         let (stop_tx, stop_rx) = watch::channel(false);
         // Worker 0 accepts; workers 1.. get their connections through an inbox.
@@ -359,6 +374,7 @@ impl Proxy {
                 metrics: metrics.clone(),
                 mark,
                 pools: upstream::Pools::default(),
+                client_idle_timeout,
             });
             let stop = stop_rx.clone();
             let (tx, rx) = tokio::sync::oneshot::channel::<()>();

@@ -107,7 +107,8 @@ where
     b.map_err(Into::into).boxed_unsync()
 }
 
-/// The test upstream's routes: /status/N, /bytes/N, /echo. Every response says which upstream
+/// The test upstream's routes: /status/N, /bytes/N, /echo, /delay/MS (200 after MS
+/// milliseconds). Every response says which upstream
 /// connection served it (x-conn) and the Host it saw (x-seen-host).
 async fn upstream_handler(conn: usize, req: Request<Incoming>) -> Result<Response<TestBody>, Infallible> {
     let path = req.uri().path().to_owned();
@@ -130,6 +131,9 @@ async fn upstream_handler(conn: usize, req: Request<Incoming>) -> Result<Respons
         Response::new(boxed(Zeros { remaining: n.parse().unwrap() }))
     } else if path == "/echo" {
         Response::new(boxed(req.into_body()))
+    } else if let Some(ms) = path.strip_prefix("/delay/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        Response::new(boxed(Full::new(Bytes::from("delayed"))))
     } else {
         let mut r = Response::new(boxed(Empty::new()));
         *r.status_mut() = StatusCode::NOT_FOUND;
@@ -339,9 +343,19 @@ struct Running {
 /// Starts a proxy whose every client came for `original`, routed by `route`. For Originate the
 /// original's port is arbitrary (80): the upstream is original.ip():upstream_port.
 async fn start_proxy(original: Option<SocketAddr>, routes: Option<Routes>) -> Running {
+    start_proxy_idle(original, routes, None).await
+}
+
+/// [`start_proxy`] with a client idle timeout.
+async fn start_proxy_idle(original: Option<SocketAddr>, routes: Option<Routes>, idle: Option<Duration>) -> Running {
     init_tracing();
     let policy = Arc::new(TestPolicy { original, routes, events: Mutex::default() });
-    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: Some(0x4e), threads: 1 };
+    let cfg = ProxyConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream_mark: Some(0x4e),
+        threads: 1,
+        client_idle_timeout: idle,
+    };
     let proxy = Proxy::bind(cfg, policy.clone()).await.unwrap();
     let addr = proxy.local_addr();
     let metrics = proxy.metrics();
@@ -1101,6 +1115,58 @@ async fn plaintext_on_a_tls_port_is_an_event_and_a_counter() {
     assert!(text.contains("enforcer_proxy_refusals_total{reason=\"plaintext_on_tls_port\"} 1"), "{text}");
 }
 
+/// Reads from `tcp` until `needle` has arrived; everything read.
+async fn read_until(tcp: &mut TcpStream, needle: &str) -> String {
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&out).contains(needle) {
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await.expect("answer in time").unwrap();
+        assert!(n > 0, "closed before {needle:?} arrived: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether the proxy closes `tcp` within `within` (reading nothing more).
+async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(tokio::time::timeout(within, tcp.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+}
+
+#[tokio::test]
+async fn idle_client_connections_are_closed_after_the_idle_timeout() {
+    let pki = pki(&["api.test"]);
+    let up = start_upstream(&pki).await;
+    let idle = Duration::from_millis(600);
+    let routes = originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5));
+    let p = start_proxy_idle(Some(port80()), Some(routes), Some(idle)).await;
+
+    // A request whose answer takes longer than the idle timeout is not cut: the clock runs only
+    // while no request is in progress...
+    let mut tcp = TcpStream::connect(p.addr).await.unwrap();
+    tcp.write_all(b"GET /delay/1500 HTTP/1.1\r\nHost: api.test\r\n\r\n").await.unwrap();
+    assert!(read_until(&mut tcp, "delayed").await.starts_with("HTTP/1.1 200"));
+    // ...and a keep-alive connection used again within it stays open...
+    tokio::time::sleep(idle / 3).await;
+    tcp.write_all(b"GET /status/204 HTTP/1.1\r\nHost: api.test\r\n\r\n").await.unwrap();
+    assert!(read_until(&mut tcp, "\r\n\r\n").await.starts_with("HTTP/1.1 204"));
+    // ...until it has been idle that long.
+    assert!(closed_within(&mut tcp, idle * 5).await, "the idle connection was closed");
+
+    // Headers that never finish count as idle too (a slow-headers client).
+    let mut slow = TcpStream::connect(p.addr).await.unwrap();
+    slow.write_all(b"GET /status/200 HTTP/1.1\r\nHost: api.test\r\n").await.unwrap();
+    assert!(closed_within(&mut slow, idle * 5).await, "the unfinished request's connection was closed");
+
+    // Without the timeout an idle connection stays.
+    let q = start_proxy(Some(port80()), Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5)))).await;
+    let mut kept = TcpStream::connect(q.addr).await.unwrap();
+    kept.write_all(b"GET /status/200 HTTP/1.1\r\nHost: api.test\r\n\r\n").await.unwrap();
+    read_until(&mut kept, "status 200").await;
+    assert!(!closed_within(&mut kept, idle * 3).await, "no timeout: the connection stays open");
+}
+
 #[tokio::test]
 async fn shutdown_closes_idle_connections_and_returns() {
     init_tracing();
@@ -1111,7 +1177,12 @@ async fn shutdown_closes_idle_connections_and_returns() {
         routes: Some(originate(up.addr.port(), with_ca(&pki), Duration::from_secs(5))),
         events: Mutex::default(),
     });
-    let cfg = ProxyConfig { listen: "127.0.0.1:0".parse().unwrap(), upstream_mark: None, threads: 1 };
+    let cfg = ProxyConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        upstream_mark: None,
+        threads: 1,
+        client_idle_timeout: None,
+    };
     let proxy = Proxy::bind(cfg, policy).await.unwrap();
     let addr = proxy.local_addr();
     let (tx, rx) = oneshot::channel::<()>();
