@@ -299,14 +299,21 @@ fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default().trim().to_string()
 }
 
-/// The enforcer process of a spawned `nsenter ... enforcer` (nsenter execs it when only the
-/// network namespace changes; else it is a child).
-fn enforcer_pid(spawned: u32) -> Option<u32> {
-    if comm(spawned) == "enforcer" {
+/// The kernel's name (comm) of a process running `bin`: its file name, at most 15 bytes.
+fn comm_of(bin: &Path) -> String {
+    let name = bin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    name.bytes().take(15).map(char::from).collect()
+}
+
+/// The enforcer process (running `bin`) of a spawned `nsenter ... enforcer` (nsenter execs it
+/// when only the network namespace changes; else it is a child).
+fn enforcer_pid(spawned: u32, bin: &Path) -> Option<u32> {
+    let want = comm_of(bin);
+    if comm(spawned) == want {
         return Some(spawned);
     }
     let children = std::fs::read_to_string(format!("/proc/{spawned}/task/{spawned}/children")).ok()?;
-    children.split_whitespace().filter_map(|p| p.parse().ok()).find(|p| comm(*p) == "enforcer")
+    children.split_whitespace().filter_map(|p| p.parse().ok()).find(|p| comm(*p) == want)
 }
 
 /// Runs `cmd` (an `enforcer run`), sampling the enforcer process's VmRSS every 100 ms, and its
@@ -316,6 +323,7 @@ fn enforcer_pid(spawned: u32) -> Option<u32> {
 /// Returns (stdout, max VmRSS KiB, (seconds, first reading, last reading) between those samples).
 fn run_sampling_rss(
     cmd: &mut Command,
+    bin: &Path,
     what: &str,
     upstream: u32,
     window: (Duration, Duration),
@@ -344,7 +352,7 @@ fn run_sampling_rss(
             break st;
         }
         if pid.is_none() {
-            pid = enforcer_pid(child.id());
+            pid = enforcer_pid(child.id(), bin);
         }
         if let Some(p) = pid
             && let Some(r) = vm_rss_kib(p)
@@ -378,12 +386,12 @@ fn run_sampling_rss(
 
 /// One more enforcer run with `perf record -g` attached to the agent for most of it; returns
 /// the top entries of `perf report` (self time, by symbol).
-fn profile_run(cmd: &mut Command, dir: &Path, duration: u32, skip: Duration) -> Result<String> {
+fn profile_run(cmd: &mut Command, bin: &Path, dir: &Path, duration: u32, skip: Duration) -> Result<String> {
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let mut child = cmd.spawn().context("could not start the profiled enforcer run")?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let pid = loop {
-        if let Some(p) = enforcer_pid(child.id()) {
+        if let Some(p) = enforcer_pid(child.id(), bin) {
             break p;
         }
         if Instant::now() > deadline || child.try_wait()?.is_some() {
@@ -656,6 +664,7 @@ fn measure_enforcer(
 ) -> Result<(Wrk, u64, Cost)> {
     let (out, rss, (secs, a, b)) = run_sampling_rss(
         &mut client.enforcer_cmd(extra, &enforcer_prog(args, url)),
+        client.enforcer,
         &format!("{what} wrk"),
         upstream,
         sampling_window(args),
@@ -944,6 +953,7 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     if !args.no_profile && which::which("perf").is_ok() {
         match profile_run(
             &mut env.enforcer_cmd(&[], &enforcer_prog(&args, &enf_url)),
+            env.enforcer,
             &dir.path,
             args.duration,
             sampling_skip(&args),
@@ -1056,6 +1066,12 @@ Transfer/sec:     18.66MB
     }
 
     /// A daemon's stat line: tpgid is -1 and the comm has a space and a parenthesis.
+    #[test]
+    fn the_process_is_found_by_its_binary_s_name() {
+        assert_eq!(comm_of(Path::new("/x/target/dist/enforcer")), "enforcer");
+        assert_eq!(comm_of(Path::new("/tmp/enforcer-previous-build")), "enforcer-previo");
+    }
+
     #[test]
     fn stat_cpu_is_utime_plus_stime() {
         let line = "7553 (nginx (x) y) S 7550 7550 7550 0 -1 4194624 4470 0 0 0 321 654 5 7 20 0 1 0 2222 1 2 3";
