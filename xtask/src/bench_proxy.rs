@@ -114,6 +114,8 @@ fn rotated<'a>(order: &[Slot<'a>], round: usize) -> Vec<Slot<'a>> {
 #[derive(Debug, Clone, PartialEq)]
 struct Wrk {
     rps: f64,
+    /// The median latency (wrk's `50%`): with p99, how wide the distribution is.
+    p50_ms: f64,
     p99_ms: f64,
     requests: u64,
     non_2xx: u64,
@@ -141,13 +143,15 @@ fn parse_latency_ms(s: &str) -> Option<f64> {
 
 fn parse_wrk(out: &str) -> Result<Wrk> {
     let mut rps = None;
-    let mut p99 = None;
+    let (mut p50, mut p99) = (None, None);
     let mut requests = None;
     let mut non_2xx = 0;
     let mut socket_errors = None;
     for l in out.lines().map(str::trim) {
         if let Some(v) = l.strip_prefix("Requests/sec:") {
             rps = v.trim().parse::<f64>().ok();
+        } else if let Some(v) = l.strip_prefix("50%") {
+            p50 = parse_latency_ms(v);
         } else if let Some(v) = l.strip_prefix("99%") {
             p99 = parse_latency_ms(v);
         } else if let Some(v) = l.strip_prefix("Non-2xx or 3xx responses:") {
@@ -160,6 +164,7 @@ fn parse_wrk(out: &str) -> Result<Wrk> {
     }
     Ok(Wrk {
         rps: rps.with_context(|| format!("no `Requests/sec:` in wrk output:\n{out}"))?,
+        p50_ms: p50.with_context(|| format!("no 50% latency in wrk output (run with --latency):\n{out}"))?,
         p99_ms: p99.with_context(|| format!("no 99% latency in wrk output (run with --latency):\n{out}"))?,
         requests: requests.with_context(|| format!("no `N requests in` line in wrk output:\n{out}"))?,
         non_2xx,
@@ -859,8 +864,9 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
         let (n, e) = (ng.last().unwrap(), en.last().unwrap());
         let extra = match (ot.last(), ot_rss.last(), ot_cost.last()) {
             (Some(o), Some(r), Some(c)) => format!(
-                " | compare {:.0} req/s p99 {:.2} ms ({:.1} µs CPU /req), VmRSS {:.1} MiB",
+                " | compare {:.0} req/s p50 {:.2} p99 {:.2} ms ({:.1} µs CPU /req), VmRSS {:.1} MiB",
                 o.rps,
+                o.p50_ms,
                 o.p99_ms,
                 c.cpu_us,
                 *r as f64 / 1024.0
@@ -869,15 +875,17 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
         };
         let (nc, ec) = (ng_cost.last().unwrap(), en_cost.last().unwrap());
         println!(
-            "  round {}: nginx {:.0} req/s p99 {:.2} ms ({:.1} µs CPU, {:.2} switches /req; machine {:.1}, upstream {:.1} µs/req) | enforcer {:.0} req/s p99 {:.2} ms ({:.1} µs CPU, {:.2} switches /req; machine {:.1}, upstream {:.1} µs/req), agent VmRSS max {:.1} MiB{extra}",
+            "  round {}: nginx {:.0} req/s p50 {:.2} p99 {:.2} ms ({:.1} µs CPU, {:.2} switches /req; machine {:.1}, upstream {:.1} µs/req) | enforcer {:.0} req/s p50 {:.2} p99 {:.2} ms ({:.1} µs CPU, {:.2} switches /req; machine {:.1}, upstream {:.1} µs/req), agent VmRSS max {:.1} MiB{extra}",
             round + 1,
             n.rps,
+            n.p50_ms,
             n.p99_ms,
             nc.cpu_us,
             nc.switches,
             nc.machine_us,
             nc.upstream_us,
             e.rps,
+            e.p50_ms,
             e.p99_ms,
             ec.cpu_us,
             ec.switches,
@@ -893,10 +901,19 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
     let (n_p99, e_p99) = (median(ng.iter().map(|w| w.p99_ms).collect()), median(en.iter().map(|w| w.p99_ms).collect()));
     let rss_max = rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
     let rss_med = median(rss.iter().map(|r| *r as f64 / 1024.0).collect());
+    let (n_p50, e_p50) = (median(ng.iter().map(|w| w.p50_ms).collect()), median(en.iter().map(|w| w.p50_ms).collect()));
     let mut out = String::new();
-    let _ = writeln!(out, "\n{:<46} {:>14} {:>14}", "medians", "requests/s", "p99 latency");
-    let _ = writeln!(out, "{:<46} {:>14.0} {:>11.2} ms", "(a) wrk -> nginx proxy_pass https", n_rps, n_p99);
-    let _ = writeln!(out, "{:<46} {:>14.0} {:>11.2} ms", "(b) wrk -> enforcer proxy (enforcer run)", e_rps, e_p99);
+    let _ = writeln!(out, "\n{:<46} {:>14} {:>14}   p50 latency", "medians", "requests/s", "p99 latency");
+    let _ =
+        writeln!(out, "{:<46} {:>14.0} {:>11.2} ms   {n_p50:.2} ms", "(a) wrk -> nginx proxy_pass https", n_rps, n_p99);
+    let _ = writeln!(
+        out,
+        "{:<46} {:>14.0} {:>11.2} ms   {e_p50:.2} ms ({:.3}x)",
+        "(b) wrk -> enforcer proxy (enforcer run)",
+        e_rps,
+        e_p99,
+        e_p50 / n_p50
+    );
     let (rps_ratio, p99_ratio) = (e_rps / n_rps, e_p99 / n_p99);
     let _ = writeln!(
         out,
@@ -996,6 +1013,7 @@ Transfer/sec:     18.66MB
         let w = parse_wrk(WRK).unwrap();
         assert_eq!(w.rps, 23897.42);
         assert!((w.p99_ms - 0.812).abs() < 1e-9);
+        assert!((w.p50_ms - 1.98).abs() < 1e-9);
         assert_eq!(w.requests, 239014);
         assert_eq!(w.non_2xx, 3);
         assert_eq!(w.socket_errors, None);
@@ -1007,7 +1025,7 @@ Transfer/sec:     18.66MB
     }
 
     fn wrk(rps: f64, p99_ms: f64) -> Wrk {
-        Wrk { rps, p99_ms, requests: 1, non_2xx: 0, socket_errors: None }
+        Wrk { rps, p50_ms: p99_ms / 2.0, p99_ms, requests: 1, non_2xx: 0, socket_errors: None }
     }
 
     #[test]
