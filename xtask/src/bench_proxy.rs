@@ -899,9 +899,9 @@ pub fn main(args: ProxyArgs) -> Result<ExitCode> {
 
     let (n_rps, e_rps) = (median(ng.iter().map(|w| w.rps).collect()), median(en.iter().map(|w| w.rps).collect()));
     let (n_p99, e_p99) = (median(ng.iter().map(|w| w.p99_ms).collect()), median(en.iter().map(|w| w.p99_ms).collect()));
+    let (n_p50, e_p50) = (median(ng.iter().map(|w| w.p50_ms).collect()), median(en.iter().map(|w| w.p50_ms).collect()));
     let rss_max = rss.iter().copied().max().unwrap_or(0) as f64 / 1024.0;
     let rss_med = median(rss.iter().map(|r| *r as f64 / 1024.0).collect());
-    let (n_p50, e_p50) = (median(ng.iter().map(|w| w.p50_ms).collect()), median(en.iter().map(|w| w.p50_ms).collect()));
     let mut out = String::new();
     let _ = writeln!(out, "\n{:<46} {:>14} {:>14}   p50 latency", "medians", "requests/s", "p99 latency");
     let _ =
@@ -1083,13 +1083,13 @@ Transfer/sec:     18.66MB
         assert_eq!(sampling_window(&args(false)), (Duration::from_secs(3), Duration::from_millis(8500)));
     }
 
-    /// A daemon's stat line: tpgid is -1 and the comm has a space and a parenthesis.
     #[test]
     fn the_process_is_found_by_its_binary_s_name() {
         assert_eq!(comm_of(Path::new("/x/target/dist/enforcer")), "enforcer");
         assert_eq!(comm_of(Path::new("/tmp/enforcer-previous-build")), "enforcer-previo");
     }
 
+    /// A daemon's stat line: tpgid is -1 and the comm has a space and a parenthesis.
     #[test]
     fn stat_cpu_is_utime_plus_stime() {
         let line = "7553 (nginx (x) y) S 7550 7550 7550 0 -1 4194624 4470 0 0 0 321 654 5 7 20 0 1 0 2222 1 2 3";
